@@ -1,0 +1,10 @@
+"""ntklab: neural networks seen through their kernels (NNGP, NTK), in PyTorch."""
+
+from .arch import (Abs, ABRelu, Dense, Elementwise, Erf, Gelu, Kernel, LeakyRelu, Relu, Serial,
+                   Sigmoid, Sigmoid_like, Sign, Tanh, serial)
+from . import kernels
+
+__version__ = "0.1.0"
+
+__all__ = ["ABRelu", "Abs", "Dense", "Elementwise", "Erf", "Gelu", "Kernel", "LeakyRelu", "Relu",
+           "Serial", "Sigmoid", "Sigmoid_like", "Sign", "Tanh", "kernels", "predict", "serial"]

@@ -1,0 +1,214 @@
+"""Elementwise nonlinearities and their infinite-width kernel maps.
+
+For a layer h = phi(z) with z ~ GP(0, K), the maps are (Neal 1996; Jacot et al. 2018)
+    K'(x, x')     = E[phi(u) phi(v)],
+    Theta'(x, x') = E[phi'(u) phi'(v)] Theta(x, x'),
+with (u, v) ~ N(0, [[K(x,x), K(x,x')], [K(x,x'), K(x',x')]]).  Each activation
+implements `dual(cov, var1, var2) -> (E[phi(u)phi(v)], E[phi'(u)phi'(v)])`
+elementwise over a block of pairs; the closed forms are written in the
+docstrings (see also ../shared/notes/papers.md, "Closed forms").  Activations
+without a closed form (`Tanh`, `Sigmoid`, any `Elementwise(fn)`) use 2-D
+Gauss-Hermite quadrature (`ntklab.arch.quadrature`).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .._validation import positive
+from .layer import Layer
+from .state import KernelState
+
+
+class ActivationModule(nn.Module):
+    """Finite-width elementwise nonlinearity."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], name: str):
+        super().__init__()
+        self.fn, self.name = fn, name
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.fn(z)
+
+    def extra_repr(self) -> str:
+        return self.name
+
+
+class Activation(Layer):
+    """Base class: subclasses define `fn` (torch, elementwise) and `dual`."""
+
+    def fn(self, z: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def dual(self, cov: torch.Tensor, var1: torch.Tensor, var2: torch.Tensor,
+             need_dot: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(E[phi(u)phi(v)], E[phi'(u)phi'(v)]) for covariance `cov` and variances
+        `var1`, `var2` broadcastable against `cov`."""
+        raise NotImplementedError
+
+    def build(self, in_features, generator, dtype):
+        return ActivationModule(self.fn, repr(self)), in_features
+
+    def kernel_map(self, k: KernelState) -> KernelState:
+        nngp, dot = self.dual(k.nngp, k.var1[:, None], k.var2[None, :], need_dot=k.ntk is not None)
+        ntk = None if k.ntk is None else dot * k.ntk if isinstance(k.ntk, float) else k.ntk.mul_(dot)
+        return k.replace(nngp=nngp, ntk=ntk, var1=self.dual(k.var1, k.var1, k.var1, False)[0],
+                         var2=self.dual(k.var2, k.var2, k.var2, False)[0])
+
+
+def _tiny(t: torch.Tensor) -> float:
+    return torch.finfo(t.dtype).tiny
+
+
+def _angle(cov, var1, var2):
+    """theta = arccos(c / sqrt(v1 v2)) as atan2(sqrt(v1 v2 - c^2), c), and the root
+    sqrt(v1 v2 - c^2) = sqrt(v1 v2) sin(theta).  Exactly 0 for identical inputs
+    (c = v1 = v2), unlike arccos of a rounded ratio; pairs with a zero-variance
+    input get theta = pi/2 (neural-tangents' convention)."""
+    root = (var1 * var2 - cov * cov).clamp_(min=0.0).sqrt_()
+    theta = torch.atan2(root, cov)
+    if not (var1.all() and var2.all()):  # cheap check on the variance vectors
+        theta.masked_fill_((root == 0) & (cov == 0), math.pi / 2)
+    return theta, root
+
+
+class ABRelu(Activation):
+    """phi(x) = a min(x, 0) + b max(x, 0).  With theta = arccos(c / sqrt(v1 v2)):
+
+        E[phi phi]   = (a-b)^2/(2 pi) sqrt(v1 v2) sin(theta) + [(a^2+b^2)/2 - (a-b)^2 theta/(2 pi)] c
+        E[phi' phi'] = (a^2+b^2)/2 - (a-b)^2 theta / (2 pi)
+
+    (arc-cosine kernel of Cho & Saul 2009; ReLU: a=0, b=1 gives
+    sqrt(v1 v2)/(2 pi) (sin theta + (pi - theta) cos theta) and (pi - theta)/(2 pi)).
+    """
+
+    def __init__(self, a: float, b: float):
+        self.a, self.b = float(a), float(b)
+
+    def fn(self, z):
+        return self.a * torch.clamp(z, max=0) + self.b * torch.clamp(z, min=0)
+
+    def dual(self, cov, var1, var2, need_dot=True):
+        theta, root = _angle(cov, var1, var2)
+        slope = (self.a - self.b) ** 2 / (2 * math.pi)
+        dot = theta.mul_(-slope).add_((self.a ** 2 + self.b ** 2) / 2)
+        nngp = root.mul_(slope).addcmul_(dot, cov)
+        return nngp, dot if need_dot else None
+
+
+class Relu(ABRelu):
+    """ReLU, phi(x) = max(x, 0)."""
+
+    def __init__(self):
+        super().__init__(0.0, 1.0)
+
+    def fn(self, z):
+        return torch.relu(z)
+
+    def __repr__(self):
+        return "Relu()"
+
+
+class LeakyRelu(ABRelu):
+    """phi(x) = alpha min(x, 0) + max(x, 0)."""
+
+    def __init__(self, alpha: float = 0.01):
+        super().__init__(positive(alpha, "alpha", allow_zero=True), 1.0)
+
+    def __repr__(self):
+        return f"LeakyRelu(alpha={self.a})"
+
+
+class Abs(ABRelu):
+    """phi(x) = |x|."""
+
+    def __init__(self):
+        super().__init__(-1.0, 1.0)
+
+    def fn(self, z):
+        return torch.abs(z)
+
+    def __repr__(self):
+        return "Abs()"
+
+
+class Erf(Activation):
+    """phi(x) = a erf(b x) + c (Williams 1997).  With s = 2 b^2 and
+    P = (1 + s v1)(1 + s v2):
+
+        E[phi phi]   = a^2 (2/pi) arcsin(s c' / sqrt(P)) + c^2
+        E[phi' phi'] = a^2 b^2 (4/pi) / sqrt(P - s^2 c'^2)
+
+    where c' is the input covariance.
+    """
+
+    def __init__(self, a: float = 1.0, b: float = 1.0, c: float = 0.0):
+        self.a, self.b, self.c = float(a), positive(b, "b (input scale of Erf)"), float(c)
+
+    def fn(self, z):
+        return self.a * torch.erf(self.b * z) + self.c
+
+    def dual(self, cov, var1, var2, need_dot=True):
+        s = 2 * self.b ** 2
+        prod = (1 + s * var1) * (1 + s * var2)
+        scov = s * cov
+        root = (prod - scov * scov).clamp_(min=_tiny(cov)).sqrt_()
+        nngp = torch.atan2(scov, root).mul_(self.a ** 2 * 2 / math.pi).add_(self.c ** 2)
+        dot = root.reciprocal_().mul_(self.a ** 2 * self.b ** 2 * 4 / math.pi) if need_dot else None
+        return nngp, dot
+
+
+class Sigmoid_like(Erf):  # noqa: N801 -- neural-tangents' name
+    """neural-tangents' erf-based sigmoid, phi(x) = erf(x / 2.4020563531719796) / 2 + 1/2."""
+
+    def __init__(self):
+        super().__init__(a=0.5, b=1 / 2.4020563531719796, c=0.5)
+
+    def __repr__(self):
+        return "Sigmoid_like()"
+
+
+class Sign(Activation):
+    """Threshold activation phi(x) = sign(x):  E[phi phi] = 1 - 2 theta / pi.
+    Its derivative is 0 almost everywhere, so (as in neural-tangents and in
+    autograd of the finite network) the NTK is not propagated through it."""
+
+    def fn(self, z):
+        return torch.sign(z)
+
+    def dual(self, cov, var1, var2, need_dot=True):
+        nngp = _angle(cov, var1, var2)[0].mul_(-2 / math.pi).add_(1.0)
+        return nngp, torch.zeros_like(nngp) if need_dot else None
+
+    def __repr__(self):
+        return "Sign()"
+
+
+class Gelu(Activation):
+    """phi(x) = x Phi(x) (exact GELU).  Closed form of Tsuchida, Pearce, van der
+    Heide, Roosta & Gallagher (2021, arXiv:2002.08517): with P = v1 v2,
+    Q = (v1 + 1)(v2 + 1), D = sqrt(Q - c^2), A = arctan(c / D):
+
+        E[phi phi]   = c/4 + [ (c^2 + P D^2) / (Q D) + c A ] / (2 pi)
+        E[phi' phi'] = 1/4 + A/(2 pi) + c/(2 pi D) (1/D^2 + (1 - P)/Q + 1)
+    """
+
+    def fn(self, z):
+        return torch.nn.functional.gelu(z)
+
+    def dual(self, cov, var1, var2, need_dot=True):
+        prod, prod1 = var1 * var2, (var1 + 1) * (var2 + 1)
+        d2 = prod1 - cov * cov
+        d = torch.sqrt(d2)
+        angle = torch.atan2(cov, d)
+        nngp = ((cov * cov + prod * d2) / (prod1 * d) + cov * angle) / (2 * math.pi) + cov / 4
+        dot = None
+        if need_dot:
+            dot = 0.25 + angle / (2 * math.pi) + cov / (2 * math.pi * d) * (1 / d2 + (1 - prod) / prod1 + 1)
+        return nngp, dot
+
+    def __repr__(self):
+        return "Gelu()"

@@ -1,0 +1,83 @@
+"""Kernel maps of any elementwise function by Gauss-Hermite quadrature.
+
+E[phi(u) phi(v)] with (u, v) ~ N(0, [[v1, c], [c, v2]]) is written with
+u = sqrt(v1) z1 and v = sqrt(v2) (rho z1 + sqrt(1 - rho^2) z2), rho = c / sqrt(v1 v2),
+z1, z2 iid N(0, 1), and each 1-D Gaussian expectation is a probabilists'
+Gauss-Hermite rule with `n_points` nodes (exact for polynomials of degree
+< 2 n_points).  phi' comes from autograd of `fn`.  Converges exponentially for
+smooth (analytic) phi -- erf and GELU agree with their closed forms to ~1e-12 at
+the default 64 nodes -- but only algebraically for kinked phi such as ReLU
+(about 1e-4 relative at 64 nodes): use the closed-form layers for those.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .._validation import positive_int
+from .activations import Activation
+
+
+@lru_cache(maxsize=16)
+def _hermite_rule(n_points: int) -> tuple[np.ndarray, np.ndarray]:
+    nodes, weights = np.polynomial.hermite_e.hermegauss(n_points)
+    return nodes, weights / weights.sum()
+
+
+def _derivative(fn: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor) -> torch.Tensor:
+    with torch.enable_grad():
+        z = z.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(fn(z).sum(), z)
+    return grad
+
+
+class Elementwise(Activation):
+    """Any elementwise torch function `fn`, kernel by Gauss-Hermite quadrature.
+
+    Example: `nk.Elementwise(torch.sin, name="Sin")`."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], name: str | None = None,
+                 n_points: int = 64):
+        if not callable(fn):
+            raise ValueError(f"fn must be a callable elementwise torch function, got {fn!r}")
+        self._fn, self.name = fn, name or getattr(fn, "__name__", "Elementwise")
+        self.n_points = positive_int(n_points, "n_points")
+
+    def fn(self, z):
+        return self._fn(z)
+
+    def dual(self, cov, var1, var2, need_dot=True):
+        nodes, weights = (torch.as_tensor(a, dtype=cov.dtype, device=cov.device)
+                          for a in _hermite_rule(self.n_points))
+        s1, s2 = torch.sqrt(var1), torch.sqrt(var2)
+        rho = (cov / (s1 * s2).clamp_min(torch.finfo(cov.dtype).tiny)).clamp_(-1.0, 1.0)
+        rest = torch.sqrt((1 - rho * rho).clamp_(min=0.0))
+        shape = torch.broadcast_shapes(cov.shape, var1.shape, var2.shape)
+        nngp = cov.new_zeros(shape)
+        dot = cov.new_zeros(shape) if need_dot else None
+        inner_nodes = nodes.reshape((-1,) + (1,) * len(shape))
+        inner_weights = weights.reshape(inner_nodes.shape)
+        for z1, w1 in zip(nodes, weights):
+            u = s1 * z1
+            v = s2 * (rho * z1 + rest * inner_nodes)          # [n_points, *shape]
+            nngp += w1 * self._fn(u) * (inner_weights * self._fn(v)).sum(0)
+            if need_dot:
+                dot += w1 * _derivative(self._fn, u) * (inner_weights * _derivative(self._fn, v)).sum(0)
+        return nngp, dot
+
+    def __repr__(self):
+        return self.name if self.name.endswith(")") else f"{self.name}()"
+
+
+def Tanh(n_points: int = 64) -> Elementwise:  # noqa: N802 -- layer constructor, stax style
+    """tanh, by quadrature (no closed form)."""
+    return Elementwise(torch.tanh, "Tanh()", n_points)
+
+
+def Sigmoid(n_points: int = 64) -> Elementwise:  # noqa: N802
+    """Logistic sigmoid 1 / (1 + e^-x), by quadrature (no closed form);
+    see `Sigmoid_like` for neural-tangents' closed-form erf approximation."""
+    return Elementwise(torch.sigmoid, "Sigmoid()", n_points)

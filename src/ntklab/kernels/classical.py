@@ -1,0 +1,67 @@
+"""Classical kernels of lecture 21 (kernel regression): Gaussian, ball, linear, polynomial.
+
+Each is a callable `k(x1, x2=None) -> Tensor [N1, N2]` (float64 by default), so
+it plugs into `ntklab.predict` like an architecture's kernel.
+"""
+from __future__ import annotations
+
+import torch
+
+from .._validation import DEFAULT_DTYPE, as_matrix, check_same_features, positive, positive_int
+
+
+class _PairwiseKernel:
+    def __call__(self, x1, x2=None, *, dtype: torch.dtype = DEFAULT_DTYPE, device=None) -> torch.Tensor:
+        x1 = as_matrix(x1, "x1", dtype=dtype, device=device)
+        x2 = x1 if x2 is None else as_matrix(x2, "x2", dtype=dtype, device=x1.device)
+        check_same_features(x1, x2)
+        return self.matrix(x1, x2)
+
+    def matrix(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __repr__(self):
+        return f"{type(self).__name__}(" + ", ".join(f"{k}={v!r}" for k, v in vars(self).items()) + ")"
+
+
+class Gaussian(_PairwiseKernel):
+    """K(x, y) = exp(-||x - y||^2 / r^2)."""
+
+    def __init__(self, r: float = 1.0):
+        self.r = positive(r, "r (Gaussian kernel length scale)")
+
+    def matrix(self, x1, x2):
+        return torch.cdist(x1, x2).square_().div_(-self.r ** 2).exp_()
+
+
+class Ball(_PairwiseKernel):
+    """K(x, y) = 1{||x - y|| < r}.  Not positive semi-definite in general (the
+    Fourier transform of a ball's indicator changes sign), so interpolation with
+    it needs `assume_psd=False`."""
+
+    def __init__(self, r: float = 1.0):
+        self.r = positive(r, "r (ball kernel radius)")
+
+    def matrix(self, x1, x2):
+        return (torch.cdist(x1, x2) < self.r).to(x1.dtype)
+
+
+class Linear(_PairwiseKernel):
+    """K(x, y) = <x, y> + c."""
+
+    def __init__(self, c: float = 0.0):
+        self.c = positive(c, "c (linear kernel offset)", allow_zero=True)
+
+    def matrix(self, x1, x2):
+        return (x1 @ x2.T).add_(self.c)
+
+
+class Polynomial(_PairwiseKernel):
+    """K(x, y) = (<x, y> + c)^degree."""
+
+    def __init__(self, degree: int = 2, c: float = 1.0):
+        self.degree = positive_int(degree, "degree")
+        self.c = positive(c, "c (polynomial kernel offset)", allow_zero=True)
+
+    def matrix(self, x1, x2):
+        return (x1 @ x2.T).add_(self.c).pow_(self.degree)
