@@ -2,7 +2,7 @@
 
 from .arch import (Abs, ABRelu, Dense, Elementwise, Erf, Gelu, Kernel, LeakyRelu, Relu, Serial,
                    Sigmoid, Sigmoid_like, Sign, Tanh, serial)
-from . import kernels
+from . import kernels, predict
 
 __version__ = "0.1.0"
 

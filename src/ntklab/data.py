@@ -1,0 +1,86 @@
+"""Data: synthetic regression tasks and loaders for user arrays (.npy, .npz, .csv).
+
+Everything is generated from an explicit `seed` (torch.Generator) so that runs
+are reproducible."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ._validation import DEFAULT_DTYPE, as_matrix, positive_int
+
+
+@dataclass
+class RegressionTask:
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    description: str
+
+
+def target_1d(x: torch.Tensor) -> torch.Tensor:
+    """f*(x) = sin(2x) + 0.3 x."""
+    return torch.sin(2 * x[:, 0]) + 0.3 * x[:, 0]
+
+
+def regression_1d(n_train: int, *, seed: int, n_test: int = 400, low: float = -3.0,
+                  high: float = 3.0, dtype: torch.dtype = DEFAULT_DTYPE) -> RegressionTask:
+    """x_train ~ U[low, high] (sorted), noiseless y = sin(2x) + 0.3x; x_test a grid
+    slightly wider than the training interval."""
+    n_train, n_test = positive_int(n_train, "n_train"), positive_int(n_test, "n_test")
+    g = torch.Generator().manual_seed(seed)
+    x = (low + (high - low) * torch.rand(n_train, 1, generator=g, dtype=dtype)).sort(0).values
+    margin = 0.1 * (high - low)
+    grid = torch.linspace(low - margin, high + margin, n_test, dtype=dtype).reshape(-1, 1)
+    return RegressionTask("1-D", x, target_1d(x), grid, target_1d(grid),
+                          f"y = sin(2x) + 0.3x, x ~ U[{low}, {high}], {n_train} points")
+
+
+def regression_sphere(n_train: int, d: int, *, seed: int, n_test: int = 200,
+                      dtype: torch.dtype = DEFAULT_DTYPE) -> RegressionTask:
+    """x uniform on the sphere of radius sqrt(d) in R^d, noiseless
+    y = sin(x_1) + x_2 x_3 / 2 (a smooth target of degree > 1)."""
+    n_train, d = positive_int(n_train, "n_train"), positive_int(d, "d")
+    if d < 3:
+        raise ValueError(f"d must be >= 3 for the sphere task (the target uses 3 coordinates), got {d}")
+    g = torch.Generator().manual_seed(seed)
+
+    def sample(n):
+        x = torch.randn(n, d, generator=g, dtype=dtype)
+        x = x / x.norm(dim=1, keepdim=True) * math.sqrt(d)
+        return x, torch.sin(x[:, 0]) + 0.5 * x[:, 1] * x[:, 2]
+
+    x_train, y_train = sample(n_train)
+    x_test, y_test = sample(positive_int(n_test, "n_test"))
+    return RegressionTask(f"{d}-D sphere", x_train, y_train, x_test, y_test,
+                          f"y = sin(x1) + x2 x3 / 2, x uniform on the sphere of radius sqrt({d}) "
+                          f"in R^{d}, {n_train} points")
+
+
+def load_matrix(path: str | Path, name: str, *, dtype: torch.dtype = DEFAULT_DTYPE) -> torch.Tensor:
+    """Read a 2-D array from .npy, .npz (its single array, or the one named like
+    the argument) or .csv (comma-separated, no header).  Never unpickles."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{name}: file {str(path)!r} does not exist")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        array = np.load(path, allow_pickle=False)
+    elif suffix == ".npz":
+        with np.load(path, allow_pickle=False) as archive:
+            keys = list(archive.keys())
+            key = name if name in keys else keys[0] if len(keys) == 1 else None
+            if key is None:
+                raise ValueError(f"{name}: {path} holds several arrays {keys}; name one {name!r}")
+            array = archive[key]
+    elif suffix == ".csv":
+        array = np.loadtxt(path, delimiter=",", ndmin=2)
+    else:
+        raise ValueError(f"{name}: unsupported file type {suffix!r}; use .npy, .npz or .csv")
+    return as_matrix(array, name, dtype=dtype)

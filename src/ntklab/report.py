@@ -1,0 +1,99 @@
+"""Run folders: config.json, metrics.csv, figures/*.png, report.md.
+
+A run is written into a hidden staging folder next to its destination and
+renamed into place only when complete, so an interrupted run never leaves a
+folder that looks whole; each file inside is also written to a temporary name
+and renamed (atomic on POSIX)."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class RunFolder:
+    """Context manager collecting a run's outputs; `out` appears only on success."""
+
+    def __init__(self, out: str | Path, *, overwrite: bool = False):
+        self.out = Path(out)
+        if self.out.exists() and not overwrite:
+            raise ValueError(f"--out {str(self.out)!r} already exists; choose another folder "
+                             f"or pass --overwrite to replace it")
+        self.overwrite = overwrite
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.stage = Path(tempfile.mkdtemp(dir=self.out.parent, prefix=f".{self.out.name}.partial-"))
+
+    def __enter__(self) -> "RunFolder":
+        return self
+
+    def __exit__(self, kind, value, tb) -> None:
+        if kind is not None:
+            shutil.rmtree(self.stage, ignore_errors=True)
+            return
+        if self.out.exists():
+            trash = Path(tempfile.mkdtemp(dir=self.out.parent, prefix=f".{self.out.name}.old-"))
+            os.replace(self.out, trash / "run")
+            shutil.rmtree(trash, ignore_errors=True)
+        os.replace(self.stage, self.out)
+
+    def path(self, name: str) -> Path:
+        return self.stage / name
+
+    def write_text(self, name: str, text: str) -> None:
+        atomic_write_bytes(self.path(name), text.encode())
+
+    def write_json(self, name: str, obj: Any) -> None:
+        self.write_text(name, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+    def write_csv(self, name: str, rows: Iterable[Mapping[str, Any]]) -> None:
+        rows = list(rows)
+        if not rows:
+            raise ValueError(f"{name}: no rows to write")
+        fields = list(dict.fromkeys(key for row in rows for key in row))
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+        self.write_text(name, buffer.getvalue())
+
+    def save_figure(self, name: str, fig: "plt.Figure") -> str:
+        """Save to figures/NAME.png; returns the relative path for report.md."""
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+        plt.close(fig)
+        relative = f"figures/{name}.png"
+        atomic_write_bytes(self.path(relative), buffer.getvalue())
+        return relative
+
+
+def markdown_table(rows: list[Mapping[str, Any]], columns: list[str], *, digits: int = 3) -> str:
+    """A GitHub-flavoured markdown table of `rows` restricted to `columns`."""
+    def fmt(value):
+        if isinstance(value, float):
+            return f"{value:.{digits}g}"
+        return str(value)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
