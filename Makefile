@@ -1,0 +1,31 @@
+# Two commands on a fresh machine:  `make run`  (main job)  and  `make test`  (test suite).
+# Each creates the virtual environment on first use.  TORCH pins the CPU build
+# that CPU-only machines here install from a local wheel; override for CUDA.
+PYTHON ?= python3
+VENV   ?= .venv
+TORCH  ?= torch==2.13.0
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test test-all bench clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/ntklab run kernel-gd --out runs/kernel-gd --overwrite
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q -m "slow or not slow"
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_fc_kernel.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

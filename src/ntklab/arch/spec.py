@@ -1,0 +1,49 @@
+"""Parse architecture strings for the command line, e.g.
+
+    "Dense(512, W_std=1.5, b_std=0.05), Relu(), Dense(1, W_std=1.5, b_std=0.05)"
+
+The string is read with `ast` (never `eval`): only calls of ntklab layer names
+with literal arguments are accepted."""
+from __future__ import annotations
+
+import ast
+
+from . import activations, dense, quadrature
+from .serial import Serial, serial
+
+LAYERS = {
+    "Dense": dense.Dense, "Relu": activations.Relu, "LeakyRelu": activations.LeakyRelu,
+    "Abs": activations.Abs, "Erf": activations.Erf, "Sigmoid_like": activations.Sigmoid_like,
+    "Sign": activations.Sign, "Gelu": activations.Gelu, "Tanh": quadrature.Tanh,
+    "Sigmoid": quadrature.Sigmoid,
+}
+
+
+def parse_architecture(spec: str) -> Serial:
+    """`"Dense(512), Relu(), Dense(1)"` -> `serial(Dense(512), Relu(), Dense(1))`."""
+    try:
+        tree = ast.parse(spec.strip(), mode="eval").body
+    except SyntaxError as err:
+        raise ValueError(f"--arch {spec!r} is not a comma-separated list of layers such as "
+                         f"'Dense(512, W_std=1.5), Relu(), Dense(1)': {err.msg}") from err
+    calls = tree.elts if isinstance(tree, ast.Tuple) else [tree]
+    layers = []
+    for call in calls:
+        if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name)):
+            raise ValueError(f"--arch: expected a layer call like Relu(), got "
+                             f"{ast.unparse(call)!r}")
+        name = call.func.id
+        if name not in LAYERS:
+            raise ValueError(f"--arch: unknown layer {name!r}; known layers: "
+                             f"{', '.join(sorted(LAYERS))}")
+        try:
+            args = [ast.literal_eval(a) for a in call.args]
+            kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+        except ValueError as err:
+            raise ValueError(f"--arch: arguments of {name} must be literals, got "
+                             f"{ast.unparse(call)!r}") from err
+        try:
+            layers.append(LAYERS[name](*args, **kwargs))
+        except TypeError as err:
+            raise ValueError(f"--arch: bad arguments for {name}: {err}") from err
+    return serial(*layers)

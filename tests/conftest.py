@@ -1,0 +1,19 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+
+
+@pytest.fixture(scope="session")
+def reference():
+    """neural-tangents 0.6.5 values (../shared/reference): (cases by name, arrays)."""
+    meta, arrays = REFERENCE / "neural_tangents_public.json", REFERENCE / "neural_tangents_public.npz"
+    if not meta.is_file():
+        pytest.fail(f"reference values not found at {REFERENCE}; ntklab's tests expect the "
+                    f"shared/ folder beside the repository")
+    cases = {c["name"]: c for c in json.loads(meta.read_text())["cases"]}
+    with np.load(arrays) as z:
+        return cases, {k: z[k] for k in z.files}
