@@ -18,6 +18,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from scipy.special import roots_hermitenorm
 
 from .._validation import positive_int
 from .activations import Activation
@@ -25,7 +26,7 @@ from .activations import Activation
 
 @lru_cache(maxsize=16)
 def _hermite_rule(n_points: int) -> tuple[np.ndarray, np.ndarray]:
-    nodes, weights = np.polynomial.hermite_e.hermegauss(n_points)
+    nodes, weights = roots_hermitenorm(n_points)  # stable for large n, unlike numpy's hermegauss
     return nodes, weights / weights.sum()
 
 
