@@ -1,0 +1,65 @@
+"""The command line and the kernel-gd experiment (quick settings)."""
+import csv
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import ntklab as nk
+from ntklab import experiments
+from ntklab.cli import main
+
+
+def test_kernel_gd_quick_run_writes_a_complete_folder(tmp_path):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["run", "kernel-gd", "--quick", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    for name in ("config.json", "metrics.csv", "report.md", "summary.json",
+                 "figures/interpolants_1d.png", "figures/convergence.png"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())
+    # the one-step identity with the tangent kernel holds to machine precision ...
+    assert summary["identity_max_rel_dev"] < 1e-12
+    # ... and with K in place of K K (GD on alpha) it does not
+    assert summary["lecture_form_alpha_space_min_rel_dev"] > 0.1
+    assert summary["max_dev_from_predicted_error"] < 1e-10
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert {r["kernel"].split()[0] for r in rows} == {"Gaussian", "ball", "NTK"}
+    assert json.loads((out / "config.json").read_text())["seed"] == 0
+    again = CliRunner().invoke(main, ["run", "kernel-gd", "--quick", "--out", str(out)])
+    assert again.exit_code != 0 and "already exists" in again.output
+
+
+def test_interrupted_run_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
+    def crash(out, **kwargs):
+        out.write_json("config.json", {"partial": True})
+        raise KeyboardInterrupt
+    monkeypatch.setitem(experiments.REGISTRY, "crash", experiments.Experiment("crash", "", crash))
+    with pytest.raises(KeyboardInterrupt):
+        experiments.run("crash", tmp_path / "run")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_list_and_unknown_experiment():
+    runner = CliRunner()
+    assert "kernel-gd" in runner.invoke(main, ["list"]).output
+    result = runner.invoke(main, ["run", "no-such-thing"])
+    assert result.exit_code != 0 and "unknown experiment" in result.output
+
+
+def test_kernel_command_matches_python_api(tmp_path):
+    x1 = np.random.default_rng(0).standard_normal((9, 4))
+    np.save(tmp_path / "x1.npy", x1)
+    np.savetxt(tmp_path / "x2.csv", x1[:3] * 2, delimiter=",")
+    arch = "Dense(128, W_std=1.5, b_std=0.05), Erf(), Dense(1, W_std=1.5, b_std=0.05)"
+    result = CliRunner().invoke(main, ["kernel", "--arch", arch, "--x1", str(tmp_path / "x1.npy"),
+                                       "--x2", str(tmp_path / "x2.csv"), "--out", str(tmp_path / "k.npz")])
+    assert result.exit_code == 0, result.output
+    expected = nk.serial(nk.Dense(128, 1.5, 0.05), nk.Erf(), nk.Dense(1, 1.5, 0.05)).kernel(x1, x1[:3] * 2)
+    with np.load(tmp_path / "k.npz") as k:
+        np.testing.assert_allclose(k["ntk"], expected.ntk.numpy(), rtol=1e-14)
+        np.testing.assert_allclose(k["nngp"], expected.nngp.numpy(), rtol=1e-14)
+    bad = CliRunner().invoke(main, ["kernel", "--arch", arch, "--x1", str(tmp_path / "missing.npy"),
+                                    "--out", str(tmp_path / "k2.npz")])
+    assert bad.exit_code != 0 and "does not exist" in bad.output and not (tmp_path / "k2.npz").exists()

@@ -1,0 +1,73 @@
+"""Blocked computation, classical kernels and input validation."""
+import numpy as np
+import pytest
+import torch
+
+import ntklab as nk
+from ntklab.arch.spec import parse_architecture
+
+X = torch.randn(37, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+NET = nk.serial(nk.Dense(64, 1.3, 0.2), nk.Gelu(), nk.Dense(64, 1.3, 0.2), nk.Relu(), nk.Dense(1))
+
+
+@pytest.mark.parametrize("block_size, workers", [(5, 1), (8, 2), (1000, 1)])
+def test_blocks_and_threads_do_not_change_the_kernel(block_size, workers):
+    whole = NET.kernel(X, X, block_size=1000)   # one block, no symmetry shortcut
+    blocked = NET.kernel(X, block_size=block_size, workers=workers)
+    for g in ("nngp", "ntk"):
+        torch.testing.assert_close(getattr(blocked, g), getattr(whole, g), rtol=1e-13, atol=1e-13)
+        assert torch.equal(getattr(blocked, g), getattr(blocked, g).T)
+    rect = NET.kernel(X[:10], X[10:], block_size=block_size, workers=workers)
+    torch.testing.assert_close(rect.ntk, whole.ntk[:10, 10:], rtol=1e-13, atol=1e-13)
+
+
+def test_get_selects_kernels_and_float32_works():
+    k = NET.kernel(X, get="nngp")
+    assert k.ntk is None and k.nngp.shape == (37, 37)
+    k32 = NET.kernel(X, dtype=torch.float32)
+    assert k32.ntk.dtype == torch.float32
+    torch.testing.assert_close(k32.ntk.double(), NET.kernel(X).ntk, rtol=1e-4, atol=1e-4)
+
+
+def test_classical_kernels_match_formulas():
+    x, y = X[:5].numpy(), X[5:9].numpy()
+    dist2 = ((x[:, None] - y[None]) ** 2).sum(-1)
+    np.testing.assert_allclose(nk.kernels.Gaussian(2.0)(x, y).numpy(), np.exp(-dist2 / 4), rtol=1e-12)
+    np.testing.assert_array_equal(nk.kernels.Ball(2.5)(x, y).numpy(), (np.sqrt(dist2) < 2.5) * 1.0)
+    np.testing.assert_allclose(nk.kernels.Polynomial(3, 0.5)(x, y).numpy(), (x @ y.T + 0.5) ** 3, rtol=1e-12)
+    np.testing.assert_allclose(nk.kernels.Linear()(x).numpy(), x @ x.T, rtol=1e-12)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (np.full((3, 4), np.nan), "NaN"), (np.zeros((0, 4)), "empty"), (np.zeros((3, 4, 2)), "2-D"),
+    (np.zeros(4), "2-D"), (np.array([[1.0, np.inf]] * 3), "NaN/inf")])
+def test_bad_inputs_name_the_argument(bad, match):
+    with pytest.raises(ValueError, match=match) as error:
+        NET.kernel(bad)
+    assert str(error.value).startswith("x1 ")
+
+
+def test_mismatched_features_and_bad_layers():
+    with pytest.raises(ValueError, match="same feature shape"):
+        NET.kernel(X, X[:, :3])
+    with pytest.raises(ValueError, match="out"):
+        nk.Dense(0)
+    with pytest.raises(ValueError, match="W_std"):
+        nk.Dense(10, W_std=-1.0)
+    with pytest.raises(ValueError, match="b_std"):
+        nk.Dense(10, b_std=-0.1)
+    with pytest.raises(ValueError, match="parameterization"):
+        nk.Dense(10, parameterization="mup")
+    with pytest.raises(ValueError, match="serial"):
+        nk.serial(nk.Dense(3), "relu")
+    with pytest.raises(ValueError, match="unknown layer 'Swish'"):
+        parse_architecture("Dense(10), Swish()")
+    with pytest.raises(ValueError, match="literals"):
+        parse_architecture("Dense(__import__('os'))")
+    with pytest.raises(ValueError, match="in_shape"):
+        NET.module(in_shape=(3, 8, 8))
+
+
+def test_architecture_strings_build_the_same_network():
+    parsed = parse_architecture("Dense(64, W_std=1.3, b_std=0.2), Gelu(), Dense(64, 1.3, 0.2), Relu(), Dense(1)")
+    torch.testing.assert_close(parsed.kernel(X).ntk, NET.kernel(X).ntk, rtol=0, atol=0)
