@@ -124,6 +124,7 @@ def study(task: RegressionTask, name: str, kernel, assume_psd: bool, space: str,
 def plot_interpolants(task: RegressionTask, results: dict) -> plt.Figure:
     fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.6), sharey=True)
     x = task.x_test[:, 0].numpy()
+    low, high = float(task.y_test.min()) - 1.5, float(task.y_test.max()) + 1.5
     for ax, (name, curves) in zip(axes, results.items()):
         ax.plot(x, task.y_test.numpy(), color="0.6", lw=1, label="target f*")
         ax.plot(x, (curves["k_test"] @ curves["alpha_star"]).numpy(), color="C0", lw=2,
@@ -136,11 +137,17 @@ def plot_interpolants(task: RegressionTask, results: dict) -> plt.Figure:
                         label=f"GD on alpha, step {steps[index]}")
         ax.scatter(task.x_train[:, 0].numpy(), task.y_train.numpy(), color="k", zorder=3, s=18,
                    label="training data")
+        interpolant = curves["k_test"] @ curves["alpha_star"]
+        clipped = float(interpolant.min()) < low or float(interpolant.max()) > high
+        ax.set_ylim(low, high)
         ax.set_title(name)
+        if clipped:
+            ax.text(0.02, 0.97, f"interpolant clipped: its range is [{float(interpolant.min()):.0f}, "
+                    f"{float(interpolant.max()):.0f}]", transform=ax.transAxes, va="top", fontsize=8)
         ax.set_xlabel("x")
     axes[0].set_ylabel("f(x)")
     axes[0].legend(fontsize=7, loc="lower right")
-    fig.suptitle(f"Kernel regression interpolants ({task.description})")
+    fig.suptitle(f"Kernel regression interpolants ({task.description})", y=1.02)
     return fig
 
 
@@ -158,6 +165,7 @@ def plot_convergence(all_curves: dict) -> plt.Figure:
                      "(solid: measured, dotted: (I - 2 eta K^2)^t prediction)" if space == "alpha"
                      else f"GD in {space} space (dotted: (I - 2 eta K)^t prediction)")
         ax.set_xlabel("step")
+        ax.set_ylim(1e-17, None)  # below float64 resolution the measured error stops falling
         ax.axhline(TOLERANCE, color="0.5", lw=0.8)
         ax.legend(fontsize=6)
     return fig
