@@ -70,7 +70,7 @@ def study(task: RegressionTask, name: str, kernel, assume_psd: bool, space: str,
         diag_reg = RIDGE_IF_SINGULAR
         k = predict.add_diagonal_regularizer(k, diag_reg)
         alpha_star = predict.solve(k, y, assume_psd=assume_psd)
-    evals = torch.linalg.eigvalsh(k)
+    evals, evecs = torch.linalg.eigh(k)
     row = {"task": task.name, "kernel": name, "space": space, "n_train": len(y),
            "diag_reg": diag_reg,
            "min_eig": float(evals[0]), "max_eig": float(evals[-1]),
@@ -88,7 +88,6 @@ def study(task: RegressionTask, name: str, kernel, assume_psd: bool, space: str,
     rate = float(factor.abs().max())
     steps = path.steps
     error = (path.alpha - alpha_star).norm(dim=1) / alpha_star.norm()
-    evecs = torch.linalg.eigh(k)[1]
     coeff0 = evecs.T @ (-alpha_star)
     predicted = torch.stack([(factor.abs() ** s * coeff0.abs()).norm() for s in steps.tolist()])
     predicted = predicted / alpha_star.norm()
@@ -186,10 +185,10 @@ def run(out: RunFolder, *, seed: int = 0, quick: bool = False, device: str | Non
              (regression_sphere(config["n_train_sphere"], config["d"], seed=seed),
               config["radius_sphere"])]
     rows, all_curves, figures = [], {}, {}
-    jobs = [(task, radius, name, space) for task, radius in tasks
-            for name in kernel_suite(task, radius) for space in ("alpha", "function")]
-    for task, radius, name, space in tqdm(jobs, desc="kernel-gd", unit="run"):
-        kernel, assume_psd = kernel_suite(task, radius)[name]
+    jobs = [(task, name, kernel, assume_psd, space) for task, radius in tasks
+            for name, (kernel, assume_psd) in kernel_suite(task, radius).items()
+            for space in ("alpha", "function")]
+    for task, name, kernel, assume_psd, space in tqdm(jobs, desc="kernel-gd", unit="run"):
         row, curves = study(task, name, kernel, assume_psd, space, config["max_steps"])
         rows.append(row)
         all_curves[(task.name, name, space)] = curves
