@@ -1,0 +1,143 @@
+"""Empirical NTK against explicit per-sample autograd Jacobian products."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call, jacrev, vmap
+
+import ntklab as nk
+from ntklab.kernels.empirical import Plan, parse_memory, select_parameters
+
+
+def explicit_ntk(model, x1, x2, names=None):
+    """Theta[i, j, a, b] = sum_p df_a(x1_i)/dp df_b(x2_j)/dp by per-sample jacrev."""
+    params = {k: v.detach() for k, v in model.named_parameters() if names is None or k in names}
+
+    def f(p, xi):
+        return functional_call(model, p, (xi[None],)).reshape(-1)
+    j1 = vmap(jacrev(f), in_dims=(None, 0))(params, x1)
+    j2 = vmap(jacrev(f), in_dims=(None, 0))(params, x2)
+    return sum(torch.einsum("iap,jbp->ijab", j1[k].flatten(2), j2[k].flatten(2)) for k in params)
+
+
+class Reused(nn.Module):
+    """One Linear applied twice in the forward pass."""
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(5, 7), nn.Linear(7, 7), nn.Linear(7, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.b(torch.tanh(self.a(x))))
+        return self.c(torch.tanh(self.b(h)))
+
+
+class Tied(nn.Module):
+    """A Linear weight also used outside its layer (structured rule must not apply)."""
+    def __init__(self):
+        super().__init__()
+        self.a, self.c = nn.Linear(5, 5), nn.Linear(5, 2)
+
+    def forward(self, x):
+        return self.c(torch.tanh(torch.tanh(self.a(x)) @ self.a.weight))
+
+
+def batchnorm_model():
+    model = nn.Sequential(nn.Linear(5, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3)).double()
+    with torch.no_grad():
+        model(torch.randn(64, 5, dtype=torch.float64) * 2 + 1)   # non-trivial running stats
+    return model.eval()
+
+
+MODELS = {
+    "mlp": (lambda: nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 16), nn.ReLU(),
+                                  nn.Linear(16, 3)).double(), (5,)),
+    "cnn": (lambda: nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1),
+                                  nn.Flatten(), nn.Linear(64, 3)).double(), (2, 6, 6)),
+    "batchnorm-eval": (batchnorm_model, (5,)),
+    "reused-layer": (lambda: Reused().double(), (5,)),
+    "tied-weight": (lambda: Tied().double(), (5,)),
+}
+REDUCE = {"full": lambda r: r, "trace": lambda r: torch.diagonal(r, dim1=2, dim2=3).mean(-1),
+          "diagonal": lambda r: torch.diagonal(r, dim1=2, dim2=3)}
+
+
+@pytest.mark.parametrize("implementation", ["structured", "jacobian", "ntk_vp", "auto"])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_matches_explicit_jacobians(name, implementation):
+    torch.manual_seed(0)
+    make, shape = MODELS[name]
+    model = make()
+    x1, x2 = torch.randn(7, *shape, dtype=torch.float64), torch.randn(5, *shape, dtype=torch.float64)
+    cross, gram = explicit_ntk(model, x1, x2), explicit_ntk(model, x1, x1)
+    for mode, reduce in REDUCE.items():
+        out = nk.empirical_ntk(model, x1, x2, mode=mode, implementation=implementation)
+        sym = nk.empirical_ntk(model, x1, mode=mode, implementation=implementation)
+        scale = float(gram.abs().max())
+        assert out.shape == reduce(cross).shape and out.dtype == torch.float64
+        assert float((out - reduce(cross)).abs().max()) < 1e-10 * scale, mode
+        assert float((sym - reduce(gram)).abs().max()) < 1e-10 * scale, mode
+
+
+def test_structured_rule_applies_only_where_exact():
+    x = torch.randn(4, 5, dtype=torch.float64)
+    reused = MODELS["reused-layer"][0]()
+    plan = Plan(reused, select_parameters(reused, None), True, x)
+    assert len(plan.linear) == 3 and not plan.rest
+    tied = MODELS["tied-weight"][0]()
+    plan = Plan(tied, select_parameters(tied, None), True, x)
+    assert [use.module for use in plan.linear] == [tied.c] and set(plan.rest) == {"a.weight", "a.bias"}
+
+
+@pytest.mark.parametrize("implementation", ["structured", "jacobian", "ntk_vp"])
+def test_tiled_under_memory_cap_and_parameter_subset(implementation):
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(5, 256), nn.Tanh(), nn.Linear(256, 256), nn.ReLU(),
+                          nn.Linear(256, 3)).double()
+    x = torch.randn(30, 5, dtype=torch.float64)
+    out = nk.empirical_ntk(model, x, mode="full", implementation=implementation,
+                           max_memory="1MiB", progress=False)
+    reference = explicit_ntk(model, x, x)
+    assert float((out - reference).abs().max()) < 1e-10 * float(reference.abs().max())
+    last = nk.empirical_ntk(model, x, x[:4], mode="trace", params=["4.weight", "4.bias"],
+                            implementation=implementation)
+    reference = REDUCE["trace"](explicit_ntk(model, x, x[:4], names={"4.weight", "4.bias"}))
+    assert torch.allclose(last, reference, rtol=1e-10, atol=0)
+    # the last layer alone: Theta = (h . h' + 1) * I with h the last hidden layer
+    hidden = model[:4](x).detach()
+    assert torch.allclose(last, hidden @ hidden[:4].T + 1, rtol=1e-10, atol=0)
+
+
+def test_float32_and_numpy_inputs():
+    model = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 2))
+    x = np.random.default_rng(0).normal(size=(6, 3))
+    out = nk.empirical_ntk(model, x, mode="diagonal")
+    assert out.dtype == torch.float32 and out.shape == (6, 6, 2)
+    reference = REDUCE["diagonal"](explicit_ntk(model, torch.tensor(x, dtype=torch.float32),
+                                                torch.tensor(x, dtype=torch.float32)))
+    assert torch.allclose(out, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_bad_input():
+    model = nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.Linear(8, 2)).double()
+    x = torch.randn(6, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="model.eval"):
+        nk.empirical_ntk(model, x)   # train-mode BatchNorm mixes samples
+
+    class Mixing(nn.Module):
+        def forward(self, x):
+            return x - x.mean(0)
+    mixing = nn.Sequential(nn.Linear(3, 2).double(), Mixing())
+    with pytest.raises(ValueError, match="depend on other samples"):
+        nk.empirical_ntk(mixing, x)
+    model.eval()
+    with pytest.raises(ValueError, match="x1 has dtype torch.float32"):
+        nk.empirical_ntk(model, x.float())
+    with pytest.raises(ValueError, match="same sample shape"):
+        nk.empirical_ntk(model, x, torch.randn(2, 4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="no parameter 'fc.weight'"):
+        nk.empirical_ntk(model, x, params=["fc.weight"])
+    with pytest.raises(ValueError, match="mode must be"):
+        nk.empirical_ntk(model, x, mode="trace_axes")
+    with pytest.raises(ValueError, match="max_memory"):
+        nk.empirical_ntk(model, x, max_memory="lots")
+    assert parse_memory("2GiB") == 2 * 2 ** 30 and parse_memory("500MB") == 5 * 10 ** 8
