@@ -4,9 +4,10 @@ from .arch import (Abs, ABRelu, Dense, Elementwise, Erf, Gelu, Kernel, LeakyRelu
                    Sigmoid, Sigmoid_like, Sign, Tanh, serial)
 from . import kernels, predict
 from .kernels.empirical import empirical_ntk
+from .train import TrainingHistory, train
 
 __version__ = "0.1.0"
 
 __all__ = ["ABRelu", "Abs", "Dense", "Elementwise", "Erf", "Gelu", "Kernel", "LeakyRelu", "Relu",
-           "Serial", "Sigmoid", "Sigmoid_like", "Sign", "Tanh", "empirical_ntk", "kernels", "predict",
-           "serial"]
+           "Serial", "Sigmoid", "Sigmoid_like", "Sign", "Tanh", "TrainingHistory", "empirical_ntk", "kernels",
+           "predict", "serial", "train"]
