@@ -2,7 +2,7 @@
 
 from .arch import (Abs, ABRelu, Dense, Elementwise, Erf, Gelu, Kernel, LeakyRelu, Relu, Serial,
                    Sigmoid, Sigmoid_like, Sign, Tanh, serial)
-from . import kernels, predict
+from . import kernels, predict, sklearn
 from .kernels.empirical import empirical_ntk
 from .train import TrainingHistory, train
 
@@ -10,4 +10,4 @@ __version__ = "0.1.0"
 
 __all__ = ["ABRelu", "Abs", "Dense", "Elementwise", "Erf", "Gelu", "Kernel", "LeakyRelu", "Relu",
            "Serial", "Sigmoid", "Sigmoid_like", "Sign", "Tanh", "TrainingHistory", "empirical_ntk", "kernels",
-           "predict", "serial", "train"]
+           "predict", "serial", "sklearn", "train"]

@@ -50,7 +50,8 @@ def as_tensor(x: Any, name: str, *, dtype: torch.dtype = DEFAULT_DTYPE,
         t = x.detach()
     else:
         try:
-            t = torch.as_tensor(np.asarray(x))
+            array = np.asarray(x)
+            t = torch.as_tensor(array if array.flags.writeable else array.copy())
         except (TypeError, ValueError) as err:
             raise ValueError(f"{name} must be a numeric array, got {type(x).__name__}") from err
     if not (t.is_floating_point() or t.dtype in (torch.int8, torch.int16, torch.int32,

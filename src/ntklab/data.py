@@ -63,6 +63,32 @@ def regression_sphere(n_train: int, d: int, *, seed: int, n_test: int = 200,
                           f"in R^{d}, {n_train} points")
 
 
+def digits_parity(n_train: int, *, seed: int, n_test: int = 256,
+                  dtype: torch.dtype = DEFAULT_DTYPE) -> RegressionTask:
+    """scikit-learn's bundled handwritten digits (8x8, 1797 images, no download):
+    y = +1 for even digits, -1 for odd.  Pixels are centred and scaled by the
+    training set's statistics, then each image is scaled to norm sqrt(64) (so
+    ||x||^2 / d = 1, the scale the NTK parameterization assumes)."""
+    from sklearn.datasets import load_digits
+
+    n_train, n_test = positive_int(n_train, "n_train"), positive_int(n_test, "n_test")
+    digits = load_digits()
+    if n_train + n_test > len(digits.target):
+        raise ValueError(f"n_train + n_test = {n_train + n_test} exceeds the "
+                         f"{len(digits.target)} digits images")
+    order = np.random.default_rng(seed).permutation(len(digits.target))
+    x = digits.data[order].astype(np.float64)
+    y = np.where(digits.target[order] % 2 == 0, 1.0, -1.0)
+    train, test = slice(0, n_train), slice(n_train, n_train + n_test)
+    mean, std = x[train].mean(0), x[train].std(0) + 1.0   # +1: constant border pixels
+    x = (x - mean) / std
+    x = x / np.linalg.norm(x, axis=1, keepdims=True) * math.sqrt(x.shape[1])
+    as_t = lambda a: torch.as_tensor(a, dtype=dtype)
+    return RegressionTask("digits parity", as_t(x[train]), as_t(y[train]), as_t(x[test]),
+                          as_t(y[test]), f"scikit-learn digits, y = +1 even / -1 odd, "
+                          f"{n_train} training and {n_test} test images")
+
+
 def load_matrix(path: str | Path, name: str, *, dtype: torch.dtype = DEFAULT_DTYPE) -> torch.Tensor:
     """Read a 2-D array from .npy, .npz (its single array, or the one named like
     the argument) or .csv (comma-separated, no header).  Never unpickles."""
