@@ -53,6 +53,9 @@ MODELS = {
                                   nn.Linear(16, 3)).double(), (5,)),
     "cnn": (lambda: nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1),
                                   nn.Flatten(), nn.Linear(64, 3)).double(), (2, 6, 6)),
+    "cnn-strided": (lambda: nn.Sequential(
+        nn.Conv2d(2, 4, 3, stride=2, padding=1), nn.Tanh(), nn.Conv2d(4, 3, 2, dilation=2, bias=False),
+        nn.Conv2d(3, 3, 1, padding="same"), nn.Flatten(), nn.Linear(12, 3)).double(), (2, 7, 7)),
     "batchnorm-eval": (batchnorm_model, (5,)),
     "reused-layer": (lambda: Reused().double(), (5,)),
     "tied-weight": (lambda: Tied().double(), (5,)),
@@ -86,6 +89,9 @@ def test_structured_rule_applies_only_where_exact():
     tied = MODELS["tied-weight"][0]()
     plan = Plan(tied, select_parameters(tied, None), True, x)
     assert [use.module for use in plan.linear] == [tied.c] and set(plan.rest) == {"a.weight", "a.bias"}
+    cnn = MODELS["cnn-strided"][0]()
+    plan = Plan(cnn, select_parameters(cnn, None), True, torch.randn(2, 2, 7, 7, dtype=torch.float64))
+    assert set(plan.rest) == {"3.weight", "3.bias"}   # padding="same" is left to vmap(jacrev)
 
 
 @pytest.mark.parametrize("implementation", ["structured", "jacobian", "ntk_vp"])

@@ -25,7 +25,10 @@ NTK", name the same three for JAX):
   delta_a = d f_a / d y, so its contribution is
       sum_{calls c, c'} (delta_a^c(x) . delta_b^c'(x')) (h^c(x) . h^c'(x') + 1[b]),
   computed from activations and cotangents (one backward pass per output for a
-  whole tile) without forming dW; the remaining parameters use "jacobian".
+  whole tile) without forming dW; for `nn.Conv2d` (zero padding, one group) the
+  per-sample Jacobian is formed from the same cotangents and the unfolded input
+  patches, dW = sum_p delta_p (x) patch_p, instead of by vmap(jacrev); the
+  remaining parameters use "jacobian".
   A layer used twice in one forward pass contributes over all pairs of calls.
 
 `implementation="auto"` times the candidates on two small probe sets, fits
@@ -44,6 +47,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.func import functional_call, jacrev, jvp, vjp, vmap
 from tqdm.auto import tqdm
 
@@ -178,19 +182,47 @@ def _expand_to(factor: torch.Tensor, mode: str) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- features
 @dataclass
-class LinearUse:
-    """A `nn.Linear` whose selected weight/bias are handled by the structured rule."""
-    module: nn.Linear
+class LayerUse:
+    """A `nn.Linear` or `nn.Conv2d` whose selected weight/bias use the structured rule."""
+    module: nn.Module
     weight: bool
     bias: bool
+
+    @property
+    def is_linear(self) -> bool:
+        return isinstance(self.module, nn.Linear)
+
+
+def _conv_padding(conv: nn.Conv2d):
+    """Integer padding of a zero-padded, ungrouped Conv2d, or None if not supported."""
+    if conv.groups != 1 or conv.padding_mode != "zeros" or conv.padding == "same":
+        return None
+    return 0 if conv.padding == "valid" else conv.padding
+
+
+def _conv_jacobian(conv: nn.Conv2d, h: torch.Tensor, delta: torch.Tensor, weight: bool,
+                   bias: bool) -> torch.Tensor:
+    """Per-sample Jacobian of a convolution's output cotangents w.r.t. its weight and
+    bias: dW[i, a] = sum_p delta_a[i, :, p] (x) patch_p(h_i), db[i, a] = sum_p delta_a[i, :, p]
+    (delta [n, O, C_out, H', W'] -> [n, O, C_out * C_in * kh * kw (+ C_out)])."""
+    n, n_out = delta.shape[:2]
+    delta = delta.reshape(n, n_out, delta.shape[2], -1)                      # [n, O, C_out, L]
+    parts = []
+    if weight:
+        patches = F.unfold(h, conv.kernel_size, dilation=conv.dilation,
+                           padding=_conv_padding(conv), stride=conv.stride)   # [n, K, L]
+        parts.append(torch.einsum("naol,nkl->naok", delta, patches).reshape(n, n_out, -1))
+    if bias:
+        parts.append(delta.sum(-1))
+    return torch.cat(parts, 2)
 
 
 @dataclass
 class Features:
     """Per-sample quantities of one tile from which kernel blocks are contracted."""
-    jacobian: torch.Tensor | None                      # [n, O, P_rest]
+    jacobian: torch.Tensor | None                      # [n, O, P_rest + P_conv]
     linear: list[list[tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=list)
-    # per structured layer: per call (h [n, in], delta [n, O, out])
+    # per structured Linear layer: per call (h [n, in], delta [n, O, out])
 
 
 class Plan:
@@ -200,25 +232,24 @@ class Plan:
                  x_probe: torch.Tensor):
         self.model = model
         self.chosen = chosen
-        self.linear: list[LinearUse] = []
-        if structured:
-            self.linear = self._structured_layers(x_probe)
-        claimed = {id(t) for use in self.linear for t in
-                   ([use.module.weight] if use.weight else []) + ([use.module.bias] if use.bias else [])}
+        self.structured: list[LayerUse] = self._structured_layers(x_probe) if structured else []
+        self.linear = [use for use in self.structured if use.is_linear]
+        claimed = {id(t) for use in self.structured for t in self._own_tensors(use)}
         self.rest = {name: p for name, p in chosen.items() if id(p) not in claimed}
-        self.all_params = {name: p.detach() for name, p in model.named_parameters()}
 
     # -- structured layers ---------------------------------------------------
-    def _structured_layers(self, x_probe: torch.Tensor) -> list[LinearUse]:
+    def _structured_layers(self, x_probe: torch.Tensor) -> list[LayerUse]:
         ids = {id(p) for p in self.chosen.values()}
-        candidates = [LinearUse(m, id(m.weight) in ids, m.bias is not None and id(m.bias) in ids)
-                      for m in self.model.modules() if isinstance(m, nn.Linear)]
+        candidates = [LayerUse(m, id(m.weight) in ids, m.bias is not None and id(m.bias) in ids)
+                      for m in self.model.modules()
+                      if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d)
+                                                      and _conv_padding(m) is not None)]
         candidates = [use for use in candidates if use.weight or use.bias]
         if not candidates:
             return []
-        # Keep a layer only if sum_i delta_i h_i^T reproduces autograd's gradient of its
-        # weight (and sum_i delta_i that of its bias): a weight also used outside this
-        # layer, or inputs with extra axes, fail the check and go to "jacobian".
+        # Keep a layer only if the structured per-sample gradients, summed over the
+        # batch, reproduce autograd's gradient of its weight and bias: a weight also
+        # used outside this layer, or inputs with extra axes, fail and go to "jacobian".
         tracked = {id(t): t.detach().requires_grad_() for use in candidates
                    for t in self._own_tensors(use)}
         outputs, calls = self._forward_with_probes(candidates, x_probe[:2], tracked)
@@ -229,30 +260,35 @@ class Plan:
         kept = []
         for use in candidates:
             mine = [(h, delta_of[id(probe)]) for owner, h, probe in calls if owner is use]
-            if not mine or any(h.ndim != 2 for h, _ in mine):
+            if not mine or any(h.ndim != (2 if use.is_linear else 4) for h, _ in mine):
                 continue
-            checks = []
-            if use.weight:
-                checks.append((sum(d.T @ h for h, d in mine), grad_of[id(use.module.weight)]))
-            if use.bias:
-                checks.append((sum(d.sum(0) for _, d in mine), grad_of[id(use.module.bias)]))
-            if all(g is not None and torch.allclose(s, g, rtol=1e-5,
+            if use.is_linear:
+                summed = [sum(d.T @ h for h, d in mine)] if use.weight else []
+                summed += [sum(d.sum(0) for _, d in mine)] if use.bias else []
+            else:
+                total = sum(_conv_jacobian(use.module, h, d[:, None], use.weight, use.bias)
+                            for h, d in mine).sum((0, 1))
+                size = use.module.weight.numel() if use.weight else 0
+                summed = [total[:size]] if use.weight else []
+                summed += [total[size:]] if use.bias else []
+            expected = [grad_of[id(t)] for t in self._own_tensors(use)]
+            if all(g is not None and torch.allclose(got.reshape(g.shape), g, rtol=1e-5,
                                                     atol=1e-7 * (1 + float(g.abs().max())))
-                   for s, g in checks):
+                   for got, g in zip(summed, expected)):
                 kept.append(use)
         return kept
 
     @staticmethod
-    def _own_tensors(use: LinearUse) -> list[torch.Tensor]:
+    def _own_tensors(use: LayerUse) -> list[torch.Tensor]:
         return ([use.module.weight] if use.weight else []) + ([use.module.bias] if use.bias else [])
 
-    def _forward_with_probes(self, uses: list[LinearUse], x: torch.Tensor,
+    def _forward_with_probes(self, uses: list[LayerUse], x: torch.Tensor,
                              tracked: dict[int, torch.Tensor] | None = None):
         """Forward pass adding a zero probe to each structured layer's output, so that
         d f / d probe is the cotangent delta of that call.  Returns the outputs
         [n, O] and, per call, (layer, input h, probe).  `tracked`: parameters
         (by id) replaced by copies that require grad."""
-        calls: list[tuple[LinearUse, torch.Tensor, torch.Tensor]] = []
+        calls: list[tuple[LayerUse, torch.Tensor, torch.Tensor]] = []
         by_module = {id(use.module): use for use in uses}
 
         def hook(module, inputs, output):
@@ -273,9 +309,17 @@ class Plan:
 
     # -- features of a tile ----------------------------------------------------
     def features(self, x: torch.Tensor) -> Features:
-        jacobian = self._jacobian(x) if self.rest else None
-        linear = self._linear_features(x) if self.linear else []
-        return Features(jacobian, linear)
+        parts = [self._jacobian(x)] if self.rest else []
+        linear = []
+        if self.structured:
+            per_layer = self._structured_features(x)
+            for use, calls in zip(self.structured, per_layer):
+                if use.is_linear:
+                    linear.append(calls)
+                else:
+                    parts.append(sum(_conv_jacobian(use.module, h, d, use.weight, use.bias)
+                                     for h, d in calls))
+        return Features(torch.cat(parts, 2) if parts else None, linear)
 
     def _jacobian(self, x: torch.Tensor) -> torch.Tensor:
         names = list(self.rest)
@@ -287,8 +331,9 @@ class Plan:
         jac = vmap(jacrev(single), in_dims=(None, 0))(detached, x)   # name -> [n, O, *shape]
         return torch.cat([jac[name].reshape(len(x), jac[name].shape[1], -1) for name in names], 2)
 
-    def _linear_features(self, x: torch.Tensor) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
-        outputs, calls = self._forward_with_probes(self.linear, x)
+    def _structured_features(self, x: torch.Tensor) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Per structured layer, per call: (input h, cotangents delta [n, O, *out])."""
+        outputs, calls = self._forward_with_probes(self.structured, x)
         probes = [probe for _, _, probe in calls]
         n_out = outputs.shape[1]
         deltas = [[] for _ in probes]   # one backward pass per output for the whole tile
@@ -298,7 +343,7 @@ class Plan:
             for i, g in enumerate(grads):
                 deltas[i].append(torch.zeros_like(probes[i]) if g is None else g)
         return [[(h, torch.stack(deltas[i], 1)) for i, (owner, h, _) in enumerate(calls)
-                 if owner is use] for use in self.linear]
+                 if owner is use] for use in self.structured]
 
     def kernel_block(self, f1: Features, f2: Features, mode: str) -> torch.Tensor:
         block = contract(f1.jacobian, f2.jacobian, mode) if f1.jacobian is not None else 0
@@ -409,7 +454,8 @@ def _choose(model: nn.Module, chosen: dict, x1: torch.Tensor, x2: torch.Tensor |
     """Time each strategy on small probes and pick the one predicted fastest at
     (N1, N2): feature strategies cost a * (samples) + b * (pairs), with a, b
     fitted through timings on 2 and 4 samples; NTK-vector products cost the same
-    per pair of samples (timed on one pair)."""
+    per pair of samples (timed on one pair, and only when a lower bound from the
+    measured forward time does not already rule them out)."""
     n1 = len(x1)
     samples, pairs = (n1, n1 * (n1 + 1) / 2) if x2 is None else (n1 + len(x2), n1 * len(x2))
     key = (id(model), tuple(x1.shape[1:]), samples, pairs, mode, tuple(chosen), x1.dtype)
@@ -420,11 +466,16 @@ def _choose(model: nn.Module, chosen: dict, x1: torch.Tensor, x2: torch.Tensor |
     costs = {}
     for name, plan in plans.items():   # feature strategies first, then NTK-vector products
         if name == "ntk_vp":
+            # a vjp + jvp per output and pair costs at least ~3 O forward passes of a sample;
+            # time it only if that lower bound could beat the best feature strategy
+            with torch.no_grad():
+                forward = min(_measure(lambda: model(probe)) for _ in range(3)) / len(probe)
+            n_out = model(probe[:1]).numel()
+            if costs and 3 * n_out * forward * pairs > min(costs.values()):
+                continue
             run = lambda xs, plan=plan: plan.ntk_vp_block(xs[:1], xs[:1], mode)
-            per_pair = _measure(lambda: run(probe))
-            if costs and per_pair * pairs > 3 * min(costs.values()):
-                continue   # first call (with its overheads) already far slower: skip the rest
-            costs[name] = min(per_pair, _measure(lambda: run(probe))) * pairs
+            run(probe)   # warm-up
+            costs[name] = _measure(lambda: run(probe)) * pairs
             continue
         run = lambda xs, plan=plan: plan.kernel_block(plan.features(xs), plan.features(xs), mode)
         run(probe[:m])   # warm-up
