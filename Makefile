@@ -27,6 +27,7 @@ test-all: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e ".[bench]"
 	$(BIN)/python benchmarks/bench_fc_kernel.py
+	$(BIN)/python benchmarks/bench_empirical_ntk.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -356,10 +356,17 @@ class Plan:
         return block
 
     def feature_bytes(self, x_probe: torch.Tensor) -> float:
-        """Bytes of per-sample features (measured on one sample), times 3 for work space."""
+        """Bytes per sample of the features and the work space that makes them
+        (measured on one sample): Jacobians and Linear cotangents, plus for each
+        convolution its unfolded patches and cotangents; times 3 for temporaries."""
         f = self.features(x_probe[:1])
         size = 0 if f.jacobian is None else f.jacobian.numel()
         size += sum(h.numel() + d.numel() for calls in f.linear for h, d in calls)
+        if any(not use.is_linear for use in self.structured):
+            for use, calls in zip(self.structured, self._structured_features(x_probe[:1])):
+                if not use.is_linear:
+                    patch = math.prod(use.module.kernel_size)
+                    size += sum(h.numel() * patch + d.numel() for h, d in calls)
         return 3.0 * size * x_probe.element_size()
 
     # -- NTK-vector products ---------------------------------------------------
@@ -397,13 +404,11 @@ def _run(plan: Plan, implementation: str, x1: torch.Tensor, x2: torch.Tensor | N
     if implementation == "ntk_vp":
         params = sum(p.numel() for p in plan.chosen.values())
         per_sample = 3.0 * n_out * (params + n_out) * x1.element_size()
-        size = max(1, min(n1, n2, int(max_memory / per_sample) if per_sample else n1))
+        size = max(1, int(max_memory / per_sample))
         compute_block = lambda r, c: plan.ntk_vp_block(x1[r], x2_[c], mode)
     else:
         per_sample = plan.feature_bytes(x1)
-        size = int(max(1, max_memory / (2 * per_sample + 1)))
-        # if a row block and all of x2 fit, keep x2's features for the whole run
-        size = max(1, min(size, n1, n2))
+        size = int(max(1, max_memory / (2 * per_sample + 1)))   # a row and a column tile
     rows, cols = _tiles(n1, size), _tiles(n2, size)
     pairs = [(i, j) for i in range(len(rows)) for j in range(len(cols)) if not symmetric or j >= i]
     bar = tqdm(total=len(pairs), desc="empirical NTK", unit="tile", leave=False,
@@ -415,6 +420,7 @@ def _run(plan: Plan, implementation: str, x1: torch.Tensor, x2: torch.Tensor | N
                 bar.update()
         else:
             cached_cols = {}
+            # if a row tile and all of x2's features fit, compute each column tile once
             keep_all_cols = per_sample * (n2 + size) < max_memory
             for i in range(len(rows)):
                 f1 = plan.features(x1[rows[i]])
