@@ -103,7 +103,6 @@ def ntklab_method(max_memory):
 # ----------------------------------------------------------------- one measurement
 def child(queue, model_name, method, mode, n, cap, seed=0):
     resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-    torch.set_num_threads(torch.get_num_threads())
     torch.manual_seed(seed)
     make, shape = MODELS[model_name]
     model = make()
@@ -113,8 +112,7 @@ def child(queue, model_name, method, mode, n, cap, seed=0):
     try:
         fn(model, x[:4], x[:4], mode)            # warm-up (and auto's choice for small N)
         start = time.perf_counter()
-        with torch.no_grad() if method == "never" else torch.enable_grad():
-            out = fn(model, x, x, mode)
+        out = fn(model, x, x, mode)
         seconds = time.perf_counter() - start
         # the tutorial's trace is the sum over outputs, ntklab's the mean (neural-tangents)
         scale = out.new_tensor(10.0 if method == "ntklab" and mode == "trace" else 1.0)
