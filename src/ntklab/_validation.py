@@ -93,3 +93,14 @@ def one_of(value: Any, name: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
     return value
+
+
+def as_targets(y: Any, n: int, name: str, dtype: torch.dtype, device) -> tuple[torch.Tensor, bool]:
+    """y as [N, K] and whether it was given 1-D."""
+    y = as_tensor(y, name, dtype=dtype, device=device)
+    vector = y.ndim == 1
+    y = y.reshape(-1, 1) if vector else y
+    if y.ndim != 2 or y.shape[0] != n:
+        raise ValueError(f"{name} must have shape [N] or [N, K] with N = {n} (the number of "
+                         f"training points), got {tuple(y.shape)}")
+    return y, vector

@@ -21,7 +21,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from ._validation import DEFAULT_DTYPE, as_matrix, as_tensor, one_of, positive, positive_int
+from ._validation import (DEFAULT_DTYPE, as_matrix, as_targets, as_tensor, one_of, positive,
+                          positive_int)
 from .arch.serial import Serial, canonical_get
 
 
@@ -43,17 +44,6 @@ def _square(k: Any, name: str) -> torch.Tensor:
     if k.ndim != 2 or k.shape[0] != k.shape[1]:
         raise ValueError(f"{name} must be a square [N, N] kernel matrix, got shape {tuple(k.shape)}")
     return k
-
-
-def _targets(y: Any, n: int, name: str, dtype: torch.dtype, device) -> tuple[torch.Tensor, bool]:
-    """y as [N, K] and whether it was given 1-D."""
-    y = as_tensor(y, name, dtype=dtype, device=device)
-    vector = y.ndim == 1
-    y = y.reshape(-1, 1) if vector else y
-    if y.ndim != 2 or y.shape[0] != n:
-        raise ValueError(f"{name} must have shape [N] or [N, K] with N = {n} (the number of "
-                         f"training points), got {tuple(y.shape)}")
-    return y, vector
 
 
 class Factorization:
@@ -91,7 +81,7 @@ def solve(k_train_train, y_train, *, diag_reg: float = 0.0, diag_reg_absolute_sc
           assume_psd: bool = True) -> torch.Tensor:
     """alpha = (K + diag_reg I)^-1 y (interpolation when diag_reg = 0, lecture 21)."""
     k = _square(k_train_train, "k_train_train")
-    y, vector = _targets(y_train, k.shape[0], "y_train", k.dtype, k.device)
+    y, vector = as_targets(y_train, k.shape[0], "y_train", k.dtype, k.device)
     alpha = Factorization(k, diag_reg=diag_reg, diag_reg_absolute_scale=diag_reg_absolute_scale,
                           assume_psd=assume_psd).solve(y)
     return alpha[:, 0] if vector else alpha
@@ -142,7 +132,7 @@ def gradient_descent(k_train_train, y_train, *, steps: int, learning_rate: float
     eigenvalues l (absolute values for "alpha").
     """
     k = _square(k_train_train, "k_train_train")
-    y, vector = _targets(y_train, k.shape[0], "y_train", k.dtype, k.device)
+    y, vector = as_targets(y_train, k.shape[0], "y_train", k.dtype, k.device)
     space = one_of(space, "space", ("alpha", "function"))
     steps = positive_int(steps, "steps")
     if learning_rate is None:
@@ -162,7 +152,7 @@ def gradient_descent(k_train_train, y_train, *, steps: int, learning_rate: float
         if k_td.ndim != 2 or k_td.shape[1] != k.shape[0]:
             raise ValueError(f"k_test_train must have shape [N_test, {k.shape[0]}], got "
                              f"{tuple(k_td.shape)}")
-    alpha = torch.zeros_like(y) if alpha0 is None else _targets(
+    alpha = torch.zeros_like(y) if alpha0 is None else as_targets(
         alpha0, k.shape[0], "alpha0", k.dtype, k.device)[0].clone()
 
     if isinstance(record, (int, np.integer)):
@@ -243,7 +233,7 @@ def gradient_descent_mse_ensemble(net_or_kernel_fn, x_train, y_train, *, learnin
     """
     kernel = _kernel_callable(net_or_kernel_fn)
     x_train = as_matrix(x_train, "x_train", dtype=dtype, device=device)
-    y, vector = _targets(y_train, x_train.shape[0], "y_train", dtype, x_train.device)
+    y, vector = as_targets(y_train, x_train.shape[0], "y_train", dtype, x_train.device)
     lr = positive(learning_rate, "learning_rate")
     positive(diag_reg, "diag_reg", allow_zero=True)
     size = y.numel()

@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._validation import positive, positive_int
+from ._validation import as_targets, positive, positive_int
 from .kernels.empirical import empirical_ntk, model_input, select_parameters
 
 
@@ -44,18 +44,6 @@ class TrainingHistory:
 
     def column(self, name: str) -> np.ndarray:
         return np.array([row[name] for row in self.rows], dtype=float)
-
-
-def _targets(y: Any, n: int, name: str, reference: torch.Tensor) -> torch.Tensor:
-    y = torch.as_tensor(np.asarray(y.detach().cpu() if torch.is_tensor(y) else y, dtype=np.float64),
-                        dtype=reference.dtype, device=reference.device)
-    y = y.reshape(-1, 1) if y.ndim == 1 else y
-    if y.ndim != 2 or y.shape[0] != n:
-        raise ValueError(f"{name} must have shape [{n}] or [{n}, O] (one row per sample), "
-                         f"got {tuple(y.shape)}")
-    if not torch.isfinite(y).all():
-        raise ValueError(f"{name} contains NaN/inf values")
-    return y
 
 
 def _record_steps(record, steps: int) -> list[int]:
@@ -95,11 +83,12 @@ def train(model: nn.Module, x_train, y_train, *, steps: int, learning_rate: floa
     chosen = select_parameters(model, params)
     reference = next(iter(chosen.values()))
     x_train = model_input(x_train, "x_train", reference)
-    y = _targets(y_train, len(x_train), "y_train", reference)
+    y, _ = as_targets(y_train, len(x_train), "y_train", reference.dtype, reference.device)
     n = len(x_train)
     if x_test is not None:
         x_test = model_input(x_test, "x_test", reference)
-        y_te = None if y_test is None else _targets(y_test, len(x_test), "y_test", reference)
+        y_te = (None if y_test is None else
+                as_targets(y_test, len(x_test), "y_test", reference.dtype, reference.device)[0])
     batch = n if batch_size is None else positive_int(batch_size, "batch_size")
     if batch > n:
         raise ValueError(f"batch_size={batch} exceeds the {n} training samples")
