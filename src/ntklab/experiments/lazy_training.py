@@ -67,14 +67,19 @@ def fit_slope(widths, values) -> float:
     return float(np.polyfit(np.log(widths[keep]), np.log(values[keep]), 1)[0])
 
 
+def remaining_loss_fraction(evals: torch.Tensor, evecs: torch.Tensor, y: torch.Tensor, eta: float,
+                            steps: int) -> float:
+    """Training loss of the infinite-width model after `steps` GD steps over its
+    initial value: sum_i (1 - eta lambda_i)^{2s} (v_i . y)^2 / ||y||^2."""
+    weights = (evecs.T @ y).square()
+    return float(((1 - eta * evals).abs() ** (2 * steps) * weights).sum() / weights.sum())
+
+
 def steps_to_fit(evals: torch.Tensor, evecs: torch.Tensor, y: torch.Tensor, eta: float,
                  max_steps: int) -> int:
-    """Fewest GD steps for which the infinite-width model's training loss
-    sum_i (1 - eta lambda_i)^{2s} (v_i . y)^2 falls to LOSS_FRACTION of ||y||^2."""
-    weights = (evecs.T @ y).square()
-    factor = (1 - eta * evals).abs()
+    """Fewest GD steps (on a log grid) leaving LOSS_FRACTION of the initial loss."""
     for s in np.unique(np.geomspace(1, max_steps, 200).astype(int)):
-        if float((factor ** (2 * int(s)) * weights).sum()) <= LOSS_FRACTION * float(weights.sum()):
+        if remaining_loss_fraction(evals, evecs, y, eta, int(s)) <= LOSS_FRACTION:
             return int(s)
     return max_steps
 
@@ -117,8 +122,7 @@ def run_task(task: RegressionTask, cfg: dict, seed: int, bar) -> tuple[list[dict
             run_rows.append(last)
             bar.update()
     info = {"eta": eta, "steps": steps, "lambda_max": float(evals[-1]), "lambda_min": float(evals[0]),
-            "flow_final_train_loss_fraction": float(((1 - eta * evals).abs() ** (2 * steps)
-                                                     * (evecs.T @ y).square()).sum() / y.square().sum())}
+            "flow_final_train_loss_fraction": remaining_loss_fraction(evals, evecs, y, eta, steps)}
     return step_rows, run_rows, info
 
 
