@@ -359,14 +359,15 @@ class Plan:
         """Bytes per sample of the features and the work space that makes them
         (measured on one sample): Jacobians and Linear cotangents, plus for each
         convolution its unfolded patches and cotangents; times 3 for temporaries."""
-        f = self.features(x_probe[:1])
-        size = 0 if f.jacobian is None else f.jacobian.numel()
-        size += sum(h.numel() + d.numel() for calls in f.linear for h, d in calls)
-        if any(not use.is_linear for use in self.structured):
-            for use, calls in zip(self.structured, self._structured_features(x_probe[:1])):
-                if not use.is_linear:
-                    patch = math.prod(use.module.kernel_size)
-                    size += sum(h.numel() * patch + d.numel() for h, d in calls)
+        one = x_probe[:1]
+        size = self._jacobian(one).numel() if self.rest else 0
+        for use, calls in zip(self.structured, self._structured_features(one) if self.structured else []):
+            if use.is_linear:
+                size += sum(h.numel() + d.numel() for h, d in calls)
+            else:
+                n_out = calls[0][1].shape[1]
+                size += n_out * sum(t.numel() for t in self._own_tensors(use))   # its Jacobian
+                size += sum(h.numel() * math.prod(use.module.kernel_size) + d.numel() for h, d in calls)
         return 3.0 * size * x_probe.element_size()
 
     # -- NTK-vector products ---------------------------------------------------
