@@ -4,12 +4,16 @@ message that names the argument and says how to fix it."""
 from __future__ import annotations
 
 import numbers
+import re
 from typing import Any
 
 import numpy as np
 import torch
 
 DEFAULT_DTYPE = torch.float64
+DEFAULT_MAX_MEMORY = 2 * 2 ** 30
+_UNITS = {"": 1, "B": 1, "KB": 10 ** 3, "MB": 10 ** 6, "GB": 10 ** 9, "TB": 10 ** 12,
+          "KIB": 2 ** 10, "MIB": 2 ** 20, "GIB": 2 ** 30, "TIB": 2 ** 40}
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -41,6 +45,30 @@ def as_matrix(x: Any, name: str, *, dtype: torch.dtype = DEFAULT_DTYPE,
         raise ValueError(f"{name} is empty (shape {tuple(t.shape)}); it needs at least "
                          f"{min_rows} row(s) and one feature")
     return t
+
+
+def as_images(x: Any, name: str, *, dtype: torch.dtype = DEFAULT_DTYPE,
+              device: str | torch.device | None = None) -> torch.Tensor:
+    """Convert `x` to a finite image batch `[N, C, H, W]` (NCHW, torch's layout)."""
+    t = as_tensor(x, name, dtype=dtype, device=device)
+    if t.ndim != 4:
+        hint = (f"; a single image is {name}[None]" if t.ndim == 3 else
+                "; reshape flat pixels with x.reshape(N, C, H, W)" if t.ndim == 2 else "")
+        raise ValueError(f"{name} must be a batch of images [N, C, H, W] (NCHW), got a "
+                         f"{t.ndim}-D array of shape {tuple(t.shape)}{hint}")
+    if t.shape[-1] in (1, 3, 4) and t.shape[1] > 4:
+        raise ValueError(f"{name} of shape {tuple(t.shape)} looks channels-last (NHWC, "
+                         f"{t.shape[-1]} channels); ntklab takes NCHW images: pass "
+                         f"{name}.transpose(0, 3, 1, 2) (numpy) or {name}.permute(0, 3, 1, 2)")
+    return t
+
+
+def as_inputs(x: Any, name: str, *, images: bool, dtype: torch.dtype = DEFAULT_DTYPE,
+              device: str | torch.device | None = None) -> torch.Tensor:
+    """Images `[N, C, H, W]` when `images` or `x` is 4-D, else a matrix `[N, d]`."""
+    if images or np.ndim(x) == 4:
+        return as_images(x, name, dtype=dtype, device=device)
+    return as_matrix(x, name, dtype=dtype, device=device)
 
 
 def as_tensor(x: Any, name: str, *, dtype: torch.dtype = DEFAULT_DTYPE,
@@ -104,3 +132,21 @@ def as_targets(y: Any, n: int, name: str, dtype: torch.dtype, device) -> tuple[t
         raise ValueError(f"{name} must have shape [N] or [N, K] with N = {n} (the number of "
                          f"training points), got {tuple(y.shape)}")
     return y, vector
+
+
+def parse_memory(value: int | float | str | None, name: str = "max_memory") -> int:
+    """Bytes from an int or a string such as "512MB", "4GiB" (None -> 2 GiB)."""
+    if value is None:
+        return DEFAULT_MAX_MEMORY
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]*)\s*", value)
+        if not match or match.group(2).upper() not in _UNITS:
+            raise ValueError(f"{name} must be a number of bytes or a string like '4GB' or "
+                             f"'512MiB', got {value!r}")
+        value = float(match.group(1)) * _UNITS[match.group(2).upper()]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name} must be a positive number of bytes, got {value!r}")
+    if value < 2 ** 20:
+        raise ValueError(f"{name}={value!r} bytes is below 1 MiB; give it in bytes, "
+                         f"e.g. max_memory='2GiB'")
+    return int(value)

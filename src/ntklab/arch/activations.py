@@ -49,14 +49,15 @@ class Activation(Layer):
         `var1`, `var2` broadcastable against `cov`."""
         raise NotImplementedError
 
-    def build(self, in_features, generator, dtype):
-        return ActivationModule(self.fn, repr(self)), in_features
+    def build(self, in_shape, generator, dtype):
+        return ActivationModule(self.fn, repr(self)), in_shape
 
     def kernel_map(self, k: KernelState) -> KernelState:
-        nngp, dot = self.dual(k.nngp, k.var1[:, None], k.var2[None, :], need_dot=k.ntk is not None)
+        nngp, dot = self.dual(k.nngp, *k.pair_variances(), need_dot=k.ntk is not None)
         ntk = None if k.ntk is None else dot * k.ntk if isinstance(k.ntk, float) else k.ntk.mul_(dot)
-        return k.replace(nngp=nngp, ntk=ntk, var1=self.dual(k.var1, k.var1, k.var1, False)[0],
-                         var2=self.dual(k.var2, k.var2, k.var2, False)[0])
+        var1 = self.dual(k.var1, *k.self_variances(k.var1), False)[0]
+        var2 = var1 if k.var2 is k.var1 else self.dual(k.var2, *k.self_variances(k.var2), False)[0]
+        return k.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2)
 
 
 def _tiny(t: torch.Tensor) -> float:

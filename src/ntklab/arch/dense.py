@@ -8,6 +8,7 @@ Kernel recursion, with K, Theta the NNGP and NTK of the inputs h and n_in their 
   NNGP:            K'     = W_std^2 K + b_std^2
   NTK ("ntk"):     Theta' = K' + W_std^2 Theta
   NTK ("standard"):Theta' = n_in K + [1 if the layer has a bias] + W_std^2 Theta
+(`Affine` states it once for Dense and Conv.)
 """
 from __future__ import annotations
 
@@ -52,33 +53,72 @@ class DenseModule(nn.Module):
                 f"b_std={self.b_std}, parameterization={self.parameterization!r}")
 
 
-class Dense(Layer):
-    """`Dense(out, W_std=1.0, b_std=0.0, parameterization="ntk")`.
+class Affine(Layer):
+    """Shared infinite-width map of the affine layers (`Dense`, `Conv`).
+
+    With `S` the layer's sum over its `terms` input positions (identity for
+    Dense; the sum over the filter's shifts for Conv) and `n` the input's
+    channels (features):
+        K'     = (W_std^2 / terms) S(K) + b_std^2
+        Theta' = (W_std^2 / terms) S(Theta) + [trainable] K'                  ("ntk")
+        Theta' = (W_std^2 / terms) S(Theta) + [trainable] (n S(K) + [bias])  ("standard")
+    `trainable=False` keeps the layer in the network but out of the NTK (its
+    parameters are not trained): Arora et al. (2019)'s CNTK-GAP "fix" option
+    fixes the first and the last layer."""
+
+    terms = 1
+
+    def __init__(self, W_std: float, b_std: float | None, parameterization: str, trainable: bool):
+        self.W_std = positive(W_std, "W_std")
+        self.b_std = None if b_std is None else positive(b_std, "b_std", allow_zero=True)
+        self.parameterization = one_of(parameterization, "parameterization", PARAMETERIZATIONS)
+        self.trainable = bool(trainable)
+
+    def sum_inputs(self, t: torch.Tensor, k: KernelState) -> torch.Tensor:
+        """`S(t)`: the sum of `t` over the input positions feeding each output."""
+        return t
+
+    def kernel_map(self, k: KernelState) -> KernelState:
+        w2, b2 = self.W_std ** 2, (self.b_std or 0.0) ** 2
+        scale = w2 / self.terms
+        ntk = k.ntk
+        if ntk is not None:  # propagated part W^2/terms S(Theta), before K is overwritten
+            ntk = scale * ntk if isinstance(ntk, float) else self.sum_inputs(ntk, k).mul_(scale)
+        summed = self.sum_inputs(k.nngp, k)
+        if ntk is not None and self.trainable and self.parameterization == "standard":
+            ntk = ntk + k.width * summed + (0.0 if self.b_std is None else 1.0)
+        nngp = summed.mul_(scale).add_(b2)
+        if ntk is not None and self.trainable and self.parameterization == "ntk":
+            ntk = ntk + nngp
+        var1 = self.sum_inputs(k.var1, k) * scale + b2
+        var2 = var1 if k.var2 is k.var1 else self.sum_inputs(k.var2, k) * scale + b2
+        return self.output_state(k.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2))
+
+    def output_state(self, k: KernelState) -> KernelState:
+        return k.replace(width=self.out)
+
+
+class Dense(Affine):
+    """`Dense(out, W_std=1.0, b_std=0.0, parameterization="ntk", trainable=True)`.
 
     `b_std=None` removes the bias (matters for the standard parameterization,
     where a bias adds 1 to the NTK even when `b_std=0`, as in neural-tangents)."""
 
     def __init__(self, out: int, W_std: float = 1.0, b_std: float | None = 0.0,
-                 parameterization: str = "ntk"):
+                 parameterization: str = "ntk", trainable: bool = True):
         self.out = positive_int(out, "out (width of Dense)")
-        self.W_std = positive(W_std, "W_std")
-        self.b_std = None if b_std is None else positive(b_std, "b_std", allow_zero=True)
-        self.parameterization = one_of(parameterization, "parameterization", PARAMETERIZATIONS)
+        super().__init__(W_std, b_std, parameterization, trainable)
 
-    def build(self, in_features, generator, dtype):
-        return DenseModule(in_features, self.out, self.W_std, self.b_std,
-                           self.parameterization, generator, dtype), self.out
+    def build(self, in_shape, generator, dtype):
+        if len(in_shape) != 1:
+            raise ValueError(f"Dense acts on vectors but gets inputs of shape {tuple(in_shape)}; "
+                             f"add nk.Flatten() or nk.GlobalAvgPool() before it")
+        module = DenseModule(in_shape[0], self.out, self.W_std, self.b_std,
+                             self.parameterization, generator, dtype)
+        return module.requires_grad_(self.trainable), (self.out,)
 
     def kernel_map(self, k: KernelState) -> KernelState:
-        w2, b2 = self.W_std ** 2, (self.b_std or 0.0) ** 2
-        ntk = k.ntk
-        if ntk is not None and self.parameterization == "standard":
-            # uses the *input* covariance, so it is formed before K is overwritten
-            ntk = k.nngp * k.width + w2 * ntk
-            if self.b_std is not None:
-                ntk += 1.0
-        nngp = k.nngp.mul_(w2).add_(b2)
-        if ntk is not None and self.parameterization == "ntk":
-            ntk = nngp + w2 * ntk if isinstance(ntk, float) else ntk.mul_(w2).add_(nngp)
-        return k.replace(nngp=nngp, ntk=ntk, var1=k.var1 * w2 + b2, var2=k.var2 * w2 + b2,
-                         width=self.out)
+        if k.spatial:
+            raise ValueError(f"Dense acts on vectors but gets images of spatial shape {k.spatial}; "
+                             f"add nk.Flatten() or nk.GlobalAvgPool() before it")
+        return super().kernel_map(k)

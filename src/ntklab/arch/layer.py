@@ -1,7 +1,8 @@
 """Layer protocol: one description, two objects (after neural-tangents' stax).
 
 Every layer knows
-  * `build(in_features, generator)` -> (torch module, out_features): the finite network;
+  * `build(in_shape, generator, dtype)` -> (torch module, out_shape): the finite network
+    (shapes without the batch axis: `(d,)` for vectors, `(C, H, W)` for images);
   * `kernel_map(state)` -> state: the infinite-width NNGP/NTK recursion.
 `serial` composes layers; the composite has `.module(...)` and `.kernel(...)`.
 """
@@ -18,10 +19,12 @@ from .state import KernelState
 class Layer(ABC):
     """Base class of all ntklab layers."""
 
+    takes_images = False  # True: inputs must be NCHW image batches
+
     @abstractmethod
-    def build(self, in_features: int, generator: torch.Generator,
-              dtype: torch.dtype) -> tuple[nn.Module, int]:
-        """Finite-width torch module and the number of output features."""
+    def build(self, in_shape: tuple[int, ...], generator: torch.Generator,
+              dtype: torch.dtype) -> tuple[nn.Module, tuple[int, ...]]:
+        """Finite-width torch module and the shape of one output sample."""
 
     @abstractmethod
     def kernel_map(self, k: KernelState) -> KernelState:

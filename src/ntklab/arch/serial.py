@@ -9,13 +9,17 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .._validation import DEFAULT_DTYPE, as_matrix, check_same_features, positive_int, resolve_device
+from .._validation import (DEFAULT_DTYPE, as_inputs, check_same_features, parse_memory,
+                           positive_int, resolve_device)
 from ..kernels.tiling import tiled_pairs
 from .layer import Layer
 from .state import Kernel, KernelState
 
 GETS = ("nngp", "ntk")
-BLOCK_ENTRIES = 2 ** 18  # entries per block of pairs for closed-form layers (512 x 512)
+MAX_BLOCK = 512           # rows of a block of pairs (vectors: 512 x 512 pairs)
+STATE_COPIES = 8          # live tensors of a block's size during a layer map (NNGP, NTK, temporaries)
+CPU_TENSOR_BYTES = 2 ** 21  # on CPU, one state tensor of a block stays cache-sized: the maps are
+                            # memory-bound (measured fastest at 1-4 MiB on a 2-core EPYC, 1 MiB L2)
 
 
 def canonical_get(get: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -61,25 +65,32 @@ class Serial(Layer):
         return "serial(" + ", ".join(map(repr, self.layers)) + ")"
 
     # -- finite network ------------------------------------------------------
-    def build(self, in_features, generator, dtype):
+    @property
+    def takes_images(self) -> bool:
+        return any(layer.takes_images for layer in self.layers)
+
+    def build(self, in_shape, generator, dtype):
         modules = []
         for layer in self.layers:
-            module, in_features = layer.build(in_features, generator, dtype)
+            module, in_shape = layer.build(in_shape, generator, dtype)
             modules.append(module)
-        return nn.Sequential(*modules), in_features
+        return nn.Sequential(*modules), in_shape
 
     def module(self, in_shape: Sequence[int] | int, *, seed: int = 0, symmetric: bool = False,
                dtype: torch.dtype = torch.float32, device: str | torch.device | None = None
                ) -> nn.Module:
-        """Finite-width network with this architecture, initialized from `seed`.
+        """Finite-width network with this architecture, initialized from `seed`;
+        `in_shape` is one sample's shape: `(d,)` (or `d`) for vectors, `(C, H, W)` for images.
 
         `symmetric=True` wraps it in `SymmetricModule`, so that f(x; theta_0) = 0."""
         shape = (in_shape,) if isinstance(in_shape, int) else tuple(in_shape)
-        if len(shape) != 1:
-            raise ValueError(f"in_shape must be (d,) for fully connected networks, got {shape}")
-        d = positive_int(shape[0], "in_shape[0]")
+        if len(shape) not in (1, 3) or (self.takes_images and len(shape) != 3):
+            raise ValueError(f"in_shape must be (d,) for vectors or (C, H, W) for images"
+                             f"{' (this architecture takes images)' if self.takes_images else ''}, "
+                             f"got {shape}")
+        shape = tuple(positive_int(s, "in_shape") for s in shape)
         generator = torch.Generator().manual_seed(int(seed))
-        net, _ = self.build(d, generator, dtype)
+        net, _ = self.build(shape, generator, dtype)
         net = SymmetricModule(net) if symmetric else net
         return net.to(resolve_device(device))
 
@@ -89,30 +100,56 @@ class Serial(Layer):
             k = layer.kernel_map(k)
         return k
 
+    def pair_entries(self, sample_shape: Sequence[int]) -> int:
+        """Numbers held per pair of inputs by the largest layer state (for block sizes)."""
+        positions = math.prod(sample_shape[1:]) if len(sample_shape) == 3 else 1
+        spatial = positions ** 2 if self.needs_all_pixel_pairs else positions
+        return spatial * max(getattr(layer, "n_points", 1) for layer in self.layers)
+
+    @property
+    def needs_all_pixel_pairs(self) -> bool:
+        return any(getattr(layer, "all_pairs", False) for layer in self.layers)
+
+    def block_size_for(self, sample_shape: Sequence[int], max_memory, dtype: torch.dtype,
+                       device: torch.device = torch.device("cpu")) -> int:
+        """Rows (= columns) of a block of pairs whose layer states fit in `max_memory`
+        (and, on CPU, whose state tensors stay about cache-sized)."""
+        pair_bytes = torch.empty((), dtype=dtype).element_size() * self.pair_entries(sample_shape)
+        pairs = parse_memory(max_memory) / (STATE_COPIES * pair_bytes)
+        if device.type == "cpu":
+            pairs = min(pairs, max(4, CPU_TENSOR_BYTES // pair_bytes))
+        return int(min(MAX_BLOCK, max(1, math.isqrt(int(pairs)))))
+
     def kernel(self, x1, x2=None, get: str | Sequence[str] | None = None, *,
-               block_size: int | None = None, dtype: torch.dtype = DEFAULT_DTYPE,
-               device: str | torch.device | None = None, progress: bool | None = None,
-               workers: int | None = None) -> Kernel:
-        """NNGP and NTK of the infinitely wide network between rows of `x1` [N1, d]
-        and `x2` [N2, d] (`x2=None`: `x1` with itself, computed once per pair).
+               block_size: int | None = None, max_memory: int | str | None = "1GiB",
+               dtype: torch.dtype = DEFAULT_DTYPE, device: str | torch.device | None = None,
+               progress: bool | None = None, workers: int | None = None) -> Kernel:
+        """NNGP and NTK of the infinitely wide network between the samples of `x1`
+        and `x2` (`x2=None`: `x1` with itself, computed once per pair).  Samples are
+        rows `[N, d]`, or NCHW images `[N, C, H, W]` for convolutional architectures.
 
         Computed by the layer recursions in blocks of pairs (`block_size` rows and
-        columns, chosen automatically), so working memory stays bounded for any N.
-        Returns a `Kernel` with `.nngp`, `.ntk` tensors `[N1, N2]` of `dtype`
-        (float64 by default); the one not asked for in `get` is `None`."""
+        columns, by default the largest whose layer states fit in `max_memory`: a
+        GlobalAvgPool network carries `[HW x HW]` numbers per pair), so working
+        memory stays bounded for any N.  Returns a `Kernel` with `.nngp`, `.ntk`
+        tensors `[N1, N2]` of `dtype` (float64 by default); the one not asked for in
+        `get` is `None`."""
         names = canonical_get(get)
-        x1 = as_matrix(x1, "x1", dtype=dtype, device=device)
+        x1 = as_inputs(x1, "x1", images=self.takes_images, dtype=dtype, device=device)
         if x2 is not None:
-            x2 = as_matrix(x2, "x2", dtype=dtype, device=x1.device)
+            x2 = as_inputs(x2, "x2", images=self.takes_images, dtype=dtype, device=x1.device)
             check_same_features(x1, x2)
-        need_ntk = "ntk" in names
+        need_ntk, full = "ntk" in names, self.needs_all_pixel_pairs
         if block_size is None:
-            cost = max(getattr(layer, "n_points", 1) for layer in self.layers)
-            block_size = max(8, int(math.sqrt(BLOCK_ENTRIES / cost)))
+            block_size = self.block_size_for(x1.shape[1:], max_memory, dtype, x1.device)
         block_size = positive_int(block_size, "block_size")
 
         def blockwise(b1: torch.Tensor, b2: torch.Tensor | None) -> dict[str, torch.Tensor]:
-            state = self.kernel_map(KernelState.from_inputs(b1, b2, need_ntk=need_ntk))
+            state = self.kernel_map(KernelState.from_inputs(b1, b2, need_ntk=need_ntk, full=full))
+            if state.spatial:
+                raise ValueError(f"the architecture ends on images of spatial shape "
+                                 f"{state.spatial}; end it with nk.Flatten() or "
+                                 f"nk.GlobalAvgPool() (and a Dense readout) to get a kernel matrix")
             ntk = state.ntk
             if isinstance(ntk, float):  # no layer carried an NTK
                 ntk = torch.full_like(state.nngp, ntk)

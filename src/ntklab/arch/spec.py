@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import ast
 
-from . import activations, dense, quadrature
+from . import activations, conv, dense, quadrature
 from .serial import Serial, serial
 
 LAYERS = {
     "Dense": dense.Dense, "Relu": activations.Relu, "LeakyRelu": activations.LeakyRelu,
     "Abs": activations.Abs, "Erf": activations.Erf, "Sigmoid_like": activations.Sigmoid_like,
     "Sign": activations.Sign, "Gelu": activations.Gelu, "Tanh": quadrature.Tanh,
-    "Sigmoid": quadrature.Sigmoid,
+    "Sigmoid": quadrature.Sigmoid, "Conv": conv.Conv, "Flatten": conv.Flatten,
+    "GlobalAvgPool": conv.GlobalAvgPool,
 }
 
 

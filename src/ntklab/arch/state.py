@@ -11,6 +11,7 @@ Conventions follow neural-tangents (Novak et al. 2020): the input kernel is
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import torch
@@ -18,28 +19,83 @@ import torch
 
 @dataclass
 class KernelState:
+    """Kernel of a block of input pairs at one point of the architecture.
+
+    Layouts (N1, N2 samples; `spatial` = (H, W) for images, () for vectors):
+      * vectors:            nngp/ntk [N1, N2],               var1 [N1]
+      * images, diagonal:   nngp/ntk [N1, N2, H, W],         var1 [N1, H, W]
+        (same-position pixel pairs only: enough when the readout is `Flatten`)
+      * images, `full`:     nngp/ntk [N1, N2, H, W, H, W],   var1 [N1, H, W, H, W]
+        (all pixel pairs: needed by `GlobalAvgPool`, Arora et al. 2019).
+    `var1`/`var2` hold each input with itself in the layout of one pair, so a
+    layer treats them exactly like `nngp` (for `x2=None` they are bitwise the
+    diagonal of `nngp`, which keeps identical inputs at correlation exactly 1).
+    """
     nngp: torch.Tensor
     ntk: torch.Tensor | float | None  # None: NTK not requested; 0.0: identically zero
     var1: torch.Tensor
     var2: torch.Tensor
     width: int
+    spatial: tuple[int, ...] = ()
+    full: bool = False
 
     replace = replace
 
     @classmethod
     def from_inputs(cls, x1: torch.Tensor, x2: torch.Tensor | None, *,
-                    need_ntk: bool) -> "KernelState":
-        """`K_0(x, x') = x . x' / d` with `d` the number of input features.
+                    need_ntk: bool, full: bool = False) -> "KernelState":
+        """`K_0(x, x') = x . x' / d` with `d` the number of input features
+        (for images, per pair of pixels, `d` = channels: neural-tangents' convention).
 
         `x2=None` means the block of `x1` with itself: the variances are then
         taken from the diagonal of the same product, so that identical inputs
         keep correlation exactly 1 through every layer (no rounding noise at
         the arc-cosine's singular point)."""
+        other = x1 if x2 is None else x2
         d = x1.shape[1]
-        nngp = (x1 @ (x1 if x2 is None else x2).T).div_(d)
-        var1 = nngp.diagonal().clone() if x2 is None else (x1 * x1).sum(1).div_(d)
-        var2 = var1 if x2 is None else (x2 * x2).sum(1).div_(d)
-        return cls(nngp=nngp, ntk=0.0 if need_ntk else None, var1=var1, var2=var2, width=d)
+        if x1.ndim == 2:
+            nngp = (x1 @ other.T).div_(d)
+            pairs, self_pairs = nngp, None
+        else:
+            spec, self_spec = (("nchw,mcij->nmhwij", "nchw,ncij->nhwij") if full
+                               else ("nchw,mchw->nmhw", "nchw,nchw->nhw"))
+            nngp = torch.einsum(spec, x1, other).div_(d)
+            self_pairs = lambda x: torch.einsum(self_spec, x, x).div_(d)  # noqa: E731
+        if x2 is None:
+            var1 = nngp.diagonal(0, 0, 1).movedim(-1, 0).clone()
+            var2 = var1
+        elif self_pairs is None:
+            var1, var2 = (x1 * x1).sum(1).div_(d), (x2 * x2).sum(1).div_(d)
+        else:
+            var1, var2 = self_pairs(x1), self_pairs(x2)
+        return cls(nngp=nngp, ntk=0.0 if need_ntk else None, var1=var1, var2=var2, width=d,
+                   spatial=tuple(x1.shape[2:]), full=bool(full) and x1.ndim == 4)
+
+    def marginal(self, cov: torch.Tensor) -> torch.Tensor:
+        """Per-position variances `[N, *spatial]` of a self-covariance `[N, *pairs]`."""
+        if not self.full:
+            return cov
+        n, positions = cov.shape[0], math.prod(self.spatial)
+        return cov.reshape(n, positions, positions).diagonal(0, 1, 2).reshape(n, *self.spatial)
+
+    def _as_position(self, marginal: torch.Tensor, which: int) -> torch.Tensor:
+        """Variances `[N, *spatial]` shaped to broadcast against `[N, *pairs]` as the
+        first (`which=0`) or second (`which=1`) position of each pixel pair."""
+        if not self.full:
+            return marginal
+        ones = (1,) * len(self.spatial)
+        shape = marginal.shape + ones if which == 0 else marginal.shape[:1] + ones + marginal.shape[1:]
+        return marginal.reshape(shape)
+
+    def pair_variances(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(E[z(x1)^2], E[z(x2)^2])` broadcastable against `nngp`."""
+        return (self._as_position(self.marginal(self.var1), 0).unsqueeze(1),
+                self._as_position(self.marginal(self.var2), 1).unsqueeze(0))
+
+    def self_variances(self, cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two variances of each pair in a self-covariance `cov` ([N, *pairs])."""
+        marginal = self.marginal(cov)
+        return self._as_position(marginal, 0), self._as_position(marginal, 1)
 
 
 @dataclass(frozen=True)

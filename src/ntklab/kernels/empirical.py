@@ -39,7 +39,6 @@ result itself) stays under `max_memory`.
 from __future__ import annotations
 
 import math
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
@@ -51,31 +50,13 @@ from torch.nn import functional as F
 from torch.func import functional_call, jacrev, jvp, vjp, vmap
 from tqdm.auto import tqdm
 
+from .._validation import parse_memory
+
 MODES = ("trace", "full", "diagonal")
 IMPLEMENTATIONS = ("auto", "structured", "jacobian", "ntk_vp")
-DEFAULT_MAX_MEMORY = 2 * 2 ** 30
-_UNITS = {"": 1, "B": 1, "KB": 10 ** 3, "MB": 10 ** 6, "GB": 10 ** 9, "TB": 10 ** 12,
-          "KIB": 2 ** 10, "MIB": 2 ** 20, "GIB": 2 ** 30, "TIB": 2 ** 40}
 
 
 # --------------------------------------------------------------------------- input checks
-def parse_memory(value: int | float | str | None, name: str = "max_memory") -> int:
-    """Bytes from an int or a string such as "512MB", "4GiB" (None -> 2 GiB)."""
-    if value is None:
-        return DEFAULT_MAX_MEMORY
-    if isinstance(value, str):
-        match = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]*)\s*", value)
-        if not match or match.group(2).upper() not in _UNITS:
-            raise ValueError(f"{name} must be a number of bytes or a string like '4GB' or "
-                             f"'512MiB', got {value!r}")
-        value = float(match.group(1)) * _UNITS[match.group(2).upper()]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name} must be a positive number of bytes, got {value!r}")
-    if value < 2 ** 20:
-        raise ValueError(f"{name}={value!r} bytes is below 1 MiB; give it in bytes, "
-                         f"e.g. max_memory='2GiB'")
-    return int(value)
-
 
 def select_parameters(model: nn.Module, params) -> dict[str, torch.Tensor]:
     """name -> parameter for `params`: None (every parameter with requires_grad),

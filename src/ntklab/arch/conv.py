@@ -1,0 +1,223 @@
+"""Convolutional layers and readouts on NCHW images, and their infinite-width maps.
+
+Finite network (neural-tangents' `stax.Conv`, NTK parameterization):
+    z_c(i) = (W_std / sqrt(C kh kw)) sum_{c', d} W_{c c' d} h_{c'}(i + d) + b_std b_c,  W, b ~ N(0, 1),
+with the sum over the filter offsets `d`; "SAME" pads with zeros (low side (k-1)//2, as
+lax and torch), "VALID" does not pad.
+
+Kernel (Novak et al. 2019; Arora et al. 2019, eq. 7-8): with K(x, x')[i, j] the covariance
+of one channel at pixel i of x and pixel j of x', a convolution sums the filter's shifts
+applied to *both* pixel indices,
+    K'[i, j] = (W_std^2 / (kh kw)) sum_d K[i + d, j + d] + b_std^2,
+and the NTK follows `Affine`.  Only same-pixel pairs K[i, i] are needed when the readout is
+`Flatten` (`K_out = mean_i K[i, i]`, neural-tangents' normalisation, matching a Dense on
+the C*H*W flattened features); `GlobalAvgPool` needs every pixel pair
+(`K_out = mean_{i, j} K[i, j]`), so the whole `[HW x HW]` covariance is carried for each
+pair of images (see `KernelState`).
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from .._validation import one_of, positive_int
+from .dense import Affine
+from .layer import Layer
+from .state import KernelState
+
+PADDINGS = ("SAME", "VALID")
+
+
+def filter_sum(t: torch.Tensor, filter_shape: Sequence[int], padding: str, full: bool) -> torch.Tensor:
+    """`sum_d t[..., i + d, j + d]` over the filter offsets, per spatial dimension.
+
+    `t` is `[..., H, W]` (same-pixel pairs) or `[..., H, W, H, W]` (`full`: all pixel
+    pairs; each offset shifts both pixel indices).  The sum is separable: height
+    offsets first, then width offsets, always added in the same order, so that the
+    diagonal of a `full` result equals, bitwise, the same-pixel result."""
+    n_spatial = len(filter_shape)
+    for dim, size in enumerate(filter_shape):
+        axes = ((dim - 2 * n_spatial, dim - n_spatial) if full else (dim - n_spatial,))
+        n_in = t.shape[axes[0]]
+        low, n_out = ((size - 1) // 2, n_in) if padding == "SAME" else (0, n_in - size + 1)
+        shape = list(t.shape)
+        for axis in axes:
+            shape[axis] = n_out
+        out = t.new_zeros(shape)
+        for offset in range(size):
+            shift = offset - low  # input index = output index + shift
+            start, stop = max(0, -shift), min(n_out, n_in - shift)
+            if stop <= start:
+                continue
+            target, source = out, t
+            for axis in axes:
+                target = target.narrow(axis, start, stop - start)
+                source = source.narrow(axis, start + shift, stop - start)
+            target.add_(source)
+        t = out
+    return t
+
+
+class ConvModule(nn.Module):
+    """Finite-width 2-D convolution in the NTK or standard parameterization (NCHW)."""
+
+    def __init__(self, in_channels: int, out_channels: int, filter_shape: tuple[int, int],
+                 padding: str, W_std: float, b_std: float | None, parameterization: str,
+                 generator: torch.Generator, dtype: torch.dtype):
+        super().__init__()
+        self.filter_shape, self.padding = filter_shape, padding
+        self.W_std, self.b_std, self.parameterization = W_std, b_std, parameterization
+        self.fan_in = in_channels * math.prod(filter_shape)
+        weight = torch.randn(out_channels, in_channels, *filter_shape, generator=generator,
+                             dtype=dtype)
+        bias = None if b_std is None else torch.randn(out_channels, generator=generator, dtype=dtype)
+        if parameterization == "standard":
+            weight *= W_std / math.sqrt(self.fan_in)
+            if bias is not None:
+                bias *= b_std
+        self.weight = nn.Parameter(weight)
+        self.bias = None if bias is None else nn.Parameter(bias)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        weight, bias = self.weight, self.bias
+        if self.parameterization == "ntk":
+            weight = weight * (self.W_std / math.sqrt(self.fan_in))
+            bias = None if bias is None else self.b_std * bias
+        return F.conv2d(h, weight, bias, padding=self.padding.lower())
+
+    def extra_repr(self) -> str:
+        return (f"{self.weight.shape[1]} -> {self.weight.shape[0]}, filter={self.filter_shape}, "
+                f"padding={self.padding!r}, W_std={self.W_std}, b_std={self.b_std}, "
+                f"parameterization={self.parameterization!r}")
+
+
+def _image_state(k: KernelState, layer: Layer) -> None:
+    if len(k.spatial) != 2:
+        raise ValueError(f"{layer!r} acts on images [N, C, H, W] but gets vectors; pass image "
+                         f"batches (NCHW) and put convolutions before Flatten/GlobalAvgPool")
+
+
+class Conv(Affine):
+    """`Conv(out_chan, filter_shape=(3, 3), padding="VALID", W_std=1.0, b_std=0.0,
+    parameterization="ntk", trainable=True)`: neural-tangents' `stax.Conv` on NCHW
+    images (stride 1, no dilation)."""
+
+    takes_images = True
+
+    def __init__(self, out_chan: int, filter_shape: Sequence[int] = (3, 3), padding: str = "VALID",
+                 W_std: float = 1.0, b_std: float | None = 0.0, parameterization: str = "ntk",
+                 trainable: bool = True):
+        self.out = positive_int(out_chan, "out_chan (channels of Conv)")
+        shape = tuple(filter_shape) if isinstance(filter_shape, (tuple, list)) else ()
+        if len(shape) != 2:
+            raise ValueError(f"filter_shape must be (kh, kw), got {filter_shape!r}")
+        self.filter_shape = tuple(positive_int(s, "filter_shape") for s in shape)
+        self.padding = one_of(str(padding).upper(), "padding", PADDINGS)
+        super().__init__(W_std, b_std, parameterization, trainable)
+        self.terms = math.prod(self.filter_shape)
+
+    def _check_fits(self, spatial: Sequence[int]) -> None:
+        if self.padding == "VALID" and any(f > s for f, s in zip(self.filter_shape, spatial)):
+            raise ValueError(f"{self!r}: filter {self.filter_shape} is larger than the "
+                             f"{tuple(spatial)} images reaching it with padding='VALID'; use "
+                             f"padding='SAME', a smaller filter, or fewer VALID layers")
+
+    def build(self, in_shape, generator, dtype):
+        if len(in_shape) != 3:
+            raise ValueError(f"{self!r} needs image inputs (C, H, W), got shape {tuple(in_shape)}")
+        self._check_fits(in_shape[1:])
+        module = ConvModule(in_shape[0], self.out, self.filter_shape, self.padding, self.W_std,
+                            self.b_std, self.parameterization, generator, dtype)
+        h, w = (s if self.padding == "SAME" else s - f + 1
+                for s, f in zip(in_shape[1:], self.filter_shape))
+        return module.requires_grad_(self.trainable), (self.out, h, w)
+
+    def sum_inputs(self, t, k):
+        return filter_sum(t, self.filter_shape, self.padding, k.full)
+
+    def kernel_map(self, k: KernelState) -> KernelState:
+        _image_state(k, self)
+        self._check_fits(k.spatial)
+        return super().kernel_map(k)
+
+    def output_state(self, k: KernelState) -> KernelState:
+        return k.replace(width=self.out, spatial=tuple(k.var1.shape[1:3]))
+
+
+def _spatial_mean(t: torch.Tensor, k: KernelState, all_pairs: bool) -> torch.Tensor:
+    """Mean over pixel pairs of `[..., *pairs]`: all pairs, or same-pixel pairs only."""
+    n = math.prod(k.spatial)
+    if not k.full:
+        return t.flatten(-2).mean(-1)
+    t = t.flatten(-4, -3).flatten(-2)  # [..., HW, HW]
+    return t.mean((-2, -1)) if all_pairs else t.diagonal(0, -2, -1).sum(-1).div_(n)
+
+
+class _Readout(Layer):
+    """Images -> vectors; subclasses say whether all pixel pairs are averaged."""
+
+    all_pairs = False
+
+    def kernel_map(self, k: KernelState) -> KernelState:
+        if not k.spatial:
+            return k
+        ntk = k.ntk if k.ntk is None or isinstance(k.ntk, float) else _spatial_mean(k.ntk, k, self.all_pairs)
+        var1 = _spatial_mean(k.var1, k, self.all_pairs)
+        var2 = var1 if k.var2 is k.var1 else _spatial_mean(k.var2, k, self.all_pairs)
+        return k.replace(nngp=_spatial_mean(k.nngp, k, self.all_pairs), ntk=ntk, var1=var1,
+                         var2=var2, width=self.out_width(k), spatial=(), full=False)
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+
+class FlattenModule(nn.Module):
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h.flatten(1)
+
+
+class GlobalAvgPoolModule(nn.Module):
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h.mean(dim=tuple(range(2, h.ndim)))
+
+
+class Flatten(_Readout):
+    """`Flatten()`: [N, C, H, W] -> [N, C*H*W] (the "vanilla" readout, CNN-V / CNTK-V).
+
+    Kernel: `K_out = mean_i K[i, i]` over same-pixel pairs (neural-tangents divides by
+    H*W; Arora et al. sum, a constant factor that kernel regression does not see)."""
+
+    def build(self, in_shape, generator, dtype):
+        return FlattenModule(), (math.prod(in_shape),)
+
+    def out_width(self, k: KernelState) -> int:
+        return k.width * math.prod(k.spatial)
+
+
+class GlobalAvgPool(_Readout):
+    """`GlobalAvgPool()`: [N, C, H, W] -> [N, C], the mean over pixels (CNN-GAP / CNTK-GAP).
+
+    Kernel: `K_out = mean_{i, j} K[i, j]` over all pixel pairs, which needs the full
+    `[HW x HW]` covariance of every pair of images through all the layers before it."""
+
+    takes_images = True
+    all_pairs = True
+
+    def build(self, in_shape, generator, dtype):
+        if len(in_shape) != 3:
+            raise ValueError(f"GlobalAvgPool needs image inputs (C, H, W), got shape {tuple(in_shape)}")
+        return GlobalAvgPoolModule(), (in_shape[0],)
+
+    def kernel_map(self, k: KernelState) -> KernelState:
+        _image_state(k, self)
+        if not k.full:
+            raise ValueError("GlobalAvgPool needs the covariance of all pixel pairs: compute the "
+                             "kernel through nk.serial(...).kernel, which tracks them")
+        return super().kernel_map(k)
+
+    def out_width(self, k: KernelState) -> int:
+        return k.width
