@@ -85,7 +85,7 @@ def test_filter_sum_matches_explicit_loops(filter_shape, padding):
 
 
 def _mc_setup(param, readout, fix):
-    return nk.serial(nk.Conv(256, (3, 3), "SAME", 1.5, 0.2, param, trainable=not fix),
+    return nk.serial(nk.Conv(256, (3, 2), "SAME", 1.5, 0.2, param, trainable=not fix),
                      nk.Relu(), nk.Conv(256, (2, 2), "VALID", 1.3, 0.1, param), nk.Erf(),
                      readout, nk.Dense(1, 1.2, 0.3, param, trainable=not fix))
 

@@ -87,7 +87,10 @@ class ConvModule(nn.Module):
         if self.parameterization == "ntk":
             weight = weight * (self.W_std / math.sqrt(self.fan_in))
             bias = None if bias is None else self.b_std * bias
-        return F.conv2d(h, weight, bias, padding=self.padding.lower())
+        if self.padding == "SAME":  # zeros, (k - 1) // 2 on the low side: as `filter_sum` and lax
+            (kh, kw) = self.filter_shape
+            h = F.pad(h, ((kw - 1) // 2, kw // 2, (kh - 1) // 2, kh // 2))
+        return F.conv2d(h, weight, bias)
 
     def extra_repr(self) -> str:
         return (f"{self.weight.shape[1]} -> {self.weight.shape[0]}, filter={self.filter_shape}, "
