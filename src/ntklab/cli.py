@@ -11,7 +11,8 @@ import numpy as np
 
 from . import experiments
 from .arch.spec import parse_architecture
-from .data import load_matrix
+from .data import load_array
+from .kernels.engine import compute_kernel
 from .report import atomic_write_bytes
 
 
@@ -55,26 +56,43 @@ def run(name: str, seed: int, out: Path | None, device: str | None, quick: bool,
 
 @main.command()
 @click.option("--arch", required=True,
-              help="Layers, e.g. 'Dense(512, W_std=1.5, b_std=0.05), Relu(), Dense(1)'.")
+              help="Layers, e.g. 'Dense(512, W_std=1.5, b_std=0.05), Relu(), Dense(1)' or "
+                   "'Conv(64, (3, 3), \"SAME\"), Relu(), GlobalAvgPool(), Dense(1)'.")
 @click.option("--x1", "x1_path", required=True, type=click.Path(path_type=Path),
-              help="Inputs [N1, d] (.npy, .npz or .csv).")
+              help="Inputs [N1, d] or NCHW images [N1, C, H, W] (.npy, .npz or .csv).")
 @click.option("--x2", "x2_path", type=click.Path(path_type=Path), default=None,
-              help="Inputs [N2, d]; omitted: x1 with itself.")
+              help="Inputs [N2, ...]; omitted: x1 with itself.")
 @click.option("--out", required=True, type=click.Path(path_type=Path),
-              help="Output .npz with arrays nngp and ntk.")
+              help="Output: FILE.npz (arrays nngp, ntk, computed in memory) or DIR.zarr "
+                   "(tiled, resumable: run the same command again after an interruption).")
 @click.option("--get", type=click.Choice(["both", "nngp", "ntk"]), default="both",
               show_default=True)
-@click.option("--device", default=None, help="cpu, cuda or auto.")
+@click.option("--device", default=None, help="cpu, cuda or auto (auto: on each Dask worker).")
+@click.option("--tile-size", default=256, show_default=True, help="Rows/columns per tile (.zarr).")
+@click.option("--scheduler", default="local", show_default=True,
+              help="For .zarr: local, processes, or a Dask scheduler address tcp://host:port.")
+@click.option("--workers", type=int, default=None, help="Processes for --scheduler processes.")
+@click.option("--max-memory", default="1GiB", show_default=True,
+              help="Working memory of one block of pairs (e.g. 512MiB, 4GB).")
 def kernel(arch: str, x1_path: Path, x2_path: Path | None, out: Path, get: str,
-           device: str | None) -> None:
+           device: str | None, tile_size: int, scheduler: str, workers: int | None,
+           max_memory: str) -> None:
     """Compute the infinite-width NNGP/NTK of an architecture between input files."""
+    get_names = None if get == "both" else get
     try:
-        if out.suffix != ".npz":
-            raise ValueError(f"--out must end in .npz, got {str(out)!r}")
+        if out.suffix not in (".npz", ".zarr"):
+            raise ValueError(f"--out must end in .npz or .zarr, got {str(out)!r}")
         net = parse_architecture(arch)
-        x1 = load_matrix(x1_path, "x1")
-        x2 = None if x2_path is None else load_matrix(x2_path, "x2")
-        result = net.kernel(x1, x2, None if get == "both" else get, device=device,
+        x1 = load_array(x1_path, "x1")
+        x2 = None if x2_path is None else load_array(x2_path, "x2")
+        if out.suffix == ".zarr":
+            store = compute_kernel(net, x1, x2, store=out, get=get_names, tile_size=tile_size,
+                                   scheduler=scheduler, workers=workers, device=device,
+                                   max_memory=max_memory, progress=sys.stderr.isatty() or None)
+            click.echo(f"wrote {out}: {', '.join(store.names)} {store.shape}, "
+                       f"{len(store.tiles())} tiles (read with ntklab.kernels.KernelStore.open)")
+            return
+        result = net.kernel(x1, x2, get_names, device=device, max_memory=max_memory,
                             progress=sys.stderr.isatty())
     except ValueError as err:
         _fail(err)

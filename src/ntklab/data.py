@@ -90,8 +90,13 @@ def digits_parity(n_train: int, *, seed: int, n_test: int = 256,
 
 
 def load_matrix(path: str | Path, name: str, *, dtype: torch.dtype = DEFAULT_DTYPE) -> torch.Tensor:
-    """Read a 2-D array from .npy, .npz (its single array, or the one named like
-    the argument) or .csv (comma-separated, no header).  Never unpickles."""
+    """A 2-D array `[N, d]` from a file (see `load_array`)."""
+    return as_matrix(load_array(path, name), name, dtype=dtype)
+
+
+def load_array(path: str | Path, name: str) -> np.ndarray:
+    """Read an array from .npy, .npz (its single array, or the one named like
+    the argument) or .csv (comma-separated, no header, 2-D).  Never unpickles."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{name}: file {str(path)!r} does not exist")
@@ -109,4 +114,4 @@ def load_matrix(path: str | Path, name: str, *, dtype: torch.dtype = DEFAULT_DTY
         array = np.loadtxt(path, delimiter=",", ndmin=2)
     else:
         raise ValueError(f"{name}: unsupported file type {suffix!r}; use .npy, .npz or .csv")
-    return as_matrix(array, name, dtype=dtype)
+    return array
