@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(BIN)/pip install --quiet -e ".[bench]"
 	$(BIN)/python benchmarks/bench_fc_kernel.py
 	$(BIN)/python benchmarks/bench_empirical_ntk.py
+	$(BIN)/python benchmarks/bench_cntk.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
-import resource
 import sys
 import time
 
 import torch
 from torch import nn
 from torch.func import functional_call, jacrev, jvp, vjp, vmap
+
+import isolated
 
 
 # ----------------------------------------------------------------- models
@@ -101,52 +101,24 @@ def ntklab_method(max_memory):
 
 
 # ----------------------------------------------------------------- one measurement
-def child(queue, model_name, method, mode, n, cap, seed=0):
-    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+def one_run(model_name, method, mode, n, cap, seed=0):
     torch.manual_seed(seed)
     make, shape = MODELS[model_name]
     model = make()
     x = torch.randn(n, *shape)
     fn = {"jacobian": tutorial_jacobian_contraction, "ntk_vp": tutorial_ntk_vector_products,
           "ntklab": ntklab_method(cap // 4)}[method]
-    try:
-        fn(model, x[:4], x[:4], mode)            # warm-up (and auto's choice for small N)
-        start = time.perf_counter()
-        out = fn(model, x, x, mode)
-        seconds = time.perf_counter() - start
-        # the tutorial's trace is the sum over outputs, ntklab's the mean (neural-tangents)
-        scale = out.new_tensor(10.0 if method == "ntklab" and mode == "trace" else 1.0)
-        check = float((out * scale)[:3, :3].double().sum())
-        queue.put({"seconds": seconds, "check": check, "error": None,
-                   "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20})
-    except (RuntimeError, MemoryError) as err:
-        text = str(err)
-        oom = "memory" in text.lower() or isinstance(err, MemoryError)
-        queue.put({"seconds": None, "check": None, "error": "out of memory" if oom else text[:120],
-                   "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20})
+    fn(model, x[:4], x[:4], mode)            # warm-up (and auto's choice for small N)
+    start = time.perf_counter()
+    out = fn(model, x, x, mode)
+    seconds = time.perf_counter() - start
+    # the tutorial's trace is the sum over outputs, ntklab's the mean (neural-tangents)
+    scale = out.new_tensor(10.0 if method == "ntklab" and mode == "trace" else 1.0)
+    return {"seconds": seconds, "check": float((out * scale)[:3, :3].double().sum())}
 
 
 def measure(model_name, method, mode, n, cap, timeout):
-    context = mp.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=child, args=(queue, model_name, method, mode, n, cap))
-    process.start()
-    process.join(timeout)
-    if process.is_alive():
-        process.kill()
-        return {"seconds": None, "error": f"over {timeout:.0f} s", "peak_gib": None, "check": None}
-    if queue.empty():
-        return {"seconds": None, "error": f"crashed (exit {process.exitcode})", "peak_gib": None,
-                "check": None}
-    return queue.get()
-
-
-def parse_bytes(text):
-    units = {"GIB": 2 ** 30, "MIB": 2 ** 20, "GB": 10 ** 9, "MB": 10 ** 6}
-    for unit, size in units.items():
-        if text.upper().endswith(unit):
-            return int(float(text[:-len(unit)]) * size)
-    return int(text)
+    return isolated.measure(one_run, (model_name, method, mode, n, cap), cap, timeout)
 
 
 def main():
@@ -158,7 +130,7 @@ def main():
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per measurement")
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
-    cap = parse_bytes(args.cap)
+    cap = isolated.parse_bytes(args.cap)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, "
           f"cap {cap / 2 ** 30:.1f} GiB per run, ntklab max_memory {cap / 4 / 2 ** 30:.1f} GiB")
     header = (f"{'model':5} {'mode':6} {'N':>5} | {'ntklab s':>9} {'GiB':>5} | {'jacobian s':>10} "

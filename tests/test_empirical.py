@@ -147,3 +147,13 @@ def test_bad_input():
     with pytest.raises(ValueError, match="max_memory"):
         nk.empirical_ntk(model, x, max_memory="lots")
     assert parse_memory("2GiB") == 2 * 2 ** 30 and parse_memory("500MB") == 5 * 10 ** 8
+
+
+def test_largest_ntk_eigenvalue_by_power_iteration_matches_the_full_kernel():
+    from ntklab.kernels.empirical import largest_ntk_eigenvalue
+    net = nk.serial(nk.Conv(16, (3, 3), "SAME", 1.4, 0.1), nk.Relu(), nk.GlobalAvgPool(), nk.Dense(3))
+    model = net.module((1, 6, 6), seed=0, dtype=torch.float64)
+    x = torch.randn(20, 1, 6, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    full = nk.empirical_ntk(model, x, mode="full").permute(0, 2, 1, 3).reshape(60, 60)
+    exact = float(torch.linalg.eigvalsh(full)[-1])
+    assert largest_ntk_eigenvalue(model, x, rtol=1e-10, iterations=500) == pytest.approx(exact, rel=1e-6)

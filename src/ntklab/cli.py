@@ -41,13 +41,22 @@ def list_experiments() -> None:
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 or auto.")
 @click.option("--quick", is_flag=True, help="Small settings (seconds), for tests and previews.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run folder.")
+@click.option("--data", default=None, help="Dataset, for experiments that take one "
+              "(cntk-table: digits or cifar10:DIR with the CIFAR-10 binary batches).")
+@click.option("--train-size", type=int, default=None, help="Training images (subset).")
+@click.option("--test-size", type=int, default=None, help="Test images (subset).")
+@click.option("--scheduler", default=None, help="Kernel tiles: local, processes, or a Dask "
+              "scheduler tcp://host:port (experiments with tiled kernels).")
+@click.option("--workers", type=int, default=None, help="Processes for --scheduler processes.")
 def run(name: str, seed: int, out: Path | None, device: str | None, quick: bool,
-        overwrite: bool) -> None:
+        overwrite: bool, data: str | None, train_size: int | None, test_size: int | None,
+        scheduler: str | None, workers: int | None) -> None:
     """Run experiment NAME, writing config.json, metrics.csv, figures/ and report.md."""
     out = out or Path("runs") / f"{name}-seed{seed}{'-quick' if quick else ''}"
     try:
         summary = experiments.run(name, out, seed=seed, quick=quick, device=device,
-                                  overwrite=overwrite)
+                                  overwrite=overwrite, data=data, train_size=train_size,
+                                  test_size=test_size, scheduler=scheduler, workers=workers)
     except ValueError as err:
         _fail(err)
     click.echo(json.dumps(summary, indent=2, default=str))

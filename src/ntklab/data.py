@@ -115,3 +115,112 @@ def load_array(path: str | Path, name: str) -> np.ndarray:
     else:
         raise ValueError(f"{name}: unsupported file type {suffix!r}; use .npy, .npz or .csv")
     return array
+
+
+# ----------------------------------------------------------------------------- image classification
+
+@dataclass
+class ImageTask:
+    """Images NCHW (standardised per channel with the training set's statistics) and
+    integer labels."""
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    n_classes: int
+    description: str
+
+
+def _standardised(name, x_train, y_train, x_test, y_test, n_classes, description, dtype):
+    """Arora et al. (2019)'s preprocessing after scaling pixels to [0, 1]: per-channel
+    mean and standard deviation of the training images (no ZCA)."""
+    mean = x_train.mean(axis=(0, 2, 3), keepdims=True)
+    std = x_train.std(axis=(0, 2, 3), keepdims=True)
+    as_t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=dtype)  # noqa: E731
+    return ImageTask(name, as_t((x_train - mean) / std), torch.as_tensor(y_train, dtype=torch.long),
+                     as_t((x_test - mean) / std), torch.as_tensor(y_test, dtype=torch.long),
+                     n_classes, description)
+
+
+def _subset(n_available: int, size: int | None, name: str, seed: int) -> np.ndarray:
+    if size is None:
+        return np.arange(n_available)
+    size = positive_int(size, name)
+    if size > n_available:
+        raise ValueError(f"{name}={size} exceeds the {n_available} images available")
+    return np.sort(np.random.default_rng(seed).permutation(n_available)[:size])
+
+
+def digits_images(train_size: int, test_size: int, *, seed: int,
+                  dtype: torch.dtype = DEFAULT_DTYPE) -> ImageTask:
+    """scikit-learn's bundled digits as 1x8x8 images, 10 classes, a seeded random split."""
+    from sklearn.datasets import load_digits
+
+    train_size, test_size = positive_int(train_size, "train_size"), positive_int(test_size, "test_size")
+    digits = load_digits()
+    if train_size + test_size > len(digits.target):
+        raise ValueError(f"train_size + test_size = {train_size + test_size} exceeds the "
+                         f"{len(digits.target)} digits images")
+    order = np.random.default_rng(seed).permutation(len(digits.target))
+    x = digits.images[order][:, None].astype(np.float64) / 16.0
+    y = digits.target[order]
+    tr, te = slice(0, train_size), slice(train_size, train_size + test_size)
+    return _standardised("digits", x[tr], y[tr], x[te], y[te], 10,
+                         f"scikit-learn digits (1x8x8), {train_size} training and {test_size} "
+                         f"test images (seed {seed})", dtype)
+
+
+CIFAR10_TRAIN = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
+CIFAR10_TEST = "test_batch.bin"
+CIFAR10_RECORD = 1 + 3 * 32 * 32  # label byte, then 1024 red, 1024 green, 1024 blue (row-major)
+
+
+def read_cifar10_binary(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Images uint8 [N, 3, 32, 32] and labels [N] from one file of the CIFAR-10
+    *binary* distribution (cifar-10-binary.tar.gz; never the pickled one)."""
+    path = Path(path)
+    raw = np.fromfile(path, dtype=np.uint8)
+    if raw.size == 0 or raw.size % CIFAR10_RECORD:
+        raise ValueError(f"{path} is not a CIFAR-10 binary batch: its size {raw.size} bytes is "
+                         f"not a multiple of {CIFAR10_RECORD} (1 label + 3072 pixel bytes)")
+    records = raw.reshape(-1, CIFAR10_RECORD)
+    labels = records[:, 0]
+    if labels.max() > 9:
+        raise ValueError(f"{path}: label {int(labels.max())} outside 0..9; not a CIFAR-10 batch")
+    return records[:, 1:].reshape(-1, 3, 32, 32), labels
+
+
+def cifar10(directory: str | Path, train_size: int | None = None, test_size: int | None = None,
+            *, seed: int = 0, dtype: torch.dtype = DEFAULT_DTYPE) -> ImageTask:
+    """CIFAR-10 from the folder of its binary distribution (`data_batch_1.bin` ...
+    `data_batch_5.bin`, `test_batch.bin`); `train_size`/`test_size` take seeded
+    random subsets (None: all 50000 / 10000)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ValueError(f"--data cifar10:{directory}: no such folder; give the folder holding "
+                         f"data_batch_1.bin ... test_batch.bin (cifar-10-binary.tar.gz, extracted)")
+    missing = [f for f in (*CIFAR10_TRAIN, CIFAR10_TEST) if not (directory / f).is_file()]
+    if missing:
+        raise ValueError(f"--data cifar10:{directory} lacks {', '.join(missing)}; it needs the "
+                         f"binary distribution (data_batch_1.bin ... data_batch_5.bin, "
+                         f"test_batch.bin), not the Python pickles")
+    train = [read_cifar10_binary(directory / f) for f in CIFAR10_TRAIN]
+    x_train, y_train = np.concatenate([t[0] for t in train]), np.concatenate([t[1] for t in train])
+    x_test, y_test = read_cifar10_binary(directory / CIFAR10_TEST)
+    tr = _subset(len(y_train), train_size, "train_size", seed)
+    te = _subset(len(y_test), test_size, "test_size", seed + 1)
+    return _standardised("cifar10", x_train[tr] / 255.0, y_train[tr], x_test[te] / 255.0,
+                         y_test[te], 10, f"CIFAR-10 ({directory}), {len(tr)} training and "
+                         f"{len(te)} test images", dtype)
+
+
+def image_task(data: str, train_size: int | None, test_size: int | None, *, seed: int,
+               defaults: tuple[int, int], dtype: torch.dtype = DEFAULT_DTYPE) -> ImageTask:
+    """`--data digits` or `--data cifar10:DIR`."""
+    if data == "digits":
+        return digits_images(train_size or defaults[0], test_size or defaults[1], seed=seed,
+                             dtype=dtype)
+    if data.startswith("cifar10:"):
+        return cifar10(data.split(":", 1)[1], train_size, test_size, seed=seed, dtype=dtype)
+    raise ValueError(f"--data must be 'digits' or 'cifar10:DIR', got {data!r}")

@@ -1,6 +1,7 @@
 """Reproducible experiments, registered by name (`ntklab list`, `ntklab run NAME`)."""
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -32,12 +33,22 @@ def get(name: str) -> Experiment:
 
 
 def run(name: str, out, *, seed: int = 0, quick: bool = False, device: str | None = None,
-        overwrite: bool = False) -> dict[str, Any]:
-    """Run experiment `name` into the folder `out` (written atomically)."""
+        overwrite: bool = False, **options: Any) -> dict[str, Any]:
+    """Run experiment `name` into the folder `out` (written atomically).
+
+    `options` (e.g. data, train_size, scheduler) go to experiments that take them;
+    options left at None are dropped, any other an experiment does not take is an error."""
     experiment = get(name)
+    options = {key: value for key, value in options.items() if value is not None}
+    accepted = inspect.signature(experiment.run).parameters
+    unknown = sorted(key for key in options if key not in accepted)
+    if unknown:
+        flags = ", ".join("--" + key.replace("_", "-") for key in unknown)
+        raise ValueError(f"experiment {name!r} does not take {flags}")
     with RunFolder(out, overwrite=overwrite) as folder:
-        return experiment.run(folder, seed=seed, quick=quick, device=device)
+        return experiment.run(folder, seed=seed, quick=quick, device=device, **options)
 
 
 from . import kernel_gd  # noqa: E402,F401  (registers itself)
 from . import lazy_training  # noqa: E402,F401
+from . import cntk_table  # noqa: E402,F401

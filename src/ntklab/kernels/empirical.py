@@ -50,7 +50,7 @@ from torch.nn import functional as F
 from torch.func import functional_call, jacrev, jvp, vjp, vmap
 from tqdm.auto import tqdm
 
-from .._validation import parse_memory
+from .._validation import parse_memory, positive_int
 
 MODES = ("trace", "full", "diagonal")
 IMPLEMENTATIONS = ("auto", "structured", "jacobian", "ntk_vp")
@@ -516,3 +516,32 @@ def empirical_ntk(model: nn.Module, x1, x2=None, *, mode: str = "trace",
     else:
         plan = Plan(model, chosen, implementation == "structured", x1)
     return _run(plan, implementation, x1, x2, mode, n_out, max_memory, progress)
+
+
+def largest_ntk_eigenvalue(model: nn.Module, x, *, params=None, iterations: int = 100,
+                           rtol: float = 1e-3, seed: int = 0) -> float:
+    """lambda_max of the empirical NTK over all outputs of `x`, Theta = J J^T
+    ([N*O x N*O], J the Jacobian of the outputs in the parameters), by power
+    iteration on Theta v = J (J^T v): one vjp and one jvp per step, no kernel
+    matrix formed.  Full-batch GD on 1/2 sum ||f - y||^2 is stable, near
+    initialization, for steps below 2 / lambda_max (lecture 21)."""
+    chosen = select_parameters(model, params)
+    reference = next(iter(chosen.values()))
+    x = model_input(x, "x", reference)
+    names, primals = list(chosen), tuple(p.detach() for p in chosen.values())
+
+    def outputs(*values):
+        return functional_call(model, dict(zip(names, values)), (x,))
+
+    out, pullback = vjp(outputs, *primals)
+    generator = torch.Generator(device=out.device).manual_seed(seed)
+    v = torch.randn(out.shape, generator=generator, dtype=out.dtype, device=out.device)
+    v /= v.norm()
+    estimate = 0.0
+    for _ in range(positive_int(iterations, "iterations")):
+        _, theta_v = jvp(outputs, primals, pullback(v))
+        previous, estimate = estimate, float((v * theta_v).sum())  # Rayleigh quotient
+        v = theta_v / theta_v.norm()
+        if abs(estimate - previous) <= rtol * abs(estimate):
+            break
+    return estimate

@@ -1,0 +1,119 @@
+"""CNTK-V and CNTK-GAP: ntklab against neural-tangents on the same CPU, same run.
+
+Architecture (issue 5): three [Conv(8, 3x3, SAME, W_std = sqrt 2, b_std = 0.1), ReLU]
+blocks, then Flatten (V) or GlobalAvgPool (GAP), then Dense(1); the NTK of N images
+with themselves (x2 = None), float64 in both libraries.  Baselines:
+
+  nt        neural_tangents.stax kernel_fn, jit-compiled, all N images at once
+  nt.batch  the same through neural_tangents.batch(kernel_fn, batch_size=B), its
+            tool for kernels that do not fit in memory
+
+Each measurement runs in its own child process under an address-space cap (--cap),
+so a method that needs more memory reports "out of memory"; neural-tangents is
+called twice and the second call timed (the first jit-compiles for those shapes);
+peak memory is the child's peak RSS (for nt, of both calls).
+Entries agree across methods (checked on the first 3x3 block).
+
+    python benchmarks/bench_cntk.py [--cases gap:16:40 gap:16:100 v:32:100 ...] [--cap 20GiB]
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import numpy as np
+
+import isolated
+
+CHANNELS, W_STD, B_STD = 8, math.sqrt(2.0), 0.1
+DEFAULT_CASES = ["v:16:100", "v:32:100", "gap:16:40", "gap:16:100", "gap:32:10", "gap:32:20"]
+
+
+def images(n: int, size: int) -> np.ndarray:
+    return np.random.default_rng(0).standard_normal((n, 3, size, size))  # NCHW
+
+
+def run_ntklab(readout: str, n: int, size: int, max_memory: int) -> dict:
+    import torch
+    import ntklab as nk
+    layers = []
+    for _ in range(3):
+        layers += [nk.Conv(CHANNELS, (3, 3), "SAME", W_STD, B_STD), nk.Relu()]
+    pool = nk.Flatten() if readout == "v" else nk.GlobalAvgPool()
+    net = nk.serial(*layers, pool, nk.Dense(1, W_STD, B_STD))
+    x = torch.from_numpy(images(n, size))
+    net.kernel(x[:2], get="ntk")
+    start = time.perf_counter()
+    ntk = net.kernel(x, get="ntk", max_memory=max_memory, progress=False).ntk
+    return {"seconds": time.perf_counter() - start, "check": float(ntk[:3, :3].sum())}
+
+
+def run_nt(readout: str, n: int, size: int, batch_size: int | None) -> dict:
+    from jax import config
+    config.update("jax_enable_x64", True)
+    import jax
+    import neural_tangents as nt
+    from neural_tangents import stax
+    layers = []
+    for _ in range(3):
+        layers += [stax.Conv(CHANNELS, (3, 3), padding="SAME", W_std=W_STD, b_std=B_STD), stax.Relu()]
+    pool = stax.Flatten() if readout == "v" else stax.GlobalAvgPool()
+    _, _, kernel_fn = stax.serial(*layers, pool, stax.Dense(1, W_STD, B_STD))
+    x = images(n, size).transpose(0, 2, 3, 1)  # neural-tangents is NHWC
+    if batch_size is None:
+        kernel_fn = jax.jit(kernel_fn, static_argnames="get")
+    else:
+        kernel_fn = nt.batch(kernel_fn, batch_size=batch_size, store_on_device=False)
+    np.asarray(kernel_fn(x, None, "ntk"))  # compiles for these shapes; the second call is timed
+    start = time.perf_counter()
+    ntk = np.asarray(kernel_fn(x, None, "ntk"))
+    return {"seconds": time.perf_counter() - start, "check": float(ntk[:3, :3].sum())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cases", nargs="+", default=DEFAULT_CASES,
+                        help="readout:image_size:N, readout v (Flatten) or gap")
+    parser.add_argument("--cap", default="20GiB", help="address-space cap per measurement")
+    parser.add_argument("--max-memory", default="2GiB", help="ntklab's max_memory")
+    parser.add_argument("--batch-size", type=int, default=10, help="nt.batch batch size")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per measurement")
+    args = parser.parse_args()
+    cap = isolated.parse_bytes(args.cap)
+    print(f"float64, cap {cap / 2 ** 30:.0f} GiB per run, ntklab max_memory {args.max_memory}, "
+          f"nt.batch batch_size {args.batch_size}; time per kernel entry (N^2 entries)")
+    header = (f"{'case':>20} | {'ntklab us/entry':>15} {'GiB':>5} | {'nt us/entry':>14} {'GiB':>5} | "
+              f"{'nt.batch us/entry':>17} {'GiB':>5} | speed-up vs best nt")
+    print(header)
+    print("-" * len(header))
+    for case in args.cases:
+        readout, size, n = case.split(":")
+        size, n = int(size), int(n)
+        results = {
+            "ntklab": isolated.measure(run_ntklab, (readout, n, size, isolated.parse_bytes(args.max_memory)),
+                                       cap, args.timeout),
+            "nt": isolated.measure(run_nt, (readout, n, size, None), cap, args.timeout),
+            "nt.batch": (isolated.measure(run_nt, (readout, n, size, args.batch_size), cap, args.timeout)
+                         if n % args.batch_size == 0 else
+                         {"seconds": None, "error": "N % batch", "peak_gib": None, "check": None}),
+        }
+
+        def cell(result, width):
+            if result["seconds"] is None:
+                return f"{result['error'][:width]:>{width}} {'':5}"
+            return f"{result['seconds'] / n ** 2 * 1e6:{width}.1f} {result['peak_gib']:5.2f}"
+        ours = results["ntklab"]["seconds"]
+        best = min((results[m]["seconds"] for m in ("nt", "nt.batch")
+                    if results[m]["seconds"] is not None), default=None)
+        ratio = f"{best / ours:.1f}x" if ours and best else "nt fails" if ours else "ntklab failed"
+        checks = [r["check"] for r in results.values() if r["check"] is not None]
+        if len(checks) > 1 and max(checks) - min(checks) > 1e-8 * max(map(abs, checks)):
+            ratio += " (VALUES DISAGREE)"
+        label = f"{'CNTK-' + readout.upper()} {size}x{size} N={n}"
+        print(f"{label:>20} | {cell(results['ntklab'], 15)} | {cell(results['nt'], 14)} | "
+              f"{cell(results['nt.batch'], 17)} | {ratio}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
