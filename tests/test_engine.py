@@ -67,7 +67,7 @@ def _cli(*args):
 def test_killed_run_resumes_to_the_same_matrix(tmp_path):
     """Kill `ntklab kernel --out K.zarr` after a few tiles, run it again: finished
     tiles are kept and the matrix equals an uninterrupted run's, bit for bit."""
-    x = images(40, size=12).numpy()
+    x = images(40, size=16).numpy()
     np.save(tmp_path / "x.npy", x)
     path = tmp_path / "k.zarr"
     args = _cli("--arch", ARCH, "--x1", str(tmp_path / "x.npy"), "--out", str(path),

@@ -69,7 +69,8 @@ def _angle(cov, var1, var2):
     sqrt(v1 v2 - c^2) = sqrt(v1 v2) sin(theta).  Exactly 0 for identical inputs
     (c = v1 = v2), unlike arccos of a rounded ratio; pairs with a zero-variance
     input get theta = pi/2 (neural-tangents' convention)."""
-    root = (var1 * var2 - cov * cov).clamp_(min=0.0).sqrt_()
+    root = var1 * var2  # sub_ (not a fused addcmul): exactly 0 when cov = var1 = var2
+    root = (root.sub_(cov * cov) if root.shape == cov.shape else root - cov * cov).clamp_(min=0.0).sqrt_()
     theta = torch.atan2(root, cov)
     if not (var1.all() and var2.all()):  # cheap check on the variance vectors
         theta.masked_fill_((root == 0) & (cov == 0), math.pi / 2)

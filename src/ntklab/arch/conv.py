@@ -38,25 +38,28 @@ def filter_sum(t: torch.Tensor, filter_shape: Sequence[int], padding: str, full:
     `t` is `[..., H, W]` (same-pixel pairs) or `[..., H, W, H, W]` (`full`: all pixel
     pairs; each offset shifts both pixel indices).  The sum is separable: height
     offsets first, then width offsets, always added in the same order, so that the
-    diagonal of a `full` result equals, bitwise, the same-pixel result."""
+    diagonal of a `full` result equals, bitwise, the same-pixel result.  Each
+    dimension starts from a copy of the unshifted term (no zero fill)."""
     n_spatial = len(filter_shape)
     for dim, size in enumerate(filter_shape):
         axes = ((dim - 2 * n_spatial, dim - n_spatial) if full else (dim - n_spatial,))
         n_in = t.shape[axes[0]]
         low, n_out = ((size - 1) // 2, n_in) if padding == "SAME" else (0, n_in - size + 1)
-        shape = list(t.shape)
-        for axis in axes:
-            shape[axis] = n_out
-        out = t.new_zeros(shape)
-        for offset in range(size):
+        out = None
+        for offset in (low, *range(low), *range(low + 1, size)):  # shift 0 first: all outputs
             shift = offset - low  # input index = output index + shift
             start, stop = max(0, -shift), min(n_out, n_in - shift)
             if stop <= start:
                 continue
-            target, source = out, t
+            source = t
+            for axis in axes:
+                source = source.narrow(axis, start + shift, stop - start)
+            if out is None:  # shift 0 (SAME) or any shift (VALID) covers every output
+                out = source.clone(memory_format=torch.contiguous_format)
+                continue
+            target = out
             for axis in axes:
                 target = target.narrow(axis, start, stop - start)
-                source = source.narrow(axis, start + shift, stop - start)
             target.add_(source)
         t = out
     return t

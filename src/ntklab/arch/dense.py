@@ -53,6 +53,11 @@ class DenseModule(nn.Module):
                 f"b_std={self.b_std}, parameterization={self.parameterization!r}")
 
 
+def _add(ntk: torch.Tensor | float, term: torch.Tensor | float) -> torch.Tensor | float:
+    """`ntk + term`, in place when `ntk` is a tensor this layer made (not an input)."""
+    return ntk + term if isinstance(ntk, float) else ntk.add_(term)
+
+
 class Affine(Layer):
     """Shared infinite-width map of the affine layers (`Dense`, `Conv`).
 
@@ -86,10 +91,10 @@ class Affine(Layer):
             ntk = scale * ntk if isinstance(ntk, float) else self.sum_inputs(ntk, k).mul_(scale)
         summed = self.sum_inputs(k.nngp, k)
         if ntk is not None and self.trainable and self.parameterization == "standard":
-            ntk = ntk + k.width * summed + (0.0 if self.b_std is None else 1.0)
+            ntk = _add(_add(ntk, k.width * summed), 0.0 if self.b_std is None else 1.0)
         nngp = summed.mul_(scale).add_(b2)
         if ntk is not None and self.trainable and self.parameterization == "ntk":
-            ntk = ntk + nngp
+            ntk = _add(ntk, nngp)
         var1 = self.sum_inputs(k.var1, k) * scale + b2
         var2 = var1 if k.var2 is k.var1 else self.sum_inputs(k.var2, k) * scale + b2
         return self.output_state(k.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2))

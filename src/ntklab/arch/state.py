@@ -55,12 +55,10 @@ class KernelState:
         d = x1.shape[1]
         if x1.ndim == 2:
             nngp = (x1 @ other.T).div_(d)
-            pairs, self_pairs = nngp, None
+            self_pairs = None
         else:
-            spec, self_spec = (("nchw,mcij->nmhwij", "nchw,ncij->nhwij") if full
-                               else ("nchw,mchw->nmhw", "nchw,nchw->nhw"))
-            nngp = torch.einsum(spec, x1, other).div_(d)
-            self_pairs = lambda x: torch.einsum(self_spec, x, x).div_(d)  # noqa: E731
+            nngp = _pixel_products(x1, other, full).div_(d)
+            self_pairs = lambda x: _self_pixel_products(x, full).div_(d)  # noqa: E731
         if x2 is None:
             var1 = nngp.diagonal(0, 0, 1).movedim(-1, 0).clone()
             var2 = var1
@@ -107,3 +105,30 @@ class Kernel:
 
     def __iter__(self):
         return iter((self.nngp, self.ntk))
+
+
+def _pixel_products(x1: torch.Tensor, x2: torch.Tensor, full: bool) -> torch.Tensor:
+    """sum_c x1[n, c, p] x2[m, c, q] for all pixel pairs (`full`, [N1, N2, H, W, H, W])
+    or same-pixel pairs ([N1, N2, H, W])."""
+    (n1, c, *spatial), n2 = x1.shape, x2.shape[0]
+    if not full:
+        if c > 8:  # one batched GEMM over pixels
+            products = torch.bmm(x1.flatten(2).permute(2, 0, 1), x2.flatten(2).permute(2, 1, 0))
+            return products.permute(1, 2, 0).reshape(n1, n2, *spatial)
+        out = x1[:, None, 0] * x2[None, :, 0]  # few channels (RGB): C fused passes
+        for channel in range(1, c):
+            out.addcmul_(x1[:, None, channel], x2[None, :, channel])
+        return out
+    a = x1.flatten(2).transpose(1, 2).reshape(-1, c)          # [N1 * P, C]
+    b = x2.flatten(2).transpose(1, 2).reshape(-1, c)          # [N2 * P, C]
+    positions = a.shape[0] // n1
+    products = (a @ b.T).reshape(n1, positions, n2, positions).transpose(1, 2)
+    return products.reshape(n1, n2, *spatial, *spatial)
+
+
+def _self_pixel_products(x: torch.Tensor, full: bool) -> torch.Tensor:
+    """Each image with itself: [N, H, W, H, W] (`full`) or [N, H, W]."""
+    if not full:
+        return (x * x).sum(1)
+    flat = x.flatten(2)                                      # [N, C, P]
+    return (flat.transpose(1, 2) @ flat).reshape(x.shape[0], *x.shape[2:], *x.shape[2:])
