@@ -143,3 +143,17 @@ def test_bad_images_and_layers_are_refused():
         nk.Conv(4, (3, 3), padding="CIRCULAR")
     with pytest.raises(ValueError, match=r"in_shape.*\(C, H, W\)"):
         net.module((36,))
+
+
+def test_gd_ensemble_takes_images_for_convolutional_architectures():
+    """t = infinity with no ridge is kernel regression with the CNTK."""
+    g = torch.Generator().manual_seed(3)
+    x_train, x_test = (torch.randn(n, 2, 5, 5, generator=g, dtype=torch.float64) for n in (12, 4))
+    y_train = torch.randn(12, 2, generator=g, dtype=torch.float64)
+    net = nk.serial(nk.Conv(4, (3, 3), "SAME", 1.5), nk.Relu(), nk.GlobalAvgPool(), nk.Dense(1))
+    mean = nk.predict.gradient_descent_mse_ensemble(net, x_train, y_train)(None, x_test, "ntk")
+    ntk_train, ntk_test = net.kernel(x_train, get="ntk").ntk, net.kernel(x_test, x_train, get="ntk").ntk
+    torch.testing.assert_close(mean, ntk_test @ torch.linalg.solve(ntk_train, y_train),
+                               rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="x_test must have samples of shape"):
+        nk.predict.gradient_descent_mse_ensemble(net, x_train, y_train)(None, x_test[:, :1], "ntk")

@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from ._validation import (DEFAULT_DTYPE, as_matrix, as_targets, as_tensor, one_of, positive,
+from ._validation import (DEFAULT_DTYPE, as_inputs, as_targets, as_tensor, one_of, positive,
                           positive_int)
 from .arch.serial import Serial, canonical_get
 
@@ -232,7 +232,8 @@ def gradient_descent_mse_ensemble(net_or_kernel_fn, x_train, y_train, *, learnin
     Returns `predict(t=None, x_test=None, get=None, compute_cov=False)`.
     """
     kernel = _kernel_callable(net_or_kernel_fn)
-    x_train = as_matrix(x_train, "x_train", dtype=dtype, device=device)
+    images = getattr(net_or_kernel_fn, "takes_images", False)
+    x_train = as_inputs(x_train, "x_train", images=images, dtype=dtype, device=device)
     y, vector = as_targets(y_train, x_train.shape[0], "y_train", dtype, x_train.device)
     lr = positive(learning_rate, "learning_rate")
     positive(diag_reg, "diag_reg", allow_zero=True)
@@ -315,10 +316,10 @@ def gradient_descent_mse_ensemble(net_or_kernel_fn, x_train, y_train, *, learnin
         cov [*t.shape, N_test, N_test]; `x_test=None` predicts on x_train."""
         names = canonical_get(get)
         if x_test is not None:
-            x_test = as_matrix(x_test, "x_test", dtype=dtype, device=x_train.device)
+            x_test = as_inputs(x_test, "x_test", images=images, dtype=dtype, device=x_train.device)
             if x_test.shape[1:] != x_train.shape[1:]:
-                raise ValueError(f"x_test must have {x_train.shape[1]} features like x_train, "
-                                 f"got shape {tuple(x_test.shape)}")
+                raise ValueError(f"x_test must have samples of shape {tuple(x_train.shape[1:])} "
+                                 f"like x_train, got shape {tuple(x_test.shape)}")
         times, t_shape = (None, ()) if t is None else _time_grid(t)
         times = None if times is None else times.to(dtype=dtype, device=x_train.device)
         out = {}
