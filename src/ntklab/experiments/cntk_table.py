@@ -191,7 +191,7 @@ def run(folder: RunFolder, *, seed: int, quick: bool, device: str | None, data: 
 
 
 def _figure(folder: RunFolder, table: dict, data_name: str) -> str:
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = plt.subplots(figsize=(6.4, 5.0))
     depths = sorted(table)
     for i, column in enumerate(COLUMNS):
         color = f"C{i}"
@@ -200,11 +200,12 @@ def _figure(folder: RunFolder, table: dict, data_name: str) -> str:
         ax.plot(list(DEPTHS), [PAPER[d][i] for d in DEPTHS], "x--", color=color, alpha=0.5,
                 label=f"{column} (paper, CIFAR-10)")
     ax.set_xscale("log")
+    ax.minorticks_off()
     ax.set_xticks(list(DEPTHS), [str(d) for d in DEPTHS])
     ax.set_xlabel("depth (conv layers + 1)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("CNN vs CNTK, vanilla and global average pooling")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.16))
     ax.grid(alpha=0.3)
     return folder.save_figure("accuracy_vs_depth", fig)
 
