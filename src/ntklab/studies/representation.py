@@ -133,8 +133,6 @@ class TwoLayerPredictor:
 
 def _preprocess(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """alpha = mean(y), beta = mean(y x), and the residual labels y - alpha - beta . x."""
-    if len(x) < 2:
-        raise ValueError(f"n={len(x)} samples: the preprocessing (alpha, beta) needs n >= 2")
     alpha, beta = y.mean(), (y[:, None] * x).mean(0)
     return alpha, beta, y - alpha - x @ beta
 
@@ -192,9 +190,10 @@ def _validated_head(features_train, y_train, features_val, y_val, steps, ridges)
 
 def _split(x, y, validation: float):
     n_val = max(1, int(round(validation * len(x))))
-    if len(x) - n_val < 2:
+    if len(x) - n_val < x.shape[1] + 1:
         raise ValueError(f"n={len(x)} samples leave too few for training after the "
-                         f"{n_val}-sample validation split; use more samples")
+                         f"{n_val}-sample validation split: the preprocessing (alpha, beta in "
+                         f"R^{x.shape[1]}) needs at least d + 1 = {x.shape[1] + 1}; use more samples")
     return x[n_val:], y[n_val:], x[:n_val], y[:n_val]
 
 
