@@ -84,3 +84,17 @@ def test_bad_inputs_are_refused():
     x, y = R.sample(R.paper_target(5, 3, seed=0), 6, seed=0)
     with pytest.raises(ValueError, match="too few for training.*d \\+ 1 = 6"):
         R.algorithm1(x, y, m=10)
+
+
+def test_quick_sample_complexity_run_writes_the_curves(tmp_path):
+    import csv
+    from ntklab import experiments
+    experiments.run("sample-complexity", tmp_path / "run", quick=True)
+    with open(tmp_path / "run" / "summary.csv") as handle:
+        summary = list(csv.DictReader(handle))
+    assert {row["method"] for row in summary} == {"Algorithm 1", "random features", "NTK regression"}
+    at_800 = {row["method"]: float(row["mean_loss"]) for row in summary if row["n"] == "800"}
+    assert at_800["Algorithm 1"] < at_800["NTK regression"] < 1.0
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "n = 800: Algorithm 1" in report and "(below)" in report
+    assert (tmp_path / "run" / "figures" / "loss_vs_n.png").stat().st_size > 10_000

@@ -52,3 +52,4 @@ def run(name: str, out, *, seed: int = 0, quick: bool = False, device: str | Non
 from . import kernel_gd  # noqa: E402,F401  (registers itself)
 from . import lazy_training  # noqa: E402,F401
 from . import cntk_table  # noqa: E402,F401
+from . import sample_complexity  # noqa: E402,F401

@@ -35,7 +35,6 @@ import torch
 
 from .._validation import DEFAULT_DTYPE, positive, positive_int
 from .. import arch as nk
-from .. import predict
 
 RIDGES = tuple(10.0 ** k for k in range(-8, 2))  # lambda grid for the ridge on a (and NTK diag_reg)
 
@@ -177,15 +176,24 @@ def fit_head(features: torch.Tensor, y: torch.Tensor, ridge: float, steps: int |
     return a
 
 
+def _ridge_path(gram: torch.Tensor, rhs: torch.Tensor, ridges: Sequence[float]) -> list[torch.Tensor]:
+    """(gram + ridge I)^-1 rhs for every ridge from one eigendecomposition."""
+    evals, evecs = torch.linalg.eigh(gram)
+    projected = evecs.T @ rhs
+    return [evecs @ (projected / (evals + ridge)) for ridge in ridges]
+
+
 def _validated_head(features_train, y_train, features_val, y_val, steps, ridges) -> tuple[torch.Tensor, float]:
     """The ridge of the grid with the smallest validation MSE, and its head."""
-    best = None
-    for ridge in ridges:
-        a = fit_head(features_train, y_train, ridge, steps)
-        loss = float((features_val @ a - y_val).square().mean())
-        if best is None or loss < best[0]:
-            best = (loss, ridge, a)
-    return best[2], best[1]
+    n = len(features_train)
+    if steps is None:
+        heads = _ridge_path(features_train.T @ features_train * (2.0 / n),
+                            features_train.T @ y_train * (2.0 / n), ridges)
+    else:
+        heads = [fit_head(features_train, y_train, ridge, steps) for ridge in ridges]
+    losses = [float((features_val @ a - y_val).square().mean()) for a in heads]
+    best = int(np.argmin(losses))
+    return heads[best], ridges[best]
 
 
 def _split(x, y, validation: float):
@@ -247,17 +255,15 @@ def ntk_regression(x: torch.Tensor, y: torch.Tensor, *, ridges: Sequence[float] 
     k_fit = net.kernel(x_fit, get="ntk").ntk
     k_val = net.kernel(x_val, x_fit, get="ntk").ntk
     residual_val = y_val - alpha - x_val @ beta
-    best = None
-    for ridge in ridges:
-        fit = predict.kernel_regression(k_fit, residual, k_val, diag_reg=ridge)
-        loss = float((fit - residual_val).square().mean())
-        if best is None or loss < best[0]:
-            best = (loss, ridge)
-    coefficients = predict.solve(k_fit, residual, diag_reg=best[1])
+    scale = float(k_fit.diagonal().mean())  # diag_reg relative to the mean diagonal (predict's)
+    path = _ridge_path(k_fit, residual, [ridge * scale for ridge in ridges])
+    losses = [float((k_val @ c - residual_val).square().mean()) for c in path]
+    best = int(np.argmin(losses))
+    coefficients = path[best]
 
     def predictor(x_new: torch.Tensor) -> torch.Tensor:
         return alpha + x_new @ beta + net.kernel(x_new, x_fit, get="ntk").ntk @ coefficients
-    predictor.ridge = best[1]
+    predictor.ridge = ridges[best]
     return predictor
 
 
