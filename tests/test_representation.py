@@ -98,3 +98,32 @@ def test_quick_sample_complexity_run_writes_the_curves(tmp_path):
     report = (tmp_path / "run" / "report.md").read_text()
     assert "n = 800: Algorithm 1" in report and "(below)" in report
     assert (tmp_path / "run" / "figures" / "loss_vs_n.png").stat().st_size > 10_000
+
+
+def test_leave_one_out_ridge_matches_explicit_refits():
+    g = torch.Generator().manual_seed(4)
+    features = torch.randn(12, 30, generator=g, dtype=torch.float64)
+    y = torch.randn(12, generator=g, dtype=torch.float64)
+    gram = features @ features.T
+    coefficients, ridge = R.loo_ridge(gram, y, ridges=(1e-3, 1e-1, 10.0))
+    scale = float(gram.diagonal().mean())
+
+    def loo_error(r):
+        errors = []
+        for i in range(12):
+            keep = torch.arange(12) != i
+            c = torch.linalg.solve(gram[keep][:, keep] + r * scale * torch.eye(11, dtype=torch.float64), y[keep])
+            errors.append(float(gram[i, keep] @ c - y[i]) ** 2)
+        return np.mean(errors)
+    assert ridge == min((1e-3, 1e-1, 10.0), key=loo_error)
+    torch.testing.assert_close(coefficients, torch.linalg.solve(gram + ridge * scale * torch.eye(12, dtype=torch.float64), y))
+
+
+def test_quick_transfer_pretraining_on_d2_samples_helps(tmp_path):
+    import csv
+    from ntklab import experiments
+    experiments.run("transfer", tmp_path / "run", quick=True)
+    with open(tmp_path / "run" / "summary.csv") as handle:
+        summary = {(row["method"], row["N"]): float(row["mean_loss"]) for row in csv.DictReader(handle)}
+    assert summary[("pretrained on n = 1000", "128")] < 0.5
+    assert summary[("pretrained on n = 1", "128")] > 0.8 and summary[("NTK on the N target samples", "128")] > 0.8

@@ -53,3 +53,4 @@ from . import kernel_gd  # noqa: E402,F401  (registers itself)
 from . import lazy_training  # noqa: E402,F401
 from . import cntk_table  # noqa: E402,F401
 from . import sample_complexity  # noqa: E402,F401
+from . import transfer  # noqa: E402,F401

@@ -205,6 +205,35 @@ def _split(x, y, validation: float):
     return x[n_val:], y[n_val:], x[:n_val], y[:n_val]
 
 
+def pretrain_first_layer(x: torch.Tensor, y: torch.Tensor, *, m: int = 1000,
+                         seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Algorithm 1's representation: (W after the first step, the fresh biases b), from
+    all n samples (no head, no validation split; n = 1 is allowed)."""
+    n = positive_int(len(x), "n")
+    _, _, residual = _preprocess(x, y)
+    a0, W0, b0, generator = symmetric_init(m, x.shape[1], seed=seed, dtype=x.dtype)
+    return first_step(x, residual, a0, W0, b0), torch.randn(m, generator=generator, dtype=x.dtype)
+
+
+def loo_ridge(gram: torch.Tensor, y: torch.Tensor, ridges: Sequence[float] = RIDGES
+              ) -> tuple[torch.Tensor, float]:
+    """Dual coefficients c = (G + ridge s I)^-1 y (s = mean diagonal of G) with the ridge
+    of the grid that minimises the exact leave-one-out error, (y_i - f_i) / (1 - H_ii)
+    for the hat matrix H = G (G + ridge s I)^-1: usable down to a few samples."""
+    evals, evecs = torch.linalg.eigh(gram)
+    scale = float(gram.diagonal().mean()) or 1.0
+    projected = evecs.T @ y
+    best = None
+    for ridge in ridges:
+        shrink = evals / (evals + ridge * scale)
+        fitted = evecs @ (shrink * projected)
+        leverage = (evecs.square() * shrink).sum(1)
+        loo = float((((y - fitted) / (1 - leverage).clamp(min=1e-12)) ** 2).mean())
+        if best is None or loo < best[0]:
+            best = (loo, ridge, evecs @ (projected / (evals + ridge * scale)))
+    return best[2], best[1]
+
+
 def algorithm1(x: torch.Tensor, y: torch.Tensor, *, m: int = 1000, seed: int = 0,
                steps: int | None = None, ridges: Sequence[float] = RIDGES,
                validation: float = 0.2) -> TwoLayerPredictor:
