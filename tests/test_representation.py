@@ -127,3 +127,17 @@ def test_quick_transfer_pretraining_on_d2_samples_helps(tmp_path):
         summary = {(row["method"], row["N"]): float(row["mean_loss"]) for row in csv.DictReader(handle)}
     assert summary[("pretrained on n = 1000", "128")] < 0.5
     assert summary[("pretrained on n = 1", "128")] > 0.8 and summary[("NTK on the N target samples", "128")] > 0.8
+
+
+def test_multi_index_hermite_targets_are_normalised_exactly():
+    """He_2(z1) He_1(z2) + 2 He_3(z2) on two directions: E[g^2] = 1 by a tensor
+    Gauss-Hermite rule, and a repeated degree tuple is refused."""
+    U = R.random_directions(7, 2, seed=0)
+    target = R.hermite_target(U, [(1.0, (2, 1)), (2.0, (0, 3))])
+    nodes, weights = np.polynomial.hermite_e.hermegauss(20)
+    z1, z2 = np.meshgrid(nodes, nodes, indexing="ij")
+    w = np.outer(weights, weights) / weights.sum() ** 2
+    z = torch.tensor(np.stack([z1.ravel(), z2.ravel()], 1))
+    assert float((torch.tensor(w.ravel()) * target.g(z) ** 2).sum()) == pytest.approx(1.0, rel=1e-12)
+    with pytest.raises(ValueError, match="distinct"):
+        R.hermite_target(U, [(1.0, (2, 1)), (1.0, (2, 1))])

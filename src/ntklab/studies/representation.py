@@ -76,6 +76,33 @@ def random_directions(d: int, r: int, *, seed: int, dtype: torch.dtype = DEFAULT
     return torch.linalg.qr(gaussian).Q.T.contiguous()
 
 
+def hermite_target(U: torch.Tensor, terms: Sequence[tuple[float, Sequence[int]]],
+                   name: str | None = None) -> MultiIndexTarget:
+    """Multi-index polynomial g(z) = c * sum_t coef_t prod_i He_{k_ti}(z_i) on z = U x (U with
+    orthonormal rows), normalised exactly: the products are orthogonal under N(0, I_r) with
+    E[(prod_i He_{k_i}(z_i))^2] = prod_i k_i!, so c = 1 / sqrt(sum_t coef_t^2 prod_i k_ti!)
+    (distinct degree tuples required)."""
+    r = U.shape[0]
+    degrees = [tuple(int(k) for k in multi) for _, multi in terms]
+    if not terms or any(len(multi) != r for multi in degrees) or len(set(degrees)) != len(degrees):
+        raise ValueError(f"terms must be distinct (coefficient, degrees) pairs with {r} degrees "
+                         f"each (one per row of U), got {terms!r}")
+    norm = math.sqrt(sum(c ** 2 * math.prod(math.factorial(k) for k in multi)
+                         for (c, _), multi in zip(terms, degrees)))
+    if norm == 0:
+        raise ValueError("terms: all coefficients are zero")
+
+    def g(z: torch.Tensor) -> torch.Tensor:
+        total = torch.zeros(len(z), dtype=z.dtype, device=z.device)
+        for (coefficient, _), multi in zip(terms, degrees):
+            product = torch.ones_like(total)
+            for i, k in enumerate(multi):
+                product = product * hermite(k, z[:, i])
+            total = total + coefficient * product
+        return total / norm
+    return MultiIndexTarget(U, g, name or f"Hermite target {terms!r}")
+
+
 def _check_degree(p: int) -> int:
     p = positive_int(p, "p")
     if p < 2:
