@@ -55,3 +55,4 @@ from . import cntk_table  # noqa: E402,F401
 from . import sample_complexity  # noqa: E402,F401
 from . import transfer  # noqa: E402,F401
 from . import sparse_coding  # noqa: E402,F401
+from . import finite_width  # noqa: E402,F401

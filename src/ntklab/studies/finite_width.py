@@ -1,0 +1,59 @@
+"""Finite-width fluctuations of the NTK of deep MLPs (Roberts, Yaida & Hanin, ch. 8-9 and
+the talk in ../shared/sources/004_...: "the amount of representation learning is set by the
+depth-to-width ratio epsilon = L/n"; Hanin & Nica 2019).
+
+Across S independent initializations of an ntklab MLP with L hidden layers of width n, the
+empirical NTK Theta(x_a, x_b) at a few inputs is a random matrix; its mean tends to the
+infinite-width NTK and its fluctuations vanish as n -> infinity at fixed L.  At large
+but finite width the leading corrections are O(L/n): the relative variance
+Var[Theta] / E[Theta]^2 grows proportionally to L/n, and so does the deviation of
+E[Theta] from the infinite-width kernel (for ReLU nets, up to L-independent constants).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .. import arch as nk
+from .._validation import positive_int
+from ..kernels.empirical import empirical_ntk
+
+
+def mlp(depth: int, width: int, *, W_std: float = math.sqrt(2.0), b_std: float = 0.0) -> nk.Serial:
+    """`depth` hidden ReLU layers of `width` units and one output, NTK parameterization."""
+    layers = []
+    for _ in range(positive_int(depth, "depth")):
+        layers += [nk.Dense(positive_int(width, "width"), W_std, b_std), nk.Relu()]
+    return nk.serial(*layers, nk.Dense(1, W_std, b_std))
+
+
+def ntk_statistics(arch: nk.Serial, x: torch.Tensor, seeds: int, *, first_seed: int = 0) -> dict:
+    """Monte Carlo over `seeds` initializations of the NTK on the inputs `x`:
+      relative_variance  Var[Theta(x, x)] / E[Theta(x, x)]^2 on the diagonal, averaged
+                         over the inputs (Hanin & Nica's quantity; ~ L/n);
+      mean_deviation     |E Theta(x_a, x_b) - Theta_inf(x_a, x_b)| / sqrt(Theta_inf(x_a, x_a)
+                         Theta_inf(x_b, x_b)), averaged over all pairs (the 1/n shift of the mean);
+    with standard errors from the sample."""
+    seeds = positive_int(seeds, "seeds")
+    if seeds < 2:
+        raise ValueError("seeds must be >= 2 to estimate a variance")
+    infinite = arch.kernel(x, get="ntk").ntk.numpy()
+    samples = torch.stack([empirical_ntk(arch.module((x.shape[1],), seed=first_seed + s,
+                                                     dtype=torch.float64), x)
+                           for s in range(seeds)]).numpy()                 # [S, N, N]
+    diagonal = np.diagonal(samples, axis1=1, axis2=2)                      # [S, N]
+    relative_variance = diagonal.var(0, ddof=1) / diagonal.mean(0) ** 2
+    scale = np.sqrt(np.outer(np.diag(infinite), np.diag(infinite)))
+    deviation = np.abs(samples.mean(0) - infinite) / scale
+    return {"relative_variance": float(relative_variance.mean()),
+            "relative_variance_se": float(relative_variance.mean() * math.sqrt(2 / (seeds - 1))),
+            "mean_deviation": float(deviation.mean()),
+            "mean_deviation_se": float((samples.std(0, ddof=1) / math.sqrt(seeds) / scale).mean())}
+
+
+def fit_power(ratio: np.ndarray, values: np.ndarray) -> tuple[float, float]:
+    """Least-squares fit of log(values) = log(c) + slope log(ratio): (slope, c)."""
+    slope, intercept = np.polyfit(np.log(ratio), np.log(values), 1)
+    return float(slope), float(np.exp(intercept))
