@@ -1,0 +1,191 @@
+"""Quadratic models and nearly-kernel methods (Roberts, Yaida & Hanin, "The Principles of Deep
+Learning Theory", ch. 11; Dan Roberts' talk in ../shared/sources/004_...).
+
+Model (output i, sample delta, features phi_0 = 1, ..., phi_nf; symmetric meta features psi):
+    z_i(x; W) = sum_j W_ij phi_j(x) + (eps/2) sum_{j1 j2} W_ij1 W_ij2 psi_j1j2(x)
+Effective features, effective kernel and meta kernel:
+    phi^E_ij(x) = phi_j(x) + eps sum_k W_ik psi_kj(x)
+    k^E_ii;d1d2 = sum_j phi^E_ij(x_d1) phi^E_ij(x_d2)          (k = k^E at W = 0)
+    mu_d0d1d2   = eps sum_{j1 j2} psi_j1j2(x_d0) phi_j1(x_d1) phi_j2(x_d2)
+GD with step eta on L = 1/2 sum (y - z)^2 from W = 0; in sample space, with the residual
+e = z - y on the training set A,
+    z_d(t+1)   = z_d(t) - eta sum_a k^E_da e_a + (eta^2/2) sum_{a1 a2} mu_d,a1,a2 e_a1 e_a2 + O(eps^2)
+    k^E(t+1)   = k^E(t) - eta sum_a (mu_d1d2a + mu_d2d1a) e_a + O(eps^2)
+(exact when mu is built from the effective features phi^E(t): `meta_kernel(..., W=W_t)`).
+
+Nearly-kernel prediction at a test point b (k~ = k on A x A, k~^-1 its inverse, v = k~^-1 y):
+    z_b = k_bA v + sum [mu_a1,b,a2 - (k_bA k~^-1 mu)_a1,.,a2] Z_A[a1 a2]
+                 + sum [mu_b,a1,a2 - (k_bA k~^-1 mu)_.,a1,a2] Z_B[a1 a2]     (+ O(eps^2))
+with the algorithm projectors contracted with y y:
+    direct optimization:  Z_A y y = 0,                       Z_B y y = v v^T / 2
+    GD with step eta:     Z_A y y = v v^T - X(yy^T) k~^-1,   Z_B y y = Z_A y y + (eta/2) X(yy^T)
+    ODE (eta -> 0):       Z_A y y = Z_B y y = v v^T - X0(yy^T) k~^-1
+where X is the inverting tensor, sum_{34} X^{1234} (k~_35 d_46 + d_35 k~_46 - eta k~_35 k~_46)
+= d_15 d_26: in the eigenbasis k~ = V diag(l) V^T it is diagonal,
+X(Y) = V [(V^T Y V)_ab / (l_a + l_b - eta l_a l_b)] V^T (no N^2 x N^2 inverse is formed).
+Trained kernel (direct optimization): k^E(theta*) = k + sum_a (mu_d1d2a + mu_d2d1a) v_a,
+k# = (k + k^E(theta*)) / 2, and z_b = k#_bA (k#_AA)^-1 y + O(eps^2) (a kernel prediction with k#).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .._validation import DEFAULT_DTYPE, positive, positive_int, one_of
+
+ALGORITHMS = ("gd", "direct", "ode")
+
+
+@dataclass
+class QuadraticModel:
+    """`phi(x)` -> [N, F] (column 0 is the constant 1), `psi(x)` -> [N, F, F] symmetric."""
+    phi: Callable[[torch.Tensor], torch.Tensor]
+    psi: Callable[[torch.Tensor], torch.Tensor]
+    eps: float
+
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        phi, psi = self.phi(x), self.psi(x)
+        if not torch.allclose(psi, psi.transpose(1, 2)):
+            warnings.warn("psi is not symmetric in its two feature indices; using (psi + psi^T)/2",
+                          stacklevel=2)
+            psi = (psi + psi.transpose(1, 2)) / 2
+        return phi, psi
+
+    def output(self, W: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """z [N, n_out] for W [n_out, F]."""
+        return self._output(W, *self.features(x))
+
+    def effective_features(self, W: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """phi^E [n_out, N, F]."""
+        return self._effective(W, *self.features(x))
+
+    def _output(self, W, phi, psi):
+        return phi @ W.T + (self.eps / 2) * torch.einsum("ij,njk,ik->ni", W, psi, W)
+
+    def _effective(self, W, phi, psi):
+        return phi[None] + self.eps * torch.einsum("ik,nkj->inj", W, psi)
+
+    def effective_kernel(self, W: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        """k^E [n_out, N1, N2]."""
+        return torch.einsum("inj,imj->inm", self.effective_features(W, x1), self.effective_features(W, x2))
+
+    def kernel(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        """k = k^E at W = 0: [N1, N2]."""
+        return self.phi(x1) @ self.phi(x2).T
+
+    def meta_kernel(self, x0: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor,
+                    W: torch.Tensor | None = None) -> torch.Tensor:
+        """mu [N0, N1, N2] (or [n_out, N0, N1, N2] with the effective features of W)."""
+        _, psi = self.features(x0)
+        if W is None:
+            return self.eps * torch.einsum("ajk,bj,ck->abc", psi, self.phi(x1), self.phi(x2))
+        return self.eps * torch.einsum("ajk,ibj,ick->iabc", psi, self.effective_features(W, x1),
+                                       self.effective_features(W, x2))
+
+
+def random_model(d: int, n_features: int, eps: float, *, seed: int = 0,
+                 dtype: torch.dtype = DEFAULT_DTYPE) -> QuadraticModel:
+    """Random features phi_j(x) = tanh(w_j . x / sqrt d + c_j) (phi_0 = 1) and random symmetric
+    meta features psi_jk(x) = tanh(u_jk . x / sqrt d + e_jk) / sqrt(F), u_jk = u_kj."""
+    d, n_features = positive_int(d, "d"), positive_int(n_features, "n_features")
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n_features, d, generator=g, dtype=dtype)
+    c = torch.randn(n_features, generator=g, dtype=dtype)
+    size = n_features + 1
+    u = torch.randn(size, size, d, generator=g, dtype=dtype)
+    e = torch.randn(size, size, generator=g, dtype=dtype)
+    u, e = (u + u.transpose(0, 1)) / 2, (e + e.T) / 2
+
+    def phi(x):
+        return torch.cat([torch.ones(len(x), 1, dtype=x.dtype), torch.tanh(x @ w.T / math.sqrt(d) + c)], 1)
+
+    def psi(x):
+        return torch.tanh(torch.einsum("jkd,nd->njk", u, x) / math.sqrt(d) + e) / math.sqrt(size)
+    return QuadraticModel(phi, psi, float(eps))
+
+
+def train_gd(model: QuadraticModel, x: torch.Tensor, y: torch.Tensor, *, learning_rate: float,
+             steps: int, W0: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """GD W <- W - eta sum_a phi^E(x_a) (z_a - y_a) on 1/2 sum (y - z)^2; returns W_0 ... W_T.
+    y [N, n_out]; W0 defaults to 0 (the nearly-kernel formulas' starting point)."""
+    eta = positive(learning_rate, "learning_rate")
+    W = torch.zeros(y.shape[1], model.phi(x[:1]).shape[1], dtype=x.dtype) if W0 is None else W0.clone()
+    path = [W.clone()]
+    phi, psi = model.features(x)
+    for _ in range(positive_int(steps, "steps")):
+        residual = model._output(W, phi, psi) - y                             # [N, n_out]
+        W = W - eta * torch.einsum("inj,ni->ij", model._effective(W, phi, psi), residual)
+        if not torch.isfinite(W).all():
+            raise ValueError(f"GD diverged at learning_rate={eta}; use a smaller step "
+                             f"(below 2 / lambda_max(k))")
+        path.append(W.clone())
+    return path
+
+
+def trained_kernel(model: QuadraticModel, x1: torch.Tensor, x2: torch.Tensor,
+                   weights: torch.Tensor) -> torch.Tensor:
+    """k#_d1d2 = k_d1d2 + (1/2) sum_a (mu_d1,d2,a + mu_d2,d1,a) v_a with v = k~^-1 y (direct
+    optimization's trained kernel, the average of k and k^E(theta*)); the training set enters
+    only through `weights` = sum_a phi(x_a) v_a, since sum_a mu_d1,d2,a v_a =
+    eps psi_jk(x_d1) phi_j(x_d2) weights_k."""
+    phi1, psi1 = model.features(x1)
+    phi2, psi2 = model.features(x2)
+    mu_12 = model.eps * torch.einsum("njk,mj,k->nm", psi1, phi2, weights)
+    mu_21 = model.eps * torch.einsum("mjk,nj,k->nm", psi2, phi1, weights)
+    return phi1 @ phi2.T + (mu_12 + mu_21) / 2
+
+
+def _inverting(evals: torch.Tensor, evecs: torch.Tensor, Y: torch.Tensor, eta: float) -> torch.Tensor:
+    """X(Y) for the inverting tensor of (k~ d + d k~ - eta k~ k~), in the eigenbasis of k~."""
+    denominator = evals[:, None] + evals[None, :] - eta * evals[:, None] * evals[None, :]
+    return evecs @ ((evecs.T @ Y @ evecs) / denominator) @ evecs.T
+
+
+def nearly_kernel_prediction(model: QuadraticModel, x_train: torch.Tensor, y_train: torch.Tensor,
+                             x_test: torch.Tensor, *, algorithm: str = "gd",
+                             learning_rate: float | None = None) -> dict[str, torch.Tensor]:
+    """Kernel ("kernel") and nearly-kernel ("nearly_kernel") predictions [M, n_out] at x_test
+    for training from W = 0 with `algorithm` ("gd" with step `learning_rate`, "direct", "ode"),
+    from k, mu and y only; also "trained_kernel" (the compressed k# prediction, direct)."""
+    algorithm = one_of(algorithm, "algorithm", ALGORITHMS)
+    eta = positive(learning_rate, "learning_rate") if algorithm == "gd" else 0.0
+    phi_train, psi_train = model.features(x_train)
+    phi_test, psi_test = model.features(x_test)
+    k_train = phi_train @ phi_train.T
+    evals, evecs = torch.linalg.eigh(k_train)
+    if float(evals[0]) <= 1e-10 * float(evals[-1]):
+        raise ValueError(f"the training kernel k~ is singular (eigenvalues {float(evals[0]):.3g} .. "
+                         f"{float(evals[-1]):.3g}): use more features than training samples or "
+                         f"fewer samples")
+    k_inv = evecs @ torch.diag(1 / evals) @ evecs.T
+    k_test = phi_test @ phi_train.T
+    projected_phi = phi_test - k_test @ k_inv @ phi_train                  # phi(b) - k_bA k~^-1 phi(A)
+    out = {name: torch.empty(len(x_test), y_train.shape[1], dtype=x_train.dtype)
+           for name in ("kernel", "nearly_kernel", "trained_kernel")}
+    for i in range(y_train.shape[1]):
+        y = y_train[:, i]
+        v = k_inv @ y
+        outer = torch.outer(v, v)
+        if algorithm == "direct":
+            z_a, z_b = torch.zeros_like(outer), outer / 2
+        else:
+            x_yy = _inverting(evals, evecs, torch.outer(y, y), eta)
+            z_a = outer - x_yy @ k_inv
+            z_b = z_a + (eta / 2) * x_yy
+        g_a = torch.einsum("ab,ajk,bk->j", z_a, psi_train, phi_train)
+        h_b = phi_train.T @ z_b @ phi_train
+        term_a = model.eps * projected_phi @ g_a
+        term_b = model.eps * (torch.einsum("bjk,jk->b", psi_test, h_b)
+                              - k_test @ k_inv @ torch.einsum("ajk,jk->a", psi_train, h_b))
+        kernel = k_test @ v
+        out["kernel"][:, i] = kernel
+        out["nearly_kernel"][:, i] = kernel + term_a + term_b
+        weights = phi_train.T @ v
+        sharp_test = trained_kernel(model, x_test, x_train, weights)
+        sharp_train = trained_kernel(model, x_train, x_train, weights)
+        out["trained_kernel"][:, i] = sharp_test @ torch.linalg.solve(sharp_train, y)
+    return out
