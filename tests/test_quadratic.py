@@ -70,3 +70,15 @@ def test_singular_kernel_and_bad_algorithm_are_refused():
     asymmetric = Q.QuadraticModel(model.phi, lambda z: torch.randn(len(z), 5, 5, dtype=z.dtype), 0.1)
     with pytest.warns(UserWarning, match="not symmetric"):
         asymmetric.features(x)
+
+
+def test_quick_nearly_kernel_run_fits_the_theory_slopes(tmp_path):
+    import json
+    from ntklab import experiments
+    experiments.run("nearly-kernel", tmp_path / "run", quick=True)
+    fits = json.loads((tmp_path / "run" / "fits.json").read_text())
+    assert fits["slope_kernel_error"] == pytest.approx(1.0, abs=0.15)
+    assert fits["slope_nearly_kernel_error"] == pytest.approx(2.0, abs=0.15)
+    assert fits["slope_gd_minus_direct"] == pytest.approx(1.0, abs=0.15)
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "eps* =" in report and "Warning" in report   # eps* here is outside the checked range

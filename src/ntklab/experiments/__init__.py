@@ -56,3 +56,4 @@ from . import sample_complexity  # noqa: E402,F401
 from . import transfer  # noqa: E402,F401
 from . import sparse_coding  # noqa: E402,F401
 from . import finite_width  # noqa: E402,F401
+from . import nearly_kernel  # noqa: E402,F401
