@@ -4,7 +4,6 @@ import csv
 
 import numpy as np
 import pytest
-import torch
 
 from ntklab import experiments
 from ntklab.data import CIFAR10_TEST, CIFAR10_TRAIN, cifar10, image_task, read_cifar10_binary

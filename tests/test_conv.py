@@ -49,7 +49,6 @@ def brute_force_filter_sum(t, filter_shape, padding, full):
     h, w = t.shape[-2:]
     lows = [(f - 1) // 2 if padding == "SAME" else 0 for f in filter_shape]
     outs = [s if padding == "SAME" else s - f + 1 for s, f in zip((h, w), filter_shape)]
-    value = lambda idx: t[idx] if all(0 <= i < s for i, s in zip(idx[-2:], (h, w))) else 0.0  # noqa
     if not full:
         out = torch.zeros(*t.shape[:-2], *outs, dtype=t.dtype)
         for i, j in itertools.product(range(outs[0]), range(outs[1])):

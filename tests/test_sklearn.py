@@ -1,14 +1,12 @@
 """scikit-learn estimators: the estimator contract, pipelines, grid search, and the math."""
 import numpy as np
 import pytest
-import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import check_estimator
 
-import ntklab as nk
 from ntklab.sklearn import NNGPRegressor, NTKClassifier, NTKRegressor, default_architecture
 
 

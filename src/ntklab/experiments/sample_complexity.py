@@ -14,7 +14,6 @@ Also the alignment of Algorithm 1's first layer with span(u).
 """
 from __future__ import annotations
 
-import math
 import platform
 import time
 

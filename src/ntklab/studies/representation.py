@@ -236,7 +236,7 @@ def pretrain_first_layer(x: torch.Tensor, y: torch.Tensor, *, m: int = 1000,
                          seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Algorithm 1's representation: (W after the first step, the fresh biases b), from
     all n samples (no head, no validation split; n = 1 is allowed)."""
-    n = positive_int(len(x), "n")
+    positive_int(len(x), "n")
     _, _, residual = _preprocess(x, y)
     a0, W0, b0, generator = symmetric_init(m, x.shape[1], seed=seed, dtype=x.dtype)
     return first_step(x, residual, a0, W0, b0), torch.randn(m, generator=generator, dtype=x.dtype)
