@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
+from ..fits import power_law
 from ..report import RunFolder, markdown_table
 from ..studies import finite_width as F
 from . import register
@@ -42,10 +43,10 @@ def run(folder: RunFolder, *, seed: int, quick: bool, device: str | None) -> dic
     seconds = time.perf_counter() - started
     ratio = np.array([r["L_over_n"] for r in rows])
     variance = np.array([r["relative_variance"] for r in rows])
-    slope, constant = F.fit_power(ratio, variance)
+    slope, constant = power_law(ratio, variance)
     deviation = np.array([r["mean_deviation"] for r in rows])
     resolved = deviation > 2 * np.array([r["mean_deviation_se"] for r in rows])
-    mean_fit = F.fit_power(ratio[resolved], deviation[resolved]) if resolved.sum() >= 3 else None
+    mean_fit = power_law(ratio[resolved], deviation[resolved]) if resolved.sum() >= 3 else None
     fits = {"relative_variance_slope": slope, "relative_variance_constant": constant,
             "mean_deviation_slope": None if mean_fit is None else mean_fit[0],
             "mean_deviation_points_resolved": int(resolved.sum())}

@@ -40,6 +40,7 @@ from .. import arch as nk
 from .. import predict
 from ..data import RegressionTask, digits_parity, regression_sphere
 from ..kernels.empirical import empirical_ntk
+from ..fits import power_law
 from ..report import RunFolder, markdown_table
 from ..train import train
 from . import register
@@ -58,13 +59,6 @@ def settings(quick: bool) -> dict:
                 "max_steps": 300, "record": 8, "probe": 32}
     return {"widths": [64, 128, 256, 512, 1024, 2048, 4096], "seeds": 3, "mc_seeds": 8,
             "n_train": 128, "n_test": 256, "max_steps": 4000, "record": 16, "probe": 64}
-
-
-def fit_slope(widths, values) -> float:
-    """Least-squares slope of log(values) against log(widths)."""
-    widths, values = np.asarray(widths, float), np.asarray(values, float)
-    keep = values > 0
-    return float(np.polyfit(np.log(widths[keep]), np.log(values[keep]), 1)[0])
 
 
 def remaining_loss_fraction(evals: torch.Tensor, evecs: torch.Tensor, y: torch.Tensor, eta: float,
@@ -165,7 +159,7 @@ def summarize(run_rows: list[dict], mc_rows: list[dict], tasks: list[str]) -> tu
             row["mc_mean_error"] = mc["mc_mean_error"]
             rows.append(row)
         summary += rows
-        fits[task] = {q: fit_slope(widths, [r[q] for r in rows])
+        fits[task] = {q: power_law(widths, [r[q] for r in rows])[0]
                       for q in quantities[1:] + ["mc_mean_error"]}
     return summary, fits
 

@@ -20,9 +20,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
+from ..fits import power_law
 from ..report import RunFolder, markdown_table
 from ..studies import quadratic as Q
-from ..studies.finite_width import fit_power
 from . import register
 
 
@@ -69,9 +69,9 @@ def run(folder: RunFolder, *, seed: int, quick: bool, device: str | None) -> dic
                      "gd_minus_direct": float((gd["nearly_kernel"] - direct["nearly_kernel"]).abs().max()) / scale,
                      "trained_kernel_minus_direct": float((direct["trained_kernel"] - direct["nearly_kernel"]).abs().max()) / scale})
     eps = np.array(cfg["eps_log"])
-    slope_kernel = fit_power(eps, np.array([r["kernel_error"] for r in rows]))[0]
-    slope_nearly = fit_power(eps, np.array([r["nearly_kernel_error"] for r in rows]))[0]
-    slope_direct = fit_power(eps, np.array([r["gd_minus_direct"] for r in rows]))[0]
+    slope_kernel = power_law(eps, np.array([r["kernel_error"] for r in rows]))[0]
+    slope_nearly = power_law(eps, np.array([r["nearly_kernel_error"] for r in rows]))[0]
+    slope_direct = power_law(eps, np.array([r["gd_minus_direct"] for r in rows]))[0]
 
     # eps*: z^F, z^I from the formulas (mu is proportional to eps), z^II from the smallest-eps models
     small = cfg["eps_log"][0]

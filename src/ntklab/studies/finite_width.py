@@ -51,9 +51,3 @@ def ntk_statistics(arch: nk.Serial, x: torch.Tensor, seeds: int, *, first_seed: 
             "relative_variance_se": float(relative_variance.mean() * math.sqrt(2 / (seeds - 1))),
             "mean_deviation": float(deviation.mean()),
             "mean_deviation_se": float((samples.std(0, ddof=1) / math.sqrt(seeds) / scale).mean())}
-
-
-def fit_power(ratio: np.ndarray, values: np.ndarray) -> tuple[float, float]:
-    """Least-squares fit of log(values) = log(c) + slope log(ratio): (slope, c)."""
-    slope, intercept = np.polyfit(np.log(ratio), np.log(values), 1)
-    return float(slope), float(np.exp(intercept))

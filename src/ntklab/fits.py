@@ -1,0 +1,15 @@
+"""Power-law fits used by the studies' reports: the theory predicts rates (n^-1/2, eps^2, L/n)."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def power_law(x, values) -> tuple[float, float]:
+    """Least-squares fit of log(values) = log(c) + slope log(x) over the positive values:
+    (slope, c)."""
+    x, values = np.asarray(x, float), np.asarray(values, float)
+    keep = (values > 0) & (x > 0)
+    if keep.sum() < 2:
+        raise ValueError(f"a power-law fit needs at least two positive points, got {int(keep.sum())}")
+    slope, intercept = np.polyfit(np.log(x[keep]), np.log(values[keep]), 1)
+    return float(slope), float(np.exp(intercept))
