@@ -63,23 +63,28 @@ def regression_sphere(n_train: int, d: int, *, seed: int, n_test: int = 200,
                           f"in R^{d}, {n_train} points")
 
 
+def _digits_split(n_train: int, n_test: int, names: tuple[str, str], seed: int):
+    """scikit-learn's bundled digits, a seeded permutation and the train/test slices of it."""
+    from sklearn.datasets import load_digits
+
+    n_train, n_test = positive_int(n_train, names[0]), positive_int(n_test, names[1])
+    digits = load_digits()
+    if n_train + n_test > len(digits.target):
+        raise ValueError(f"{names[0]} + {names[1]} = {n_train + n_test} exceeds the "
+                         f"{len(digits.target)} digits images")
+    order = np.random.default_rng(seed).permutation(len(digits.target))
+    return digits, order, slice(0, n_train), slice(n_train, n_train + n_test)
+
+
 def digits_parity(n_train: int, *, seed: int, n_test: int = 256,
                   dtype: torch.dtype = DEFAULT_DTYPE) -> RegressionTask:
     """scikit-learn's bundled handwritten digits (8x8, 1797 images, no download):
     y = +1 for even digits, -1 for odd.  Pixels are centred and scaled by the
     training set's statistics, then each image is scaled to norm sqrt(64) (so
     ||x||^2 / d = 1, the scale the NTK parameterization assumes)."""
-    from sklearn.datasets import load_digits
-
-    n_train, n_test = positive_int(n_train, "n_train"), positive_int(n_test, "n_test")
-    digits = load_digits()
-    if n_train + n_test > len(digits.target):
-        raise ValueError(f"n_train + n_test = {n_train + n_test} exceeds the "
-                         f"{len(digits.target)} digits images")
-    order = np.random.default_rng(seed).permutation(len(digits.target))
+    digits, order, train, test = _digits_split(n_train, n_test, ("n_train", "n_test"), seed)
     x = digits.data[order].astype(np.float64)
     y = np.where(digits.target[order] % 2 == 0, 1.0, -1.0)
-    train, test = slice(0, n_train), slice(n_train, n_train + n_test)
     mean, std = x[train].mean(0), x[train].std(0) + 1.0   # +1: constant border pixels
     x = (x - mean) / std
     x = x / np.linalg.norm(x, axis=1, keepdims=True) * math.sqrt(x.shape[1])
@@ -155,17 +160,9 @@ def _subset(n_available: int, size: int | None, name: str, seed: int) -> np.ndar
 def digits_images(train_size: int, test_size: int, *, seed: int,
                   dtype: torch.dtype = DEFAULT_DTYPE) -> ImageTask:
     """scikit-learn's bundled digits as 1x8x8 images, 10 classes, a seeded random split."""
-    from sklearn.datasets import load_digits
-
-    train_size, test_size = positive_int(train_size, "train_size"), positive_int(test_size, "test_size")
-    digits = load_digits()
-    if train_size + test_size > len(digits.target):
-        raise ValueError(f"train_size + test_size = {train_size + test_size} exceeds the "
-                         f"{len(digits.target)} digits images")
-    order = np.random.default_rng(seed).permutation(len(digits.target))
+    digits, order, tr, te = _digits_split(train_size, test_size, ("train_size", "test_size"), seed)
     x = digits.images[order][:, None].astype(np.float64) / 16.0
     y = digits.target[order]
-    tr, te = slice(0, train_size), slice(train_size, train_size + test_size)
     return _standardised("digits", x[tr], y[tr], x[te], y[te], 10,
                          f"scikit-learn digits (1x8x8), {train_size} training and {test_size} "
                          f"test images (seed {seed})", dtype)
