@@ -18,12 +18,11 @@ import platform
 import time
 
 import matplotlib.pyplot as plt
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..report import RunFolder, markdown_table
+from ..report import RunFolder, grouped, markdown_table, mean_std
 from ..studies import representation as R
 from . import register
 
@@ -60,17 +59,13 @@ def one_run(cfg: dict, n: int, seed: int) -> list[dict]:
 def summarize(rows: list[dict]) -> list[dict]:
     """Mean and standard deviation of the test loss per (n, method)."""
     out = []
-    for n in sorted({r["n"] for r in rows}):
-        for method in METHODS:
-            losses = np.array([r["test_loss"] for r in rows if r["n"] == n and r["method"] == method])
-            entry = {"n": n, "method": method, "mean_loss": float(losses.mean()),
-                     "std_loss": float(losses.std(ddof=1)) if len(losses) > 1 else 0.0}
-            if method == "Algorithm 1":
-                chosen = [r for r in rows if r["n"] == n and r["method"] == method]
-                entry["fraction_in_span"] = float(np.mean([r["fraction_in_span"] for r in chosen]))
-                entry["max_principal_angle_deg"] = float(np.mean([r["max_principal_angle_deg"]
-                                                                  for r in chosen]))
-            out.append(entry)
+    for (n, method), chosen in grouped(rows, ("n", "method")).items():
+        mean, std = mean_std([r["test_loss"] for r in chosen])
+        entry = {"n": n, "method": method, "mean_loss": mean, "std_loss": std}
+        if method == "Algorithm 1":
+            for key in ("fraction_in_span", "max_principal_angle_deg"):
+                entry[key] = mean_std([r[key] for r in chosen])[0]
+        out.append(entry)
     return out
 
 

@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..report import RunFolder, markdown_table
+from ..report import RunFolder, grouped, markdown_table, mean_std
 from ..studies import representation as R
 from . import register
 
@@ -66,11 +66,9 @@ def one_run(cfg: dict, seed: int) -> list[dict]:
 
 def summarize(rows: list[dict]) -> list[dict]:
     out = []
-    for method in dict.fromkeys(r["method"] for r in rows):
-        for N in sorted({r["N"] for r in rows}):
-            losses = np.array([r["test_loss"] for r in rows if r["method"] == method and r["N"] == N])
-            out.append({"method": method, "N": N, "mean_loss": float(losses.mean()),
-                        "std_loss": float(losses.std(ddof=1)) if len(losses) > 1 else 0.0})
+    for (method, N), chosen in grouped(rows, ("method", "N")).items():
+        mean, std = mean_std([r["test_loss"] for r in chosen])
+        out.append({"method": method, "N": N, "mean_loss": mean, "std_loss": std})
     return out
 
 
