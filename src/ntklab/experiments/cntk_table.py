@@ -95,14 +95,12 @@ def cntk_accuracy(task: ImageTask, arch: nk.Serial, stores: Path, name: str, cfg
     y = one_hot(task.y_train, task.n_classes)
     ridge = 0.0
     try:
-        scores = predict.kernel_regression(k_tt, y, k_st, diag_reg=ridge)
+        alpha = predict.solve(k_tt, y, diag_reg=ridge)
     except ValueError:  # numerically singular: the smallest ridge that factorizes
         ridge = 1e-10
-        scores = predict.kernel_regression(k_tt, y, k_st, diag_reg=ridge)
-    return accuracy(scores, task.y_test), {"kernel_seconds": seconds, "diag_reg": ridge,
-                                           "train_accuracy": accuracy(
-                                               predict.kernel_regression(k_tt, y, k_tt, diag_reg=ridge),
-                                               task.y_train)}
+        alpha = predict.solve(k_tt, y, diag_reg=ridge)
+    return accuracy(k_st @ alpha, task.y_test), {"kernel_seconds": seconds, "diag_reg": ridge,
+                                                 "train_accuracy": accuracy(k_tt @ alpha, task.y_train)}
 
 
 def cnn_accuracy(task: ImageTask, arch: nk.Serial, cfg: dict, seed: int, device) -> tuple[float, dict]:
