@@ -55,10 +55,11 @@ def run(folder: RunFolder, *, seed: int, quick: bool, device: str | None) -> dic
     cfg = settings(quick)
     x, y, x_test, y_test = _task(cfg, seed)
     started = time.perf_counter()
-    rows = []
+    rows, smallest = [], None
     for eps in tqdm(cfg["eps_log"], desc="nearly-kernel eps grid", unit="eps"):
         model, eta, z, residual = _trained(cfg, eps, x, y, x_test)
         gd = Q.nearly_kernel_prediction(model, x, y, x_test, algorithm="gd", learning_rate=eta)
+        smallest = smallest or (eps, z, gd)
         direct = Q.nearly_kernel_prediction(model, x, y, x_test, algorithm="direct")
         ode = Q.nearly_kernel_prediction(model, x, y, x_test, algorithm="ode")
         scale = float(z.abs().max())
@@ -74,9 +75,7 @@ def run(folder: RunFolder, *, seed: int, quick: bool, device: str | None) -> dic
     slope_direct = power_law(eps, np.array([r["gd_minus_direct"] for r in rows]))[0]
 
     # eps*: z^F, z^I from the formulas (mu is proportional to eps), z^II from the smallest-eps models
-    small = cfg["eps_log"][0]
-    model, eta, z_small, _ = _trained(cfg, small, x, y, x_test)
-    gd = Q.nearly_kernel_prediction(model, x, y, x_test, algorithm="gd", learning_rate=eta)
+    small, z_small, gd = smallest
     z_f = gd["kernel"]
     z_i = (gd["nearly_kernel"] - z_f) / small
     z_ii = (z_small - gd["nearly_kernel"]) / small ** 2
