@@ -22,8 +22,9 @@ def test_blocks_and_threads_do_not_change_the_kernel(block_size, workers):
 
 
 def test_get_selects_kernels_and_float32_works():
-    k = NET.kernel(X, get="nngp")
+    k = NET.kernel(X, get=("nngp",))
     assert k.ntk is None and k.nngp.shape == (37, 37)
+    torch.testing.assert_close(NET.kernel(X, get="nngp"), k.nngp, rtol=0, atol=0)   # a name: the tensor
     k32 = NET.kernel(X, dtype=torch.float32)
     assert k32.ntk.dtype == torch.float32
     torch.testing.assert_close(k32.ntk.double(), NET.kernel(X).ntk, rtol=1e-4, atol=1e-4)

@@ -20,7 +20,7 @@ def test_regressor_is_kernel_ridge_regression():
     rng = np.random.default_rng(0)
     x, y, x_test = rng.normal(size=(30, 4)), rng.normal(size=30), rng.normal(size=(7, 4))
     model = NTKRegressor(diag_reg=1e-3).fit(x, y)
-    theta = default_architecture().kernel(np.vstack([x, x_test]), get="ntk").ntk.numpy()
+    theta = default_architecture().kernel(np.vstack([x, x_test]), get="ntk").numpy()
     k, k_test = theta[:30, :30], theta[30:, :30]
     expected = k_test @ np.linalg.solve(k + 1e-3 * np.mean(np.diag(k)) * np.eye(30), y)
     np.testing.assert_allclose(model.predict(x_test), expected, rtol=1e-9, atol=1e-12)

@@ -1,13 +1,23 @@
-"""ntklab: neural networks seen through their kernels (NNGP, NTK), in PyTorch."""
+"""ntklab: neural networks seen through their kernels (NNGP, NTK), in PyTorch.
 
-from .arch import (Abs, ABRelu, Conv, Dense, Flatten, GlobalAvgPool, Elementwise, Erf, Gelu, Kernel, LeakyRelu, Relu, Serial,
-                   Sigmoid, Sigmoid_like, Sign, Tanh, serial)
-from . import kernels, predict, sklearn
+`import ntklab` loads the library only (torch, numpy, scipy, tqdm); the scikit-learn
+estimators (`ntklab.sklearn`), the experiments and the CLI load their own extras
+when imported."""
+from importlib import import_module
+
+from .arch import *  # noqa: F401,F403  -- the layer registry's public names
+from .arch import PUBLIC as _LAYER_NAMES
+from . import kernels, predict
 from .kernels.empirical import empirical_ntk
 from .train import TrainingHistory, train
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-__all__ = ["ABRelu", "Abs", "Conv", "Dense", "Flatten", "GlobalAvgPool", "Elementwise", "Erf", "Gelu", "Kernel", "LeakyRelu", "Relu",
-           "Serial", "Sigmoid", "Sigmoid_like", "Sign", "Tanh", "TrainingHistory", "empirical_ntk", "kernels",
-           "predict", "serial", "sklearn", "train"]
+__all__ = [*_LAYER_NAMES, "TrainingHistory", "empirical_ntk", "kernels", "predict", "sklearn", "train"]
+
+
+def __getattr__(name: str):
+    """`nk.sklearn` is imported on first use (it needs scikit-learn, an extra)."""
+    if name == "sklearn":
+        return import_module(".sklearn", __name__)
+    raise AttributeError(f"module 'ntklab' has no attribute {name!r}")

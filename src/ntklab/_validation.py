@@ -30,6 +30,18 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
+def input_dtype(x: Any, dtype: torch.dtype | None) -> torch.dtype:
+    """The dtype policy of kernels: `dtype` when given, else the input's dtype when it is
+    a floating torch tensor, else float64 (numpy, integer and list inputs)."""
+    if dtype is not None:
+        if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise ValueError(f"dtype must be a floating torch dtype such as torch.float64, got {dtype!r}")
+        return dtype
+    if isinstance(x, torch.Tensor) and x.is_floating_point():
+        return x.dtype
+    return DEFAULT_DTYPE
+
+
 def as_matrix(x: Any, name: str, *, dtype: torch.dtype = DEFAULT_DTYPE,
               device: str | torch.device | None = None, min_rows: int = 1) -> torch.Tensor:
     """Convert `x` to a finite 2-D tensor `[N, d]` of `dtype` on `device`."""

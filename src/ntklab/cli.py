@@ -87,7 +87,7 @@ def kernel(arch: str, x1_path: Path, x2_path: Path | None, out: Path, get: str,
            device: str | None, tile_size: int, scheduler: str, workers: int | None,
            max_memory: str) -> None:
     """Compute the infinite-width NNGP/NTK of an architecture between input files."""
-    get_names = None if get == "both" else get
+    get_names = ("nngp", "ntk") if get == "both" else (get,)
     try:
         if out.suffix not in (".npz", ".zarr"):
             raise ValueError(f"--out must end in .npz or .zarr, got {str(out)!r}")

@@ -53,11 +53,15 @@ class Activation(Layer):
         return ActivationModule(self.fn, repr(self)), in_shape
 
     def kernel_map(self, k: KernelState) -> KernelState:
+        """Requires Gaussian inputs (`k.is_gaussian`); the outputs are not Gaussian."""
+        if not k.is_gaussian:
+            raise ValueError(f"{self!r}: the input to an activation must be Gaussian (the output "
+                             f"of nk.Dense or nk.Conv); put a Dense/Conv layer before it, e.g. "
+                             f"nk.serial(nk.Dense(512), {self!r}, ...)")
         nngp, dot = self.dual(k.nngp, *k.pair_variances(), need_dot=k.ntk is not None)
         ntk = None if k.ntk is None else dot * k.ntk if isinstance(k.ntk, float) else k.ntk.mul_(dot)
-        var1 = self.dual(k.var1, *k.self_variances(k.var1), False)[0]
-        var2 = var1 if k.var2 is k.var1 else self.dual(k.var2, *k.self_variances(k.var2), False)[0]
-        return k.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2)
+        var1, var2 = k.map_variances(lambda var: self.dual(var, *k.self_variances(var), False)[0])
+        return k.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, is_gaussian=False)
 
 
 def _tiny(t: torch.Tensor) -> float:
@@ -110,18 +114,12 @@ class Relu(ABRelu):
     def fn(self, z):
         return torch.relu(z)
 
-    def __repr__(self):
-        return "Relu()"
-
 
 class LeakyRelu(ABRelu):
     """phi(x) = alpha min(x, 0) + max(x, 0)."""
 
     def __init__(self, alpha: float = 0.01):
         super().__init__(positive(alpha, "alpha", allow_zero=True), 1.0)
-
-    def __repr__(self):
-        return f"LeakyRelu(alpha={self.a})"
 
 
 class Abs(ABRelu):
@@ -132,9 +130,6 @@ class Abs(ABRelu):
 
     def fn(self, z):
         return torch.abs(z)
-
-    def __repr__(self):
-        return "Abs()"
 
 
 class Erf(Activation):
@@ -169,9 +164,6 @@ class Sigmoid_like(Erf):  # noqa: N801 -- neural-tangents' name
     def __init__(self):
         super().__init__(a=0.5, b=1 / 2.4020563531719796, c=0.5)
 
-    def __repr__(self):
-        return "Sigmoid_like()"
-
 
 class Sign(Activation):
     """Threshold activation phi(x) = sign(x):  E[phi phi] = 1 - 2 theta / pi.
@@ -184,9 +176,6 @@ class Sign(Activation):
     def dual(self, cov, var1, var2, need_dot=True):
         nngp = _angle(cov, var1, var2)[0].mul_(-2 / math.pi).add_(1.0)
         return nngp, torch.zeros_like(nngp) if need_dot else None
-
-    def __repr__(self):
-        return "Sign()"
 
 
 class Gelu(Activation):
@@ -212,5 +201,3 @@ class Gelu(Activation):
             dot = 0.25 + angle / (2 * math.pi) + cov / (2 * math.pi * d) * (1 / d2 + (1 - prod) / prod1 + 1)
         return nngp, dot
 
-    def __repr__(self):
-        return "Gelu()"

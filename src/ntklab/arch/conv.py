@@ -108,14 +108,14 @@ def _image_state(k: KernelState, layer: Layer) -> None:
 
 
 class Conv(Affine):
-    """`Conv(out_chan, filter_shape=(3, 3), padding="VALID", W_std=1.0, b_std=0.0,
+    """`Conv(out_chan, filter_shape=(3, 3), padding="VALID", W_std=1.0, b_std=None,
     parameterization="ntk", trainable=True)`: neural-tangents' `stax.Conv` on NCHW
     images (stride 1, no dilation)."""
 
     takes_images = True
 
     def __init__(self, out_chan: int, filter_shape: Sequence[int] = (3, 3), padding: str = "VALID",
-                 W_std: float = 1.0, b_std: float | None = 0.0, parameterization: str = "ntk",
+                 W_std: float = 1.0, b_std: float | None = None, parameterization: str = "ntk",
                  trainable: bool = True):
         self.out = positive_int(out_chan, "out_chan (channels of Conv)")
         shape = tuple(filter_shape) if isinstance(filter_shape, (tuple, list)) else ()
@@ -164,21 +164,17 @@ def _spatial_mean(t: torch.Tensor, k: KernelState, all_pairs: bool) -> torch.Ten
 
 
 class _Readout(Layer):
-    """Images -> vectors; subclasses say whether all pixel pairs are averaged."""
-
-    all_pairs = False
+    """Images -> vectors (a linear map: Gaussian inputs stay Gaussian); subclasses say
+    whether all pixel pairs are averaged (`needs_all_pixel_pairs`)."""
 
     def kernel_map(self, k: KernelState) -> KernelState:
         if not k.spatial:
             return k
-        ntk = k.ntk if k.ntk is None or isinstance(k.ntk, float) else _spatial_mean(k.ntk, k, self.all_pairs)
-        var1 = _spatial_mean(k.var1, k, self.all_pairs)
-        var2 = var1 if k.var2 is k.var1 else _spatial_mean(k.var2, k, self.all_pairs)
-        return k.replace(nngp=_spatial_mean(k.nngp, k, self.all_pairs), ntk=ntk, var1=var1,
-                         var2=var2, width=self.out_width(k), spatial=(), full=False)
-
-    def __repr__(self):
-        return f"{type(self).__name__}()"
+        ntk = (k.ntk if k.ntk is None or isinstance(k.ntk, float) else
+               _spatial_mean(k.ntk, k, self.needs_all_pixel_pairs))
+        var1, var2 = k.map_variances(lambda var: _spatial_mean(var, k, self.needs_all_pixel_pairs))
+        return k.replace(nngp=_spatial_mean(k.nngp, k, self.needs_all_pixel_pairs), ntk=ntk,
+                         var1=var1, var2=var2, width=self.out_width(k), spatial=(), full=False)
 
 
 class FlattenModule(nn.Module):
@@ -211,7 +207,7 @@ class GlobalAvgPool(_Readout):
     `[HW x HW]` covariance of every pair of images through all the layers before it."""
 
     takes_images = True
-    all_pairs = True
+    needs_all_pixel_pairs = True
 
     def build(self, in_shape, generator, dtype):
         if len(in_shape) != 3:

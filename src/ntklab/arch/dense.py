@@ -95,21 +95,23 @@ class Affine(Layer):
         nngp = summed.mul_(scale).add_(b2)
         if ntk is not None and self.trainable and self.parameterization == "ntk":
             ntk = _add(ntk, nngp)
-        var1 = self.sum_inputs(k.var1, k) * scale + b2
-        var2 = var1 if k.var2 is k.var1 else self.sum_inputs(k.var2, k) * scale + b2
-        return self.output_state(k.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2))
+        var1, var2 = k.map_variances(lambda var: self.sum_inputs(var, k) * scale + b2)
+        return self.output_state(k.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2,
+                                           is_gaussian=True))
 
     def output_state(self, k: KernelState) -> KernelState:
         return k.replace(width=self.out)
 
 
 class Dense(Affine):
-    """`Dense(out, W_std=1.0, b_std=0.0, parameterization="ntk", trainable=True)`.
+    """`Dense(out, W_std=1.0, b_std=None, parameterization="ntk", trainable=True)`
+    (neural-tangents' `stax.Dense`).
 
-    `b_std=None` removes the bias (matters for the standard parameterization,
-    where a bias adds 1 to the NTK even when `b_std=0`, as in neural-tangents)."""
+    `b_std=None` (the default, as in neural-tangents) means no bias parameters at all;
+    `b_std=0.0` keeps a bias initialized at zero, which in the standard
+    parameterization still adds 1 to the NTK (its gradient is 1)."""
 
-    def __init__(self, out: int, W_std: float = 1.0, b_std: float | None = 0.0,
+    def __init__(self, out: int, W_std: float = 1.0, b_std: float | None = None,
                  parameterization: str = "ntk", trainable: bool = True):
         self.out = positive_int(out, "out (width of Dense)")
         super().__init__(W_std, b_std, parameterization, trainable)

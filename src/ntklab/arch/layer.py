@@ -1,14 +1,35 @@
-"""Layer protocol: one description, two objects (after neural-tangents' stax).
+"""The layer contract: one description, two objects (after neural-tangents' stax).
 
-Every layer knows
+Every layer implements
   * `build(in_shape, generator, dtype)` -> (torch module, out_shape): the finite network
     (shapes without the batch axis: `(d,)` for vectors, `(C, H, W)` for images);
   * `kernel_map(state)` -> state: the infinite-width NNGP/NTK recursion.
-`serial` composes layers; the composite has `.module(...)` and `.kernel(...)`.
+
+What a layer may assume and must guarantee
+------------------------------------------
+* `kernel_map` **consumes** its input `KernelState`: it may update the input's tensors
+  in place (the recursions are memory-bound, so they avoid copies) and the caller must
+  not use the input state afterwards.  It returns a new state (`state.replace(...)`).
+* It may assume only what the state declares: `state.is_gaussian` (pre-activations are
+  Gaussian: set by affine layers, required and cleared by nonlinearities, as
+  neural-tangents' `Kernel.is_gaussian`), `state.symmetric` (the block pairs inputs with
+  themselves, `x2=None`: `var2` is `var1`, and a layer computes it once), `state.spatial`
+  and `state.full` (the layout, see `KernelState`).
+* It declares what it needs as class attributes, read by `serial` (never probed):
+  `takes_images` (inputs must be NCHW images), `needs_all_pixel_pairs` (the recursion
+  needs the covariance of every pixel pair, e.g. GlobalAvgPool), `quadrature_points`
+  (the map holds this many numbers per pair at once, for block sizes).
+* Its `repr` is its constructor call with the arguments given (defaults omitted), which
+  the `--arch` parser reads back; `identity` is that string when every argument is a
+  literal or a named module-level function, else None (e.g. a lambda): a tiled kernel
+  store refuses to resume what it cannot identify exactly.
 """
 from __future__ import annotations
 
+import ast
+import inspect
 from abc import ABC, abstractmethod
+from typing import Any
 
 import torch
 from torch import nn
@@ -16,10 +37,38 @@ from torch import nn
 from .state import KernelState
 
 
-class Layer(ABC):
-    """Base class of all ntklab layers."""
+def _literal(value: Any) -> str | None:
+    """`repr(value)` when it reads back as the same literal, else None."""
+    text = repr(value)
+    try:
+        return text if ast.literal_eval(text) == value else None
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return None
 
-    takes_images = False  # True: inputs must be NCHW image batches
+
+def _named_function(value: Any) -> str | None:
+    """`module.qualname` of a function importable by name (not a lambda or a local)."""
+    module, qualname = getattr(value, "__module__", None), getattr(value, "__qualname__", "")
+    if not callable(value) or not module or not qualname or "<" in qualname:
+        return None
+    return f"{module}.{qualname}"
+
+
+class Layer(ABC):
+    """Base class of all ntklab layers (see the module docstring for the contract)."""
+
+    takes_images: bool = False
+    needs_all_pixel_pairs: bool = False
+    quadrature_points: int = 1
+
+    def __new__(cls, *args, **kwargs):
+        self = super().__new__(cls)
+        try:
+            bound = inspect.signature(cls.__init__).bind(None, *args, **kwargs)
+        except TypeError:  # __init__ raises the proper error
+            bound = None
+        self._arguments = {} if bound is None else dict(list(bound.arguments.items())[1:])
+        return self
 
     @abstractmethod
     def build(self, in_shape: tuple[int, ...], generator: torch.Generator,
@@ -28,8 +77,41 @@ class Layer(ABC):
 
     @abstractmethod
     def kernel_map(self, k: KernelState) -> KernelState:
-        """Infinite-width recursion: kernel state of the inputs -> of the outputs."""
+        """Infinite-width recursion: kernel state of the inputs (consumed) -> of the outputs."""
+
+    def _call(self, render) -> str | None:
+        """The constructor call, each argument rendered by `render` (None: not renderable)."""
+        parameters = inspect.signature(type(self).__init__).parameters
+        parts = []
+        for name, value in self._arguments.items():
+            parameter = parameters[name]
+            if parameter.default is not inspect.Parameter.empty and _same(value, parameter.default):
+                continue
+            if parameter.kind is inspect.Parameter.VAR_POSITIONAL:
+                rendered = [render(v) for v in value]
+                if None in rendered:
+                    return None
+                parts.extend(rendered)
+                continue
+            text = render(value)
+            if text is None:
+                return None
+            positional = parameter.default is inspect.Parameter.empty
+            parts.append(text if positional else f"{name}={text}")
+        return f"{type(self).__name__}({', '.join(parts)})"
+
+    @property
+    def identity(self) -> str | None:
+        """Exact description of this layer, or None when an argument cannot be identified."""
+        return self._call(lambda v: v.identity if isinstance(v, Layer) else
+                          _literal(v) or _named_function(v))
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
-        return f"{type(self).__name__}({args})"
+        return self._call(lambda v: _literal(v) or _named_function(v) or repr(v))
+
+
+def _same(value: Any, default: Any) -> bool:
+    try:
+        return type(value) is type(default) and bool(value == default)
+    except (TypeError, ValueError, RuntimeError):
+        return False

@@ -40,21 +40,22 @@ def _derivative(fn: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor) -> 
 class Elementwise(Activation):
     """Any elementwise torch function `fn`, kernel by Gauss-Hermite quadrature.
 
-    Example: `nk.Elementwise(torch.sin, name="Sin")`."""
+    Example: `nk.Elementwise(torch.sin)`.  A named module-level function (such as
+    `torch.sin`) identifies the layer exactly; a lambda or a local function does not,
+    so a tiled kernel store will not resume it (see `Layer.identity`)."""
 
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], name: str | None = None,
-                 n_points: int = 256):
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], n_points: int = 256):
         if not callable(fn):
             raise ValueError(f"fn must be a callable elementwise torch function, got {fn!r}")
-        self._fn, self.name = fn, name or getattr(fn, "__name__", "Elementwise")
-        self.n_points = positive_int(n_points, "n_points")
+        self._fn = fn
+        self.quadrature_points = positive_int(n_points, "n_points")
 
     def fn(self, z):
         return self._fn(z)
 
     def dual(self, cov, var1, var2, need_dot=True):
         nodes, weights = (torch.as_tensor(a, dtype=cov.dtype, device=cov.device)
-                          for a in _hermite_rule(self.n_points))
+                          for a in _hermite_rule(self.quadrature_points))
         s1, s2 = torch.sqrt(var1), torch.sqrt(var2)
         rho = (cov / (s1 * s2).clamp_min(torch.finfo(cov.dtype).tiny)).clamp_(-1.0, 1.0)
         rest = torch.sqrt((1 - rho * rho).clamp_(min=0.0))
@@ -66,21 +67,22 @@ class Elementwise(Activation):
         for z1, w1 in zip(nodes, weights):
             u = s1 * z1
             v = s2 * (rho * z1 + rest * inner_nodes)          # [n_points, *shape]
-            nngp += w1 * self._fn(u) * (inner_weights * self._fn(v)).sum(0)
+            nngp += w1 * self.fn(u) * (inner_weights * self.fn(v)).sum(0)
             if need_dot:
-                dot += w1 * _derivative(self._fn, u) * (inner_weights * _derivative(self._fn, v)).sum(0)
+                dot += w1 * _derivative(self.fn, u) * (inner_weights * _derivative(self.fn, v)).sum(0)
         return nngp, dot
 
-    def __repr__(self):
-        return self.name if self.name.endswith(")") else f"{self.name}()"
 
-
-def Tanh(n_points: int = 256) -> Elementwise:  # noqa: N802 -- layer constructor, stax style
+class Tanh(Elementwise):
     """tanh, by quadrature (no closed form)."""
-    return Elementwise(torch.tanh, "Tanh()", n_points)
+
+    def __init__(self, n_points: int = 256):
+        super().__init__(torch.tanh, n_points)
 
 
-def Sigmoid(n_points: int = 256) -> Elementwise:  # noqa: N802
+class Sigmoid(Elementwise):
     """Logistic sigmoid 1 / (1 + e^-x), by quadrature (no closed form);
     see `Sigmoid_like` for neural-tangents' closed-form erf approximation."""
-    return Elementwise(torch.sigmoid, "Sigmoid()", n_points)
+
+    def __init__(self, n_points: int = 256):
+        super().__init__(torch.sigmoid, n_points)

@@ -9,9 +9,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .._validation import (DEFAULT_DTYPE, as_inputs, check_same_features, parse_memory,
-                           positive_int, resolve_device)
-from ..kernels.tiling import tiled_pairs
+from .._validation import (as_inputs, check_same_features, input_dtype, parse_memory, positive_int,
+                           resolve_device)
+from ..tiling import tiled_pairs
 from .layer import Layer
 from .state import Kernel, KernelState
 
@@ -64,10 +64,25 @@ class Serial(Layer):
     def __repr__(self):
         return "serial(" + ", ".join(map(repr, self.layers)) + ")"
 
-    # -- finite network ------------------------------------------------------
+    @property
+    def identity(self) -> str | None:
+        parts = [layer.identity for layer in self.layers]
+        return None if None in parts else "serial(" + ", ".join(parts) + ")"
+
+    # -- declared requirements: the union of the layers' ---------------------
     @property
     def takes_images(self) -> bool:
         return any(layer.takes_images for layer in self.layers)
+
+    @property
+    def needs_all_pixel_pairs(self) -> bool:
+        return any(layer.needs_all_pixel_pairs for layer in self.layers)
+
+    @property
+    def quadrature_points(self) -> int:
+        return max(layer.quadrature_points for layer in self.layers)
+
+    # -- finite network ------------------------------------------------------
 
     def build(self, in_shape, generator, dtype):
         modules = []
@@ -82,7 +97,8 @@ class Serial(Layer):
         """Finite-width network with this architecture, initialized from `seed`;
         `in_shape` is one sample's shape: `(d,)` (or `d`) for vectors, `(C, H, W)` for images.
 
-        `symmetric=True` wraps it in `SymmetricModule`, so that f(x; theta_0) = 0."""
+        `symmetric=True` wraps it in `SymmetricModule`, so that f(x; theta_0) = 0.
+        `device=None`: torch's default device (`torch.get_default_device()`)."""
         shape = (in_shape,) if isinstance(in_shape, int) else tuple(in_shape)
         if len(shape) not in (1, 3) or (self.takes_images and len(shape) != 3):
             raise ValueError(f"in_shape must be (d,) for vectors or (C, H, W) for images"
@@ -92,7 +108,7 @@ class Serial(Layer):
         generator = torch.Generator().manual_seed(int(seed))
         net, _ = self.build(shape, generator, dtype)
         net = SymmetricModule(net) if symmetric else net
-        return net.to(resolve_device(device))
+        return net.to(torch.get_default_device() if device is None else resolve_device(device))
 
     # -- infinite-width kernels ----------------------------------------------
     def kernel_map(self, k: KernelState) -> KernelState:
@@ -104,11 +120,7 @@ class Serial(Layer):
         """Numbers held per pair of inputs by the largest layer state (for block sizes)."""
         positions = math.prod(sample_shape[1:]) if len(sample_shape) == 3 else 1
         spatial = positions ** 2 if self.needs_all_pixel_pairs else positions
-        return spatial * max(getattr(layer, "n_points", 1) for layer in self.layers)
-
-    @property
-    def needs_all_pixel_pairs(self) -> bool:
-        return any(getattr(layer, "all_pairs", False) for layer in self.layers)
+        return spatial * self.quadrature_points
 
     def block_size_for(self, sample_shape: Sequence[int], max_memory, dtype: torch.dtype,
                        device: torch.device = torch.device("cpu")) -> int:
@@ -122,8 +134,9 @@ class Serial(Layer):
 
     def kernel(self, x1, x2=None, get: str | Sequence[str] | None = None, *,
                block_size: int | None = None, max_memory: int | str | None = "1GiB",
-               dtype: torch.dtype = DEFAULT_DTYPE, device: str | torch.device | None = None,
-               progress: bool | None = None, workers: int | None = None) -> Kernel:
+               dtype: torch.dtype | None = None, device: str | torch.device | None = None,
+               progress: bool | None = None, workers: int | None = None
+               ) -> Kernel | torch.Tensor:
         """NNGP and NTK of the infinitely wide network between the samples of `x1`
         and `x2` (`x2=None`: `x1` with itself, computed once per pair).  Samples are
         rows `[N, d]`, or NCHW images `[N, C, H, W]` for convolutional architectures.
@@ -131,10 +144,16 @@ class Serial(Layer):
         Computed by the layer recursions in blocks of pairs (`block_size` rows and
         columns, by default the largest whose layer states fit in `max_memory`: a
         GlobalAvgPool network carries `[HW x HW]` numbers per pair), so working
-        memory stays bounded for any N.  Returns a `Kernel` with `.nngp`, `.ntk`
-        tensors `[N1, N2]` of `dtype` (float64 by default); the one not asked for in
-        `get` is `None`."""
+        memory stays bounded for any N.
+
+        Returns the tensor `[N1, N2]` when `get` is a name ("nngp" or "ntk", as
+        neural-tangents' `kernel_fn`), else a `Kernel` with `.nngp` and `.ntk` (the one
+        not asked for in a tuple `get` is None).  dtype: `dtype`, or the input's when it
+        is a floating torch tensor (float32 in, float32 out: relative error about 1e-6
+        on these recursions), float64 for numpy, integer and list inputs.  Device:
+        `device`, or the input tensor's."""
         names = canonical_get(get)
+        dtype = input_dtype(x1, dtype)
         x1 = as_inputs(x1, "x1", images=self.takes_images, dtype=dtype, device=device)
         if x2 is not None:
             x2 = as_inputs(x2, "x2", images=self.takes_images, dtype=dtype, device=x1.device)
@@ -158,7 +177,7 @@ class Serial(Layer):
         with torch.no_grad():
             out = tiled_pairs(blockwise, x1, x2, names, block_size=block_size,
                               progress=progress, workers=workers)
-        return Kernel(nngp=out.get("nngp"), ntk=out.get("ntk"))
+        return out[get] if isinstance(get, str) else Kernel(nngp=out.get("nngp"), ntk=out.get("ntk"))
 
 
 def serial(*layers: Layer) -> Serial:

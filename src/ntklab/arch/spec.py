@@ -3,21 +3,17 @@
     "Dense(512, W_std=1.5, b_std=0.05), Relu(), Dense(1, W_std=1.5, b_std=0.05)"
 
 The string is read with `ast` (never `eval`): only calls of ntklab layer names
-with literal arguments are accepted."""
+(`ntklab.arch.LAYERS`) with literal arguments are accepted, optionally wrapped in
+`serial(...)`, so `parse_architecture(repr(net))` rebuilds `net` whenever
+`net.identity` is not None.  `Elementwise` takes a function and is not parseable."""
 from __future__ import annotations
 
 import ast
 
-from . import activations, conv, dense, quadrature
+from . import LAYERS as REGISTRY
 from .serial import Serial, serial
 
-LAYERS = {
-    "Dense": dense.Dense, "Relu": activations.Relu, "LeakyRelu": activations.LeakyRelu,
-    "Abs": activations.Abs, "Erf": activations.Erf, "Sigmoid_like": activations.Sigmoid_like,
-    "Sign": activations.Sign, "Gelu": activations.Gelu, "Tanh": quadrature.Tanh,
-    "Sigmoid": quadrature.Sigmoid, "Conv": conv.Conv, "Flatten": conv.Flatten,
-    "GlobalAvgPool": conv.GlobalAvgPool,
-}
+LAYERS = {name: cls for name, cls in REGISTRY.items() if name != "Elementwise"}
 
 
 def parse_architecture(spec: str) -> Serial:
@@ -27,6 +23,9 @@ def parse_architecture(spec: str) -> Serial:
     except SyntaxError as err:
         raise ValueError(f"--arch {spec!r} is not a comma-separated list of layers such as "
                          f"'Dense(512, W_std=1.5), Relu(), Dense(1)': {err.msg}") from err
+    if (isinstance(tree, ast.Call) and isinstance(tree.func, ast.Name) and tree.func.id == "serial"
+            and not tree.keywords):
+        tree = ast.Tuple(elts=tree.args)
     calls = tree.elts if isinstance(tree, ast.Tuple) else [tree]
     layers = []
     for call in calls:

@@ -30,6 +30,14 @@ class KernelState:
     `var1`/`var2` hold each input with itself in the layout of one pair, so a
     layer treats them exactly like `nngp` (for `x2=None` they are bitwise the
     diagonal of `nngp`, which keeps identical inputs at correlation exactly 1).
+
+    Declared facts a layer may rely on (and must keep true in the state it returns):
+      * `symmetric`: the block pairs inputs with themselves (`x2=None`), so `var2` is
+        `var1` (one tensor; a layer computes it once and sets both);
+      * `is_gaussian`: the current representation is a Gaussian process (true after an
+        affine layer, false for the inputs and after a nonlinearity): the activations'
+        dual formulas require it (neural-tangents' `Kernel.is_gaussian`).
+    Layers consume the state they are given (in-place updates of its tensors).
     """
     nngp: torch.Tensor
     ntk: torch.Tensor | float | None  # None: NTK not requested; 0.0: identically zero
@@ -38,6 +46,8 @@ class KernelState:
     width: int
     spatial: tuple[int, ...] = ()
     full: bool = False
+    symmetric: bool = False
+    is_gaussian: bool = False
 
     replace = replace
 
@@ -67,7 +77,13 @@ class KernelState:
         else:
             var1, var2 = self_pairs(x1), self_pairs(x2)
         return cls(nngp=nngp, ntk=0.0 if need_ntk else None, var1=var1, var2=var2, width=d,
-                   spatial=tuple(x1.shape[2:]), full=bool(full) and x1.ndim == 4)
+                   spatial=tuple(x1.shape[2:]), full=bool(full) and x1.ndim == 4,
+                   symmetric=x2 is None, is_gaussian=False)
+
+    def map_variances(self, fn) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(fn(var1), fn(var2))`, computed once when the block is symmetric."""
+        var1 = fn(self.var1)
+        return var1, var1 if self.symmetric else fn(self.var2)
 
     def marginal(self, cov: torch.Tensor) -> torch.Tensor:
         """Per-position variances `[N, *spatial]` of a self-covariance `[N, *pairs]`."""

@@ -48,7 +48,7 @@ def kernel_suite(task: RegressionTask, radius: float):
     return {
         f"Gaussian r={radius:g}": (kernels.Gaussian(radius), True),
         f"ball r={radius:g}": (kernels.Ball(radius), False),
-        "NTK 2-hidden ReLU": (lambda a, b=None: net.kernel(a, b, "ntk").ntk, True),
+        "NTK 2-hidden ReLU": (lambda a, b=None: net.kernel(a, b, "ntk"), True),
     }
 
 

@@ -82,7 +82,7 @@ def run_task(task: RegressionTask, cfg: dict, seed: int, bar) -> tuple[list[dict
     """Train every width and seed on one task; rows per recorded step and per run."""
     x, y = task.x_train, task.y_train
     analytic = architecture(1)   # the infinite-width kernels do not depend on the width
-    theta = analytic.kernel(x, get="ntk").ntk
+    theta = analytic.kernel(x, get="ntk")
     evals, evecs = torch.linalg.eigh(theta)
     eta = 1.0 / float(evals[-1])
     steps = steps_to_fit(evals, evecs, y, eta, cfg["max_steps"])
@@ -92,7 +92,7 @@ def run_task(task: RegressionTask, cfg: dict, seed: int, bar) -> tuple[list[dict
     flow = predict.gradient_descent_mse_ensemble(analytic, x, y, learning_rate=eta * y.numel())
     flow_test = flow(t=times, x_test=task.x_test, get="ntk")                 # [T, N_test]
     # the same discrete GD on the infinite-width model: f <- f - eta Theta (f - y)
-    theta_test = analytic.kernel(task.x_test, x, get="ntk").ntk
+    theta_test = analytic.kernel(task.x_test, x, get="ntk")
     discrete = predict.gradient_descent(theta, y, steps=steps, learning_rate=eta / 2,
                                         k_test_train=theta_test, space="function", record=record)
     step_rows, run_rows = [], []
@@ -123,7 +123,7 @@ def run_task(task: RegressionTask, cfg: dict, seed: int, bar) -> tuple[list[dict
 def monte_carlo_ntk(task: RegressionTask, cfg: dict, seed: int, bar) -> list[dict]:
     """(e): mean over seeds of the empirical NTK at init vs the analytic NTK."""
     x = task.x_train[:cfg["probe"]]
-    analytic = architecture(1).kernel(x, get="ntk").ntk
+    analytic = architecture(1).kernel(x, get="ntk")
     rows = []
     for width in cfg["widths"]:
         total = torch.zeros_like(analytic)

@@ -45,8 +45,8 @@ def one_run(cfg: dict, seed: int) -> list[dict]:
     rows = []
     ntk = R.ntk_architecture()
     for N, (x, y) in fine.items():
-        coefficients, ridge = R.loo_ridge(ntk.kernel(x, get="ntk").ntk, y)
-        prediction = ntk.kernel(x_test, x, get="ntk").ntk @ coefficients
+        coefficients, ridge = R.loo_ridge(ntk.kernel(x, get="ntk"), y)
+        prediction = ntk.kernel(x_test, x, get="ntk") @ coefficients
         rows.append({"seed": seed, "pretrain_n": 0, "method": BASELINE, "N": N, "ridge": ridge,
                      "test_loss": float((prediction - y_test).square().mean())})
     for n in cfg["pretrain"]:

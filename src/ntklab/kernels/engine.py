@@ -27,8 +27,8 @@ from __future__ import annotations
 import concurrent.futures as cf
 import hashlib
 import json
-import math
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -39,10 +39,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .._validation import DEFAULT_DTYPE, as_inputs, check_same_features, positive_int
+from .._validation import as_inputs, check_same_features, input_dtype, positive_int
+from ..arch.serial import Serial, canonical_get
+from ..arch.spec import parse_architecture
+from ..tiling import Tile, Tiling
 
 FORMAT = "ntklab-kernel-store/1"
 DONE = "tiles_done"
+MARKER = re.compile(r"(\d+)_(\d+)")
 
 
 def _fingerprint(x: torch.Tensor | None) -> str | None:
@@ -76,14 +80,20 @@ class KernelStore:
     def tile_size(self) -> int:
         return self.config["tile_size"]
 
-    def tiles(self) -> list[tuple[int, int]]:
-        """(row tile, column tile) indices to compute: upper ones when symmetric."""
-        t1, t2 = (math.ceil(n / self.tile_size) for n in self.shape)
-        return [(i, j) for i in range(t1) for j in range(t2) if not self.symmetric or j >= i]
+    @property
+    def tiling(self) -> Tiling:
+        return Tiling(*self.shape, self.tile_size, symmetric=self.symmetric)
 
-    def done(self) -> set[tuple[int, int]]:
-        folder = self.path / DONE
-        return {tuple(map(int, f.name.split("_"))) for f in folder.iterdir() if "_" in f.name}
+    def tiles(self) -> list[Tile]:
+        """(row tile, column tile) indices to compute: upper ones when symmetric."""
+        return self.tiling.tiles()
+
+    def done(self) -> set[Tile]:
+        """Finished tiles: markers named `I_J` of a tile of this store (anything else in
+        the folder, e.g. an editor's backup file, is ignored)."""
+        wanted = set(self.tiles())
+        found = (MARKER.fullmatch(f.name) for f in (self.path / DONE).iterdir() if f.is_file())
+        return {tile for tile in ((int(m[1]), int(m[2])) for m in found if m) if tile in wanted}
 
     @property
     def complete(self) -> bool:
@@ -93,17 +103,13 @@ class KernelStore:
         import zarr
         return zarr.open_group(store=str(self.path), mode=mode)
 
-    def write_tile(self, tile: tuple[int, int], arrays: dict[str, np.ndarray]) -> None:
+    def write_tile(self, tile: Tile, arrays: dict[str, np.ndarray]) -> None:
         """Write one tile's chunks, then its marker (the tile is finished only then)."""
-        rows, cols = self.slices(tile)
+        rows, cols = self.tiling.slices(tile)
         group = self._group("r+")
         for name in self.names:
             group[name][rows, cols] = arrays[name]
         (self.path / DONE / f"{tile[0]}_{tile[1]}").touch()
-
-    def slices(self, tile: tuple[int, int]) -> tuple[slice, slice]:
-        t = self.tile_size
-        return slice(tile[0] * t, (tile[0] + 1) * t), slice(tile[1] * t, (tile[1] + 1) * t)
 
     def load(self, name: str) -> np.ndarray:
         """The whole `[N1, N2]` matrix `name` ("nngp" or "ntk"), mirrored if symmetric."""
@@ -155,6 +161,11 @@ def open_store(path: str | Path, config: dict, dtype: torch.dtype) -> KernelStor
     if not path.exists():
         return _create(path, config, dtype)
     store = KernelStore.open(path)
+    if config["architecture"] is None or store.config.get("architecture") is None:
+        raise ValueError(f"refusing to resume into {str(path)!r}: the architecture cannot be "
+                         f"identified exactly (an anonymous function such as a lambda in "
+                         f"nk.Elementwise), so its tiles might be of another network; use a "
+                         f"named module-level function, a new store path, or delete that one")
     differ = [key for key in sorted(set(config) | set(store.config))
               if config.get(key) != store.config.get(key)]
     if differ:
@@ -244,29 +255,29 @@ def _in_window(executor: cf.Executor, tasks: Iterator, window: int) -> Iterator[
 
 
 def compute_kernel(arch, x1, x2=None, *, store: str | Path, get: str | Sequence[str] | None = None,
-                   tile_size: int = 256, dtype: torch.dtype = DEFAULT_DTYPE,
+                   tile_size: int = 256, dtype: torch.dtype | None = None,
                    scheduler=None, workers: int | None = None, device: str | None = None,
                    max_memory: int | str | None = "1GiB", progress: bool | None = None
                    ) -> KernelStore:
     """Compute (or finish) the NNGP/NTK matrices of `arch` between `x1` and `x2`
     into the zarr store `store`, tile by tile; returns the `KernelStore`
     (`.load("ntk")` gives the matrix).  See the module docstring for resuming
-    and for the schedulers; `max_memory` bounds each tile's working memory."""
-    from ..arch.serial import Serial, canonical_get
-    from ..arch.spec import parse_architecture
-
+    and for the schedulers; `max_memory` bounds each tile's working memory.  The
+    store is keyed by `arch.identity`: an architecture that cannot be identified
+    exactly (a lambda) is computed, but never resumed.  dtype as `Serial.kernel`."""
     arch = parse_architecture(arch) if isinstance(arch, str) else arch
     if not isinstance(arch, Serial):
         raise ValueError(f"arch must be an nk.serial(...) architecture or a string such as "
                          f"'Conv(64, (3, 3), \"SAME\"), Relu(), Flatten(), Dense(1)', got {arch!r}")
     names = canonical_get(get)
+    dtype = input_dtype(x1, dtype)
     x1 = as_inputs(x1, "x1", images=arch.takes_images, dtype=dtype)
     if x2 is not None:
         x2 = as_inputs(x2, "x2", images=arch.takes_images, dtype=dtype)
         check_same_features(x1, x2)
     tile_size = positive_int(tile_size, "tile_size")
     _check_scheduler(scheduler)
-    config = {"format": FORMAT, "architecture": repr(arch), "get": list(names),
+    config = {"format": FORMAT, "architecture": arch.identity, "get": list(names),
               "shape": [len(x1), len(x1 if x2 is None else x2)], "tile_size": tile_size,
               "dtype": str(dtype).replace("torch.", ""), "x1_sha256": _fingerprint(x1),
               "x2_sha256": _fingerprint(x2)}
@@ -278,8 +289,8 @@ def compute_kernel(arch, x1, x2=None, *, store: str | Path, get: str | Sequence[
 
     def tasks():
         for tile in todo:
-            rows, cols = kernel_store.slices(tile)
-            same = kernel_store.symmetric and tile[0] == tile[1]
+            rows, cols = kernel_store.tiling.slices(tile)
+            same = kernel_store.tiling.on_diagonal(tile)
             other = None if same else (x1 if x2 is None else x2)[cols]
             yield tile, compute_tile, (arch, x1[rows], other, names, device, max_memory)
 

@@ -39,7 +39,7 @@ def ntk_statistics(arch: nk.Serial, x: torch.Tensor, seeds: int, *, first_seed: 
     seeds = positive_int(seeds, "seeds")
     if seeds < 2:
         raise ValueError("seeds must be >= 2 to estimate a variance")
-    infinite = arch.kernel(x, get="ntk").ntk.numpy()
+    infinite = arch.kernel(x, get="ntk").numpy()
     samples = torch.stack([empirical_ntk(arch.module((x.shape[1],), seed=first_seed + s,
                                                      dtype=torch.float64), x)
                            for s in range(seeds)]).numpy()                 # [S, N, N]

@@ -308,8 +308,8 @@ def ntk_regression(x: torch.Tensor, y: torch.Tensor, *, ridges: Sequence[float] 
     x_fit, y_fit, x_val, y_val = _split(x, y, validation)
     alpha, beta, residual = _preprocess(x_fit, y_fit)
     net = ntk_architecture()
-    k_fit = net.kernel(x_fit, get="ntk").ntk
-    k_val = net.kernel(x_val, x_fit, get="ntk").ntk
+    k_fit = net.kernel(x_fit, get="ntk")
+    k_val = net.kernel(x_val, x_fit, get="ntk")
     residual_val = y_val - alpha - x_val @ beta
     scale = float(k_fit.diagonal().mean())  # diag_reg relative to the mean diagonal (predict's)
     path = _ridge_path(k_fit, residual, [ridge * scale for ridge in ridges])
@@ -318,7 +318,7 @@ def ntk_regression(x: torch.Tensor, y: torch.Tensor, *, ridges: Sequence[float] 
     coefficients = path[best]
 
     def predictor(x_new: torch.Tensor) -> torch.Tensor:
-        return alpha + x_new @ beta + net.kernel(x_new, x_fit, get="ntk").ntk @ coefficients
+        return alpha + x_new @ beta + net.kernel(x_new, x_fit, get="ntk") @ coefficients
     predictor.ridge = ridges[best]
     return predictor
 

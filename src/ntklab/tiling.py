@@ -1,0 +1,107 @@
+"""Tilings of pairwise matrices: the one place that decides which blocks of an
+`[N1, N2]` matrix are computed, used by the analytic kernels (`Serial.kernel`), the
+empirical NTK and the tiled zarr engine.  It sits below `arch/` and `kernels/`.
+
+A symmetric matrix (`x2=None`: the samples with themselves) computes only the tiles
+on and above the diagonal and mirrors them; `tiled_pairs` assembles a whole matrix
+in memory with a constant number of `size^2` temporaries beyond the result.
+"""
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+Tile = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """Square tiles of `size` rows and columns over an `[n1, n2]` matrix; with
+    `symmetric` (then n1 = n2) only the upper tiles, `(i, j)` with `j >= i`."""
+    n1: int
+    n2: int
+    size: int
+    symmetric: bool = False
+
+    def __post_init__(self):
+        if self.symmetric and self.n1 != self.n2:
+            raise ValueError(f"a symmetric tiling needs a square matrix, got {self.n1} x {self.n2}")
+
+    def tiles(self) -> list[Tile]:
+        """Tile indices to compute, row-major."""
+        t1, t2 = math.ceil(self.n1 / self.size), math.ceil(self.n2 / self.size)
+        return [(i, j) for i in range(t1) for j in range(t2) if not self.symmetric or j >= i]
+
+    def slices(self, tile: Tile) -> tuple[slice, slice]:
+        """Rows and columns of `tile` (the last ones may be short)."""
+        (i, j), s = tile, self.size
+        return slice(i * s, min((i + 1) * s, self.n1)), slice(j * s, min((j + 1) * s, self.n2))
+
+    def on_diagonal(self, tile: Tile) -> bool:
+        """A tile of a symmetric matrix whose rows and columns are the same samples."""
+        return self.symmetric and tile[0] == tile[1]
+
+    def __len__(self) -> int:
+        return len(self.tiles())
+
+
+def store_tile(out: torch.Tensor, tiling: Tiling, tile: Tile, block: torch.Tensor,
+               transpose: Callable[[torch.Tensor], torch.Tensor] = lambda b: b.transpose(0, 1)
+               ) -> None:
+    """Write `block` at `tile` of `out`, and its mirror image (`transpose`) below the
+    diagonal of a symmetric matrix."""
+    rows, cols = tiling.slices(tile)
+    out[rows, cols] = block
+    if tiling.symmetric and tile[0] != tile[1]:
+        out[cols, rows] = transpose(block)
+
+
+TileFn = Callable[[torch.Tensor, "torch.Tensor | None"], dict[str, torch.Tensor]]
+
+
+def tiled_pairs(fn: TileFn, x1: torch.Tensor, x2: torch.Tensor | None, names: tuple[str, ...],
+                *, block_size: int, progress: bool | None = None,
+                workers: int | None = None) -> dict[str, torch.Tensor]:
+    """Evaluate `fn(x1_block, x2_block)` on all tiles and assemble the `[N1, N2]` matrices
+    `names` (`x2_block=None` on the diagonal tiles of a symmetric matrix, `x2=None`;
+    those tiles are symmetrised exactly).
+
+    `workers` threads process tiles concurrently (torch releases the GIL in its
+    kernels), each single-threaded; the default, 1, lets torch parallelize
+    inside each tile instead.  `progress=None` shows a bar only for more than 64 tiles.
+    """
+    other = x1 if x2 is None else x2
+    tiling = Tiling(len(x1), len(other), block_size, symmetric=x2 is None)
+    tiles = tiling.tiles()
+    out = {name: torch.empty(tiling.n1, tiling.n2, dtype=x1.dtype, device=x1.device) for name in names}
+    workers = max(1, min(workers or 1, len(tiles)))
+
+    def run(tile: Tile) -> None:
+        rows, cols = tiling.slices(tile)
+        same = tiling.on_diagonal(tile)
+        blocks = fn(x1[rows], None if same else other[cols])
+        for name in names:
+            block = (blocks[name] + blocks[name].T).mul_(0.5) if same else blocks[name]
+            store_tile(out[name], tiling, tile, block)
+
+    show = len(tiles) > 64 if progress is None else progress
+    with tqdm(total=len(tiles), disable=not show, desc="kernel blocks", unit="block") as bar:
+        if workers == 1:
+            for tile in tiles:
+                run(tile)
+                bar.update()
+        else:
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)  # parallelism across tiles, not inside them
+            try:
+                with ThreadPoolExecutor(workers) as pool:
+                    for _ in pool.map(run, tiles):
+                        bar.update()
+            finally:
+                torch.set_num_threads(threads)
+    return out

@@ -1,0 +1,162 @@
+"""The layer contract and the core's invariants (issue 12): each test failed before it."""
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import ntklab as nk
+from ntklab.arch import LAYERS
+from ntklab.arch.spec import parse_architecture
+from ntklab.kernels import compute_kernel
+
+X = torch.randn(7, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+
+# 1. the Gaussian-input invariant ---------------------------------------------------------
+@pytest.mark.parametrize("arch", [
+    nk.serial(nk.Relu(), nk.Dense(1)),                                  # activation on the inputs
+    nk.serial(nk.Dense(4), nk.Relu(), nk.Erf(), nk.Dense(1)),           # two activations in a row
+    nk.serial(nk.Dense(4), nk.Tanh(n_points=8), nk.Gelu(), nk.Dense(1)),
+])
+def test_an_activation_needs_gaussian_inputs(arch):
+    with pytest.raises(ValueError, match="input to an activation must be Gaussian.*Dense/Conv"):
+        arch.kernel(X)
+
+
+def test_readouts_keep_and_affine_layers_set_the_gaussian_flag():
+    images = torch.randn(3, 2, 4, 4, dtype=torch.float64)
+    nk.serial(nk.Conv(3, (3, 3), "SAME"), nk.GlobalAvgPool(), nk.Relu(), nk.Dense(1)).kernel(images)
+    with pytest.raises(ValueError, match="must be Gaussian"):
+        nk.serial(nk.Conv(3, (3, 3), "SAME"), nk.Relu(), nk.Flatten(), nk.Relu(), nk.Dense(1)).kernel(images)
+
+
+# 2. store identity: repr round-trips, anonymous functions are never resumed -------------
+def test_repr_shows_constructor_arguments_and_round_trips():
+    net = nk.serial(nk.Dense(512, W_std=1.5, b_std=0.05), nk.LeakyRelu(0.2), nk.Dense(8),
+                    nk.Tanh(n_points=64), nk.Dense(8, parameterization="standard"), nk.ABRelu(-0.5, 2.0),
+                    nk.Dense(1))
+    assert repr(nk.Tanh(n_points=64)) != repr(nk.Tanh())
+    assert repr(net) == ("serial(Dense(512, W_std=1.5, b_std=0.05), LeakyRelu(alpha=0.2), Dense(8), "
+                         "Tanh(n_points=64), Dense(8, parameterization='standard'), ABRelu(-0.5, 2.0), "
+                         "Dense(1))")
+    parsed = parse_architecture(repr(net))
+    assert repr(parsed) == repr(net) == net.identity
+    torch.testing.assert_close(parsed.kernel(X, get="ntk"), net.kernel(X, get="ntk"), rtol=0, atol=0)
+
+
+def test_every_public_layer_is_in_the_grammar_and_in_all():
+    for name, cls in LAYERS.items():
+        assert name in nk.__all__ and getattr(nk, name) is cls
+    assert "ABRelu" in nk.arch.spec.LAYERS
+    assert set(LAYERS) - set(nk.arch.spec.LAYERS) == {"Elementwise"}   # takes a function
+
+
+def test_a_store_of_an_anonymous_architecture_is_not_resumed(tmp_path):
+    x = torch.randn(6, 2, dtype=torch.float64)
+    square = nk.serial(nk.Dense(4), nk.Elementwise(lambda z: z * z, n_points=8), nk.Dense(1))
+    cube = nk.serial(nk.Dense(4), nk.Elementwise(lambda z: z ** 3, n_points=8), nk.Dense(1))
+    assert repr(square) != repr(cube) or square.identity is None
+    assert square.identity is None and "lambda" in repr(square)
+    store = compute_kernel(square, x, store=tmp_path / "k.zarr", tile_size=3, progress=False)
+    np.testing.assert_allclose(store.load("ntk"), square.kernel(x, get="ntk").numpy(), rtol=1e-13)
+    with pytest.raises(ValueError, match="cannot be identified exactly"):
+        compute_kernel(cube, x, store=tmp_path / "k.zarr", tile_size=3, progress=False)
+    named = nk.serial(nk.Dense(4), nk.Elementwise(torch.sin, n_points=8), nk.Dense(1))
+    assert named.identity is not None
+    compute_kernel(named, x, store=tmp_path / "sin.zarr", tile_size=3, progress=False)
+    compute_kernel(named, x, store=tmp_path / "sin.zarr", tile_size=3, progress=False)  # resumes
+
+
+# 3. a stray file among the markers ------------------------------------------------------
+def test_a_stray_file_in_tiles_done_is_ignored(tmp_path):
+    x = torch.randn(6, 2, dtype=torch.float64)
+    net = nk.serial(nk.Dense(4), nk.Relu(), nk.Dense(1))
+    store = compute_kernel(net, x, store=tmp_path / "k.zarr", tile_size=3, progress=False)
+    for stray in ("notes.txt", "0_1~", ".DS_Store", "9_9", "a_b"):
+        (store.path / "tiles_done" / stray).write_text("x")
+    assert store.done() == set(store.tiles()) and store.complete
+    np.testing.assert_allclose(store.load("nngp"), net.kernel(x, get="nngp").numpy(), rtol=1e-13)
+
+
+# API: get, dtype, device, bias ---------------------------------------------------------
+def test_get_as_a_name_returns_the_tensor_and_a_tuple_a_kernel():
+    net = nk.serial(nk.Dense(4), nk.Relu(), nk.Dense(1))
+    both = net.kernel(X)
+    assert isinstance(net.kernel(X, get="ntk"), torch.Tensor)
+    torch.testing.assert_close(net.kernel(X, get="ntk"), both.ntk, rtol=0, atol=0)
+    assert net.kernel(X, get=("ntk",)).nngp is None
+
+
+def test_kernels_follow_the_input_dtype():
+    net = nk.serial(nk.Dense(4, b_std=0.1), nk.Erf(), nk.Dense(1))
+    k32 = net.kernel(X.float(), get="ntk")
+    assert k32.dtype == torch.float32
+    assert net.kernel(X.numpy().astype(np.float32), get="ntk").dtype == torch.float64   # numpy -> float64
+    assert net.kernel([[1, 2, 3], [0, 1, 0]], get="ntk").dtype == torch.float64          # integers
+    relative = (k32.double() - net.kernel(X, get="ntk")).abs().max() / net.kernel(X, get="ntk").abs().max()
+    assert relative < 1e-5   # the documented float32 accuracy
+
+
+def test_dense_has_no_bias_by_default_as_neural_tangents():
+    assert nk.Dense(3).build((2,), torch.Generator(), torch.float32)[0].bias is None
+    x = torch.randn(4, 2, dtype=torch.float64)
+    standard = lambda b: nk.serial(nk.Dense(1, b_std=b, parameterization="standard"))  # noqa: E731
+    # standard parameterization: a zero-initialised bias still adds 1 to the NTK
+    torch.testing.assert_close(standard(0.0).kernel(x, get="ntk") - standard(None).kernel(x, get="ntk"),
+                               torch.ones(4, 4, dtype=torch.float64))
+
+
+# the import graph ---------------------------------------------------------------------
+def package_graph() -> dict[str, set[str]]:
+    """Edges between ntklab's parts (subpackages and top-level modules) from the import
+    statements of every module (the root ntklab/__init__.py, which re-exports, excluded)."""
+    root = Path(nk.__file__).parent
+    graph: dict[str, set[str]] = {}
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root).with_suffix("").parts
+        if parts == ("__init__",):
+            continue
+        unit = parts[0]
+        package = parts[:-1]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = package[:len(package) - (node.level - 1)] if node.level > 1 else package
+                target = (*base, *(node.module or "").split(".")) if node.module else base
+                target = [t for t in target if t]
+                if target and target[0] != unit:
+                    graph.setdefault(unit, set()).add(target[0])
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ntklab."):
+                target = node.module.split(".")[1]
+                if target != unit:
+                    graph.setdefault(unit, set()).add(target)
+    return graph
+
+
+def test_the_import_graph_has_no_cycle_and_arch_does_not_import_kernels():
+    graph = package_graph()
+    assert "kernels" not in graph.get("arch", set())
+    state: dict[str, str] = {}
+
+    def visit(unit, path):
+        if state.get(unit) == "open":
+            raise AssertionError(f"import cycle: {' -> '.join(path + [unit])}")
+        if state.get(unit) == "done":
+            return
+        state[unit] = "open"
+        for other in graph.get(unit, ()):
+            visit(other, path + [unit])
+        state[unit] = "done"
+
+    for unit in list(graph):
+        visit(unit, [])
+
+
+def test_import_ntklab_stays_light():
+    code = ("import sys, ntklab; heavy = [m for m in ('sklearn', 'matplotlib', 'dask', 'distributed', "
+            "'zarr', 'pandas', 'click') if m in sys.modules]; assert not heavy, heavy; "
+            "import ntklab.arch, ntklab.tiling")
+    subprocess.run([sys.executable, "-c", code], check=True)
