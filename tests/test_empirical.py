@@ -6,7 +6,9 @@ from torch import nn
 from torch.func import functional_call, jacrev, vmap
 
 import ntklab as nk
-from ntklab.kernels.empirical import Plan, parse_memory, select_parameters
+from ntklab._validation import parse_memory
+from ntklab.kernels.model_inputs import select_parameters
+from ntklab.kernels.structured import Plan
 
 
 def explicit_ntk(model, x1, x2, names=None):
@@ -150,10 +152,30 @@ def test_bad_input():
 
 
 def test_largest_ntk_eigenvalue_by_power_iteration_matches_the_full_kernel():
-    from ntklab.kernels.empirical import largest_ntk_eigenvalue
+    from ntklab.kernels.spectrum import largest_ntk_eigenvalue
     net = nk.serial(nk.Conv(16, (3, 3), "SAME", 1.4, 0.1), nk.Relu(), nk.GlobalAvgPool(), nk.Dense(3))
     model = net.module((1, 6, 6), seed=0, dtype=torch.float64)
     x = torch.randn(20, 1, 6, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     full = nk.empirical_ntk(model, x, mode="full").permute(0, 2, 1, 3).reshape(60, 60)
     exact = float(torch.linalg.eigvalsh(full)[-1])
     assert largest_ntk_eigenvalue(model, x, rtol=1e-10, iterations=500) == pytest.approx(exact, rel=1e-6)
+
+
+@pytest.mark.parametrize("parameterization", ["ntk", "standard"])
+def test_ntklab_modules_take_the_structured_rule_and_match_autograd(parameterization):
+    dense = nk.serial(nk.Dense(9, W_std=1.3, b_std=0.2, parameterization=parameterization), nk.Relu(),
+                      nk.Dense(7, W_std=1.1, parameterization=parameterization), nk.Erf(),
+                      nk.Dense(2, W_std=0.9, b_std=0.0, parameterization=parameterization))
+    conv = nk.serial(nk.Conv(4, (2, 3), "SAME", W_std=1.2, b_std=0.3, parameterization=parameterization),
+                     nk.Relu(), nk.Conv(3, (2, 2), "VALID", trainable=False), nk.Relu(),
+                     nk.GlobalAvgPool(), nk.Dense(2, b_std=0.1, parameterization=parameterization))
+    for net, shape in ((dense, (5,)), (conv, (2, 5, 6))):
+        model = net.module(shape, seed=1, dtype=torch.float64)
+        x1 = torch.randn(5, *shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+        x2 = torch.randn(3, *shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+        plan = Plan(model, select_parameters(model, None), True, x1)
+        trainable = [m for m in model.modules() if any(p.requires_grad for p in m.parameters(recurse=False))]
+        assert [use.module for use in plan.structured] == trainable and not plan.rest
+        expected = explicit_ntk(model, x1, x2, [n for n, p in model.named_parameters() if p.requires_grad])
+        got = nk.empirical_ntk(model, x1, x2, mode="full", implementation="structured")
+        assert float((got - expected).abs().max()) < 1e-12 * float(expected.abs().max())

@@ -30,7 +30,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ._validation import as_targets, positive, positive_int
-from .kernels.empirical import empirical_ntk, model_input, select_parameters
+from .kernels.empirical import empirical_ntk
+from .kernels.model_inputs import model_input, select_parameters
 
 
 @dataclass

@@ -85,15 +85,28 @@ class ConvModule(nn.Module):
         self.weight = nn.Parameter(weight)
         self.bias = None if bias is None else nn.Parameter(bias)
 
+    @property
+    def weight_scale(self) -> float:
+        """The factor multiplying the raw weight in the forward pass."""
+        return self.W_std / math.sqrt(self.fan_in) if self.parameterization == "ntk" else 1.0
+
+    @property
+    def bias_scale(self) -> float:
+        return (self.b_std or 0.0) if self.parameterization == "ntk" else 1.0
+
+    @property
+    def pads(self) -> tuple[int, int, int, int]:
+        """Zero padding (left, right, top, bottom) in `F.pad` order: SAME puts (k - 1) // 2
+        on the low side, as `filter_sum` and lax; VALID none."""
+        if self.padding != "SAME":
+            return (0, 0, 0, 0)
+        kh, kw = self.filter_shape
+        return ((kw - 1) // 2, kw // 2, (kh - 1) // 2, kh // 2)
+
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        weight, bias = self.weight, self.bias
-        if self.parameterization == "ntk":
-            weight = weight * (self.W_std / math.sqrt(self.fan_in))
-            bias = None if bias is None else self.b_std * bias
-        if self.padding == "SAME":  # zeros, (k - 1) // 2 on the low side: as `filter_sum` and lax
-            (kh, kw) = self.filter_shape
-            h = F.pad(h, ((kw - 1) // 2, kw // 2, (kh - 1) // 2, kh // 2))
-        return F.conv2d(h, weight, bias)
+        bias = None if self.bias is None else self.bias_scale * self.bias
+        h = F.pad(h, self.pads) if self.padding == "SAME" else h
+        return F.conv2d(h, self.weight_scale * self.weight, bias)
 
     def extra_repr(self) -> str:
         return (f"{self.weight.shape[1]} -> {self.weight.shape[0]}, filter={self.filter_shape}, "

@@ -42,11 +42,19 @@ class DenseModule(nn.Module):
         self.weight = nn.Parameter(weight)
         self.bias = None if bias is None else nn.Parameter(bias)
 
+    @property
+    def weight_scale(self) -> float:
+        """The factor multiplying the raw weight in the forward pass (W_std / sqrt(n_in) in
+        the NTK parameterization, 1 in the standard one)."""
+        return self.W_std / math.sqrt(self.in_features) if self.parameterization == "ntk" else 1.0
+
+    @property
+    def bias_scale(self) -> float:
+        return (self.b_std or 0.0) if self.parameterization == "ntk" else 1.0
+
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        if self.parameterization == "standard":
-            return F.linear(h, self.weight, self.bias)
-        bias = None if self.bias is None else self.b_std * self.bias
-        return F.linear(h, self.weight * (self.W_std / math.sqrt(self.in_features)), bias)
+        bias = None if self.bias is None else self.bias_scale * self.bias
+        return F.linear(h, self.weight_scale * self.weight, bias)
 
     def extra_repr(self) -> str:
         return (f"{self.in_features} -> {self.out_features}, W_std={self.W_std}, "

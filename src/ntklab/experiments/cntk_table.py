@@ -34,7 +34,7 @@ from .. import __version__
 from .. import arch as nk
 from .. import predict
 from ..data import ImageTask, image_task
-from ..kernels.empirical import largest_ntk_eigenvalue
+from ..kernels.spectrum import largest_ntk_eigenvalue
 from ..kernels.engine import compute_kernel
 from ..report import RunFolder, markdown_table
 from ..train import train

@@ -1,0 +1,96 @@
+"""Input policy of the empirical kernels (one place): which parameters, the inputs as
+tensors of the model's dtype and device, and the refusal of models whose outputs are
+not per-sample functions (train-mode BatchNorm, anything that mixes samples)."""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def select_parameters(model: nn.Module, params) -> dict[str, torch.Tensor]:
+    """name -> parameter for `params`: None (every parameter with requires_grad),
+    an iterable of parameter names, or an iterable of parameter tensors."""
+    named = dict(model.named_parameters())
+    if params is None:
+        chosen = {name: p for name, p in named.items() if p.requires_grad}
+        if not chosen:
+            raise ValueError("the model has no parameter with requires_grad=True; pass "
+                             "params=[names] to choose the parameters of the kernel")
+        return chosen
+    if isinstance(params, (str, torch.Tensor)) or not isinstance(params, Iterable):
+        raise ValueError("params must be None, a list of parameter names, or a list of "
+                         f"parameter tensors, got {type(params).__name__}")
+    by_id = {id(p): name for name, p in named.items()}
+    chosen = {}
+    for item in params:
+        if isinstance(item, str):
+            if item not in named:
+                known = ", ".join(list(named)[:8]) + (", ..." if len(named) > 8 else "")
+                raise ValueError(f"params: the model has no parameter {item!r}; its parameters "
+                                 f"are {known} (see model.named_parameters())")
+            chosen[item] = named[item]
+        elif isinstance(item, torch.Tensor) and id(item) in by_id:
+            chosen[by_id[id(item)]] = item
+        else:
+            raise ValueError(f"params: {type(item).__name__} is not a parameter of the model; "
+                             "give names from model.named_parameters() or the tensors themselves")
+    if not chosen:
+        raise ValueError("params is empty; choose at least one parameter")
+    return chosen
+
+
+def reference_tensor(model: nn.Module) -> torch.Tensor:
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        if tensor.is_floating_point():
+            return tensor
+    raise ValueError("model has no floating-point parameters")
+
+
+def model_input(x: Any, name: str, reference: torch.Tensor) -> torch.Tensor:
+    """`x` as a tensor of the model's dtype and device; a torch tensor of another
+    float dtype or device is an error (silently casting hides precision bugs)."""
+    if isinstance(x, torch.Tensor):
+        if x.device != reference.device:
+            raise ValueError(f"{name} is on {x.device} but the model is on {reference.device}; "
+                             f"move one of them, e.g. {name}.to({str(reference.device)!r})")
+        if x.is_floating_point() and x.dtype != reference.dtype:
+            raise ValueError(f"{name} has dtype {x.dtype} but the model's parameters are "
+                             f"{reference.dtype}; convert with {name}.to({reference.dtype}) "
+                             f"or model.to({x.dtype})")
+        t = x.detach().to(reference.dtype)
+    else:
+        try:
+            t = torch.as_tensor(np.asarray(x, dtype=np.float64), dtype=reference.dtype,
+                                device=reference.device)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{name} must be a numeric array, got {type(x).__name__}") from err
+    if t.ndim < 2 or t.shape[0] == 0:
+        raise ValueError(f"{name} must have a batch axis first and at least one feature axis, "
+                         f"got shape {tuple(t.shape)}; for one sample use {name}[None]")
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} contains NaN/inf values")
+    return t
+
+
+def check_batch_independent(model: nn.Module, x: torch.Tensor, name: str) -> None:
+    """Per-sample strategies assume f(x_i) depends on x_i alone.  A module that
+    mixes samples (BatchNorm in train mode, batch statistics) would give wrong
+    kernels silently, so it is refused."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
+            raise ValueError(f"{type(module).__name__} is in train mode, so each output depends "
+                             "on the whole batch and per-sample tangent kernels are not defined; "
+                             "call model.eval() first (running statistics are then used)")
+    if len(x) < 2:
+        return
+    with torch.no_grad():
+        both = model(x[:2])
+        alone = model(x[:1])
+    if not torch.allclose(both[:1], alone, rtol=1e-4, atol=1e-6 * (1 + float(alone.abs().max()))):
+        raise ValueError(f"the model's output for {name}[0] changes when {name}[1] is in the "
+                         "same batch: outputs depend on other samples (batch statistics, "
+                         "train-mode normalisation?), so per-sample tangent kernels are not "
+                         "defined; put the model in eval mode")
