@@ -37,25 +37,28 @@ def test_singular_kernel_error_suggests_diag_reg_and_lu_handles_indefinite():
 def test_gradient_descent_iterates_follow_closed_form_and_identity(space):
     k = nk.kernels.Gaussian(1.5)(X)
     k_test = nk.kernels.Gaussian(1.5)(X_TEST, X)
-    path = predict.gradient_descent(k, Y, steps=50, k_test_train=k_test, space=space)
-    eta = path.learning_rate
-    step_matrix = 2 * eta * (k @ k if space == "alpha" else k)
-    for t in (1, 10, 50):  # alpha_t = sum_{s<t} (I - 2 eta M)^s 2 eta [K] y, i.e. the linear recursion
+    path = predict.gradient_descent_alpha(k, Y, steps=50, k_test_train=k_test, space=space, record=range(51))
+    rate = path.learning_rate / Y.numel()   # the step on ||K alpha - y||^2 / (2 |y|)
+    step_matrix = rate * (k @ k if space == "alpha" else k)
+    for t in (1, 10, 50):  # alpha_t = sum_{s<t} (I - c M)^s c [K] y, i.e. the linear recursion
         alpha_star = torch.linalg.solve(k, Y)
         expected = alpha_star + torch.linalg.matrix_power(torch.eye(12, dtype=k.dtype) - step_matrix, t) @ (-alpha_star)
         torch.testing.assert_close(path.alpha[t], expected, rtol=0, atol=1e-9)
     tangent = k_test @ k if space == "alpha" else k_test
     for t in range(10):
         change = path.f_test[t + 1] - path.f_test[t]
-        torch.testing.assert_close(change, -2 * eta * tangent @ (path.f_train[t] - Y), rtol=0, atol=1e-13)
+        torch.testing.assert_close(change, -rate * tangent @ (path.f_train[t] - Y), rtol=0, atol=1e-13)
     assert path.loss[-1] < path.loss[0]
 
 
 def test_gradient_descent_converges_to_interpolant():
     k = nk.kernels.Gaussian(0.8)(X)
-    path = predict.gradient_descent(k, Y[:, 0], steps=4000, space="function", record=1000)
+    path = predict.gradient_descent_alpha(k, Y[:, 0], steps=4000, space="function",
+                                          record=[0, 1000, 2000, 3000, 4000])
     torch.testing.assert_close(path.alpha[-1], predict.solve(k, Y[:, 0]), rtol=0, atol=1e-8)
     assert path.steps.tolist() == [0, 1000, 2000, 3000, 4000]
+    counted = predict.gradient_descent_alpha(k, Y[:, 0], steps=4000, space="function", record=5)
+    assert counted.steps.tolist() == [0, 1, 8, 63, 503, 4000]   # a count: round(4000^(k/4)), as in train
 
 
 def test_ensemble_train_set_mean_matches_matrix_exponential():

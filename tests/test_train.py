@@ -43,8 +43,9 @@ def test_gd_step_and_linearized_model_against_parameter_space():
     expected_test = f(w, x_test)
     expected_lin = f(w0, x_test) + j_test @ (w_lin - flat0)
 
-    history = nk.train(model, x, y, steps=steps, learning_rate=eta, x_test=x_test, y_test=y_test,
-                       record=[0, steps])
+    # ntklab's loss is ||f - y||^2 / (2 |y|): learning rate |y| eta is the step eta on 1/2 sum
+    history = nk.train(model, x, y, steps=steps, learning_rate=eta * y.numel(), x_test=x_test,
+                       y_test=y_test, record=[0, steps])
     assert torch.allclose(history.test_predictions[-1], expected_test, rtol=0, atol=1e-12)
     assert torch.allclose(history.linear_test_predictions[-1], expected_lin, rtol=0, atol=1e-12)
     row0, row = history.rows
@@ -56,7 +57,7 @@ def test_gd_step_and_linearized_model_against_parameter_space():
 def test_sgd_uses_rescaled_minibatch_loss():
     model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
     x, y, _, _ = small_problem(1)
-    history = nk.train(model, x, y, steps=300, learning_rate=0.01, batch_size=4, record=3,
+    history = nk.train(model, x, y, steps=300, learning_rate=0.01 * y.numel(), batch_size=4, record=3,
                        track_kernel=False, linearized=False, seed=1)
     loss = history.column("train_loss")
     assert history.steps[0] == 0 and history.steps[-1] == 300 and loss[-1] < 0.5 * loss[0]
@@ -70,12 +71,12 @@ def test_wider_networks_move_their_kernel_less():
     changes = {}
     for width in (64, 1024):
         model = net(width).module(in_shape=(3,), seed=0, symmetric=True, dtype=torch.float64)
-        history = nk.train(model, x, y, steps=200, learning_rate=0.02, record=[0, 200],
+        history = nk.train(model, x, y, steps=200, learning_rate=0.02 * y.numel(), record=[0, 200],
                            linearized=False)
         changes[width] = history.rows[-1]
     assert changes[64]["kernel_change"] > 2.5 * changes[1024]["kernel_change"]
     assert changes[64]["weight_change"] > 2.5 * changes[1024]["weight_change"]
-    assert changes[1024]["train_loss"] < 1e-2 * 0.5 * float(y.square().sum())
+    assert changes[1024]["train_loss"] < 1e-2 * 0.5 * float(y.square().mean())
 
 
 def test_bad_input():
@@ -90,4 +91,4 @@ def test_bad_input():
     with pytest.raises(ValueError, match="learning_rate"):
         nk.train(model, x, y, steps=1, learning_rate=-1)
     with pytest.raises(FloatingPointError, match="lower learning_rate"):
-        nk.train(model, x * 1e3, y, steps=50, learning_rate=10.0, record=50)
+        nk.train(model, x * 1e3, y, steps=50, learning_rate=10.0 * y.numel(), record=50)

@@ -146,6 +146,27 @@ def as_targets(y: Any, n: int, name: str, dtype: torch.dtype, device) -> tuple[t
     return y, vector
 
 
+LOSS_CONVENTION = ("learning_rate is the step of gradient descent on the mean squared loss "
+                   "L = ||f(X) - Y||^2 / (2 |Y|), |Y| = y_train.size (neural-tangents' convention)")
+
+
+def record_steps(record: Any, steps: int) -> list[int]:
+    """The steps at which a GD run records (the one meaning of `record` in ntklab): an
+    int `n` -> about `n` steps spaced geometrically in [1, steps], plus 0 and `steps`;
+    a sequence -> exactly those steps (each within [0, steps])."""
+    if isinstance(record, (numbers.Integral, np.integer)) and not isinstance(record, bool):
+        count = positive_int(int(record), "record")
+        grid = np.unique(np.round(np.geomspace(1, max(steps, 1), count)).astype(int))
+        return sorted({0, steps, *map(int, grid)})
+    try:
+        values = sorted({int(s) for s in record})
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"record must be a count of steps or a list of steps, got {record!r}") from err
+    if not values or values[0] < 0 or values[-1] > steps:
+        raise ValueError(f"record must be a count or steps within [0, steps={steps}], got {record!r}")
+    return values
+
+
 def parse_memory(value: int | float | str | None, name: str = "max_memory") -> int:
     """Bytes from an int or a string such as "512MB", "4GiB" (None -> 2 GiB)."""
     if value is None:

@@ -2,15 +2,22 @@
 
 * `solve` / `kernel_regression`: interpolation alpha = K^-1 y and ridge
   alpha = (K + lambda I)^-1 y (lecture 21), by Cholesky (LU for indefinite kernels).
-* `gradient_descent`: GD on g(alpha) = ||K alpha - y||^2, grad g = 2 K (K alpha - y)
-  (lecture 21), or the same loss descended in function space (the RKHS
-  gradient, alpha <- alpha - 2 eta (K alpha - y)), recording alpha_t and f_t.
+* `gradient_descent_alpha`: GD on the coefficients of f = K alpha (lecture 21), or
+  the same loss descended in function space (the RKHS gradient), recording alpha_t
+  and f_t.
 * `gradient_descent_mse_ensemble`: mean and covariance of an infinite ensemble
   of infinitely wide networks trained by gradient flow on the MSE for time t
-  (Lee et al. 2019, eqs. in ../shared/notes/papers.md), with neural-tangents'
-  conventions: df/dt = -(lr / y_train.size) Theta (f - y), f_0 ~ GP(0, K_nngp),
+  (Lee et al. 2019, eqs. in ../shared/notes/papers.md), f_0 ~ GP(0, K_nngp),
   `diag_reg` relative to the mean diagonal of the train-train kernel, t=None
   for t = infinity.  One eigendecomposition per kernel serves all times.
+
+One learning-rate convention in all of ntklab (`train`, these predictions, GD on
+alpha), neural-tangents': `learning_rate` is the step of gradient descent on
+
+    L = ||f(X) - Y||^2 / (2 |Y|),      |Y| = y_train.size (samples x outputs),
+
+so gradient flow in function space reads df/dt = -(learning_rate / |Y|) Theta (f - Y),
+and the lecture's g(alpha) = ||K alpha - y||^2 with step eta is learning_rate = 2 |Y| eta.
 """
 from __future__ import annotations
 
@@ -22,7 +29,7 @@ import numpy as np
 import torch
 
 from ._validation import (DEFAULT_DTYPE, as_inputs, as_targets, as_tensor, one_of, positive,
-                          positive_int)
+                          input_dtype, positive_int, record_steps)
 from .arch.serial import Serial, canonical_get
 
 
@@ -104,7 +111,8 @@ class GradientDescentPath:
     """Iterates of kernel gradient descent, recorded at `steps`.
 
     alpha: [T, N, K]; f_train = K alpha_t: [T, N, K]; f_test = K_test alpha_t:
-    [T, N_test, K] (None without `k_test_train`); loss = ||K alpha - y||^2: [T]."""
+    [T, N_test, K] (None without `k_test_train`); loss = ||K alpha - y||^2 / (2 |y|): [T];
+    learning_rate: the step on that loss (ntklab's convention)."""
     steps: torch.Tensor
     alpha: torch.Tensor
     f_train: torch.Tensor
@@ -114,38 +122,42 @@ class GradientDescentPath:
     space: str
 
 
-def gradient_descent(k_train_train, y_train, *, steps: int, learning_rate: float | None = None,
-                     k_test_train=None, space: str = "alpha", alpha0=None,
-                     record: int | Sequence[int] = 1) -> GradientDescentPath:
-    """Minimize g(alpha) = ||K alpha - y||^2 by gradient descent.
+def gradient_descent_alpha(k_train_train, y_train, *, steps: int, learning_rate: float | None = None,
+                           k_test_train=None, space: str = "alpha", alpha0=None,
+                           record: int | Sequence[int] = 20) -> GradientDescentPath:
+    """Gradient descent on the coefficients alpha of f = K alpha for the loss
+    L(alpha) = ||K alpha - y||^2 / (2 |y|) (ntklab's convention, see the module
+    docstring; the lecture's g = ||K alpha - y||^2 is 2 |y| L), with c = learning_rate / |y|:
 
-    space="alpha":    alpha <- alpha - eta * 2 K (K alpha - y)          (lecture 21)
-                      so f_{t+1}(x) - f_t(x) = -2 eta sum_i (f_t - y)_i H(x, x_i)
+    space="alpha":    alpha <- alpha - c K (K alpha - y)                 (lecture 21)
+                      so f_{t+1}(x) - f_t(x) = -c sum_i (f_t - y)_i H(x, x_i)
                       with the tangent kernel in alpha, H(x, x') = sum_j K(x, x_j) K(x_j, x').
-    space="function": alpha <- alpha - eta * 2 (K alpha - y), gradient descent on
+    space="function": alpha <- alpha - c (K alpha - y), gradient descent on
                       f = <w, Phi(.)> in feature space, so the change is exactly
-                      -2 eta sum_i (f_t - y)_i K(x, x_i).
+                      -c sum_i (f_t - y)_i K(x, x_i) (the MSE dynamics of `train`).
     Both converge to alpha* = K^-1 y for positive definite K (and "alpha" for
-    any invertible symmetric K).  `record`: every `record`-th step (int) or the
-    listed steps (sequence); step 0 and the last step are always kept.  `learning_rate=None` takes the fastest stable
-    constant step, 1 / (l_max^2 + l_min^2) resp. 1 / (l_max + l_min), from K's
-    eigenvalues l (absolute values for "alpha").
+    any invertible symmetric K).  `record`: a count of geometrically spaced steps
+    or a list of steps (as in `train`).  `learning_rate=None` takes the fastest
+    stable constant step, 2 |y| / (l_max^2 + l_min^2) resp. 2 |y| / (l_max + l_min),
+    from K's eigenvalues l (absolute values for "alpha").
     """
     k = _square(k_train_train, "k_train_train")
     y, vector = as_targets(y_train, k.shape[0], "y_train", k.dtype, k.device)
     space = one_of(space, "space", ("alpha", "function"))
     steps = positive_int(steps, "steps")
+    size = y.numel()
     if learning_rate is None:
         evals = torch.linalg.eigvalsh(k)
         if space == "alpha":
             mags = evals.abs()
-            learning_rate = 1.0 / float(mags.max() ** 2 + mags.min() ** 2)
+            learning_rate = 2.0 * size / float(mags.max() ** 2 + mags.min() ** 2)
         else:
             if float(evals[0]) <= 0:
                 raise ValueError("space='function' needs a positive definite k_train_train; "
                                  "use space='alpha' for indefinite kernels")
-            learning_rate = 1.0 / float(evals[-1] + evals[0])
+            learning_rate = 2.0 * size / float(evals[-1] + evals[0])
     eta = positive(learning_rate, "learning_rate")
+    rate = eta / size
     k_td = None
     if k_test_train is not None:
         k_td = as_tensor(k_test_train, "k_test_train", dtype=k.dtype, device=k.device)
@@ -155,12 +167,7 @@ def gradient_descent(k_train_train, y_train, *, steps: int, learning_rate: float
     alpha = torch.zeros_like(y) if alpha0 is None else as_targets(
         alpha0, k.shape[0], "alpha0", k.dtype, k.device)[0].clone()
 
-    if isinstance(record, (int, np.integer)):
-        every = positive_int(record, "record")
-        recorded = set(range(0, steps + 1, every))
-    else:
-        recorded = {int(s) for s in record if 0 <= int(s) <= steps}
-    recorded = sorted(recorded | {0, steps})
+    recorded = record_steps(record, steps)
     wanted, alphas = set(recorded), []
     for step in range(steps + 1):
         if step in wanted:
@@ -168,10 +175,10 @@ def gradient_descent(k_train_train, y_train, *, steps: int, learning_rate: float
         if step == steps:
             break
         residual = k @ alpha - y
-        alpha -= 2 * eta * (k @ residual if space == "alpha" else residual)
+        alpha -= rate * (k @ residual if space == "alpha" else residual)
     alphas = torch.stack(alphas)
     f_train = k @ alphas
-    loss = (f_train - y).square().sum((1, 2))
+    loss = (f_train - y).square().sum((1, 2)) / (2 * size)
     f_test = None if k_td is None else k_td @ alphas
     if vector:
         alphas, f_train = alphas[..., 0], f_train[..., 0]
@@ -218,7 +225,7 @@ def _time_grid(t) -> tuple[torch.Tensor, tuple[int, ...]]:
 
 def gradient_descent_mse_ensemble(net_or_kernel_fn, x_train, y_train, *, learning_rate: float = 1.0,
                                   diag_reg: float = 0.0, diag_reg_absolute_scale: bool = False,
-                                  dtype: torch.dtype = DEFAULT_DTYPE, device=None):
+                                  dtype: torch.dtype | None = None, device=None):
     """Predictive mean (and covariance) of an infinite ensemble of infinitely wide
     networks trained by gradient flow on L = ||f(X) - Y||^2 / (2 |Y|) for time t.
 
@@ -233,6 +240,7 @@ def gradient_descent_mse_ensemble(net_or_kernel_fn, x_train, y_train, *, learnin
     """
     kernel = _kernel_callable(net_or_kernel_fn)
     images = getattr(net_or_kernel_fn, "takes_images", False)
+    dtype = input_dtype(x_train, dtype)
     x_train = as_inputs(x_train, "x_train", images=images, dtype=dtype, device=device)
     y, vector = as_targets(y_train, x_train.shape[0], "y_train", dtype, x_train.device)
     lr = positive(learning_rate, "learning_rate")

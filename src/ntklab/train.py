@@ -1,11 +1,15 @@
 """Gradient descent on a network with its tangent kernel tracked (lectures 20-22).
 
-`train` runs full-batch GD (`batch_size=None`) or mini-batch SGD on
+`train` runs full-batch GD (`batch_size=None`) or mini-batch SGD on the mean
+squared loss (ntklab's one convention, neural-tangents'; see `ntklab.predict`)
 
-    L(w) = 1/2 sum_i ||f(w; x_i) - y_i||^2,            w <- w - eta grad L_B(w),
+    L(w) = ||f(w; X) - Y||^2 / (2 |Y|),                 w <- w - eta grad L_B(w),
 
-where for a mini-batch B the loss is rescaled by N / |B| (an unbiased estimate
-of L, so `learning_rate` means the same for GD and SGD).  At the steps in
+with |Y| = y_train.size; for a mini-batch B, L_B is the same mean over the batch (an
+unbiased estimate of L, so `learning_rate` means the same for GD and SGD).  In
+function space the step is f <- f - (eta / |Y|) Theta (f - Y), exactly the
+discretization of `predict.gradient_descent_mse_ensemble` at the same
+`learning_rate`.  At the steps in
 `record` it stores train/test loss and error, the empirical NTK
 H_t(x, x') = <grad_w f(w_t; x), grad_w f(w_t; x')> on a probe set, the relative
 kernel change ||H_t - H_0||_F / ||H_0||_F and the relative weight change
@@ -14,7 +18,7 @@ kernel change ||H_t - H_0||_F / ||H_0||_F and the relative weight change
 The linearized model f_lin(x; w) = f(x; w_0) + J_0(x) (w - w_0) is trained
 alongside on the same batches with the same step.  Its gradient J_0^T r is
 constant in w, so its predictions evolve in function space exactly as
-    f_lin(x) <- f_lin(x) - eta (N/|B|) Theta_0(x, X_B) (f_lin(X_B) - y_B),
+    f_lin(x) <- f_lin(x) - (eta / |Y_B|) Theta_0(x, X_B) (f_lin(X_B) - y_B),
 with the empirical NTK Theta_0 at initialization (Lee et al. 2019, eq. 8-9);
 this is what is computed (no second copy of the weights is needed).
 """
@@ -29,7 +33,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._validation import as_targets, positive, positive_int
+from ._validation import as_targets, positive, positive_int, record_steps
 from .kernels.empirical import empirical_ntk
 from .kernels.model_inputs import model_input, select_parameters
 
@@ -47,17 +51,6 @@ class TrainingHistory:
         return np.array([row[name] for row in self.rows], dtype=float)
 
 
-def _record_steps(record, steps: int) -> list[int]:
-    if isinstance(record, (int, np.integer)) and not isinstance(record, bool):
-        count = positive_int(int(record), "record")
-        grid = np.unique(np.round(np.geomspace(1, max(steps, 1), count)).astype(int))
-        return sorted({0, steps, *map(int, grid)})
-    values = sorted({int(s) for s in record})
-    if not values or values[0] < 0 or values[-1] > steps:
-        raise ValueError(f"record must be a count or steps within [0, steps={steps}], got {record!r}")
-    return values
-
-
 def classification_error(prediction: torch.Tensor, target: torch.Tensor) -> float:
     """Sign disagreement for one output, arg-max disagreement for several."""
     if prediction.shape[1] == 1:
@@ -70,11 +63,13 @@ def train(model: nn.Module, x_train, y_train, *, steps: int, learning_rate: floa
           record: int | Sequence[int] = 20, params: Sequence[str] | None = None,
           track_kernel: bool = True, linearized: bool = True, seed: int = 0,
           max_memory: int | str | None = None, progress: bool | None = None) -> TrainingHistory:
-    """Train `model` in place by GD/SGD on 1/2 sum (f - y)^2 and record kernel drift.
+    """Train `model` in place by GD/SGD on ||f - y||^2 / (2 |y|) and record kernel drift.
 
+    `record`: a count of geometrically spaced steps, or a list of steps (as in
+    `predict.gradient_descent_alpha`).
     `x_probe` (default: up to 64 training points) is where the empirical NTK is
     tracked; `params` restricts training (and the kernel) to named parameters.
-    The rows hold: step, train_loss (1/2 sum of squares), train_mse, test_mse,
+    The rows hold: step, train_loss (the loss above), train_mse, test_mse,
     train_error, test_error, kernel_change, weight_change, and with
     `linearized`, lin_test_mse and lin_distance = ||f - f_lin||/||f_lin|| on x_test."""
     steps = int(steps)
@@ -94,7 +89,7 @@ def train(model: nn.Module, x_train, y_train, *, steps: int, learning_rate: floa
     if batch > n:
         raise ValueError(f"batch_size={batch} exceeds the {n} training samples")
     x_probe = x_train[:min(n, 64)] if x_probe is None else model_input(x_probe, "x_probe", reference)
-    record_at = _record_steps(record, steps)
+    record_at = record_steps(record, steps)
     generator = torch.Generator().manual_seed(seed)
 
     with torch.no_grad():
@@ -114,7 +109,7 @@ def train(model: nn.Module, x_train, y_train, *, steps: int, learning_rate: floa
     h0 = (empirical_ntk(model, x_probe, mode="trace", params=list(chosen), max_memory=max_memory,
                         progress=False) if track_kernel else None)
     history = TrainingHistory([], [], [], [])
-    loss_fn = lambda out, target: 0.5 * (out - target).square().sum()
+    loss_fn = lambda out, target: 0.5 * (out - target).square().mean()  # noqa: E731
 
     def snapshot(step: int) -> None:
         with torch.no_grad():
@@ -158,15 +153,14 @@ def train(model: nn.Module, x_train, y_train, *, steps: int, learning_rate: floa
             break
         index = (torch.arange(n) if batch == n else
                  torch.randperm(n, generator=generator)[:batch]).to(x_train.device)
-        scale = n / batch
         model.zero_grad(set_to_none=True)
         out = model(x_train[index]).reshape(len(index), -1)
-        loss = scale * loss_fn(out, y[index])
+        loss = loss_fn(out, y[index])
         grads = torch.autograd.grad(loss, list(chosen.values()))
         with torch.no_grad():
             for p, g in zip(chosen.values(), grads):
                 p.sub_(eta * g)
             if linearized:
                 residual = lin[index] - y[index]                      # [B, O]
-                lin -= eta * scale * torch.einsum("ijab,jb->ia", theta0[:, index], residual)
+                lin -= eta / residual.numel() * torch.einsum("ijab,jb->ia", theta0[:, index], residual)
     return history

@@ -11,6 +11,7 @@ ball, NTK of a 2-hidden-layer ReLU net), it
      where H is the tangent kernel of the parametrization: H(x, x') =
      sum_j K(x, x_j) K(x_j, x') for GD on alpha, and H = K for GD in feature
      space (the lecture's form; "-eta" there absorbs the loss's factor 2).
+eta is the lecture's step on g(alpha); ntklab's learning_rate (on g / (2 |y|)) is 2 |y| eta.
 """
 from __future__ import annotations
 
@@ -81,9 +82,9 @@ def study(task: RegressionTask, name: str, kernel, assume_psd: bool, space: str,
         row["note"] = "skipped: function-space GD needs a positive definite kernel"
         return row, {}
     # contraction factor per step in each eigendirection
-    path = predict.gradient_descent(k, y, steps=max_steps, k_test_train=k_test, space=space,
-                                    record=log_steps(max_steps))
-    eta = path.learning_rate
+    path = predict.gradient_descent_alpha(k, y, steps=max_steps, k_test_train=k_test, space=space,
+                                          record=log_steps(max_steps))
+    eta = path.learning_rate / (2 * y.numel())  # the lecture's step on g = ||K alpha - y||^2
     factor = 1 - 2 * eta * (evals ** 2 if space == "alpha" else evals)
     rate = float(factor.abs().max())
     steps = path.steps
@@ -226,7 +227,8 @@ Kernels: Gaussian exp(-||x-y||^2/r^2), ball 1{{||x-y|| < r}}, and the analytic N
    two points have the same neighbourhood; then (column `diag_reg`) the ridge solution
    (K + {RIDGE_IF_SINGULAR:g} mean(diag K) I)^-1 y replaces K^-1 y, and GD runs on that matrix.
 2. **GD on g(alpha) = ||K alpha - y||^2** with grad g = 2K(K alpha - y), at the fastest stable
-   constant step 1/(l_max^2 + l_min^2), for {config['max_steps']} steps: the relative distance
+   constant step eta = 1/(l_max^2 + l_min^2) (ntklab's `learning_rate`, on g / (2 |y|), is 2 |y| eta),
+   for {config['max_steps']} steps: the relative distance
    to K^-1 y follows the exact prediction |(I - 2 eta K^2)^t (alpha_0 - alpha*)| to
    {summary['max_dev_from_predicted_error']:.1e} (max over runs and steps);
    {summary['converged']}/{summary['runs']} runs reach {TOLERANCE:g}. Where a run does not,

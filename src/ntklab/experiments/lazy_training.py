@@ -6,7 +6,8 @@ infinite-width NTK prediction (Jacot et al. 2018; Lee et al. 2019).  For a
 one-hidden-layer ReLU net in the NTK parameterization,
     f(x) = W2 relu(W1 x / sqrt(d) + 0.1 b1) / sqrt(n) + 0.1 b2,
 made zero at initialization by the mirrored construction (`symmetric=True`),
-trained by full-batch GD on 1/2 sum (f - y)^2 with step eta = 1 / lambda_max(Theta)
+trained by full-batch GD on ||f - y||^2 / (2 |y|) with function-space step
+eta = learning_rate / |y| = 1 / lambda_max(Theta)
 on (1) digits parity and (2) a smooth target on the sphere, for widths n and
 several seeds, it measures against n:
 
@@ -88,19 +89,21 @@ def run_task(task: RegressionTask, cfg: dict, seed: int, bar) -> tuple[list[dict
     steps = steps_to_fit(evals, evecs, y, eta, cfg["max_steps"])
     record = sorted({0, steps, *np.unique(np.geomspace(1, steps, cfg["record"]).astype(int)).tolist()})
     times = torch.tensor(record, dtype=torch.float64)
-    # gradient flow of the infinite ensemble: nt's time t with loss / |y|, so lr = eta |y|
-    flow = predict.gradient_descent_mse_ensemble(analytic, x, y, learning_rate=eta * y.numel())
+    # one learning rate for all three (loss ||f - y||^2 / (2 |y|)): the function-space
+    # step f <- f - (lr / |y|) Theta (f - y) is eta = 1 / lambda_max
+    learning_rate = eta * y.numel()
+    flow = predict.gradient_descent_mse_ensemble(analytic, x, y, learning_rate=learning_rate)
     flow_test = flow(t=times, x_test=task.x_test, get="ntk")                 # [T, N_test]
     # the same discrete GD on the infinite-width model: f <- f - eta Theta (f - y)
     theta_test = analytic.kernel(task.x_test, x, get="ntk")
-    discrete = predict.gradient_descent(theta, y, steps=steps, learning_rate=eta / 2,
-                                        k_test_train=theta_test, space="function", record=record)
+    discrete = predict.gradient_descent_alpha(theta, y, steps=steps, learning_rate=learning_rate,
+                                              k_test_train=theta_test, space="function", record=record)
     step_rows, run_rows = [], []
     for width in cfg["widths"]:
         for s in range(cfg["seeds"]):
             model = architecture(width).module(in_shape=(x.shape[1],), seed=seed * 1000 + s,
                                                symmetric=True, dtype=torch.float64)
-            history = train(model, x, y, steps=steps, learning_rate=eta, x_test=task.x_test,
+            history = train(model, x, y, steps=steps, learning_rate=learning_rate, x_test=task.x_test,
                             y_test=task.y_test, x_probe=x[:cfg["probe"]], record=record,
                             progress=False)
             for i, row in enumerate(history.rows):
@@ -262,7 +265,7 @@ def run(out: RunFolder, *, seed: int = 0, quick: bool = False, device=None) -> d
     report = f"""# lazy-training: wide networks train lazily (lectures 21-22)
 
 One-hidden-layer ReLU nets, NTK parameterization, f(x; w0) = 0 by mirrored copies,
-full-batch GD on 1/2 sum (f - y)^2 with eta = 1/lambda_max(Theta); widths {cfg['widths']},
+full-batch GD on ||f - y||^2 / (2 |y|) with learning rate |y| / lambda_max(Theta) (function-space step eta = 1/lambda_max); widths {cfg['widths']},
 {cfg['seeds']} seed(s) each; Monte Carlo over {cfg['mc_seeds']} seeds for (e).
 Values are means over seeds at the last step (standard deviations in summary.csv).
 

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..fits import power_law
+from ..kernels.spectrum import inverse_largest_eigenvalue
 from ..report import RunFolder, markdown_table
 from ..studies import quadratic as Q
 from . import register
@@ -44,7 +45,7 @@ def _task(cfg: dict, seed: int):
 
 def _trained(cfg, eps, x, y, x_test):
     model = Q.random_model(cfg["d"], cfg["features"], eps, seed=cfg["seed_model"])
-    eta = 1.0 / float(torch.linalg.eigvalsh(model.kernel(x, x))[-1])
+    eta = inverse_largest_eigenvalue(model.kernel(x, x))
     W = Q.train_gd(model, x, y, learning_rate=eta, steps=cfg["steps"])[-1]
     residual = float((model.output(W, x) - y).abs().max())
     return model, eta, model.output(W, x_test), residual
