@@ -7,12 +7,12 @@ TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-all bench clean
+.PHONY: run test test-slow test-all test-floors bench clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet -e ".[all,test]"
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -21,8 +21,19 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m "slow or not slow"
+
+# the fast suite against the dependency floors of pyproject.toml (requirements/floors.txt)
+test-floors:
+	$(PYTHON) -m venv .venv-floors
+	.venv-floors/bin/pip install --quiet "$(TORCH)"
+	.venv-floors/bin/pip install --quiet -r requirements/floors.txt
+	.venv-floors/bin/pip install --quiet --no-deps -e . && .venv-floors/bin/pip install --quiet pytest
+	.venv-floors/bin/python -m pytest -q
 
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e ".[bench]"
@@ -31,4 +42,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_cntk.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) .venv-floors runs .pytest_cache

@@ -63,3 +63,27 @@ def test_kernel_command_matches_python_api(tmp_path):
     bad = CliRunner().invoke(main, ["kernel", "--arch", arch, "--x1", str(tmp_path / "missing.npy"),
                                     "--out", str(tmp_path / "k2.npz")])
     assert bad.exit_code != 0 and "does not exist" in bad.output and not (tmp_path / "k2.npz").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(experiments.REGISTRY))
+def test_every_experiment_writes_the_scaffold_files(name, tmp_path):
+    """One scaffold: config.json with provenance, summary.json, metrics.csv, a figure, report.md."""
+    out = tmp_path / name
+    summary = experiments.run(name, out, seed=1, quick=True, device="auto")
+    for file in ("config.json", "summary.json", "metrics.csv", "report.md"):
+        assert (out / file).is_file(), file
+    assert list((out / "figures").glob("*.png"))
+    config = json.loads((out / "config.json").read_text())
+    assert config["experiment"] == name and config["seed"] == 1 and config["quick"] is True
+    assert config["provenance"]["versions"]["torch"] and config["provenance"]["machine"]["cpus"]
+    assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary, default=str))
+
+
+def test_a_device_an_experiment_cannot_honour_is_refused(tmp_path):
+    for name, experiment in experiments.REGISTRY.items():
+        if "meta" not in experiment.devices:
+            with pytest.raises(ValueError, match=f"experiment '{name}' runs on .* only, not --device meta"):
+                experiments.run(name, tmp_path / name, quick=True, device="meta")
+    assert list(tmp_path.iterdir()) == []
+    assert experiments.REGISTRY["cntk-table"].devices == ("cpu", "cuda")

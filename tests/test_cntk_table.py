@@ -61,6 +61,7 @@ def test_cifar10_bad_folders_are_refused(cifar_dir, tmp_path_factory):
         image_task("mnist", None, None, seed=0, defaults=(10, 10))
 
 
+@pytest.mark.slow
 def test_quick_cntk_table_runs_end_to_end(tmp_path):
     out = tmp_path / "run"
     summary = experiments.run("cntk-table", out, seed=0, quick=True)

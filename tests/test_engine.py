@@ -64,6 +64,7 @@ def _cli(*args):
     return [sys.executable, "-m", "ntklab.cli", "kernel", *args]
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_matrix(tmp_path):
     """Kill `ntklab kernel --out K.zarr` after a few tiles, run it again: finished
     tiles are kept and the matrix equals an uninterrupted run's, bit for bit."""
@@ -97,6 +98,7 @@ def test_killed_run_resumes_to_the_same_matrix(tmp_path):
         np.testing.assert_array_equal(KernelStore.open(path).load(name), uninterrupted.load(name))
 
 
+@pytest.mark.slow
 def test_dask_local_cluster_and_processes_give_the_local_result(tmp_path):
     distributed = pytest.importorskip("distributed")
     x1, x2 = images(14), images(5, seed=2)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+import ntklab as nk
 from ntklab.fits import power_law
 from ntklab.studies import finite_width as F
 
@@ -14,10 +15,11 @@ def _inputs():
     return x / x.norm(dim=1, keepdim=True) * math.sqrt(8)
 
 
+@pytest.mark.slow
 def test_relative_variance_of_the_ntk_grows_like_depth_over_width():
     x = _inputs()
     points = [(1, 16), (1, 64), (4, 16), (4, 64), (2, 32)]
-    stats = {p: F.ntk_statistics(F.mlp(*p), x, 64) for p in points}
+    stats = {p: F.ntk_statistics(nk.mlp(*p, **F.CRITICAL_RELU), x, 64) for p in points}
     ratio = np.array([L / n for L, n in points])
     variance = np.array([stats[p]["relative_variance"] for p in points])
     slope, _ = power_law(ratio, variance)
@@ -32,4 +34,4 @@ def test_relative_variance_of_the_ntk_grows_like_depth_over_width():
 
 def test_statistics_need_two_seeds():
     with pytest.raises(ValueError, match="seeds must be >= 2"):
-        F.ntk_statistics(F.mlp(1, 8), _inputs(), 1)
+        F.ntk_statistics(nk.mlp(1, 8, **F.CRITICAL_RELU), _inputs(), 1)

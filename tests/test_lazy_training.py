@@ -2,9 +2,12 @@
 import csv
 import json
 
+import pytest
+
 from ntklab import experiments
 
 
+@pytest.mark.slow
 def test_quick_run_shows_lazy_training(tmp_path):
     out = tmp_path / "lazy"
     experiments.run("lazy-training", out, quick=True)

@@ -25,6 +25,7 @@ def relative_error(a, b):
     return float((a - b).norm() / b.norm())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("parameterization", ["ntk", "standard"])
 def test_nngp_of_wide_network_matches_analytic(parameterization):
     """Covariance of 2048 iid output units of width-2048 nets, over 8 seeds ~ NNGP

@@ -10,8 +10,10 @@ import csv
 import io
 import json
 import os
+import platform
 import shutil
 import tempfile
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -34,10 +36,30 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def provenance(device=None) -> dict[str, Any]:
+    """Versions and machine of a run (written into every run's config.json)."""
+    import torch
+
+    versions = {}
+    for package in ("ntklab", "torch", "numpy", "scipy", "scikit-learn", "matplotlib", "zarr"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    machine = {"python": platform.python_version(), "platform": platform.platform(),
+               "processor": platform.machine(), "cpus": os.cpu_count(),
+               "torch_threads": torch.get_num_threads()}
+    if device is not None and getattr(device, "type", None) == "cuda":
+        machine["gpu"] = torch.cuda.get_device_name(device)
+    return {"versions": versions, "machine": machine}
+
+
 class RunFolder:
-    """Context manager collecting a run's outputs; `out` appears only on success."""
+    """Context manager collecting a run's outputs; `out` appears only on success.
+    `config` collects the run's settings (written to config.json by the scaffold)."""
 
     def __init__(self, out: str | Path, *, overwrite: bool = False):
+        self.config: dict[str, Any] = {}
         self.out = Path(out)
         if self.out.exists() and not overwrite:
             raise ValueError(f"--out {str(self.out)!r} already exists; choose another folder "

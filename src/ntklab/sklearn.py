@@ -20,7 +20,7 @@ from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .arch import Dense, Relu, Serial, serial
+from .arch import Serial, mlp
 from .arch.spec import parse_architecture
 from .predict import gradient_descent_mse_ensemble
 
@@ -29,8 +29,7 @@ __all__ = ["NNGPRegressor", "NTKClassifier", "NTKRegressor"]
 
 def default_architecture() -> Serial:
     """Two hidden ReLU layers, NTK parameterization (the widths do not enter the kernels)."""
-    return serial(Dense(512, W_std=1.5, b_std=0.05), Relu(), Dense(512, W_std=1.5, b_std=0.05),
-                  Relu(), Dense(1, W_std=1.5, b_std=0.05))
+    return mlp(2, 512, W_std=1.5, b_std=0.05)
 
 
 def resolve_architecture(architecture) -> Serial:

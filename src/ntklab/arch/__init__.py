@@ -2,6 +2,7 @@
 
 `LAYERS` is the one registry of public layers: the `--arch` grammar, `ntklab.__all__`
 and this package's `__all__` are derived from it."""
+from .builders import mlp
 from .activations import Abs, ABRelu, Activation, Erf, Gelu, LeakyRelu, Relu, Sigmoid_like, Sign
 from .conv import Conv, Flatten, GlobalAvgPool
 from .dense import Affine, Dense
@@ -14,6 +15,6 @@ LAYERS: dict[str, type[Layer]] = {cls.__name__: cls for cls in (
     Dense, Conv, Flatten, GlobalAvgPool,
     Relu, LeakyRelu, ABRelu, Abs, Erf, Sigmoid_like, Sign, Gelu, Tanh, Sigmoid, Elementwise)}
 
-PUBLIC = [*LAYERS, "Kernel", "Serial", "serial"]
+PUBLIC = [*LAYERS, "Kernel", "Serial", "mlp", "serial"]
 
 __all__ = [*PUBLIC, "Activation", "Affine", "KernelState", "LAYERS", "Layer", "SymmetricModule"]

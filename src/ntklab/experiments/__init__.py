@@ -1,26 +1,38 @@
-"""Reproducible experiments, registered by name (`ntklab list`, `ntklab run NAME`)."""
+"""Reproducible experiments, registered by name (`ntklab list`, `ntklab run NAME`).
+
+One scaffold for all of them: an experiment is `run(folder, *, seed, quick, device,
+**options) -> summary`, registered with the devices it can use.  `run(name, out, ...)`
+validates the device and the options, opens the atomic run folder, and writes what
+every run has: `config.json` (the scaffold's settings, what the experiment put in
+`folder.config`, and the provenance: versions and machine) and `summary.json` (the
+returned summary); the experiment writes `metrics.csv`, `figures/*.png` and
+`report.md`."""
 from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..report import RunFolder
+import torch
+
+from .._validation import resolve_device
+from ..report import RunFolder, provenance
 
 
 @dataclass(frozen=True)
 class Experiment:
     name: str
     summary: str
-    run: Callable[..., dict[str, Any]]  # run(out: RunFolder, *, seed, quick, device) -> summary
+    run: Callable[..., dict[str, Any]]  # run(folder, *, seed, quick, device, **options) -> summary
+    devices: tuple[str, ...] = ("cpu",)  # device types the experiment honours end to end
 
 
 REGISTRY: dict[str, Experiment] = {}
 
 
-def register(name: str, summary: str):
+def register(name: str, summary: str, *, devices: tuple[str, ...] = ("cpu",)):
     def decorate(fn):
-        REGISTRY[name] = Experiment(name, summary, fn)
+        REGISTRY[name] = Experiment(name, summary, fn, devices)
         return fn
     return decorate
 
@@ -30,6 +42,20 @@ def get(name: str) -> Experiment:
         raise ValueError(f"unknown experiment {name!r}; available: {', '.join(sorted(REGISTRY))} "
                          f"(see `ntklab list`)")
     return REGISTRY[name]
+
+
+def experiment_device(experiment: Experiment, device: str | None) -> torch.device | str:
+    """The device the experiment runs on: `None` -> CPU; "auto" -> CPU for a CPU-only
+    experiment, else kept as "auto" (resolved where the work runs: CUDA when available,
+    e.g. on each Dask worker); an explicit device the experiment cannot honour is
+    refused (never silently ignored)."""
+    if device == "auto":
+        return "auto" if "cuda" in experiment.devices else torch.device("cpu")
+    resolved = resolve_device(device)
+    if resolved.type not in experiment.devices:
+        raise ValueError(f"experiment {experiment.name!r} runs on {' or '.join(experiment.devices)} "
+                         f"only, not --device {device}; drop --device (or use --device auto)")
+    return resolved
 
 
 def run(name: str, out, *, seed: int = 0, quick: bool = False, device: str | None = None,
@@ -45,8 +71,14 @@ def run(name: str, out, *, seed: int = 0, quick: bool = False, device: str | Non
     if unknown:
         flags = ", ".join("--" + key.replace("_", "-") for key in unknown)
         raise ValueError(f"experiment {name!r} does not take {flags}")
+    resolved = experiment_device(experiment, device)
     with RunFolder(out, overwrite=overwrite) as folder:
-        return experiment.run(folder, seed=seed, quick=quick, device=device, **options)
+        folder.config.update({"experiment": name, "seed": seed, "quick": quick,
+                              "device": str(resolved), **options})
+        summary = experiment.run(folder, seed=seed, quick=quick, device=resolved, **options)
+        folder.write_json("config.json", {**folder.config, "provenance": provenance(resolved)})
+        folder.write_json("summary.json", summary)
+        return summary
 
 
 from . import kernel_gd  # noqa: E402,F401  (registers itself)

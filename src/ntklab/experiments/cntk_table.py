@@ -23,19 +23,18 @@ spreads the tiles over a Dask cluster.  Default data: scikit-learn's digits as
 from __future__ import annotations
 
 import math
-import platform
 import time
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
 
-from .. import __version__
 from .. import arch as nk
 from .. import predict
 from ..data import ImageTask, image_task
 from ..kernels.spectrum import inverse_largest_eigenvalue
 from ..kernels.engine import compute_kernel
+from .._validation import resolve_device
 from ..report import RunFolder, markdown_table
 from ..train import train
 from . import register
@@ -104,18 +103,19 @@ def cntk_accuracy(task: ImageTask, arch: nk.Serial, stores: Path, name: str, cfg
 
 
 def cnn_accuracy(task: ImageTask, arch: nk.Serial, cfg: dict, seed: int, device) -> tuple[float, dict]:
+    device = resolve_device(device)
     """Train the finite network by SGD; returns final test accuracy and details."""
     start = time.perf_counter()
     model = arch.module(tuple(task.x_train.shape[1:]), seed=seed, dtype=torch.float32,
                         device=device)
-    x_train, x_test = task.x_train.float(), task.x_test.float()
-    y_train = one_hot(task.y_train, task.n_classes).float()
+    x_train, x_test = task.x_train.float().to(device), task.x_test.float().to(device)
+    y_train = one_hot(task.y_train, task.n_classes).float().to(device)
     # loss ||f - y||^2 / (2 |y|): learning rate |y| / lambda_max is the function-space step 1 / lambda_max
     eta = y_train.numel() * inverse_largest_eigenvalue(model, x_train)
     steps = cfg["epochs"] * math.ceil(len(x_train) / cfg["batch_size"])
     history = train(model, x_train, y_train, steps=steps,
                     learning_rate=eta, batch_size=cfg["batch_size"], x_test=x_test,
-                    y_test=one_hot(task.y_test, task.n_classes).float(), record=2,
+                    y_test=one_hot(task.y_test, task.n_classes).float().to(device), record=2,
                     track_kernel=False, linearized=False, seed=seed, progress=False)
     last = history.rows[-1]
     return 1.0 - last["test_error"], {"train_accuracy": 1.0 - last["train_error"],
@@ -141,8 +141,9 @@ def orderings(table: dict[int, dict[str, float]]) -> list[dict]:
     return rows
 
 
-@register("cntk-table", "Arora et al. 2019 / lecture 22: CNN vs CNTK, vanilla and GAP, depths 3-21")
-def run(folder: RunFolder, *, seed: int, quick: bool, device: str | None, data: str = "digits",
+@register("cntk-table", "Arora et al. 2019 / lecture 22: CNN vs CNTK, vanilla and GAP, depths 3-21",
+          devices=("cpu", "cuda"))
+def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device | str, data: str = "digits",
         train_size: int | None = None, test_size: int | None = None, scheduler: str | None = None,
         workers: int | None = None) -> dict:
     cfg = settings(quick)
@@ -178,11 +179,9 @@ def run(folder: RunFolder, *, seed: int, quick: bool, device: str | None, data: 
     n_test = len(task.y_test)
     stderr = 100 * math.sqrt(0.25 / n_test)
     figure = _figure(folder, table, task.name)
-    config = {"experiment": "cntk-table", "seed": seed, "quick": quick, "data": data,
-              "task": task.description, **cfg, "train_size": len(task.y_train),
-              "test_size": n_test, "scheduler": scheduler or "local", "kernel_stores": str(stores),
-              "ntklab": __version__, "torch": torch.__version__, "python": platform.python_version()}
-    folder.write_json("config.json", config)
+    folder.config.update({"data": data, "task": task.description, **cfg, "train_size": len(task.y_train),
+                          "test_size": n_test, "scheduler": scheduler or "local",
+                          "kernel_stores": str(stores)})
     folder.write_text("report.md", _report(task, cfg, rows, order_rows, metrics, figure, stderr,
                                            seconds, stores))
     return {"test_accuracy_percent": {d: {c: round(100 * table[d][c], 2) for c in COLUMNS}

@@ -6,7 +6,6 @@ with fitted log-log slopes (theory: relative variance proportional to L/n)."""
 from __future__ import annotations
 
 import math
-import platform
 import time
 
 import matplotlib.pyplot as plt
@@ -14,7 +13,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .. import __version__
+from .. import arch as nk
 from ..fits import power_law
 from ..report import RunFolder, markdown_table
 from ..studies import finite_width as F
@@ -29,7 +28,7 @@ def settings(quick: bool) -> dict:
 
 
 @register("finite-width", "Roberts-Yaida-Hanin: NTK fluctuations of deep MLPs scale with L/n")
-def run(folder: RunFolder, *, seed: int, quick: bool, device: str | None) -> dict:
+def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device) -> dict:
     cfg = settings(quick)
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(cfg["inputs"], cfg["d"], generator=g, dtype=torch.float64)
@@ -38,7 +37,7 @@ def run(folder: RunFolder, *, seed: int, quick: bool, device: str | None) -> dic
     rows = []
     for depth, width in tqdm([(L, n) for L in cfg["depths"] for n in cfg["widths"]],
                              desc="finite-width", unit="net"):
-        stats = F.ntk_statistics(F.mlp(depth, width), x, cfg["seeds"], first_seed=seed * 100_000)
+        stats = F.ntk_statistics(nk.mlp(depth, width, **F.CRITICAL_RELU), x, cfg["seeds"], first_seed=seed * 100_000)
         rows.append({"depth": depth, "width": width, "L_over_n": depth / width, **stats})
     seconds = time.perf_counter() - started
     ratio = np.array([r["L_over_n"] for r in rows])
@@ -53,9 +52,7 @@ def run(folder: RunFolder, *, seed: int, quick: bool, device: str | None) -> dic
     folder.write_csv("metrics.csv", rows)
     folder.write_json("fits.json", fits)
     figure = _figure(folder, rows, slope, constant)
-    folder.write_json("config.json", {"experiment": "finite-width", "seed": seed, "quick": quick,
-                                      **cfg, "ntklab": __version__, "torch": torch.__version__,
-                                      "python": platform.python_version()})
+    folder.config.update(cfg)
     table = [{"L": r["depth"], "n": r["width"], "L/n": round(r["L_over_n"], 4),
               "Var/E^2 (diag)": f"{r['relative_variance']:.4f} ± {r['relative_variance_se']:.4f}",
               "|E - inf| / scale": f"{r['mean_deviation']:.4f} ± {r['mean_deviation_se']:.4f}"}

@@ -16,7 +16,6 @@ eta is the lecture's step on g(alpha); ntklab's learning_rate (on g / (2 |y|)) i
 from __future__ import annotations
 
 import math
-import platform
 import time
 
 import matplotlib.pyplot as plt
@@ -24,11 +23,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .. import __version__
 from .. import arch as nk
 from .. import kernels
 from .. import predict
-from .._validation import resolve_device
 from ..data import RegressionTask, regression_1d, regression_sphere
 from ..report import RunFolder, markdown_table
 from . import register
@@ -38,9 +35,7 @@ RIDGE_IF_SINGULAR = 1e-2  # relative ridge used only when K is exactly singular
 
 
 def ntk_net(b_std: float) -> nk.Serial:
-    return nk.serial(nk.Dense(512, W_std=1.5, b_std=b_std), nk.Relu(),
-                     nk.Dense(512, W_std=1.5, b_std=b_std), nk.Relu(),
-                     nk.Dense(1, W_std=1.5, b_std=b_std))
+    return nk.mlp(2, 512, W_std=1.5, b_std=b_std)
 
 
 def kernel_suite(task: RegressionTask, radius: float):
@@ -173,15 +168,13 @@ def plot_convergence(all_curves: dict) -> plt.Figure:
 
 @register("kernel-gd", "Lecture 21: kernel regression, GD on alpha -> K^-1 y, "
                        "the one-step function-space identity; Gaussian, ball and NTK kernels")
-def run(out: RunFolder, *, seed: int = 0, quick: bool = False, device: str | None = None) -> dict:
+def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device) -> dict:
+    out = folder
     start = time.perf_counter()
-    resolve_device(device)  # validated; these small problems run on the CPU
-    config = {"experiment": "kernel-gd", "seed": seed, "quick": quick,
-              "n_train_1d": 8 if quick else 12, "n_train_sphere": 16 if quick else 40, "d": 5,
+    config = {"n_train_1d": 8 if quick else 12, "n_train_sphere": 16 if quick else 40, "d": 5,
               "radius_1d": 0.6, "radius_sphere": 1.5, "max_steps": 3000 if quick else 200000,
               "ntk": "Dense(512, W_std=1.5, b_std=1.0), Relu, Dense(512, ...), Relu, Dense(1, ...)",
-              "tolerance": TOLERANCE, "ntklab": __version__, "torch": torch.__version__,
-              "python": platform.python_version()}
+              "tolerance": TOLERANCE}
     tasks = [(regression_1d(config["n_train_1d"], seed=seed), config["radius_1d"]),
              (regression_sphere(config["n_train_sphere"], config["d"], seed=seed),
               config["radius_sphere"])]
@@ -198,7 +191,7 @@ def run(out: RunFolder, *, seed: int = 0, quick: bool = False, device: str | Non
         task_1d, {name: c for (t, name, sp), c in all_curves.items() if t == task_1d.name
                   and sp == "alpha"}))
     figures["convergence"] = out.save_figure("convergence", plot_convergence(all_curves))
-    out.write_json("config.json", config)
+    out.config.update(config)
     out.write_csv("metrics.csv", rows)
     ran = [r for r in rows if "identity_max_rel_dev" in r]
     summary = {
@@ -209,7 +202,6 @@ def run(out: RunFolder, *, seed: int = 0, quick: bool = False, device: str | Non
         "max_dev_from_predicted_error": max(r["max_dev_from_predicted_error"] for r in ran),
         "seconds": time.perf_counter() - start,
     }
-    out.write_json("summary.json", summary)
     columns = ["task", "kernel", "space", "psd", "diag_reg", "learning_rate", "final_rel_error",
                "steps_needed_by_theory", "max_dev_from_predicted_error", "identity_max_rel_dev",
                "lecture_form_with_K_max_rel_dev", "interp_test_mse"]

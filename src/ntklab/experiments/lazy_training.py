@@ -28,7 +28,6 @@ Slopes are least-squares fits of log(quantity) on log(n).
 from __future__ import annotations
 
 import math
-import platform
 import time
 
 import matplotlib.pyplot as plt
@@ -36,7 +35,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .. import __version__
 from .. import arch as nk
 from .. import predict
 from ..data import RegressionTask, digits_parity, regression_sphere
@@ -50,8 +48,7 @@ LOSS_FRACTION = 1e-3   # train until the infinite-width model's loss is this fra
 
 
 def architecture(width: int) -> nk.Serial:
-    return nk.serial(nk.Dense(width, W_std=math.sqrt(2), b_std=0.1), nk.Relu(),
-                     nk.Dense(1, W_std=1.0, b_std=0.1))
+    return nk.mlp(1, width, W_std=math.sqrt(2), b_std=0.1, readout_W_std=1.0)
 
 
 def settings(quick: bool) -> dict:
@@ -226,7 +223,8 @@ def plot_dynamics(step_rows: list[dict], tasks: list[str]) -> plt.Figure:
 
 @register("lazy-training", "wide nets train lazily: kernel drift ~ n^-1/2 and convergence to the "
                            "NTK prediction (lectures 21-22)")
-def run(out: RunFolder, *, seed: int = 0, quick: bool = False, device=None) -> dict:
+def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device) -> dict:
+    out = folder
     start = time.perf_counter()
     cfg = settings(quick)
     tasks = [digits_parity(cfg["n_train"], n_test=cfg["n_test"], seed=seed),
@@ -244,11 +242,8 @@ def run(out: RunFolder, *, seed: int = 0, quick: bool = False, device=None) -> d
     figures = {"scaling": out.save_figure("scaling", plot_scaling(summary, fits)),
                "dynamics": out.save_figure("dynamics", plot_dynamics(step_rows, names))}
     seconds = time.perf_counter() - start
-    config = {"experiment": "lazy-training", "seed": seed, "quick": quick, **cfg,
-              "architecture": repr(architecture(cfg["widths"][0])).replace(str(cfg["widths"][0]), "n", 1),
-              "tasks": {t.name: t.description for t in tasks}, "schedules": infos,
-              "ntklab": __version__, "torch": torch.__version__, "python": platform.python_version()}
-    out.write_json("config.json", config)
+    folder.config.update({**cfg, "architecture": repr(architecture(cfg["widths"][0])).replace(
+        str(cfg["widths"][0]), "n", 1), "tasks": {t.name: t.description for t in tasks}, "schedules": infos})
     out.write_csv("metrics.csv", step_rows)
     out.write_csv("summary.csv", summary)
     out.write_csv("monte_carlo_ntk.csv", mc_rows)

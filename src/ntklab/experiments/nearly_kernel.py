@@ -11,7 +11,6 @@ with a grid search of the trained models' test loss over signed eps.
 """
 from __future__ import annotations
 
-import platform
 import time
 
 import matplotlib.pyplot as plt
@@ -19,7 +18,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .. import __version__
 from ..fits import power_law
 from ..kernels.spectrum import inverse_largest_eigenvalue
 from ..report import RunFolder, markdown_table
@@ -52,7 +50,7 @@ def _trained(cfg, eps, x, y, x_test):
 
 
 @register("nearly-kernel", "Roberts-Yaida-Hanin: quadratic models vs kernel (O(eps)) and nearly-kernel (O(eps^2)) predictions, eps*")
-def run(folder: RunFolder, *, seed: int, quick: bool, device: str | None) -> dict:
+def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device) -> dict:
     cfg = settings(quick)
     x, y, x_test, y_test = _task(cfg, seed)
     started = time.perf_counter()
@@ -98,9 +96,7 @@ def run(folder: RunFolder, *, seed: int, quick: bool, device: str | None) -> dic
     folder.write_csv("eps_search.csv", [{"eps": float(e), "test_loss": l} for e, l in zip(search, losses)])
     folder.write_json("fits.json", fits)
     figure = _figure(folder, rows, search, losses, eps_star)
-    folder.write_json("config.json", {"experiment": "nearly-kernel", "seed": seed, "quick": quick, **cfg,
-                                      "ntklab": __version__, "torch": torch.__version__,
-                                      "python": platform.python_version()})
+    folder.config.update(cfg)
     table = [{k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows]
     warning = (f"**Warning:** at eps >= {min(large)} the nearly-kernel correction is no longer small "
                f"(its error exceeds half the kernel's): the expansion in eps is not to be trusted there."

@@ -14,14 +14,12 @@ Also the alignment of Algorithm 1's first layer with span(u).
 """
 from __future__ import annotations
 
-import platform
 import time
 
 import matplotlib.pyplot as plt
 import torch
 from tqdm.auto import tqdm
 
-from .. import __version__
 from ..report import RunFolder, grouped, markdown_table, mean_std
 from ..studies import representation as R
 from . import register
@@ -70,7 +68,7 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 
 @register("sample-complexity", "Damian-Lee-Soltanolkotabi: Algorithm 1 vs random features vs NTK, loss vs n")
-def run(folder: RunFolder, *, seed: int, quick: bool, device: str | None) -> dict:
+def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device) -> dict:
     cfg = settings(quick)
     started = time.perf_counter()
     rows = []
@@ -82,10 +80,7 @@ def run(folder: RunFolder, *, seed: int, quick: bool, device: str | None) -> dic
     folder.write_csv("metrics.csv", rows)
     folder.write_csv("summary.csv", summary)
     figure = _figure(folder, summary, cfg)
-    folder.write_json("config.json", {"experiment": "sample-complexity", "seed": seed,
-                                      "quick": quick, **cfg, "ntklab": __version__,
-                                      "torch": torch.__version__,
-                                      "python": platform.python_version()})
+    folder.config.update(cfg)
     folder.write_text("report.md", _report(cfg, summary, figure, seconds))
     return {"seconds": round(seconds, 1),
             "mean_test_loss": {f"{e['method']} n={e['n']}": round(e["mean_loss"], 4) for e in summary}}

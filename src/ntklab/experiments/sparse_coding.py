@@ -9,7 +9,6 @@ of the same size, a baseline), and the parameter counts kN + md against dN.
 """
 from __future__ import annotations
 
-import platform
 import time
 
 import matplotlib.pyplot as plt
@@ -18,7 +17,6 @@ import torch
 from sklearn.linear_model import orthogonal_mp
 from tqdm.auto import tqdm
 
-from .. import __version__
 from ..report import RunFolder, markdown_table
 from ..studies import sparse_coding as S
 from . import register
@@ -39,7 +37,7 @@ def _omp_error(x: np.ndarray, atoms: np.ndarray, k: int) -> float:
 
 
 @register("sparse-coding", "Lecture 22: dictionary learning recovers a planted sparse basis; kN + md vs dN")
-def run(folder: RunFolder, *, seed: int, quick: bool, device: str | None) -> dict:
+def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device) -> dict:
     cfg = settings(quick)
     started = time.perf_counter()
     rows = []
@@ -71,9 +69,7 @@ def run(folder: RunFolder, *, seed: int, quick: bool, device: str | None) -> dic
     folder.write_csv("metrics.csv", rows)
     folder.write_csv("table.csv", table)
     figure = _figure(folder, table, cfg)
-    folder.write_json("config.json", {"experiment": "sparse-coding", "seed": seed, "quick": quick,
-                                      **cfg, "ntklab": __version__, "torch": torch.__version__,
-                                      "python": platform.python_version()})
+    folder.config.update(cfg)
     folder.write_text("report.md", "\n".join([
         "# Sparse coding: recovering a planted dictionary (lecture 22)", "",
         f"d = {cfg['d']}, N = {cfg['n']} samples x = sum_j alpha_j v_j + noise (std {cfg['noise']}/sqrt(d) "

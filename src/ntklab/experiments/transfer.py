@@ -13,7 +13,6 @@ d^1 the features carry no information and fine-tuning behaves like a kernel meth
 """
 from __future__ import annotations
 
-import platform
 import time
 
 import matplotlib.pyplot as plt
@@ -21,7 +20,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .. import __version__
 from ..report import RunFolder, grouped, markdown_table, mean_std
 from ..studies import representation as R
 from . import register
@@ -73,7 +71,7 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 
 @register("transfer", "Damian-Lee-Soltanolkotabi: pretrain W on f*, fit the head on a new task, loss vs N")
-def run(folder: RunFolder, *, seed: int, quick: bool, device: str | None) -> dict:
+def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device) -> dict:
     cfg = settings(quick)
     started = time.perf_counter()
     rows = []
@@ -84,9 +82,7 @@ def run(folder: RunFolder, *, seed: int, quick: bool, device: str | None) -> dic
     folder.write_csv("metrics.csv", rows)
     folder.write_csv("summary.csv", summary)
     figure = _figure(folder, summary, cfg)
-    folder.write_json("config.json", {"experiment": "transfer", "seed": seed, "quick": quick, **cfg,
-                                      "ntklab": __version__, "torch": torch.__version__,
-                                      "python": platform.python_version()})
+    folder.config.update(cfg)
     folder.write_text("report.md", _report(cfg, rows, summary, figure, seconds))
     return {"seconds": round(seconds, 1),
             "mean_test_loss": {f"{e['method']}, N={e['N']}": round(e["mean_loss"], 4) for e in summary}}

@@ -21,12 +21,8 @@ from .._validation import positive_int
 from ..kernels.empirical import empirical_ntk
 
 
-def mlp(depth: int, width: int, *, W_std: float = math.sqrt(2.0), b_std: float = 0.0) -> nk.Serial:
-    """`depth` hidden ReLU layers of `width` units and one output, NTK parameterization."""
-    layers = []
-    for _ in range(positive_int(depth, "depth")):
-        layers += [nk.Dense(positive_int(width, "width"), W_std, b_std), nk.Relu()]
-    return nk.serial(*layers, nk.Dense(1, W_std, b_std))
+CRITICAL_RELU = {"W_std": math.sqrt(2.0), "b_std": 0.0}
+"""`nk.mlp(depth, width, **CRITICAL_RELU)`: ReLU MLPs at criticality (biases initialized at zero)."""
 
 
 def ntk_statistics(arch: nk.Serial, x: torch.Tensor, seeds: int, *, first_seed: int = 0) -> dict:

@@ -298,7 +298,7 @@ def _train_head(x_fit, residual, x_val, y_val, alpha, beta, W, b, steps, ridges)
 
 def ntk_architecture() -> nk.Serial:
     """The two-layer ReLU network's NTK (NTK parameterization: w . x / sqrt(d), b ~ N(0, 1))."""
-    return nk.serial(nk.Dense(1, W_std=1.0, b_std=1.0), nk.Relu(), nk.Dense(1, W_std=1.0, b_std=0.0))
+    return nk.mlp(1, 1, W_std=1.0, b_std=1.0, readout_b_std=0.0)
 
 
 def ntk_regression(x: torch.Tensor, y: torch.Tensor, *, ridges: Sequence[float] = RIDGES,

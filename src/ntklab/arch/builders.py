@@ -1,0 +1,28 @@
+"""Architecture builders for the shapes the experiments and estimators use."""
+from __future__ import annotations
+
+from .._validation import positive_int
+from .activations import Relu
+from .dense import Dense
+from .layer import Layer
+from .serial import Serial, serial
+
+_SAME = object()
+
+
+def mlp(depth: int, width: int, *, W_std: float = 1.0, b_std: float | None = None,
+        activation: Layer | None = None, out: int = 1, readout_W_std: float = _SAME,
+        readout_b_std: float | None = _SAME, parameterization: str = "ntk") -> Serial:
+    """`depth` hidden layers `Dense(width, W_std, b_std)` + `activation` (default ReLU),
+    then a readout `Dense(out, readout_W_std, readout_b_std)` (default: the hidden
+    layers' W_std and b_std).  The infinite-width kernels do not depend on `width`.
+
+    >>> mlp(2, 512, W_std=1.5, b_std=0.05)
+    serial(Dense(512, W_std=1.5, b_std=0.05), Relu(), Dense(512, W_std=1.5, b_std=0.05), Relu(), Dense(1, W_std=1.5, b_std=0.05))
+    """
+    activation = Relu() if activation is None else activation
+    hidden = [Dense(positive_int(width, "width"), W_std, b_std, parameterization)
+              for _ in range(positive_int(depth, "depth"))]
+    readout = Dense(positive_int(out, "out"), W_std if readout_W_std is _SAME else readout_W_std,
+                    b_std if readout_b_std is _SAME else readout_b_std, parameterization)
+    return serial(*(layer for dense in hidden for layer in (dense, activation)), readout)
