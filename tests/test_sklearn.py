@@ -51,3 +51,34 @@ def test_bad_input():
         NTKRegressor(architecture=3).fit(np.ones((4, 2)), np.arange(4.0))
     with pytest.raises(ValueError, match="t must be None"):
         NTKRegressor(t=-1.0).fit(np.eye(4), np.arange(4.0))
+
+
+def test_fit_is_eager_and_parameters_are_keyword_only():
+    x = np.random.default_rng(1).normal(size=(12, 3))
+    y = x[:, 0] ** 2
+    model = NTKRegressor(diag_reg=1e-6).fit(x, y)
+    assert model.dual_coef_.shape == (12, 1)
+    theta = default_architecture().kernel(x, x.copy(), get="ntk").numpy()   # predict's cross kernel
+    np.testing.assert_allclose(model.predict(x), theta @ model.dual_coef_[:, 0], rtol=1e-12)
+    with pytest.raises(TypeError):
+        NTKRegressor(None, 1e-3)
+    with pytest.raises(ValueError, match="must be Gaussian"):   # the kernel is computed at fit time
+        NTKRegressor(architecture="Relu(), Dense(1)").fit(x, y)
+
+
+def test_nngp_regressor_returns_the_gaussian_process_posterior():
+    rng = np.random.default_rng(2)
+    x, y, x_test = rng.normal(size=(15, 3)), rng.normal(size=15), rng.normal(size=(6, 3))
+    model = NNGPRegressor(diag_reg=1e-2).fit(x, y)
+    k = default_architecture().kernel(np.vstack([x, x_test]), get="nngp").numpy()
+    k_train, k_cross, k_test = k[:15, :15], k[15:, :15], k[15:, 15:]
+    gram = k_train + 1e-2 * np.mean(np.diag(k_train)) * np.eye(15)
+    mean = k_cross @ np.linalg.solve(gram, y)
+    cov = k_test - k_cross @ np.linalg.solve(gram, k_cross.T)
+    got_mean, got_cov = model.predict(x_test, return_cov=True)
+    np.testing.assert_allclose(got_mean, mean, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(got_cov, cov, rtol=1e-8, atol=1e-10)
+    _, std = model.predict(x_test, return_std=True)
+    np.testing.assert_allclose(std, np.sqrt(np.diag(cov)), rtol=1e-8, atol=1e-10)
+    with pytest.raises(ValueError, match="at most one of return_std and return_cov"):
+        model.predict(x_test, return_std=True, return_cov=True)

@@ -187,6 +187,57 @@ def gradient_descent_alpha(k_train_train, y_train, *, steps: int, learning_rate:
 
 
 # ---------------------------------------------------------------------------
+# gradient flow on the MSE in function space
+class GradientFlow:
+    """Gradient flow df/dt = -(lr / |Y|) G (f - Y) on a regularized train-train kernel
+    G = K + diag_reg s I (ntklab's loss convention, see the module docstring), in the
+    closed forms that all MSE predictions share.  The Cholesky factor and the
+    eigendecomposition of G are computed once, when first needed.
+
+    `solve(rhs, times)`: G^-1 (I - e^{-lr G t / |Y|}) rhs, [T, N, M] for the times t
+    ([N, M], G^-1 rhs, for `times=None`, t = infinity); `doubled` uses rate 2 lr.
+    `decay(times)`: e^{-lr G t / |Y|}, [T, N, N]."""
+
+    def __init__(self, k_train_train: torch.Tensor, y_size: int, *, learning_rate: float = 1.0,
+                 diag_reg: float = 0.0, diag_reg_absolute_scale: bool = False,
+                 name: str = "k_train_train"):
+        self.kernel = add_diagonal_regularizer(_square(k_train_train, name), diag_reg,
+                                               diag_reg_absolute_scale)
+        self.rate = positive(learning_rate, "learning_rate") / positive_int(y_size, "y_size")
+        self.name = name
+        self._eigenspace = self._factorization = None
+
+    @property
+    def eigenspace(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._eigenspace is None:
+            self._eigenspace = torch.linalg.eigh(self.kernel)
+        return self._eigenspace
+
+    @property
+    def factorization(self) -> Factorization:
+        if self._factorization is None:
+            self._factorization = Factorization(self.kernel, self.name)
+        return self._factorization
+
+    def solve(self, rhs: torch.Tensor, times: torch.Tensor | None = None, *,
+              doubled: bool = False) -> torch.Tensor:
+        if times is None:
+            return self.factorization.solve(rhs)
+        evals, evecs = self.eigenspace
+        rate = self.rate * (2 if doubled else 1)
+        exponent = -rate * times[:, None] * evals[None, :]
+        safe = torch.where(evals == 0, torch.ones_like(evals), evals)
+        coef = torch.where(evals == 0, rate * times[:, None].expand_as(exponent),
+                           -torch.expm1(exponent) / safe)
+        return torch.einsum("ij,tj,kj,km->tim", evecs, coef, evecs, rhs)
+
+    def decay(self, times: torch.Tensor) -> torch.Tensor:
+        evals, evecs = self.eigenspace
+        factor = torch.exp(-self.rate * times[:, None] * evals.clamp(min=0)[None, :])
+        return torch.einsum("ij,tj,kj->tik", evecs, factor, evecs)
+
+
+# ---------------------------------------------------------------------------
 # infinite ensembles of infinitely wide networks (Lee et al. 2019)
 KernelFn = Callable[..., Any]
 
@@ -254,33 +305,18 @@ def gradient_descent_mse_ensemble(net_or_kernel_fn, x_train, y_train, *, learnin
         return cache[g]
 
     @lru_cache(maxsize=2)
-    def eigenspace(g: str):
-        evals, evecs = torch.linalg.eigh(add_diagonal_regularizer(k_train(g), diag_reg,
-                                                                  diag_reg_absolute_scale))
-        return evals, evecs
-
-    @lru_cache(maxsize=2)
-    def factorization(g: str) -> Factorization:
-        return Factorization(k_train(g), f"k_train_train ({g})", diag_reg=diag_reg,
-                             diag_reg_absolute_scale=diag_reg_absolute_scale)
+    def dynamics(g: str) -> GradientFlow:
+        return GradientFlow(k_train(g), size, learning_rate=lr, diag_reg=diag_reg,
+                            diag_reg_absolute_scale=diag_reg_absolute_scale, name=f"k_train_train ({g})")
 
     def flow(g: str, times: torch.Tensor | None, rhs: torch.Tensor, doubled: bool = False):
-        """G^-1 (I - e^{-c G t}) rhs for each t ([T, N, M]); t=None: G^-1 rhs ([N, M])."""
-        if times is None:
-            return factorization(g).solve(rhs)
-        evals, evecs = eigenspace(g)
-        rate = lr * (2 if doubled else 1) / size
-        exponent = -rate * times[:, None] * evals[None, :]
-        safe = torch.where(evals == 0, torch.ones_like(evals), evals)
-        coef = torch.where(evals == 0, rate * times[:, None].expand_as(exponent),
-                           -torch.expm1(exponent) / safe)
-        return torch.einsum("ij,tj,kj,km->tim", evecs, coef, evecs, rhs)
+        return dynamics(g).solve(rhs, times, doubled=doubled)
+
+    def eigenspace(g: str):
+        return dynamics(g).eigenspace
 
     def decay(g: str, times: torch.Tensor) -> torch.Tensor:
-        """e^{-lr G t / n} as [T, N, N]."""
-        evals, evecs = eigenspace(g)
-        factor = torch.exp(-lr / size * times[:, None] * evals.clamp(min=0)[None, :])
-        return torch.einsum("ij,tj,kj->tik", evecs, factor, evecs)
+        return dynamics(g).decay(times)
 
     def predict_one(g, times, x_test, compute_cov):
         if x_test is None:  # on the training set (unregularized, as neural-tangents)

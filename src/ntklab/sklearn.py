@@ -1,8 +1,8 @@
 """scikit-learn estimators for infinitely wide networks: NTK / NNGP regression and
 NTK classification by one-hot regression.
 
-They fit by the closed forms of `predict.gradient_descent_mse_ensemble`
-(Lee et al. 2019): the mean prediction of an infinite ensemble of infinitely
+They fit eagerly by the closed forms of `predict.gradient_descent_mse_ensemble`
+(Lee et al. 2019; `predict.GradientFlow`): the mean prediction of an infinite ensemble of infinitely
 wide networks with architecture `architecture`, trained by gradient flow on the
 MSE for time `t` (`t=None`: to convergence, i.e. kernel (ridge) regression
 
@@ -15,6 +15,7 @@ MSE for time `t` (`t=None`: to convergence, i.e. kernel (ridge) regression
 from __future__ import annotations
 
 import numpy as np
+import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils.multiclass import check_classification_targets
@@ -22,7 +23,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .arch import Serial, mlp
 from .arch.spec import parse_architecture
-from .predict import gradient_descent_mse_ensemble
+from .predict import GradientFlow
 
 __all__ = ["NNGPRegressor", "NTKClassifier", "NTKRegressor"]
 
@@ -44,37 +45,41 @@ def resolve_architecture(architecture) -> Serial:
 
 
 class _InfiniteNetwork(BaseEstimator):
-    """Shared fit/predict: one predictor per fit, rebuilt after unpickling."""
+    """Shared eager fit: `fit` computes the training kernel, factorizes it and stores
+    the dual coefficients; `predict` only applies them (scikit-learn's convention).
+
+    Learned attributes: `X_fit_` [n, d]; `dual_coef_` [n, outputs] with
+    f(x) = K(x, X_fit_) dual_coef_, where K is this estimator's kernel and
+    dual_coef_ = G^-1 (I - e^{-lr G t / |Y|}) Y (G^-1 Y for t=None), G = K(X, X) +
+    diag_reg mean(diag K) I (`predict.GradientFlow`)."""
     _kernel = "ntk"
 
-    def __init__(self, architecture=None, diag_reg=1e-4, t=None, learning_rate=1.0):
+    def __init__(self, architecture=None, *, diag_reg=1e-4, t=None, learning_rate=1.0):
         self.architecture = architecture
         self.diag_reg = diag_reg
         self.t = t
         self.learning_rate = learning_rate
 
     def _fit_targets(self, X, Y) -> None:
-        self.X_fit_, self.Y_fit_ = X, Y
-        self._build()
-
-    def _build(self) -> None:
         if self.t is not None and not (np.isscalar(self.t) and self.t >= 0):
             raise ValueError(f"t must be None (trained to convergence) or a time >= 0, got {self.t!r}")
-        self._predictor = gradient_descent_mse_ensemble(
-            resolve_architecture(self.architecture), self.X_fit_, self.Y_fit_,
-            learning_rate=self.learning_rate, diag_reg=self.diag_reg)
+        self.architecture_ = resolve_architecture(self.architecture)
+        self.X_fit_ = torch.as_tensor(X, dtype=torch.float64)
+        targets = torch.as_tensor(Y, dtype=torch.float64)
+        targets = targets[:, None] if targets.ndim == 1 else targets
+        self.flow_ = GradientFlow(self.architecture_.kernel(self.X_fit_, get=self._kernel), targets.numel(),
+                                  learning_rate=self.learning_rate, diag_reg=self.diag_reg)
+        times = None if self.t is None else torch.tensor([float(self.t)], dtype=torch.float64)
+        coef = self.flow_.solve(targets, times)
+        self.dual_coef_ = (coef if times is None else coef[0]).numpy()
+
+    def _cross_kernel(self, X) -> torch.Tensor:
+        check_is_fitted(self, "dual_coef_")
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        return self.architecture_.kernel(torch.as_tensor(X), self.X_fit_, get=self._kernel)
 
     def _mean(self, X) -> np.ndarray:
-        check_is_fitted(self, "X_fit_")
-        X = validate_data(self, X, reset=False, dtype=np.float64)
-        if not hasattr(self, "_predictor"):
-            self._build()
-        return self._predictor(t=self.t, x_test=X, get=self._kernel).numpy()
-
-    def __getstate__(self):   # the predictor holds closures and caches: rebuilt on demand
-        state = dict(self.__dict__)
-        state.pop("_predictor", None)
-        return state
+        return self._cross_kernel(X).numpy() @ self.dual_coef_
 
 
 class _Regressor(RegressorMixin, _InfiniteNetwork):
@@ -84,14 +89,17 @@ class _Regressor(RegressorMixin, _InfiniteNetwork):
         return tags
 
     def fit(self, X, y):
-        """Store the training set and factor its kernel."""
+        """Compute and factorize the training kernel; store `dual_coef_`."""
         X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True, multi_output=True)
-        self._fit_targets(X, np.asarray(y, dtype=np.float64))
+        y = np.asarray(y, dtype=np.float64)
+        self._single_output = y.ndim == 1
+        self._fit_targets(X, y)
         return self
 
     def predict(self, X):
         """Mean prediction at time t, shape [n] or [n, outputs] like y."""
-        return self._mean(X)
+        mean = self._mean(X)
+        return mean[:, 0] if self._single_output else mean
 
 
 class NTKRegressor(_Regressor):
@@ -102,9 +110,33 @@ class NTKRegressor(_Regressor):
 
 
 class NNGPRegressor(_Regressor):
-    """Regression with the NNGP kernel (Bayesian posterior mean of the infinitely
-    wide network's Gaussian process prior, or its last layer trained for time t)."""
+    """Regression with the NNGP kernel: the posterior of the infinitely wide network's
+    Gaussian process prior (t=None; `diag_reg` mean(diag K) is the noise variance), or
+    its last layer trained for time t (Lee et al. 2019).
+
+    `predict(X, return_std=True | return_cov=True)` returns the posterior standard
+    deviation / covariance as well, like `GaussianProcessRegressor`:
+        cov(x, x') = K(x, x') - K(x, X) G^-1 (I - e^{-2 lr G t / |Y|}) K(X, x')
+    (K(x, x') - K(x, X) G^-1 K(X, x') for t=None), the same for every output."""
     _kernel = "nngp"
+
+    def predict(self, X, return_std=False, return_cov=False):
+        if return_std and return_cov:
+            raise ValueError("at most one of return_std and return_cov can be True "
+                             "(as in GaussianProcessRegressor)")
+        k_cross = self._cross_kernel(X)                                  # [n_test, n]
+        mean = k_cross.numpy() @ self.dual_coef_
+        mean = mean[:, 0] if self._single_output else mean
+        if not (return_std or return_cov):
+            return mean
+        x = torch.as_tensor(validate_data(self, X, reset=False, dtype=np.float64))
+        times = None if self.t is None else torch.tensor([float(self.t)], dtype=torch.float64)
+        explained = self.flow_.solve(k_cross.T, times, doubled=True)
+        explained = explained if times is None else explained[0]
+        cov = (self.architecture_.kernel(x, get="nngp") - k_cross @ explained).numpy()
+        if return_cov:
+            return mean, cov
+        return mean, np.sqrt(np.clip(np.diag(cov), 0.0, None))
 
 
 class NTKClassifier(ClassifierMixin, _InfiniteNetwork):
