@@ -7,7 +7,8 @@
   and f_t.
 * `gradient_descent_mse_ensemble`: mean and covariance of an infinite ensemble
   of infinitely wide networks trained by gradient flow on the MSE for time t
-  (Lee et al. 2019, eqs. in ../shared/notes/papers.md), f_0 ~ GP(0, K_nngp),
+  (Lee et al. 2019, "Wide neural networks of any depth evolve as linear models under
+  gradient descent", NeurIPS, eqs. 9-16), f_0 ~ GP(0, K_nngp),
   `diag_reg` relative to the mean diagonal of the train-train kernel, t=None
   for t = infinity.  One eigendecomposition per kernel serves all times.
 

@@ -6,7 +6,7 @@ For a layer h = phi(z) with z ~ GP(0, K), the maps are (Neal 1996; Jacot et al. 
 with (u, v) ~ N(0, [[K(x,x), K(x,x')], [K(x,x'), K(x',x')]]).  Each activation
 implements `dual(cov, var1, var2) -> (E[phi(u)phi(v)], E[phi'(u)phi'(v)])`
 elementwise over a block of pairs; the closed forms are written in the
-docstrings (see also ../shared/notes/papers.md, "Closed forms").  Activations
+docstrings, each with its paper.  Activations
 without a closed form (`Tanh`, `Sigmoid`, any `Elementwise(fn)`) use 2-D
 Gauss-Hermite quadrature (`ntklab.arch.quadrature`).
 """

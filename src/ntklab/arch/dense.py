@@ -1,4 +1,5 @@
-"""Fully connected layer `z = A h + b` (lecture 20: `F_i(z) = sigma(A z + b)`).
+"""Fully connected layer `z = W h + b` and its kernel map (Neal 1996; Lee et al. 2018;
+Jacot, Gabriel & Hongler 2018).
 
 Parameterizations (neural-tangents' conventions, Jacot et al. 2018; Novak et al. 2020):
   * "ntk":      z = (W_std / sqrt(n_in)) W h + b_std b,   W, b ~ N(0, 1)

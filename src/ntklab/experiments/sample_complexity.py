@@ -1,5 +1,5 @@
 """`ntklab run sample-complexity` -- Damian, Lee & Soltanolkotabi (2022), the sample-
-complexity experiment of the slides (../shared/sources/003_...): d = 10, p = 4,
+complexity experiment of the paper (COLT 2022): d = 10, p = 4,
 f*(x) = He_2(u.x)/2 + He_p(u.x)/sqrt(2 p!), x ~ N(0, I_d), labels with +-zeta noise.
 
 Test loss (MSE against the noiseless, unit-norm target on fresh samples) against the

@@ -1,5 +1,5 @@
 """`ntklab run transfer` -- Damian, Lee & Soltanolkotabi (2022), transfer learning
-(slides ../shared/sources/003_..., Theorem 3 and the transfer experiment): p = 3.
+(Theorem 3 and the transfer experiment of the paper): p = 3.
 
 Pretrain: Algorithm 1's first step on n samples of f*(x) = He_2(u.x)/2 + He_3(u.x)/sqrt(2 3!)
 (W after one gradient step, fresh biases b).  Transfer: keep W, b and fit only the head a

@@ -1,4 +1,4 @@
-"""Classical kernels of lecture 21 (kernel regression): Gaussian, ball, linear, polynomial.
+"""Classical kernels for kernel regression (Schölkopf & Smola 2002): Gaussian, ball, linear, polynomial.
 
 Each is a callable `k(x1, x2=None) -> Tensor [N1, N2]` (float64 by default), so
 it plugs into `ntklab.predict` like an architecture's kernel.

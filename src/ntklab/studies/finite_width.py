@@ -1,6 +1,7 @@
-"""Finite-width fluctuations of the NTK of deep MLPs (Roberts, Yaida & Hanin, ch. 8-9 and
-the talk in ../shared/sources/004_...: "the amount of representation learning is set by the
-depth-to-width ratio epsilon = L/n"; Hanin & Nica 2019).
+"""Finite-width fluctuations of the NTK of deep MLPs (Roberts, Yaida & Hanin 2022, "The
+Principles of Deep Learning Theory", ch. 8-9: the amount of representation learning is set
+by the depth-to-width ratio epsilon = L/n; Hanin & Nica 2020, "Finite depth and width
+corrections to the neural tangent kernel").
 
 Across S independent initializations of an ntklab MLP with L hidden layers of width n, the
 empirical NTK Theta(x_a, x_b) at a few inputs is a random matrix; its mean tends to the

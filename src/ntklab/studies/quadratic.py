@@ -1,5 +1,5 @@
-"""Quadratic models and nearly-kernel methods (Roberts, Yaida & Hanin, "The Principles of Deep
-Learning Theory", ch. 11; Dan Roberts' talk in ../shared/sources/004_...).
+"""Quadratic models and nearly-kernel methods (Roberts, Yaida & Hanin 2022, "The Principles of
+Deep Learning Theory", ch. 10-11: effective and meta kernels, the algorithm projectors).
 
 Model (output i, sample delta, features phi_0 = 1, ..., phi_nf; symmetric meta features psi):
     z_i(x; W) = sum_j W_ij phi_j(x) + (eps/2) sum_{j1 j2} W_ij1 W_ij2 psi_j1j2(x)

@@ -1,6 +1,6 @@
-"""Representation learning beyond kernels (Damian, Lee & Soltanolkotabi, COLT 2022;
-slides in ../shared/sources/003_..., facts from the authors' code in
-../shared/notes/papers.md).
+"""Representation learning beyond kernels (Damian, Lee & Soltanolkotabi 2022, "Neural
+networks can learn representations with gradient descent", COLT; protocol details as in
+the authors' code).
 
 Targets `f*(x) = g(<x, u_1>, ..., <x, u_r>)` with x ~ N(0, I_d) and E[f*(x)^2] = 1, built
 from probabilists' Hermite polynomials He_k (E[He_j(z) He_k(z)] = k! [j = k] for z ~ N(0, 1)).

@@ -1,6 +1,6 @@
-"""Sparse coding (lecture 22): is there a "basis" v_1, ..., v_m in R^d in which every data
-point is sparse, x_i ~ sum_j alpha_j^(i) v_j with at most k non-zero alpha_j^(i)?  Storing
-the codes and the dictionary costs kN + md numbers instead of the dN of the raw data.
+"""Sparse coding (Olshausen & Field 1996; dictionary learning, Mairal et al. 2009): is there a
+"basis" v_1, ..., v_m in R^d in which every data point is sparse, x_i ~ sum_j alpha_j^(i) v_j
+with at most k non-zero alpha_j^(i)?  Storing the codes and the dictionary costs kN + md numbers instead of the dN of the raw data.
 
 Planted model: m unit-norm atoms (Gaussian directions, m >= d allowed: overcomplete),
 k-sparse codes with uniformly random supports and N(0, 1) values, plus Gaussian noise of
