@@ -22,6 +22,8 @@ spreads the tiles over a Dask cluster.  Default data: scikit-learn's digits as
 """
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+
 import math
 import time
 from pathlib import Path
@@ -48,12 +50,26 @@ PAPER = {  # lecture 22's table (Arora et al. 2019, Table 1), CIFAR-10 test accu
 LABEL_ON, LABEL_OFF = 0.9, -0.1   # Arora et al.'s shifted one-hot targets
 
 
-def settings(quick: bool) -> dict:
-    if quick:
-        return {"depths": [3, 4], "train_size": 60, "test_size": 40, "channels": 16,
-                "epochs": 5, "batch_size": 20, "tile_size": 32}
-    return {"depths": list(DEPTHS), "train_size": 240, "test_size": 160, "channels": 64,
-            "epochs": 100, "batch_size": 40, "tile_size": 64}
+@dataclass(frozen=True)
+class Config:
+    """Settings of this experiment (the defaults are the full run)."""
+    depths: tuple = DEPTHS
+    train_size: int = 240
+    test_size: int = 160
+    channels: int = 64
+    epochs: int = 100
+    batch_size: int = 40
+    tile_size: int = 64
+
+    @classmethod
+    def quick(cls) -> "Config":
+        """Small settings for tests and previews (seconds)."""
+        return cls(depths=(3, 4), train_size=60, test_size=40, channels=16, epochs=5, batch_size=20,
+                   tile_size=32)
+
+
+def settings(quick: bool) -> Config:
+    return Config.quick() if quick else Config()
 
 
 def architecture(depth: int, readout: str, *, channels: int, n_classes: int,
@@ -80,11 +96,11 @@ def accuracy(scores: torch.Tensor, labels: torch.Tensor) -> float:
     return float((scores.argmax(1).cpu() == labels).double().mean())
 
 
-def cntk_accuracy(task: ImageTask, arch: nk.Serial, stores: Path, name: str, cfg: dict,
+def cntk_accuracy(task: ImageTask, arch: nk.Serial, stores: Path, name: str, cfg: Config,
                   scheduler, workers, device) -> tuple[float, dict]:
     """Kernel regression with the NTK of `arch`, kernels through the tiled engine."""
     start = time.perf_counter()
-    common = dict(get="ntk", tile_size=cfg["tile_size"], scheduler=scheduler, workers=workers,
+    common = dict(get="ntk", tile_size=cfg.tile_size, scheduler=scheduler, workers=workers,
                   device=device, progress=None)
     k_train = compute_kernel(arch, task.x_train, store=stores / f"{name}-train.zarr", **common)
     k_test = compute_kernel(arch, task.x_test, task.x_train, store=stores / f"{name}-test.zarr",
@@ -102,7 +118,7 @@ def cntk_accuracy(task: ImageTask, arch: nk.Serial, stores: Path, name: str, cfg
                                                  "train_accuracy": accuracy(k_tt @ alpha, task.y_train)}
 
 
-def cnn_accuracy(task: ImageTask, arch: nk.Serial, cfg: dict, seed: int, device) -> tuple[float, dict]:
+def cnn_accuracy(task: ImageTask, arch: nk.Serial, cfg: Config, seed: int, device) -> tuple[float, dict]:
     device = resolve_device(device)
     """Train the finite network by SGD; returns final test accuracy and details."""
     start = time.perf_counter()
@@ -112,9 +128,9 @@ def cnn_accuracy(task: ImageTask, arch: nk.Serial, cfg: dict, seed: int, device)
     y_train = one_hot(task.y_train, task.n_classes).float().to(device)
     # loss ||f - y||^2 / (2 |y|): learning rate |y| / lambda_max is the function-space step 1 / lambda_max
     eta = y_train.numel() * inverse_largest_eigenvalue(model, x_train)
-    steps = cfg["epochs"] * math.ceil(len(x_train) / cfg["batch_size"])
+    steps = cfg.epochs * math.ceil(len(x_train) / cfg.batch_size)
     history = train(model, x_train, y_train, steps=steps,
-                    learning_rate=eta, batch_size=cfg["batch_size"], x_test=x_test,
+                    learning_rate=eta, batch_size=cfg.batch_size, x_test=x_test,
                     y_test=one_hot(task.y_test, task.n_classes).float().to(device), record=2,
                     track_kernel=False, linearized=False, seed=seed, progress=False)
     last = history.rows[-1]
@@ -148,16 +164,16 @@ def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device | str
         workers: int | None = None) -> dict:
     cfg = settings(quick)
     task = image_task(data, train_size, test_size, seed=seed,
-                      defaults=(cfg["train_size"], cfg["test_size"]))
+                      defaults=(cfg.train_size, cfg.test_size))
     stores = Path(str(folder.out) + "-kernels")
     started = time.perf_counter()
     metrics, table = [], {}
-    for depth in cfg["depths"]:
+    for depth in cfg.depths:
         table[depth] = {}
         for column in COLUMNS:
             readout = "GAP" if column.endswith("GAP") else "V"
             kernel = column.startswith("CNTK")
-            arch = architecture(depth, readout, channels=cfg["channels"], n_classes=task.n_classes,
+            arch = architecture(depth, readout, channels=cfg.channels, n_classes=task.n_classes,
                                 fix=kernel and readout == "GAP")
             print(f"[cntk-table] depth {depth} {column}", flush=True)
             if kernel:
@@ -179,7 +195,7 @@ def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device | str
     n_test = len(task.y_test)
     stderr = 100 * math.sqrt(0.25 / n_test)
     figure = _figure(folder, table, task.name)
-    folder.config.update({"data": data, "task": task.description, **cfg, "train_size": len(task.y_train),
+    folder.config.update({"data": data, "task": task.description, **asdict(cfg), "train_size": len(task.y_train),
                           "test_size": n_test, "scheduler": scheduler or "local",
                           "kernel_stores": str(stores)})
     folder.write_text("report.md", _report(task, cfg, rows, order_rows, metrics, figure, stderr,
@@ -224,7 +240,7 @@ def _report(task, cfg, rows, order_rows, metrics, figure, stderr, seconds, store
         markdown_table(rows, ["depth", *[f"paper {c}" for c in COLUMNS]]), "",
         f"![accuracy vs depth]({figure})", "",
         "## Protocol", "",
-        f"- Architectures: depth L = conv layers + 1; [Conv({cfg['channels']} channels for the CNNs, "
+        f"- Architectures: depth L = conv layers + 1; [Conv({cfg.channels} channels for the CNNs, "
         "3x3, SAME, W_std = sqrt 2, b_std = 0) + ReLU] x (L-1), then Flatten (V) or GlobalAvgPool "
         "(GAP), then Dense(10); NTK parameterization.",
         "- CNTK columns: infinite-width NTK (ntklab's Conv/Flatten/GlobalAvgPool recursions, checked "
@@ -232,7 +248,7 @@ def _report(task, cfg, rows, order_rows, metrics, figure, stderr, seconds, store
         "(f = K(x, X) K(X, X)^-1 Y), arg-max, as in the paper's code. CNTK-GAP uses the paper's "
         "\"fix\" option: first and last layers not trained (their parameters are out of the NTK).",
         f"- CNN columns: the same architectures at finite width, all layers trained by mini-batch "
-        f"SGD (batch {cfg['batch_size']}, {cfg['epochs']} epochs, constant step 1/lambda_max of "
+        f"SGD (batch {cfg.batch_size}, {cfg.epochs} epochs, constant step 1/lambda_max of "
         f"the training set's empirical NTK at initialization, by power iteration) on 1/2 sum ||f - y||^2 "
         f"with the same shifted one-hot targets; no batch norm, augmentation or weight decay; "
         f"float32; the accuracy after the last step (no early stopping on the test set). "
@@ -240,7 +256,7 @@ def _report(task, cfg, rows, order_rows, metrics, figure, stderr, seconds, store
         f"sources, so this one is ours.",
         "- Preprocessing: pixels scaled to [0, 1], then per-channel standardisation with the "
         "training set's mean and std (the paper's; no ZCA).",
-        f"- Kernels through the tiled engine: zarr stores in `{stores}` (tile {cfg['tile_size']}); "
+        f"- Kernels through the tiled engine: zarr stores in `{stores}` (tile {cfg.tile_size}); "
         f"a killed run resumes there when the same command is run again.",
         f"- Time: {seconds:.0f} s in all, {kernel_time:.0f} s kernels, {cnn_time:.0f} s CNN training.",
         "",

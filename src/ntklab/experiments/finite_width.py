@@ -5,6 +5,8 @@ deviation of its mean from the infinite-width NTK (`studies.finite_width`), agai
 with fitted log-log slopes (theory: relative variance proportional to L/n)."""
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+
 import math
 import time
 
@@ -20,24 +22,36 @@ from ..studies import finite_width as F
 from . import register
 
 
-def settings(quick: bool) -> dict:
-    if quick:
-        return {"depths": [1, 4], "widths": [32, 128], "seeds": 48, "inputs": 3, "d": 8}
-    return {"depths": [1, 2, 4, 8], "widths": [32, 64, 128, 256, 512], "seeds": 200, "inputs": 4,
-            "d": 8}
+@dataclass(frozen=True)
+class Config:
+    """Settings of this experiment (the defaults are the full run)."""
+    depths: tuple = (1, 2, 4, 8)
+    widths: tuple = (32, 64, 128, 256, 512)
+    seeds: int = 200
+    inputs: int = 4
+    d: int = 8
+
+    @classmethod
+    def quick(cls) -> "Config":
+        """Small settings for tests and previews (seconds)."""
+        return cls(depths=(1, 4), widths=(32, 128), seeds=48, inputs=3)
+
+
+def settings(quick: bool) -> Config:
+    return Config.quick() if quick else Config()
 
 
 @register("finite-width", "Roberts-Yaida-Hanin: NTK fluctuations of deep MLPs scale with L/n")
 def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device) -> dict:
     cfg = settings(quick)
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(cfg["inputs"], cfg["d"], generator=g, dtype=torch.float64)
-    x = x / x.norm(dim=1, keepdim=True) * math.sqrt(cfg["d"])   # ||x||^2 / d = 1
+    x = torch.randn(cfg.inputs, cfg.d, generator=g, dtype=torch.float64)
+    x = x / x.norm(dim=1, keepdim=True) * math.sqrt(cfg.d)   # ||x||^2 / d = 1
     started = time.perf_counter()
     rows = []
-    for depth, width in tqdm([(L, n) for L in cfg["depths"] for n in cfg["widths"]],
+    for depth, width in tqdm([(L, n) for L in cfg.depths for n in cfg.widths],
                              desc="finite-width", unit="net"):
-        stats = F.ntk_statistics(nk.mlp(depth, width, **F.CRITICAL_RELU), x, cfg["seeds"], first_seed=seed * 100_000)
+        stats = F.ntk_statistics(nk.mlp(depth, width, **F.CRITICAL_RELU), x, cfg.seeds, first_seed=seed * 100_000)
         rows.append({"depth": depth, "width": width, "L_over_n": depth / width, **stats})
     seconds = time.perf_counter() - started
     ratio = np.array([r["L_over_n"] for r in rows])
@@ -52,7 +66,7 @@ def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device) -> d
     folder.write_csv("metrics.csv", rows)
     folder.write_json("fits.json", fits)
     figure = _figure(folder, rows, slope, constant)
-    folder.config.update(cfg)
+    folder.config.update(asdict(cfg))
     table = [{"L": r["depth"], "n": r["width"], "L/n": round(r["L_over_n"], 4),
               "Var/E^2 (diag)": f"{r['relative_variance']:.4f} ± {r['relative_variance_se']:.4f}",
               "|E - inf| / scale": f"{r['mean_deviation']:.4f} ± {r['mean_deviation_se']:.4f}"}
@@ -65,8 +79,8 @@ def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device) -> d
     folder.write_text("report.md", "\n".join([
         "# Finite-width NTK fluctuations against depth/width (Roberts, Yaida & Hanin)", "",
         f"ReLU MLPs, NTK parameterization (W_std = sqrt 2, b_std = 0), L hidden layers of width n; "
-        f"{cfg['seeds']} initializations each; {cfg['inputs']} inputs on the sphere of radius "
-        f"sqrt({cfg['d']}).", "",
+        f"{cfg.seeds} initializations each; {cfg.inputs} inputs on the sphere of radius "
+        f"sqrt({cfg.d}).", "",
         markdown_table(table, list(table[0])), "",
         f"![scaling]({figure})", "",
         f"Fit over all (L, n): Var/E^2 = {constant:.2f} (L/n)^{slope:.2f} (theory: proportional to "

@@ -15,6 +15,8 @@ eta is the lecture's step on g(alpha); ntklab's learning_rate (on g / (2 |y|)) i
 """
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+
 import math
 import time
 
@@ -32,6 +34,22 @@ from . import register
 
 TOLERANCE = 1e-8  # relative distance to K^-1 y that counts as converged
 RIDGE_IF_SINGULAR = 1e-2  # relative ridge used only when K is exactly singular
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings of this experiment (the defaults are the full run)."""
+    n_train_1d: int = 12
+    n_train_sphere: int = 40
+    d: int = 5
+    radius_1d: float = 0.6
+    radius_sphere: float = 1.5
+    max_steps: int = 200000
+
+    @classmethod
+    def quick(cls) -> "Config":
+        """Small settings for tests and previews (seconds)."""
+        return cls(n_train_1d=8, n_train_sphere=16, max_steps=3000)
 
 
 def ntk_net(b_std: float) -> nk.Serial:
@@ -169,30 +187,26 @@ def plot_convergence(all_curves: dict) -> plt.Figure:
 @register("kernel-gd", "Lecture 21: kernel regression, GD on alpha -> K^-1 y, "
                        "the one-step function-space identity; Gaussian, ball and NTK kernels")
 def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device) -> dict:
-    out = folder
     start = time.perf_counter()
-    config = {"n_train_1d": 8 if quick else 12, "n_train_sphere": 16 if quick else 40, "d": 5,
-              "radius_1d": 0.6, "radius_sphere": 1.5, "max_steps": 3000 if quick else 200000,
-              "ntk": "Dense(512, W_std=1.5, b_std=1.0), Relu, Dense(512, ...), Relu, Dense(1, ...)",
-              "tolerance": TOLERANCE}
-    tasks = [(regression_1d(config["n_train_1d"], seed=seed), config["radius_1d"]),
-             (regression_sphere(config["n_train_sphere"], config["d"], seed=seed),
-              config["radius_sphere"])]
+    config = Config.quick() if quick else Config()
+    tasks = [(regression_1d(config.n_train_1d, seed=seed), config.radius_1d),
+             (regression_sphere(config.n_train_sphere, config.d, seed=seed),
+              config.radius_sphere)]
     rows, all_curves, figures = [], {}, {}
     jobs = [(task, name, kernel, assume_psd, space) for task, radius in tasks
             for name, (kernel, assume_psd) in kernel_suite(task, radius).items()
             for space in ("alpha", "function")]
     for task, name, kernel, assume_psd, space in tqdm(jobs, desc="kernel-gd", unit="run"):
-        row, curves = study(task, name, kernel, assume_psd, space, config["max_steps"])
+        row, curves = study(task, name, kernel, assume_psd, space, config.max_steps)
         rows.append(row)
         all_curves[(task.name, name, space)] = curves
     task_1d = tasks[0][0]
-    figures["interpolants_1d"] = out.save_figure("interpolants_1d", plot_interpolants(
+    figures["interpolants_1d"] = folder.save_figure("interpolants_1d", plot_interpolants(
         task_1d, {name: c for (t, name, sp), c in all_curves.items() if t == task_1d.name
                   and sp == "alpha"}))
-    figures["convergence"] = out.save_figure("convergence", plot_convergence(all_curves))
-    out.config.update(config)
-    out.write_csv("metrics.csv", rows)
+    figures["convergence"] = folder.save_figure("convergence", plot_convergence(all_curves))
+    folder.config.update({**asdict(config), "ntk": repr(ntk_net(b_std=1.0)), "tolerance": TOLERANCE})
+    folder.write_csv("metrics.csv", rows)
     ran = [r for r in rows if "identity_max_rel_dev" in r]
     summary = {
         "identity_max_rel_dev": max(r["identity_max_rel_dev"] for r in ran),
@@ -211,7 +225,7 @@ Seed {seed}{' (quick settings)' if quick else ''}; {summary['seconds']:.1f} s.
 
 Tasks: {'; '.join(t.description for t, _ in tasks)}.
 Kernels: Gaussian exp(-||x-y||^2/r^2), ball 1{{||x-y|| < r}}, and the analytic NTK of
-{config['ntk']} (infinite width; b_std = 1 so that 1-D inputs are not degenerate).
+{repr(ntk_net(b_std=1.0))} (infinite width; b_std = 1 so that 1-D inputs are not degenerate).
 
 ## What is checked
 1. **Interpolation** alpha* = K^-1 y (Cholesky; LU for the ball kernel, which is not positive
@@ -220,7 +234,7 @@ Kernels: Gaussian exp(-||x-y||^2/r^2), ball 1{{||x-y|| < r}}, and the analytic N
    (K + {RIDGE_IF_SINGULAR:g} mean(diag K) I)^-1 y replaces K^-1 y, and GD runs on that matrix.
 2. **GD on g(alpha) = ||K alpha - y||^2** with grad g = 2K(K alpha - y), at the fastest stable
    constant step eta = 1/(l_max^2 + l_min^2) (ntklab's `learning_rate`, on g / (2 |y|), is 2 |y| eta),
-   for {config['max_steps']} steps: the relative distance
+   for {config.max_steps} steps: the relative distance
    to K^-1 y follows the exact prediction |(I - 2 eta K^2)^t (alpha_0 - alpha*)| to
    {summary['max_dev_from_predicted_error']:.1e} (max over runs and steps);
    {summary['converged']}/{summary['runs']} runs reach {TOLERANCE:g}. Where a run does not,
@@ -241,5 +255,5 @@ Kernels: Gaussian exp(-||x-y||^2/r^2), ball 1{{||x-y|| < r}}, and the analytic N
 
 ![convergence]({figures['convergence']})
 """
-    out.write_text("report.md", report)
+    folder.write_text("report.md", report)
     return summary

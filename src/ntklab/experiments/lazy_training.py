@@ -27,6 +27,8 @@ Slopes are least-squares fits of log(quantity) on log(n).
 """
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+
 import math
 import time
 
@@ -51,12 +53,27 @@ def architecture(width: int) -> nk.Serial:
     return nk.mlp(1, width, W_std=math.sqrt(2), b_std=0.1, readout_W_std=1.0)
 
 
-def settings(quick: bool) -> dict:
-    if quick:
-        return {"widths": [64, 256, 1024], "seeds": 1, "mc_seeds": 4, "n_train": 48, "n_test": 64,
-                "max_steps": 300, "record": 8, "probe": 32}
-    return {"widths": [64, 128, 256, 512, 1024, 2048, 4096], "seeds": 3, "mc_seeds": 8,
-            "n_train": 128, "n_test": 256, "max_steps": 4000, "record": 16, "probe": 64}
+@dataclass(frozen=True)
+class Config:
+    """Settings of this experiment (the defaults are the full run)."""
+    widths: tuple = (64, 128, 256, 512, 1024, 2048, 4096)
+    seeds: int = 3
+    mc_seeds: int = 8
+    n_train: int = 128
+    n_test: int = 256
+    max_steps: int = 4000
+    record: int = 16
+    probe: int = 64
+
+    @classmethod
+    def quick(cls) -> "Config":
+        """Small settings for tests and previews (seconds)."""
+        return cls(widths=(64, 256, 1024), seeds=1, mc_seeds=4, n_train=48, n_test=64,
+                   max_steps=300, record=8, probe=32)
+
+
+def settings(quick: bool) -> Config:
+    return Config.quick() if quick else Config()
 
 
 def remaining_loss_fraction(evals: torch.Tensor, evecs: torch.Tensor, y: torch.Tensor, eta: float,
@@ -76,15 +93,15 @@ def steps_to_fit(evals: torch.Tensor, evecs: torch.Tensor, y: torch.Tensor, eta:
     return max_steps
 
 
-def run_task(task: RegressionTask, cfg: dict, seed: int, bar) -> tuple[list[dict], list[dict], dict]:
+def run_task(task: RegressionTask, cfg: Config, seed: int, bar) -> tuple[list[dict], list[dict], dict]:
     """Train every width and seed on one task; rows per recorded step and per run."""
     x, y = task.x_train, task.y_train
     analytic = architecture(1)   # the infinite-width kernels do not depend on the width
     theta = analytic.kernel(x, get="ntk")
     evals, evecs = torch.linalg.eigh(theta)
     eta = 1.0 / float(evals[-1])
-    steps = steps_to_fit(evals, evecs, y, eta, cfg["max_steps"])
-    record = sorted({0, steps, *np.unique(np.geomspace(1, steps, cfg["record"]).astype(int)).tolist()})
+    steps = steps_to_fit(evals, evecs, y, eta, cfg.max_steps)
+    record = sorted({0, steps, *np.unique(np.geomspace(1, steps, cfg.record).astype(int)).tolist()})
     times = torch.tensor(record, dtype=torch.float64)
     # one learning rate for all three (loss ||f - y||^2 / (2 |y|)): the function-space
     # step f <- f - (lr / |y|) Theta (f - y) is eta = 1 / lambda_max
@@ -96,12 +113,12 @@ def run_task(task: RegressionTask, cfg: dict, seed: int, bar) -> tuple[list[dict
     discrete = predict.gradient_descent_alpha(theta, y, steps=steps, learning_rate=learning_rate,
                                               k_test_train=theta_test, space="function", record=record)
     step_rows, run_rows = [], []
-    for width in cfg["widths"]:
-        for s in range(cfg["seeds"]):
+    for width in cfg.widths:
+        for s in range(cfg.seeds):
             model = architecture(width).module(in_shape=(x.shape[1],), seed=seed * 1000 + s,
                                                symmetric=True, dtype=torch.float64)
             history = train(model, x, y, steps=steps, learning_rate=learning_rate, x_test=task.x_test,
-                            y_test=task.y_test, x_probe=x[:cfg["probe"]], record=record,
+                            y_test=task.y_test, x_probe=x[:cfg.probe], record=record,
                             progress=False)
             for i, row in enumerate(history.rows):
                 f_test = history.test_predictions[i][:, 0]
@@ -120,22 +137,22 @@ def run_task(task: RegressionTask, cfg: dict, seed: int, bar) -> tuple[list[dict
     return step_rows, run_rows, info
 
 
-def monte_carlo_ntk(task: RegressionTask, cfg: dict, seed: int, bar) -> list[dict]:
+def monte_carlo_ntk(task: RegressionTask, cfg: Config, seed: int, bar) -> list[dict]:
     """(e): mean over seeds of the empirical NTK at init vs the analytic NTK."""
-    x = task.x_train[:cfg["probe"]]
+    x = task.x_train[:cfg.probe]
     analytic = architecture(1).kernel(x, get="ntk")
     rows = []
-    for width in cfg["widths"]:
+    for width in cfg.widths:
         total = torch.zeros_like(analytic)
         singles = []
-        for s in range(cfg["mc_seeds"]):
+        for s in range(cfg.mc_seeds):
             model = architecture(width).module(in_shape=(x.shape[1],), seed=10 ** 6 + seed * 1000 + s,
                                                dtype=torch.float64)
             sample = empirical_ntk(model, x, mode="trace", progress=False)
             singles.append(float((sample - analytic).norm() / analytic.norm()))
             total += sample
-        mean = total / cfg["mc_seeds"]
-        rows.append({"task": task.name, "width": width, "mc_seeds": cfg["mc_seeds"],
+        mean = total / cfg.mc_seeds
+        rows.append({"task": task.name, "width": width, "mc_seeds": cfg.mc_seeds,
                      "mc_mean_error": float((mean - analytic).norm() / analytic.norm()),
                      "single_seed_error": float(np.mean(singles))})
         bar.update()
@@ -224,12 +241,11 @@ def plot_dynamics(step_rows: list[dict], tasks: list[str]) -> plt.Figure:
 @register("lazy-training", "wide nets train lazily: kernel drift ~ n^-1/2 and convergence to the "
                            "NTK prediction (lectures 21-22)")
 def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device) -> dict:
-    out = folder
     start = time.perf_counter()
     cfg = settings(quick)
-    tasks = [digits_parity(cfg["n_train"], n_test=cfg["n_test"], seed=seed),
-             regression_sphere(cfg["n_train"], 8, n_test=cfg["n_test"], seed=seed)]
-    total = len(tasks) * len(cfg["widths"]) * (cfg["seeds"] + 1)
+    tasks = [digits_parity(cfg.n_train, n_test=cfg.n_test, seed=seed),
+             regression_sphere(cfg.n_train, 8, n_test=cfg.n_test, seed=seed)]
+    total = len(tasks) * len(cfg.widths) * (cfg.seeds + 1)
     step_rows, run_rows, mc_rows, infos = [], [], [], {}
     with tqdm(total=total, desc="lazy-training", unit="run") as bar:
         for task in tasks:
@@ -239,15 +255,15 @@ def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device) -> d
             mc_rows += monte_carlo_ntk(task, cfg, seed, bar)
     names = [t.name for t in tasks]
     summary, fits = summarize(run_rows, mc_rows, names)
-    figures = {"scaling": out.save_figure("scaling", plot_scaling(summary, fits)),
-               "dynamics": out.save_figure("dynamics", plot_dynamics(step_rows, names))}
+    figures = {"scaling": folder.save_figure("scaling", plot_scaling(summary, fits)),
+               "dynamics": folder.save_figure("dynamics", plot_dynamics(step_rows, names))}
     seconds = time.perf_counter() - start
-    folder.config.update({**cfg, "architecture": repr(architecture(cfg["widths"][0])).replace(
-        str(cfg["widths"][0]), "n", 1), "tasks": {t.name: t.description for t in tasks}, "schedules": infos})
-    out.write_csv("metrics.csv", step_rows)
-    out.write_csv("summary.csv", summary)
-    out.write_csv("monte_carlo_ntk.csv", mc_rows)
-    out.write_json("fits.json", fits)
+    folder.config.update({**asdict(cfg), "architecture": repr(architecture(cfg.widths[0])).replace(
+        str(cfg.widths[0]), "n", 1), "tasks": {t.name: t.description for t in tasks}, "schedules": infos})
+    folder.write_csv("metrics.csv", step_rows)
+    folder.write_csv("summary.csv", summary)
+    folder.write_csv("monte_carlo_ntk.csv", mc_rows)
+    folder.write_json("fits.json", fits)
     columns = ["width", "runs", "train_loss_fraction", "kernel_change", "weight_change", "ntk_flow_distance",
                "ntk_gd_distance", "lin_distance", "mc_mean_error"]
     tables = "\n\n".join(f"### {task}\n{infos[task]['steps']} GD steps with eta = 1/lambda_max = "
@@ -260,8 +276,8 @@ def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device) -> d
     report = f"""# lazy-training: wide networks train lazily (lectures 21-22)
 
 One-hidden-layer ReLU nets, NTK parameterization, f(x; w0) = 0 by mirrored copies,
-full-batch GD on ||f - y||^2 / (2 |y|) with learning rate |y| / lambda_max(Theta) (function-space step eta = 1/lambda_max); widths {cfg['widths']},
-{cfg['seeds']} seed(s) each; Monte Carlo over {cfg['mc_seeds']} seeds for (e).
+full-batch GD on ||f - y||^2 / (2 |y|) with learning rate |y| / lambda_max(Theta) (function-space step eta = 1/lambda_max); widths {cfg.widths},
+{cfg.seeds} seed(s) each; Monte Carlo over {cfg.mc_seeds} seeds for (e).
 Values are means over seeds at the last step (standard deviations in summary.csv).
 
 ![scaling]({figures['scaling']})
@@ -294,5 +310,5 @@ infinite-width prediction are O(n^-1/2).
 
 Runtime: {seconds:.0f} s on {torch.get_num_threads()} thread(s).
 """
-    out.write_text("report.md", report)
+    folder.write_text("report.md", report)
     return {"fits": fits, "seconds": seconds}

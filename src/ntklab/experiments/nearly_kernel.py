@@ -11,6 +11,8 @@ with a grid search of the trained models' test loss over signed eps.
 """
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+
 import time
 
 import matplotlib.pyplot as plt
@@ -25,26 +27,39 @@ from ..studies import quadratic as Q
 from . import register
 
 
-def settings(quick: bool) -> dict:
-    if quick:
-        return {"d": 3, "features": 30, "n_train": 6, "n_test": 40, "steps": 4000,
-                "eps_log": [0.005, 0.01, 0.02, 0.04], "eps_search": 9, "seed_model": 2}
-    return {"d": 3, "features": 30, "n_train": 6, "n_test": 100, "steps": 6000,
-            "eps_log": [0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128], "eps_search": 25,
-            "seed_model": 2}
+@dataclass(frozen=True)
+class Config:
+    """Settings of this experiment (the defaults are the full run)."""
+    d: int = 3
+    features: int = 30
+    n_train: int = 6
+    n_test: int = 100
+    steps: int = 6000
+    eps_log: tuple = (0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128)
+    eps_search: int = 25
+    seed_model: int = 2
+
+    @classmethod
+    def quick(cls) -> "Config":
+        """Small settings for tests and previews (seconds)."""
+        return cls(n_test=40, steps=4000, eps_log=(0.005, 0.01, 0.02, 0.04), eps_search=9)
 
 
-def _task(cfg: dict, seed: int):
+def settings(quick: bool) -> Config:
+    return Config.quick() if quick else Config()
+
+
+def _task(cfg: Config, seed: int):
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(cfg["n_train"] + cfg["n_test"], cfg["d"], generator=g, dtype=torch.float64)
+    x = torch.randn(cfg.n_train + cfg.n_test, cfg.d, generator=g, dtype=torch.float64)
     y = (torch.sin(x[:, 0]) + 0.5 * x[:, 1] * x[:, 2])[:, None]
-    return x[:cfg["n_train"]], y[:cfg["n_train"]], x[cfg["n_train"]:], y[cfg["n_train"]:]
+    return x[:cfg.n_train], y[:cfg.n_train], x[cfg.n_train:], y[cfg.n_train:]
 
 
 def _trained(cfg, eps, x, y, x_test):
-    model = Q.random_model(cfg["d"], cfg["features"], eps, seed=cfg["seed_model"])
+    model = Q.random_model(cfg.d, cfg.features, eps, seed=cfg.seed_model)
     eta = inverse_largest_eigenvalue(model.kernel(x, x))
-    W = Q.train_gd(model, x, y, learning_rate=eta, steps=cfg["steps"])[-1]
+    W = Q.train_gd(model, x, y, learning_rate=eta, steps=cfg.steps)[-1]
     residual = float((model.output(W, x) - y).abs().max())
     return model, eta, model.output(W, x_test), residual
 
@@ -55,7 +70,7 @@ def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device) -> d
     x, y, x_test, y_test = _task(cfg, seed)
     started = time.perf_counter()
     rows, smallest = [], None
-    for eps in tqdm(cfg["eps_log"], desc="nearly-kernel eps grid", unit="eps"):
+    for eps in tqdm(cfg.eps_log, desc="nearly-kernel eps grid", unit="eps"):
         model, eta, z, residual = _trained(cfg, eps, x, y, x_test)
         gd = Q.nearly_kernel_prediction(model, x, y, x_test, algorithm="gd", learning_rate=eta)
         smallest = smallest or (eps, z, gd)
@@ -68,7 +83,7 @@ def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device) -> d
                      "ode_nearly_kernel_error": float((z - ode["nearly_kernel"]).abs().max()) / scale,
                      "gd_minus_direct": float((gd["nearly_kernel"] - direct["nearly_kernel"]).abs().max()) / scale,
                      "trained_kernel_minus_direct": float((direct["trained_kernel"] - direct["nearly_kernel"]).abs().max()) / scale})
-    eps = np.array(cfg["eps_log"])
+    eps = np.array(cfg.eps_log)
     slope_kernel = power_law(eps, np.array([r["kernel_error"] for r in rows]))[0]
     slope_nearly = power_law(eps, np.array([r["nearly_kernel_error"] for r in rows]))[0]
     slope_direct = power_law(eps, np.array([r["gd_minus_direct"] for r in rows]))[0]
@@ -80,8 +95,8 @@ def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device) -> d
     z_ii = (z_small - gd["nearly_kernel"]) / small ** 2
     residual_f = z_f - y_test
     eps_star = float(-(residual_f * z_i).sum() / (z_i.square() + residual_f * z_ii).sum())
-    reach = 2 * max(abs(eps_star), cfg["eps_log"][-1] / 4)
-    search = np.linspace(-reach, reach, cfg["eps_search"])
+    reach = 2 * max(abs(eps_star), cfg.eps_log[-1] / 4)
+    search = np.linspace(-reach, reach, cfg.eps_search)
     losses = []
     for value in tqdm(search, desc="nearly-kernel eps search", unit="eps"):
         losses.append(0.5 * float((_trained(cfg, float(value), x, y, x_test)[2] - y_test).square().sum()))
@@ -96,7 +111,7 @@ def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device) -> d
     folder.write_csv("eps_search.csv", [{"eps": float(e), "test_loss": l} for e, l in zip(search, losses)])
     folder.write_json("fits.json", fits)
     figure = _figure(folder, rows, search, losses, eps_star)
-    folder.config.update(cfg)
+    folder.config.update(asdict(cfg))
     table = [{k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows]
     warning = (f"**Warning:** at eps >= {min(large)} the nearly-kernel correction is no longer small "
                f"(its error exceeds half the kernel's): the expansion in eps is not to be trusted there."
@@ -108,9 +123,9 @@ def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device) -> d
                     f"extrapolation of the O(eps^2) theory there.")
     folder.write_text("report.md", "\n".join([
         "# Quadratic model: kernel vs nearly-kernel predictions (Roberts, Yaida & Hanin ch. 11)", "",
-        f"Random quadratic model: {cfg['features']} tanh features + constant, random symmetric tanh "
-        f"meta features; d = {cfg['d']}, {cfg['n_train']} training and {cfg['n_test']} test points, "
-        f"target sin(x1) + x2 x3 / 2; GD from W = 0 with eta = 1/lambda_max(k~), {cfg['steps']} steps. "
+        f"Random quadratic model: {cfg.features} tanh features + constant, random symmetric tanh "
+        f"meta features; d = {cfg.d}, {cfg.n_train} training and {cfg.n_test} test points, "
+        f"target sin(x1) + x2 x3 / 2; GD from W = 0 with eta = 1/lambda_max(k~), {cfg.steps} steps. "
         "Errors: max |z_trained - prediction| on the test set, relative to max |z_trained|.", "",
         markdown_table(table, list(table[0])), "",
         f"Fitted slopes against eps: kernel error {slope_kernel:.2f} (theory 1), nearly-kernel error "
@@ -118,7 +133,7 @@ def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device) -> d
         f"(theory 1: the algorithm matters at O(eps)). {warning}", "",
         f"Optimal feature learning: eps* = {eps_star:.4g} from the slides' formula (z^II estimated from "
         f"the trained model at eps = {small}); grid search of the trained test loss over "
-        f"{cfg['eps_search']} values in [{-reach:.3g}, {reach:.3g}]: minimum at eps = {best:.4g} "
+        f"{cfg.eps_search} values in [{-reach:.3g}, {reach:.3g}]: minimum at eps = {best:.4g} "
         f"(spacing {search[1] - search[0]:.3g}); test loss {min(losses):.4g} there vs "
         f"{fits['loss_at_zero']:.4g} for the kernel (eps = 0).", "",
         "Noticed: the compressed prediction with the trained kernel k# differs from the slides' "

@@ -14,6 +14,8 @@ Also the alignment of Algorithm 1's first layer with span(u).
 """
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+
 import time
 
 import matplotlib.pyplot as plt
@@ -28,17 +30,30 @@ METHODS = {"Algorithm 1": R.algorithm1, "random features": R.random_features,
            "NTK regression": None}
 
 
-def settings(quick: bool) -> dict:
-    if quick:
-        return {"d": 10, "p": 4, "noise": 0.1, "m": 400, "seeds": 1, "n_test": 2000,
-                "grid": [50, 200, 800]}
-    return {"d": 10, "p": 4, "noise": 0.1, "m": 1000, "seeds": 3, "n_test": 4000,
-            "grid": [20, 50, 100, 200, 500, 1000, 2000, 5000]}
+@dataclass(frozen=True)
+class Config:
+    """Settings of this experiment (the defaults are the full run)."""
+    d: int = 10
+    p: int = 4
+    noise: float = 0.1
+    m: int = 1000
+    seeds: int = 3
+    n_test: int = 4000
+    grid: tuple = (20, 50, 100, 200, 500, 1000, 2000, 5000)
+
+    @classmethod
+    def quick(cls) -> "Config":
+        """Small settings for tests and previews (seconds)."""
+        return cls(m=400, seeds=1, n_test=2000, grid=(50, 200, 800))
 
 
-def one_run(cfg: dict, n: int, seed: int) -> list[dict]:
-    target = R.paper_target(cfg["d"], cfg["p"], seed=seed)
-    x, y = R.sample(target, n, noise=cfg["noise"], seed=seed + 1000)
+def settings(quick: bool) -> Config:
+    return Config.quick() if quick else Config()
+
+
+def one_run(cfg: Config, n: int, seed: int) -> list[dict]:
+    target = R.paper_target(cfg.d, cfg.p, seed=seed)
+    x, y = R.sample(target, n, noise=cfg.noise, seed=seed + 1000)
     rows = []
     for method in METHODS:
         start = time.perf_counter()
@@ -46,9 +61,9 @@ def one_run(cfg: dict, n: int, seed: int) -> list[dict]:
             predictor = R.ntk_regression(x, y)
             extra = {}
         else:
-            predictor = METHODS[method](x, y, m=cfg["m"], seed=seed + 2000)
+            predictor = METHODS[method](x, y, m=cfg.m, seed=seed + 2000)
             extra = R.subspace_alignment(predictor.W, target.U) if method == "Algorithm 1" else {}
-        loss = R.test_loss(predictor, target, cfg["n_test"], seed=seed + 3000)
+        loss = R.test_loss(predictor, target, cfg.n_test, seed=seed + 3000)
         rows.append({"n": n, "seed": seed, "method": method, "test_loss": loss,
                      "ridge": predictor.ridge, "seconds": time.perf_counter() - start, **extra})
     return rows
@@ -72,7 +87,7 @@ def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device) -> d
     cfg = settings(quick)
     started = time.perf_counter()
     rows = []
-    jobs = [(n, seed + s) for n in cfg["grid"] for s in range(cfg["seeds"])]
+    jobs = [(n, seed + s) for n in cfg.grid for s in range(cfg.seeds)]
     for n, run_seed in tqdm(jobs, desc="sample-complexity", unit="run"):
         rows.extend(one_run(cfg, n, run_seed))
     seconds = time.perf_counter() - started
@@ -80,20 +95,20 @@ def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device) -> d
     folder.write_csv("metrics.csv", rows)
     folder.write_csv("summary.csv", summary)
     figure = _figure(folder, summary, cfg)
-    folder.config.update(cfg)
+    folder.config.update(asdict(cfg))
     folder.write_text("report.md", _report(cfg, summary, figure, seconds))
     return {"seconds": round(seconds, 1),
             "mean_test_loss": {f"{e['method']} n={e['n']}": round(e["mean_loss"], 4) for e in summary}}
 
 
-def _figure(folder: RunFolder, summary: list[dict], cfg: dict) -> str:
+def _figure(folder: RunFolder, summary: list[dict], cfg: Config) -> str:
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for i, method in enumerate(METHODS):
         entries = [e for e in summary if e["method"] == method]
         ax.errorbar([e["n"] for e in entries], [e["mean_loss"] for e in entries],
                     yerr=[e["std_loss"] for e in entries], marker="o", capsize=3, color=f"C{i}",
                     label=method)
-    d, p = cfg["d"], cfg["p"]
+    d, p = cfg.d, cfg.p
     ax.axhline(0.5, color="gray", ls=":", label="1/2: only the He_2 part learned")
     for power, label in ((2, "d^2"), (p, f"d^{p}")):
         ax.axvline(d ** power, color="gray", ls="--", lw=0.8)
@@ -109,8 +124,8 @@ def _figure(folder: RunFolder, summary: list[dict], cfg: dict) -> str:
     return folder.save_figure("loss_vs_n", fig)
 
 
-def _report(cfg: dict, summary: list[dict], figure: str, seconds: float) -> str:
-    d, p = cfg["d"], cfg["p"]
+def _report(cfg: Config, summary: list[dict], figure: str, seconds: float) -> str:
+    d, p = cfg.d, cfg.p
     table = []
     for n in sorted({e["n"] for e in summary}):
         row = {"n": n}
@@ -134,8 +149,8 @@ def _report(cfg: dict, summary: list[dict], figure: str, seconds: float) -> str:
         "# Sample complexity: Algorithm 1 vs random features vs NTK (Damian, Lee & Soltanolkotabi 2022)",
         "",
         f"d = {d}, p = {p}, target He2(u.x)/2 + He{p}(u.x)/sqrt(2 {p}!) (unit norm), label noise "
-        f"+-{cfg['noise']}, width m = {cfg['m']}, {cfg['seeds']} seed(s) per n, test loss on "
-        f"{cfg['n_test']} fresh samples against the noiseless target (the zero predictor scores 1). "
+        f"+-{cfg.noise}, width m = {cfg.m}, {cfg.seeds} seed(s) per n, test loss on "
+        f"{cfg.n_test} fresh samples against the noiseless target (the zero predictor scores 1). "
         "Mean ± standard deviation over seeds.", "",
         markdown_table(table, list(table[0])), "",
         f"![loss vs n]({figure})", "",

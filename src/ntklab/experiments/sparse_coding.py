@@ -9,6 +9,8 @@ of the same size, a baseline), and the parameter counts kN + md against dN.
 """
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+
 import time
 
 import matplotlib.pyplot as plt
@@ -22,12 +24,25 @@ from ..studies import sparse_coding as S
 from . import register
 
 
-def settings(quick: bool) -> dict:
-    if quick:
-        return {"d": 16, "n": 800, "noise": 0.05, "ks": [1, 3], "ms": [16, 32], "seeds": 1,
-                "max_iter": 40}
-    return {"d": 24, "n": 2000, "noise": 0.05, "ks": [1, 2, 4, 8], "ms": [24, 48], "seeds": 2,
-            "max_iter": 100}
+@dataclass(frozen=True)
+class Config:
+    """Settings of this experiment (the defaults are the full run)."""
+    d: int = 24
+    n: int = 2000
+    noise: float = 0.05
+    ks: tuple = (1, 2, 4, 8)
+    ms: tuple = (24, 48)
+    seeds: int = 2
+    max_iter: int = 100
+
+    @classmethod
+    def quick(cls) -> "Config":
+        """Small settings for tests and previews (seconds)."""
+        return cls(d=16, n=800, ks=(1, 3), ms=(16, 32), seeds=1, max_iter=40)
+
+
+def settings(quick: bool) -> Config:
+    return Config.quick() if quick else Config()
 
 
 def _omp_error(x: np.ndarray, atoms: np.ndarray, k: int) -> float:
@@ -41,10 +56,10 @@ def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device) -> d
     cfg = settings(quick)
     started = time.perf_counter()
     rows = []
-    jobs = [(k, m, seed + s) for m in cfg["ms"] for k in cfg["ks"] for s in range(cfg["seeds"])]
+    jobs = [(k, m, seed + s) for m in cfg.ms for k in cfg.ks for s in range(cfg.seeds)]
     for k, m, run_seed in tqdm(jobs, desc="sparse-coding", unit="fit"):
-        data = S.planted(cfg["d"], m, k, cfg["n"], noise=cfg["noise"], seed=run_seed)
-        atoms, codes = S.learn(data.x, m, k, seed=run_seed, max_iter=cfg["max_iter"])
+        data = S.planted(cfg.d, m, k, cfg.n, noise=cfg.noise, seed=run_seed)
+        atoms, codes = S.learn(data.x, m, k, seed=run_seed, max_iter=cfg.max_iter)
         cosines = S.recovery(data.dictionary, atoms)
         random_atoms = np.random.default_rng(run_seed + 1).standard_normal(atoms.shape)
         rows.append({"k": k, "m": m, "seed": run_seed, "mean_recovery": float(cosines.mean()),
@@ -53,11 +68,11 @@ def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device) -> d
                      "error_planted": _omp_error(data.x, data.dictionary, k),
                      "error_random_dictionary": _omp_error(data.x, random_atoms, k),
                      "random_dictionary_recovery": float(S.recovery(data.dictionary, random_atoms).mean()),
-                     **S.parameter_counts(cfg["d"], m, k, cfg["n"])})
+                     **S.parameter_counts(cfg.d, m, k, cfg.n)})
     seconds = time.perf_counter() - started
     table = []
-    for m in cfg["ms"]:
-        for k in cfg["ks"]:
+    for m in cfg.ms:
+        for k in cfg.ks:
             chosen = [r for r in rows if r["k"] == k and r["m"] == m]
             mean = lambda key: float(np.mean([r[key] for r in chosen]))  # noqa: E731
             table.append({"m": m, "k": k, "mean |cos|": round(mean("mean_recovery"), 3),
@@ -69,13 +84,13 @@ def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device) -> d
     folder.write_csv("metrics.csv", rows)
     folder.write_csv("table.csv", table)
     figure = _figure(folder, table, cfg)
-    folder.config.update(cfg)
+    folder.config.update(asdict(cfg))
     folder.write_text("report.md", "\n".join([
         "# Sparse coding: recovering a planted dictionary (lecture 22)", "",
-        f"d = {cfg['d']}, N = {cfg['n']} samples x = sum_j alpha_j v_j + noise (std {cfg['noise']}/sqrt(d) "
+        f"d = {cfg.d}, N = {cfg.n} samples x = sum_j alpha_j v_j + noise (std {cfg.noise}/sqrt(d) "
         f"per coordinate), k-sparse N(0, 1) codes on m unit atoms; scikit-learn "
-        f"DictionaryLearning (coordinate-descent lasso, {cfg['max_iter']} iterations, then OMP codes with k non-zeros); "
-        f"{cfg['seeds']} seed(s). Recovery: max |cosine| of each planted atom with the learned ones "
+        f"DictionaryLearning (coordinate-descent lasso, {cfg.max_iter} iterations, then OMP codes with k non-zeros); "
+        f"{cfg.seeds} seed(s). Recovery: max |cosine| of each planted atom with the learned ones "
         f"(a random dictionary scores about "
         f"{np.mean([r['random_dictionary_recovery'] for r in rows]):.2f}). Errors: ||X - A D||_F / ||X||_F "
         "with k-sparse codes on the learned, the planted (noise floor) and a random dictionary.", "",
@@ -89,9 +104,9 @@ def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device) -> d
             "mean_recovery": {f"m={r['m']}, k={r['k']}": r["mean |cos|"] for r in table}}
 
 
-def _figure(folder: RunFolder, table: list[dict], cfg: dict) -> str:
+def _figure(folder: RunFolder, table: list[dict], cfg: Config) -> str:
     fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.8))
-    for i, m in enumerate(cfg["ms"]):
+    for i, m in enumerate(cfg.ms):
         entries = [r for r in table if r["m"] == m]
         ks = [r["k"] for r in entries]
         axes[0].plot(ks, [r["mean |cos|"] for r in entries], "o-", color=f"C{i}", label=f"m = {m}")
@@ -104,6 +119,6 @@ def _figure(folder: RunFolder, table: list[dict], cfg: dict) -> str:
         ax.set_xlabel("non-zeros per code k")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    axes[0].set_title(f"atom recovery, d = {cfg['d']}")
+    axes[0].set_title(f"atom recovery, d = {cfg.d}")
     axes[1].set_title("k-sparse reconstruction")
     return folder.save_figure("recovery_vs_k", fig)

@@ -13,6 +13,8 @@ d^1 the features carry no information and fine-tuning behaves like a kernel meth
 """
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+
 import time
 
 import matplotlib.pyplot as plt
@@ -27,19 +29,33 @@ from . import register
 BASELINE = "NTK on the N target samples"
 
 
-def settings(quick: bool) -> dict:
-    if quick:
-        return {"d": 10, "p": 3, "noise": 0.1, "m": 400, "seeds": 1, "n_test": 2000,
-                "pretrain": [1, 10, 1000], "finetune": [8, 32, 128]}
-    return {"d": 10, "p": 3, "noise": 0.1, "m": 1000, "seeds": 3, "n_test": 4000,
-            "pretrain": [1, 10, 100, 1000, 10000], "finetune": [4, 8, 16, 32, 64, 128, 256, 512, 1024]}
+@dataclass(frozen=True)
+class Config:
+    """Settings of this experiment (the defaults are the full run)."""
+    d: int = 10
+    p: int = 3
+    noise: float = 0.1
+    m: int = 1000
+    seeds: int = 3
+    n_test: int = 4000
+    pretrain: tuple = (1, 10, 100, 1000, 10000)
+    finetune: tuple = (4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+    @classmethod
+    def quick(cls) -> "Config":
+        """Small settings for tests and previews (seconds)."""
+        return cls(m=400, seeds=1, n_test=2000, pretrain=(1, 10, 1000), finetune=(8, 32, 128))
 
 
-def one_run(cfg: dict, seed: int) -> list[dict]:
-    source = R.paper_target(cfg["d"], cfg["p"], seed=seed)
-    target = R.transfer_target(source.U, cfg["p"])
-    x_test, y_test = R.sample(target, cfg["n_test"], seed=seed + 1)
-    fine = {N: R.sample(target, N, noise=cfg["noise"], seed=seed + 10 + N) for N in cfg["finetune"]}
+def settings(quick: bool) -> Config:
+    return Config.quick() if quick else Config()
+
+
+def one_run(cfg: Config, seed: int) -> list[dict]:
+    source = R.paper_target(cfg.d, cfg.p, seed=seed)
+    target = R.transfer_target(source.U, cfg.p)
+    x_test, y_test = R.sample(target, cfg.n_test, seed=seed + 1)
+    fine = {N: R.sample(target, N, noise=cfg.noise, seed=seed + 10 + N) for N in cfg.finetune}
     rows = []
     ntk = R.ntk_architecture()
     for N, (x, y) in fine.items():
@@ -47,9 +63,9 @@ def one_run(cfg: dict, seed: int) -> list[dict]:
         prediction = ntk.kernel(x_test, x, get="ntk") @ coefficients
         rows.append({"seed": seed, "pretrain_n": 0, "method": BASELINE, "N": N, "ridge": ridge,
                      "test_loss": float((prediction - y_test).square().mean())})
-    for n in cfg["pretrain"]:
-        x_n, y_n = R.sample(source, n, noise=cfg["noise"], seed=seed + 100 + n)
-        W, b = R.pretrain_first_layer(x_n, y_n, m=cfg["m"], seed=seed + 2)
+    for n in cfg.pretrain:
+        x_n, y_n = R.sample(source, n, noise=cfg.noise, seed=seed + 100 + n)
+        W, b = R.pretrain_first_layer(x_n, y_n, m=cfg.m, seed=seed + 2)
         alignment = R.subspace_alignment(W, source.U)["fraction_in_span"]
         features_test = torch.relu(x_test @ W.T + b)
         for N, (x, y) in fine.items():
@@ -75,20 +91,20 @@ def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device) -> d
     cfg = settings(quick)
     started = time.perf_counter()
     rows = []
-    for s in tqdm(range(cfg["seeds"]), desc="transfer", unit="seed"):
+    for s in tqdm(range(cfg.seeds), desc="transfer", unit="seed"):
         rows.extend(one_run(cfg, seed + s))
     seconds = time.perf_counter() - started
     summary = summarize(rows)
     folder.write_csv("metrics.csv", rows)
     folder.write_csv("summary.csv", summary)
     figure = _figure(folder, summary, cfg)
-    folder.config.update(cfg)
+    folder.config.update(asdict(cfg))
     folder.write_text("report.md", _report(cfg, rows, summary, figure, seconds))
     return {"seconds": round(seconds, 1),
             "mean_test_loss": {f"{e['method']}, N={e['N']}": round(e["mean_loss"], 4) for e in summary}}
 
 
-def _figure(folder: RunFolder, summary: list[dict], cfg: dict) -> str:
+def _figure(folder: RunFolder, summary: list[dict], cfg: Config) -> str:
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     methods = list(dict.fromkeys(e["method"] for e in summary))
     for i, method in enumerate(methods):
@@ -100,7 +116,7 @@ def _figure(folder: RunFolder, summary: list[dict], cfg: dict) -> str:
     ax.set_yscale("log")
     ax.set_xlabel("target-task samples N (head only)")
     ax.set_ylabel("test loss on the new task")
-    ax.set_title(f"Transfer: He{cfg['p']}(u.x)/sqrt({cfg['p']}!) after pretraining, d = {cfg['d']}")
+    ax.set_title(f"Transfer: He{cfg.p}(u.x)/sqrt({cfg.p}!) after pretraining, d = {cfg.d}")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3, which="both")
     return folder.save_figure("loss_vs_N", fig)
@@ -117,13 +133,13 @@ def _report(cfg, rows, summary, figure, seconds) -> str:
         alignment = [r["fraction_in_span"] for r in rows if r["method"] == method and "fraction_in_span" in r]
         row["||W||^2 in span(u)"] = f"{np.mean(alignment):.3f}" if alignment else "-"
         table.append(row)
-    d, p = cfg["d"], cfg["p"]
+    d, p = cfg.d, cfg.p
     return "\n".join([
         "# Transfer learning (Damian, Lee & Soltanolkotabi 2022)", "",
         f"d = {d}, p = {p}: pretraining target He2(u.x)/2 + He{p}(u.x)/sqrt(2 {p}!) on n samples "
-        f"(Algorithm 1's first step, width m = {cfg['m']}); new task He{p}(u.x)/sqrt({p}!) on the same u, "
-        f"head fitted on N samples (ridge by exact leave-one-out); label noise +-{cfg['noise']}; "
-        f"{cfg['seeds']} seed(s); mean test loss against the noiseless target (zero predictor: 1).", "",
+        f"(Algorithm 1's first step, width m = {cfg.m}); new task He{p}(u.x)/sqrt({p}!) on the same u, "
+        f"head fitted on N samples (ridge by exact leave-one-out); label noise +-{cfg.noise}; "
+        f"{cfg.seeds} seed(s); mean test loss against the noiseless target (zero predictor: 1).", "",
         markdown_table(table, list(table[0])), "",
         f"![loss vs N]({figure})", "",
         f"Theory (Theorem 3): with n >= d^2 = {d ** 2} pretraining samples the loss decays fast in N "
