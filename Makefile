@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/pip install --quiet -e ".[bench]"
 	$(BIN)/python benchmarks/bench_fc_kernel.py
 	$(BIN)/python benchmarks/bench_empirical_ntk.py
+	$(BIN)/python benchmarks/bench_ntklab_modules.py
 	$(BIN)/python benchmarks/bench_cntk.py
 
 clean:

@@ -68,10 +68,6 @@ class Config:
                    tile_size=32)
 
 
-def settings(quick: bool) -> Config:
-    return Config.quick() if quick else Config()
-
-
 def architecture(depth: int, readout: str, *, channels: int, n_classes: int,
                  fix: bool = False) -> nk.Serial:
     """`depth - 1` SAME 3x3 conv + ReLU layers, then Flatten ("V") or GlobalAvgPool
@@ -162,7 +158,7 @@ def orderings(table: dict[int, dict[str, float]]) -> list[dict]:
 def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device | str, data: str = "digits",
         train_size: int | None = None, test_size: int | None = None, scheduler: str | None = None,
         workers: int | None = None) -> dict:
-    cfg = settings(quick)
+    cfg = Config.quick() if quick else Config()
     task = image_task(data, train_size, test_size, seed=seed,
                       defaults=(cfg.train_size, cfg.test_size))
     stores = Path(str(folder.out) + "-kernels")

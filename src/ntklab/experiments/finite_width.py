@@ -37,13 +37,9 @@ class Config:
         return cls(depths=(1, 4), widths=(32, 128), seeds=48, inputs=3)
 
 
-def settings(quick: bool) -> Config:
-    return Config.quick() if quick else Config()
-
-
 @register("finite-width", "Roberts-Yaida-Hanin: NTK fluctuations of deep MLPs scale with L/n")
 def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device) -> dict:
-    cfg = settings(quick)
+    cfg = Config.quick() if quick else Config()
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(cfg.inputs, cfg.d, generator=g, dtype=torch.float64)
     x = x / x.norm(dim=1, keepdim=True) * math.sqrt(cfg.d)   # ||x||^2 / d = 1

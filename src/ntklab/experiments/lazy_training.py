@@ -72,10 +72,6 @@ class Config:
                    max_steps=300, record=8, probe=32)
 
 
-def settings(quick: bool) -> Config:
-    return Config.quick() if quick else Config()
-
-
 def remaining_loss_fraction(evals: torch.Tensor, evecs: torch.Tensor, y: torch.Tensor, eta: float,
                             steps: int) -> float:
     """Training loss of the infinite-width model after `steps` GD steps over its
@@ -242,7 +238,7 @@ def plot_dynamics(step_rows: list[dict], tasks: list[str]) -> plt.Figure:
                            "NTK prediction (lectures 21-22)")
 def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device) -> dict:
     start = time.perf_counter()
-    cfg = settings(quick)
+    cfg = Config.quick() if quick else Config()
     tasks = [digits_parity(cfg.n_train, n_test=cfg.n_test, seed=seed),
              regression_sphere(cfg.n_train, 8, n_test=cfg.n_test, seed=seed)]
     total = len(tasks) * len(cfg.widths) * (cfg.seeds + 1)

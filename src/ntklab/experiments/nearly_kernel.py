@@ -45,10 +45,6 @@ class Config:
         return cls(n_test=40, steps=4000, eps_log=(0.005, 0.01, 0.02, 0.04), eps_search=9)
 
 
-def settings(quick: bool) -> Config:
-    return Config.quick() if quick else Config()
-
-
 def _task(cfg: Config, seed: int):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(cfg.n_train + cfg.n_test, cfg.d, generator=g, dtype=torch.float64)
@@ -66,7 +62,7 @@ def _trained(cfg, eps, x, y, x_test):
 
 @register("nearly-kernel", "Roberts-Yaida-Hanin: quadratic models vs kernel (O(eps)) and nearly-kernel (O(eps^2)) predictions, eps*")
 def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device) -> dict:
-    cfg = settings(quick)
+    cfg = Config.quick() if quick else Config()
     x, y, x_test, y_test = _task(cfg, seed)
     started = time.perf_counter()
     rows, smallest = [], None

@@ -47,10 +47,6 @@ class Config:
         return cls(m=400, seeds=1, n_test=2000, grid=(50, 200, 800))
 
 
-def settings(quick: bool) -> Config:
-    return Config.quick() if quick else Config()
-
-
 def one_run(cfg: Config, n: int, seed: int) -> list[dict]:
     target = R.paper_target(cfg.d, cfg.p, seed=seed)
     x, y = R.sample(target, n, noise=cfg.noise, seed=seed + 1000)
@@ -84,7 +80,7 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 @register("sample-complexity", "Damian-Lee-Soltanolkotabi: Algorithm 1 vs random features vs NTK, loss vs n")
 def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device) -> dict:
-    cfg = settings(quick)
+    cfg = Config.quick() if quick else Config()
     started = time.perf_counter()
     rows = []
     jobs = [(n, seed + s) for n in cfg.grid for s in range(cfg.seeds)]

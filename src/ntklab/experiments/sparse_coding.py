@@ -41,10 +41,6 @@ class Config:
         return cls(d=16, n=800, ks=(1, 3), ms=(16, 32), seeds=1, max_iter=40)
 
 
-def settings(quick: bool) -> Config:
-    return Config.quick() if quick else Config()
-
-
 def _omp_error(x: np.ndarray, atoms: np.ndarray, k: int) -> float:
     unit = atoms / np.linalg.norm(atoms, axis=1, keepdims=True)
     codes = orthogonal_mp(unit.T, x.T, n_nonzero_coefs=k).T
@@ -53,7 +49,7 @@ def _omp_error(x: np.ndarray, atoms: np.ndarray, k: int) -> float:
 
 @register("sparse-coding", "Lecture 22: dictionary learning recovers a planted sparse basis; kN + md vs dN")
 def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device) -> dict:
-    cfg = settings(quick)
+    cfg = Config.quick() if quick else Config()
     started = time.perf_counter()
     rows = []
     jobs = [(k, m, seed + s) for m in cfg.ms for k in cfg.ks for s in range(cfg.seeds)]

@@ -47,10 +47,6 @@ class Config:
         return cls(m=400, seeds=1, n_test=2000, pretrain=(1, 10, 1000), finetune=(8, 32, 128))
 
 
-def settings(quick: bool) -> Config:
-    return Config.quick() if quick else Config()
-
-
 def one_run(cfg: Config, seed: int) -> list[dict]:
     source = R.paper_target(cfg.d, cfg.p, seed=seed)
     target = R.transfer_target(source.U, cfg.p)
@@ -88,7 +84,7 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 @register("transfer", "Damian-Lee-Soltanolkotabi: pretrain W on f*, fit the head on a new task, loss vs N")
 def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device) -> dict:
-    cfg = settings(quick)
+    cfg = Config.quick() if quick else Config()
     started = time.perf_counter()
     rows = []
     for s in tqdm(range(cfg.seeds), desc="transfer", unit="seed"):
