@@ -63,6 +63,13 @@ def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device) -> d
     folder.write_json("fits.json", fits)
     figure = _figure(folder, rows, slope, constant)
     folder.config.update(asdict(cfg))
+    folder.write_text("report.md", _report(cfg, rows, fits, mean_fit, resolved, figure, seconds))
+    return {"seconds": round(seconds, 1), **{k: v for k, v in fits.items() if v is not None}}
+
+
+def _report(cfg: Config, rows: list[dict], fits: dict, mean_fit, resolved, figure: str,
+            seconds: float) -> str:
+    """report.md: the table against L/n, the fit and what the mean shift shows."""
     table = [{"L": r["depth"], "n": r["width"], "L/n": round(r["L_over_n"], 4),
               "Var/E^2 (diag)": f"{r['relative_variance']:.4f} ± {r['relative_variance_se']:.4f}",
               "|E - inf| / scale": f"{r['mean_deviation']:.4f} ± {r['mean_deviation_se']:.4f}"}
@@ -72,18 +79,18 @@ def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device) -> d
                  + (f"; fitted slope against L/n there: {mean_fit[0]:.2f} (theory 1)." if mean_fit
                     else "; too few to fit: at these seed counts the O(L/n) shift of the mean is "
                          "below the Monte Carlo error of the mean."))
-    folder.write_text("report.md", "\n".join([
+    return "\n".join([
         "# Finite-width NTK fluctuations against depth/width (Roberts, Yaida & Hanin)", "",
         f"ReLU MLPs, NTK parameterization (W_std = sqrt 2, b_std = 0), L hidden layers of width n; "
         f"{cfg.seeds} initializations each; {cfg.inputs} inputs on the sphere of radius "
         f"sqrt({cfg.d}).", "",
         markdown_table(table, list(table[0])), "",
         f"![scaling]({figure})", "",
-        f"Fit over all (L, n): Var/E^2 = {constant:.2f} (L/n)^{slope:.2f} (theory: proportional to "
-        f"L/n, slope 1; Hanin & Nica 2019 give exp(5 L/n) - 1 for ReLU with its own input "
-        f"conventions). {mean_line}", "",
-        f"Time: {seconds:.0f} s.", ""]))
-    return {"seconds": round(seconds, 1), **{k: v for k, v in fits.items() if v is not None}}
+        f"Fit over all (L, n): Var/E^2 = {fits['relative_variance_constant']:.2f} "
+        f"(L/n)^{fits['relative_variance_slope']:.2f} (theory: proportional to L/n, slope 1; "
+        f"Hanin & Nica 2019 give exp(5 L/n) - 1 for ReLU with its own input conventions). "
+        f"{mean_line}", "",
+        f"Time: {seconds:.0f} s.", ""])
 
 
 def _figure(folder: RunFolder, rows: list[dict], slope: float, constant: float) -> str:

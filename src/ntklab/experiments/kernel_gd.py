@@ -121,7 +121,7 @@ def study(task: RegressionTask, name: str, kernel, assume_psd: bool, space: str,
                                    / change.abs().max()))
     needed = math.ceil(math.log(TOLERANCE) / math.log(rate)) if rate < 1 else float("inf")
     row.update({
-        "learning_rate": eta, "steps": max_steps,
+        "eta": eta, "steps": max_steps,
         "final_rel_error": float(error[-1]),
         "converged": bool(error[-1] < TOLERANCE),
         "steps_needed_by_theory": needed,
@@ -216,14 +216,22 @@ def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device) -> d
         "max_dev_from_predicted_error": max(r["max_dev_from_predicted_error"] for r in ran),
         "seconds": time.perf_counter() - start,
     }
-    columns = ["task", "kernel", "space", "psd", "diag_reg", "learning_rate", "final_rel_error",
+    folder.write_text("report.md", _report(seed, quick, [t for t, _ in tasks], config, summary, rows,
+                                           figures))
+    return summary
+
+
+def _report(seed: int, quick: bool, tasks: list, config: Config, summary: dict, rows: list[dict],
+            figures: dict[str, str]) -> str:
+    """report.md: what is checked, with the numbers of this run."""
+    columns = ["task", "kernel", "space", "psd", "diag_reg", "eta", "final_rel_error",
                "steps_needed_by_theory", "max_dev_from_predicted_error", "identity_max_rel_dev",
                "lecture_form_with_K_max_rel_dev", "interp_test_mse"]
-    report = f"""# kernel-gd: kernel regression and gradient descent on alpha (lecture 21)
+    return f"""# kernel-gd: kernel regression and gradient descent on alpha (lecture 21)
 
 Seed {seed}{' (quick settings)' if quick else ''}; {summary['seconds']:.1f} s.
 
-Tasks: {'; '.join(t.description for t, _ in tasks)}.
+Tasks: {'; '.join(t.description for t in tasks)}.
 Kernels: Gaussian exp(-||x-y||^2/r^2), ball 1{{||x-y|| < r}}, and the analytic NTK of
 {repr(ntk_net(b_std=1.0))} (infinite width; b_std = 1 so that 1-D inputs are not degenerate).
 
@@ -255,5 +263,3 @@ Kernels: Gaussian exp(-||x-y||^2/r^2), ball 1{{||x-y|| < r}}, and the analytic N
 
 ![convergence]({figures['convergence']})
 """
-    folder.write_text("report.md", report)
-    return summary

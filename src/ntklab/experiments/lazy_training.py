@@ -260,19 +260,27 @@ def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device) -> d
     folder.write_csv("summary.csv", summary)
     folder.write_csv("monte_carlo_ntk.csv", mc_rows)
     folder.write_json("fits.json", fits)
+    folder.write_text("report.md", _report(cfg, names, infos, summary, fits, figures, seconds))
+    return {"fits": fits, "seconds": seconds}
+
+
+def _report(cfg: Config, names: list[str], infos: dict, summary: list[dict], fits: dict,
+            figures: dict[str, str], seconds: float) -> str:
+    """report.md: the fitted slopes, the per-width tables and how to read them."""
     columns = ["width", "runs", "train_loss_fraction", "kernel_change", "weight_change", "ntk_flow_distance",
                "ntk_gd_distance", "lin_distance", "mc_mean_error"]
     tables = "\n\n".join(f"### {task}\n{infos[task]['steps']} GD steps with eta = 1/lambda_max = "
                          f"{infos[task]['eta']:.4g} (infinite-width train loss left: "
-                         f"{infos[task]['flow_final_train_loss_fraction']:.1e} of 1/2||y||^2)\n\n"
+                         f"{infos[task]['flow_final_train_loss_fraction']:.1e} of the initial loss)\n\n"
                          + markdown_table([r for r in summary if r["task"] == task], columns)
                          for task in names)
     slope_rows = [{"task": task, **{q: f"{v:+.3f}" for q, v in fits[task].items()}}
                   for task in names]
-    report = f"""# lazy-training: wide networks train lazily (lectures 21-22)
+    return f"""# lazy-training: wide networks train lazily (lectures 21-22)
 
 One-hidden-layer ReLU nets, NTK parameterization, f(x; w0) = 0 by mirrored copies,
-full-batch GD on ||f - y||^2 / (2 |y|) with learning rate |y| / lambda_max(Theta) (function-space step eta = 1/lambda_max); widths {cfg.widths},
+full-batch GD on ||f - y||^2 / (2 |y|) with learning rate |y| / lambda_max(Theta) (function-space
+step eta = 1/lambda_max); widths {cfg.widths},
 {cfg.seeds} seed(s) each; Monte Carlo over {cfg.mc_seeds} seeds for (e).
 Values are means over seeds at the last step (standard deviations in summary.csv).
 
@@ -293,7 +301,7 @@ infinite-width prediction are O(n^-1/2).
 ![dynamics]({figures['dynamics']})
 
 ## How to read this
-- (a) `train_loss_fraction` is the last step's 1/2 sum (f - y)^2 over its initial value; the
+- (a) `train_loss_fraction` is the last step's training loss over its initial value; the
   step count is chosen so the infinite-width model reaches {LOSS_FRACTION:g} of its initial loss.
 - (b) `kernel_change`: expect a slope between -1/2 (the bound) and -1 (the effective theory).
 - (c) `ntk_flow_distance` compares with `gradient_descent_mse_ensemble` (gradient flow) at
@@ -306,5 +314,3 @@ infinite-width prediction are O(n^-1/2).
 
 Runtime: {seconds:.0f} s on {torch.get_num_threads()} thread(s).
 """
-    folder.write_text("report.md", report)
-    return {"fits": fits, "seconds": seconds}

@@ -108,36 +108,42 @@ def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device) -> d
     folder.write_json("fits.json", fits)
     figure = _figure(folder, rows, search, losses, eps_star)
     folder.config.update(asdict(cfg))
+    folder.write_text("report.md", _report(cfg, rows, fits, large, small, search, losses, figure, seconds))
+    return {"seconds": round(seconds, 1), **fits}
+
+
+def _report(cfg: Config, rows: list[dict], fits: dict, large: list[float], small: float,
+            search: np.ndarray, losses: list[float], figure: str, seconds: float) -> str:
+    """report.md: errors against eps, the fitted slopes, eps* and the warnings."""
     table = [{k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows]
     warning = (f"**Warning:** at eps >= {min(large)} the nearly-kernel correction is no longer small "
                f"(its error exceeds half the kernel's): the expansion in eps is not to be trusted there."
                if large else "The nearly-kernel error stays well below the kernel error on the whole grid.")
     checked = max(r["eps"] for r in rows if r["eps"] not in large) if len(large) < len(rows) else 0.0
-    if abs(eps_star) > checked:
-        warning += (f" **Warning:** |eps*| = {abs(eps_star):.3g} lies beyond eps = {checked:.3g}, the "
+    if abs(fits['eps_star_formula']) > checked:
+        warning += (f" **Warning:** |eps*| = {abs(fits['eps_star_formula']):.3g} lies beyond eps = {checked:.3g}, the "
                     f"largest value where the expansion was checked on this task: eps* is an "
                     f"extrapolation of the O(eps^2) theory there.")
-    folder.write_text("report.md", "\n".join([
+    return "\n".join([
         "# Quadratic model: kernel vs nearly-kernel predictions (Roberts, Yaida & Hanin ch. 11)", "",
         f"Random quadratic model: {cfg.features} tanh features + constant, random symmetric tanh "
         f"meta features; d = {cfg.d}, {cfg.n_train} training and {cfg.n_test} test points, "
         f"target sin(x1) + x2 x3 / 2; GD from W = 0 with eta = 1/lambda_max(k~), {cfg.steps} steps. "
         "Errors: max |z_trained - prediction| on the test set, relative to max |z_trained|.", "",
         markdown_table(table, list(table[0])), "",
-        f"Fitted slopes against eps: kernel error {slope_kernel:.2f} (theory 1), nearly-kernel error "
-        f"{slope_nearly:.2f} (theory 2), GD minus direct-optimization prediction {slope_direct:.2f} "
+        f"Fitted slopes against eps: kernel error {fits['slope_kernel_error']:.2f} (theory 1), nearly-kernel error "
+        f"{fits['slope_nearly_kernel_error']:.2f} (theory 2), GD minus direct-optimization prediction {fits['slope_gd_minus_direct']:.2f} "
         f"(theory 1: the algorithm matters at O(eps)). {warning}", "",
-        f"Optimal feature learning: eps* = {eps_star:.4g} from the slides' formula (z^II estimated from "
+        f"Optimal feature learning: eps* = {fits['eps_star_formula']:.4g} from the slides' formula (z^II estimated from "
         f"the trained model at eps = {small}); grid search of the trained test loss over "
-        f"{cfg.eps_search} values in [{-reach:.3g}, {reach:.3g}]: minimum at eps = {best:.4g} "
+        f"{cfg.eps_search} values in [{search[0]:.3g}, {search[-1]:.3g}]: minimum at eps = {fits['eps_star_grid']:.4g} "
         f"(spacing {search[1] - search[0]:.3g}); test loss {min(losses):.4g} there vs "
         f"{fits['loss_at_zero']:.4g} for the kernel (eps = 0).", "",
         "Noticed: the compressed prediction with the trained kernel k# differs from the slides' "
         "direct-optimization nearly-kernel formula (Z_A = 0) at O(eps) (column "
         "trained_kernel_minus_direct); expanding k#_bA (k#~)^-1 y to first order gives the "
         "nearly-kernel formula with Z_A = Z_B = k~^-1 k~^-1 / 2 instead. Unresolved here.", "",
-        f"![errors]({figure})", "", f"Time: {seconds:.0f} s.", ""]))
-    return {"seconds": round(seconds, 1), **fits}
+        f"![errors]({figure})", "", f"Time: {seconds:.0f} s.", ""])
 
 
 def _figure(folder, rows, search, losses, eps_star) -> str:

@@ -81,7 +81,14 @@ def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device) -> d
     folder.write_csv("table.csv", table)
     figure = _figure(folder, table, cfg)
     folder.config.update(asdict(cfg))
-    folder.write_text("report.md", "\n".join([
+    folder.write_text("report.md", _report(cfg, rows, table, figure, seconds))
+    return {"seconds": round(seconds, 1),
+            "mean_recovery": {f"m={r['m']}, k={r['k']}": r["mean |cos|"] for r in table}}
+
+
+def _report(cfg: Config, rows: list[dict], table: list[dict], figure: str, seconds: float) -> str:
+    """report.md: recovery and reconstruction per (m, k), and the storage count."""
+    return "\n".join([
         "# Sparse coding: recovering a planted dictionary (lecture 22)", "",
         f"d = {cfg.d}, N = {cfg.n} samples x = sum_j alpha_j v_j + noise (std {cfg.noise}/sqrt(d) "
         f"per coordinate), k-sparse N(0, 1) codes on m unit atoms; scikit-learn "
@@ -95,9 +102,7 @@ def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device) -> d
         "The sparse representation stores kN + md numbers instead of dN: worthwhile when k << d "
         "and the dictionary is shared by many samples; recovery gets harder as k grows towards d "
         "and as the dictionary becomes more overcomplete (m > d).", "",
-        f"Time: {seconds:.0f} s.", ""]))
-    return {"seconds": round(seconds, 1),
-            "mean_recovery": {f"m={r['m']}, k={r['k']}": r["mean |cos|"] for r in table}}
+        f"Time: {seconds:.0f} s.", ""])
 
 
 def _figure(folder: RunFolder, table: list[dict], cfg: Config) -> str:
