@@ -3,7 +3,9 @@ converts user arrays through these helpers, so bad input fails early with a
 message that names the argument and says how to fix it."""
 from __future__ import annotations
 
+import math
 import numbers
+import os
 import re
 from typing import Any
 
@@ -23,7 +25,11 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         return torch.device("cpu")
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device={device!r} is not a torch device; use 'cpu', 'cuda', 'cuda:1' "
+                         f"or 'auto'") from err
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} was asked for but CUDA is not available; "
                          "use device='cpu' or device='auto'")
@@ -165,6 +171,33 @@ def record_steps(record: Any, steps: int) -> list[int]:
     if not values or values[0] < 0 or values[-1] > steps:
         raise ValueError(f"record must be a count or steps within [0, steps={steps}], got {record!r}")
     return values
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes that can still be allocated on `device`: free GPU memory, or the operating
+    system's MemAvailable (Linux; the physical memory elsewhere)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_result_fits(shape: tuple[int, ...], count: int, dtype: torch.dtype, device: torch.device,
+                      advice: str) -> None:
+    """Refuse, before any work, a result (`count` arrays of `shape`) larger than the memory
+    available on `device`."""
+    needed = count * math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    available = available_memory(device)
+    if needed > available:
+        raise ValueError(f"the result alone needs {needed / 2 ** 30:.1f} GiB ({count} x "
+                         f"{' x '.join(map(str, shape))} {str(dtype).replace('torch.', '')}) but "
+                         f"{available / 2 ** 30:.1f} GiB are available on {device}; {advice}")
 
 
 def parse_memory(value: int | float | str | None, name: str = "max_memory") -> int:

@@ -13,7 +13,7 @@ from . import experiments
 from .arch.spec import parse_architecture
 from .data import load_array
 from .kernels.engine import compute_kernel
-from .report import atomic_write_bytes
+from .files import atomic_write_bytes, check_writable
 
 
 def _fail(err: Exception) -> None:
@@ -43,11 +43,12 @@ def list_experiments() -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing run folder.")
 @click.option("--data", default=None, help="Dataset, for experiments that take one "
               "(cntk-table: digits or cifar10:DIR with the CIFAR-10 binary batches).")
-@click.option("--train-size", type=int, default=None, help="Training images (subset).")
-@click.option("--test-size", type=int, default=None, help="Test images (subset).")
+@click.option("--train-size", type=click.IntRange(min=1), default=None, help="Training images (subset).")
+@click.option("--test-size", type=click.IntRange(min=1), default=None, help="Test images (subset).")
 @click.option("--scheduler", default=None, help="Kernel tiles: local, processes, or a Dask "
               "scheduler tcp://host:port (experiments with tiled kernels).")
-@click.option("--workers", type=int, default=None, help="Processes for --scheduler processes.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Processes for --scheduler processes [default: one per CPU].")
 def run(name: str, seed: int, out: Path | None, device: str | None, quick: bool,
         overwrite: bool, data: str | None, train_size: int | None, test_size: int | None,
         scheduler: str | None, workers: int | None) -> None:
@@ -77,10 +78,12 @@ def run(name: str, seed: int, out: Path | None, device: str | None, quick: bool,
 @click.option("--get", type=click.Choice(["both", "nngp", "ntk"]), default="both",
               show_default=True)
 @click.option("--device", default=None, help="cpu, cuda or auto (auto: on each Dask worker).")
-@click.option("--tile-size", default=256, show_default=True, help="Rows/columns per tile (.zarr).")
+@click.option("--tile-size", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Rows/columns per tile (.zarr).")
 @click.option("--scheduler", default="local", show_default=True,
               help="For .zarr: local, processes, or a Dask scheduler address tcp://host:port.")
-@click.option("--workers", type=int, default=None, help="Processes for --scheduler processes.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Processes for --scheduler processes [default: one per CPU].")
 @click.option("--max-memory", default="1GiB", show_default=True,
               help="Working memory of one block of pairs (e.g. 512MiB, 4GB).")
 def kernel(arch: str, x1_path: Path, x2_path: Path | None, out: Path, get: str,
@@ -91,6 +94,7 @@ def kernel(arch: str, x1_path: Path, x2_path: Path | None, out: Path, get: str,
     try:
         if out.suffix not in (".npz", ".zarr"):
             raise ValueError(f"--out must end in .npz or .zarr, got {str(out)!r}")
+        check_writable(out, "--out")   # before any work
         net = parse_architecture(arch)
         x1 = load_array(x1_path, "x1")
         x2 = None if x2_path is None else load_array(x2_path, "x2")

@@ -106,20 +106,26 @@ def load_array(path: str | Path, name: str) -> np.ndarray:
     if not path.is_file():
         raise ValueError(f"{name}: file {str(path)!r} does not exist")
     suffix = path.suffix.lower()
-    if suffix == ".npy":
-        array = np.load(path, allow_pickle=False)
-    elif suffix == ".npz":
+    if suffix not in (".npy", ".npz", ".csv"):
+        raise ValueError(f"{name}: unsupported file type {suffix!r}; use .npy, .npz or .csv")
+    try:
+        if suffix == ".npy":
+            return np.load(path, allow_pickle=False)
+        if suffix == ".csv":
+            return np.loadtxt(path, delimiter=",", ndmin=2)
         with np.load(path, allow_pickle=False) as archive:
             keys = list(archive.keys())
             key = name if name in keys else keys[0] if len(keys) == 1 else None
             if key is None:
                 raise ValueError(f"{name}: {path} holds several arrays {keys}; name one {name!r}")
-            array = archive[key]
-    elif suffix == ".csv":
-        array = np.loadtxt(path, delimiter=",", ndmin=2)
-    else:
-        raise ValueError(f"{name}: unsupported file type {suffix!r}; use .npy, .npz or .csv")
-    return array
+            return archive[key]
+    except ValueError as err:
+        if str(err).startswith(f"{name}:"):
+            raise
+        pickled = "allow_pickle" in str(err) or "Object arrays" in str(err)
+        reason = ("holds Python objects (pickled data), which ntklab never loads: save a numeric "
+                  "array, e.g. np.save(path, x.astype(np.float64))" if pickled else f"cannot be read: {err}")
+        raise ValueError(f"{name}: {str(path)!r} {reason}") from err
 
 
 # ----------------------------------------------------------------------------- image classification
@@ -216,7 +222,8 @@ def image_task(data: str, train_size: int | None, test_size: int | None, *, seed
                defaults: tuple[int, int], dtype: torch.dtype = DEFAULT_DTYPE) -> ImageTask:
     """`--data digits` or `--data cifar10:DIR`."""
     if data == "digits":
-        return digits_images(train_size or defaults[0], test_size or defaults[1], seed=seed,
+        return digits_images(defaults[0] if train_size is None else train_size,
+                             defaults[1] if test_size is None else test_size, seed=seed,
                              dtype=dtype)
     if data.startswith("cifar10:"):
         return cifar10(data.split(":", 1)[1], train_size, test_size, seed=seed, dtype=dtype)

@@ -58,8 +58,11 @@ class Factorization:
     """Cholesky (or LU) factorization of a regularized train-train kernel."""
 
     def __init__(self, k: torch.Tensor, name: str = "k_train_train", *, diag_reg: float = 0.0,
-                 diag_reg_absolute_scale: bool = False, assume_psd: bool = True):
+                 diag_reg_absolute_scale: bool = False, assume_psd: bool | None = True):
+        """`assume_psd=None`: Cholesky, for callers that offer no LU alternative (their
+        error message then does not suggest one)."""
         k = add_diagonal_regularizer(_square(k, name), diag_reg, diag_reg_absolute_scale)
+        offers_lu, assume_psd = assume_psd is not None, assume_psd is not False
         self.assume_psd = assume_psd
         if assume_psd:
             factor, info = torch.linalg.cholesky_ex(k)
@@ -68,8 +71,9 @@ class Factorization:
                 raise ValueError(
                     f"{name} is singular or not positive definite (smallest eigenvalue "
                     f"{smallest:.3g}, Cholesky failed at pivot {int(info)}); pass a positive "
-                    f"diag_reg (e.g. diag_reg=1e-6, relative to the mean diagonal) to regularize, "
-                    f"or assume_psd=False for an indefinite but invertible kernel")
+                    f"diag_reg (e.g. diag_reg=1e-6, relative to the mean diagonal) to regularize"
+                    + (", or assume_psd=False for an indefinite but invertible kernel" if offers_lu
+                       else ""))
             self.factor = factor
         else:
             lu, pivots, info = torch.linalg.lu_factor_ex(k)
@@ -217,7 +221,7 @@ class GradientFlow:
     @property
     def factorization(self) -> Factorization:
         if self._factorization is None:
-            self._factorization = Factorization(self.kernel, self.name)
+            self._factorization = Factorization(self.kernel, self.name, assume_psd=None)
         return self._factorization
 
     def solve(self, rhs: torch.Tensor, times: torch.Tensor | None = None, *,

@@ -20,20 +20,10 @@ from typing import Any, Iterable, Mapping
 import matplotlib
 import numpy as np
 
+from .files import atomic_write_bytes, remove_stale_staging
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def provenance(device=None) -> dict[str, Any]:
@@ -80,6 +70,7 @@ class RunFolder:
             os.replace(self.out, trash / "run")
             shutil.rmtree(trash, ignore_errors=True)
         os.replace(self.stage, self.out)
+        remove_stale_staging(self.out)   # left by runs into the same folder that were killed
 
     def path(self, name: str) -> Path:
         return self.stage / name

@@ -37,7 +37,7 @@ def resolve_architecture(architecture) -> Serial:
     if architecture is None:
         return default_architecture()
     if isinstance(architecture, str):
-        return parse_architecture(architecture)
+        return parse_architecture(architecture, argument="architecture")
     if isinstance(architecture, Serial):
         return architecture
     raise ValueError("architecture must be None, an ntklab architecture (nk.serial(...)) or a "

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from ._validation import as_targets, positive, positive_int, record_steps
 from .kernels.empirical import empirical_ntk
-from .kernels.model_inputs import model_input, select_parameters
+from .kernels.model_inputs import model_input, probe_outputs, select_parameters
 
 
 @dataclass
@@ -92,8 +92,11 @@ def train(model: nn.Module, x_train, y_train, *, steps: int, learning_rate: floa
     record_at = record_steps(record, steps)
     generator = torch.Generator().manual_seed(seed)
 
+    if x_test is not None and x_test.shape[1:] != x_train.shape[1:]:
+        raise ValueError(f"x_test must have samples of shape {tuple(x_train.shape[1:])} like x_train, "
+                         f"got {tuple(x_test.shape)}")
     with torch.no_grad():
-        f0_train = model(x_train).reshape(n, -1)
+        f0_train = probe_outputs(model, x_train, "x_train", deterministic=False)
         if f0_train.shape[1] != y.shape[1]:
             raise ValueError(f"the model has {f0_train.shape[1]} outputs but y_train has "
                              f"{y.shape[1]} columns")

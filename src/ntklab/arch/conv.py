@@ -104,6 +104,10 @@ class ConvModule(nn.Module):
         return ((kw - 1) // 2, kw // 2, (kh - 1) // 2, kh // 2)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if h.ndim != 4 or h.shape[1] != self.weight.shape[1]:
+            raise ValueError(f"this convolution takes NCHW images [N, {self.weight.shape[1]}, H, W] "
+                             f"(channels second, torch's layout), got shape {tuple(h.shape)}; for "
+                             f"channels-last arrays use x.permute(0, 3, 1, 2)")
         bias = None if self.bias is None else self.bias_scale * self.bias
         h = F.pad(h, self.pads) if self.padding == "SAME" else h
         return F.conv2d(h, self.weight_scale * self.weight, bias)

@@ -9,8 +9,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .._validation import (as_inputs, check_same_features, input_dtype, parse_memory, positive_int,
-                           resolve_device)
+from .._validation import (as_inputs, check_result_fits, check_same_features, input_dtype,
+                           parse_memory, positive_int, resolve_device)
 from ..tiling import tiled_pairs
 from .layer import Layer
 from .state import Kernel, KernelState
@@ -105,6 +105,10 @@ class Serial(Layer):
                              f"{' (this architecture takes images)' if self.takes_images else ''}, "
                              f"got {shape}")
         shape = tuple(positive_int(s, "in_shape") for s in shape)
+        if self.takes_images and shape[-1] in (1, 3, 4) and shape[0] > 4:
+            raise ValueError(f"in_shape={shape} looks channels-last (H, W, C); ntklab takes images "
+                             f"as (C, H, W) (NCHW batches, torch's layout): pass "
+                             f"in_shape=({shape[2]}, {shape[0]}, {shape[1]})")
         generator = torch.Generator().manual_seed(int(seed))
         net, _ = self.build(shape, generator, dtype)
         net = SymmetricModule(net) if symmetric else net
@@ -158,6 +162,10 @@ class Serial(Layer):
         if x2 is not None:
             x2 = as_inputs(x2, "x2", images=self.takes_images, dtype=dtype, device=x1.device)
             check_same_features(x1, x2)
+        check_result_fits((len(x1), len(x1 if x2 is None else x2)), len(names), dtype, x1.device,
+                          "compute it tile by tile into a zarr store with "
+                          "nk.kernels.compute_kernel(net, x1, x2, store='k.zarr') (or `ntklab "
+                          "kernel --out k.zarr`), or ask for one kernel with get='ntk'")
         need_ntk, full = "ntk" in names, self.needs_all_pixel_pairs
         if block_size is None:
             block_size = self.block_size_for(x1.shape[1:], max_memory, dtype, x1.device)

@@ -16,12 +16,13 @@ from .serial import Serial, serial
 LAYERS = {name: cls for name, cls in REGISTRY.items() if name != "Elementwise"}
 
 
-def parse_architecture(spec: str) -> Serial:
-    """`"Dense(512), Relu(), Dense(1)"` -> `serial(Dense(512), Relu(), Dense(1))`."""
+def parse_architecture(spec: str, argument: str = "--arch") -> Serial:
+    """`"Dense(512), Relu(), Dense(1)"` -> `serial(Dense(512), Relu(), Dense(1))`; errors name the
+    argument the string came in (`argument`: "--arch" on the command line)."""
     try:
         tree = ast.parse(spec.strip(), mode="eval").body
     except SyntaxError as err:
-        raise ValueError(f"--arch {spec!r} is not a comma-separated list of layers such as "
+        raise ValueError(f"{argument} {spec!r} is not a comma-separated list of layers such as "
                          f"'Dense(512, W_std=1.5), Relu(), Dense(1)': {err.msg}") from err
     if (isinstance(tree, ast.Call) and isinstance(tree.func, ast.Name) and tree.func.id == "serial"
             and not tree.keywords):
@@ -30,20 +31,20 @@ def parse_architecture(spec: str) -> Serial:
     layers = []
     for call in calls:
         if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name)):
-            raise ValueError(f"--arch: expected a layer call like Relu(), got "
+            raise ValueError(f"{argument}: expected a layer call like Relu(), got "
                              f"{ast.unparse(call)!r}")
         name = call.func.id
         if name not in LAYERS:
-            raise ValueError(f"--arch: unknown layer {name!r}; known layers: "
+            raise ValueError(f"{argument}: unknown layer {name!r}; known layers: "
                              f"{', '.join(sorted(LAYERS))}")
         try:
             args = [ast.literal_eval(a) for a in call.args]
             kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
         except ValueError as err:
-            raise ValueError(f"--arch: arguments of {name} must be literals, got "
+            raise ValueError(f"{argument}: arguments of {name} must be literals, got "
                              f"{ast.unparse(call)!r}") from err
         try:
             layers.append(LAYERS[name](*args, **kwargs))
         except TypeError as err:
-            raise ValueError(f"--arch: bad arguments for {name}: {err}") from err
+            raise ValueError(f"{argument}: bad arguments for {name}: {err}") from err
     return serial(*layers)

@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -35,7 +36,7 @@ from .. import arch as nk
 from .. import predict
 from ..data import ImageTask, image_task
 from ..kernels.spectrum import inverse_largest_eigenvalue
-from ..kernels.engine import compute_kernel
+from ..kernels.engine import check_scheduler, compute_kernel
 from .._validation import resolve_device
 from ..report import RunFolder, markdown_table
 from ..train import train
@@ -64,7 +65,7 @@ class Config:
     @classmethod
     def quick(cls) -> "Config":
         """Small settings for tests and previews (seconds)."""
-        return cls(depths=(3, 4), train_size=60, test_size=40, channels=16, epochs=5, batch_size=20,
+        return cls(depths=(3, 4), train_size=60, test_size=40, channels=16, epochs=200, batch_size=20,
                    tile_size=32)
 
 
@@ -158,6 +159,7 @@ def orderings(table: dict[int, dict[str, float]]) -> list[dict]:
 def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device | str, data: str = "digits",
         train_size: int | None = None, test_size: int | None = None, scheduler: str | None = None,
         workers: int | None = None) -> dict:
+    check_scheduler(scheduler, workers)   # before any work
     cfg = Config.quick() if quick else Config()
     task = image_task(data, train_size, test_size, seed=seed,
                       defaults=(cfg.train_size, cfg.test_size))
@@ -171,7 +173,7 @@ def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device | str
             kernel = column.startswith("CNTK")
             arch = architecture(depth, readout, channels=cfg.channels, n_classes=task.n_classes,
                                 fix=kernel and readout == "GAP")
-            print(f"[cntk-table] depth {depth} {column}", flush=True)
+            print(f"[cntk-table] depth {depth} {column}", file=sys.stderr, flush=True)
             if kernel:
                 acc, details = cntk_accuracy(task, arch, stores, f"{task.name}-seed{seed}-{column}-"
                                              f"depth{depth}", cfg, scheduler, workers, device)
@@ -197,7 +199,15 @@ def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device | str
     folder.write_text("report.md", _report(task, cfg, rows, order_rows, metrics, figure, stderr,
                                            seconds, stores))
     return {"test_accuracy_percent": {d: {c: round(100 * table[d][c], 2) for c in COLUMNS}
-                                      for d in table}, "seconds": round(seconds, 1)}
+                                      for d in table}, "seconds": round(seconds, 1),
+            "below_chance": below_chance(table, task.n_classes)}
+
+
+def below_chance(table: dict[int, dict[str, float]], n_classes: int) -> list[str]:
+    """The cells whose test accuracy is below chance (1 / classes): a model that did not
+    learn, flagged in the report rather than shown as a result."""
+    return [f"{column} depth {depth}" for depth, row in table.items() for column, accuracy in row.items()
+            if accuracy < 1 / n_classes]
 
 
 def _figure(folder: RunFolder, table: dict, data_name: str) -> str:
@@ -227,11 +237,14 @@ def _report(task, cfg, rows, order_rows, metrics, figure, stderr, seconds, store
                   for depth in dict.fromkeys(m["depth"] for m in metrics)]
     kernel_time = sum(m.get("kernel_seconds", 0.0) for m in metrics)
     cnn_time = sum(m.get("cnn_seconds", 0.0) for m in metrics)
+    failed = below_chance({r["depth"]: {c: r[c] / 100 for c in COLUMNS} for r in rows}, task.n_classes)
     lines = [
         "# CNN vs CNTK (Arora et al. 2019; lecture 22)", "",
         f"Data: {task.description}. Test accuracy in %, one run (seed), "
         f"binomial standard error about ±{stderr:.1f} points at 50% accuracy, less near 100%.", "",
         markdown_table(rows, ["depth", *COLUMNS]), "",
+        *([f"**Warning: below chance ({100 / task.n_classes:.0f}%), i.e. not learned under this "
+           f"protocol: {', '.join(failed)}.** Do not read these cells as results.", ""] if failed else []),
         "The paper's numbers (CIFAR-10, 50000 training images; the table of lecture 22):", "",
         markdown_table(rows, ["depth", *[f"paper {c}" for c in COLUMNS]]), "",
         f"![accuracy vs depth]({figure})", "",

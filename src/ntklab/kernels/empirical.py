@@ -42,11 +42,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._validation import parse_memory
+from .._validation import check_result_fits, parse_memory
 from ..tiling import Tiling, store_tile
 from .autotune import choose
 from .contractions import MODES
-from .model_inputs import check_batch_independent, model_input, reference_tensor, select_parameters
+from .model_inputs import check_model, model_input, reference_tensor, select_parameters
 from .structured import Plan
 
 IMPLEMENTATIONS = ("auto", "structured", "jacobian", "ntk_vp")
@@ -62,14 +62,22 @@ def _run(plan: Plan, implementation: str, x1: torch.Tensor, x2: torch.Tensor | N
     other = x1 if x2 is None else x2
     n1, n2 = len(x1), len(other)
     shape = {"full": (n1, n2, n_out, n_out), "trace": (n1, n2), "diagonal": (n1, n2, n_out)}[mode]
-    result = torch.empty(shape, dtype=x1.dtype, device=x1.device)
+    check_result_fits(shape, 1, x1.dtype, x1.device, "use mode='trace' (one number per pair), "
+                      "or fewer samples per call")
     if implementation == "ntk_vp":
         params = sum(p.numel() for p in plan.chosen.values())
         per_sample = 3.0 * n_out * (params + n_out) * x1.element_size()
-        size = max(1, int(max_memory / per_sample))
+        size = int(max_memory / per_sample)
     else:
         per_sample = plan.feature_bytes(x1)
-        size = int(max(1, max_memory / (2 * per_sample + 1)))   # a row and a column tile
+        size = int(max_memory / (2 * per_sample + 1))   # a row and a column tile
+    if size < 1:
+        raise ValueError(f"implementation={implementation!r} needs {per_sample / 2 ** 30:.2f} GiB per "
+                         f"sample (its per-sample Jacobians or products and their work space), more "
+                         f"than max_memory={max_memory / 2 ** 30:.2f} GiB allows for one tile; raise "
+                         f"max_memory, or use implementation='structured' where the model's "
+                         f"parameters are mostly in Linear/Conv2d layers")
+    result = torch.empty(shape, dtype=x1.dtype, device=x1.device)
     tiling = Tiling(n1, n2, size, symmetric=x2 is None)
     # feature strategies: if a row tile and all of x2's features fit, make each column tile once
     keep_columns = implementation != "ntk_vp" and per_sample * (n2 + size) < max_memory
@@ -130,9 +138,7 @@ def empirical_ntk(model: nn.Module, x1, x2=None, *, mode: str = "trace",
         if x2.shape[1:] != x1.shape[1:]:
             raise ValueError(f"x1 and x2 must have the same sample shape, got {tuple(x1.shape[1:])} "
                              f"and {tuple(x2.shape[1:])}")
-    check_batch_independent(model, x1, "x1")
-    with torch.no_grad():
-        n_out = model(x1[:1]).reshape(1, -1).shape[1]
+    n_out = check_model(model, x1, "x1")
     if implementation == "auto":
         plans = {"structured": Plan(model, chosen, True, x1)}
         if not plans["structured"].structured:   # nothing structured: same as "jacobian"

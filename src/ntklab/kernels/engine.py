@@ -25,12 +25,16 @@ this process writes the store, so workers need no shared file system.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
 import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -42,11 +46,34 @@ from tqdm.auto import tqdm
 from .._validation import as_inputs, check_same_features, input_dtype, positive_int
 from ..arch.serial import Serial, canonical_get
 from ..arch.spec import parse_architecture
+from ..files import atomic_write_bytes, check_writable, remove_stale_staging
 from ..tiling import Tile, Tiling
 
-FORMAT = "ntklab-kernel-store/1"
+FORMAT = "ntklab-kernel-store/2"   # 2: markers hold each tile's SHA-256
 DONE = "tiles_done"
+SCHEDULER_TIMEOUT = "30s"   # to reach a Dask scheduler
 MARKER = re.compile(r"(\d+)_(\d+)")
+
+
+def _digest(array: np.ndarray) -> str:
+    digest = hashlib.sha256(str((array.dtype.str, array.shape)).encode())
+    digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def _quiet_zarr():
+    """zarr logs a traceback per failed chunk decode (asyncio tasks); the failure itself is
+    reported by `KernelStore` as a damaged tile, so those logs are silenced meanwhile."""
+    loggers = [logging.getLogger(name) for name in ("asyncio", "zarr")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def _fingerprint(x: torch.Tensor | None) -> str | None:
@@ -89,8 +116,8 @@ class KernelStore:
         return self.tiling.tiles()
 
     def done(self) -> set[Tile]:
-        """Finished tiles: markers named `I_J` of a tile of this store (anything else in
-        the folder, e.g. an editor's backup file, is ignored)."""
+        """Tiles with a marker `I_J` (claimed finished; `verify` checks their data).  Anything
+        else in the folder, e.g. an editor's backup file, is ignored."""
         wanted = set(self.tiles())
         found = (MARKER.fullmatch(f.name) for f in (self.path / DONE).iterdir() if f.is_file())
         return {tile for tile in ((int(m[1]), int(m[2])) for m in found if m) if tile in wanted}
@@ -103,26 +130,75 @@ class KernelStore:
         import zarr
         return zarr.open_group(store=str(self.path), mode=mode)
 
+    def _marker(self, tile: Tile) -> Path:
+        return self.path / DONE / f"{tile[0]}_{tile[1]}"
+
     def write_tile(self, tile: Tile, arrays: dict[str, np.ndarray]) -> None:
-        """Write one tile's chunks, then its marker (the tile is finished only then)."""
+        """Write one tile's chunks, then its marker holding the SHA-256 of each array as
+        stored (the tile is finished only then; the marker itself is written atomically)."""
         rows, cols = self.tiling.slices(tile)
         group = self._group("r+")
+        digests = {}
         for name in self.names:
-            group[name][rows, cols] = arrays[name]
-        (self.path / DONE / f"{tile[0]}_{tile[1]}").touch()
+            stored = np.ascontiguousarray(arrays[name], dtype=group[name].dtype)
+            group[name][rows, cols] = stored
+            digests[name] = _digest(stored)
+        atomic_write_bytes(self._marker(tile), json.dumps(digests).encode())
+
+    def _read_tile(self, group, tile: Tile, names: Sequence[str]) -> dict[str, np.ndarray] | None:
+        """The tile's arrays if they are readable and match the marker's checksums, else None."""
+        try:
+            digests = json.loads(self._marker(tile).read_text())
+            rows, cols = self.tiling.slices(tile)
+            arrays = {name: group[name][rows, cols] for name in names}
+        except Exception:  # unreadable marker or chunk (a corrupt chunk fails to decompress)
+            return None
+        if any(digests.get(name) != _digest(np.ascontiguousarray(arrays[name])) for name in names):
+            return None
+        return arrays
+
+    def verify(self, names: Sequence[str] | None = None) -> list[Tile]:
+        """Finished tiles whose data are missing, unreadable or differ from their checksum."""
+        group = self._group()
+        names = self.names if names is None else tuple(names)
+        with _quiet_zarr():
+            return sorted(t for t in self.done() if self._read_tile(group, t, names) is None)
+
+    def forget(self, tiles: Sequence[Tile]) -> None:
+        """Mark `tiles` as not computed (the next run computes them again)."""
+        for tile in tiles:
+            self._marker(tile).unlink(missing_ok=True)
 
     def load(self, name: str) -> np.ndarray:
-        """The whole `[N1, N2]` matrix `name` ("nngp" or "ntk"), mirrored if symmetric."""
+        """The whole `[N1, N2]` matrix `name` ("nngp" or "ntk"), mirrored if symmetric; every
+        tile is checked against its checksum, and bad tiles are named."""
         if name not in self.names:
             raise ValueError(f"the store {self.path} holds {list(self.names)}, not {name!r}")
         missing = len(self.tiles()) - len(self.done())
         if missing:
             raise ValueError(f"the store {self.path} is missing {missing} tile(s); run the same "
                              f"compute_kernel call (or ntklab command) again to finish it")
-        matrix = self._group()[name][:]
-        if self.symmetric:
-            upper = np.triu(matrix)
-            matrix = upper + np.triu(matrix, 1).T
+        group = self._group()
+        matrix = np.full(self.shape, np.nan, dtype=group[name].dtype)
+        bad = []
+        with _quiet_zarr():
+            for tile in self.tiles():
+                arrays = self._read_tile(group, tile, (name,))
+                if arrays is None:
+                    bad.append(tile)
+                    continue
+                rows, cols = self.tiling.slices(tile)
+                matrix[rows, cols] = arrays[name]
+                if self.symmetric and tile[0] != tile[1]:
+                    matrix[cols, rows] = arrays[name].T
+        if bad:
+            shown = ", ".join(f"{i}_{j}" for i, j in bad[:10]) + (", ..." if len(bad) > 10 else "")
+            raise ValueError(f"the store {self.path} has {len(bad)} damaged tile(s) ({shown}: "
+                             f"missing, unreadable or not matching their checksum); run the same "
+                             f"compute_kernel call (or ntklab kernel command) again to recompute "
+                             f"exactly those")
+        if self.symmetric:  # diagonal tiles hold both triangles; keep the upper one, mirrored
+            matrix = np.triu(matrix) + np.triu(matrix, 1).T
         return matrix
 
     @classmethod
@@ -149,6 +225,7 @@ def _create(path: Path, config: dict, dtype: torch.dtype) -> KernelStore:
         (stage / DONE).mkdir()
         (stage / "ntklab.json").write_text(json.dumps(config, indent=2, sort_keys=True))
         os.replace(stage, path)
+        remove_stale_staging(path)   # left by creations that were killed
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
@@ -187,8 +264,17 @@ def compute_tile(arch, rows: torch.Tensor, cols: torch.Tensor | None, names: Seq
     return {name: getattr(result, name).cpu().numpy() for name in names}
 
 
-def _set_threads(threads: int) -> None:
+def _init_worker(threads: int, parent: int) -> None:
+    """A process-pool worker: `threads` torch threads, and it exits when its parent dies
+    (a `kill -9` of the submitting process must not leave workers running)."""
     torch.set_num_threads(threads)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="ntklab-parent-watch").start()
 
 
 class _InProcess(cf.Executor):
@@ -203,7 +289,10 @@ class _InProcess(cf.Executor):
         return future
 
 
-def _check_scheduler(scheduler) -> None:
+def check_scheduler(scheduler, workers: int | None = None) -> None:
+    """Validate `scheduler` and `workers` (cheap: nothing is started or connected)."""
+    if workers is not None:
+        positive_int(workers, "workers")
     if scheduler in (None, "local", "processes") or (isinstance(scheduler, str) and "://" in scheduler):
         return
     if type(scheduler).__name__ != "Client":
@@ -220,7 +309,7 @@ def _executor(scheduler, workers: int | None) -> tuple[cf.Executor, int, Any]:
         threads = max(1, (os.cpu_count() or 1) // workers)
         import multiprocessing
         pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                      initializer=_set_threads, initargs=(threads,))
+                                      initializer=_init_worker, initargs=(threads, os.getpid()))
         return pool, 2 * workers, pool
     try:
         from distributed import Client
@@ -231,7 +320,7 @@ def _executor(scheduler, workers: int | None) -> tuple[cf.Executor, int, Any]:
         client, owned = scheduler, None
     else:
         try:
-            client = Client(scheduler, timeout="30s")
+            client = Client(scheduler, timeout=SCHEDULER_TIMEOUT)
         except OSError as err:
             raise ValueError(f"scheduler {scheduler!r}: cannot reach the Dask scheduler ({err}); "
                              f"start one with `dask scheduler` and workers with `dask worker "
@@ -257,15 +346,17 @@ def _in_window(executor: cf.Executor, tasks: Iterator, window: int) -> Iterator[
 def compute_kernel(arch, x1, x2=None, *, store: str | Path, get: str | Sequence[str] | None = None,
                    tile_size: int = 256, dtype: torch.dtype | None = None,
                    scheduler=None, workers: int | None = None, device: str | None = None,
-                   max_memory: int | str | None = "1GiB", progress: bool | None = None
-                   ) -> KernelStore:
+                   max_memory: int | str | None = "1GiB", progress: bool | None = None,
+                   verify: bool = True) -> KernelStore:
     """Compute (or finish) the NNGP/NTK matrices of `arch` between `x1` and `x2`
     into the zarr store `store`, tile by tile; returns the `KernelStore`
     (`.load("ntk")` gives the matrix).  See the module docstring for resuming
     and for the schedulers; `max_memory` bounds each tile's working memory.  The
     store is keyed by `arch.identity`: an architecture that cannot be identified
-    exactly (a lambda) is computed, but never resumed.  dtype as `Serial.kernel`."""
-    arch = parse_architecture(arch) if isinstance(arch, str) else arch
+    exactly (a lambda) is computed, but never resumed.  dtype as `Serial.kernel`.
+    `verify`: check every finished tile against its checksum first and compute the
+    damaged ones again (reads the store once)."""
+    arch = parse_architecture(arch, argument="arch") if isinstance(arch, str) else arch
     if not isinstance(arch, Serial):
         raise ValueError(f"arch must be an nk.serial(...) architecture or a string such as "
                          f"'Conv(64, (3, 3), \"SAME\"), Relu(), Flatten(), Dense(1)', got {arch!r}")
@@ -276,30 +367,34 @@ def compute_kernel(arch, x1, x2=None, *, store: str | Path, get: str | Sequence[
         x2 = as_inputs(x2, "x2", images=arch.takes_images, dtype=dtype)
         check_same_features(x1, x2)
     tile_size = positive_int(tile_size, "tile_size")
-    _check_scheduler(scheduler)
+    check_scheduler(scheduler, workers)
     config = {"format": FORMAT, "architecture": arch.identity, "get": list(names),
               "shape": [len(x1), len(x1 if x2 is None else x2)], "tile_size": tile_size,
               "dtype": str(dtype).replace("torch.", ""), "x1_sha256": _fingerprint(x1),
               "x2_sha256": _fingerprint(x2)}
-    kernel_store = open_store(store, config, dtype)
-    done = kernel_store.done()
-    todo = [tile for tile in kernel_store.tiles() if tile not in done]
-    if not todo:
-        return kernel_store
-
-    def tasks():
-        for tile in todo:
-            rows, cols = kernel_store.tiling.slices(tile)
-            same = kernel_store.tiling.on_diagonal(tile)
-            other = None if same else (x1 if x2 is None else x2)[cols]
-            yield tile, compute_tile, (arch, x1[rows], other, names, device, max_memory)
-
+    if not Path(store).exists():
+        check_writable(store, "store")
+    # the scheduler is reached (workers validated, tcp:// connected) before the store exists,
+    # so a failed start leaves nothing behind
     executor, window, owned = _executor(scheduler, workers)
-    total = len(kernel_store.tiles())
-    show = total > 1 if progress is None else progress
     try:
-        with tqdm(total=total, initial=total - len(todo), disable=not show, desc="kernel tiles",
-                  unit="tile", dynamic_ncols=True) as bar:
+        kernel_store = open_store(store, config, dtype)
+        if verify:
+            kernel_store.forget(kernel_store.verify())   # damaged tiles are computed again
+        done = kernel_store.done()
+        todo = [tile for tile in kernel_store.tiles() if tile not in done]
+
+        def tasks():
+            for tile in todo:
+                rows, cols = kernel_store.tiling.slices(tile)
+                same = kernel_store.tiling.on_diagonal(tile)
+                other = None if same else (x1 if x2 is None else x2)[cols]
+                yield tile, compute_tile, (arch, x1[rows], other, names, device, max_memory)
+
+        total = len(kernel_store.tiles())
+        show = total > 1 if progress is None else progress
+        with tqdm(total=total, initial=total - len(todo), disable=not show or not todo,
+                  desc="kernel tiles", unit="tile", dynamic_ncols=True) as bar:
             for tile, arrays in _in_window(executor, tasks(), window):
                 kernel_store.write_tile(tile, arrays)
                 bar.update()

@@ -66,8 +66,11 @@ def model_input(x: Any, name: str, reference: torch.Tensor) -> torch.Tensor:
             t = torch.as_tensor(np.asarray(x, dtype=np.float64), dtype=reference.dtype,
                                 device=reference.device)
         except (TypeError, ValueError) as err:
-            raise ValueError(f"{name} must be a numeric array, got {type(x).__name__}") from err
-    if t.ndim < 2 or t.shape[0] == 0:
+            raise ValueError(f"{name} must be a numeric array (rows of equal length), got "
+                             f"{type(x).__name__}: {err}") from err
+    if t.ndim >= 1 and t.shape[0] == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(t.shape)}); it needs at least one sample")
+    if t.ndim < 2:
         raise ValueError(f"{name} must have a batch axis first and at least one feature axis, "
                          f"got shape {tuple(t.shape)}; for one sample use {name}[None]")
     if not torch.isfinite(t).all():
@@ -75,22 +78,62 @@ def model_input(x: Any, name: str, reference: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def check_batch_independent(model: nn.Module, x: torch.Tensor, name: str) -> None:
-    """Per-sample strategies assume f(x_i) depends on x_i alone.  A module that
-    mixes samples (BatchNorm in train mode, batch statistics) would give wrong
-    kernels silently, so it is refused."""
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
+def _rng_states(device: torch.device) -> list[torch.Tensor]:
+    states = [torch.random.get_rng_state()]
+    if device.type == "cuda":
+        states.append(torch.cuda.get_rng_state(device))
+    return states
+
+
+def probe_outputs(model: nn.Module, x: torch.Tensor, name: str, *,
+                  deterministic: bool = True) -> torch.Tensor:
+    """`model(x)` as `[n, O]`, with a clear error when the model cannot take `x`, does not
+    return one tensor, or (`deterministic`) draws random numbers (a stochastic forward pass)."""
+    before = _rng_states(x.device)
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except RuntimeError as err:
+        raise ValueError(f"the model cannot take {name} with samples of shape {tuple(x.shape[1:])}: "
+                         f"{str(err).splitlines()[0]}; check the number of features (images are "
+                         f"NCHW, [N, C, H, W])") from err
+    if not isinstance(out, torch.Tensor):
+        raise ValueError(f"the model returns a {type(out).__name__}, not one tensor; tangent kernels "
+                         f"need f(x) as a tensor [N, ...]: wrap the model so that forward returns "
+                         f"the output you want (e.g. the logits)")
+    if deterministic and any(not torch.equal(a, b) for a, b in zip(before, _rng_states(x.device))):
+        raise ValueError("the model's forward pass draws random numbers (dropout or another "
+                         "stochastic layer in train mode), so its tangent kernel is random; call "
+                         "model.eval() first")
+    return out.reshape(len(x), -1)
+
+
+def check_model(model: nn.Module, x: torch.Tensor, name: str) -> int:
+    """Refuse models whose tangent kernel is not a deterministic per-sample quantity, and
+    return the number of outputs O.  Per-sample strategies assume f(x_i) depends on x_i
+    alone and deterministically: BatchNorm in train mode (batch statistics), dropout in
+    train mode or any random draw in the forward pass, non-finite parameters, outputs that
+    change with the rest of the batch are each an error that says what to do."""
+    for module_name, module in model.named_modules():
+        if module.training and isinstance(module, nn.modules.batchnorm._BatchNorm):
             raise ValueError(f"{type(module).__name__} is in train mode, so each output depends "
                              "on the whole batch and per-sample tangent kernels are not defined; "
                              "call model.eval() first (running statistics are then used)")
-    if len(x) < 2:
-        return
-    with torch.no_grad():
-        both = model(x[:2])
-        alone = model(x[:1])
-    if not torch.allclose(both[:1], alone, rtol=1e-4, atol=1e-6 * (1 + float(alone.abs().max()))):
-        raise ValueError(f"the model's output for {name}[0] changes when {name}[1] is in the "
-                         "same batch: outputs depend on other samples (batch statistics, "
-                         "train-mode normalisation?), so per-sample tangent kernels are not "
-                         "defined; put the model in eval mode")
+        if module.training and isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0:
+            raise ValueError(f"{type(module).__name__}(p={module.p}) ({module_name or 'the model'}) "
+                             f"is in train mode, so the forward pass is random and so is its "
+                             f"tangent kernel; call model.eval() first")
+    for parameter_name, parameter in model.named_parameters():
+        if not torch.isfinite(parameter).all():
+            raise ValueError(f"the model's parameter {parameter_name!r} contains NaN/inf values; "
+                             f"re-initialize the model (training diverged?)")
+    alone = probe_outputs(model, x[:1], name)
+    if len(x) >= 2:
+        both = probe_outputs(model, x[:2], name)
+        if not torch.allclose(both[:1], alone, rtol=1e-4,
+                              atol=1e-6 * (1 + float(alone.abs().max()))):
+            raise ValueError(f"the model's output for {name}[0] changes when {name}[1] is in the "
+                             "same batch: outputs depend on other samples (batch statistics, "
+                             "train-mode normalisation?), so per-sample tangent kernels are not "
+                             "defined; put the model in eval mode")
+    return alone.shape[1]
