@@ -84,11 +84,13 @@ def run(name: str, seed: int, out: Path | None, device: str | None, quick: bool,
               help="For .zarr: local, processes, or a Dask scheduler address tcp://host:port.")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Processes for --scheduler processes [default: one per CPU].")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="For .zarr: check finished tiles against their checksums and recompute damaged ones.")
 @click.option("--max-memory", default="1GiB", show_default=True,
               help="Working memory of one block of pairs (e.g. 512MiB, 4GB).")
 def kernel(arch: str, x1_path: Path, x2_path: Path | None, out: Path, get: str,
            device: str | None, tile_size: int, scheduler: str, workers: int | None,
-           max_memory: str) -> None:
+           verify: bool, max_memory: str) -> None:
     """Compute the infinite-width NNGP/NTK of an architecture between input files."""
     get_names = ("nngp", "ntk") if get == "both" else (get,)
     try:
@@ -101,7 +103,8 @@ def kernel(arch: str, x1_path: Path, x2_path: Path | None, out: Path, get: str,
         if out.suffix == ".zarr":
             store = compute_kernel(net, x1, x2, store=out, get=get_names, tile_size=tile_size,
                                    scheduler=scheduler, workers=workers, device=device,
-                                   max_memory=max_memory, progress=sys.stderr.isatty() or None)
+                                   max_memory=max_memory, progress=sys.stderr.isatty() or None,
+                                   verify=verify)
             click.echo(f"wrote {out}: {', '.join(store.names)} {store.shape}, "
                        f"{len(store.tiles())} tiles (read with ntklab.kernels.KernelStore.open)")
             return
