@@ -9,12 +9,12 @@ Run: `make bench` (installs the optional `bench` extra: jax 0.4.30 + neural-tang
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import torch
 
 import ntklab as nk
+from timing import best_of
 
 W_STD, B_STD, DEPTH, D = 1.5, 0.05, 3, 100
 # elementwise operations per pair and layer in ntklab's ReLU + Dense recursion:
@@ -23,14 +23,6 @@ W_STD, B_STD, DEPTH, D = 1.5, 0.05, 3, 100
 OPS_PER_PAIR_LAYER = 15
 
 
-def best_of(fn, repeats: int) -> float:
-    fn()  # warm-up (and jit compilation for neural-tangents)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def matmul_rate(n: int = 2048) -> float:

@@ -16,11 +16,11 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import time
 
 import torch
 
 import ntklab as nk
+from timing import best_of
 
 
 def networks():
@@ -31,13 +31,6 @@ def networks():
     return {"mlp": (mlp, (8,)), "cnn": (cnn, (3, 16, 16))}
 
 
-def best_of(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:
