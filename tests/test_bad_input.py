@@ -101,6 +101,15 @@ def test_channels_last_images_are_refused_where_the_channels_are_known():
     model = cnn.module(in_shape=(3, 8, 8))
     with pytest.raises(ValueError, match=r"NCHW images \[N, 3, H, W\].*permute\(0, 3, 1, 2\)"):
         model(torch.randn(2, 8, 8, 3))
+    # [6, 4, 4, 3]: channels-last, but plausible as NCHW; an architecture that states its
+    # input channels refuses it in the kernel and in the finite network
+    rgb = nk.serial(nk.Conv(4, (3, 3), "SAME", in_channels=3), nk.Relu(), nk.GlobalAvgPool(), nk.Dense(1))
+    nhwc = torch.randn(6, 4, 4, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"takes images with 3 channels, got 4 .*NCHW.*permute"):
+        rgb.kernel(nhwc)
+    with pytest.raises(ValueError, match=r"takes images with 3 channels, got 4"):
+        rgb.module(in_shape=(4, 4, 3))
+    assert rgb.kernel(nhwc.permute(0, 3, 1, 2), get="ntk").shape == (6, 6)
 
 
 def test_messages_name_the_argument_of_the_api_they_come_from():

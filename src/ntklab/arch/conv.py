@@ -126,15 +126,20 @@ def _image_state(k: KernelState, layer: Layer) -> None:
 
 class Conv(Affine):
     """`Conv(out_chan, filter_shape=(3, 3), padding="VALID", W_std=1.0, b_std=None,
-    parameterization="ntk", trainable=True)`: neural-tangents' `stax.Conv` on NCHW
-    images (stride 1, no dilation)."""
+    parameterization="ntk", trainable=True, in_channels=None)`: neural-tangents'
+    `stax.Conv` on NCHW images (stride 1, no dilation).
+
+    `in_channels` (optional, not in neural-tangents): the channels this layer expects;
+    given, both the kernel and the finite module refuse inputs with other channels, which
+    catches channels-last (NHWC) arrays that happen to look like NCHW ones."""
 
     takes_images = True
 
     def __init__(self, out_chan: int, filter_shape: Sequence[int] = (3, 3), padding: str = "VALID",
                  W_std: float = 1.0, b_std: float | None = None, parameterization: str = "ntk",
-                 trainable: bool = True):
+                 trainable: bool = True, in_channels: int | None = None):
         self.out = positive_int(out_chan, "out_chan (channels of Conv)")
+        self.in_channels = None if in_channels is None else positive_int(in_channels, "in_channels")
         shape = tuple(filter_shape) if isinstance(filter_shape, (tuple, list)) else ()
         if len(shape) != 2:
             raise ValueError(f"filter_shape must be (kh, kw), got {filter_shape!r}")
@@ -149,9 +154,16 @@ class Conv(Affine):
                              f"{tuple(spatial)} images reaching it with padding='VALID'; use "
                              f"padding='SAME', a smaller filter, or fewer VALID layers")
 
+    def _check_channels(self, channels: int, shape: tuple) -> None:
+        if self.in_channels is not None and channels != self.in_channels:
+            raise ValueError(f"{self!r} takes images with {self.in_channels} channels, got "
+                             f"{channels} (shape {shape}); images are NCHW, channels second "
+                             f"(torch's layout): for channels-last arrays use x.permute(0, 3, 1, 2)")
+
     def build(self, in_shape, generator, dtype):
         if len(in_shape) != 3:
             raise ValueError(f"{self!r} needs image inputs (C, H, W), got shape {tuple(in_shape)}")
+        self._check_channels(in_shape[0], tuple(in_shape))
         self._check_fits(in_shape[1:])
         module = ConvModule(in_shape[0], self.out, self.filter_shape, self.padding, self.W_std,
                             self.b_std, self.parameterization, generator, dtype)
@@ -164,6 +176,7 @@ class Conv(Affine):
 
     def kernel_map(self, k: KernelState) -> KernelState:
         _image_state(k, self)
+        self._check_channels(k.width, (k.width, *k.spatial))
         self._check_fits(k.spatial)
         return super().kernel_map(k)
 
