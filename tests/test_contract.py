@@ -160,3 +160,10 @@ def test_import_ntklab_stays_light():
             "'zarr', 'pandas', 'click') if m in sys.modules]; assert not heavy, heavy; "
             "import ntklab.arch, ntklab.tiling")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_missing_extra_says_which_to_install():
+    from ntklab._extras import import_extra
+    with pytest.raises(ImportError, match=r"needs no_such_module, from the \[engine\] extra: "
+                                          r"pip install 'ntklab\[engine\]'"):
+        import_extra("no_such_module", "engine")

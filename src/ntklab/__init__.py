@@ -5,6 +5,8 @@ estimators (`ntklab.sklearn`), the experiments and the CLI load their own extras
 when imported."""
 from importlib import import_module
 
+from ._extras import import_extra
+
 from .arch import *  # noqa: F401,F403  -- the layer registry's public names
 from .arch import PUBLIC as _LAYER_NAMES
 from . import kernels, predict
@@ -19,5 +21,6 @@ __all__ = [*_LAYER_NAMES, "TrainingHistory", "empirical_ntk", "kernels", "predic
 def __getattr__(name: str):
     """`nk.sklearn` is imported on first use (it needs scikit-learn, an extra)."""
     if name == "sklearn":
+        import_extra("sklearn", "sklearn")
         return import_module(".sklearn", __name__)
     raise AttributeError(f"module 'ntklab' has no attribute {name!r}")

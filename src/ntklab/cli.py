@@ -6,14 +6,17 @@ import json
 import sys
 from pathlib import Path
 
-import click
 import numpy as np
 
-from . import experiments
-from .arch.spec import parse_architecture
-from .data import load_array
-from .kernels.engine import compute_kernel
-from .files import atomic_write_bytes, check_writable
+from ._extras import import_extra
+
+click = import_extra("click", "lab")   # the command line is part of the lab extra
+
+from . import experiments  # noqa: E402
+from .arch.spec import parse_architecture  # noqa: E402
+from .data import load_array  # noqa: E402
+from .kernels.engine import compute_kernel  # noqa: E402
+from .files import atomic_write_bytes, check_writable  # noqa: E402
 
 
 def _fail(err: Exception) -> None:

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .._extras import import_extra
 from .._validation import as_inputs, check_same_features, input_dtype, positive_int
 from ..arch.serial import Serial, canonical_get
 from ..arch.spec import parse_architecture
@@ -127,7 +128,7 @@ class KernelStore:
         return len(self.done()) == len(self.tiles())
 
     def _group(self, mode: str = "r"):
-        import zarr
+        zarr = import_extra("zarr", "engine")
         return zarr.open_group(store=str(self.path), mode=mode)
 
     def _marker(self, tile: Tile) -> Path:
@@ -213,7 +214,7 @@ class KernelStore:
 
 def _create(path: Path, config: dict, dtype: torch.dtype) -> KernelStore:
     """Create the empty store in a staging folder and rename it into place."""
-    import zarr
+    zarr = import_extra("zarr", "engine")
     path.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.partial-"))
     try:
@@ -311,11 +312,7 @@ def _executor(scheduler, workers: int | None) -> tuple[cf.Executor, int, Any]:
         pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                       initializer=_init_worker, initargs=(threads, os.getpid()))
         return pool, 2 * workers, pool
-    try:
-        from distributed import Client
-    except ImportError as err:  # pragma: no cover - dask[distributed] is a dependency
-        raise ValueError("scheduler='tcp://...' needs dask.distributed: pip install "
-                         "'dask[distributed]'") from err
+    Client = import_extra("distributed", "engine").Client
     if isinstance(scheduler, Client):
         client, owned = scheduler, None
     else:
