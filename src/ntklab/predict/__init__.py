@@ -1,0 +1,28 @@
+"""Kernel regression and the predictions of gradient-descent training (`ntklab.predict`).
+
+* `solve` / `kernel_regression`: interpolation alpha = K^-1 y and ridge
+  alpha = (K + lambda I)^-1 y (lecture 21), by Cholesky (LU for indefinite kernels).
+* `gradient_descent_alpha`: GD on the coefficients of f = K alpha (lecture 21), or
+  the same loss descended in function space (the RKHS gradient), recording alpha_t
+  and f_t.
+* `gradient_descent_mse_ensemble`: mean and covariance of an infinite ensemble
+  of infinitely wide networks trained by gradient flow on the MSE for time t
+  (Lee et al. 2019, "Wide neural networks of any depth evolve as linear models under
+  gradient descent", NeurIPS, eqs. 9-16), f_0 ~ GP(0, K_nngp),
+  `diag_reg` relative to the mean diagonal of the train-train kernel, t=None
+  for t = infinity.  One eigendecomposition per kernel serves all times.
+
+One learning-rate convention in all of ntklab (`train`, these predictions, GD on
+alpha), neural-tangents': `learning_rate` is the step of gradient descent on
+
+    L = ||f(X) - Y||^2 / (2 |Y|),      |Y| = y_train.size (samples x outputs),
+
+so gradient flow in function space reads df/dt = -(learning_rate / |Y|) Theta (f - Y),
+and the lecture's g(alpha) = ||K alpha - y||^2 with step eta is learning_rate = 2 |Y| eta.
+"""
+from .alpha import GradientDescentPath, gradient_descent_alpha
+from .ensemble import gradient_descent_mse_ensemble
+from .linalg import Factorization, GradientFlow, add_diagonal_regularizer, kernel_regression, solve
+
+__all__ = ["Factorization", "GradientDescentPath", "GradientFlow", "add_diagonal_regularizer",
+           "gradient_descent_alpha", "gradient_descent_mse_ensemble", "kernel_regression", "solve"]

@@ -1,0 +1,132 @@
+"""Linear algebra of kernel regression: the diagonal regularizer, Cholesky/LU
+factorizations, interpolation alpha = K^-1 y and ridge alpha = (K + lambda I)^-1 y, and
+the closed-form gradient flow on the MSE (`GradientFlow`) that the predictions share."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .._validation import DEFAULT_DTYPE, as_tensor, as_targets, positive, positive_int
+
+
+def add_diagonal_regularizer(k: torch.Tensor, diag_reg: float,
+                             absolute_scale: bool = False) -> torch.Tensor:
+    """K + diag_reg * s * I with s = 1 (absolute) or s = mean(diag(K)) (neural-tangents' default)."""
+    diag_reg = positive(diag_reg, "diag_reg", allow_zero=True)
+    if diag_reg == 0:
+        return k
+    scale = 1.0 if absolute_scale else float(k.diagonal().mean())
+    return k + diag_reg * scale * torch.eye(k.shape[0], dtype=k.dtype, device=k.device)
+
+
+def _square(k: Any, name: str) -> torch.Tensor:
+    k = as_tensor(k, name, dtype=k.dtype if isinstance(k, torch.Tensor) and k.is_floating_point()
+                  else DEFAULT_DTYPE)
+    if k.ndim != 2 or k.shape[0] != k.shape[1]:
+        raise ValueError(f"{name} must be a square [N, N] kernel matrix, got shape {tuple(k.shape)}")
+    return k
+
+
+class Factorization:
+    """Cholesky (or LU) factorization of a regularized train-train kernel."""
+
+    def __init__(self, k: torch.Tensor, name: str = "k_train_train", *, diag_reg: float = 0.0,
+                 diag_reg_absolute_scale: bool = False, assume_psd: bool | None = True):
+        """`assume_psd=None`: Cholesky, for callers that offer no LU alternative (their
+        error message then does not suggest one)."""
+        k = add_diagonal_regularizer(_square(k, name), diag_reg, diag_reg_absolute_scale)
+        offers_lu, assume_psd = assume_psd is not None, assume_psd is not False
+        self.assume_psd = assume_psd
+        if assume_psd:
+            factor, info = torch.linalg.cholesky_ex(k)
+            if int(info) != 0:
+                smallest = float(torch.linalg.eigvalsh(k)[0])
+                raise ValueError(
+                    f"{name} is singular or not positive definite (smallest eigenvalue "
+                    f"{smallest:.3g}, Cholesky failed at pivot {int(info)}); pass a positive "
+                    f"diag_reg (e.g. diag_reg=1e-6, relative to the mean diagonal) to regularize"
+                    + (", or assume_psd=False for an indefinite but invertible kernel" if offers_lu
+                       else ""))
+            self.factor = factor
+        else:
+            lu, pivots, info = torch.linalg.lu_factor_ex(k)
+            if int(info) != 0:
+                raise ValueError(f"{name} is singular (LU found a zero pivot at {int(info)}); "
+                                 f"pass a positive diag_reg to regularize")
+            self.factor, self.pivots = lu, pivots
+
+    def solve(self, rhs: torch.Tensor) -> torch.Tensor:
+        """K^-1 rhs."""
+        if self.assume_psd:
+            return torch.cholesky_solve(rhs, self.factor)
+        return torch.linalg.lu_solve(self.factor, self.pivots, rhs)
+
+
+def solve(k_train_train, y_train, *, diag_reg: float = 0.0, diag_reg_absolute_scale: bool = False,
+          assume_psd: bool = True) -> torch.Tensor:
+    """alpha = (K + diag_reg I)^-1 y (interpolation when diag_reg = 0, lecture 21)."""
+    k = _square(k_train_train, "k_train_train")
+    y, vector = as_targets(y_train, k.shape[0], "y_train", k.dtype, k.device)
+    alpha = Factorization(k, diag_reg=diag_reg, diag_reg_absolute_scale=diag_reg_absolute_scale,
+                          assume_psd=assume_psd).solve(y)
+    return alpha[:, 0] if vector else alpha
+
+
+def kernel_regression(k_train_train, y_train, k_test_train, **solve_kwargs) -> torch.Tensor:
+    """f(x) = sum_i alpha_i K(x, x_i) at the test points, alpha from `solve`."""
+    alpha = solve(k_train_train, y_train, **solve_kwargs)
+    k_td = as_tensor(k_test_train, "k_test_train", dtype=alpha.dtype, device=alpha.device)
+    if k_td.ndim != 2 or k_td.shape[1] != alpha.shape[0]:
+        raise ValueError(f"k_test_train must have shape [N_test, {alpha.shape[0]}], "
+                         f"got {tuple(k_td.shape)}")
+    return k_td @ alpha
+
+
+class GradientFlow:
+    """Gradient flow df/dt = -(lr / |Y|) G (f - Y) on a regularized train-train kernel
+    G = K + diag_reg s I (ntklab's loss convention, see the module docstring), in the
+    closed forms that all MSE predictions share.  The Cholesky factor and the
+    eigendecomposition of G are computed once, when first needed.
+
+    `solve(rhs, times)`: G^-1 (I - e^{-lr G t / |Y|}) rhs, [T, N, M] for the times t
+    ([N, M], G^-1 rhs, for `times=None`, t = infinity); `doubled` uses rate 2 lr.
+    `decay(times)`: e^{-lr G t / |Y|}, [T, N, N]."""
+
+    def __init__(self, k_train_train: torch.Tensor, y_size: int, *, learning_rate: float = 1.0,
+                 diag_reg: float = 0.0, diag_reg_absolute_scale: bool = False,
+                 name: str = "k_train_train"):
+        self.kernel = add_diagonal_regularizer(_square(k_train_train, name), diag_reg,
+                                               diag_reg_absolute_scale)
+        self.rate = positive(learning_rate, "learning_rate") / positive_int(y_size, "y_size")
+        self.name = name
+        self._eigenspace = self._factorization = None
+
+    @property
+    def eigenspace(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._eigenspace is None:
+            self._eigenspace = torch.linalg.eigh(self.kernel)
+        return self._eigenspace
+
+    @property
+    def factorization(self) -> Factorization:
+        if self._factorization is None:
+            self._factorization = Factorization(self.kernel, self.name, assume_psd=None)
+        return self._factorization
+
+    def solve(self, rhs: torch.Tensor, times: torch.Tensor | None = None, *,
+              doubled: bool = False) -> torch.Tensor:
+        if times is None:
+            return self.factorization.solve(rhs)
+        evals, evecs = self.eigenspace
+        rate = self.rate * (2 if doubled else 1)
+        exponent = -rate * times[:, None] * evals[None, :]
+        safe = torch.where(evals == 0, torch.ones_like(evals), evals)
+        coef = torch.where(evals == 0, rate * times[:, None].expand_as(exponent),
+                           -torch.expm1(exponent) / safe)
+        return torch.einsum("ij,tj,kj,km->tim", evecs, coef, evecs, rhs)
+
+    def decay(self, times: torch.Tensor) -> torch.Tensor:
+        evals, evecs = self.eigenspace
+        factor = torch.exp(-self.rate * times[:, None] * evals.clamp(min=0)[None, :])
+        return torch.einsum("ij,tj,kj->tik", evecs, factor, evecs)
