@@ -5,6 +5,8 @@
 * `gradient_descent_alpha`: GD on the coefficients of f = K alpha (lecture 21), or
   the same loss descended in function space (the RKHS gradient), recording alpha_t
   and f_t.
+* `gradient_descent_mse`, `gradient_descent` (any loss, by an ODE solver), `gp_inference`,
+  `max_learning_rate`: neural-tangents' predictions on given (finite) kernels.
 * `gradient_descent_mse_ensemble`: mean and covariance of an infinite ensemble
   of infinitely wide networks trained by gradient flow on the MSE for time t
   (Lee et al. 2019, "Wide neural networks of any depth evolve as linear models under
@@ -22,7 +24,9 @@ and the lecture's g(alpha) = ||K alpha - y||^2 with step eta is learning_rate = 
 """
 from .alpha import GradientDescentPath, gradient_descent_alpha
 from .ensemble import gradient_descent_mse_ensemble
+from .finite import gp_inference, gradient_descent, gradient_descent_mse, max_learning_rate
 from .linalg import Factorization, GradientFlow, add_diagonal_regularizer, kernel_regression, solve
 
 __all__ = ["Factorization", "GradientDescentPath", "GradientFlow", "add_diagonal_regularizer",
-           "gradient_descent_alpha", "gradient_descent_mse_ensemble", "kernel_regression", "solve"]
+           "gp_inference", "gradient_descent", "gradient_descent_alpha", "gradient_descent_mse",
+           "gradient_descent_mse_ensemble", "kernel_regression", "max_learning_rate", "solve"]

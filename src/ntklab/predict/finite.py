@@ -1,0 +1,270 @@
+"""Predictions on finite (given) kernels, neural-tangents' `predict` API: the outputs of a
+network trained in function space with its tangent kernel (Jacot et al. 2018; Lee et al.
+2019, "Wide neural networks of any depth evolve as linear models under gradient descent").
+
+Conventions (neural-tangents'): kernels are `[N, N]` over samples and act on every output
+column alike; `learning_rate` multiplies time (absolute time = learning_rate * t); the
+dynamics are gradient flow in function space
+
+    df/dt = -learning_rate * K dloss/df,        f = (f(X_train), f(X_test)),
+
+so a loss that averages over its |Y| entries carries the 1/|Y| (for MSE,
+L = ||f - y||^2 / (2 |Y|): df/dt = -(learning_rate / |Y|) K (f - y), as everywhere in ntklab).
+
+* `gradient_descent_mse`: the closed form for the MSE at any array of times (one
+  eigendecomposition; a Cholesky solve for t=None, i.e. infinity).
+* `gradient_descent`: any differentiable loss (cross-entropy included), by integrating the
+  ODE with `scipy.integrate.solve_ivp` (DOP853: an adaptive 8th-order Runge-Kutta method
+  with error control, so the tolerance is met and a failure is reported; the state is only
+  N x outputs numbers, so a CPU ODE solver is the right tool and no extra dependency is
+  needed).  `momentum` solves the heavy-ball ODE in neural-tangents' units: time in units
+  of sqrt(learning_rate), friction (momentum - 1) / sqrt(learning_rate).
+* `gp_inference`: the Gaussian-process posterior mean and covariance for given kernels.
+* `max_learning_rate`: 2 (1 + momentum) |Y| / lambda_max(K).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from scipy.integrate import solve_ivp
+
+from .._validation import as_tensor, positive
+from .linalg import Factorization, GradientFlow, _square
+
+Prediction = tuple["torch.Tensor | None", "torch.Tensor | None"]
+
+
+@dataclass(frozen=True)
+class _Problem:
+    """Validated train kernel and targets (y as [N, K], whether it was 1-D)."""
+    k_train_train: torch.Tensor
+    y_train: torch.Tensor
+    vector: bool
+
+
+def _problem(k_train_train, y_train) -> _Problem:
+    k = _square(k_train_train, "k_train_train")
+    y = as_tensor(y_train, "y_train", dtype=k.dtype, device=k.device)
+    vector = y.ndim == 1
+    y = y[:, None] if vector else y
+    if y.ndim != 2 or y.shape[0] != k.shape[0]:
+        raise ValueError(f"y_train must have shape [N] or [N, K] with N = {k.shape[0]} (the size of "
+                         f"k_train_train), got {tuple(y.shape)}")
+    return _Problem(k, y, vector)
+
+
+def _outputs(value, shape: tuple[int, ...], name: str, like: torch.Tensor) -> torch.Tensor:
+    """Initial outputs: a scalar (broadcast) or an array of `shape` ([N] allowed for K = 1)."""
+    t = as_tensor(value, name, dtype=like.dtype, device=like.device)
+    if t.ndim == 0:
+        return t.expand(shape).clone()
+    if t.shape == shape[:1] and shape[1] == 1:
+        return t[:, None].clone()
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{name} must have shape {shape} (or be a scalar), got {tuple(t.shape)}")
+    return t.clone()
+
+
+def _test_kernel(k_test_train, fx_test_0, problem: _Problem) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    if fx_test_0 is None:
+        return None, None
+    if k_test_train is None:
+        raise ValueError("fx_test_0 is given but k_test_train is not: pass the test-train kernel "
+                         "[N_test, N_train] to predict on the test set")
+    k = problem.k_train_train
+    k_td = as_tensor(k_test_train, "k_test_train", dtype=k.dtype, device=k.device)
+    if k_td.ndim != 2 or k_td.shape[1] != k.shape[0]:
+        raise ValueError(f"k_test_train must have shape [N_test, {k.shape[0]}], got {tuple(k_td.shape)}")
+    k_outputs = problem.y_train.shape[1]
+    return k_td, _outputs(fx_test_0, (k_td.shape[0], k_outputs), "fx_test_0", k)
+
+
+def _times(t, learning_rate: float, like: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+    try:
+        array = np.asarray(t, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"t must be a time >= 0 or an array of times, got {t!r}") from err
+    if not np.all(np.isfinite(array)) or np.any(array < 0):
+        raise ValueError(f"t must be finite and >= 0 (t=None for infinity where available), got {t}")
+    return torch.as_tensor(array.reshape(-1) * learning_rate, dtype=like.dtype, device=like.device), array.shape
+
+
+def _finish(problem: _Problem, shape: tuple[int, ...], train, test) -> Prediction:
+    def reshape(value):
+        if value is None:
+            return None
+        value = value.reshape(shape + value.shape[-2:])
+        return value[..., 0] if problem.vector else value
+    return reshape(train), reshape(test)
+
+
+def gradient_descent_mse(k_train_train, y_train, learning_rate: float = 1.0, diag_reg: float = 0.0,
+                         diag_reg_absolute_scale: bool = False):
+    """Outputs of gradient flow on L = ||f - y||^2 / (2 |Y|) with the kernel `k_train_train`
+    (`[N, N]`) in closed form.  With G = K + diag_reg s I (s = mean(diag K) unless
+    `diag_reg_absolute_scale`), r_0 = y - f_train(0) and c = learning_rate / |Y|:
+
+        f_train(t) = y - e^{-c G t} r_0
+        f_test(t)  = f_test(0) + K_test G^-1 (I - e^{-c G t}) r_0      (t=None: G^-1 r_0)
+
+    Returns `predict(t=None, fx_train_0=0.0, fx_test_0=None, k_test_train=None)` ->
+    `(fx_train_t, fx_test_t)`, each `[*t.shape, N, K]` (`[..., N]` for 1-D `y_train`), the
+    test part None unless `fx_test_0` is given, the train part None when `fx_train_0=None`.
+
+    >>> import torch
+    >>> k = torch.tensor([[2.0, 0.5], [0.5, 1.0]], dtype=torch.float64)
+    >>> predict = gradient_descent_mse(k, torch.tensor([1.0, -1.0], dtype=torch.float64))
+    >>> predict(None)[0]
+    tensor([ 1., -1.], dtype=torch.float64)
+    """
+    problem = _problem(k_train_train, y_train)
+    learning_rate = positive(learning_rate, "learning_rate")
+    flow = GradientFlow(problem.k_train_train, problem.y_train.numel(), learning_rate=1.0,
+                        diag_reg=diag_reg, diag_reg_absolute_scale=diag_reg_absolute_scale)
+
+    def predict(t=None, fx_train_0=0.0, fx_test_0=None, k_test_train=None) -> Prediction:
+        if fx_train_0 is None and fx_test_0 is None:
+            raise ValueError("fx_train_0 and fx_test_0 are both None: nothing to predict")
+        y = problem.y_train
+        f_train = torch.zeros_like(y) if fx_train_0 is None else _outputs(fx_train_0, tuple(y.shape),
+                                                                        "fx_train_0", y)
+        k_td, f_test = _test_kernel(k_test_train, fx_test_0, problem)
+        residual = y - f_train
+        if t is None:
+            train = None if fx_train_0 is None else y.clone()
+            test = None if f_test is None else f_test + k_td @ flow.solve(residual)
+            return _finish(problem, (), train, test)
+        times, shape = _times(t, learning_rate, y)
+        train = None if fx_train_0 is None else y - flow.decay(times) @ residual
+        test = None if f_test is None else f_test + k_td @ flow.solve(residual, times)
+        return _finish(problem, shape, train, test)
+
+    return predict
+
+
+def gradient_descent(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], k_train_train, y_train,
+                     learning_rate: float = 1.0, momentum: float | None = None, *,
+                     rtol: float = 1e-10, atol: float = 1e-10):
+    """Outputs of gradient flow df/dt = -learning_rate K dloss/df for any differentiable
+    `loss(f_train, y_train)` (a torch function returning a scalar; a loss that averages over
+    samples carries its 1/N), integrated by `scipy.integrate.solve_ivp` (DOP853, `rtol`,
+    `atol`).  Test outputs follow df_test/dt = -learning_rate K_test dloss/df_train.
+
+    `momentum` (heavy ball, neural-tangents' continuous-time form): with s = sqrt(lr),
+    time in units of s and friction mu = (momentum - 1) / s, f' = q, q' = -K dloss/df + mu q.
+
+    Returns `predict(t, fx_train_0=0.0, fx_test_0=None, k_test_train=None)` ->
+    `(fx_train_t, fx_test_t)` as `gradient_descent_mse`; `t` must be finite (an ODE has no
+    t = infinity).  A solver failure raises with the time it reached.
+    """
+    problem = _problem(k_train_train, y_train)
+    learning_rate = positive(learning_rate, "learning_rate")
+    if momentum is not None:
+        momentum = positive(momentum, "momentum", allow_zero=True)
+    if not callable(loss):
+        raise ValueError(f"loss must be a function loss(fx, y) returning a scalar, got {loss!r}")
+    y = problem.y_train
+    value = loss(y.clone(), y)
+    if not (isinstance(value, torch.Tensor) and value.ndim == 0):
+        raise ValueError(f"loss(fx, y) must return a scalar tensor, got "
+                         f"{type(value).__name__}{'' if not isinstance(value, torch.Tensor) else tuple(value.shape)}")
+    grad_loss = torch.func.grad(lambda f: loss(f, y))
+    scale = learning_rate ** 0.5 if momentum is not None else learning_rate
+    friction = None if momentum is None else (momentum - 1.0) / scale
+
+    def predict(t, fx_train_0=0.0, fx_test_0=None, k_test_train=None) -> Prediction:
+        if t is None:
+            raise ValueError("t=None (infinite time) is available for gradient_descent_mse only; "
+                             "give finite times for a general loss")
+        if fx_train_0 is None and fx_test_0 is None:
+            raise ValueError("fx_train_0 and fx_test_0 are both None: nothing to predict")
+        f_train = torch.zeros_like(y) if fx_train_0 is None else _outputs(fx_train_0, tuple(y.shape),
+                                                                        "fx_train_0", y)
+        k_td, f_test = _test_kernel(k_test_train, fx_test_0, problem)
+        times, shape = _times(t, scale, y)
+        order = torch.argsort(times)
+        parts = [f_train] + ([] if f_test is None else [f_test])
+        sizes = [p.numel() for p in parts]
+        state0 = torch.cat([p.reshape(-1) for p in parts])
+        if momentum is not None:
+            state0 = torch.cat([state0, torch.zeros_like(state0)])
+        n_f = sum(sizes)
+        k = problem.k_train_train
+
+        def rhs(_, state):
+            state = torch.from_numpy(state).to(k)
+            f = state[:n_f]
+            g = grad_loss(f[:sizes[0]].reshape(y.shape))
+            velocity = [-(k @ g).reshape(-1)] + ([] if k_td is None else [-(k_td @ g).reshape(-1)])
+            force = torch.cat(velocity)
+            if momentum is None:
+                return force.cpu().numpy()
+            q = state[n_f:]
+            return torch.cat([q, force + friction * q]).cpu().numpy()
+
+        end = float(times.max())
+        if end == 0:
+            solution = state0[None].expand(len(times), -1)
+        else:
+            result = solve_ivp(rhs, (0.0, end), state0.cpu().numpy(), method="DOP853",
+                               t_eval=times[order].cpu().numpy(), rtol=rtol, atol=atol)
+            if not result.success:
+                reached = float(result.t[-1]) if len(result.t) else 0.0
+                raise RuntimeError(f"the ODE solver failed at time {reached:.4g} of {end:.4g} "
+                                   f"({result.message}); the loss may diverge, or loosen rtol/atol")
+            solution = torch.empty(len(times), state0.numel(), dtype=k.dtype, device=k.device)
+            solution[order] = torch.from_numpy(result.y.T.copy()).to(k)
+        train = solution[:, :sizes[0]].reshape(len(times), *y.shape) if fx_train_0 is not None else None
+        test = (None if f_test is None else
+                solution[:, sizes[0]:n_f].reshape(len(times), *f_test.shape))
+        return _finish(problem, shape, train, test)
+
+    return predict
+
+
+def gp_inference(k_train_train, y_train, diag_reg: float = 0.0, diag_reg_absolute_scale: bool = False):
+    """Gaussian-process posterior given the train kernel K (`[N, N]`, NNGP or NTK):
+
+        mean(x)     = K(x, X) G^-1 y,       G = K + diag_reg s I
+        cov(x, x')  = K(x, x') - K(x, X) G^-1 K(X, x')
+
+    (Rasmussen & Williams 2006, eqs. 2.23-2.24; the NNGP posterior is the exact Bayesian
+    posterior of an infinitely wide network, Lee et al. 2018).  Returns
+    `predict(k_test_train, k_test_test=None)` -> `(mean, cov)` (cov None without `k_test_test`).
+    """
+    problem = _problem(k_train_train, y_train)
+    factorization = Factorization(problem.k_train_train, "k_train_train", diag_reg=diag_reg,
+                                  diag_reg_absolute_scale=diag_reg_absolute_scale, assume_psd=None)
+    alpha = factorization.solve(problem.y_train)
+
+    def predict(k_test_train, k_test_test=None):
+        k_td, _ = _test_kernel(k_test_train, 0.0, problem)
+        mean = k_td @ alpha
+        mean = mean[:, 0] if problem.vector else mean
+        if k_test_test is None:
+            return mean, None
+        k_tt = _square(k_test_test, "k_test_test")
+        if k_tt.shape[0] != k_td.shape[0]:
+            raise ValueError(f"k_test_test must be [{k_td.shape[0]}, {k_td.shape[0]}] like the rows of "
+                             f"k_test_train, got {tuple(k_tt.shape)}")
+        return mean, k_tt.to(k_td) - k_td @ factorization.solve(k_td.T)
+
+    return predict
+
+
+def max_learning_rate(k_train_train, y_train_size: int | None = None, momentum: float = 0.0,
+                      eps: float = 1e-12) -> float:
+    """The largest stable learning rate of (momentum) gradient descent on the MSE with
+    ntklab's loss ||f - y||^2 / (2 |Y|): eta < 2 (1 + momentum) |Y| / lambda_max(K)
+    (the contraction bound; with momentum, Goh 2017, "Why momentum really works").
+    `y_train_size=None`: |Y| = N (one output)."""
+    k = _square(k_train_train, "k_train_train")
+    size = k.shape[0] if y_train_size is None else int(y_train_size)
+    if size <= 0:
+        raise ValueError(f"y_train_size must be a positive integer, got {y_train_size!r}")
+    momentum = positive(momentum, "momentum", allow_zero=True)
+    largest = float(torch.linalg.eigvalsh(k)[-1])
+    return 2.0 * (1.0 + momentum) * size / (largest + eps)
