@@ -11,11 +11,13 @@ from .arch import *  # noqa: F401,F403  -- the layer registry's public names
 from .arch import PUBLIC as _LAYER_NAMES
 from . import kernels, predict
 from .kernels.empirical import empirical_ntk
+from .kernels.monte_carlo import empirical_nngp, monte_carlo_kernel
 from .train import TrainingHistory, train
 
 __version__ = "0.2.0"
 
-__all__ = [*_LAYER_NAMES, "TrainingHistory", "empirical_ntk", "kernels", "predict", "sklearn", "train"]
+__all__ = [*_LAYER_NAMES, "TrainingHistory", "empirical_nngp", "empirical_ntk", "kernels",
+           "monte_carlo_kernel", "predict", "sklearn", "train"]
 
 
 def __getattr__(name: str):

@@ -19,7 +19,7 @@ import torch
 
 from .. import arch as nk
 from .._validation import positive_int
-from ..kernels.empirical import empirical_ntk
+from ..kernels.monte_carlo import monte_carlo_kernel
 
 
 CRITICAL_RELU = {"W_std": math.sqrt(2.0), "b_std": 0.0}
@@ -37,14 +37,13 @@ def ntk_statistics(arch: nk.Serial, x: torch.Tensor, seeds: int, *, first_seed: 
     if seeds < 2:
         raise ValueError("seeds must be >= 2 to estimate a variance")
     infinite = arch.kernel(x, get="ntk").numpy()
-    samples = torch.stack([empirical_ntk(arch.module((x.shape[1],), seed=first_seed + s,
-                                                     dtype=torch.float64), x)
-                           for s in range(seeds)]).numpy()                 # [S, N, N]
-    diagonal = np.diagonal(samples, axis1=1, axis2=2)                      # [S, N]
-    relative_variance = diagonal.var(0, ddof=1) / diagonal.mean(0) ** 2
+    mc = monte_carlo_kernel(arch, x, n_samples=seeds, get="ntk", seed=first_seed, dtype=torch.float64)
+    mean, standard_error = mc.ntk.numpy(), mc.ntk_standard_error.numpy()
+    variance = standard_error ** 2 * seeds                                  # sample variance (ddof 1)
+    relative_variance = np.diag(variance) / np.diag(mean) ** 2
     scale = np.sqrt(np.outer(np.diag(infinite), np.diag(infinite)))
-    deviation = np.abs(samples.mean(0) - infinite) / scale
+    deviation = np.abs(mean - infinite) / scale
     return {"relative_variance": float(relative_variance.mean()),
             "relative_variance_se": float(relative_variance.mean() * math.sqrt(2 / (seeds - 1))),
             "mean_deviation": float(deviation.mean()),
-            "mean_deviation_se": float((samples.std(0, ddof=1) / math.sqrt(seeds) / scale).mean())}
+            "mean_deviation_se": float((standard_error / scale).mean())}

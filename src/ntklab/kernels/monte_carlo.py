@@ -1,0 +1,99 @@
+"""Monte Carlo kernels: empirical NNGP/NTK averaged over initializations of finite networks
+(neural-tangents' `monte_carlo_kernel_fn`; Novak et al. 2019, Lee et al. 2019).
+
+    K_MC(x, x')     = (1/S) sum_s (1/O) f_s(x) . f_s(x')         (empirical NNGP, per output)
+    Theta_MC(x, x') = (1/S) sum_s Theta_s(x, x')                  (empirical NTK, trace mode)
+
+over S networks drawn independently.  Both converge to the infinite-width kernels as the
+width grows (the NNGP needs the readout's width, i.e. O, to be large, or many samples).
+The average streams (Welford's update: one network and the running moments in memory at a
+time), so memory does not grow with S, and it returns the standard error of the mean.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .._validation import positive_int
+from ..arch.serial import Serial, canonical_get
+from .empirical import empirical_ntk
+from .model_inputs import check_model, model_input, reference_tensor
+
+
+def empirical_nngp(model: nn.Module, x1, x2=None) -> torch.Tensor:
+    """(1/O) f(x1) . f(x2), `[N1, N2]`: the covariance of the model's O outputs at x1 and x2,
+    averaged over outputs (neural-tangents' `empirical_nngp_fn` with `trace_axes=(-1,)`).
+    Per-sample, deterministic models only (eval mode), as `empirical_ntk`."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    reference = reference_tensor(model)
+    x1 = model_input(x1, "x1", reference)
+    check_model(model, x1, "x1")
+    with torch.no_grad():
+        f1 = model(x1).reshape(len(x1), -1)
+        f2 = f1 if x2 is None else model(model_input(x2, "x2", reference)).reshape(-1, f1.shape[1])
+    return f1 @ f2.T / f1.shape[1]
+
+
+@dataclass(frozen=True)
+class MonteCarloKernel:
+    """Means over `n_samples` networks and their standard errors (sample std / sqrt(S),
+    elementwise); a kernel not asked for is None."""
+    nngp: torch.Tensor | None
+    ntk: torch.Tensor | None
+    nngp_standard_error: torch.Tensor | None
+    ntk_standard_error: torch.Tensor | None
+    n_samples: int
+
+
+def monte_carlo_kernel(net_or_factory: Serial | Callable[[int], nn.Module], x1, x2=None, *,
+                       n_samples: int, get: str | Sequence[str] | None = None, seed: int = 0,
+                       dtype: torch.dtype = torch.float64, progress: bool | None = None,
+                       **empirical_ntk_options) -> MonteCarloKernel:
+    """Average the empirical NNGP/NTK of `n_samples` independently initialized networks.
+
+    `net_or_factory`: an ntklab architecture (network s is `net.module(x1.shape[1:],
+    seed=seed + s, dtype=dtype)`) or any function `factory(seed) -> nn.Module` (called with
+    seed + s).  `get`: "nngp", "ntk" or both (default).  Further options go to
+    `empirical_ntk` (e.g. `implementation`, `max_memory`).  A progress bar shows for more
+    than 10 samples (`progress` forces it on or off)."""
+    n_samples = positive_int(n_samples, "n_samples")
+    names = canonical_get(get)
+    if isinstance(net_or_factory, Serial):
+        shape = tuple(torch.as_tensor(x1).shape[1:])
+
+        def factory(s: int) -> nn.Module:
+            return net_or_factory.module(shape, seed=s, dtype=dtype)
+    elif callable(net_or_factory):
+        factory = net_or_factory
+    else:
+        raise ValueError("net_or_factory must be an ntklab architecture (nk.serial(...)) or a "
+                         f"function seed -> torch.nn.Module, got {net_or_factory!r}")
+    count, mean, second = 0, {}, {}
+    show = n_samples > 10 if progress is None else progress
+    for s in tqdm(range(n_samples), desc="monte carlo kernel", unit="net", disable=not show, leave=False):
+        model = factory(seed + s)
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"the factory must return a torch.nn.Module, got {type(model).__name__}")
+        samples = {}
+        if "nngp" in names:
+            samples["nngp"] = empirical_nngp(model, x1, x2)
+        if "ntk" in names:
+            samples["ntk"] = empirical_ntk(model, x1, x2, mode="trace", progress=False,
+                                           **empirical_ntk_options)
+        count += 1
+        for name, value in samples.items():   # Welford: running mean and sum of squared deviations
+            if name not in mean:
+                mean[name], second[name] = value.clone(), torch.zeros_like(value)
+                continue
+            delta = value - mean[name]
+            mean[name] += delta / count
+            second[name] += delta * (value - mean[name])
+    error = {name: (second[name] / (count - 1)).sqrt() / count ** 0.5 if count > 1 else None
+             for name in mean}
+    return MonteCarloKernel(mean.get("nngp"), mean.get("ntk"), error.get("nngp"), error.get("ntk"),
+                            count)
