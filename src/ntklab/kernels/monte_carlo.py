@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._validation import positive_int
+from .._validation import input_dtype, positive_int
 from ..arch.serial import Serial, canonical_get
 from .empirical import empirical_ntk
 from .model_inputs import check_model, model_input, reference_tensor
@@ -52,19 +52,20 @@ class MonteCarloKernel:
 
 def monte_carlo_kernel(net_or_factory: Serial | Callable[[int], nn.Module], x1, x2=None, *,
                        n_samples: int, get: str | Sequence[str] | None = None, seed: int = 0,
-                       dtype: torch.dtype = torch.float64, progress: bool | None = None,
+                       dtype: torch.dtype | None = None, progress: bool | None = None,
                        **empirical_ntk_options) -> MonteCarloKernel:
     """Average the empirical NNGP/NTK of `n_samples` independently initialized networks.
 
     `net_or_factory`: an ntklab architecture (network s is `net.module(x1.shape[1:],
-    seed=seed + s, dtype=dtype)`) or any function `factory(seed) -> nn.Module` (called with
-    seed + s).  `get`: "nngp", "ntk" or both (default).  Further options go to
+    seed=seed + s, dtype=dtype)`, dtype by default the input's, as for kernels) or any
+    function `factory(seed) -> nn.Module` (called with seed + s).  `get`: "nngp", "ntk" or both (default).  Further options go to
     `empirical_ntk` (e.g. `implementation`, `max_memory`).  A progress bar shows for more
     than 10 samples (`progress` forces it on or off)."""
     n_samples = positive_int(n_samples, "n_samples")
     names = canonical_get(get)
     if isinstance(net_or_factory, Serial):
         shape = tuple(torch.as_tensor(x1).shape[1:])
+        dtype = input_dtype(x1, dtype)
 
         def factory(s: int) -> nn.Module:
             return net_or_factory.module(shape, seed=s, dtype=dtype)
