@@ -1,0 +1,73 @@
+"""The linearized network: equal to the network at theta_0, linear in theta, and trained by
+any torch optimizer it follows its empirical NTK's function-space dynamics."""
+import pytest
+import torch
+from torch import nn
+
+import ntklab as nk
+from ntklab import predict
+
+
+def problem(outputs=2, seed=0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(3, 32), nn.Tanh(), nn.Linear(32, outputs)).double()
+    x = torch.randn(8, 3, dtype=torch.float64)
+    return model, x, torch.randn(8, outputs, dtype=torch.float64)
+
+
+def train(module, x, y, learning_rate, steps):
+    optimizer = torch.optim.SGD(module.parameters(), lr=learning_rate)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        (0.5 * (module(x) - y).square().mean()).backward()
+        optimizer.step()
+    return module(x).detach()
+
+
+def test_linearized_network_is_the_first_order_taylor_expansion():
+    model, x, _ = problem()
+    lin = nk.linearize(model)
+    assert [p.shape for p in lin.parameters()] == [p.shape for p in model.parameters()]   # theta only
+    torch.testing.assert_close(lin(x), model(x), rtol=0, atol=0)
+    with torch.no_grad():   # a step delta in theta changes f_lin by exactly J delta
+        deltas = [0.01 * torch.randn_like(p) for p in lin.parameters()]
+        for p, d in zip(lin.parameters(), deltas):
+            p += d
+        params = tuple(model.parameters())
+        jacobian = torch.func.jacrev(lambda *ps: torch.func.functional_call(
+            model, dict(zip([n for n, _ in model.named_parameters()], ps)), (x,)),
+            argnums=tuple(range(len(params))))(*params)
+        expected = model(x) + sum((j.flatten(2) @ d.flatten()) for j, d in zip(jacobian, deltas))
+        torch.testing.assert_close(lin(x), expected, rtol=0, atol=1e-13)
+
+
+def test_gd_on_the_linearized_network_is_the_empirical_ntk_recursion():
+    """Full-batch SGD (torch.optim) on 0.5 mean (f - y)^2: f <- f - (lr / |Y|) Theta (f - y)."""
+    model, x, y = problem()
+    f = model(x).detach()
+    theta = nk.empirical_ntk(model, x, mode="full")            # [N, N, O, O]
+    trained = train(nk.linearize(model), x, y, 0.5, 30)
+    for _ in range(30):
+        f = f - 0.5 / y.numel() * torch.einsum("ijab,jb->ia", theta, f - y)
+    torch.testing.assert_close(trained, f, rtol=0, atol=1e-12)
+
+
+def test_small_steps_reach_the_closed_form_gradient_flow():
+    """Discrete GD at learning rate lr for t / lr steps -> gradient_descent_mse at time t as
+    lr -> 0 (one output, so Theta is [N, N]): the error halves with lr (first order), and the
+    Richardson combination 2 f(lr/2) - f(lr) removes it to second order."""
+    model, x, y = problem(outputs=1, seed=1)
+    theta = nk.empirical_ntk(model, x)
+    flow = predict.gradient_descent_mse(theta, y)(4.0, model(x).detach())[0]
+    runs = {lr: train(nk.linearize(model), x, y, lr, round(4.0 / lr)) for lr in (0.02, 0.01)}
+    errors = {lr: float((f - flow).abs().max()) for lr, f in runs.items()}
+    assert errors[0.02] / errors[0.01] == pytest.approx(2.0, rel=0.01)
+    extrapolated = float((2 * runs[0.01] - runs[0.02] - flow).abs().max())
+    assert extrapolated < 0.02 * errors[0.01]
+
+
+def test_bad_model():
+    with pytest.raises(ValueError, match="torch.nn.Module"):
+        nk.linearize(lambda x: x)
+    with pytest.raises(ValueError, match="no parameter with requires_grad"):
+        nk.linearize(nn.Linear(2, 2).requires_grad_(False))
