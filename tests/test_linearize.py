@@ -71,3 +71,41 @@ def test_bad_model():
         nk.linearize(lambda x: x)
     with pytest.raises(ValueError, match="no parameter with requires_grad"):
         nk.linearize(nn.Linear(2, 2).requires_grad_(False))
+
+
+def moved(expansion, scale, directions):
+    """Set theta = theta_0 + scale * direction (in place)."""
+    with torch.no_grad():
+        for p, p0, d in zip(expansion.parameters(), expansion.buffers(), directions):
+            p.copy_(p0 + scale * d)
+    return expansion
+
+
+def test_a_degree_two_expansion_of_a_bilinear_network_is_exact():
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(3, 5), nn.Linear(5, 2)).double()   # quadratic in its parameters
+    x = torch.randn(4, 3, dtype=torch.float64)
+    quadratic = nk.taylor_expand(model, 2)
+    directions = [torch.randn_like(p) for p in model.parameters()]
+    moved(quadratic, 0.7, directions)
+    target = torch.func.functional_call(model, {n: p + 0.7 * d for (n, p), d in
+                                                zip(model.named_parameters(), directions)}, (x,))
+    torch.testing.assert_close(quadratic(x), target, rtol=0, atol=1e-12)
+    linear = moved(nk.linearize(model), 0.7, directions)
+    assert float((linear(x) - target).detach().abs().max()) > 0.01   # the linear model misses it
+
+
+@pytest.mark.parametrize("degree", [1, 2, 3])
+def test_the_remainder_of_a_degree_k_expansion_is_of_order_k_plus_one(degree):
+    model, x, _ = problem(seed=3)
+    directions = [torch.randn_like(p) for p in model.parameters()]
+
+    def remainder(scale):
+        expansion = moved(nk.taylor_expand(model, degree), scale, directions)
+        exact = torch.func.functional_call(model, {n: p + scale * d for (n, p), d in
+                                                   zip(model.named_parameters(), directions)}, (x,))
+        return float((expansion(x) - exact).detach().abs().max())
+    ratio = remainder(0.04) / remainder(0.02)
+    assert ratio == pytest.approx(2 ** (degree + 1), rel=0.15)
+    with torch.no_grad():
+        torch.testing.assert_close(nk.taylor_expand(model, degree)(x), model(x), rtol=0, atol=1e-14)

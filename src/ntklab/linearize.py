@@ -1,35 +1,42 @@
-"""The linearized network (Lee et al. 2019, "Wide neural networks of any depth evolve as
-linear models under gradient descent", eq. 5):
+"""Taylor expansions of a network in its parameters around theta_0, as torch modules.
 
-    f_lin(x; theta) = f(x; theta_0) + J_theta0(x) (theta - theta_0),
+    f_lin(x; theta) = f(x; theta_0) + J_theta0(x) (theta - theta_0)          (`linearize`)
 
-a torch module whose parameters are theta (initialized at theta_0) and whose forward pass is
-one `torch.func.jvp` of the original network at theta_0.  Trained by gradient descent on the
-MSE it follows exactly the function-space dynamics of its empirical NTK at theta_0, i.e.
-`predict.gradient_descent_mse` with that kernel (in the continuous-time limit).
+(Lee et al. 2019, "Wide neural networks of any depth evolve as linear models under gradient
+descent", eq. 5): trained by gradient descent on the MSE it follows exactly the function-space
+dynamics of its empirical NTK at theta_0, i.e. `predict.gradient_descent_mse` with that kernel
+in the continuous-time limit.  `taylor_expand(model, degree)` keeps the terms up to
+`degree`, sum_k (1/k!) d^k/ds^k f(x; theta_0 + s delta) at s = 0 with delta = theta - theta_0
+(degree 2 is the quadratic model of Dyer & Gur-Ari 2019 and Roberts, Yaida & Hanin ch. 11),
+each derivative a nested `torch.func.jvp` along the one direction delta.
 """
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from torch import nn
 from torch.func import functional_call, jvp
 
+from ._validation import positive_int
 
-class Linearized(nn.Module):
-    """`f_lin(x) = f(x; theta_0) + J(x) (theta - theta_0)` of `model` at its current
-    parameters theta_0; `self.parameters()` are theta (and only theta), trainable by any torch
-    optimizer.  theta_0 are buffers; the network itself is held unregistered (its own
-    parameters are never used), so linearize a model already on its device and dtype."""
 
-    def __init__(self, model: nn.Module):
+class TaylorExpansion(nn.Module):
+    """`sum_{k <= degree} (1/k!) d^k/ds^k f(x; theta_0 + s (theta - theta_0))|_{s=0}` of `model`
+    at its current parameters theta_0; `self.parameters()` are theta (and only theta),
+    trainable by any torch optimizer.  theta_0 are buffers; the network itself is held
+    unregistered (its own parameters are never used), so expand a model already on its
+    device and dtype."""
+
+    def __init__(self, model: nn.Module, degree: int):
         super().__init__()
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.degree = positive_int(degree, "degree")
         self._names = [name for name, p in model.named_parameters() if p.requires_grad]
         if not self._names:
-            raise ValueError("the model has no parameter with requires_grad=True to linearize in")
+            raise ValueError("the model has no parameter with requires_grad=True to expand in")
         self.__dict__["network"] = copy.deepcopy(model).requires_grad_(False)   # not a submodule
         named = dict(model.named_parameters())
         for i, name in enumerate(self._names):
@@ -37,15 +44,44 @@ class Linearized(nn.Module):
         self.theta = nn.ParameterList([nn.Parameter(named[name].detach().clone()) for name in self._names])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        primals = tuple(getattr(self, f"theta0_{i}") for i in range(len(self._names)))
-        tangents = tuple(p - p0 for p, p0 in zip(self.theta, primals))
+        theta0 = tuple(getattr(self, f"theta0_{i}") for i in range(len(self._names)))
+        delta = tuple(p - p0 for p, p0 in zip(self.theta, theta0))
 
-        def f(*values):
+        def along(s: torch.Tensor) -> torch.Tensor:   # f(x; theta_0 + s delta)
+            values = tuple(p0 + s * d for p0, d in zip(theta0, delta))
             return functional_call(self.network, dict(zip(self._names, values)), (x,))
-        output, change = jvp(f, primals, tangents)
-        return output + change
+
+        if self.degree == 1:   # one jvp in parameter space (no scalar s needed)
+            def f(*values):
+                return functional_call(self.network, dict(zip(self._names, values)), (x,))
+            output, change = jvp(f, theta0, delta)
+            return output + change
+        zero = torch.zeros((), dtype=theta0[0].dtype, device=theta0[0].device)
+        one = torch.ones_like(zero)
+        derivative, total = along, along(zero)
+        for k in range(1, self.degree + 1):
+            derivative = _derivative(derivative, one)
+            total = total + derivative(zero) / math.factorial(k)
+        return total
+
+
+def _derivative(fn, one: torch.Tensor):
+    """s -> d fn / ds (s), by forward mode."""
+    return lambda s: jvp(fn, (s,), (one,))[1]
+
+
+class Linearized(TaylorExpansion):
+    """`f_lin(x) = f(x; theta_0) + J(x) (theta - theta_0)`: the degree-1 Taylor expansion."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__(model, 1)
 
 
 def linearize(model: nn.Module) -> Linearized:
     """`nk.linearize(model)`: the linearized network of `model` at its current parameters."""
     return Linearized(model)
+
+
+def taylor_expand(model: nn.Module, degree: int) -> TaylorExpansion:
+    """`nk.taylor_expand(model, degree)`: the network's Taylor polynomial in its parameters."""
+    return TaylorExpansion(model, degree)
