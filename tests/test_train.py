@@ -1,4 +1,5 @@
 """Trainer: GD steps, the linearized model, kernel/weight drift and wide-net laziness."""
+import copy
 import math
 
 import pytest
@@ -90,5 +91,38 @@ def test_bad_input():
         nk.train(model, x, y, steps=1, learning_rate=0.1, batch_size=20)
     with pytest.raises(ValueError, match="learning_rate"):
         nk.train(model, x, y, steps=1, learning_rate=-1)
-    with pytest.raises(FloatingPointError, match="lower learning_rate"):
+    with pytest.raises(FloatingPointError, match="lower the learning rate"):
         nk.train(model, x * 1e3, y, steps=50, learning_rate=10.0 * y.numel(), record=50)
+
+
+def test_any_optimizer_loss_and_data_loader():
+    """Adam on cross-entropy over a DataLoader: the network and its linearization follow the
+    same steps as an explicit loop with torch's optimizers."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 3)).double()
+    x = torch.randn(12, 3, dtype=torch.float64)
+    y = nn.functional.one_hot(torch.arange(12) % 3).double()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4)
+
+    def cross_entropy(f, target):
+        return -(torch.log_softmax(f, -1) * target).sum(-1).mean()
+    adam = lambda p: torch.optim.Adam(p, lr=0.01)   # noqa: E731
+    reference, reference_lin = copy.deepcopy(model), nk.linearize(model)
+    history = nk.train(model, x, y, steps=9, optimizer=adam, loss=cross_entropy, batches=loader,
+                       x_test=x[:5], record=[0, 9])
+    optimizers = [adam(list(reference.parameters())), adam(list(reference_lin.parameters()))]
+    batches = [b for _ in range(3) for b in loader]
+    for xb, yb in batches[:9]:
+        for net, opt in zip((reference, reference_lin), optimizers):
+            opt.zero_grad()
+            cross_entropy(net(xb), yb).backward()
+            opt.step()
+    torch.testing.assert_close(history.test_predictions[-1], reference(x[:5]).detach(), rtol=0, atol=1e-12)
+    torch.testing.assert_close(history.linear_test_predictions[-1], reference_lin(x[:5]).detach(),
+                               rtol=0, atol=1e-12)
+    assert history.rows[-1]["train_loss"] < history.rows[0]["train_loss"]
+    assert history.rows[-1]["kernel_change"] > 0 and history.rows[-1]["lin_distance"] > 0
+    with pytest.raises(ValueError, match="optimizer must be a function parameters"):
+        nk.train(model, x, y, steps=1, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+    with pytest.raises(ValueError, match="give learning_rate"):
+        nk.train(model, x, y, steps=1)

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import Sequence
 
 import torch
 from torch import nn
 from torch.func import functional_call, jvp
 
 from ._validation import positive_int
+from .kernels.model_inputs import select_parameters
 
 
 class TaylorExpansion(nn.Module):
@@ -29,14 +31,13 @@ class TaylorExpansion(nn.Module):
     unregistered (its own parameters are never used), so expand a model already on its
     device and dtype."""
 
-    def __init__(self, model: nn.Module, degree: int):
+    def __init__(self, model: nn.Module, degree: int, params: Sequence[str] | None = None):
         super().__init__()
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.degree = positive_int(degree, "degree")
-        self._names = [name for name, p in model.named_parameters() if p.requires_grad]
-        if not self._names:
-            raise ValueError("the model has no parameter with requires_grad=True to expand in")
+        self._names = (list(select_parameters(model, None)) if params is None else
+                       list(select_parameters(model, list(params))))
         self.__dict__["network"] = copy.deepcopy(model).requires_grad_(False)   # not a submodule
         named = dict(model.named_parameters())
         for i, name in enumerate(self._names):
@@ -73,15 +74,16 @@ def _derivative(fn, one: torch.Tensor):
 class Linearized(TaylorExpansion):
     """`f_lin(x) = f(x; theta_0) + J(x) (theta - theta_0)`: the degree-1 Taylor expansion."""
 
-    def __init__(self, model: nn.Module):
-        super().__init__(model, 1)
+    def __init__(self, model: nn.Module, params: Sequence[str] | None = None):
+        super().__init__(model, 1, params)
 
 
-def linearize(model: nn.Module) -> Linearized:
-    """`nk.linearize(model)`: the linearized network of `model` at its current parameters."""
-    return Linearized(model)
+def linearize(model: nn.Module, params: Sequence[str] | None = None) -> Linearized:
+    """`nk.linearize(model)`: the linearized network of `model` at its current parameters
+    (in all parameters with requires_grad, or the named `params`; the others stay fixed)."""
+    return Linearized(model, params)
 
 
-def taylor_expand(model: nn.Module, degree: int) -> TaylorExpansion:
+def taylor_expand(model: nn.Module, degree: int, params: Sequence[str] | None = None) -> TaylorExpansion:
     """`nk.taylor_expand(model, degree)`: the network's Taylor polynomial in its parameters."""
-    return TaylorExpansion(model, degree)
+    return TaylorExpansion(model, degree, params)

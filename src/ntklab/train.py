@@ -1,32 +1,25 @@
-"""Gradient descent on a network with its tangent kernel tracked (lectures 20-22).
+"""Training a network with its tangent kernel tracked (lectures 20-22; Lee et al. 2019).
 
-`train` runs full-batch GD (`batch_size=None`) or mini-batch SGD on the mean
-squared loss (ntklab's one convention, neural-tangents'; see `ntklab.predict`)
-
-    L(w) = ||f(w; X) - Y||^2 / (2 |Y|),                 w <- w - eta grad L_B(w),
-
-with |Y| = y_train.size; for a mini-batch B, L_B is the same mean over the batch (an
-unbiased estimate of L, so `learning_rate` means the same for GD and SGD).  In
-function space the step is f <- f - (eta / |Y|) Theta (f - Y), exactly the
-discretization of `predict.gradient_descent_mse_ensemble` at the same
-`learning_rate`.  At the steps in
+`train` runs any torch optimizer (default: plain gradient descent, `torch.optim.SGD` at
+`learning_rate`) on any loss (default: ntklab's one convention, the mean squared loss
+L = ||f(X) - Y||^2 / (2 |Y|)), full batch, on seeded random mini-batches (`batch_size`), or
+on the batches of any iterable such as a `DataLoader` (`batches`, cycled).  For a mini-batch
+the loss is the same mean over the batch (an unbiased estimate of L).  At the steps in
 `record` it stores train/test loss and error, the empirical NTK
-H_t(x, x') = <grad_w f(w_t; x), grad_w f(w_t; x')> on a probe set, the relative
-kernel change ||H_t - H_0||_F / ||H_0||_F and the relative weight change
-||w_t - w_0|| / ||w_0||.
+H_t(x, x') = <grad_w f(w_t; x), grad_w f(w_t; x')> on a probe set, the relative kernel change
+||H_t - H_0||_F / ||H_0||_F and the relative weight change ||w_t - w_0|| / ||w_0||.
 
-The linearized model f_lin(x; w) = f(x; w_0) + J_0(x) (w - w_0) is trained
-alongside on the same batches with the same step.  Its gradient J_0^T r is
-constant in w, so its predictions evolve in function space exactly as
-    f_lin(x) <- f_lin(x) - (eta / |Y_B|) Theta_0(x, X_B) (f_lin(X_B) - y_B),
-with the empirical NTK Theta_0 at initialization (Lee et al. 2019, eq. 8-9);
-this is what is computed (no second copy of the weights is needed).
+The linearized network f_lin(x; w) = f(x; w_0) + J_0(x) (w - w_0) (`ntklab.linearize`) is
+trained alongside, with a second optimizer of the same kind on the same batches; with plain
+GD on the MSE its outputs follow f_lin <- f_lin - (eta / |Y_B|) Theta_0(x, X_B) (f_lin(X_B) - y_B)
+exactly (Lee et al. 2019, eq. 8-9).
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -36,6 +29,15 @@ from tqdm.auto import tqdm
 from ._validation import as_targets, positive, positive_int, record_steps
 from .kernels.empirical import empirical_ntk
 from .kernels.model_inputs import model_input, probe_outputs, select_parameters
+from .linearize import TaylorExpansion
+
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+OptimizerFactory = Callable[[list], torch.optim.Optimizer]
+
+
+def mean_squared_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """ntklab's loss convention: ||f - y||^2 / (2 |y|)."""
+    return 0.5 * (prediction - target).square().mean()
 
 
 @dataclass
@@ -58,24 +60,57 @@ def classification_error(prediction: torch.Tensor, target: torch.Tensor) -> floa
     return float((prediction.argmax(1) != target.argmax(1)).double().mean())
 
 
-def train(model: nn.Module, x_train, y_train, *, steps: int, learning_rate: float,
-          batch_size: int | None = None, x_test=None, y_test=None, x_probe=None,
-          record: int | Sequence[int] = 20, params: Sequence[str] | None = None,
+def _batches(batches: Iterable | None, x_train, y, batch: int, generator, reference):
+    """Endless (x, y) batches: from `batches` (cycled, converted like the training data), or
+    all the data (full batch), or seeded random subsets of `batch` samples."""
+    if batches is not None:
+        for xb, yb in itertools.cycle(batches):
+            xb = model_input(xb, "a batch's x", reference)
+            yield xb, as_targets(yb, len(xb), "a batch's y", reference.dtype, reference.device)[0]
+    n = len(x_train)
+    while True:
+        index = (torch.arange(n) if batch == n else
+                 torch.randperm(n, generator=generator)[:batch]).to(x_train.device)
+        yield x_train[index], y[index]
+
+
+def train(model: nn.Module, x_train, y_train, *, steps: int, learning_rate: float | None = None,
+          optimizer: OptimizerFactory | None = None, loss: Loss | None = None,
+          batch_size: int | None = None, batches: Iterable | None = None, x_test=None, y_test=None,
+          x_probe=None, record: int | Sequence[int] = 20, params: Sequence[str] | None = None,
           track_kernel: bool = True, linearized: bool = True, seed: int = 0,
           max_memory: int | str | None = None, progress: bool | None = None) -> TrainingHistory:
-    """Train `model` in place by GD/SGD on ||f - y||^2 / (2 |y|) and record kernel drift.
+    """Train `model` in place for `steps` optimizer steps and record the kernel drift.
 
-    `record`: a count of geometrically spaced steps, or a list of steps (as in
-    `predict.gradient_descent_alpha`).
-    `x_probe` (default: up to 64 training points) is where the empirical NTK is
-    tracked; `params` restricts training (and the kernel) to named parameters.
-    The rows hold: step, train_loss (the loss above), train_mse, test_mse,
-    train_error, test_error, kernel_change, weight_change, and with
-    `linearized`, lin_test_mse and lin_distance = ||f - f_lin||/||f_lin|| on x_test."""
+    `optimizer`: a function `parameters -> torch.optim.Optimizer`, e.g.
+    `lambda p: torch.optim.Adam(p, lr=1e-3)` (a factory, so that the linearized network gets
+    its own optimizer of the same kind); default `torch.optim.SGD(p, lr=learning_rate)`, i.e.
+    gradient descent with ntklab's learning-rate convention.  `loss(f, y)`: a scalar torch
+    function (default `mean_squared_loss`, ||f - y||^2 / (2 |y|)).  `batches`: any iterable of
+    (x, y) batches (e.g. a `DataLoader`), cycled; else `batch_size` random samples per step
+    (seeded), or the whole training set.  `record`: a count of geometrically spaced steps, or a
+    list of steps (as in `predict.gradient_descent_alpha`).  `x_probe` (default: up to 64
+    training points) is where the empirical NTK is tracked; `params` restricts training (and
+    the kernel, and the linearization) to named parameters.
+    The rows hold: step, train_loss (the loss), train_mse, test_mse, train_error, test_error,
+    kernel_change, weight_change, and with `linearized`, lin_train_loss, lin_test_mse and
+    lin_distance = ||f - f_lin|| / ||f_lin|| on x_test."""
     steps = int(steps)
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
-    eta = positive(learning_rate, "learning_rate")
+    if optimizer is None:
+        if learning_rate is None:
+            raise ValueError("give learning_rate (plain gradient descent) or an optimizer factory, "
+                             "e.g. optimizer=lambda p: torch.optim.Adam(p, lr=1e-3)")
+        eta = positive(learning_rate, "learning_rate")
+        optimizer = lambda parameters: torch.optim.SGD(parameters, lr=eta)  # noqa: E731
+    elif isinstance(optimizer, torch.optim.Optimizer) or not callable(optimizer):
+        raise ValueError("optimizer must be a function parameters -> torch.optim.Optimizer, e.g. "
+                         "optimizer=lambda p: torch.optim.Adam(p, lr=1e-3), so that the linearized "
+                         "network can get an optimizer of its own")
+    loss_fn = mean_squared_loss if loss is None else loss
+    if not callable(loss_fn):
+        raise ValueError(f"loss must be a function loss(f, y) returning a scalar, got {loss!r}")
     chosen = select_parameters(model, params)
     reference = next(iter(chosen.values()))
     x_train = model_input(x_train, "x_train", reference)
@@ -89,9 +124,7 @@ def train(model: nn.Module, x_train, y_train, *, steps: int, learning_rate: floa
     if batch > n:
         raise ValueError(f"batch_size={batch} exceeds the {n} training samples")
     x_probe = x_train[:min(n, 64)] if x_probe is None else model_input(x_probe, "x_probe", reference)
-    record_at = record_steps(record, steps)
-    generator = torch.Generator().manual_seed(seed)
-
+    record_at = set(record_steps(record, steps))
     if x_test is not None and x_test.shape[1:] != x_train.shape[1:]:
         raise ValueError(f"x_test must have samples of shape {tuple(x_train.shape[1:])} like x_train, "
                          f"got {tuple(x_test.shape)}")
@@ -100,28 +133,28 @@ def train(model: nn.Module, x_train, y_train, *, steps: int, learning_rate: floa
         if f0_train.shape[1] != y.shape[1]:
             raise ValueError(f"the model has {f0_train.shape[1]} outputs but y_train has "
                              f"{y.shape[1]} columns")
-        f0_test = None if x_test is None else model(x_test).reshape(len(x_test), -1)
+    value = loss_fn(f0_train, y)
+    if not (isinstance(value, torch.Tensor) and value.ndim == 0):
+        raise ValueError("loss(f, y) must return a scalar tensor")
     w0 = {name: p.detach().clone() for name, p in chosen.items()}
     w0_norm = math.sqrt(sum(float(p.square().sum()) for p in w0.values()))
-    if linearized:
-        # Theta_0 between all points and the training points, [N_all, N, O, O]
-        x_all = x_train if x_test is None else torch.cat([x_train, x_test])
-        theta0 = empirical_ntk(model, x_all, x_train, mode="full", params=list(chosen),
-                               max_memory=max_memory, progress=False)
-        lin = torch.cat([f0_train] + ([] if f0_test is None else [f0_test]))
+    lin = TaylorExpansion(model, 1, params=list(chosen)) if linearized else None
+    optimizers = [optimizer(list(chosen.values()))] + ([optimizer(list(lin.parameters()))] if lin else [])
     h0 = (empirical_ntk(model, x_probe, mode="trace", params=list(chosen), max_memory=max_memory,
                         progress=False) if track_kernel else None)
     history = TrainingHistory([], [], [], [])
-    loss_fn = lambda out, target: 0.5 * (out - target).square().mean()  # noqa: E731
+
+    def outputs(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return net(x).reshape(len(x), -1)
 
     def snapshot(step: int) -> None:
         with torch.no_grad():
-            f_train = model(x_train).reshape(n, -1)
+            f_train = outputs(model, x_train)
             row = {"step": step, "train_loss": float(loss_fn(f_train, y)),
                    "train_mse": float((f_train - y).square().mean()),
                    "train_error": classification_error(f_train, y)}
             if x_test is not None:
-                f_test = model(x_test).reshape(len(x_test), -1)
+                f_test = outputs(model, x_test)
                 history.test_predictions.append(f_test.clone())
                 if y_te is not None:
                     row["test_mse"] = float((f_test - y_te).square().mean())
@@ -133,17 +166,19 @@ def train(model: nn.Module, x_train, y_train, *, steps: int, learning_rate: floa
                               max_memory=max_memory, progress=False)
             history.kernels.append(h)
             row["kernel_change"] = float((h - h0).norm() / h0.norm())
-        if linearized:
-            row["lin_train_loss"] = float(loss_fn(lin[:n], y))
-            if x_test is not None:
-                lin_test = lin[n:]
-                history.linear_test_predictions.append(lin_test.clone())
-                row["lin_distance"] = float((f_test - lin_test).norm() / lin_test.norm().clamp_min(1e-300))
-                if y_te is not None:
-                    row["lin_test_mse"] = float((lin_test - y_te).square().mean())
+        if lin is not None:
+            with torch.no_grad():
+                row["lin_train_loss"] = float(loss_fn(outputs(lin, x_train), y))
+                if x_test is not None:
+                    lin_test = outputs(lin, x_test)
+                    history.linear_test_predictions.append(lin_test.clone())
+                    row["lin_distance"] = float((f_test - lin_test).norm() / lin_test.norm().clamp_min(1e-300))
+                    if y_te is not None:
+                        row["lin_test_mse"] = float((lin_test - y_te).square().mean())
         history.steps.append(step)
         history.rows.append(row)
 
+    stream = _batches(batches, x_train, y, batch, torch.Generator().manual_seed(seed), reference)
     bar = tqdm(range(steps + 1), desc="train", leave=False, disable=(steps < 200) if progress is None
                else not progress)
     for step in bar:
@@ -151,19 +186,12 @@ def train(model: nn.Module, x_train, y_train, *, steps: int, learning_rate: floa
             snapshot(step)
             if not math.isfinite(history.rows[-1]["train_loss"]):
                 raise FloatingPointError(f"training diverged at step {step} (loss is not finite); "
-                                         f"lower learning_rate={eta:g}")
+                                         f"lower the learning rate")
         if step == steps:
             break
-        index = (torch.arange(n) if batch == n else
-                 torch.randperm(n, generator=generator)[:batch]).to(x_train.device)
-        model.zero_grad(set_to_none=True)
-        out = model(x_train[index]).reshape(len(index), -1)
-        loss = loss_fn(out, y[index])
-        grads = torch.autograd.grad(loss, list(chosen.values()))
-        with torch.no_grad():
-            for p, g in zip(chosen.values(), grads):
-                p.sub_(eta * g)
-            if linearized:
-                residual = lin[index] - y[index]                      # [B, O]
-                lin -= eta / residual.numel() * torch.einsum("ijab,jb->ia", theta0[:, index], residual)
+        xb, yb = next(stream)
+        for net, opt in zip((model, lin), optimizers):
+            net.zero_grad(set_to_none=True)
+            loss_fn(outputs(net, xb), yb).backward()
+            opt.step()
     return history
