@@ -89,3 +89,4 @@ from . import transfer  # noqa: E402,F401
 from . import sparse_coding  # noqa: E402,F401
 from . import finite_width  # noqa: E402,F401
 from . import nearly_kernel  # noqa: E402,F401
+from . import linearization  # noqa: E402,F401
