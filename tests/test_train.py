@@ -126,3 +126,18 @@ def test_any_optimizer_loss_and_data_loader():
         nk.train(model, x, y, steps=1, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
     with pytest.raises(ValueError, match="give learning_rate"):
         nk.train(model, x, y, steps=1)
+
+
+def test_the_two_linearizations_agree_for_gradient_descent_on_the_mse():
+    """Default (function-space recursion with Theta_0) and an explicit SGD factory (an
+    nk.linearize module trained alongside) give the same linearized predictions."""
+    x, y, x_test, _ = small_problem(4)
+    outputs = []
+    for optimizer in (None, lambda p: torch.optim.SGD(p, lr=0.3)):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 2)).double()
+        history = nk.train(model, x, y, steps=25, learning_rate=0.3, optimizer=optimizer,
+                           x_test=x_test, record=[0, 25], batch_size=4, seed=2)
+        outputs.append((history.test_predictions[-1], history.linear_test_predictions[-1]))
+    for a, b in zip(*outputs):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)

@@ -9,10 +9,13 @@ the loss is the same mean over the batch (an unbiased estimate of L).  At the st
 H_t(x, x') = <grad_w f(w_t; x), grad_w f(w_t; x')> on a probe set, the relative kernel change
 ||H_t - H_0||_F / ||H_0||_F and the relative weight change ||w_t - w_0|| / ||w_0||.
 
-The linearized network f_lin(x; w) = f(x; w_0) + J_0(x) (w - w_0) (`ntklab.linearize`) is
-trained alongside, with a second optimizer of the same kind on the same batches; with plain
-GD on the MSE its outputs follow f_lin <- f_lin - (eta / |Y_B|) Theta_0(x, X_B) (f_lin(X_B) - y_B)
-exactly (Lee et al. 2019, eq. 8-9).
+The linearized network f_lin(x; w) = f(x; w_0) + J_0(x) (w - w_0) is trained alongside on
+the same batches.  With plain gradient descent on the MSE (the defaults) its gradient J_0^T r is
+constant in w, so its outputs evolve exactly as
+    f_lin(x) <- f_lin(x) - (eta / |Y_B|) Theta_0(x, X_B) (f_lin(X_B) - y_B)
+with the empirical NTK at initialization (Lee et al. 2019, eq. 8-9): that is what is computed
+(no second network).  With another optimizer, loss or batch source it is an `nk.linearize`
+module trained by a second optimizer of the same kind.
 """
 from __future__ import annotations
 
@@ -61,17 +64,18 @@ def classification_error(prediction: torch.Tensor, target: torch.Tensor) -> floa
 
 
 def _batches(batches: Iterable | None, x_train, y, batch: int, generator, reference):
-    """Endless (x, y) batches: from `batches` (cycled, converted like the training data), or
-    all the data (full batch), or seeded random subsets of `batch` samples."""
+    """Endless (indices or None, x, y) batches: from `batches` (cycled, converted like the
+    training data; no indices), or all the data (full batch), or seeded random subsets of
+    `batch` samples."""
     if batches is not None:
         for xb, yb in itertools.cycle(batches):
             xb = model_input(xb, "a batch's x", reference)
-            yield xb, as_targets(yb, len(xb), "a batch's y", reference.dtype, reference.device)[0]
+            yield None, xb, as_targets(yb, len(xb), "a batch's y", reference.dtype, reference.device)[0]
     n = len(x_train)
     while True:
         index = (torch.arange(n) if batch == n else
                  torch.randperm(n, generator=generator)[:batch]).to(x_train.device)
-        yield x_train[index], y[index]
+        yield index, x_train[index], y[index]
 
 
 def train(model: nn.Module, x_train, y_train, *, steps: int, learning_rate: float | None = None,
@@ -98,6 +102,7 @@ def train(model: nn.Module, x_train, y_train, *, steps: int, learning_rate: floa
     steps = int(steps)
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
+    plain_gd_on_mse = optimizer is None and loss is None and batches is None
     if optimizer is None:
         if learning_rate is None:
             raise ValueError("give learning_rate (plain gradient descent) or an optimizer factory, "
@@ -136,16 +141,24 @@ def train(model: nn.Module, x_train, y_train, *, steps: int, learning_rate: floa
     value = loss_fn(f0_train, y)
     if not (isinstance(value, torch.Tensor) and value.ndim == 0):
         raise ValueError("loss(f, y) must return a scalar tensor")
+    def outputs(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return net(x).reshape(len(x), -1)
+
     w0 = {name: p.detach().clone() for name, p in chosen.items()}
     w0_norm = math.sqrt(sum(float(p.square().sum()) for p in w0.values()))
-    lin = TaylorExpansion(model, 1, params=list(chosen)) if linearized else None
+    lin = lin_outputs = None
+    if linearized and plain_gd_on_mse:   # exact function-space dynamics of the linearization
+        x_all = x_train if x_test is None else torch.cat([x_train, x_test])
+        theta0 = empirical_ntk(model, x_all, x_train, mode="full", params=list(chosen),
+                               max_memory=max_memory, progress=False)      # [N_all, N, O, O]
+        with torch.no_grad():
+            lin_outputs = outputs(model, x_all)
+    elif linearized:
+        lin = TaylorExpansion(model, 1, params=list(chosen))
     optimizers = [optimizer(list(chosen.values()))] + ([optimizer(list(lin.parameters()))] if lin else [])
     h0 = (empirical_ntk(model, x_probe, mode="trace", params=list(chosen), max_memory=max_memory,
                         progress=False) if track_kernel else None)
     history = TrainingHistory([], [], [], [])
-
-    def outputs(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return net(x).reshape(len(x), -1)
 
     def snapshot(step: int) -> None:
         with torch.no_grad():
@@ -166,11 +179,12 @@ def train(model: nn.Module, x_train, y_train, *, steps: int, learning_rate: floa
                               max_memory=max_memory, progress=False)
             history.kernels.append(h)
             row["kernel_change"] = float((h - h0).norm() / h0.norm())
-        if lin is not None:
+        if linearized:
             with torch.no_grad():
-                row["lin_train_loss"] = float(loss_fn(outputs(lin, x_train), y))
+                lin_train = lin_outputs[:n] if lin is None else outputs(lin, x_train)
+                row["lin_train_loss"] = float(loss_fn(lin_train, y))
                 if x_test is not None:
-                    lin_test = outputs(lin, x_test)
+                    lin_test = lin_outputs[n:] if lin is None else outputs(lin, x_test)
                     history.linear_test_predictions.append(lin_test.clone())
                     row["lin_distance"] = float((f_test - lin_test).norm() / lin_test.norm().clamp_min(1e-300))
                     if y_te is not None:
@@ -189,9 +203,14 @@ def train(model: nn.Module, x_train, y_train, *, steps: int, learning_rate: floa
                                          f"lower the learning rate")
         if step == steps:
             break
-        xb, yb = next(stream)
+        index, xb, yb = next(stream)
         for net, opt in zip((model, lin), optimizers):
             net.zero_grad(set_to_none=True)
             loss_fn(outputs(net, xb), yb).backward()
             opt.step()
+        if lin_outputs is not None:
+            with torch.no_grad():
+                residual = lin_outputs[index] - yb                                  # [B, O]
+                lin_outputs -= eta / residual.numel() * torch.einsum("ijab,jb->ia", theta0[:, index],
+                                                                     residual)
     return history
