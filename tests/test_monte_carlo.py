@@ -14,13 +14,15 @@ X = torch.randn(5, 3, generator=torch.Generator().manual_seed(0), dtype=torch.fl
 
 def test_streaming_moments_equal_an_explicit_loop():
     net = nk.mlp(2, 32, W_std=1.4, b_std=0.1, out=4)
-    mc = nk.monte_carlo_kernel(net, X, n_samples=6, seed=10)
+    seen = {}
+    mc = nk.monte_carlo_kernel(net, X, n_samples=6, seed=10, each=lambda s, k: seen.update({s: k["ntk"]}))
     models = [net.module((3,), seed=10 + s, dtype=torch.float64) for s in range(6)]
     ntk = torch.stack([nk.empirical_ntk(m, X) for m in models])
     nngp = torch.stack([m(X) @ m(X).T / 4 for m in models]).detach()
     for got, got_se, samples in ((mc.ntk, mc.ntk_standard_error, ntk), (mc.nngp, mc.nngp_standard_error, nngp)):
         torch.testing.assert_close(got, samples.mean(0), rtol=1e-12, atol=1e-14)
         torch.testing.assert_close(got_se, samples.std(0) / math.sqrt(6), rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(torch.stack([seen[s] for s in range(6)]), ntk, rtol=0, atol=0)
     assert mc.n_samples == 6 and nk.monte_carlo_kernel(net, X, n_samples=2, get="nngp").ntk is None
 
 

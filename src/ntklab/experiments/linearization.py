@@ -1,9 +1,10 @@
 """`ntklab run linearization` -- a wide network trains like its linearization, which trains
 like kernel regression with its empirical NTK (Lee et al. 2019; Jacot et al. 2018).
 
-One-hidden-layer ReLU MLPs of several widths n (NTK parameterization) on 10-class digits
-(flattened 8x8 images), trained by full-batch gradient descent with the mean squared loss
-and with cross-entropy, at the learning rate |Y| / lambda_max(Theta_0) (function-space step
+One-hidden-layer ReLU MLPs of several widths n (on flattened 8x8 digits) and small CNNs of
+several channel counts n (two 3x3 SAME convolutions + ReLU, global average pooling, on the 1x8x8
+images), NTK parameterization, 10 classes, trained by full-batch gradient descent with the mean
+squared loss and with cross-entropy, at the learning rate |Y| / lambda_max(Theta_0) (function-space step
 1/lambda_max).  Along training it compares, on the test set:
   * the network f_t with its linearization f_lin,t (`nk.linearize`, trained alongside),
   * f_lin,t with the function-space prediction from the empirical NTK at initialization
@@ -37,6 +38,7 @@ from . import register
 class Config:
     """Settings of this experiment (the defaults are the full run)."""
     widths: tuple = (64, 128, 256, 512, 1024, 2048, 4096)
+    channels: tuple = (8, 16, 32, 64, 128)
     n_train: int = 128
     n_test: int = 200
     steps: int = 400
@@ -45,7 +47,16 @@ class Config:
     @classmethod
     def quick(cls) -> "Config":
         """Small settings for tests and previews (seconds)."""
-        return cls(widths=(64, 256, 1024), n_train=48, n_test=64, steps=60, record=6)
+        return cls(widths=(64, 256, 1024), channels=(8, 32), n_train=48, n_test=64, steps=60, record=6)
+
+
+NETWORKS = {
+    "mlp": lambda width, classes: nk.mlp(1, width, W_std=2 ** 0.5, b_std=0.1, out=classes),
+    "cnn": lambda width, classes: nk.serial(nk.Conv(width, (3, 3), "SAME", W_std=2 ** 0.5, b_std=0.1),
+                                            nk.Relu(), nk.Conv(width, (3, 3), "SAME", W_std=2 ** 0.5,
+                                                               b_std=0.1),
+                                            nk.Relu(), nk.GlobalAvgPool(), nk.Dense(classes, b_std=0.1)),
+}
 
 
 def cross_entropy(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -73,11 +84,13 @@ def kernel_prediction(loss_name: str, theta_train: torch.Tensor, theta_test: tor
     return test.reshape(len(times), len(f0_test), o)
 
 
-def one_run(task, width: int, loss_name: str, cfg: Config, seed: int) -> list[dict]:
-    x, x_test = task.x_train.flatten(1), task.x_test.flatten(1)
+def one_run(task, network: str, width: int, loss_name: str, cfg: Config, seed: int) -> list[dict]:
+    x, x_test = task.x_train, task.x_test
+    if network == "mlp":
+        x, x_test = x.flatten(1), x_test.flatten(1)
     y = torch.nn.functional.one_hot(task.y_train, task.n_classes).double()
-    model = nk.mlp(1, width, W_std=2 ** 0.5, b_std=0.1, out=task.n_classes).module((x.shape[1],), seed=seed,
-                                                                                   dtype=torch.float64)
+    model = NETWORKS[network](width, task.n_classes).module(tuple(x.shape[1:]), seed=seed,
+                                                            dtype=torch.float64)
     learning_rate = y.numel() * inverse_largest_eigenvalue(model, x)
     with torch.no_grad():
         f0, f0_test = model(x), model(x_test)
@@ -90,7 +103,7 @@ def one_run(task, width: int, loss_name: str, cfg: Config, seed: int) -> list[di
     rows = []
     for i, (step, row) in enumerate(zip(history.steps, history.rows)):
         f, f_lin = history.test_predictions[i], history.linear_test_predictions[i]
-        rows.append({"loss": loss_name, "width": width, "step": step,
+        rows.append({"network": network, "loss": loss_name, "width": width, "step": step,
                      "network_vs_linearized": float((f - f_lin).norm() / f_lin.norm()),
                      "linearized_vs_kernel": float((f_lin - kernel[i]).norm() / kernel[i].norm()),
                      "network_vs_kernel": float((f - kernel[i]).norm() / kernel[i].norm()),
@@ -105,27 +118,30 @@ def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device) -> d
     task = digits_images(cfg.n_train, cfg.n_test, seed=seed)
     started = time.perf_counter()
     rows = []
-    jobs = [(loss, width) for loss in LOSSES for width in cfg.widths]
-    for loss_name, width in tqdm(jobs, desc="linearization", unit="net"):
-        rows += one_run(task, width, loss_name, cfg, seed)
+    cases = [(network, loss) for network in NETWORKS for loss in LOSSES]
+    jobs = [(network, loss, width) for network, loss in cases
+            for width in (cfg.widths if network == "mlp" else cfg.channels)]
+    for network, loss_name, width in tqdm(jobs, desc="linearization", unit="net"):
+        rows += one_run(task, network, width, loss_name, cfg, seed)
     seconds = time.perf_counter() - started
     last = [r for r in rows if r["step"] == cfg.steps]
     fits = {}
-    for loss_name in LOSSES:
-        chosen = [r for r in last if r["loss"] == loss_name]
+    for network, loss_name in cases:
+        chosen = [r for r in last if r["loss"] == loss_name and r["network"] == network]
         widths = np.array([r["width"] for r in chosen], dtype=float)
-        fits[loss_name] = {quantity: power_law(widths, np.array([r[quantity] for r in chosen]))[0]
-                           for quantity in ("network_vs_linearized", "linearized_vs_kernel", "network_vs_kernel")}
-    figures = {loss_name: _figure(folder, rows, loss_name, fits[loss_name]) for loss_name in LOSSES}
+        fits[f"{network} {loss_name}"] = {
+            quantity: power_law(widths, np.array([r[quantity] for r in chosen]))[0]
+            for quantity in ("network_vs_linearized", "linearized_vs_kernel", "network_vs_kernel")}
+    figures = {case: _figure(folder, [r for r in rows if f"{r['network']} {r['loss']}" == case], case,
+                             fits[case]) for case in fits}
     folder.config.update(asdict(cfg))
     folder.write_csv("metrics.csv", rows)
     folder.write_text("report.md", _report(cfg, last, fits, figures, seconds))
     return {"seconds": round(seconds, 1), "slopes": fits}
 
 
-def _figure(folder: RunFolder, rows: list[dict], loss_name: str, fits: dict) -> str:
+def _figure(folder: RunFolder, chosen: list[dict], case: str, fits: dict) -> str:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    chosen = [r for r in rows if r["loss"] == loss_name]
     widths = sorted({r["width"] for r in chosen})
     for i, width in enumerate(widths):
         mine = [r for r in chosen if r["width"] == width and r["step"] > 0]
@@ -138,23 +154,25 @@ def _figure(folder: RunFolder, rows: list[dict], loss_name: str, fits: dict) -> 
                        label=f"{quantity} (slope {fits[quantity]:+.2f})")
     axes[0].set_xlabel("GD step")
     axes[0].set_ylabel("||f - f_lin|| / ||f_lin|| (test)")
-    axes[1].set_xlabel("width n")
+    axes[1].set_xlabel("width n (MLP units, CNN channels)")
     axes[1].set_ylabel("relative distance at the last step")
     for ax in axes:
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
-    fig.suptitle(f"{loss_name}: network, linearization and empirical-NTK prediction")
-    return folder.save_figure(f"distances_{loss_name}", fig)
+    fig.suptitle(f"{case}: network, linearization and empirical-NTK prediction")
+    return folder.save_figure(f"distances_{case.replace(' ', '_')}", fig)
 
 
 def _report(cfg: Config, last: list[dict], fits: dict, figures: dict[str, str], seconds: float) -> str:
     """report.md: the distances at the last step against width, and the fitted slopes."""
     table = [{k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in r.items()} for r in last]
-    slopes = [{"loss": loss, **{q: f"{v:+.2f}" for q, v in fit.items()}} for loss, fit in fits.items()]
+    slopes = [{"network, loss": case, **{q: f"{v:+.2f}" for q, v in fit.items()}} for case, fit in fits.items()]
     return "\n".join([
         "# Networks vs their linearization vs the empirical-NTK prediction (Lee et al. 2019)", "",
-        f"One-hidden-layer ReLU MLPs (NTK parameterization, W_std = sqrt 2, b_std = 0.1) on 10-class "
-        f"digits ({cfg.n_train} train / {cfg.n_test} test, one-hot targets), full-batch GD for "
+        f"One-hidden-layer ReLU MLPs of widths {cfg.widths} and CNNs (two 3x3 SAME convolutions, "
+        f"ReLU, global average pooling) of {cfg.channels} channels (NTK parameterization, W_std = "
+        f"sqrt 2, b_std = 0.1) on 10-class digits ({cfg.n_train} train / {cfg.n_test} test, one-hot "
+        f"targets), full-batch GD for "
         f"{cfg.steps} steps at learning rate |Y| / lambda_max(Theta_0); relative distances of test "
         "outputs. The kernel prediction is continuous-time gradient flow with the full empirical NTK "
         "at initialization (closed form for MSE, an ODE for cross-entropy) at t = step.", "",
@@ -164,5 +182,5 @@ def _report(cfg: Config, last: list[dict], fits: dict, figures: dict[str, str], 
         "not depend on n (slope ~ 0).", "",
         markdown_table(slopes, list(slopes[0])), "",
         "## Last step", "", markdown_table(table, list(table[0])), "",
-        *[f"![{loss}]({path})" for loss, path in figures.items()], "",
+        *[f"![{case}]({path})" for case, path in figures.items()], "",
         f"Time: {seconds:.0f} s.", ""])

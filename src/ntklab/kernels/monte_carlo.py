@@ -53,14 +53,17 @@ class MonteCarloKernel:
 def monte_carlo_kernel(net_or_factory: Serial | Callable[[int], nn.Module], x1, x2=None, *,
                        n_samples: int, get: str | Sequence[str] | None = None, seed: int = 0,
                        dtype: torch.dtype | None = None, progress: bool | None = None,
+                       each: Callable[[int, dict[str, torch.Tensor]], None] | None = None,
                        **empirical_ntk_options) -> MonteCarloKernel:
     """Average the empirical NNGP/NTK of `n_samples` independently initialized networks.
 
     `net_or_factory`: an ntklab architecture (network s is `net.module(x1.shape[1:],
     seed=seed + s, dtype=dtype)`, dtype by default the input's, as for kernels) or any
     function `factory(seed) -> nn.Module` (called with seed + s).  `get`: "nngp", "ntk" or both (default).  Further options go to
-    `empirical_ntk` (e.g. `implementation`, `max_memory`).  A progress bar shows for more
-    than 10 samples (`progress` forces it on or off)."""
+    `empirical_ntk` (e.g. `implementation`, `max_memory`).  `each(s, kernels)`, if given, sees
+    every network's kernels ({"nngp": ..., "ntk": ...}) as they stream by (per-sample
+    statistics without keeping the samples).  A progress bar shows for more than 10 samples
+    (`progress` forces it on or off)."""
     n_samples = positive_int(n_samples, "n_samples")
     names = canonical_get(get)
     if isinstance(net_or_factory, Serial):
@@ -87,6 +90,8 @@ def monte_carlo_kernel(net_or_factory: Serial | Callable[[int], nn.Module], x1, 
             samples["ntk"] = empirical_ntk(model, x1, x2, mode="trace", progress=False,
                                            **empirical_ntk_options)
         count += 1
+        if each is not None:
+            each(s, samples)
         for name, value in samples.items():   # Welford: running mean and sum of squared deviations
             if name not in mean:
                 mean[name], second[name] = value.clone(), torch.zeros_like(value)
