@@ -152,10 +152,6 @@ def as_targets(y: Any, n: int, name: str, dtype: torch.dtype, device) -> tuple[t
     return y, vector
 
 
-LOSS_CONVENTION = ("learning_rate is the step of gradient descent on the mean squared loss "
-                   "L = ||f(X) - Y||^2 / (2 |Y|), |Y| = y_train.size (neural-tangents' convention)")
-
-
 def record_steps(record: Any, steps: int) -> list[int]:
     """The steps at which a GD run records (the one meaning of `record` in ntklab): an
     int `n` -> about `n` steps spaced geometrically in [1, steps], plus 0 and `steps`;
