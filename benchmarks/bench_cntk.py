@@ -39,7 +39,7 @@ def run_ntklab(readout: str, n: int, size: int, max_memory: int) -> dict:
     import ntklab as nk
     layers = []
     for _ in range(3):
-        layers += [nk.Conv(CHANNELS, (3, 3), "SAME", W_STD, B_STD), nk.Relu()]
+        layers += [nk.Conv(CHANNELS, (3, 3), None, "SAME", W_STD, B_STD), nk.Relu()]
     pool = nk.Flatten() if readout == "v" else nk.GlobalAvgPool()
     net = nk.serial(*layers, pool, nk.Dense(1, W_STD, B_STD))
     x = torch.from_numpy(images(n, size))

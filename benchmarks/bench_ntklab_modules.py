@@ -25,7 +25,7 @@ from timing import best_of
 
 def networks():
     mlp = nk.mlp(4, 512, W_std=math.sqrt(2), b_std=0.1)
-    cnn = nk.serial(*[layer for _ in range(3) for layer in (nk.Conv(32, (3, 3), "SAME", W_std=1.4),
+    cnn = nk.serial(*[layer for _ in range(3) for layer in (nk.Conv(32, (3, 3), padding="SAME", W_std=1.4),
                                                             nk.Relu())],
                     nk.GlobalAvgPool(), nk.Dense(10))
     return {"mlp": (mlp, (8,)), "cnn": (cnn, (3, 16, 16))}

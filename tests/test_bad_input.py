@@ -95,7 +95,7 @@ def test_arguments_of_the_analytic_kernels():
 
 
 def test_channels_last_images_are_refused_where_the_channels_are_known():
-    cnn = nk.serial(nk.Conv(4, (3, 3), "SAME"), nk.Relu(), nk.GlobalAvgPool(), nk.Dense(1))
+    cnn = nk.serial(nk.Conv(4, (3, 3), padding="SAME"), nk.Relu(), nk.GlobalAvgPool(), nk.Dense(1))
     with pytest.raises(ValueError, match=r"looks channels-last.*in_shape=\(3, 8, 8\)"):
         cnn.module(in_shape=(8, 8, 3))
     model = cnn.module(in_shape=(3, 8, 8))
@@ -103,7 +103,7 @@ def test_channels_last_images_are_refused_where_the_channels_are_known():
         model(torch.randn(2, 8, 8, 3))
     # [6, 4, 4, 3]: channels-last, but plausible as NCHW; an architecture that states its
     # input channels refuses it in the kernel and in the finite network
-    rgb = nk.serial(nk.Conv(4, (3, 3), "SAME", in_channels=3), nk.Relu(), nk.GlobalAvgPool(), nk.Dense(1))
+    rgb = nk.serial(nk.Conv(4, (3, 3), padding="SAME", in_channels=3), nk.Relu(), nk.GlobalAvgPool(), nk.Dense(1))
     nhwc = torch.randn(6, 4, 4, 3, dtype=torch.float64)
     with pytest.raises(ValueError, match=r"takes images with 3 channels, got 4 .*NCHW.*permute"):
         rgb.kernel(nhwc)
@@ -223,7 +223,7 @@ def test_process_workers_exit_when_the_parent_is_killed(tmp_path):
     script = (
         "import torch, ntklab as nk\n"
         "from ntklab.kernels import compute_kernel\n"
-        "net = nk.serial(nk.Conv(8, (3, 3), 'SAME'), nk.Relu(), nk.Conv(8, (3, 3), 'SAME'), nk.Relu(),"
+        "net = nk.serial(nk.Conv(8, (3, 3), padding='SAME'), nk.Relu(), nk.Conv(8, (3, 3), padding='SAME'), nk.Relu(),"
         " nk.GlobalAvgPool(), nk.Dense(1))\n"
         "x = torch.randn(352, 2, 12, 12, dtype=torch.float64)\n"
         f"compute_kernel(net, x, store={str(tmp_path / 'k.zarr')!r}, tile_size=176, scheduler='processes',"

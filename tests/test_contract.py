@@ -29,9 +29,9 @@ def test_an_activation_needs_gaussian_inputs(arch):
 
 def test_readouts_keep_and_affine_layers_set_the_gaussian_flag():
     images = torch.randn(3, 2, 4, 4, dtype=torch.float64)
-    nk.serial(nk.Conv(3, (3, 3), "SAME"), nk.GlobalAvgPool(), nk.Relu(), nk.Dense(1)).kernel(images)
+    nk.serial(nk.Conv(3, (3, 3), padding="SAME"), nk.GlobalAvgPool(), nk.Relu(), nk.Dense(1)).kernel(images)
     with pytest.raises(ValueError, match="must be Gaussian"):
-        nk.serial(nk.Conv(3, (3, 3), "SAME"), nk.Relu(), nk.Flatten(), nk.Relu(), nk.Dense(1)).kernel(images)
+        nk.serial(nk.Conv(3, (3, 3), padding="SAME"), nk.Relu(), nk.Flatten(), nk.Relu(), nk.Dense(1)).kernel(images)
 
 
 # 2. store identity: repr round-trips, anonymous functions are never resumed -------------

@@ -17,7 +17,7 @@ def conv_net(case, channels=8):
     act = ACTIVATIONS[case["activation"]]
     layers = []
     for _ in range(case["conv_layers"]):
-        layers += [nk.Conv(channels, tuple(case["filter"]), case["padding"], case["W_std"],
+        layers += [nk.Conv(channels, tuple(case["filter"]), None, case["padding"], case["W_std"],
                            case["b_std"], case["parameterization"]), act()]
     readout = nk.Flatten() if case["readout"] == "flatten" else nk.GlobalAvgPool()
     return nk.serial(*layers, readout, nk.Dense(1, case["W_std"], case["b_std"]))
@@ -84,8 +84,8 @@ def test_filter_sum_matches_explicit_loops(filter_shape, padding):
 
 
 def _mc_setup(param, readout, fix):
-    return nk.serial(nk.Conv(256, (3, 2), "SAME", 1.5, 0.2, param, trainable=not fix),
-                     nk.Relu(), nk.Conv(256, (2, 2), "VALID", 1.3, 0.1, param), nk.Erf(),
+    return nk.serial(nk.Conv(256, (3, 2), None, "SAME", 1.5, 0.2, param, trainable=not fix),
+                     nk.Relu(), nk.Conv(256, (2, 2), None, "VALID", 1.3, 0.1, param), nk.Erf(),
                      readout, nk.Dense(1, 1.2, 0.3, param, trainable=not fix))
 
 
@@ -109,18 +109,18 @@ def test_cntk_is_the_mean_empirical_ntk_of_wide_cnns(param, readout):
 
 
 def test_modules_have_the_shapes_of_the_kernel_layers():
-    arch = nk.serial(nk.Conv(6, (3, 3), "VALID"), nk.Relu(), nk.Conv(5, (2, 2), "SAME"),
+    arch = nk.serial(nk.Conv(6, (3, 3), padding="VALID"), nk.Relu(), nk.Conv(5, (2, 2), padding="SAME"),
                      nk.GlobalAvgPool(), nk.Dense(3))
     model = arch.module((2, 7, 6))
     assert model(torch.randn(4, 2, 7, 6)).shape == (4, 3)
-    flat = nk.serial(nk.Conv(4, (3, 3), "VALID"), nk.Flatten(), nk.Dense(1)).module((1, 5, 5))
+    flat = nk.serial(nk.Conv(4, (3, 3), padding="VALID"), nk.Flatten(), nk.Dense(1)).module((1, 5, 5))
     assert flat[2].in_features == 4 * 3 * 3
     fixed = nk.serial(nk.Conv(4, (3, 3), trainable=False), nk.Flatten(), nk.Dense(1)).module((1, 5, 5))
     assert [name for name, p in fixed.named_parameters() if p.requires_grad] == ["2.weight"]   # b_std=None: no bias
 
 
 def test_bad_images_and_layers_are_refused():
-    net = nk.serial(nk.Conv(4, (3, 3), "SAME"), nk.Relu(), nk.Flatten(), nk.Dense(1))
+    net = nk.serial(nk.Conv(4, (3, 3), padding="SAME"), nk.Relu(), nk.Flatten(), nk.Dense(1))
     x = torch.randn(3, 2, 6, 6)
     with pytest.raises(ValueError, match=r"x1 must be a batch of images \[N, C, H, W\].*x1\[None\]"):
         net.kernel(x[0])
@@ -129,9 +129,9 @@ def test_bad_images_and_layers_are_refused():
     with pytest.raises(ValueError, match="same feature shape"):
         net.kernel(x, torch.randn(2, 2, 5, 6))
     with pytest.raises(ValueError, match="larger than the.*VALID"):
-        nk.serial(nk.Conv(4, (7, 3), "VALID"), nk.Flatten(), nk.Dense(1)).kernel(x)
+        nk.serial(nk.Conv(4, (7, 3), padding="VALID"), nk.Flatten(), nk.Dense(1)).kernel(x)
     with pytest.raises(ValueError, match="larger than the.*VALID"):
-        nk.serial(nk.Conv(4, (7, 3), "VALID"), nk.Flatten(), nk.Dense(1)).module((2, 6, 6))
+        nk.serial(nk.Conv(4, (7, 3), padding="VALID"), nk.Flatten(), nk.Dense(1)).module((2, 6, 6))
     with pytest.raises(ValueError, match="end it with nk.Flatten"):
         nk.serial(nk.Conv(4, (3, 3)), nk.Relu()).kernel(x)
     with pytest.raises(ValueError, match="Dense acts on vectors.*Flatten"):
@@ -139,7 +139,7 @@ def test_bad_images_and_layers_are_refused():
     with pytest.raises(ValueError, match="filter_shape"):
         nk.Conv(4, 3)
     with pytest.raises(ValueError, match="padding"):
-        nk.Conv(4, (3, 3), padding="CIRCULAR")
+        nk.Conv(4, (3, 3), padding="REFLECT")
     with pytest.raises(ValueError, match=r"in_shape.*\(C, H, W\)"):
         net.module((36,))
 
@@ -149,7 +149,7 @@ def test_gd_ensemble_takes_images_for_convolutional_architectures():
     g = torch.Generator().manual_seed(3)
     x_train, x_test = (torch.randn(n, 2, 5, 5, generator=g, dtype=torch.float64) for n in (12, 4))
     y_train = torch.randn(12, 2, generator=g, dtype=torch.float64)
-    net = nk.serial(nk.Conv(4, (3, 3), "SAME", 1.5), nk.Relu(), nk.GlobalAvgPool(), nk.Dense(1))
+    net = nk.serial(nk.Conv(4, (3, 3), None, "SAME", 1.5), nk.Relu(), nk.GlobalAvgPool(), nk.Dense(1))
     mean = nk.predict.gradient_descent_mse_ensemble(net, x_train, y_train)(None, x_test, "ntk")
     ntk_train, ntk_test = net.kernel(x_train, get="ntk"), net.kernel(x_test, x_train, get="ntk")
     torch.testing.assert_close(mean, ntk_test @ torch.linalg.solve(ntk_train, y_train),

@@ -159,7 +159,7 @@ def test_bad_input():
 
 def test_largest_ntk_eigenvalue_by_power_iteration_matches_the_full_kernel():
     from ntklab.kernels.spectrum import largest_ntk_eigenvalue
-    net = nk.serial(nk.Conv(16, (3, 3), "SAME", 1.4, 0.1), nk.Relu(), nk.GlobalAvgPool(), nk.Dense(3))
+    net = nk.serial(nk.Conv(16, (3, 3), None, "SAME", 1.4, 0.1), nk.Relu(), nk.GlobalAvgPool(), nk.Dense(3))
     model = net.module((1, 6, 6), seed=0, dtype=torch.float64)
     x = torch.randn(20, 1, 6, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     full = nk.empirical_ntk(model, x, mode="full").permute(0, 2, 1, 3).reshape(60, 60)
@@ -172,8 +172,8 @@ def test_ntklab_modules_take_the_structured_rule_and_match_autograd(parameteriza
     dense = nk.serial(nk.Dense(9, W_std=1.3, b_std=0.2, parameterization=parameterization), nk.Relu(),
                       nk.Dense(7, W_std=1.1, parameterization=parameterization), nk.Erf(),
                       nk.Dense(2, W_std=0.9, b_std=0.0, parameterization=parameterization))
-    conv = nk.serial(nk.Conv(4, (2, 3), "SAME", W_std=1.2, b_std=0.3, parameterization=parameterization),
-                     nk.Relu(), nk.Conv(3, (2, 2), "VALID", trainable=False), nk.Relu(),
+    conv = nk.serial(nk.Conv(4, (2, 3), padding="SAME", W_std=1.2, b_std=0.3, parameterization=parameterization),
+                     nk.Relu(), nk.Conv(3, (2, 2), padding="VALID", trainable=False), nk.Relu(),
                      nk.GlobalAvgPool(), nk.Dense(2, b_std=0.1, parameterization=parameterization))
     for net, shape in ((dense, (5,)), (conv, (2, 5, 6))):
         model = net.module(shape, seed=1, dtype=torch.float64)

@@ -28,41 +28,33 @@ from .._validation import one_of, positive_int
 from .dense import Affine
 from .layer import Layer
 from .state import KernelState
+from .windows import PADDINGS, output_size, padding_for, window_sum
 
-PADDINGS = ("SAME", "VALID")
 
-
-def filter_sum(t: torch.Tensor, filter_shape: Sequence[int], padding: str, full: bool) -> torch.Tensor:
-    """`sum_d t[..., i + d, j + d]` over the filter offsets, per spatial dimension.
+def filter_sum(t: torch.Tensor, filter_shape: Sequence[int], padding: str, full: bool,
+               strides: Sequence[int] | None = None) -> torch.Tensor:
+    """`sum_d t[..., s i + d - low, s j + d - low]` over the filter offsets, per spatial dimension
+    (`windows.window_sum`).
 
     `t` is `[..., H, W]` (same-pixel pairs) or `[..., H, W, H, W]` (`full`: all pixel
     pairs; each offset shifts both pixel indices).  The sum is separable: height
-    offsets first, then width offsets, always added in the same order, so that the
-    diagonal of a `full` result equals, bitwise, the same-pixel result.  Each
-    dimension starts from a copy of the unshifted term (no zero fill)."""
+    offsets first, then width offsets."""
     n_spatial = len(filter_shape)
-    for dim, size in enumerate(filter_shape):
-        axes = ((dim - 2 * n_spatial, dim - n_spatial) if full else (dim - n_spatial,))
-        n_in = t.shape[axes[0]]
-        low, n_out = ((size - 1) // 2, n_in) if padding == "SAME" else (0, n_in - size + 1)
-        out = None
-        for offset in (low, *range(low), *range(low + 1, size)):  # shift 0 first: all outputs
-            shift = offset - low  # input index = output index + shift
-            start, stop = max(0, -shift), min(n_out, n_in - shift)
-            if stop <= start:
-                continue
-            source = t
-            for axis in axes:
-                source = source.narrow(axis, start + shift, stop - start)
-            if out is None:  # shift 0 (SAME) or any shift (VALID) covers every output
-                out = source.clone(memory_format=torch.contiguous_format)
-                continue
-            target = out
-            for axis in axes:
-                target = target.narrow(axis, start, stop - start)
-            target.add_(source)
-        t = out
+    strides = (1,) * n_spatial if strides is None else strides
+    for dim, (size, stride) in enumerate(zip(filter_shape, strides)):
+        axes = (dim - 2 * n_spatial, dim - n_spatial) if full else (dim - n_spatial,)
+        t = window_sum(t, axes, size, stride, padding)
     return t
+
+
+def pad_images(h: torch.Tensor, window: Sequence[int], strides: Sequence[int],
+               padding: str) -> torch.Tensor:
+    """Pad NCHW images as `windows.padding_for` says: zeros (SAME), wrapped (CIRCULAR), none (VALID)."""
+    if padding == "VALID":
+        return h
+    (top, bottom, _), (left, right, _) = (padding_for(n, k, s, padding) for n, k, s in
+                                          zip(h.shape[2:], window, strides))
+    return F.pad(h, (left, right, top, bottom), mode="circular" if padding == "CIRCULAR" else "constant")
 
 
 class ConvModule(nn.Module):
@@ -70,9 +62,10 @@ class ConvModule(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, filter_shape: tuple[int, int],
                  padding: str, W_std: float, b_std: float | None, parameterization: str,
-                 generator: torch.Generator, dtype: torch.dtype):
+                 generator: torch.Generator, dtype: torch.dtype,
+                 strides: tuple[int, int] = (1, 1)):
         super().__init__()
-        self.filter_shape, self.padding = filter_shape, padding
+        self.filter_shape, self.padding, self.strides = filter_shape, padding, strides
         self.W_std, self.b_std, self.parameterization = W_std, b_std, parameterization
         self.fan_in = in_channels * math.prod(filter_shape)
         weight = torch.randn(out_channels, in_channels, *filter_shape, generator=generator,
@@ -95,13 +88,14 @@ class ConvModule(nn.Module):
         return (self.b_std or 0.0) if self.parameterization == "ntk" else 1.0
 
     @property
-    def pads(self) -> tuple[int, int, int, int]:
-        """Zero padding (left, right, top, bottom) in `F.pad` order: SAME puts (k - 1) // 2
-        on the low side, as `filter_sum` and lax; VALID none."""
-        if self.padding != "SAME":
-            return (0, 0, 0, 0)
-        kh, kw = self.filter_shape
-        return ((kw - 1) // 2, kw // 2, (kh - 1) // 2, kh // 2)
+    def pads(self) -> tuple[int, int, int, int] | None:
+        """Zero padding (left, right, top, bottom) in `F.pad` order when it does not depend on
+        the image size (stride 1, SAME or VALID), else None."""
+        if self.strides != (1, 1) or self.padding == "CIRCULAR":
+            return None
+        (top, bottom, _), (left, right, _) = (padding_for(k, k, 1, self.padding)
+                                              for k in self.filter_shape)
+        return (left, right, top, bottom)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         if h.ndim != 4 or h.shape[1] != self.weight.shape[1]:
@@ -109,12 +103,12 @@ class ConvModule(nn.Module):
                              f"(channels second, torch's layout), got shape {tuple(h.shape)}; for "
                              f"channels-last arrays use x.permute(0, 3, 1, 2)")
         bias = None if self.bias is None else self.bias_scale * self.bias
-        h = F.pad(h, self.pads) if self.padding == "SAME" else h
-        return F.conv2d(h, self.weight_scale * self.weight, bias)
+        h = pad_images(h, self.filter_shape, self.strides, self.padding)
+        return F.conv2d(h, self.weight_scale * self.weight, bias, stride=self.strides)
 
     def extra_repr(self) -> str:
         return (f"{self.weight.shape[1]} -> {self.weight.shape[0]}, filter={self.filter_shape}, "
-                f"padding={self.padding!r}, W_std={self.W_std}, b_std={self.b_std}, "
+                f"strides={self.strides}, padding={self.padding!r}, W_std={self.W_std}, b_std={self.b_std}, "
                 f"parameterization={self.parameterization!r}")
 
 
@@ -124,10 +118,35 @@ def _image_state(k: KernelState, layer: Layer) -> None:
                          f"batches (NCHW) and put convolutions before Flatten/GlobalAvgPool")
 
 
+def pair_tuple(value, name: str, default: tuple[int, int] | None = None) -> tuple[int, int]:
+    """A (height, width) pair of positive integers (`filter_shape`, `strides`, `window_shape`)."""
+    if value is None and default is not None:
+        return default
+    shape = tuple(value) if isinstance(value, (tuple, list)) else ()
+    if len(shape) != 2:
+        raise ValueError(f"{name} must be a pair (height, width) of positive integers, got {value!r}")
+    return tuple(positive_int(s, name) for s in shape)
+
+
+def check_window_fits(layer: Layer, window: Sequence[int], strides: Sequence[int], padding: str,
+                      spatial: Sequence[int]) -> tuple[int, int]:
+    """The output spatial shape of a window layer, or a ValueError naming the layer and the fix."""
+    if padding == "VALID" and any(f > s for f, s in zip(window, spatial)):
+        raise ValueError(f"{layer!r}: window {tuple(window)} is larger than the {tuple(spatial)} "
+                         f"images reaching it with padding='VALID'; use padding='SAME', a smaller "
+                         f"window, or fewer VALID/strided layers before it")
+    if padding == "CIRCULAR" and any(max(padding_for(n, f, s, padding)[:2]) > n
+                                     for n, f, s in zip(spatial, window, strides)):
+        raise ValueError(f"{layer!r}: circular padding of {tuple(spatial)} images by a window "
+                         f"{tuple(window)} wraps more than once; use a smaller window")
+    return tuple(output_size(n, f, s, padding) for n, f, s in zip(spatial, window, strides))
+
+
 class Conv(Affine):
-    """`Conv(out_chan, filter_shape=(3, 3), padding="VALID", W_std=1.0, b_std=None,
-    parameterization="ntk", trainable=True, in_channels=None)`: neural-tangents'
-    `stax.Conv` on NCHW images (stride 1, no dilation).
+    """`Conv(out_chan, filter_shape=(3, 3), strides=None, padding="VALID", W_std=1.0, b_std=None,
+    parameterization="ntk", trainable=True, in_channels=None)`: neural-tangents' `stax.Conv`
+    on NCHW images; `strides=None` is (1, 1); padding "SAME", "VALID" or "CIRCULAR" (as lax,
+    see `ntklab.arch.windows`).
 
     `in_channels` (optional, not in neural-tangents): the channels this layer expects;
     given, both the kernel and the finite module refuse inputs with other channels, which
@@ -135,24 +154,17 @@ class Conv(Affine):
 
     takes_images = True
 
-    def __init__(self, out_chan: int, filter_shape: Sequence[int] = (3, 3), padding: str = "VALID",
+    def __init__(self, out_chan: int, filter_shape: Sequence[int] = (3, 3),
+                 strides: Sequence[int] | None = None, padding: str = "VALID",
                  W_std: float = 1.0, b_std: float | None = None, parameterization: str = "ntk",
                  trainable: bool = True, in_channels: int | None = None):
         self.out = positive_int(out_chan, "out_chan (channels of Conv)")
         self.in_channels = None if in_channels is None else positive_int(in_channels, "in_channels")
-        shape = tuple(filter_shape) if isinstance(filter_shape, (tuple, list)) else ()
-        if len(shape) != 2:
-            raise ValueError(f"filter_shape must be (kh, kw), got {filter_shape!r}")
-        self.filter_shape = tuple(positive_int(s, "filter_shape") for s in shape)
+        self.filter_shape = pair_tuple(filter_shape, "filter_shape")
+        self.strides = pair_tuple(strides, "strides", default=(1, 1))
         self.padding = one_of(str(padding).upper(), "padding", PADDINGS)
         super().__init__(W_std, b_std, parameterization, trainable)
         self.terms = math.prod(self.filter_shape)
-
-    def _check_fits(self, spatial: Sequence[int]) -> None:
-        if self.padding == "VALID" and any(f > s for f, s in zip(self.filter_shape, spatial)):
-            raise ValueError(f"{self!r}: filter {self.filter_shape} is larger than the "
-                             f"{tuple(spatial)} images reaching it with padding='VALID'; use "
-                             f"padding='SAME', a smaller filter, or fewer VALID layers")
 
     def _check_channels(self, channels: int, shape: tuple) -> None:
         if self.in_channels is not None and channels != self.in_channels:
@@ -164,20 +176,18 @@ class Conv(Affine):
         if len(in_shape) != 3:
             raise ValueError(f"{self!r} needs image inputs (C, H, W), got shape {tuple(in_shape)}")
         self._check_channels(in_shape[0], tuple(in_shape))
-        self._check_fits(in_shape[1:])
+        spatial = check_window_fits(self, self.filter_shape, self.strides, self.padding, in_shape[1:])
         module = ConvModule(in_shape[0], self.out, self.filter_shape, self.padding, self.W_std,
-                            self.b_std, self.parameterization, generator, dtype)
-        h, w = (s if self.padding == "SAME" else s - f + 1
-                for s, f in zip(in_shape[1:], self.filter_shape))
-        return module.requires_grad_(self.trainable), (self.out, h, w)
+                            self.b_std, self.parameterization, generator, dtype, self.strides)
+        return module.requires_grad_(self.trainable), (self.out, *spatial)
 
     def sum_inputs(self, t, k):
-        return filter_sum(t, self.filter_shape, self.padding, k.full)
+        return filter_sum(t, self.filter_shape, self.padding, k.full, self.strides)
 
     def kernel_map(self, k: KernelState) -> KernelState:
         _image_state(k, self)
         self._check_channels(k.width, (k.width, *k.spatial))
-        self._check_fits(k.spatial)
+        check_window_fits(self, self.filter_shape, self.strides, self.padding, k.spatial)
         return super().kernel_map(k)
 
     def output_state(self, k: KernelState) -> KernelState:
@@ -186,10 +196,10 @@ class Conv(Affine):
 
 def _spatial_mean(t: torch.Tensor, k: KernelState, all_pairs: bool) -> torch.Tensor:
     """Mean over pixel pairs of `[..., *pairs]`: all pairs, or same-pixel pairs only."""
-    n = math.prod(k.spatial)
+    n, n_spatial = math.prod(k.spatial), len(k.spatial)
     if not k.full:
-        return t.flatten(-2).mean(-1)
-    t = t.flatten(-4, -3).flatten(-2)  # [..., HW, HW]
+        return t.flatten(-n_spatial).mean(-1)
+    t = t.flatten(-2 * n_spatial, -n_spatial - 1).flatten(-n_spatial)  # [..., P, P]
     return t.mean((-2, -1)) if all_pairs else t.diagonal(0, -2, -1).sum(-1).div_(n)
 
 

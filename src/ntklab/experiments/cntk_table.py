@@ -77,7 +77,7 @@ def architecture(depth: int, readout: str, *, channels: int, n_classes: int,
         raise ValueError(f"depth must be >= 2 (conv layers + 1), got {depth}")
     layers = []
     for index in range(depth - 1):
-        layers += [nk.Conv(channels, (3, 3), "SAME", W_std=math.sqrt(2), b_std=0.0,
+        layers += [nk.Conv(channels, (3, 3), padding="SAME", W_std=math.sqrt(2), b_std=0.0,
                            trainable=not (fix and index == 0)), nk.Relu()]
     pool = nk.Flatten() if readout == "V" else nk.GlobalAvgPool()
     return nk.serial(*layers, pool, nk.Dense(n_classes, W_std=1.0, b_std=0.0, trainable=not fix))

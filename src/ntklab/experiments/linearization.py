@@ -52,8 +52,8 @@ class Config:
 
 NETWORKS = {
     "mlp": lambda width, classes: nk.mlp(1, width, W_std=2 ** 0.5, b_std=0.1, out=classes),
-    "cnn": lambda width, classes: nk.serial(nk.Conv(width, (3, 3), "SAME", W_std=2 ** 0.5, b_std=0.1),
-                                            nk.Relu(), nk.Conv(width, (3, 3), "SAME", W_std=2 ** 0.5,
+    "cnn": lambda width, classes: nk.serial(nk.Conv(width, (3, 3), padding="SAME", W_std=2 ** 0.5, b_std=0.1),
+                                            nk.Relu(), nk.Conv(width, (3, 3), padding="SAME", W_std=2 ** 0.5,
                                                                b_std=0.1),
                                             nk.Relu(), nk.GlobalAvgPool(), nk.Dense(classes, b_std=0.1)),
 }

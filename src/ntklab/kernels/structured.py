@@ -50,7 +50,7 @@ def affine_form(module: nn.Module) -> AffineForm | None:
         return AffineForm(1.0, 1.0)
     if isinstance(module, DenseModule):
         return AffineForm(module.weight_scale, module.bias_scale)
-    if isinstance(module, ConvModule):
+    if isinstance(module, ConvModule) and module.pads is not None:
         return AffineForm(module.weight_scale, module.bias_scale, True, module.pads)
     if (isinstance(module, nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros"
             and module.padding != "same"):

@@ -1,0 +1,92 @@
+"""Sliding windows over the spatial axes of kernel tensors: the one primitive behind the
+infinite-width maps of convolutions (strided, SAME / VALID / CIRCULAR) and of pooling.
+
+Padding follows lax / neural-tangents: for a window of `size` taps and `stride`,
+  * "VALID":    no padding, `n_out = (n_in - size) // stride + 1`;
+  * "SAME":     `n_out = ceil(n_in / stride)`, zeros padded, `total = max((n_out - 1) stride
+                + size - n_in, 0)` split as `low = total // 2` before and the rest after;
+  * "CIRCULAR": the SAME amounts, padded by wrapping around (the input is a torus).
+Output position `o` reads input positions `o * stride + d - low`, `d = 0..size-1`.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+PADDINGS = ("SAME", "VALID", "CIRCULAR")
+
+
+def padding_for(n_in: int, size: int, stride: int, padding: str) -> tuple[int, int, int]:
+    """`(low, high, n_out)`: the padding before and after one spatial axis, and its output size."""
+    if padding == "VALID":
+        return 0, 0, (n_in - size) // stride + 1
+    n_out = -(-n_in // stride)
+    total = max((n_out - 1) * stride + size - n_in, 0)
+    return total // 2, total - total // 2, n_out
+
+
+def output_size(n_in: int, size: int, stride: int, padding: str) -> int:
+    return padding_for(n_in, size, stride, padding)[2]
+
+
+def _wrap(t: torch.Tensor, axis: int, low: int, high: int) -> torch.Tensor:
+    """Circular padding of one axis: `low` entries from its end before, `high` from its start after."""
+    n = t.shape[axis]
+    parts = [t.narrow(axis, n - low, low)] if low else []
+    parts.append(t)
+    if high:
+        parts.append(t.narrow(axis, 0, high))
+    return torch.cat(parts, axis) if len(parts) > 1 else t
+
+
+def _strided(t: torch.Tensor, axis: int, start: int, count: int, stride: int) -> torch.Tensor:
+    """`count` entries of `axis` from `start` every `stride` (a view)."""
+    index = [slice(None)] * t.ndim
+    index[axis] = slice(start, start + (count - 1) * stride + 1, stride)
+    return t[tuple(index)]
+
+
+def window_sum(t: torch.Tensor, axes: Sequence[int], size: int, stride: int = 1,
+               padding: str = "VALID") -> torch.Tensor:
+    """`out[o] = sum_d t[o * stride + d - low]`, the index shifted **jointly** on every axis of
+    `axes` (all of the same length): one axis sums a window (pooling); two axes, the two
+    positions of a pixel pair, sum the diagonal shifts `K[i + d, j + d]` of a convolution.
+
+    Zero padding contributes nothing; the offsets are added in a fixed order starting from
+    the one that reaches every output (no zero fill), so the diagonal of a pair-layout result
+    equals, bitwise, the same-position result."""
+    axes = [axis % t.ndim for axis in axes]
+    n_in = t.shape[axes[0]]
+    low, high, n_out = padding_for(n_in, size, stride, padding)
+    if padding == "CIRCULAR":
+        for axis in axes:
+            t = _wrap(t, axis, low, high)
+        n_in, low = n_in + low + high, 0
+    out = None
+    for offset in (low, *range(low), *range(low + 1, size)):  # offset `low` reaches all outputs
+        shift = offset - low  # input index = output index * stride + shift
+        first = max(0, -(shift // stride))  # first output whose input index is >= 0
+        stop = min(n_out, (n_in - 1 - shift) // stride + 1)
+        if stop <= first:
+            continue
+        source = t
+        for axis in axes:
+            source = _strided(source, axis, first * stride + shift, stop - first, stride)
+        if out is None:
+            out = source.clone(memory_format=torch.contiguous_format)
+            continue
+        target = out
+        for axis in axes:
+            target = target.narrow(axis, first, stop - first)
+        target.add_(source)
+    return out
+
+
+def window_counts(n_in: int, size: int, stride: int, padding: str) -> torch.Tensor:
+    """Number of real (not zero-padded) inputs in each output window, float64 `[n_out]`."""
+    low, _, n_out = padding_for(n_in, size, stride, padding)
+    if padding != "SAME":
+        return torch.full((n_out,), float(size), dtype=torch.float64)
+    starts = torch.arange(n_out, dtype=torch.float64) * stride - low
+    return (starts + size).clamp(max=n_in) - starts.clamp(min=0)
