@@ -40,12 +40,17 @@ def test_classical_kernels_match_formulas():
 
 
 @pytest.mark.parametrize("bad, match", [
-    (np.full((3, 4), np.nan), "NaN"), (np.zeros((0, 4)), "empty"), (np.zeros((3, 4, 2)), "2-D"),
+    (np.full((3, 4), np.nan), "NaN"), (np.zeros((0, 4)), "empty"),
     (np.zeros(4), "2-D"), (np.array([[1.0, np.inf]] * 3), "NaN/inf")])
 def test_bad_inputs_name_the_argument(bad, match):
     with pytest.raises(ValueError, match=match) as error:
         NET.kernel(bad)
     assert str(error.value).startswith("x1 ")
+
+
+def test_a_3d_input_to_an_mlp_is_read_as_token_sequences_and_needs_a_pooling_readout():
+    with pytest.raises(ValueError, match=r"ends on token sequences.*GlobalAvgPool"):
+        NET.kernel(np.zeros((3, 4, 2)))
 
 
 def test_mismatched_features_and_bad_layers():

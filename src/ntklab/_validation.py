@@ -81,12 +81,28 @@ def as_images(x: Any, name: str, *, dtype: torch.dtype = DEFAULT_DTYPE,
     return t
 
 
-def as_inputs(x: Any, name: str, *, images: bool, dtype: torch.dtype = DEFAULT_DTYPE,
-              device: str | torch.device | None = None) -> torch.Tensor:
-    """Images `[N, C, H, W]` when `images` or `x` is 4-D, else a matrix `[N, d]`."""
+def as_inputs(x: Any, name: str, *, images: bool, sequences: bool = False,
+              dtype: torch.dtype = DEFAULT_DTYPE, device: str | torch.device | None = None
+              ) -> torch.Tensor:
+    """Images `[N, C, H, W]` when `images` or `x` is 4-D, token sequences `[N, T, C]` when
+    `sequences` or `x` is 3-D, else a matrix `[N, d]`."""
     if images or np.ndim(x) == 4:
         return as_images(x, name, dtype=dtype, device=device)
+    if sequences or np.ndim(x) == 3:
+        return as_sequences(x, name, dtype=dtype, device=device)
     return as_matrix(x, name, dtype=dtype, device=device)
+
+
+def as_sequences(x: Any, name: str, *, dtype: torch.dtype = DEFAULT_DTYPE,
+                 device: str | torch.device | None = None) -> torch.Tensor:
+    """Convert `x` to a finite batch of token sequences `[N, T, C]` (batch first, channels
+    last, as `nn.MultiheadAttention(batch_first=True)`)."""
+    t = as_tensor(x, name, dtype=dtype, device=device)
+    if t.ndim != 3:
+        hint = f"; a single sequence is {name}[None]" if t.ndim == 2 else ""
+        raise ValueError(f"{name} must be a batch of token sequences [N, T, C] (batch first, "
+                         f"channels last), got a {t.ndim}-D array of shape {tuple(t.shape)}{hint}")
+    return t
 
 
 def as_tensor(x: Any, name: str, *, dtype: torch.dtype = DEFAULT_DTYPE,

@@ -223,8 +223,18 @@ class FlattenModule(nn.Module):
 
 
 class GlobalAvgPoolModule(nn.Module):
+    """Mean (or sum, `total`) over the positions of NCHW images
+    (`dims` (2, 3)) or of token sequences `[N, T, C]` (`dims` (1,))."""
+
+    def __init__(self, dims: tuple[int, ...], total: bool = False):
+        super().__init__()
+        self.dims, self.total = dims, total
+
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return h.mean(dim=tuple(range(2, h.ndim)))
+        return h.sum(dim=self.dims) if self.total else h.mean(dim=self.dims)
+
+    def extra_repr(self) -> str:
+        return f"dims={self.dims}, {'sum' if self.total else 'mean'}"
 
 
 class Flatten(_Readout):
@@ -241,25 +251,45 @@ class Flatten(_Readout):
 
 
 class GlobalAvgPool(_Readout):
-    """`GlobalAvgPool()`: [N, C, H, W] -> [N, C], the mean over pixels (CNN-GAP / CNTK-GAP).
+    """`GlobalAvgPool()`: NCHW images [N, C, H, W] -> [N, C], the mean over pixels (CNN-GAP /
+    CNTK-GAP); token sequences [N, T, C] -> [N, C], the mean over tokens.
 
-    Kernel: `K_out = mean_{i, j} K[i, j]` over all pixel pairs, which needs the full
-    `[HW x HW]` covariance of every pair of images through all the layers before it."""
+    Kernel: `K_out = mean_{i, j} K[i, j]` over all position pairs, which needs the full
+    `[P x P]` covariance of every pair of inputs through all the layers before it."""
 
-    takes_images = True
     needs_all_pixel_pairs = True
+    total = False
 
     def build(self, in_shape, generator, dtype):
-        if len(in_shape) != 3:
-            raise ValueError(f"GlobalAvgPool needs image inputs (C, H, W), got shape {tuple(in_shape)}")
-        return GlobalAvgPoolModule(), (in_shape[0],)
+        if len(in_shape) == 1:
+            raise ValueError(f"{self!r} pools images (C, H, W) or token sequences (T, C), got "
+                             f"vectors of shape {tuple(in_shape)}; remove it or move it before "
+                             f"the Flatten/readout")
+        dims, channels = ((2, 3), in_shape[0]) if len(in_shape) == 3 else ((1,), in_shape[-1])
+        return GlobalAvgPoolModule(dims, self.total), (channels,)
 
     def kernel_map(self, k: KernelState) -> KernelState:
-        _image_state(k, self)
+        if not k.spatial:
+            raise ValueError(f"{self!r} pools images or token sequences but gets vectors; "
+                             f"remove it or move it before the Flatten/readout")
         if not k.full:
-            raise ValueError("GlobalAvgPool needs the covariance of all pixel pairs: compute the "
-                             "kernel through nk.serial(...).kernel, which tracks them")
-        return super().kernel_map(k)
+            raise ValueError(f"{self!r} needs the covariance of all position pairs: compute the "
+                             f"kernel through nk.serial(...).kernel, which tracks them")
+        positions = math.prod(k.spatial)
+        k = super().kernel_map(k)
+        if self.total:  # sum = positions * mean in every copy: K scales by positions^2
+            scale = float(positions) ** 2
+            ntk = None if k.ntk is None else k.ntk * scale if isinstance(k.ntk, float) else k.ntk.mul_(scale)
+            var1, var2 = k.map_variances(lambda var: var * scale)
+            k = k.replace(nngp=k.nngp.mul_(scale), ntk=ntk, var1=var1, var2=var2)
+        return k
 
     def out_width(self, k: KernelState) -> int:
         return k.width
+
+
+class GlobalSumPool(GlobalAvgPool):
+    """`GlobalSumPool()`: the sum over pixels (or tokens) instead of the mean; the kernel is
+    `GlobalAvgPool`'s times (number of positions)^2."""
+
+    total = True

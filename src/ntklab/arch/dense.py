@@ -114,7 +114,8 @@ class Affine(Layer):
 
 class Dense(Affine):
     """`Dense(out, W_std=1.0, b_std=None, parameterization="ntk", trainable=True)`
-    (neural-tangents' `stax.Dense`).
+    (neural-tangents' `stax.Dense`): on vectors `[N, d]`, or on each token of a sequence
+    `[N, T, C]` (the last axis, as neural-tangents' `channel_axis=-1`).
 
     `b_std=None` (the default, as in neural-tangents) means no bias parameters at all;
     `b_std=0.0` keeps a bias initialized at zero, which in the standard
@@ -126,15 +127,17 @@ class Dense(Affine):
         super().__init__(W_std, b_std, parameterization, trainable)
 
     def build(self, in_shape, generator, dtype):
-        if len(in_shape) != 1:
-            raise ValueError(f"Dense acts on vectors but gets inputs of shape {tuple(in_shape)}; "
-                             f"add nk.Flatten() or nk.GlobalAvgPool() before it")
-        module = DenseModule(in_shape[0], self.out, self.W_std, self.b_std,
+        if len(in_shape) == 3:
+            raise ValueError(f"Dense acts on vectors (or on each token of a sequence) but gets "
+                             f"images of shape {tuple(in_shape)}; add nk.Flatten() or "
+                             f"nk.GlobalAvgPool() before it")
+        module = DenseModule(in_shape[-1], self.out, self.W_std, self.b_std,
                              self.parameterization, generator, dtype)
-        return module.requires_grad_(self.trainable), (self.out,)
+        return module.requires_grad_(self.trainable), (*in_shape[:-1], self.out)
 
     def kernel_map(self, k: KernelState) -> KernelState:
-        if k.spatial:
-            raise ValueError(f"Dense acts on vectors but gets images of spatial shape {k.spatial}; "
-                             f"add nk.Flatten() or nk.GlobalAvgPool() before it")
+        if len(k.spatial) == 2:
+            raise ValueError(f"Dense acts on vectors (or on each token of a sequence) but gets "
+                             f"images of spatial shape {k.spatial}; add nk.Flatten() or "
+                             f"nk.GlobalAvgPool() before it")
         return super().kernel_map(k)

@@ -18,7 +18,9 @@ What a layer may assume and must guarantee
 * It declares what it needs as class attributes, read by `serial` (never probed):
   `takes_images` (inputs must be NCHW images), `needs_all_pixel_pairs` (the recursion
   needs the covariance of every pixel pair, e.g. GlobalAvgPool), `quadrature_points`
-  (the map holds this many numbers per pair at once, for block sizes).
+  (the map holds this many numbers per pair at once, for block sizes), `takes_sequences`
+  (inputs must be token sequences `[N, T, C]`), `takes_branches` (the layer consumes a
+  list of states, one per branch, as produced by `FanOut`).
 * Its `repr` is its constructor call with the arguments given (defaults omitted), which
   the `--arch` parser reads back; `identity` is that string when every argument is a
   literal or a named module-level function, else None (e.g. a lambda): a tiled kernel
@@ -54,10 +56,22 @@ def _named_function(value: Any) -> str | None:
     return f"{module}.{qualname}"
 
 
+class ArchitectureError(ValueError):
+    """A ValueError that already names where in the architecture it happened."""
+
+
+def channel_axis(shape: tuple[int, ...]) -> int:
+    """The channel axis of a batch whose samples have `shape`: 1 for NCHW images `(C, H, W)`,
+    the last one for vectors `(d,)` and token sequences `(T, C)`."""
+    return 1 if len(shape) == 3 else -1
+
+
 class Layer(ABC):
     """Base class of all ntklab layers (see the module docstring for the contract)."""
 
     takes_images: bool = False
+    takes_sequences: bool = False
+    takes_branches: bool = False
     needs_all_pixel_pairs: bool = False
     quadrature_points: int = 1
 
@@ -99,6 +113,12 @@ class Layer(ABC):
             positional = parameter.default is inspect.Parameter.empty
             parts.append(text if positional else f"{name}={text}")
         return f"{type(self).__name__}({', '.join(parts)})"
+
+    @property
+    def label(self) -> str:
+        """Short description for error messages."""
+        text = repr(self)
+        return text if len(text) <= 80 else text[:text.index("(")] + "(...)"
 
     @property
     def identity(self) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from contextlib import contextmanager
 from typing import Sequence
 
 import torch
@@ -12,7 +13,7 @@ from torch import nn
 from .._validation import (as_inputs, check_result_fits, check_same_features, input_dtype,
                            parse_memory, positive_int, resolve_device)
 from ..tiling import tiled_pairs
-from .layer import Layer
+from .layer import ArchitectureError, Layer
 from .state import Kernel, KernelState
 
 GETS = ("nngp", "ntk")
@@ -47,32 +48,64 @@ class SymmetricModule(nn.Module):
         return (self.first(x) - self.second(x)) / math.sqrt(2.0)
 
 
-class Serial(Layer):
-    """A sequence of layers (neural-tangents' `stax.serial`)."""
+@contextmanager
+def located(container: "Container", position: int, layer: Layer):
+    """Re-raise a ValueError from `layer` naming its position in `container` (once: the
+    innermost container names it)."""
+    try:
+        yield
+    except ArchitectureError:
+        raise
+    except ValueError as err:
+        raise ArchitectureError(f"{container.name}(...) layer {position}, {layer.label}: {err}") from err
+
+
+def check_branching(layer: Layer, state_or_shape) -> None:
+    """A layer that takes branches gets a list (from FanOut); any other layer gets one input."""
+    branches = isinstance(state_or_shape, list)
+    if branches and not layer.takes_branches:
+        raise ValueError(f"it gets {len(state_or_shape)} branches (from FanOut); follow FanOut(n) "
+                         f"with nk.parallel(...) of n layers and merge the branches with "
+                         f"nk.FanInSum(), nk.FanInConcat() or nk.FanInProd() before this layer")
+    if not branches and layer.takes_branches:
+        raise ValueError("it needs branches: put nk.FanOut(n) before it")
+
+
+class Container(Layer):
+    """Layers made of layers (`serial`, `parallel`): requirements are the union of theirs."""
+
+    name = "serial"
 
     def __init__(self, *layers: Layer):
         flat: list[Layer] = []
         for i, layer in enumerate(layers):
             if not isinstance(layer, Layer):
-                raise ValueError(f"serial() argument {i} must be an ntklab layer such as "
+                raise ValueError(f"{self.name}() argument {i} must be an ntklab layer such as "
                                  f"nk.Dense(512) or nk.Relu(), got {layer!r}")
-            flat.extend(layer.layers if isinstance(layer, Serial) else [layer])
+            flat.extend(layer.layers if self.name == "serial" and isinstance(layer, Serial) else [layer])
         if not flat:
-            raise ValueError("serial() needs at least one layer")
+            raise ValueError(f"{self.name}() needs at least one layer")
         self.layers = tuple(flat)
 
     def __repr__(self):
-        return "serial(" + ", ".join(map(repr, self.layers)) + ")"
+        return f"{self.name}(" + ", ".join(map(repr, self.layers)) + ")"
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}(...)"
 
     @property
     def identity(self) -> str | None:
         parts = [layer.identity for layer in self.layers]
-        return None if None in parts else "serial(" + ", ".join(parts) + ")"
+        return None if None in parts else f"{self.name}(" + ", ".join(parts) + ")"
 
-    # -- declared requirements: the union of the layers' ---------------------
     @property
     def takes_images(self) -> bool:
         return any(layer.takes_images for layer in self.layers)
+
+    @property
+    def takes_sequences(self) -> bool:
+        return any(layer.takes_sequences for layer in self.layers)
 
     @property
     def needs_all_pixel_pairs(self) -> bool:
@@ -82,12 +115,18 @@ class Serial(Layer):
     def quadrature_points(self) -> int:
         return max(layer.quadrature_points for layer in self.layers)
 
+
+class Serial(Container):
+    """A sequence of layers (neural-tangents' `stax.serial`)."""
+
     # -- finite network ------------------------------------------------------
 
     def build(self, in_shape, generator, dtype):
         modules = []
-        for layer in self.layers:
-            module, in_shape = layer.build(in_shape, generator, dtype)
+        for i, layer in enumerate(self.layers):
+            with located(self, i, layer):
+                check_branching(layer, in_shape)
+                module, in_shape = layer.build(in_shape, generator, dtype)
             modules.append(module)
         return nn.Sequential(*modules), in_shape
 
@@ -100,10 +139,12 @@ class Serial(Layer):
         `symmetric=True` wraps it in `SymmetricModule`, so that f(x; theta_0) = 0.
         `device=None`: torch's default device (`torch.get_default_device()`)."""
         shape = (in_shape,) if isinstance(in_shape, int) else tuple(in_shape)
-        if len(shape) not in (1, 3) or (self.takes_images and len(shape) != 3):
-            raise ValueError(f"in_shape must be (d,) for vectors or (C, H, W) for images"
-                             f"{' (this architecture takes images)' if self.takes_images else ''}, "
-                             f"got {shape}")
+        needed = 3 if self.takes_images else 2 if self.takes_sequences else None
+        if len(shape) not in (1, 2, 3) or (needed and len(shape) != needed):
+            kind = (" (this architecture takes images)" if self.takes_images else
+                    " (this architecture takes token sequences)" if self.takes_sequences else "")
+            raise ValueError(f"in_shape must be (d,) for vectors, (T, C) for token sequences or "
+                             f"(C, H, W) for images{kind}, got {shape}")
         shape = tuple(positive_int(s, "in_shape") for s in shape)
         if self.takes_images and shape[-1] in (1, 3, 4) and shape[0] > 4:
             raise ValueError(f"in_shape={shape} looks channels-last (H, W, C); ntklab takes images "
@@ -116,8 +157,10 @@ class Serial(Layer):
 
     # -- infinite-width kernels ----------------------------------------------
     def kernel_map(self, k: KernelState) -> KernelState:
-        for layer in self.layers:
-            k = layer.kernel_map(k)
+        for i, layer in enumerate(self.layers):
+            with located(self, i, layer):
+                check_branching(layer, k)
+                k = layer.kernel_map(k)
         return k
 
     def pair_entries(self, sample_shape: Sequence[int]) -> int:
@@ -158,9 +201,11 @@ class Serial(Layer):
         `device`, or the input tensor's."""
         names = canonical_get(get)
         dtype = input_dtype(x1, dtype)
-        x1 = as_inputs(x1, "x1", images=self.takes_images, dtype=dtype, device=device)
+        x1 = as_inputs(x1, "x1", images=self.takes_images, sequences=self.takes_sequences,
+                       dtype=dtype, device=device)
         if x2 is not None:
-            x2 = as_inputs(x2, "x2", images=self.takes_images, dtype=dtype, device=x1.device)
+            x2 = as_inputs(x2, "x2", images=self.takes_images, sequences=self.takes_sequences,
+                           dtype=dtype, device=x1.device)
             check_same_features(x1, x2)
         check_result_fits((len(x1), len(x1 if x2 is None else x2)), len(names), dtype, x1.device,
                           "compute it tile by tile into a zarr store with "
@@ -173,8 +218,12 @@ class Serial(Layer):
 
         def blockwise(b1: torch.Tensor, b2: torch.Tensor | None) -> dict[str, torch.Tensor]:
             state = self.kernel_map(KernelState.from_inputs(b1, b2, need_ntk=need_ntk, full=full))
+            if isinstance(state, list):
+                raise ValueError(f"the architecture ends with {len(state)} branches (from FanOut); "
+                                 f"merge them with nk.FanInSum() or nk.FanInConcat()")
             if state.spatial:
-                raise ValueError(f"the architecture ends on images of spatial shape "
+                kind = "images" if len(state.spatial) == 2 else "token sequences"
+                raise ValueError(f"the architecture ends on {kind} of spatial shape "
                                  f"{state.spatial}; end it with nk.Flatten() or "
                                  f"nk.GlobalAvgPool() (and a Dense readout) to get a kernel matrix")
             ntk = state.ntk

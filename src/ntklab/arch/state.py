@@ -21,7 +21,8 @@ import torch
 class KernelState:
     """Kernel of a block of input pairs at one point of the architecture.
 
-    Layouts (N1, N2 samples; `spatial` = (H, W) for images, () for vectors):
+    Layouts (N1, N2 samples; `spatial` = (H, W) for images, (T,) for token sequences
+    `[N, T, C]`, () for vectors):
       * vectors:            nngp/ntk [N1, N2],               var1 [N1]
       * images, diagonal:   nngp/ntk [N1, N2, H, W],         var1 [N1, H, W]
         (same-position pixel pairs only: enough when the readout is `Flatten`)
@@ -61,6 +62,8 @@ class KernelState:
         taken from the diagonal of the same product, so that identical inputs
         keep correlation exactly 1 through every layer (no rounding noise at
         the arc-cosine's singular point)."""
+        if x1.ndim == 3:  # token sequences [N, T, C] -> channels second, as images
+            x1, x2 = x1.transpose(1, 2), None if x2 is None else x2.transpose(1, 2)
         other = x1 if x2 is None else x2
         d = x1.shape[1]
         if x1.ndim == 2:
@@ -77,8 +80,15 @@ class KernelState:
         else:
             var1, var2 = self_pairs(x1), self_pairs(x2)
         return cls(nngp=nngp, ntk=0.0 if need_ntk else None, var1=var1, var2=var2, width=d,
-                   spatial=tuple(x1.shape[2:]), full=bool(full) and x1.ndim == 4,
+                   spatial=tuple(x1.shape[2:]), full=bool(full) and x1.ndim >= 3,
                    symmetric=x2 is None, is_gaussian=False)
+
+    def clone(self) -> "KernelState":
+        """An independent copy (for a branch: layers consume their input state)."""
+        copy = lambda t: t.clone() if isinstance(t, torch.Tensor) else t  # noqa: E731
+        var1 = copy(self.var1)
+        return self.replace(nngp=copy(self.nngp), ntk=copy(self.ntk), var1=var1,
+                            var2=var1 if self.symmetric else copy(self.var2))
 
     def map_variances(self, fn) -> tuple[torch.Tensor, torch.Tensor]:
         """`(fn(var1), fn(var2))`, computed once when the block is symmetric."""

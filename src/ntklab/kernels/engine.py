@@ -359,9 +359,9 @@ def compute_kernel(arch, x1, x2=None, *, store: str | Path, get: str | Sequence[
                          f"'Conv(64, (3, 3), \"SAME\"), Relu(), Flatten(), Dense(1)', got {arch!r}")
     names = canonical_get(get)
     dtype = input_dtype(x1, dtype)
-    x1 = as_inputs(x1, "x1", images=arch.takes_images, dtype=dtype)
+    x1 = as_inputs(x1, "x1", images=arch.takes_images, sequences=arch.takes_sequences, dtype=dtype)
     if x2 is not None:
-        x2 = as_inputs(x2, "x2", images=arch.takes_images, dtype=dtype)
+        x2 = as_inputs(x2, "x2", images=arch.takes_images, sequences=arch.takes_sequences, dtype=dtype)
         check_same_features(x1, x2)
     tile_size = positive_int(tile_size, "tile_size")
     check_scheduler(scheduler, workers)

@@ -65,8 +65,10 @@ def gradient_descent_mse_ensemble(net_or_kernel_fn, x_train, y_train, *, learnin
     """
     kernel = _kernel_callable(net_or_kernel_fn)
     images = getattr(net_or_kernel_fn, "takes_images", False)
+    sequences = getattr(net_or_kernel_fn, "takes_sequences", False)
     dtype = input_dtype(x_train, dtype)
-    x_train = as_inputs(x_train, "x_train", images=images, dtype=dtype, device=device)
+    x_train = as_inputs(x_train, "x_train", images=images, sequences=sequences, dtype=dtype,
+                        device=device)
     y, vector = as_targets(y_train, x_train.shape[0], "y_train", dtype, x_train.device)
     lr = positive(learning_rate, "learning_rate")
     positive(diag_reg, "diag_reg", allow_zero=True)
@@ -134,7 +136,8 @@ def gradient_descent_mse_ensemble(net_or_kernel_fn, x_train, y_train, *, learnin
         cov [*t.shape, N_test, N_test]; `x_test=None` predicts on x_train."""
         names = canonical_get(get)
         if x_test is not None:
-            x_test = as_inputs(x_test, "x_test", images=images, dtype=dtype, device=x_train.device)
+            x_test = as_inputs(x_test, "x_test", images=images, sequences=sequences,
+                               dtype=dtype, device=x_train.device)
             if x_test.shape[1:] != x_train.shape[1:]:
                 raise ValueError(f"x_test must have samples of shape {tuple(x_train.shape[1:])} "
                                  f"like x_train, got shape {tuple(x_test.shape)}")
