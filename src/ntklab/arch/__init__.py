@@ -4,17 +4,28 @@
 and this package's `__all__` are derived from it."""
 from .builders import mlp
 from .activations import Abs, ABRelu, Activation, Erf, Gelu, LeakyRelu, Relu, Sigmoid_like, Sign
-from .conv import Conv, Flatten, GlobalAvgPool
+from .attention import GlobalSelfAttention
+from .branching import FanInConcat, FanInProd, FanInSum, FanOut, Identity, Parallel, parallel
+from .closed_form import (Cos, Exp, ExpNormalized, Gaussian, Hermite, Monomial, Polynomial,
+                          RectifiedMonomial, Rbf, Sin)
+from .conv import Conv, Flatten, GlobalAvgPool, GlobalSumPool
 from .dense import Affine, Dense
-from .layer import Layer
+from .layer import ArchitectureError, Layer
+from .normalization import LayerNorm
+from .pooling import AvgPool, SumPool
 from .quadrature import Elementwise, Sigmoid, Tanh
 from .serial import Serial, SymmetricModule, serial
 from .state import Kernel, KernelState
 
 LAYERS: dict[str, type[Layer]] = {cls.__name__: cls for cls in (
-    Dense, Conv, Flatten, GlobalAvgPool,
-    Relu, LeakyRelu, ABRelu, Abs, Erf, Sigmoid_like, Sign, Gelu, Tanh, Sigmoid, Elementwise)}
+    Dense, Conv, Flatten, GlobalAvgPool, GlobalSumPool, AvgPool, SumPool,
+    FanOut, FanInSum, FanInConcat, FanInProd, Identity, LayerNorm, GlobalSelfAttention,
+    Relu, LeakyRelu, ABRelu, Abs, Erf, Sigmoid_like, Sign, Gelu, Tanh, Sigmoid,
+    Sin, Cos, Rbf, Gaussian, Exp, ExpNormalized, Monomial, RectifiedMonomial, Polynomial, Hermite,
+    Elementwise)}
+COMBINATORS = {"serial": serial, "parallel": parallel}
 
-PUBLIC = [*LAYERS, "Kernel", "Serial", "mlp", "serial"]
+PUBLIC = [*LAYERS, "Kernel", "Serial", "Parallel", "mlp", *COMBINATORS]
 
-__all__ = [*PUBLIC, "Activation", "Affine", "KernelState", "LAYERS", "Layer", "SymmetricModule"]
+__all__ = [*PUBLIC, "Activation", "Affine", "ArchitectureError", "KernelState", "LAYERS", "Layer",
+           "SymmetricModule"]

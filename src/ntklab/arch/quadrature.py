@@ -38,22 +38,47 @@ def _derivative(fn: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor) -> 
 
 
 class Elementwise(Activation):
-    """Any elementwise torch function `fn`, kernel by Gauss-Hermite quadrature.
+    """Any elementwise torch function `fn`; kernel from the user's closed-form NNGP `dual`
+    when given, else by Gauss-Hermite quadrature with `n_points` nodes per dimension.
+
+    `dual(cov, var1, var2)` must return E[fn(u) fn(v)] for (u, v) ~ N(0, [[var1, cov],
+    [cov, var2]]), elementwise on broadcastable tensors, written in torch; the NTK factor
+    E[fn'(u) fn'(v)] is its derivative in `cov` (Price's theorem), taken by autograd (as
+    neural-tangents' `stax.Elementwise(fn, nngp_fn)`).
 
     Example: `nk.Elementwise(torch.sin)`.  A named module-level function (such as
     `torch.sin`) identifies the layer exactly; a lambda or a local function does not,
     so a tiled kernel store will not resume it (see `Layer.identity`)."""
 
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], n_points: int = 256):
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], n_points: int = 256,
+                 dual: Callable[..., torch.Tensor] | None = None):
         if not callable(fn):
             raise ValueError(f"fn must be a callable elementwise torch function, got {fn!r}")
-        self._fn = fn
-        self.quadrature_points = positive_int(n_points, "n_points")
+        if dual is not None and not callable(dual):
+            raise ValueError(f"dual must be a callable dual(cov, var1, var2) -> E[fn(u) fn(v)], "
+                             f"got {dual!r}")
+        self._fn, self._dual = fn, dual
+        self.quadrature_points = 1 if dual is not None else positive_int(n_points, "n_points")
 
     def fn(self, z):
         return self._fn(z)
 
     def dual(self, cov, var1, var2, need_dot=True):
+        if self._dual is not None:
+            return self._closed_form(cov, var1, var2, need_dot)
+        return self._quadrature(cov, var1, var2, need_dot)
+
+    def _closed_form(self, cov, var1, var2, need_dot):
+        if not need_dot:
+            return self._dual(cov, var1, var2), None
+        with torch.enable_grad():
+            shape = torch.broadcast_shapes(cov.shape, var1.shape, var2.shape)
+            leaf = cov.detach().expand(shape).clone().requires_grad_(True)
+            nngp = self._dual(leaf, var1.detach(), var2.detach())
+            (dot,) = torch.autograd.grad(nngp.sum(), leaf)
+        return nngp.detach(), dot
+
+    def _quadrature(self, cov, var1, var2, need_dot):
         nodes, weights = (torch.as_tensor(a, dtype=cov.dtype, device=cov.device)
                           for a in _hermite_rule(self.quadrature_points))
         s1, s2 = torch.sqrt(var1), torch.sqrt(var2)

@@ -1,0 +1,249 @@
+"""Branching architectures (neural-tangents' `FanOut`, `parallel`, `FanInSum`,
+`FanInConcat`, `FanInProd`, `Identity`): residual networks, concatenations, products.
+
+A residual block reads
+    serial(FanOut(2), parallel(serial(Relu(), Conv(64, (3, 3), padding="SAME"), ...), Identity()),
+           FanInSum())
+Between `FanOut(n)` and a fan-in layer the kernel state is a list of n states, one per
+branch; `parallel` maps branch i through its layer i.
+
+Kernels of the merges (Novak et al. 2020, neural-tangents' `stax.branching`), for branches
+z_1..z_n that are **independent** given their common input (each branch ends in its own
+random affine layer, except at most one that may be the identity):
+  * FanInSum:    K = sum_i K_i,  Theta = sum_i Theta_i   (zero-mean Gaussian branches);
+  * FanInConcat: K = sum_i (n_i / sum_j n_j) K_i, the same for Theta (channel widths n_i);
+                 the result is not Gaussian (a mixture of the branches' covariances);
+  * FanInProd:   K = prod_i K_i,  Theta = sum_i Theta_i prod_{j != i} K_j.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+from torch import nn
+
+from .._validation import positive_int
+from .layer import Layer, channel_axis
+from .serial import Container, check_branching, located
+from .state import KernelState
+
+
+class FanOutModule(nn.Module):
+    def __init__(self, num: int):
+        super().__init__()
+        self.num = num
+
+    def forward(self, h: torch.Tensor) -> list[torch.Tensor]:
+        return [h] * self.num
+
+    def extra_repr(self) -> str:
+        return str(self.num)
+
+
+class ParallelModule(nn.Module):
+    def __init__(self, branches: list[nn.Module]):
+        super().__init__()
+        self.branches = nn.ModuleList(branches)
+
+    def forward(self, hs: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [branch(h) for branch, h in zip(self.branches, hs)]
+
+
+class FanInModule(nn.Module):
+    """Merge branch outputs: "sum", "prod" or "concat" (along `dim`)."""
+
+    def __init__(self, mode: str, dim: int = -1):
+        super().__init__()
+        self.mode, self.dim = mode, dim
+
+    def forward(self, hs: list[torch.Tensor]) -> torch.Tensor:
+        if self.mode == "concat":
+            return torch.cat(hs, self.dim)
+        return functools.reduce(torch.add if self.mode == "sum" else torch.mul, hs)
+
+    def extra_repr(self) -> str:
+        return self.mode + (f", dim={self.dim}" if self.mode == "concat" else "")
+
+
+class Identity(Layer):
+    """`Identity()`: passes its input (the skip branch of a residual block)."""
+
+    def build(self, in_shape, generator, dtype):
+        return nn.Identity(), in_shape
+
+    def kernel_map(self, k: KernelState) -> KernelState:
+        return k
+
+
+class FanOut(Layer):
+    """`FanOut(num)`: `num` copies of the input, one per branch of the next `parallel`."""
+
+    def __init__(self, num: int):
+        self.num = positive_int(num, "num (branches of FanOut)")
+
+    def build(self, in_shape, generator, dtype):
+        return FanOutModule(self.num), [in_shape] * self.num
+
+    def kernel_map(self, k: KernelState) -> list[KernelState]:
+        return [k] + [k.clone() for _ in range(self.num - 1)]  # branches consume their state
+
+
+class Parallel(Container):
+    """`parallel(*layers)`: layer i acts on branch i (neural-tangents' `stax.parallel`)."""
+
+    name = "parallel"
+    takes_branches = True
+
+    def _check(self, branches: list) -> None:
+        if len(branches) != len(self.layers):
+            raise ValueError(f"it has {len(self.layers)} layers but gets {len(branches)} branches; "
+                             f"give parallel(...) one layer per branch of the FanOut before it "
+                             f"(nk.Identity() for a branch left unchanged)")
+
+    def build(self, in_shape, generator, dtype):
+        self._check(in_shape)
+        modules, shapes = [], []
+        for i, (layer, shape) in enumerate(zip(self.layers, in_shape)):
+            with located(self, i, layer):
+                check_branching(layer, shape)
+                module, shape = layer.build(shape, generator, dtype)
+            modules.append(module)
+            shapes.append(shape)
+        return ParallelModule(modules), shapes
+
+    def kernel_map(self, ks: list[KernelState]) -> list[KernelState]:
+        self._check(ks)
+        out = []
+        for i, (layer, k) in enumerate(zip(self.layers, ks)):
+            with located(self, i, layer):
+                check_branching(layer, k)
+                out.append(layer.kernel_map(k))
+        return out
+
+
+def parallel(*layers: Layer) -> Parallel:
+    """Apply `layers[i]` to branch i of a `FanOut`: `nk.parallel(nk.Dense(512), nk.Identity())`."""
+    return Parallel(*layers)
+
+
+class _FanIn(Layer):
+    """Merge the branches of a `FanOut` into one representation."""
+
+    takes_branches = True
+    mode = "sum"
+
+    def _check_shapes(self, shapes: list, same_channels: bool) -> None:
+        shapes = [tuple(s) for s in shapes]
+        axis = channel_axis(shapes[0]) % len(shapes[0])
+        rest = {s[:axis] + s[axis + 1:] if not same_channels else s for s in shapes}
+        if len({len(s) for s in shapes}) > 1 or len(rest) > 1:
+            what = "shapes" if same_channels else "shapes apart from channels"
+            raise ValueError(f"the branches' {what} differ: {shapes}; make every branch end with "
+                             f"the same {'width and ' if same_channels else ''}spatial shape")
+
+    def _check_states(self, ks: list[KernelState], same_channels: bool) -> None:
+        self._check_shapes([(k.width, *k.spatial) for k in ks], same_channels)
+        if len({k.full for k in ks}) > 1:
+            raise ValueError("the branches carry different pixel-pair layouts")
+
+    def build(self, in_shape, generator, dtype):
+        self._check_shapes(in_shape, self.mode != "concat")
+        axis = channel_axis(tuple(in_shape[0]))
+        if self.mode != "concat":
+            return FanInModule(self.mode), tuple(in_shape[0])
+        out = list(in_shape[0])
+        out[axis] = sum(shape[axis] for shape in in_shape)
+        return FanInModule("concat", axis), tuple(out)
+
+
+class FanInSum(_FanIn):
+    """`FanInSum()`: the sum of the branches. Kernel: `K = sum_i K_i`, `Theta = sum_i Theta_i`,
+    exact when the branches are independent zero-mean Gaussians given the input (each ends in
+    its own Dense/Conv/attention layer, or is the `Identity` of one): non-Gaussian branches are
+    refused, as in neural-tangents."""
+
+    def kernel_map(self, ks: list[KernelState]) -> KernelState:
+        self._check_states(ks, same_channels=True)
+        if len(ks) > 1 and not all(k.is_gaussian for k in ks):
+            flags = [k.is_gaussian for k in ks]
+            raise ValueError(f"FanInSum adds zero-mean Gaussian branches only (Gaussian: {flags}); "
+                             f"end every branch with an affine layer (nk.Dense / nk.Conv), e.g. "
+                             f"move the activation before the FanOut")
+        def total(values: list) -> torch.Tensor | float:  # in place: branches are consumed
+            return functools.reduce(lambda a, b: a + b if isinstance(a, float) else a.add_(b), values)
+
+        ntk = None if ks[0].ntk is None else total([k.ntk for k in ks])
+        var1 = total([k.var1 for k in ks])
+        symmetric = all(k.symmetric for k in ks)
+        var2 = var1 if symmetric else total([k.var2 for k in ks])
+        return ks[0].replace(nngp=total([k.nngp for k in ks]), ntk=ntk, var1=var1,
+                             var2=var2, symmetric=symmetric, is_gaussian=True)
+
+
+class FanInProd(_FanIn):
+    """`FanInProd()`: the elementwise product of the branches. Kernel (independent branches):
+    `K = prod_i K_i`, `Theta = sum_i Theta_i prod_{j != i} K_j` (product rule); the output is
+    not Gaussian (for two or more branches)."""
+
+    mode = "prod"
+
+    def kernel_map(self, ks: list[KernelState]) -> KernelState:
+        self._check_states(ks, same_channels=True)
+        nngp, ntk = ks[0].nngp, ks[0].ntk
+        for k in ks[1:]:
+            if ntk is not None:
+                ntk = ntk * k.nngp + nngp * k.ntk
+            nngp = nngp * k.nngp
+        var1 = math.prod([k.var1 for k in ks[1:]], start=ks[0].var1)
+        symmetric = all(k.symmetric for k in ks)
+        var2 = var1 if symmetric else math.prod([k.var2 for k in ks[1:]], start=ks[0].var2)
+        return ks[0].replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, symmetric=symmetric,
+                             is_gaussian=len(ks) == 1 and ks[0].is_gaussian)
+
+
+class FanInConcat(_FanIn):
+    """`FanInConcat(axis=None)`: concatenate the branches along channels (the feature axis of
+    vectors and sequences, axis 1 of NCHW images; ntklab concatenates channels only, so
+    `axis` may only name that axis). Kernel: the width-weighted mean
+    `K = sum_i (n_i / sum_j n_j) K_i`, likewise Theta; the output is not Gaussian (as in
+    neural-tangents: an activation needs an affine layer after the concatenation)."""
+
+    mode = "concat"
+
+    def __init__(self, axis: int | None = None):
+        if axis not in (None, -1, 1, 2, -3):
+            raise ValueError(f"FanInConcat concatenates channels only: axis must be None (channels), "
+                             f"-1 (vectors, sequences) or 1 (NCHW images), got {axis!r}")
+        self.axis = axis
+
+    def _check_axis(self, shape: tuple) -> None:
+        if self.axis is None:
+            return
+        ndim = len(shape) + 1  # with the batch axis
+        if self.axis % ndim != channel_axis(shape) % ndim:
+            raise ValueError(f"axis={self.axis} is not the channel axis of inputs of shape "
+                             f"(N, *{tuple(shape)}); ntklab concatenates channels only: use "
+                             f"FanInConcat() (axis {channel_axis(shape)} here)")
+
+    def build(self, in_shape, generator, dtype):
+        self._check_axis(tuple(in_shape[0]))
+        return super().build(in_shape, generator, dtype)
+
+    def kernel_map(self, ks: list[KernelState]) -> KernelState:
+        self._check_axis((ks[0].width, *ks[0].spatial) if len(ks[0].spatial) == 2 else
+                         (*ks[0].spatial, ks[0].width))
+        self._check_states(ks, same_channels=False)
+        widths = [k.width for k in ks]
+        total = sum(widths)
+
+        def mean(values: list) -> torch.Tensor | float:
+            weighted = [v * (w / total) for v, w in zip(values, widths)]
+            return functools.reduce(lambda a, b: a + b, weighted)
+
+        var1 = mean([k.var1 for k in ks])
+        symmetric = all(k.symmetric for k in ks)
+        var2 = var1 if symmetric else mean([k.var2 for k in ks])
+        ntk = None if ks[0].ntk is None else mean([k.ntk for k in ks])
+        return ks[0].replace(nngp=mean([k.nngp for k in ks]), ntk=ntk, var1=var1, var2=var2,
+                             width=total, symmetric=symmetric, is_gaussian=False)

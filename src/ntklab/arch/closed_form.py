@@ -1,0 +1,266 @@
+"""Activations with closed-form Gaussian duals beyond the ReLU/erf families (neural-tangents'
+`Sin`, `Cos`, `Rbf`, `Gaussian`, `Exp`, `ExpNormalized`, `Monomial`, `RectifiedMonomial`,
+`Polynomial`, `Hermite`).
+
+Each gives, for (u, v) ~ N(0, [[v1, c], [c, v2]]), the pair
+    (E[phi(u) phi(v)], E[phi'(u) phi'(v)]);
+by Price's theorem the second is d/dc of the first.  The formulas are in each docstring.
+"""
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import Sequence
+
+import numpy as np
+import torch
+from numpy.polynomial import hermite_e, polynomial
+
+from .._validation import positive
+from .activations import Activation, _angle
+
+
+class Sin(Activation):
+    """phi(x) = a sin(b x + c).  With S = (v1 + v2)/2:
+
+        E[phi phi]   = a^2/2 (exp(-b^2 (S - cov)) - exp(-b^2 (S + cov)) cos 2c)
+        E[phi' phi'] = a^2 b^2/2 (exp(-b^2 (S - cov)) + exp(-b^2 (S + cov)) cos 2c)
+    """
+
+    def __init__(self, a: float = 1.0, b: float = 1.0, c: float = 0.0):
+        self.a, self.b, self.c = float(a), float(b), float(c)
+
+    @property
+    def phase(self) -> float:
+        return self.c
+
+    def fn(self, z):
+        return self.a * torch.sin(self.b * z + self.phase)
+
+    def dual(self, cov, var1, var2, need_dot=True):
+        b2, half = self.b ** 2, (var1 + var2) / 2
+        near, far = torch.exp(b2 * (cov - half)), torch.exp(-b2 * (cov + half)) * math.cos(2 * self.phase)
+        nngp = (near - far) * (self.a ** 2 / 2)
+        dot = (near + far) * (self.a ** 2 * b2 / 2) if need_dot else None
+        return nngp, dot
+
+
+class Cos(Sin):
+    """phi(x) = a cos(b x + c) = a sin(b x + c + pi/2) (duals of `Sin`)."""
+
+    @property
+    def phase(self) -> float:
+        return self.c + math.pi / 2
+
+
+class Rbf(Activation):
+    """phi(x) = sqrt(2) sin(sqrt(2 gamma) x + pi/4), whose dual is the RBF kernel
+    E[phi phi] = exp(-gamma (v1 + v2 - 2 cov)); E[phi' phi'] = 2 gamma E[phi phi]."""
+
+    def __init__(self, gamma: float = 1.0):
+        self.gamma = positive(gamma, "gamma")
+
+    def fn(self, z):
+        return math.sqrt(2) * torch.sin(math.sqrt(2 * self.gamma) * z + math.pi / 4)
+
+    def dual(self, cov, var1, var2, need_dot=True):
+        nngp = torch.exp(self.gamma * (2 * cov - var1 - var2))
+        return nngp, 2 * self.gamma * nngp if need_dot else None
+
+
+class Gaussian(Activation):
+    """phi(x) = a exp(b x^2) (b < 1 / (2 max variance) for a finite kernel).  With
+    D = sqrt((1 - 2 b v1)(1 - 2 b v2) - 4 b^2 cov^2):
+        E[phi phi] = a^2 / D,  E[phi' phi'] = 4 a^2 b^2 cov / D^3."""
+
+    def __init__(self, a: float = 1.0, b: float = -1.0):
+        self.a, self.b = float(a), float(b)
+
+    def fn(self, z):
+        return self.a * torch.exp(self.b * z * z)
+
+    def dual(self, cov, var1, var2, need_dot=True):
+        det = ((1 - 2 * self.b * var1) * (1 - 2 * self.b * var2) - 4 * self.b ** 2 * cov * cov).sqrt()
+        nngp = det.reciprocal() * self.a ** 2
+        dot = 4 * self.a ** 2 * self.b ** 2 * cov / det ** 3 if need_dot else None
+        return nngp, dot
+
+
+class Exp(Activation):
+    """phi(x) = a exp(b x):  E[phi phi] = a^2 exp(b^2 ((v1 + v2)/2 + cov)),
+    E[phi' phi'] = b^2 E[phi phi]."""
+
+    def __init__(self, a: float = 1.0, b: float = 1.0):
+        self.a, self.b = float(a), float(b)
+
+    def fn(self, z):
+        return self.a * torch.exp(self.b * z)
+
+    def dual(self, cov, var1, var2, need_dot=True):
+        nngp = torch.exp(self.b ** 2 * ((var1 + var2) / 2 + cov)) * self.a ** 2
+        return nngp, self.b ** 2 * nngp if need_dot else None
+
+
+class ExpNormalized(Activation):
+    """The normalized Gaussian kernel of Shankar et al. (2020, "Neural kernels without
+    tangents", p. 6), a kernel-only layer (no finite network, as in neural-tangents):
+        K' = sqrt(v1 v2) exp(gamma (cov / sqrt(v1 v2) + shift)),   Theta' = gamma exp(...) Theta
+    (`do_clip` clips the correlation to [-1, 1])."""
+
+    def __init__(self, gamma: float = 1.0, shift: float = -1.0, do_clip: bool = False):
+        self.gamma, self.shift, self.do_clip = float(gamma), float(shift), bool(do_clip)
+
+    def build(self, in_shape, generator, dtype):
+        raise ValueError(f"{self!r} is a kernel-only layer: it has no finite-width network "
+                         f"(neural-tangents neither); use it with .kernel only")
+
+    def dual(self, cov, var1, var2, need_dot=True):
+        scale = (var1 * var2).clamp_min(1e-30).sqrt()
+        ratio = cov / scale
+        if self.do_clip:
+            ratio = ratio.clamp(-1.0, 1.0)
+        exp = torch.exp(self.gamma * (ratio + self.shift))
+        return scale * exp, self.gamma * exp if need_dot else None
+
+
+def _double_factorial(n: int) -> int:
+    return math.prod(range(n, 0, -2)) if n > 0 else 1
+
+
+def _monomial_moment(degree: int, cov, prod):
+    """E[u^p v^p] for the bivariate normal: sum_k p!^2 / (k! ((p-k)/2)!^2 2^(p-k)) cov^k (v1 v2)^((p-k)/2),
+    k = p, p-2, ... (Isserlis' theorem)."""
+    out = 0.0
+    for k in range(degree, -1, -2):
+        half = (degree - k) // 2
+        coef = math.factorial(degree) ** 2 / (math.factorial(k) * math.factorial(half) ** 2 * 2 ** (2 * half))
+        out = out + coef * cov ** k * prod ** half
+    return out
+
+
+class Monomial(Activation):
+    """phi(x) = x^degree:  E[u^p v^p] by Isserlis' theorem (`_monomial_moment`), and
+    E[phi' phi'] = p^2 E[u^(p-1) v^(p-1)]."""
+
+    def __init__(self, degree: int):
+        if isinstance(degree, bool) or not isinstance(degree, int) or degree < 0:
+            raise ValueError(f"degree must be a non-negative integer, got {degree!r}")
+        self.degree = degree
+
+    def fn(self, z):
+        return z ** self.degree
+
+    def dual(self, cov, var1, var2, need_dot=True):
+        prod, p = var1 * var2, self.degree
+        nngp = _monomial_moment(p, cov, prod) * torch.ones_like(cov)
+        dot = None
+        if need_dot:
+            dot = (p ** 2 * _monomial_moment(p - 1, cov, prod) if p else 0.0) * torch.ones_like(cov)
+        return nngp, dot
+
+
+@lru_cache(maxsize=32)
+def _arc_cosine_polynomials(degree: int) -> tuple[np.ndarray, np.ndarray]:
+    """Coefficients (in x = cos theta) of P, Q with J_n(theta) = P(x) (pi - theta) + sin(theta) Q(x),
+    the arc-cosine kernel function of Cho & Saul (2009),
+    J_n = (-1)^n sin^(2n+1) theta (1/sin theta d/dtheta)^n ((pi - theta)/sin theta),
+    by the recursion P' = -(1 - x^2) dP/dx - (2n + 1) x P, Q' = -P - 2n x Q - (1 - x^2) dQ/dx
+    (then the sign (-1)^n)."""
+    p, q = np.array([1.0]), np.array([0.0])
+    one_minus_x2, x = np.array([1.0, 0.0, -1.0]), np.array([0.0, 1.0])
+    for n in range(degree):
+        p, q = (polynomial.polysub(-polynomial.polymul(one_minus_x2, polynomial.polyder(p)),
+                                   (2 * n + 1) * polynomial.polymul(x, p)),
+                polynomial.polysub(polynomial.polysub(-p, 2 * n * polynomial.polymul(x, q)),
+                                   polynomial.polymul(one_minus_x2, polynomial.polyder(q))))
+    sign = (-1) ** degree
+    return sign * p, sign * q
+
+
+def _rectified_moment(degree: int, cov, var1, var2):
+    """E[relu(u)^n relu(v)^n] = (v1 v2)^(n/2) J_n(theta) / (2 pi) (Cho & Saul 2009)."""
+    theta, root = _angle(cov, var1, var2)
+    scale = (var1 * var2).sqrt()
+    x = cov / scale.clamp_min(torch.finfo(cov.dtype).tiny)
+    p, q = _arc_cosine_polynomials(degree)
+    sin = root / scale.clamp_min(torch.finfo(cov.dtype).tiny)
+    value = polynomial.polyval(x, p) * (math.pi - theta) + sin * polynomial.polyval(x, q)
+    return value * scale ** degree / (2 * math.pi)
+
+
+class RectifiedMonomial(Activation):
+    """phi(x) = x^degree for x >= 0, else 0 (degree 0: the step, 1: ReLU).  Arc-cosine kernels
+    (Cho & Saul 2009): E[phi phi] = (v1 v2)^(n/2) J_n(theta) / (2 pi) with J_n from its
+    polynomial recursion (finite at every correlation), and E[phi' phi'] = n^2 times the
+    degree n-1 kernel (0 for n = 0).  neural-tangents 0.6.5 differentiates J_n numerically
+    and returns NaN for two such layers; this form stays finite."""
+
+    def __init__(self, degree: int):
+        if isinstance(degree, bool) or not isinstance(degree, int) or degree < 0:
+            raise ValueError(f"degree must be a non-negative integer, got {degree!r}")
+        self.degree = degree
+
+    def fn(self, z):
+        return torch.relu(z) ** self.degree * (z >= 0)
+
+    def dual(self, cov, var1, var2, need_dot=True):
+        nngp = _rectified_moment(self.degree, cov, var1, var2)
+        dot = None
+        if need_dot:
+            dot = (self.degree ** 2 * _rectified_moment(self.degree - 1, cov, var1, var2)
+                   if self.degree else torch.zeros_like(nngp))
+        return nngp, dot
+
+
+class Polynomial(Activation):
+    """phi(x) = sum_i coef[i] x^i.  Mehler's expansion in normalized Hermite polynomials:
+    with rho = cov / sqrt(v1 v2) and r_l(v) = sum_i coef[2i+l] (2i+l)! / (2^i i! sqrt(l!)) v^((2i+l)/2),
+        E[phi phi] = sum_l r_l(v1) r_l(v2) rho^l,
+        E[phi' phi'] = sum_l l r_l(v1) r_l(v2) rho^(l-1) / sqrt(v1 v2)."""
+
+    def __init__(self, coef: Sequence[float]):
+        self.coef = tuple(float(c) for c in coef)
+
+    def fn(self, z):
+        return sum(c * z ** i for i, c in enumerate(self.coef)) * torch.ones_like(z)
+
+    def _r(self, var: torch.Tensor, order: int) -> torch.Tensor:
+        root, out = var.sqrt(), torch.zeros_like(var)
+        for i in range((len(self.coef) - 1 - order) // 2 + 1):
+            j = 2 * i + order
+            out = out + self.coef[j] * math.factorial(j) / (
+                2 ** i * math.factorial(i) * math.sqrt(math.factorial(order))) * root ** j
+        return out
+
+    def dual(self, cov, var1, var2, need_dot=True):
+        scale = (var1 * var2).sqrt()
+        rho = cov / scale
+        nngp, dot = torch.zeros_like(cov), (torch.zeros_like(cov) if need_dot else None)
+        for order in range(len(self.coef)):
+            weight = self._r(var1, order) * self._r(var2, order)
+            nngp = nngp + weight * rho ** order
+            if need_dot and order:
+                dot = dot + order * weight * rho ** (order - 1)
+        return nngp, (dot / scale if need_dot else None)
+
+
+class Hermite(Activation):
+    """phi(x) = He_n(x) / sqrt(n!), the normalized probabilists' Hermite polynomial.  For
+    unit-variance inputs (as neural-tangents assumes: put a LayerNorm before it)
+    E[phi phi] = cov^n and E[phi' phi'] = n cov^(n-1) (neural-tangents' formula, used as is:
+    for other variances it is not the finite network's kernel)."""
+
+    def __init__(self, degree: int):
+        if isinstance(degree, bool) or not isinstance(degree, int) or degree < 0:
+            raise ValueError(f"degree must be a non-negative integer, got {degree!r}")
+        self.degree = degree
+        self._coef = hermite_e.herme2poly([0] * degree + [1]) / math.sqrt(math.factorial(degree))
+
+    def fn(self, z):
+        return sum(float(c) * z ** i for i, c in enumerate(self._coef)) * torch.ones_like(z)
+
+    def dual(self, cov, var1, var2, need_dot=True):
+        n = self.degree
+        nngp = cov ** n
+        dot = (n * cov ** (n - 1) if n else torch.zeros_like(cov)) if need_dot else None
+        return nngp, dot

@@ -1,0 +1,74 @@
+"""`LayerNorm` (neural-tangents' `stax.LayerNorm`) and its infinite-width map.
+
+Finite layer (no parameters): `z = (h - mean_c h) / sqrt(var_c h + eps)` over the channel axis.
+
+Kernel: for zero-mean Gaussian inputs the channel mean vanishes and the channel variance
+converges to `K(x, x)` at each position, so (neural-tangents' formula)
+    K'(x, x')[p, q]     = K(x, x')[p, q] / sqrt((eps + K(x, x)[p, p]) (eps + K(x', x')[q, q])),
+    Theta'(x, x')[p, q] = Theta(x, x')[p, q] / (the same),
+and the output is still Gaussian (a deterministic rescaling in the limit).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .._validation import positive
+from .layer import Layer, channel_axis
+from .state import KernelState
+
+
+class LayerNormModule(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.dim, self.eps = dim, eps
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        var, mean = torch.var_mean(h, dim=self.dim, keepdim=True, correction=0)
+        return (h - mean) / torch.sqrt(var + self.eps)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, eps={self.eps}"
+
+
+class LayerNorm(Layer):
+    """`LayerNorm(axis=-1, eps=1e-12)`: normalize each position over channels. `axis` is the
+    channel axis in ntklab's layout: -1 for vectors `[N, d]` and token sequences `[N, T, C]`
+    (as neural-tangents' default), 1 for NCHW images.  Normalizing over other axes too is
+    not supported (its kernel needs the covariance across positions)."""
+
+    def __init__(self, axis: int = -1, eps: float = 1e-12):
+        if isinstance(axis, bool) or not isinstance(axis, int):
+            raise ValueError(f"axis must be the channel axis (an int: -1 for vectors and "
+                             f"sequences, 1 for NCHW images), got {axis!r}")
+        self.axis = axis
+        self.eps = positive(eps, "eps", allow_zero=True)
+
+    def _check_axis(self, shape: tuple[int, ...]) -> None:
+        ndim = len(shape) + 1
+        if not -ndim <= self.axis < ndim or self.axis % ndim != channel_axis(shape) % ndim:
+            expected = channel_axis(shape)
+            raise ValueError(f"axis={self.axis} is not the channel axis of inputs of shape "
+                             f"(N, *{tuple(shape)}); LayerNorm normalizes over channels: use "
+                             f"LayerNorm(axis={expected})")
+
+    def build(self, in_shape, generator, dtype):
+        self._check_axis(tuple(in_shape))
+        return LayerNormModule(channel_axis(tuple(in_shape)), self.eps), in_shape
+
+    def kernel_map(self, k: KernelState) -> KernelState:
+        shape = (k.width, *k.spatial) if len(k.spatial) == 2 else (*k.spatial, k.width)
+        self._check_axis(shape)
+        if not k.is_gaussian:
+            raise ValueError(f"{self!r} needs Gaussian inputs (the output of nk.Dense, nk.Conv or "
+                             f"attention); put an affine layer before it")
+        v1, v2 = k.pair_variances()
+        scale = ((v1 + self.eps) * (v2 + self.eps)).rsqrt_()
+        ntk = k.ntk if k.ntk is None or isinstance(k.ntk, float) else k.ntk.mul_(scale)
+
+        def normalize(var: torch.Tensor) -> torch.Tensor:
+            a, b = k.self_variances(var)
+            return var * ((a + self.eps) * (b + self.eps)).rsqrt_()
+
+        var1, var2 = k.map_variances(normalize)
+        return k.replace(nngp=k.nngp.mul_(scale), ntk=ntk, var1=var1, var2=var2)
