@@ -17,3 +17,16 @@ def reference():
     cases = {c["name"]: c for c in json.loads(meta.read_text())["cases"]}
     with np.load(arrays) as z:
         return cases, {k: z[k] for k in z.files}
+
+
+@pytest.fixture(scope="session")
+def reference_v2():
+    """The second neural-tangents 0.6.5 set (branching, pooling, LayerNorm, attention,
+    activations, finite-kernel predictions): (cases by name, arrays)."""
+    meta, arrays = REFERENCE / "neural_tangents_v2.json", REFERENCE / "neural_tangents_v2.npz"
+    if not meta.is_file():
+        pytest.fail(f"reference values not found at {REFERENCE}; ntklab's tests expect the "
+                    f"shared/ folder beside the repository")
+    cases = {c["name"]: c for c in json.loads(meta.read_text())["cases"]}
+    with np.load(arrays) as z:
+        return cases, {k: z[k] for k in z.files}

@@ -82,3 +82,65 @@ def test_zero_variance_inputs_follow_neural_tangents_convention():
     zero = torch.zeros(2, dtype=torch.float64)
     nngp, dot = nk.Relu().dual(zero.clone(), zero, torch.ones(2, dtype=torch.float64))
     assert torch.equal(nngp, zero) and torch.allclose(dot, torch.full((2,), 0.25, dtype=torch.float64))
+
+
+UNIT = torch.tensor([[1.0, 0.3, 1.0], [1.0, -0.8, 1.0], [1.0, 0.999, 1.0], [1.0, 0.0, 1.0]],
+                    dtype=torch.float64)
+
+
+@pytest.mark.parametrize("closed, cov", [
+    (nk.Sin(a=1.0, b=1.3, c=0.2), COV), (nk.Cos(a=0.7, b=1.1, c=0.4), COV), (nk.Rbf(gamma=0.8), COV),
+    (nk.Gaussian(a=1.2, b=-1.0), COV), (nk.Gaussian(a=0.5, b=0.05), COV), (nk.Exp(a=0.5, b=0.3), COV),
+    *[(nk.Monomial(p), COV) for p in range(6)],
+    (nk.Polynomial([0.1, -0.5, 0.3, 0.2]), COV), (nk.Polynomial([1.0]), COV),
+    # Hermite: neural-tangents' formula assumes unit-variance inputs
+    *[(nk.Hermite(n), UNIT) for n in range(5)]])
+def test_new_closed_forms_match_quadrature(closed, cov):
+    """E[phi phi] and E[phi' phi'] against 2-D Gauss-Hermite quadrature of phi (exact for the
+    polynomials, exponentially convergent for the smooth ones)."""
+    nngp, dot = dual(closed, cov)
+    q_nngp, q_dot = dual(nk.Elementwise(closed.fn, n_points=512), cov)
+    scale = max(1.0, q_nngp.abs().max().item())
+    torch.testing.assert_close(nngp, q_nngp, rtol=0, atol=1e-9 * scale)
+    torch.testing.assert_close(dot, q_dot, rtol=0, atol=1e-9 * max(1.0, q_dot.abs().max().item()))
+
+
+def positive_quadrant(fn, v1, c, v2):
+    """E[fn(u) fn(v)] for fn vanishing on negatives: scipy's adaptive 2-D quadrature over the
+    quadrant u, v >= 0 only, where the integrand is smooth."""
+    from scipy import integrate
+    rho = c / math.sqrt(v1 * v2)
+    rest = math.sqrt(1 - rho * rho)
+
+    def integrand(z2, z1):
+        return (fn(math.sqrt(v1) * z1) * fn(math.sqrt(v2) * (rho * z1 + rest * z2))
+                * math.exp(-(z1 * z1 + z2 * z2) / 2) / (2 * math.pi))
+    return integrate.dblquad(integrand, 0, 12, lambda z1: -rho * z1 / rest, 12,
+                             epsabs=1e-13, epsrel=1e-11)[0]
+
+
+@pytest.mark.parametrize("degree", [0, 1, 2, 3, 4])
+def test_rectified_monomial_matches_adaptive_quadrature(degree):
+    """Arc-cosine kernels of every degree (the recursion for J_n), NNGP and NTK factor;
+    degree 1 is ReLU's closed form."""
+    layer = nk.RectifiedMonomial(degree)
+    nngp, dot = dual(layer, COV[:5])
+    for row, n, d in zip(COV[:5].tolist(), nngp, dot):
+        want = positive_quadrant(lambda t: t ** degree, *row)
+        assert abs(n.item() - want) <= 1e-9 * max(1.0, abs(want)), (degree, row, n.item(), want)
+        want_dot = (degree ** 2 * positive_quadrant(lambda t: t ** (degree - 1), *row)
+                    if degree else 0.0)
+        assert abs(d.item() - want_dot) <= 1e-9 * max(1.0, abs(want_dot)), (degree, row)
+    torch.testing.assert_close(dual(nk.RectifiedMonomial(1))[0], dual(nk.Relu())[0], rtol=1e-13, atol=1e-14)
+
+
+def test_elementwise_with_a_closed_form_dual_takes_the_ntk_factor_from_autograd():
+    def erf_dual(cov, var1, var2):
+        return torch.asin(2 * cov / torch.sqrt((1 + 2 * var1) * (1 + 2 * var2))) * 2 / math.pi
+
+    layer = nk.Elementwise(torch.erf, dual=erf_dual)
+    assert layer.quadrature_points == 1
+    nngp, dot = dual(layer)
+    want_nngp, want_dot = dual(nk.Erf())
+    torch.testing.assert_close(nngp, want_nngp, rtol=1e-13, atol=1e-14)
+    torch.testing.assert_close(dot, want_dot, rtol=1e-12, atol=1e-14)

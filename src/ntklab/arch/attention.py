@@ -128,8 +128,11 @@ class GlobalSelfAttention(Layer):
         if ntk is not None:
             ntk = (0.0 if isinstance(ntk, float) else mix(ntk, weights1, weights2).mul_(ov2)) + \
                 2 * nngp_part + b2
-        var1 = torch.einsum("nts,nsu,nvu->ntv", weights1, k.var1, weights1).mul_(ov2).add_(b2)
-        var2 = var1 if k.symmetric else (
-            torch.einsum("nts,nsu,nvu->ntv", weights2, k.var2, weights2).mul_(ov2).add_(b2))
-        return k.replace(nngp=nngp_part.add_(b2), ntk=ntk, var1=var1, var2=var2,
+        nngp = nngp_part.add_(b2)
+        if k.symmetric:  # the diagonal block itself, bitwise: identical inputs keep correlation 1
+            var1 = var2 = nngp.diagonal(0, 0, 1).movedim(-1, 0).clone()
+        else:
+            var1, var2 = (torch.einsum("nts,nsu,nvu->ntv", w, var, w).mul_(ov2).add_(b2)
+                          for w, var in ((weights1, k.var1), (weights2, k.var2)))
+        return k.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2,
                          width=self.n_chan_out, is_gaussian=True)
