@@ -107,16 +107,15 @@ def test_repr_round_trips_through_the_arch_grammar(reference_v2, name):
 
 def test_rectified_monomial_network_is_finite_and_matches_quadrature(reference_v2):
     """neural-tangents returns NaN for fc/act6; ntklab's closed form is finite and agrees with
-    the same network through 2-D Gauss-Hermite quadrature of its function (which converges
-    only algebraically for the kinked relu^2: 3e-5 at 512 nodes; the layer's dual itself is
-    checked to 1e-9 by adaptive quadrature in test_activations.py, the network by Monte Carlo
-    in test_architectures_monte_carlo.py)."""
+    the same network's NNGP through 2-D Gauss-Hermite quadrature of its function (which
+    converges only algebraically for the kinked relu^2, 3e-5 at 512 nodes, and worse for the
+    NTK's relu' factor: the layer's duals are checked to 1e-9 by adaptive quadrature in
+    test_activations.py, the network's NTK by Monte Carlo in test_architectures_monte_carlo.py)."""
     cases, z = reference_v2
     assert not cases["fc/act6"]["arrays"]
     x1, x2 = inputs(z, "fc")
     k = NETWORKS["fc/act6"]().kernel(x1, x2)
     assert torch.isfinite(k.nngp).all() and torch.isfinite(k.ntk).all()
     square = nk.Elementwise(lambda t: torch.relu(t) ** 2, n_points=512)
-    quad = nk.serial(dense(512), square, dense(512), square, dense(1)).kernel(x1, x2)
-    np.testing.assert_allclose(k.nngp.numpy(), quad.nngp.numpy(), rtol=1e-4)
-    np.testing.assert_allclose(k.ntk.numpy(), quad.ntk.numpy(), rtol=1e-4)
+    quad = nk.serial(dense(512), square, dense(512), square, dense(1)).kernel(x1, x2, get="nngp")
+    np.testing.assert_allclose(k.nngp.numpy(), quad.numpy(), rtol=1e-4)
