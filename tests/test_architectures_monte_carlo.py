@@ -51,6 +51,12 @@ CASES = {
                 nk.serial(nk.Conv(256, (3, 3), padding="SAME", W_std=1.4, b_std=0.1), nk.Relu(),
                           nk.AvgPool((3, 3), strides=(2, 2), padding="SAME"), nk.Flatten(), nk.Dense(1)),
                 X_IMG, "ntk", 6),
+    "avgpool_zeros_counted": (
+        nk.serial(nk.Conv(256, (3, 3), padding="SAME", W_std=1.4, b_std=0.1), nk.Relu(),
+                  nk.AvgPool((2, 3), strides=(1, 2), padding="SAME"), nk.Flatten(), nk.Dense(1)),
+        nk.serial(nk.Conv(256, (3, 3), padding="SAME", W_std=1.4, b_std=0.1), nk.Relu(),
+                  nk.AvgPool((2, 3), strides=(1, 2), padding="SAME", normalize_edges=True),
+                  nk.Flatten(), nk.Dense(1)), X_IMG, "ntk", 6),
     "sumpool": (nk.serial(nk.Conv(256, (3, 3), padding="SAME", W_std=1.4), nk.Relu(),
                           nk.SumPool((2, 2), strides=(2, 2)), nk.GlobalSumPool(), nk.Dense(256)),
                 nk.serial(nk.Conv(256, (3, 3), padding="SAME", W_std=1.4), nk.Relu(),
