@@ -256,3 +256,57 @@ def test_process_workers_exit_when_the_parent_is_killed(tmp_path):
                 os.kill(int(pid), signal.SIGKILL)
             except OSError:
                 pass
+
+
+_X = torch.randn(3, 4, dtype=torch.float64)
+_IMG = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("net, x, match", [
+    (lambda: nk.serial(nk.Dense(8), nk.FanOut(2), nk.parallel(nk.Dense(8), nk.Dense(4)), nk.FanInSum(),
+                       nk.Dense(1)), _X, r"layer 3, FanInSum\(\): the branches' shapes differ"),
+    (lambda: nk.serial(nk.Conv(8, padding="SAME"), nk.FanOut(2),
+                       nk.parallel(nk.Conv(8, padding="SAME"), nk.Conv(8)), nk.FanInConcat(), nk.Flatten(),
+                       nk.Dense(1)), _IMG, r"FanInConcat\(\): the branches' shapes apart from channels"),
+    (lambda: nk.serial(nk.Dense(8), nk.FanOut(3), nk.parallel(nk.Dense(8), nk.Identity()), nk.FanInSum(),
+                       nk.Dense(1)), _X, r"layer 2, parallel\(...\): it has 2 layers but gets 3 branches"),
+    (lambda: nk.serial(nk.Dense(8), nk.FanOut(2), nk.parallel(nk.Dense(8), nk.Identity()), nk.Dense(1)),
+     _X, r"layer 3, Dense\(1\): it gets 2 branches.*FanInSum"),
+    (lambda: nk.serial(nk.Dense(8), nk.FanOut(2)), _X, "ends with 2 branches"),
+    (lambda: nk.serial(nk.Dense(8), nk.FanInSum()), _X, r"layer 1, FanInSum\(\): it needs branches"),
+    (lambda: nk.serial(nk.Conv(8), nk.GlobalSelfAttention(8, 8, 8, 2), nk.GlobalAvgPool(), nk.Dense(1)),
+     _IMG, r"layer 1, GlobalSelfAttention.*token sequences"),
+    (lambda: nk.serial(nk.Conv(8), nk.AvgPool((5, 5)), nk.Flatten(), nk.Dense(1)), _IMG,
+     r"layer 1, AvgPool\(\(5, 5\)\): window \(5, 5\) is larger than the \(4, 4\) images"),
+    (lambda: nk.serial(nk.Dense(8), nk.GlobalAvgPool(), nk.Dense(1)), _X, r"layer 1, GlobalAvgPool.*vectors"),
+    (lambda: nk.serial(nk.Conv(8), nk.LayerNorm(), nk.Flatten(), nk.Dense(1)), _IMG,
+     r"LayerNorm\(\): axis=-1 is not the channel axis.*LayerNorm\(axis=1\)"),
+])
+def test_bad_architectures_name_the_layer_its_position_and_the_fix(net, x, match):
+    """Both the kernel and the finite module refuse, with the same message."""
+    with pytest.raises(ValueError, match=match):
+        net().kernel(x)
+    with pytest.raises(ValueError, match=match):
+        net().module(tuple(x.shape[1:]))
+
+
+@pytest.mark.parametrize("net, x, match", [
+    (lambda: nk.serial(nk.Dense(8), nk.Relu(), nk.Sin(), nk.Dense(1)), _X,
+     r"layer 2, Sin\(\): the input to an activation must be Gaussian"),
+    (lambda: nk.serial(nk.Dense(8), nk.FanOut(2), nk.parallel(nk.Relu(), nk.Identity()), nk.FanInSum(),
+                       nk.Dense(1)), _X, r"FanInSum adds zero-mean Gaussian branches only"),
+    (lambda: nk.serial(nk.Dense(8), nk.FanOut(2), nk.parallel(nk.Dense(8), nk.Dense(8)), nk.FanInConcat(),
+                       nk.Relu(), nk.Dense(1)), _X, r"layer 4, Relu\(\): the input to an activation"),
+    (lambda: nk.serial(nk.Dense(8), nk.GlobalSelfAttention(8, 8, 8, 2, linear_scaling=False),
+                       nk.GlobalAvgPool(), nk.Dense(1)), torch.randn(2, 5, 4), "linear_scaling=True"),
+    (lambda: nk.serial(nk.Dense(8), nk.Relu(), nk.Dense(8), nk.ExpNormalized(), nk.Dense(1)), _X, None),
+])
+def test_kernel_only_refusals(net, x, match):
+    """What has a finite network but no (Gaussian) kernel, and the kernel-only layer."""
+    if match is None:  # ExpNormalized: a kernel, no finite network
+        assert torch.isfinite(net().kernel(x, get="ntk")).all()
+        with pytest.raises(ValueError, match="kernel-only layer"):
+            net().module((4,))
+        return
+    with pytest.raises(ValueError, match=match):
+        net().kernel(x)

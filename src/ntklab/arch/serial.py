@@ -57,7 +57,9 @@ def located(container: "Container", position: int, layer: Layer):
     except ArchitectureError:
         raise
     except ValueError as err:
-        raise ArchitectureError(f"{container.name}(...) layer {position}, {layer.label}: {err}") from err
+        message = str(err)
+        named = message if message.startswith(layer.label) else f"{layer.label}: {message}"
+        raise ArchitectureError(f"{container.name}(...) layer {position}, {named}") from err
 
 
 def check_branching(layer: Layer, state_or_shape) -> None:
@@ -151,7 +153,10 @@ class Serial(Container):
                              f"as (C, H, W) (NCHW batches, torch's layout): pass "
                              f"in_shape=({shape[2]}, {shape[0]}, {shape[1]})")
         generator = torch.Generator().manual_seed(int(seed))
-        net, _ = self.build(shape, generator, dtype)
+        net, out_shape = self.build(shape, generator, dtype)
+        if isinstance(out_shape, list):
+            raise ValueError(f"the architecture ends with {len(out_shape)} branches (from FanOut); "
+                             f"merge them with nk.FanInSum() or nk.FanInConcat()")
         net = SymmetricModule(net) if symmetric else net
         return net.to(torch.get_default_device() if device is None else resolve_device(device))
 
