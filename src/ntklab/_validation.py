@@ -135,6 +135,19 @@ def check_same_features(x1: torch.Tensor, x2: torch.Tensor, name1: str = "x1",
                          f"{tuple(x1.shape[1:])} and {tuple(x2.shape[1:])}")
 
 
+def hyperparameter(value: Any, name: str, *, allow_zero: bool = False) -> float | torch.Tensor:
+    """`positive(value)`, or a 0-dim floating torch tensor with a valid value, kept as is so
+    that kernels can be differentiated with respect to it (e.g. `W_std=torch.tensor(1.5,
+    requires_grad=True)`)."""
+    if isinstance(value, torch.Tensor):
+        if value.ndim != 0 or not value.is_floating_point():
+            raise ValueError(f"{name} must be a number or a 0-dim floating tensor, got a tensor "
+                             f"of shape {tuple(value.shape)} and dtype {value.dtype}")
+        positive(float(value.detach()), name, allow_zero=allow_zero)
+        return value
+    return positive(value, name, allow_zero=allow_zero)
+
+
 def positive(value: Any, name: str, *, allow_zero: bool = False) -> float:
     """A finite real number > 0 (or >= 0 with `allow_zero`)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):

@@ -177,8 +177,8 @@ class Conv(Affine):
             raise ValueError(f"{self!r} needs image inputs (C, H, W), got shape {tuple(in_shape)}")
         self._check_channels(in_shape[0], tuple(in_shape))
         spatial = check_window_fits(self, self.filter_shape, self.strides, self.padding, in_shape[1:])
-        module = ConvModule(in_shape[0], self.out, self.filter_shape, self.padding, self.W_std,
-                            self.b_std, self.parameterization, generator, dtype, self.strides)
+        module = ConvModule(in_shape[0], self.out, self.filter_shape, self.padding,
+                            *self.finite_stds(), self.parameterization, generator, dtype, self.strides)
         return module.requires_grad_(self.trainable), (self.out, *spatial)
 
     def sum_inputs(self, t, k):

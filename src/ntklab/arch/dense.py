@@ -19,7 +19,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .._validation import one_of, positive, positive_int
+from .._validation import hyperparameter, one_of, positive_int
 from .layer import Layer
 from .state import KernelState
 
@@ -83,10 +83,14 @@ class Affine(Layer):
     terms = 1
 
     def __init__(self, W_std: float, b_std: float | None, parameterization: str, trainable: bool):
-        self.W_std = positive(W_std, "W_std")
-        self.b_std = None if b_std is None else positive(b_std, "b_std", allow_zero=True)
+        self.W_std = hyperparameter(W_std, "W_std")
+        self.b_std = None if b_std is None else hyperparameter(b_std, "b_std", allow_zero=True)
         self.parameterization = one_of(parameterization, "parameterization", PARAMETERIZATIONS)
         self.trainable = bool(trainable)
+
+    def finite_stds(self) -> tuple[float, float | None]:
+        """(W_std, b_std) as numbers for the finite module (tensor hyperparameters detached)."""
+        return float(self.W_std), None if self.b_std is None else float(self.b_std)
 
     def sum_inputs(self, t: torch.Tensor, k: KernelState) -> torch.Tensor:
         """`S(t)`: the sum of `t` over the input positions feeding each output."""
@@ -96,8 +100,8 @@ class Affine(Layer):
         w2, b2 = self.W_std ** 2, (self.b_std or 0.0) ** 2
         scale = w2 / self.terms
         ntk = k.ntk
-        if ntk is not None:  # propagated part W^2/terms S(Theta), before K is overwritten
-            ntk = scale * ntk if isinstance(ntk, float) else self.sum_inputs(ntk, k).mul_(scale)
+        if ntk is not None and not isinstance(ntk, float):  # W^2/terms S(Theta), before K is overwritten
+            ntk = self.sum_inputs(ntk, k).mul_(scale)                # (a float NTK is 0.0: stays 0)
         summed = self.sum_inputs(k.nngp, k)
         if ntk is not None and self.trainable and self.parameterization == "standard":
             ntk = _add(_add(ntk, k.width * summed), 0.0 if self.b_std is None else 1.0)
@@ -131,8 +135,8 @@ class Dense(Affine):
             raise ValueError(f"Dense acts on vectors (or on each token of a sequence) but gets "
                              f"images of shape {tuple(in_shape)}; add nk.Flatten() or "
                              f"nk.GlobalAvgPool() before it")
-        module = DenseModule(in_shape[-1], self.out, self.W_std, self.b_std,
-                             self.parameterization, generator, dtype)
+        module = DenseModule(in_shape[-1], self.out, *self.finite_stds(), self.parameterization,
+                             generator, dtype)
         return module.requires_grad_(self.trainable), (*in_shape[:-1], self.out)
 
     def kernel_map(self, k: KernelState) -> KernelState:

@@ -114,6 +114,11 @@ class Layer(ABC):
             parts.append(text if positional else f"{name}={text}")
         return f"{type(self).__name__}({', '.join(parts)})"
 
+    def hyperparameter_tensors(self) -> list[torch.Tensor]:
+        """The torch tensors among the constructor arguments (e.g. `W_std=torch.tensor(1.5,
+        requires_grad=True)`): a kernel is differentiated when one of them requires grad."""
+        return [value for value in self._arguments.values() if isinstance(value, torch.Tensor)]
+
     @property
     def label(self) -> str:
         """Short description for error messages."""

@@ -83,7 +83,7 @@ class Elementwise(Activation):
                           for a in _hermite_rule(self.quadrature_points))
         s1, s2 = torch.sqrt(var1), torch.sqrt(var2)
         rho = (cov / (s1 * s2).clamp_min(torch.finfo(cov.dtype).tiny)).clamp_(-1.0, 1.0)
-        rest = torch.sqrt((1 - rho * rho).clamp_(min=0.0))
+        rest = torch.sqrt((1 - rho * rho).clamp_(min=torch.finfo(cov.dtype).tiny))
         shape = torch.broadcast_shapes(cov.shape, var1.shape, var2.shape)
         nngp = cov.new_zeros(shape)
         dot = cov.new_zeros(shape) if need_dot else None

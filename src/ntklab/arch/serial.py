@@ -101,6 +101,9 @@ class Container(Layer):
         parts = [layer.identity for layer in self.layers]
         return None if None in parts else f"{self.name}(" + ", ".join(parts) + ")"
 
+    def hyperparameter_tensors(self) -> list[torch.Tensor]:
+        return [t for layer in self.layers for t in layer.hyperparameter_tensors()]
+
     @property
     def takes_images(self) -> bool:
         return any(layer.takes_images for layer in self.layers)
@@ -191,7 +194,14 @@ class Serial(Container):
                ) -> Kernel | torch.Tensor:
         """NNGP and NTK of the infinitely wide network between the samples of `x1`
         and `x2` (`x2=None`: `x1` with itself, computed once per pair).  Samples are
-        rows `[N, d]`, or NCHW images `[N, C, H, W]` for convolutional architectures.
+        rows `[N, d]`, NCHW images `[N, C, H, W]` for convolutional architectures, or token
+        sequences `[N, T, C]` (batch first, channels last).
+
+        Differentiable: when an input or a tensor hyperparameter (`nk.Dense(512,
+        W_std=torch.tensor(1.5, requires_grad=True))`) requires grad and grad mode is on, the
+        kernel is computed with autograd (tensors saved for the backward pass are copied, as
+        the recursions update in place), e.g. to fit W_std, b_std by maximizing a GP marginal
+        likelihood; otherwise under `torch.no_grad()`.
 
         Computed by the layer recursions in blocks of pairs (`block_size` rows and
         columns, by default the largest whose layer states fit in `max_memory`: a
@@ -206,11 +216,12 @@ class Serial(Container):
         `device`, or the input tensor's."""
         names = canonical_get(get)
         dtype = input_dtype(x1, dtype)
-        x1 = as_inputs(x1, "x1", images=self.takes_images, sequences=self.takes_sequences,
-                       dtype=dtype, device=device)
+        differentiable = torch.is_grad_enabled() and any(
+            isinstance(t, torch.Tensor) and t.requires_grad
+            for t in (x1, x2, *self.hyperparameter_tensors()))
+        x1 = self._inputs(x1, "x1", dtype, device, differentiable)
         if x2 is not None:
-            x2 = as_inputs(x2, "x2", images=self.takes_images, sequences=self.takes_sequences,
-                           dtype=dtype, device=x1.device)
+            x2 = self._inputs(x2, "x2", dtype, x1.device, differentiable)
             check_same_features(x1, x2)
         check_result_fits((len(x1), len(x1 if x2 is None else x2)), len(names), dtype, x1.device,
                           "compute it tile by tile into a zarr store with "
@@ -236,10 +247,24 @@ class Serial(Container):
                 ntk = torch.full_like(state.nngp, ntk)
             return {"nngp": state.nngp, "ntk": ntk}
 
-        with torch.no_grad():
+        if differentiable:  # autograd through the in-place recursions: saved tensors are copied
+            context = torch.autograd.graph.saved_tensors_hooks(torch.clone, lambda t: t)
+            workers = 1
+        else:
+            context = torch.no_grad()
+        with context:
             out = tiled_pairs(blockwise, x1, x2, names, block_size=block_size,
                               progress=progress, workers=workers)
         return out[get] if isinstance(get, str) else Kernel(nngp=out.get("nngp"), ntk=out.get("ntk"))
+
+
+    def _inputs(self, x, name: str, dtype: torch.dtype, device, differentiable: bool) -> torch.Tensor:
+        """Validated inputs; a tensor that requires grad keeps its graph when differentiating."""
+        checked = as_inputs(x, name, images=self.takes_images, sequences=self.takes_sequences,
+                            dtype=dtype, device=device)
+        if differentiable and isinstance(x, torch.Tensor) and x.requires_grad:
+            return x.to(dtype=checked.dtype, device=checked.device)
+        return checked
 
 
 def serial(*layers: Layer) -> Serial:
