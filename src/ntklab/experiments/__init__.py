@@ -90,3 +90,4 @@ from . import sparse_coding  # noqa: E402,F401
 from . import finite_width  # noqa: E402,F401
 from . import nearly_kernel  # noqa: E402,F401
 from . import linearization  # noqa: E402,F401
+from . import resnet_kernels  # noqa: E402,F401
