@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_empirical_ntk.py
 	$(BIN)/python benchmarks/bench_ntklab_modules.py
 	$(BIN)/python benchmarks/bench_cntk.py
+	$(BIN)/python benchmarks/bench_architectures.py
 
 clean:
 	rm -rf $(VENV) .venv-floors runs .pytest_cache
