@@ -117,3 +117,32 @@ def test_dask_local_cluster_and_processes_give_the_local_result(tmp_path):
     with pytest.raises(ValueError, match="scheduler must be"):
         compute_kernel(ARCH, x1, store=tmp_path / "bad.zarr", scheduler="threads", progress=False)
     assert not (tmp_path / "bad.zarr").exists()
+
+
+RESNET = ("Conv(4, padding='SAME', W_std=1.4), FanOut(2), parallel(serial(Relu(), Conv(4, padding='SAME'), "
+          "Relu(), Conv(4, padding='SAME')), Identity()), FanInSum(), AvgPool((2, 2), strides=(2, 2)), "
+          "Relu(), GlobalAvgPool(), Dense(1)")
+TRANSFORMER = ("Dense(8), GlobalSelfAttention(8, 8, 8, 2), LayerNorm(), Dense(8), Relu(), GlobalAvgPool(), "
+               "Dense(1)")
+
+
+@pytest.mark.parametrize("spec, x", [(RESNET, images(11)),
+                                     (TRANSFORMER, torch.randn(11, 5, 3, dtype=torch.float64))])
+def test_branching_and_attention_networks_through_the_store_and_the_cli(tmp_path, spec, x):
+    """The engine and `ntklab kernel --out k.zarr` take residual and attention networks (and
+    token sequences) unchanged, tile for tile equal to the in-memory kernel, and resume them."""
+    from click.testing import CliRunner
+    from ntklab.cli import main
+    arch = nk.arch.spec.parse_architecture(spec)
+    expected = arch.kernel(x)
+    store = compute_kernel(spec, x, store=tmp_path / "k.zarr", tile_size=4, progress=False)
+    for name in ("nngp", "ntk"):
+        np.testing.assert_allclose(store.load(name), getattr(expected, name).numpy(), rtol=1e-13, atol=0)
+    np.save(tmp_path / "x.npy", x.numpy())
+    result = CliRunner().invoke(main, ["kernel", "--arch", spec, "--x1", str(tmp_path / "x.npy"),
+                                       "--out", str(tmp_path / "cli.zarr"), "--tile-size", "4"])
+    assert result.exit_code == 0, result.output
+    np.testing.assert_allclose(KernelStore.open(tmp_path / "cli.zarr").load("ntk"), expected.ntk.numpy(),
+                               rtol=1e-13, atol=0)
+    again = compute_kernel(spec, x, store=tmp_path / "k.zarr", tile_size=4, progress=False)
+    assert again.complete
