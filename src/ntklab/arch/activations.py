@@ -75,10 +75,11 @@ def _angle(cov, var1, var2):
     input get theta = pi/2 (neural-tangents' convention)."""
     root = var1 * var2  # sub_ (not a fused addcmul): exactly 0 when cov = var1 = var2
     root = root.sub_(cov * cov) if root.shape == cov.shape else root - cov * cov
-    # sqrt(max(d, tiny)) * [d > tiny]: the value is exactly 0 at d <= 0 and the gradient is 0
-    # there (the exact limit of the dual's derivatives at correlation 1), never inf * 0
-    inside = root > _tiny(cov)
-    root = root.clamp_(min=_tiny(cov)).sqrt_().mul_(inside)
+    if root.requires_grad:  # sqrt(max(d, tiny)) [d > tiny]: exactly 0 at d <= 0, with gradient 0
+        inside = root > _tiny(cov)  # there (the exact limit of the dual's derivatives at
+        root = root.clamp_(min=_tiny(cov)).sqrt_().mul_(inside)  # correlation 1), never inf * 0
+    else:
+        root = root.clamp_(min=0.0).sqrt_()
     theta = torch.atan2(root, cov)
     if not (var1.all() and var2.all()):  # cheap check on the variance vectors
         theta = theta.masked_fill((root == 0) & (cov == 0), math.pi / 2)

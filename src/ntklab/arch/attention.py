@@ -69,6 +69,16 @@ class SelfAttentionModule(nn.Module):
         return out if self.bias is None else out + layer.b_std * self.bias
 
 
+def _mix(t: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """`left[n] @ t[n, m] @ right[m]^T` for every pair: t `[N1, N2, T, T]`, left `[N1, T, T]`,
+    right `[N2, T, T]`, as two batched GEMMs (one per side, each over a whole row of pairs)."""
+    n1, n2, tokens = t.shape[0], t.shape[1], t.shape[-1]
+    rows = torch.bmm(left, t.transpose(1, 2).reshape(n1, tokens, n2 * tokens))     # [N1, T, N2 T]
+    columns = rows.reshape(n1, tokens, n2, tokens).permute(2, 0, 1, 3).reshape(n2, n1 * tokens, tokens)
+    out = torch.bmm(columns, right.transpose(1, 2))                                  # [N2, N1 T, T]
+    return out.reshape(n2, n1, tokens, tokens).transpose(0, 1)
+
+
 class GlobalSelfAttention(Layer):
     """`GlobalSelfAttention(n_chan_out, n_chan_key, n_chan_val, n_heads, linear_scaling=True,
     W_key_std=1.0, W_value_std=1.0, W_query_std=1.0, W_out_std=1.0, b_std=None,
@@ -119,20 +129,16 @@ class GlobalSelfAttention(Layer):
         weights1, weights2 = k.map_variances(
             lambda var: attention_weights(self.qk_std * var, self.attention_mechanism))
 
-        def mix(t: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-            """left[n] t[n, m] right[m]^T over token pairs: [N1, N2, T, T]."""
-            return torch.einsum("nts,nmsu,mvu->nmtv", left, t, right)
-
-        nngp_part = mix(k.nngp, weights1, weights2).mul_(ov2)
+        nngp_part = _mix(k.nngp, weights1, weights2).mul_(ov2)
         ntk = k.ntk
         if ntk is not None:
-            ntk = (0.0 if isinstance(ntk, float) else mix(ntk, weights1, weights2).mul_(ov2)) + \
-                2 * nngp_part + b2
+            ntk = (nngp_part * 2 if isinstance(ntk, float) else
+                   _mix(ntk, weights1, weights2).mul_(ov2).add_(nngp_part, alpha=2)).add_(b2)
         nngp = nngp_part.add_(b2)
         if k.symmetric:  # the diagonal block itself, bitwise: identical inputs keep correlation 1
             var1 = var2 = nngp.diagonal(0, 0, 1).movedim(-1, 0).clone()
         else:
-            var1, var2 = (torch.einsum("nts,nsu,nvu->ntv", w, var, w).mul_(ov2).add_(b2)
+            var1, var2 = (torch.bmm(torch.bmm(w, var), w.transpose(1, 2)).mul_(ov2).add_(b2)
                           for w, var in ((weights1, k.var1), (weights2, k.var2)))
         return k.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2,
                          width=self.n_chan_out, is_gaussian=True)
