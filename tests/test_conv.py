@@ -156,3 +156,27 @@ def test_gd_ensemble_takes_images_for_convolutional_architectures():
                                rtol=1e-9, atol=1e-12)
     with pytest.raises(ValueError, match="x_test must have samples of shape"):
         nk.predict.gradient_descent_mse_ensemble(net, x_train, y_train)(None, x_test[:, :1], "ntk")
+
+
+@pytest.mark.parametrize("param", ["ntk", "standard"])
+@pytest.mark.parametrize("padding", ["SAME", "VALID", "CIRCULAR"])
+@pytest.mark.parametrize("full", [False, True])
+def test_a_first_strided_conv_from_input_patches_equals_the_layer_recursion(param, padding, full):
+    """`Conv.input_state` (one GEMM over input patches) against `kernel_map` of the input
+    state, for every padding, both parameterizations, a fixed layer and either layout."""
+    from ntklab.arch.state import KernelState
+    x1 = torch.randn(4, 3, 7, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x2 = torch.randn(3, 3, 7, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for trainable in (True, False):
+        conv = nk.Conv(5, (3, 2), strides=(2, 3), padding=padding, W_std=1.3, b_std=0.2,
+                       parameterization=param, trainable=trainable)
+        for b in (x2, None):
+            fused = conv.input_state(x1, b, need_ntk=True, full=full)
+            plain = conv.kernel_map(KernelState.from_inputs(x1, b, need_ntk=True, full=full))
+            assert fused.spatial == plain.spatial and fused.width == plain.width == 5
+            for name in ("nngp", "ntk", "var1", "var2"):
+                got, want = getattr(fused, name), getattr(plain, name)
+                if isinstance(want, float):
+                    assert got == want
+                else:
+                    torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-13)

@@ -97,20 +97,23 @@ class Affine(Layer):
         return t
 
     def kernel_map(self, k: KernelState) -> KernelState:
+        return self.output_state(self.affine_map(k, self.terms, lambda t: self.sum_inputs(t, k)))
+
+    def affine_map(self, k: KernelState, terms: int, sum_inputs) -> KernelState:
+        """The recursion above with `terms` positions summed by `sum_inputs`."""
         w2, b2 = self.W_std ** 2, (self.b_std or 0.0) ** 2
-        scale = w2 / self.terms
+        scale = w2 / terms
         ntk = k.ntk
         if ntk is not None and not isinstance(ntk, float):  # W^2/terms S(Theta), before K is overwritten
-            ntk = self.sum_inputs(ntk, k).mul_(scale)                # (a float NTK is 0.0: stays 0)
-        summed = self.sum_inputs(k.nngp, k)
+            ntk = sum_inputs(ntk).mul_(scale)                # (a float NTK is 0.0: stays 0)
+        summed = sum_inputs(k.nngp)
         if ntk is not None and self.trainable and self.parameterization == "standard":
             ntk = _add(_add(ntk, k.width * summed), 0.0 if self.b_std is None else 1.0)
         nngp = summed.mul_(scale).add_(b2)
         if ntk is not None and self.trainable and self.parameterization == "ntk":
             ntk = _add(ntk, nngp)
-        var1, var2 = k.map_variances(lambda var: self.sum_inputs(var, k) * scale + b2)
-        return self.output_state(k.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2,
-                                           is_gaussian=True))
+        var1, var2 = k.map_variances(lambda var: sum_inputs(var) * scale + b2)
+        return k.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, is_gaussian=True)
 
     def output_state(self, k: KernelState) -> KernelState:
         return k.replace(width=self.out)

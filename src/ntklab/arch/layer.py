@@ -114,6 +114,12 @@ class Layer(ABC):
             parts.append(text if positional else f"{name}={text}")
         return f"{type(self).__name__}({', '.join(parts)})"
 
+    def input_state(self, x1: torch.Tensor, x2: torch.Tensor | None, *, need_ntk: bool,
+                    full: bool) -> KernelState | None:
+        """As the first layer: its output state computed from the inputs directly, when the
+        layer has a cheaper way than `kernel_map(KernelState.from_inputs(...))`; else None."""
+        return None
+
     def hyperparameter_tensors(self) -> list[torch.Tensor]:
         """The torch tensors among the constructor arguments (e.g. `W_std=torch.tensor(1.5,
         requires_grad=True)`): a kernel is differentiated when one of them requires grad."""

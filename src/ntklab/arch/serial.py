@@ -164,12 +164,23 @@ class Serial(Container):
         return net.to(torch.get_default_device() if device is None else resolve_device(device))
 
     # -- infinite-width kernels ----------------------------------------------
-    def kernel_map(self, k: KernelState) -> KernelState:
-        for i, layer in enumerate(self.layers):
+    def kernel_map(self, k: KernelState, start: int = 0) -> KernelState:
+        """The layers' recursions from layer `start` on."""
+        for i, layer in enumerate(self.layers[start:], start):
             with located(self, i, layer):
                 check_branching(layer, k)
                 k = layer.kernel_map(k)
         return k
+
+    def inputs_map(self, x1: torch.Tensor, x2: torch.Tensor | None, *, need_ntk: bool,
+                   full: bool) -> KernelState:
+        """The output state of the whole architecture for inputs `x1`, `x2` (the first layer
+        may compute its state from the inputs directly, `Layer.input_state`)."""
+        with located(self, 0, self.layers[0]):
+            state = self.layers[0].input_state(x1, x2, need_ntk=need_ntk, full=full)
+        if state is not None:
+            return self.kernel_map(state, start=1)
+        return self.kernel_map(KernelState.from_inputs(x1, x2, need_ntk=need_ntk, full=full))
 
     def pair_entries(self, sample_shape: Sequence[int]) -> int:
         """Numbers held per pair of inputs by the largest layer state (for block sizes)."""
@@ -233,7 +244,7 @@ class Serial(Container):
         block_size = positive_int(block_size, "block_size")
 
         def blockwise(b1: torch.Tensor, b2: torch.Tensor | None) -> dict[str, torch.Tensor]:
-            state = self.kernel_map(KernelState.from_inputs(b1, b2, need_ntk=need_ntk, full=full))
+            state = self.inputs_map(b1, b2, need_ntk=need_ntk, full=full)
             if isinstance(state, list):
                 raise ValueError(f"the architecture ends with {len(state)} branches (from FanOut); "
                                  f"merge them with nk.FanInSum() or nk.FanInConcat()")
