@@ -310,3 +310,14 @@ def test_kernel_only_refusals(net, x, match):
         return
     with pytest.raises(ValueError, match=match):
         net().kernel(x)
+
+
+def test_block_sizes_count_the_positions_of_images_and_token_sequences():
+    """The state of an all-pairs network holds P^2 numbers per pair of inputs (P positions):
+    blocks shrink accordingly for images and for token sequences alike."""
+    gap = nk.serial(nk.Dense(8), nk.Relu(), nk.GlobalAvgPool(), nk.Dense(1))
+    assert gap.pair_entries((16, 8)) == 16 ** 2                 # sequences (T, C)
+    assert gap.pair_entries((3, 4, 5)) == 20 ** 2              # images (C, H, W)
+    assert nk.mlp(1, 8).pair_entries((8,)) == 1
+    assert gap.block_size_for((64, 8), "64MiB", torch.float64) < gap.block_size_for((4, 8), "64MiB",
+                                                                                     torch.float64)

@@ -183,8 +183,10 @@ class Serial(Container):
         return self.kernel_map(KernelState.from_inputs(x1, x2, need_ntk=need_ntk, full=full))
 
     def pair_entries(self, sample_shape: Sequence[int]) -> int:
-        """Numbers held per pair of inputs by the largest layer state (for block sizes)."""
-        positions = math.prod(sample_shape[1:]) if len(sample_shape) == 3 else 1
+        """Numbers held per pair of inputs by the largest layer state (for block sizes): images
+        `(C, H, W)` have H W positions, token sequences `(T, C)` T, vectors one."""
+        positions = (math.prod(sample_shape[1:]) if len(sample_shape) == 3 else
+                     sample_shape[0] if len(sample_shape) == 2 else 1)
         spatial = positions ** 2 if self.needs_all_pixel_pairs else positions
         return spatial * self.quadrature_points
 
