@@ -35,6 +35,7 @@ import time
 import numpy as np
 
 import isolated
+import versus_nt
 
 W, B = 1.5, 0.05
 DEFAULT_CASES = ["resnet-gap:16:100", "avgpool-v:16:100", "strided:16:100", "transformer:16:200",
@@ -95,23 +96,10 @@ def run_ntklab(case: str, size: int, n: int, channels: int, max_memory: int) -> 
 
 
 def run_nt(case: str, size: int, n: int, channels: int, batch_size: int | None) -> dict:
-    from jax import config
-    config.update("jax_enable_x64", True)
-    import jax
-    import neural_tangents as nt
     from neural_tangents import stax
     _, _, kernel_fn = architecture(stax, case, channels)
     x = inputs(case, size, n)
-    if x.ndim == 4:
-        x = x.transpose(0, 2, 3, 1)  # neural-tangents is NHWC
-    if batch_size is None:
-        kernel_fn = jax.jit(kernel_fn, static_argnames="get")
-    else:
-        kernel_fn = nt.batch(kernel_fn, batch_size=batch_size, store_on_device=False)
-    np.asarray(kernel_fn(x, None, "ntk"))  # compiles for these shapes; the second call is timed
-    start = time.perf_counter()
-    ntk = np.asarray(kernel_fn(x, None, "ntk"))
-    return {"seconds": time.perf_counter() - start, "check": float(ntk[:3, :3].sum())}
+    return versus_nt.time_nt(kernel_fn, x.transpose(0, 2, 3, 1) if x.ndim == 4 else x, batch_size)
 
 
 def main() -> None:
@@ -130,36 +118,20 @@ def main() -> None:
     print(f"float64, cap {cap / 2 ** 30:.0f} GiB per run, ntklab max_memory {args.max_memory}, "
           f"nt.batch batch_size {args.batch_size}; load average {os.getloadavg()[0]:.1f}, "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; time per kernel entry")
-    header = (f"{'case':>24} | {'ntklab us/entry':>15} {'GiB':>5} | {'nt us/entry':>14} {'GiB':>5} | "
-              f"{'nt.batch us/entry':>17} {'GiB':>5} | speed-up vs best nt")
-    print(header)
-    print("-" * len(header))
+    print(versus_nt.header(24))
     for spec in args.cases:
         case, size, n = spec.split(":")
         size, n = int(size), int(n)
-        skipped = {"seconds": None, "error": "skipped", "peak_gib": None, "check": None}
+        skip = versus_nt.skipped("skipped")
         results = {
             "ntklab": isolated.measure(run_ntklab, (case, size, n, args.channels,
                                                     isolated.parse_bytes(args.max_memory)), cap, args.timeout),
-            "nt": skipped if args.skip_nt else
+            "nt": skip if args.skip_nt else
             isolated.measure(run_nt, (case, size, n, args.channels, None), cap, args.timeout),
-            "nt.batch": skipped if args.skip_nt or n % args.batch_size else
+            "nt.batch": skip if args.skip_nt else versus_nt.skipped("N % batch") if n % args.batch_size else
             isolated.measure(run_nt, (case, size, n, args.channels, args.batch_size), cap, args.timeout),
         }
-
-        def cell(result, width):
-            if result["seconds"] is None:
-                return f"{result['error'][:width]:>{width}} {'':5}"
-            return f"{result['seconds'] / n ** 2 * 1e6:{width}.1f} {result['peak_gib']:5.2f}"
-        ours = results["ntklab"]["seconds"]
-        best = min((results[m]["seconds"] for m in ("nt", "nt.batch")
-                    if results[m]["seconds"] is not None), default=None)
-        ratio = f"{best / ours:.1f}x" if ours and best else "-" if ours else "ntklab failed"
-        checks = [r["check"] for r in results.values() if r["check"] is not None]
-        if len(checks) > 1 and max(checks) - min(checks) > 1e-8 * max(map(abs, checks)):
-            ratio += " (VALUES DISAGREE)"
-        print(f"{spec:>24} | {cell(results['ntklab'], 15)} | {cell(results['nt'], 14)} | "
-              f"{cell(results['nt.batch'], 17)} | {ratio}", flush=True)
+        print(versus_nt.row(spec, 24, results, n), flush=True)
 
 
 if __name__ == "__main__":

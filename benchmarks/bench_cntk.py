@@ -25,6 +25,7 @@ import time
 import numpy as np
 
 import isolated
+import versus_nt
 
 CHANNELS, W_STD, B_STD = 8, math.sqrt(2.0), 0.1
 DEFAULT_CASES = ["v:16:100", "v:32:100", "gap:16:40", "gap:16:100", "gap:32:10", "gap:32:20"]
@@ -50,25 +51,13 @@ def run_ntklab(readout: str, n: int, size: int, max_memory: int) -> dict:
 
 
 def run_nt(readout: str, n: int, size: int, batch_size: int | None) -> dict:
-    from jax import config
-    config.update("jax_enable_x64", True)
-    import jax
-    import neural_tangents as nt
     from neural_tangents import stax
     layers = []
     for _ in range(3):
         layers += [stax.Conv(CHANNELS, (3, 3), padding="SAME", W_std=W_STD, b_std=B_STD), stax.Relu()]
     pool = stax.Flatten() if readout == "v" else stax.GlobalAvgPool()
     _, _, kernel_fn = stax.serial(*layers, pool, stax.Dense(1, W_STD, B_STD))
-    x = images(n, size).transpose(0, 2, 3, 1)  # neural-tangents is NHWC
-    if batch_size is None:
-        kernel_fn = jax.jit(kernel_fn, static_argnames="get")
-    else:
-        kernel_fn = nt.batch(kernel_fn, batch_size=batch_size, store_on_device=False)
-    np.asarray(kernel_fn(x, None, "ntk"))  # compiles for these shapes; the second call is timed
-    start = time.perf_counter()
-    ntk = np.asarray(kernel_fn(x, None, "ntk"))
-    return {"seconds": time.perf_counter() - start, "check": float(ntk[:3, :3].sum())}
+    return versus_nt.time_nt(kernel_fn, images(n, size).transpose(0, 2, 3, 1), batch_size)  # NHWC
 
 
 def main() -> None:
@@ -83,10 +72,7 @@ def main() -> None:
     cap = isolated.parse_bytes(args.cap)
     print(f"float64, cap {cap / 2 ** 30:.0f} GiB per run, ntklab max_memory {args.max_memory}, "
           f"nt.batch batch_size {args.batch_size}; time per kernel entry (N^2 entries)")
-    header = (f"{'case':>20} | {'ntklab us/entry':>15} {'GiB':>5} | {'nt us/entry':>14} {'GiB':>5} | "
-              f"{'nt.batch us/entry':>17} {'GiB':>5} | speed-up vs best nt")
-    print(header)
-    print("-" * len(header))
+    print(versus_nt.header(20))
     for case in args.cases:
         readout, size, n = case.split(":")
         size, n = int(size), int(n)
@@ -95,24 +81,9 @@ def main() -> None:
                                        cap, args.timeout),
             "nt": isolated.measure(run_nt, (readout, n, size, None), cap, args.timeout),
             "nt.batch": (isolated.measure(run_nt, (readout, n, size, args.batch_size), cap, args.timeout)
-                         if n % args.batch_size == 0 else
-                         {"seconds": None, "error": "N % batch", "peak_gib": None, "check": None}),
+                         if n % args.batch_size == 0 else versus_nt.skipped("N % batch")),
         }
-
-        def cell(result, width):
-            if result["seconds"] is None:
-                return f"{result['error'][:width]:>{width}} {'':5}"
-            return f"{result['seconds'] / n ** 2 * 1e6:{width}.1f} {result['peak_gib']:5.2f}"
-        ours = results["ntklab"]["seconds"]
-        best = min((results[m]["seconds"] for m in ("nt", "nt.batch")
-                    if results[m]["seconds"] is not None), default=None)
-        ratio = f"{best / ours:.1f}x" if ours and best else "nt fails" if ours else "ntklab failed"
-        checks = [r["check"] for r in results.values() if r["check"] is not None]
-        if len(checks) > 1 and max(checks) - min(checks) > 1e-8 * max(map(abs, checks)):
-            ratio += " (VALUES DISAGREE)"
-        label = f"{'CNTK-' + readout.upper()} {size}x{size} N={n}"
-        print(f"{label:>20} | {cell(results['ntklab'], 15)} | {cell(results['nt'], 14)} | "
-              f"{cell(results['nt.batch'], 17)} | {ratio}", flush=True)
+        print(versus_nt.row(f"CNTK-{readout.upper()} {size}x{size} N={n}", 20, results, n), flush=True)
 
 
 if __name__ == "__main__":
