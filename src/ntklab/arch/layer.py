@@ -2,8 +2,12 @@
 
 Every layer implements
   * `build(in_shape, generator, dtype)` -> (torch module, out_shape): the finite network
-    (shapes without the batch axis: `(d,)` for vectors, `(C, H, W)` for images);
-  * `kernel_map(state)` -> state: the infinite-width NNGP/NTK recursion.
+    (shapes without the batch axis: `(d,)` for vectors, `(T, C)` for token sequences,
+    `(C, H, W)` for images; a list of shapes between `FanOut` and a fan-in layer);
+  * `kernel_map(state)` -> state: the infinite-width NNGP/NTK recursion (a list of states,
+    one per branch, between `FanOut` and a fan-in layer);
+  * optionally `input_state(x1, x2, ...)`: as the first layer, its output state computed
+    from the inputs directly when that is cheaper (a strided Conv: one GEMM over patches).
 
 What a layer may assume and must guarantee
 ------------------------------------------
@@ -21,6 +25,10 @@ What a layer may assume and must guarantee
   (the map holds this many numbers per pair at once, for block sizes), `takes_sequences`
   (inputs must be token sequences `[N, T, C]`), `takes_branches` (the layer consumes a
   list of states, one per branch, as produced by `FanOut`).
+* Errors are `ValueError`s that say what is wrong and the fix; `serial` and `parallel`
+  prefix the layer's position (`serial(...) layer 3, FanInSum(): ...`).
+* Hyperparameters may be 0-dim torch tensors (`Dense`/`Conv` `W_std`, `b_std`): when one
+  requires grad the kernel is computed under autograd (`Serial.kernel`).
 * Its `repr` is its constructor call with the arguments given (defaults omitted), which
   the `--arch` parser reads back; `identity` is that string when every argument is a
   literal or a named module-level function, else None (e.g. a lambda): a tiled kernel
