@@ -167,3 +167,25 @@ def test_a_missing_extra_says_which_to_install():
     with pytest.raises(ImportError, match=r"needs no_such_module, from the \[engine\] extra: "
                                           r"pip install 'ntklab\[engine\]'"):
         import_extra("no_such_module", "engine")
+
+
+def test_every_layer_of_the_grammar_round_trips_through_its_repr():
+    """One instance of every parseable layer, with non-default arguments, and the combinators."""
+    examples = [nk.Dense(3, W_std=1.2, b_std=0.1, parameterization="standard", trainable=False),
+                nk.Conv(4, (2, 3), strides=(2, 1), padding="CIRCULAR", W_std=1.1, in_channels=3),
+                nk.Flatten(), nk.GlobalAvgPool(), nk.GlobalSumPool(),
+                nk.AvgPool((3, 3), strides=(2, 2), padding="SAME", normalize_edges=True),
+                nk.SumPool((2, 2), padding="SAME"), nk.FanOut(3), nk.FanInSum(), nk.FanInConcat(axis=-1),
+                nk.FanInProd(), nk.Identity(), nk.LayerNorm(axis=1, eps=1e-6),
+                nk.GlobalSelfAttention(8, 4, 2, 3, W_key_std=2.0, b_std=0.1, attention_mechanism="RELU"),
+                nk.Relu(), nk.LeakyRelu(0.3), nk.ABRelu(-1.0, 0.5), nk.Abs(), nk.Erf(0.5, 2.0, 0.1),
+                nk.Sigmoid_like(), nk.Sign(), nk.Gelu(), nk.Tanh(n_points=32), nk.Sigmoid(n_points=16),
+                nk.Sin(0.5, 1.5, 0.3), nk.Cos(b=2.0), nk.Rbf(0.3), nk.Gaussian(2.0, -0.5), nk.Exp(0.2, 0.4),
+                nk.ExpNormalized(2.0, -0.5, do_clip=True), nk.Monomial(4), nk.RectifiedMonomial(3),
+                nk.Polynomial([1.0, 0.0, -2.0]), nk.Hermite(5),
+                nk.parallel(nk.serial(nk.Relu(), nk.Dense(2)), nk.Identity())]
+    covered = {type(layer).__name__ for layer in examples}
+    assert set(nk.arch.spec.LAYERS) <= covered, set(nk.arch.spec.LAYERS) - covered
+    for layer in examples:
+        parsed = parse_architecture(repr(layer))
+        assert repr(parsed.layers[0] if len(parsed.layers) == 1 else parsed) == repr(layer) == layer.identity
