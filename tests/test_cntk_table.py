@@ -82,3 +82,24 @@ def test_quick_cntk_table_runs_end_to_end(tmp_path):
     assert summary["below_chance"] == []
     with pytest.raises(ValueError, match="does not take --data"):
         experiments.run("kernel-gd", tmp_path / "other", quick=True, data="digits")
+
+
+@pytest.mark.slow
+def test_resnet_kernels_quick_run_and_cifar10_input(tmp_path, cifar_dir):
+    """resnet-kernels: the four columns on digits, above chance, a figure and the exact
+    architecture of every cell in metrics.csv (readable by the --arch grammar); and the same
+    experiment on CIFAR-10 binary files (synthetic here), 32x32x3 images."""
+    from ntklab.arch.spec import parse_architecture
+    out = tmp_path / "run"
+    summary = experiments.run("resnet-kernels", out, seed=0, quick=True)
+    row = summary["test_accuracy_percent"][5]
+    assert set(row) == {"CNTK-V", "CNTK-GAP", "ResNet-GAP", "Myrtle"} and min(row.values()) > 40
+    with open(out / "metrics.csv") as handle:
+        metrics = list(csv.DictReader(handle))
+    resnet = parse_architecture(next(m for m in metrics if m["column"] == "ResNet-GAP")["architecture"])
+    assert "FanInSum()" in repr(resnet) and "AvgPool((2, 2), strides=(2, 2))" in repr(resnet)
+    assert (out / "figures" / "accuracy.png").stat().st_size > 10_000
+    folder, _, _ = cifar_dir
+    cifar = experiments.run("resnet-kernels", tmp_path / "cifar", seed=0, quick=True,
+                            data=f"cifar10:{folder}", train_size=6, test_size=3)
+    assert set(cifar["test_accuracy_percent"][5]) == set(row)
