@@ -81,7 +81,10 @@ def tiled_pairs(fn: TileFn, x1: torch.Tensor, x2: torch.Tensor | None, names: tu
     out = {name: torch.empty(tiling.n1, tiling.n2, dtype=x1.dtype, device=x1.device) for name in names}
     workers = max(1, min(workers or 1, len(tiles)))
 
+    grad = torch.is_grad_enabled()  # thread-local: the workers inherit the caller's mode
+
     def run(tile: Tile) -> None:
+        torch.set_grad_enabled(grad)
         rows, cols = tiling.slices(tile)
         same = tiling.on_diagonal(tile)
         blocks = fn(x1[rows], None if same else other[cols])

@@ -193,6 +193,12 @@ class Conv(Affine):
     def output_state(self, k: KernelState) -> KernelState:
         return k.replace(width=self.out, spatial=tuple(k.var1.shape[1:3]))
 
+    def input_state_shape(self, sample_shape):
+        if len(sample_shape) != 3 or self.strides == (1, 1):
+            return None
+        return (self.out, *check_window_fits(self, self.filter_shape, self.strides, self.padding,
+                                              sample_shape[1:]))
+
     def input_state(self, x1: torch.Tensor, x2: torch.Tensor | None, *, need_ntk: bool,
                     full: bool) -> KernelState | None:
         """This layer's output state straight from input images, when that is cheaper: with
@@ -205,7 +211,7 @@ class Conv(Affine):
         their output (3.5x faster on 16x16 RGB images at stride 2; at stride 1 the unfused path
         measured 6-25% faster, benchmarks/bench_architectures.py)."""
         channels, spatial = x1.shape[1], tuple(x1.shape[2:])
-        if x1.ndim != 4 or self.strides == (1, 1):
+        if self.input_state_shape(tuple(x1.shape[1:])) is None:
             return None
         self._check_channels(channels, tuple(x1.shape[1:]))
         out_spatial = check_window_fits(self, self.filter_shape, self.strides, self.padding, spatial)

@@ -128,6 +128,11 @@ class Layer(ABC):
         layer has a cheaper way than `kernel_map(KernelState.from_inputs(...))`; else None."""
         return None
 
+    def input_state_shape(self, sample_shape: tuple[int, ...]) -> tuple[int, ...] | None:
+        """The sample shape of the state `input_state` starts from (None: it does not apply),
+        so that block sizes count the largest state actually held."""
+        return None
+
     def hyperparameter_tensors(self) -> list[torch.Tensor]:
         """The torch tensors among the constructor arguments (e.g. `W_std=torch.tensor(1.5,
         requires_grad=True)`): a kernel is differentiated when one of them requires grad."""
