@@ -42,6 +42,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_ntklab_modules.py
 	$(BIN)/python benchmarks/bench_cntk.py
 	$(BIN)/python benchmarks/bench_architectures.py
+	$(BIN)/python benchmarks/bench_busy_machine.py
+	$(BIN)/python benchmarks/bench_float32.py
 
 clean:
 	rm -rf $(VENV) .venv-floors runs .pytest_cache

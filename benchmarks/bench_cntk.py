@@ -1,7 +1,7 @@
 """CNTK-V and CNTK-GAP: ntklab against neural-tangents on the same CPU, same run.
 
-Architecture (issue 5): three [Conv(8, 3x3, SAME, W_std = sqrt 2, b_std = 0.1), ReLU]
-blocks, then Flatten (V) or GlobalAvgPool (GAP), then Dense(1); the NTK of N images
+Architecture (issue 5): three (or `:depth`) [Conv(8, 3x3, SAME, W_std = sqrt 2, b_std = 0.1),
+ReLU] blocks, then Flatten (V) or GlobalAvgPool (GAP), then Dense(1); the NTK of N images
 with themselves (x2 = None), float64 in both libraries.  Baselines:
 
   nt        neural_tangents.stax kernel_fn, jit-compiled, all N images at once
@@ -35,11 +35,11 @@ def images(n: int, size: int) -> np.ndarray:
     return np.random.default_rng(0).standard_normal((n, 3, size, size))  # NCHW
 
 
-def run_ntklab(readout: str, n: int, size: int, max_memory: int) -> dict:
+def run_ntklab(readout: str, n: int, size: int, max_memory: int, depth: int = 3) -> dict:
     import torch
     import ntklab as nk
     layers = []
-    for _ in range(3):
+    for _ in range(depth):
         layers += [nk.Conv(CHANNELS, (3, 3), None, "SAME", W_STD, B_STD), nk.Relu()]
     pool = nk.Flatten() if readout == "v" else nk.GlobalAvgPool()
     net = nk.serial(*layers, pool, nk.Dense(1, W_STD, B_STD))
@@ -50,10 +50,10 @@ def run_ntklab(readout: str, n: int, size: int, max_memory: int) -> dict:
     return {"seconds": time.perf_counter() - start, "check": float(ntk[:3, :3].sum())}
 
 
-def run_nt(readout: str, n: int, size: int, batch_size: int | None) -> dict:
+def run_nt(readout: str, n: int, size: int, batch_size: int | None, depth: int = 3) -> dict:
     from neural_tangents import stax
     layers = []
-    for _ in range(3):
+    for _ in range(depth):
         layers += [stax.Conv(CHANNELS, (3, 3), padding="SAME", W_std=W_STD, b_std=B_STD), stax.Relu()]
     pool = stax.Flatten() if readout == "v" else stax.GlobalAvgPool()
     _, _, kernel_fn = stax.serial(*layers, pool, stax.Dense(1, W_STD, B_STD))
@@ -63,7 +63,7 @@ def run_nt(readout: str, n: int, size: int, batch_size: int | None) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", nargs="+", default=DEFAULT_CASES,
-                        help="readout:image_size:N, readout v (Flatten) or gap")
+                        help="readout:image_size:N[:conv layers, default 3], readout v (Flatten) or gap")
     parser.add_argument("--cap", default="20GiB", help="address-space cap per measurement")
     parser.add_argument("--max-memory", default="2GiB", help="ntklab's max_memory")
     parser.add_argument("--batch-size", type=int, default=10, help="nt.batch batch size")
@@ -72,18 +72,19 @@ def main() -> None:
     cap = isolated.parse_bytes(args.cap)
     print(f"float64, cap {cap / 2 ** 30:.0f} GiB per run, ntklab max_memory {args.max_memory}, "
           f"nt.batch batch_size {args.batch_size}; time per kernel entry (N^2 entries)")
-    print(versus_nt.header(20))
+    print(versus_nt.header(28))
     for case in args.cases:
-        readout, size, n = case.split(":")
-        size, n = int(size), int(n)
+        readout, size, n, *depth = case.split(":")
+        size, n, depth = int(size), int(n), int(depth[0]) if depth else 3
         results = {
-            "ntklab": isolated.measure(run_ntklab, (readout, n, size, isolated.parse_bytes(args.max_memory)),
-                                       cap, args.timeout),
-            "nt": isolated.measure(run_nt, (readout, n, size, None), cap, args.timeout),
-            "nt.batch": (isolated.measure(run_nt, (readout, n, size, args.batch_size), cap, args.timeout)
+            "ntklab": isolated.measure(run_ntklab, (readout, n, size, isolated.parse_bytes(args.max_memory),
+                                                    depth), cap, args.timeout),
+            "nt": isolated.measure(run_nt, (readout, n, size, None, depth), cap, args.timeout),
+            "nt.batch": (isolated.measure(run_nt, (readout, n, size, args.batch_size, depth), cap, args.timeout)
                          if n % args.batch_size == 0 else versus_nt.skipped("N % batch")),
         }
-        print(versus_nt.row(f"CNTK-{readout.upper()} {size}x{size} N={n}", 20, results, n), flush=True)
+        label = f"CNTK-{readout.upper()} L={depth} {size}x{size} N={n}"
+        print(versus_nt.row(label, 28, results, n), flush=True)
 
 
 if __name__ == "__main__":
