@@ -1,0 +1,41 @@
+"""The CUDA path: kernels, empirical NTKs and training on a GPU equal their CPU values.
+Skipped without a GPU (`pytest -m cuda` on a GPU machine)."""
+import pytest
+import torch
+
+import ntklab as nk
+
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+GEN = torch.Generator().manual_seed(0)
+
+
+def residual_cnn():
+    block = nk.serial(nk.FanOut(2), nk.parallel(nk.serial(nk.Relu(), nk.Conv(8, padding="SAME")),
+                                                nk.Identity()), nk.FanInSum())
+    return nk.serial(nk.Conv(8, strides=(2, 2), padding="SAME"), block, nk.AvgPool((2, 2), strides=(2, 2)),
+                     nk.Relu(), nk.GlobalAvgPool(), nk.Dense(1))
+
+
+@pytest.mark.parametrize("net, x", [
+    (nk.mlp(3, 512, W_std=1.5, b_std=0.05), torch.randn(40, 6, generator=GEN, dtype=torch.float64)),
+    (residual_cnn(), torch.randn(6, 3, 8, 8, generator=GEN, dtype=torch.float64)),
+    (nk.serial(nk.Dense(8), nk.GlobalSelfAttention(8, 8, 8, 2), nk.LayerNorm(), nk.Relu(),
+               nk.GlobalAvgPool(), nk.Dense(1)), torch.randn(5, 4, 3, generator=GEN, dtype=torch.float64)),
+])
+def test_analytic_kernels_on_cuda_equal_cpu(net, x):
+    cpu = net.kernel(x)
+    gpu = net.kernel(x.cuda())
+    assert gpu.ntk.device.type == "cuda"
+    torch.testing.assert_close(gpu.ntk.cpu(), cpu.ntk, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(gpu.nngp.cpu(), cpu.nngp, rtol=1e-10, atol=1e-12)
+
+
+def test_empirical_ntk_and_the_finite_module_on_cuda():
+    net = residual_cnn()
+    x = torch.randn(4, 3, 8, 8, generator=GEN, dtype=torch.float64)
+    model = net.module((3, 8, 8), dtype=torch.float64)
+    cpu = nk.empirical_ntk(model, x)
+    gpu = nk.empirical_ntk(model.cuda(), x.cuda())
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-9, atol=1e-10)
