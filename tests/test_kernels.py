@@ -77,3 +77,17 @@ def test_mismatched_features_and_bad_layers():
 def test_architecture_strings_build_the_same_network():
     parsed = parse_architecture("Dense(64, W_std=1.3, b_std=0.2), Gelu(), Dense(64, 1.3, 0.2), Relu(), Dense(1)")
     torch.testing.assert_close(parsed.kernel(X).ntk, NET.kernel(X).ntk, rtol=0, atol=0)
+
+
+def test_worker_threads_give_the_sequential_kernel():
+    """The default shares blocks among threads (torch single-threaded in each); the result is
+    the blocks-in-turn kernel, for vectors and for an all-pixel-pairs CNN."""
+    cnn = nk.serial(nk.Conv(4, padding="SAME"), nk.Relu(), nk.GlobalAvgPool(), nk.Dense(1))
+    images = torch.randn(9, 2, 5, 5, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    threads = torch.get_num_threads()
+    for net, x in ((NET, X), (cnn, images)):
+        sequential = net.kernel(x, workers=1, block_size=4)
+        shared = net.kernel(x, workers=3, block_size=4)
+        assert torch.get_num_threads() == threads      # restored after the workers
+        torch.testing.assert_close(shared.ntk, sequential.ntk, rtol=0, atol=0)
+        torch.testing.assert_close(net.kernel(x).nngp, sequential.nngp, rtol=1e-13, atol=1e-14)
