@@ -91,3 +91,15 @@ def test_worker_threads_give_the_sequential_kernel():
         assert torch.get_num_threads() == threads      # restored after the workers
         torch.testing.assert_close(shared.ntk, sequential.ntk, rtol=0, atol=0)
         torch.testing.assert_close(net.kernel(x).nngp, sequential.nngp, rtol=1e-13, atol=1e-14)
+
+
+def test_one_token_sequences_have_the_kernel_of_vectors():
+    """A network on [N, 1, C] (one token) is the vector network on [N, C]: GlobalAvgPool over
+    one token is the identity.  Covers the branch checks in the sequence layout (channels last)."""
+    def net(pool):
+        return nk.serial(nk.Dense(8, 1.3, 0.1), nk.FanOut(2), nk.parallel(nk.Dense(8), nk.Dense(4)),
+                         nk.FanInConcat(), nk.Dense(6, 1.2), nk.LayerNorm(), nk.Relu(), *pool, nk.Dense(1))
+    x = torch.randn(5, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    vectors, tokens = net([]).kernel(x), net([nk.GlobalAvgPool()]).kernel(x[:, None, :])
+    torch.testing.assert_close(tokens.ntk, vectors.ntk, rtol=1e-13, atol=1e-14)
+    torch.testing.assert_close(tokens.nngp, vectors.nngp, rtol=1e-13, atol=1e-14)

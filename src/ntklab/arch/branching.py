@@ -143,7 +143,7 @@ class _FanIn(Layer):
                              f"the same {'width and ' if same_channels else ''}spatial shape")
 
     def _check_states(self, ks: list[KernelState], same_channels: bool) -> None:
-        self._check_shapes([(k.width, *k.spatial) for k in ks], same_channels)
+        self._check_shapes([k.sample_shape for k in ks], same_channels)
         if len({k.full for k in ks}) > 1:
             raise ValueError("the branches carry different pixel-pair layouts")
 
@@ -231,8 +231,7 @@ class FanInConcat(_FanIn):
         return super().build(in_shape, generator, dtype)
 
     def kernel_map(self, ks: list[KernelState]) -> KernelState:
-        self._check_axis((ks[0].width, *ks[0].spatial) if len(ks[0].spatial) == 2 else
-                         (*ks[0].spatial, ks[0].width))
+        self._check_axis(ks[0].sample_shape)
         self._check_states(ks, same_channels=False)
         widths = [k.width for k in ks]
         total = sum(widths)

@@ -57,8 +57,7 @@ class LayerNorm(Layer):
         return LayerNormModule(channel_axis(tuple(in_shape)), self.eps), in_shape
 
     def kernel_map(self, k: KernelState) -> KernelState:
-        shape = (k.width, *k.spatial) if len(k.spatial) == 2 else (*k.spatial, k.width)
-        self._check_axis(shape)
+        self._check_axis(k.sample_shape)
         if not k.is_gaussian:
             raise ValueError(f"{self!r} needs Gaussian inputs (the output of nk.Dense, nk.Conv or "
                              f"attention); put an affine layer before it")

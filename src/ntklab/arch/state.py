@@ -83,6 +83,12 @@ class KernelState:
                    spatial=tuple(x1.shape[2:]), full=bool(full) and x1.ndim >= 3,
                    symmetric=x2 is None, is_gaussian=False)
 
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """One sample's shape in the finite network's layout: `(C, H, W)` for images,
+        `(T, C)` for token sequences, `(d,)` for vectors (C, d: the width)."""
+        return (self.width, *self.spatial) if len(self.spatial) == 2 else (*self.spatial, self.width)
+
     def clone(self) -> "KernelState":
         """An independent copy (for a branch: layers consume their input state)."""
         copy = lambda t: t.clone() if isinstance(t, torch.Tensor) else t  # noqa: E731
