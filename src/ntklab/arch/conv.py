@@ -210,11 +210,11 @@ class Conv(Affine):
         used for strided convolutions, whose input state would be stride^4 times larger than
         their output (3.5x faster on 16x16 RGB images at stride 2; at stride 1 the unfused path
         measured 6-25% faster, benchmarks/bench_architectures.py)."""
-        channels, spatial = x1.shape[1], tuple(x1.shape[2:])
-        if self.input_state_shape(tuple(x1.shape[1:])) is None:
+        shape = self.input_state_shape(tuple(x1.shape[1:]))
+        if shape is None:
             return None
+        channels, out_spatial = x1.shape[1], shape[1:]
         self._check_channels(channels, tuple(x1.shape[1:]))
-        out_spatial = check_window_fits(self, self.filter_shape, self.strides, self.padding, spatial)
 
         def patches(x: torch.Tensor) -> torch.Tensor:
             padded = pad_images(x, self.filter_shape, self.strides, self.padding)
@@ -242,8 +242,7 @@ class _Readout(Layer):
     def kernel_map(self, k: KernelState) -> KernelState:
         if not k.spatial:
             return k
-        ntk = (k.ntk if k.ntk is None or isinstance(k.ntk, float) else
-               _spatial_mean(k.ntk, k, self.needs_all_pixel_pairs))
+        ntk = k.map_ntk(lambda t: _spatial_mean(t, k, self.needs_all_pixel_pairs))
         var1, var2 = k.map_variances(lambda var: _spatial_mean(var, k, self.needs_all_pixel_pairs))
         return k.replace(nngp=_spatial_mean(k.nngp, k, self.needs_all_pixel_pairs), ntk=ntk,
                          var1=var1, var2=var2, width=self.out_width(k), spatial=(), full=False)
@@ -311,7 +310,7 @@ class GlobalAvgPool(_Readout):
         k = super().kernel_map(k)
         if self.total:  # sum = positions * mean in every copy: K scales by positions^2
             scale = float(positions) ** 2
-            ntk = None if k.ntk is None else k.ntk * scale if isinstance(k.ntk, float) else k.ntk.mul_(scale)
+            ntk = k.map_ntk(lambda t: t.mul_(scale))
             var1, var2 = k.map_variances(lambda var: var * scale)
             k = k.replace(nngp=k.nngp.mul_(scale), ntk=ntk, var1=var1, var2=var2)
         return k

@@ -63,7 +63,7 @@ class LayerNorm(Layer):
                              f"attention); put an affine layer before it")
         v1, v2 = k.pair_variances()
         scale = ((v1 + self.eps) * (v2 + self.eps)).rsqrt_()
-        ntk = k.ntk if k.ntk is None or isinstance(k.ntk, float) else k.ntk.mul_(scale)
+        ntk = k.map_ntk(lambda t: t.mul_(scale))
 
         def normalize(var: torch.Tensor) -> torch.Tensor:
             a, b = k.self_variances(var)

@@ -72,13 +72,11 @@ class _Pool(Layer):
                             self.normalize_edges)
         return module, (in_shape[0], *spatial)
 
-    def _pool(self, t: torch.Tensor, spatial: Sequence[int], pair_axes: bool) -> torch.Tensor:
-        """Pool each position index of `t` (`[..., H, W, H, W]`, or `[..., H, W]` when
-        `pair_axes` is False, i.e. one image's positions)."""
+    def _pool(self, t: torch.Tensor, spatial: Sequence[int]) -> torch.Tensor:
+        """Pool both position indices of a pixel-pair tensor `t` `[..., H, W, H, W]`."""
         n_spatial = len(spatial)
         for dim, (n, size, stride) in enumerate(zip(spatial, self.window_shape, self.strides)):
-            axes = (dim - 2 * n_spatial, dim - n_spatial) if pair_axes else (dim - n_spatial,)
-            for axis in axes:
+            for axis in (dim - 2 * n_spatial, dim - n_spatial):
                 t = window_sum(t, (axis,), size, stride, self.padding)
                 if self.kind == "sum":
                     continue
@@ -95,8 +93,8 @@ class _Pool(Layer):
             raise ValueError(f"{self!r} needs the covariance of all pixel pairs: compute the "
                              f"kernel through nk.serial(...).kernel, which tracks them")
         spatial = check_window_fits(self, self.window_shape, self.strides, self.padding, k.spatial)
-        pool = lambda t: self._pool(t, k.spatial, True)  # noqa: E731
-        ntk = k.ntk if k.ntk is None or isinstance(k.ntk, float) else pool(k.ntk)
+        pool = lambda t: self._pool(t, k.spatial)  # noqa: E731
+        ntk = k.map_ntk(pool)
         var1, var2 = k.map_variances(pool)
         return k.replace(nngp=pool(k.nngp), ntk=ntk, var1=var1, var2=var2, spatial=spatial)
 

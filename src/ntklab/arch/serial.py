@@ -76,6 +76,13 @@ def check_branching(layer: Layer, state_or_shape) -> None:
         raise ValueError("it needs branches: put nk.FanOut(n) before it")
 
 
+def check_merged(state_or_shape) -> None:
+    """The architecture's output is one representation, not the branches of a FanOut."""
+    if isinstance(state_or_shape, list):
+        raise ValueError(f"the architecture ends with {len(state_or_shape)} branches (from FanOut); "
+                         f"merge them with nk.FanInSum() or nk.FanInConcat()")
+
+
 class Container(Layer):
     """Layers made of layers (`serial`, `parallel`): requirements are the union of theirs."""
 
@@ -87,7 +94,7 @@ class Container(Layer):
             if not isinstance(layer, Layer):
                 raise ValueError(f"{self.name}() argument {i} must be an ntklab layer such as "
                                  f"nk.Dense(512) or nk.Relu(), got {layer!r}")
-            flat.extend(layer.layers if self.name == "serial" and isinstance(layer, Serial) else [layer])
+            flat.extend(layer.layers if isinstance(self, Serial) and isinstance(layer, Serial) else [layer])
         if not flat:
             raise ValueError(f"{self.name}() needs at least one layer")
         self.layers = tuple(flat)
@@ -160,9 +167,7 @@ class Serial(Container):
                              f"in_shape=({shape[2]}, {shape[0]}, {shape[1]})")
         generator = torch.Generator().manual_seed(int(seed))
         net, out_shape = self.build(shape, generator, dtype)
-        if isinstance(out_shape, list):
-            raise ValueError(f"the architecture ends with {len(out_shape)} branches (from FanOut); "
-                             f"merge them with nk.FanInSum() or nk.FanInConcat()")
+        check_merged(out_shape)
         net = SymmetricModule(net) if symmetric else net
         return net.to(torch.get_default_device() if device is None else resolve_device(device))
 
@@ -249,8 +254,10 @@ class Serial(Container):
                           "nk.kernels.compute_kernel(net, x1, x2, store='k.zarr') (or `ntklab "
                           "kernel --out k.zarr`), or ask for one kernel with get='ntk'")
         need_ntk, full = "ntk" in names, self.needs_all_pixel_pairs
-        if workers is None:  # tiles in parallel, one thread each: robust on a busy machine
-            workers = 1 if differentiable or x1.device.type != "cpu" else torch.get_num_threads()
+        if differentiable:  # autograd's saved-tensor hooks (below) hold in this thread only
+            workers = 1
+        elif workers is None:  # tiles in parallel, one thread each: robust on a busy machine
+            workers = 1 if x1.device.type != "cpu" else torch.get_num_threads()
         workers = positive_int(workers, "workers")
         if block_size is None:
             block_size = self.block_size_for(x1.shape[1:], max_memory, dtype, x1.device)
@@ -261,9 +268,7 @@ class Serial(Container):
 
         def blockwise(b1: torch.Tensor, b2: torch.Tensor | None) -> dict[str, torch.Tensor]:
             state = self.inputs_map(b1, b2, need_ntk=need_ntk, full=full)
-            if isinstance(state, list):
-                raise ValueError(f"the architecture ends with {len(state)} branches (from FanOut); "
-                                 f"merge them with nk.FanInSum() or nk.FanInConcat()")
+            check_merged(state)
             if state.spatial:
                 kind = "images" if len(state.spatial) == 2 else "token sequences"
                 raise ValueError(f"the architecture ends on {kind} of spatial shape "
@@ -274,16 +279,13 @@ class Serial(Container):
                 ntk = torch.full_like(state.nngp, ntk)
             return {"nngp": state.nngp, "ntk": ntk}
 
-        if differentiable:  # autograd through the in-place recursions: saved tensors are copied
-            context = torch.autograd.graph.saved_tensors_hooks(torch.clone, lambda t: t)
-            workers = 1
-        else:
-            context = torch.no_grad()
+        # autograd through the in-place recursions: the tensors saved for backward are copies
+        context = (torch.autograd.graph.saved_tensors_hooks(torch.clone, lambda t: t)
+                   if differentiable else torch.no_grad())
         with context:
             out = tiled_pairs(blockwise, x1, x2, names, block_size=block_size,
                               progress=progress, workers=workers)
         return out[get] if isinstance(get, str) else Kernel(nngp=out.get("nngp"), ntk=out.get("ntk"))
-
 
     def _inputs(self, x, name: str, dtype: torch.dtype, device, differentiable: bool) -> torch.Tensor:
         """Validated inputs; a tensor that requires grad keeps its graph when differentiating."""

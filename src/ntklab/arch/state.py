@@ -91,10 +91,14 @@ class KernelState:
 
     def clone(self) -> "KernelState":
         """An independent copy (for a branch: layers consume their input state)."""
-        copy = lambda t: t.clone() if isinstance(t, torch.Tensor) else t  # noqa: E731
-        var1 = copy(self.var1)
-        return self.replace(nngp=copy(self.nngp), ntk=copy(self.ntk), var1=var1,
-                            var2=var1 if self.symmetric else copy(self.var2))
+        var1, var2 = self.map_variances(torch.clone)
+        return self.replace(nngp=self.nngp.clone(), ntk=self.map_ntk(torch.clone), var1=var1,
+                            var2=var2)
+
+    def map_ntk(self, fn) -> torch.Tensor | float | None:
+        """`fn(ntk)` for a linear map of the NTK tensor; None (not requested) and the
+        identically-zero 0.0 stay as they are."""
+        return self.ntk if self.ntk is None or isinstance(self.ntk, float) else fn(self.ntk)
 
     def map_variances(self, fn) -> tuple[torch.Tensor, torch.Tensor]:
         """`(fn(var1), fn(var2))`, computed once when the block is symmetric."""
