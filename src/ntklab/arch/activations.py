@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .._validation import positive
+from .fused import fusible
 from .layer import Layer
 from .state import KernelState
 
@@ -58,10 +59,21 @@ class Activation(Layer):
             raise ValueError(f"{self!r}: the input to an activation must be Gaussian (the output "
                              f"of nk.Dense or nk.Conv); put a Dense/Conv layer before it, e.g. "
                              f"nk.serial(nk.Dense(512), {self!r}, ...)")
-        nngp, dot = self.dual(k.nngp, *k.pair_variances(), need_dot=k.ntk is not None)
-        ntk = None if k.ntk is None else dot * k.ntk if isinstance(k.ntk, float) else k.ntk.mul_(dot)
+        nngp, ntk = dual_update(self, k.nngp, *k.pair_variances(), k.ntk, fused=k.fused)
         var1, var2 = k.map_variances(lambda var: self.dual(var, *k.self_variances(var), False)[0])
         return k.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, is_gaussian=False)
+
+
+@fusible
+def dual_update(activation: Activation, cov, var1, var2, ntk):
+    """`(E[phi(u)phi(v)], E[phi'(u)phi'(v)] ntk)`: the pair part of an activation's map (fused
+    into one pass when compiled; eager, the NTK product is in place)."""
+    nngp, dot = activation.dual(cov, var1, var2, need_dot=ntk is not None)
+    if ntk is None:
+        return nngp, None
+    if isinstance(ntk, float) or torch.compiler.is_compiling():
+        return nngp, dot * ntk
+    return nngp, ntk.mul_(dot)
 
 
 def _tiny(t: torch.Tensor) -> float:
@@ -81,8 +93,8 @@ def _angle(cov, var1, var2):
     else:
         root = root.clamp_(min=0.0).sqrt_()
     theta = torch.atan2(root, cov)
-    if not (var1.all() and var2.all()):  # cheap check on the variance vectors
-        theta = theta.masked_fill((root == 0) & (cov == 0), math.pi / 2)
+    if torch.compiler.is_compiling() or not (var1.all() and var2.all()):  # eager: a cheap check
+        theta = theta.masked_fill((root == 0) & (cov == 0), math.pi / 2)    # on the variances
     return theta, root
 
 

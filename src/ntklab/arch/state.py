@@ -38,7 +38,8 @@ class KernelState:
       * `is_gaussian`: the current representation is a Gaussian process (true after an
         affine layer, false for the inputs and after a nonlinearity): the activations'
         dual formulas require it (neural-tangents' `Kernel.is_gaussian`).
-    Layers consume the state they are given (in-place updates of its tensors).
+    Layers consume the state they are given (in-place updates of its tensors).  `fused` asks
+    them to run their maps compiled (`arch.fused`): the same numbers, to rounding.
     """
     nngp: torch.Tensor
     ntk: torch.Tensor | float | None  # None: NTK not requested; 0.0: identically zero
@@ -49,6 +50,7 @@ class KernelState:
     full: bool = False
     symmetric: bool = False
     is_gaussian: bool = False
+    fused: bool = False  # run the layer maps compiled (`fused.fusible`)
 
     replace = replace
 

@@ -258,10 +258,10 @@ def open_store(path: str | Path, config: dict, dtype: torch.dtype) -> KernelStor
 # ----------------------------------------------------------------------------- tiles
 
 def compute_tile(arch, rows: torch.Tensor, cols: torch.Tensor | None, names: Sequence[str],
-                 device: str | None, max_memory) -> dict[str, np.ndarray]:
+                 device: str | None, max_memory, fused: bool = False) -> dict[str, np.ndarray]:
     """One tile: `arch.kernel(rows, cols)` as numpy arrays (runs on a worker)."""
     result = arch.kernel(rows, cols, tuple(names), dtype=rows.dtype, device=device,
-                         max_memory=max_memory, progress=False)
+                         max_memory=max_memory, progress=False, fused=fused)
     return {name: getattr(result, name).cpu().numpy() for name in names}
 
 
@@ -344,7 +344,7 @@ def compute_kernel(arch, x1, x2=None, *, store: str | Path, get: str | Sequence[
                    tile_size: int = 256, dtype: torch.dtype | None = None,
                    scheduler=None, workers: int | None = None, device: str | None = None,
                    max_memory: int | str | None = "1GiB", progress: bool | None = None,
-                   verify: bool = True) -> KernelStore:
+                   verify: bool = True, fused: bool | None = None) -> KernelStore:
     """Compute (or finish) the NNGP/NTK matrices of `arch` between `x1` and `x2`
     into the zarr store `store`, tile by tile; returns the `KernelStore`
     (`.load("ntk")` gives the matrix).  See the module docstring for resuming
@@ -352,7 +352,8 @@ def compute_kernel(arch, x1, x2=None, *, store: str | Path, get: str | Sequence[
     store is keyed by `arch.identity`: an architecture that cannot be identified
     exactly (a lambda) is computed, but never resumed.  dtype as `Serial.kernel`.
     `verify`: check every finished tile against its checksum first and compute the
-    damaged ones again (reads the store once)."""
+    damaged ones again (reads the store once).  `fused` as `Serial.kernel`, decided once for the
+    whole job (auto: fused when the whole kernel is large, though each tile is small)."""
     arch = parse_architecture(arch, argument="arch") if isinstance(arch, str) else arch
     if not isinstance(arch, Serial):
         raise ValueError(f"arch must be an nk.serial(...) architecture or a string such as "
@@ -365,6 +366,7 @@ def compute_kernel(arch, x1, x2=None, *, store: str | Path, get: str | Sequence[
         check_same_features(x1, x2)
     tile_size = positive_int(tile_size, "tile_size")
     check_scheduler(scheduler, workers)
+    fused = arch.resolve_fused(fused, x1, x2, on_cpu=device is None or str(device) == "cpu")
     config = {"format": FORMAT, "architecture": arch.identity, "get": list(names),
               "shape": [len(x1), len(x1 if x2 is None else x2)], "tile_size": tile_size,
               "dtype": str(dtype).replace("torch.", ""), "x1_sha256": _fingerprint(x1),
@@ -386,7 +388,8 @@ def compute_kernel(arch, x1, x2=None, *, store: str | Path, get: str | Sequence[
                 rows, cols = kernel_store.tiling.slices(tile)
                 same = kernel_store.tiling.on_diagonal(tile)
                 other = None if same else (x1 if x2 is None else x2)[cols]
-                yield tile, compute_tile, (arch, x1[rows], other, names, device, max_memory)
+                yield tile, compute_tile, (arch, x1[rows], other, names, device, max_memory,
+                                             fused)
 
         total = len(kernel_store.tiles())
         show = total > 1 if progress is None else progress
