@@ -8,6 +8,7 @@ cotangents.  Both are re-implemented here (from the tutorial's description) as
 baselines and run in the same benchmark run, on the same inputs and models:
 
   MLP: 100 -> 512 -> 512 -> 512 -> 10 (ReLU), inputs [N, 100]
+  MLP784: 784 -> 512 -> 512 -> 10 (ReLU), inputs [N, 784]
   CNN: the tutorial's small CNN on [N, 3, 32, 32]: three 3x3 convolutions with
        32 channels (ReLU), flatten, linear to 10 outputs
 
@@ -41,6 +42,12 @@ def mlp() -> nn.Module:
                          nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
 
 
+def mlp784() -> nn.Module:
+    """The MLP of issue 16's target: 784 -> 512 -> 512 -> 10."""
+    return nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
+                         nn.Linear(512, 10))
+
+
 class CNN(nn.Module):
     def __init__(self):
         super().__init__()
@@ -56,7 +63,7 @@ class CNN(nn.Module):
         return self.fc(x)
 
 
-MODELS = {"mlp": (mlp, (100,)), "cnn": (CNN, (3, 32, 32))}
+MODELS = {"mlp": (mlp, (100,)), "mlp784": (mlp784, (784,)), "cnn": (CNN, (3, 32, 32))}
 
 
 # ----------------------------------------------------------------- tutorial baselines
@@ -124,7 +131,7 @@ def measure(model_name, method, mode, n, cap, timeout):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256, 512])
-    parser.add_argument("--models", nargs="+", default=["mlp", "cnn"])
+    parser.add_argument("--models", nargs="+", default=["mlp", "mlp784", "cnn"])
     parser.add_argument("--modes", nargs="+", default=["trace", "full"])
     parser.add_argument("--cap", default="12GiB", help="address-space cap per measurement")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per measurement")

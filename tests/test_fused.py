@@ -6,7 +6,7 @@ import torch
 
 import ntklab as nk
 from ntklab.arch.activations import dual_update
-from ntklab.arch.fused import AUTO_MIN_ENTRIES, fusible, worth_fusing
+from ntklab.arch.fused import fusible
 
 NETWORKS = {
     "mlp": (nk.serial(nk.Dense(64, 1.5, 0.05), nk.Relu(), nk.Dense(64, 1.5, 0.05), nk.Erf(),
@@ -55,17 +55,3 @@ def test_a_compiler_failure_falls_back_to_eager_with_one_warning(monkeypatch):
         assert torch.equal(square(t, 2, fused=True), t ** 2)
     assert torch.equal(square(t, 3, fused=True), t ** 3) and len(calls) == 1  # not retried
     assert torch.equal(square(t, 2, fused=False), t ** 2)
-
-
-def test_auto_fuses_only_large_cpu_kernels_without_autograd():
-    assert worth_fusing(None, AUTO_MIN_ENTRIES, on_cpu=True, differentiable=False)
-    assert not worth_fusing(None, AUTO_MIN_ENTRIES / 2, on_cpu=True, differentiable=False)
-    assert not worth_fusing(None, AUTO_MIN_ENTRIES, on_cpu=False, differentiable=False)
-    assert worth_fusing(True, 1, on_cpu=False, differentiable=False)
-    assert not worth_fusing(True, AUTO_MIN_ENTRIES, on_cpu=True, differentiable=True)
-    # the work counted: pairs x state entries per pair x layers
-    net, shape = NETWORKS["cntk-gap"]
-    x = torch.zeros(100, 3, 32, 32)
-    entries = 100 * 101 / 2 * (32 * 32) ** 2 * len(net.layers)
-    assert net.resolve_fused(None, x, None, on_cpu=True) == (entries >= AUTO_MIN_ENTRIES)
-    assert not net.resolve_fused(None, x[:10], None, on_cpu=True)

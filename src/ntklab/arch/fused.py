@@ -1,4 +1,4 @@
-"""Fused layer maps: one compiled loop per layer map instead of a chain of eager passes.
+"""Fused activation maps: one compiled loop per activation instead of a chain of eager passes.
 
 A layer's infinite-width map is a chain of elementwise operations over the block's state
 (the ReLU dual alone is ~9 passes: product, square, subtract, clamp, sqrt, atan2, ...) and,
@@ -6,14 +6,17 @@ for a convolution, a sum of shifted views (2 copies and 4 additions for a 3x3 fi
 all-pixel-pairs state).  Eager torch runs each as a pass over memory; `torch.compile`
 (inductor: vectorized C++ with OpenMP on CPU) fuses the chain into one loop that reads the
 inputs once.  Measured on one core (float64): the ReLU dual + Dense update of a 2000 x 2000
-block 66 -> 18 ms; see `benchmarks/bench_fused.py`.
+block 66 -> 18 ms, but whole kernels gain less (their blocks are cache-sized, and a CNTK's
+time goes mostly to the convolution's shifted sums, which stay eager: compiled, they were
+slower): 1.05x for a ReLU MLP, 1.15-1.26x for CNTK-GAP on one core, none on two
+(`benchmarks/bench_fused.py`).
 
 `fusible(fn)` wraps a function of tensors and constants (numbers, strings, tuples):
 `wrapped(*args, fused=True)` runs the compiled function, `fused=False` the eager one.  The
 first call of each argument signature compiles under a lock (dynamo is not thread-safe while
 compiling; the kernel's worker threads then run the compiled code concurrently).  Compiling
-costs seconds (about 20 s per graph on a cold cache, 3 s from inductor's on-disk cache), so
-`Serial.kernel` fuses only large kernels by default (`fused=None`, see `worth_fusing`).  When
+costs seconds (about 20 s per graph on a cold cache, 3 s from inductor's on-disk cache) and,
+on this 2-core CPU, pays too little to be the default (`Serial.kernel(fused=False)`).  When
 compilation fails (no C++ compiler, an unsupported platform) the function falls back to
 eager for the rest of the process with one warning: the numbers are the same either way
 (equal to rounding, tested).
@@ -26,22 +29,8 @@ from typing import Callable
 
 import torch
 
-# Auto mode compiles when the kernel's elementwise work (pairs x state entries per pair x layers)
-# is at least this: about 30 s of eager recursion at ~15 ns per entry and layer on one core,
-# against a few seconds of (cached) compilation.
-AUTO_MIN_ENTRIES = 2e9
 # graphs per fused function (activation kinds x block shapes x layouts; dynamo's default is 8)
 RECOMPILE_LIMIT = 64
-
-
-def worth_fusing(fused: bool | None, entries: float, on_cpu: bool, differentiable: bool) -> bool:
-    """The `fused` option of `Serial.kernel` resolved: True/False as given (False under autograd:
-    the compiled maps are not differentiated), None (auto) when the work is large, on CPU."""
-    if differentiable:
-        return False
-    if fused is not None:
-        return bool(fused)
-    return on_cpu and entries >= AUTO_MIN_ENTRIES
 
 
 def _signature(args) -> tuple:

@@ -13,7 +13,6 @@ from torch import nn
 from .._validation import (as_inputs, check_result_fits, check_same_features, input_dtype,
                            parse_memory, positive_int, resolve_device)
 from ..tiling import tiled_pairs
-from .fused import worth_fusing
 from .layer import ArchitectureError, Layer
 from .state import Kernel, KernelState
 
@@ -202,15 +201,6 @@ class Serial(Container):
         spatial = positions ** 2 if self.needs_all_pixel_pairs else positions
         return spatial * self.quadrature_points
 
-    def resolve_fused(self, fused: bool | None, x1: torch.Tensor, x2: torch.Tensor | None,
-                      on_cpu: bool, differentiable: bool = False) -> bool:
-        """The `fused` option decided for the kernel of `x1` with `x2` (`fused.worth_fusing`, on
-        the work: pairs x state entries per pair x layers)."""
-        n1 = len(x1)
-        pairs = n1 * (n1 + 1) / 2 if x2 is None else n1 * len(x2)
-        entries = pairs * self.pair_entries(x1.shape[1:]) * len(self.layers)
-        return worth_fusing(fused, entries, on_cpu, differentiable)
-
     def block_size_for(self, sample_shape: Sequence[int], max_memory, dtype: torch.dtype,
                        device: torch.device = torch.device("cpu")) -> int:
         """Rows (= columns) of a block of pairs whose layer states fit in `max_memory`
@@ -225,7 +215,7 @@ class Serial(Container):
                block_size: int | None = None, max_memory: int | str | None = "1GiB",
                dtype: torch.dtype | None = None, device: str | torch.device | None = None,
                progress: bool | None = None, workers: int | None = None,
-               fused: bool | None = None) -> Kernel | torch.Tensor:
+               fused: bool = False) -> Kernel | torch.Tensor:
         """NNGP and NTK of the infinitely wide network between the samples of `x1`
         and `x2` (`x2=None`: `x1` with itself, computed once per pair).  Samples are
         rows `[N, d]`, NCHW images `[N, C, H, W]` for convolutional architectures, or token
@@ -246,11 +236,11 @@ class Serial(Container):
         when other work shares the cores (12x slower measured), while independent blocks do
         not; `workers=1` runs the blocks in turn with torch's own threads.
 
-        `fused=True` runs each layer's map as one compiled loop (`torch.compile`, see
-        `ntklab.arch.fused`: 2-4x faster per entry on CPU, seconds of compilation per layer kind,
-        cached on disk by inductor); `False` eager torch; `None` (default) fuses on CPU when the
-        work is large (pairs x state entries x layers >= `fused.AUTO_MIN_ENTRIES`, about half a
-        minute of eager recursion).  The numbers agree to rounding (diagonals exactly).
+        `fused=True` runs each activation's map as one compiled loop (`torch.compile`, see
+        `ntklab.arch.fused`; not under autograd): measured 1.15-1.26x faster on one CPU core for
+        CNTK-GAP after seconds of compilation per activation and block shape (cached on disk by
+        inductor), no gain with all cores, so off by default.  The numbers agree to rounding
+        (2e-16 relative measured).
 
         Returns the tensor `[N1, N2]` when `get` is a name ("nngp" or "ntk", as
         neural-tangents' `kernel_fn`), else a `Kernel` with `.nngp` and `.ntk` (the one
@@ -283,7 +273,7 @@ class Serial(Container):
                 longest = max(len(x1), len(x1 if x2 is None else x2))
                 block_size = min(block_size, max(1, math.ceil(longest / 2)))
         block_size = positive_int(block_size, "block_size")
-        fused = self.resolve_fused(fused, x1, x2, x1.device.type == "cpu", differentiable)
+        fused = bool(fused) and not differentiable
 
         def blockwise(b1: torch.Tensor, b2: torch.Tensor | None) -> dict[str, torch.Tensor]:
             state = self.inputs_map(b1, b2, need_ntk=need_ntk, full=full, fused=fused)

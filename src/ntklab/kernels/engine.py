@@ -344,7 +344,7 @@ def compute_kernel(arch, x1, x2=None, *, store: str | Path, get: str | Sequence[
                    tile_size: int = 256, dtype: torch.dtype | None = None,
                    scheduler=None, workers: int | None = None, device: str | None = None,
                    max_memory: int | str | None = "1GiB", progress: bool | None = None,
-                   verify: bool = True, fused: bool | None = None) -> KernelStore:
+                   verify: bool = True, fused: bool = False) -> KernelStore:
     """Compute (or finish) the NNGP/NTK matrices of `arch` between `x1` and `x2`
     into the zarr store `store`, tile by tile; returns the `KernelStore`
     (`.load("ntk")` gives the matrix).  See the module docstring for resuming
@@ -352,8 +352,7 @@ def compute_kernel(arch, x1, x2=None, *, store: str | Path, get: str | Sequence[
     store is keyed by `arch.identity`: an architecture that cannot be identified
     exactly (a lambda) is computed, but never resumed.  dtype as `Serial.kernel`.
     `verify`: check every finished tile against its checksum first and compute the
-    damaged ones again (reads the store once).  `fused` as `Serial.kernel`, decided once for the
-    whole job (auto: fused when the whole kernel is large, though each tile is small)."""
+    damaged ones again (reads the store once).  `fused`: as `Serial.kernel`."""
     arch = parse_architecture(arch, argument="arch") if isinstance(arch, str) else arch
     if not isinstance(arch, Serial):
         raise ValueError(f"arch must be an nk.serial(...) architecture or a string such as "
@@ -366,7 +365,6 @@ def compute_kernel(arch, x1, x2=None, *, store: str | Path, get: str | Sequence[
         check_same_features(x1, x2)
     tile_size = positive_int(tile_size, "tile_size")
     check_scheduler(scheduler, workers)
-    fused = arch.resolve_fused(fused, x1, x2, on_cpu=device is None or str(device) == "cpu")
     config = {"format": FORMAT, "architecture": arch.identity, "get": list(names),
               "shape": [len(x1), len(x1 if x2 is None else x2)], "tile_size": tile_size,
               "dtype": str(dtype).replace("torch.", ""), "x1_sha256": _fingerprint(x1),
