@@ -4,11 +4,11 @@ by the depth-to-width ratio epsilon = L/n; Hanin & Nica 2020, "Finite depth and 
 corrections to the neural tangent kernel").
 
 Across S independent initializations of an ntklab MLP with L hidden layers of width n, the
-empirical NTK Theta(x_a, x_b) at a few inputs is a random matrix; its mean tends to the
-infinite-width NTK and its fluctuations vanish as n -> infinity at fixed L.  At large
-but finite width the leading corrections are O(L/n): the relative variance
-Var[Theta] / E[Theta]^2 grows proportionally to L/n, and so does the deviation of
-E[Theta] from the infinite-width kernel (for ReLU nets, up to L-independent constants).
+empirical NTK's diagonal Theta(x, x) is random; its mean tends to the infinite-width NTK and its
+fluctuations vanish as n -> infinity at fixed L.  At large but finite width the corrections are
+computed, not fitted, by `nk.finite_width` (the book's 1/n recursions): for the bias-free ReLU
+MLP at criticality Var Theta / (E Theta)^2 = (L/n)(11L + 7)/(3(L + 1)) -- set by L/n, with an
+L-dependent coefficient (3 at L = 1 rising to 11/3) -- and no 1/n shift of the mean.
 """
 from __future__ import annotations
 
@@ -19,31 +19,50 @@ import torch
 
 from .. import arch as nk
 from .._validation import positive_int
+from ..finite_width_theory import finite_width
 from ..kernels.monte_carlo import monte_carlo_kernel
 
 
 CRITICAL_RELU = {"W_std": math.sqrt(2.0), "b_std": 0.0}
 """`nk.mlp(depth, width, **CRITICAL_RELU)`: ReLU MLPs at criticality (biases initialized at zero)."""
+CRITICAL_TANH = {"W_std": 1.0, "b_std": 0.0, "activation": nk.Tanh()}
+"""tanh MLPs at criticality (the K* = 0 class: C_W = 1/σ'(0)² = 1, C_b = 0; `nk.criticality`)."""
+
+
+def variance_standard_error(sample: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sample variance (ddof 1) of each column and its standard error from the fourth central
+    moment, sqrt((m4 - (S-3)/(S-1) var²)/S): Θ̂ is skewed at large L/n, where the Gaussian
+    formula sqrt(2/(S-1)) var understates the error."""
+    s = len(sample)
+    centered = sample - sample.mean(0)
+    var = (centered ** 2).sum(0) / (s - 1)
+    m4 = (centered ** 4).mean(0)
+    return var, np.sqrt(np.maximum(m4 - var ** 2 * (s - 3) / (s - 1), 0.0) / s)
 
 
 def ntk_statistics(arch: nk.Serial, x: torch.Tensor, seeds: int, *, first_seed: int = 0) -> dict:
-    """Monte Carlo over `seeds` initializations of the NTK on the inputs `x`:
-      relative_variance  Var[Theta(x, x)] / E[Theta(x, x)]^2 on the diagonal, averaged
-                         over the inputs (Hanin & Nica's quantity; ~ L/n);
-      mean_deviation     |E Theta(x_a, x_b) - Theta_inf(x_a, x_b)| / sqrt(Theta_inf(x_a, x_a)
-                         Theta_inf(x_b, x_b)), averaged over all pairs (the 1/n shift of the mean);
-    with standard errors from the sample."""
+    """Monte Carlo over `seeds` initializations of the NTK's diagonal Θ̂(x, x) at the inputs `x`,
+    beside the order-1/n prediction of `nk.finite_width` (Roberts, Yaida & Hanin), each averaged
+    over the inputs:
+      relative_variance        Var Θ̂ / (E Θ̂)², with its standard error (fourth moment);
+      predicted_relative_variance  (A + 2B) / (n Θ²);
+      mean_shift               (E Θ̂ - Θ_inf) / Θ_inf, with its standard error;
+      predicted_mean_shift     Θ^{1} / (n Θ_inf)."""
     seeds = positive_int(seeds, "seeds")
     if seeds < 2:
         raise ValueError("seeds must be >= 2 to estimate a variance")
-    infinite = arch.kernel(x, get="ntk").numpy()
-    mc = monte_carlo_kernel(arch, x, n_samples=seeds, get="ntk", seed=first_seed, dtype=torch.float64)
-    mean, standard_error = mc.ntk.numpy(), mc.ntk_standard_error.numpy()
-    variance = standard_error ** 2 * seeds                                  # sample variance (ddof 1)
-    relative_variance = np.diag(variance) / np.diag(mean) ** 2
-    scale = np.sqrt(np.outer(np.diag(infinite), np.diag(infinite)))
-    deviation = np.abs(mean - infinite) / scale
-    return {"relative_variance": float(relative_variance.mean()),
-            "relative_variance_se": float(relative_variance.mean() * math.sqrt(2 / (seeds - 1))),
-            "mean_deviation": float(deviation.mean()),
-            "mean_deviation_se": float((standard_error / scale).mean())}
+    diagonals = []
+    monte_carlo_kernel(arch, x, n_samples=seeds, get="ntk", seed=first_seed, dtype=torch.float64,
+                       each=lambda s, k: diagonals.append(k["ntk"].diagonal().numpy().copy()))
+    sample = np.stack(diagonals)                                           # [seeds, inputs]
+    prediction = finite_width(arch, x)
+    infinite = prediction.ntk[-1].numpy()
+    mean = sample.mean(0)
+    var, var_se = variance_standard_error(sample)
+    n = prediction.widths[-1]
+    return {"relative_variance": float((var / mean ** 2).mean()),
+            "relative_variance_se": float((var_se / mean ** 2).mean()),
+            "predicted_relative_variance": float(prediction.ntk_relative_variance.mean()),
+            "mean_shift": float(((mean - infinite) / infinite).mean()),
+            "mean_shift_se": float((sample.std(0, ddof=1) / math.sqrt(seeds) / infinite).mean()),
+            "predicted_mean_shift": float((prediction.ntk_shift[-1].numpy() / n / infinite).mean())}
