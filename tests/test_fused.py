@@ -55,3 +55,20 @@ def test_a_compiler_failure_falls_back_to_eager_with_one_warning(monkeypatch):
         assert torch.equal(square(t, 2, fused=True), t ** 2)
     assert torch.equal(square(t, 3, fused=True), t ** 3) and len(calls) == 1  # not retried
     assert torch.equal(square(t, 2, fused=False), t ** 2)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="torch.compile needs a C++ compiler on CPU")
+def test_worker_threads_share_the_compiled_maps():
+    """Four worker threads reach the compiler together (one compiles under the lock, the others
+    wait), then run the compiled code concurrently: the same kernel as eager, one thread."""
+    net, shape = NETWORKS["cntk-gap"]
+    x = torch.randn(13, *shape[1:], generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    eager = net.kernel(x, fused=False, workers=1)
+    threaded = net.kernel(x, fused=True, workers=4, block_size=3)
+    assert not dual_update._broken
+    for g in ("nngp", "ntk"):
+        want = getattr(eager, g)
+        torch.testing.assert_close(getattr(threaded, g), want, rtol=1e-14,
+                                   atol=1e-14 * float(want.abs().max()))
