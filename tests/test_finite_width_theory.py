@@ -7,6 +7,7 @@ import torch
 
 import ntklab as nk
 from ntklab.finite_width_theory import criticality, finite_width
+from ntklab.studies.finite_width import variance_standard_error
 
 
 def unit_norm_inputs(n, d=4, seed=0):
@@ -64,12 +65,9 @@ def monte_carlo_ntk(net, x, samples, seed=1000):
 
 
 def variance_with_error(sample):
-    """Sample variance and its standard error from the fourth central moment (Θ̂ is skewed:
-    the Gaussian formula sqrt(2/(S-1)) Var would understate it)."""
-    s = len(sample)
-    centered = sample - sample.mean()
-    var, m4 = float(centered.pow(2).sum() / (s - 1)), float(centered.pow(4).mean())
-    return var, math.sqrt(max(m4 - var ** 2 * (s - 3) / (s - 1), 0.0) / s)
+    """Sample variance and its fourth-moment standard error (Θ̂ is skewed)."""
+    var, error = variance_standard_error(sample.numpy())
+    return float(var), float(error)
 
 
 def test_ntk_variance_of_a_tanh_network_agrees_with_monte_carlo_and_a_wrong_coefficient_does_not():

@@ -51,6 +51,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
+from scipy.optimize import brentq
 
 from .arch.activations import Activation
 from .arch.dense import Dense
@@ -212,20 +213,18 @@ def criticality(activation: Activation) -> Criticality:
     if torch.allclose(activation.fn(2 * z), 2 * activation.fn(z), rtol=1e-12, atol=1e-12):
         c_w = 1.0 / float(_Moments(activation, torch.ones(1, dtype=torch.float64)).d2)
         return Criticality(C_W=c_w, C_b=0.0, K_star=None, universality="scale-invariant")
-    grid = torch.logspace(-3, 3, 241, dtype=torch.float64)
-    m = _Moments(activation, grid)
-    gap = (m.d2 - m.s2_dk).numpy()
-    for i in np.flatnonzero(np.sign(gap[:-1]) * np.sign(gap[1:]) < 0):
-        low, high = float(grid[i]), float(grid[i + 1])
-        for _ in range(80):  # bisection on the bracketing interval (log scale)
-            mid = (low * high) ** 0.5
-            mm = _Moments(activation, torch.tensor([mid], dtype=torch.float64))
-            if np.sign(float(mm.d2 - mm.s2_dk)) == np.sign(gap[i]):
-                low = mid
-            else:
-                high = mid
-        k_star = (low * high) ** 0.5
-        mm = _Moments(activation, torch.tensor([k_star], dtype=torch.float64))
+    def moments(k) -> _Moments:
+        return _Moments(activation, torch.as_tensor(k, dtype=torch.float64).reshape(-1))
+
+    def gap(k):  # χ_⊥ - χ_∥ at C_W = 1: zero at a fixed point with both equal to one
+        m = moments(k)
+        return (m.d2 - m.s2_dk).numpy()
+
+    grid = np.logspace(-3, 3, 241)
+    signs = np.sign(gap(grid))
+    for i in np.flatnonzero(signs[:-1] * signs[1:] < 0):
+        k_star = brentq(lambda k: float(gap(k)[0]), grid[i], grid[i + 1], xtol=1e-14, rtol=1e-14)
+        mm = moments(k_star)
         c_w = 1.0 / float(mm.d2)
         c_b = k_star - c_w * float(mm.s2)
         if c_b >= -1e-12:

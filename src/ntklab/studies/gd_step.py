@@ -39,10 +39,10 @@ def one_step_remainder(model: nn.Module, x_train: torch.Tensor, y_train: torch.T
     remainders, relative = [], []
     for rate in rates:
         stepped = copy.deepcopy(model)
+        trained = [p for p in stepped.parameters() if p.requires_grad]
         loss = ((stepped(x_train) - y_train) ** 2).sum() / (2 * y_train.numel())
-        grads = torch.autograd.grad(loss, [p for p in stepped.parameters() if p.requires_grad])
         with torch.no_grad():
-            for p, g in zip((p for p in stepped.parameters() if p.requires_grad), grads):
+            for p, g in zip(trained, torch.autograd.grad(loss, trained)):
                 p.sub_(rate * g)
             change = stepped(x_test) - f_test
         remainder = (change - rate * direction).abs().max().item()
