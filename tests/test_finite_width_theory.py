@@ -24,10 +24,40 @@ def test_relu_at_criticality_matches_the_closed_forms(depth, width):
     expected = depth / width * (11 * depth + 7) / (3 * (depth + 1))
     torch.testing.assert_close(stats.ntk_relative_variance, torch.full((3,), expected, dtype=torch.float64),
                                rtol=1e-12, atol=0)
+    each = torch.arange(3)
+    four_point = stats.four_point[:, each, each, each, each]
+    nngp, ntk = stats.nngp[:, each, each], stats.ntk[:, each, each]
     layers = torch.arange(depth + 1, dtype=torch.float64)[:, None].expand(-1, 3)
-    torch.testing.assert_close(stats.four_point / stats.nngp ** 2, 5 * layers, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(stats.ntk[-1], torch.full((3,), 2.0 * (depth + 1), dtype=torch.float64))
-    assert stats.nngp_shift.abs().max() < 1e-11 and stats.ntk_shift.abs().max() < 1e-10
+    torch.testing.assert_close(four_point / nngp ** 2, 5 * layers, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ntk[-1], torch.full((3,), 2.0 * (depth + 1), dtype=torch.float64))
+    assert stats.nngp_shift[:, each, each].abs().max() < 1e-11
+    assert stats.ntk_shift[:, each, each].abs().max() < 1e-10
+
+
+def test_joint_statistics_restrict_to_each_input_alone_and_keep_their_symmetries():
+    """The tensors over sample indices: the entries of one input equal that input's own
+    (one-dimensional) statistics, V, A, B and the NTK covariance are symmetric under swapping
+    the two pairs and within a pair, and D, F vanish at the first layer."""
+    net = nk.mlp(3, 48, W_std=1.3, b_std=0.2, activation=nk.Tanh())
+    x = unit_norm_inputs(3)
+    joint = finite_width(net, x)
+    for i in range(3):
+        alone = finite_width(net, x[i])
+        for name in ("nngp", "nngp_shift", "ntk", "ntk_shift"):
+            torch.testing.assert_close(getattr(joint, name)[:, i, i], getattr(alone, name)[:, 0, 0],
+                                       rtol=1e-10, atol=1e-12)
+        for name in ("four_point", "ntk_A", "ntk_B", "ntk_D", "ntk_F"):
+            torch.testing.assert_close(getattr(joint, name)[:, i, i, i, i],
+                                       getattr(alone, name)[:, 0, 0, 0, 0], rtol=1e-10, atol=1e-12)
+    for tensor in (joint.four_point, joint.ntk_A, joint.ntk_B):
+        torch.testing.assert_close(tensor, tensor.permute(0, 3, 4, 1, 2), rtol=1e-12, atol=1e-14)
+    for tensor in (joint.four_point, joint.ntk_A):
+        torch.testing.assert_close(tensor, tensor.permute(0, 2, 1, 3, 4), rtol=1e-12, atol=1e-14)
+    cov = joint.ntk_covariance
+    torch.testing.assert_close(cov, cov.permute(2, 3, 0, 1), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(cov, cov.permute(1, 0, 2, 3), rtol=1e-12, atol=1e-14)
+    assert (joint.ntk_D[0] == 0).all() and (joint.ntk_F[0] == 0).all()
+    assert joint.ntk_B[1].abs().min() > 0        # the second layer already fluctuates
 
 
 def test_criticality_of_the_universality_classes():
@@ -53,6 +83,8 @@ def test_bad_networks_are_refused():
         finite_width(nk.mlp(2, 8, parameterization="standard"), x)
     with pytest.raises(ValueError, match="Dense readout"):
         finite_width(nk.serial(nk.Dense(8), nk.Relu()), x)
+    with pytest.raises(ValueError, match="singular"):   # parallel inputs, no bias
+        finite_width(nk.mlp(2, 8, b_std=0.0), torch.stack([x[0], 2 * x[0]]))
 
 
 def monte_carlo_ntk(net, x, samples, seed=1000):
@@ -125,3 +157,39 @@ def test_the_prediction_error_shrinks_as_one_over_n_squared():
     ratio = gap_small / gap_large
     ratio_error = ratio * math.hypot(err_small / gap_small, err_large / gap_large)
     assert abs(ratio - 4) < 3 * ratio_error and ratio > 2   # 1/n, not 1/sqrt(n) or constant
+
+
+def monte_carlo_ntk_matrices(net, x, samples, seed):
+    """Per-initialization Θ̂(x_a, x_b) [samples, N, N] of the network's single output."""
+    thetas = []
+    nk.monte_carlo_kernel(net, x, n_samples=samples, seed=seed, progress=False, get="ntk",
+                          each=lambda s, k: thetas.append(k["ntk"].clone()))
+    return torch.stack(thetas)
+
+
+ENTRIES = [(0, 0, 0, 0), (0, 1, 0, 1), (0, 0, 1, 1), (0, 0, 0, 1), (0, 1, 0, 2), (0, 1, 2, 3),
+           (1, 2, 2, 3), (0, 0, 2, 3)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("depth, width, samples", [(1, 16, 4000), (2, 64, 6000)], ids=["L1", "L2"])
+def test_ntk_covariance_over_four_inputs_agrees_with_monte_carlo(depth, width, samples):
+    """Cov[Θ̂(x_a, x_b), Θ̂(x_c, x_d)] over four inputs, every pattern of sample indices (one, two,
+    three and four distinct inputs). One hidden layer is exact at any width (sums of n i.i.d.
+    units); two test the propagation of V, A, B, D and F. Negative control: pairing B's sample
+    indices as A's, (A_(ab)(cd) + B_(ab)(cd) + B_(ab)(dc)) / n, is rejected."""
+    net = nk.mlp(depth, width, W_std=1.5, b_std=0.1, activation=nk.Tanh())
+    x = unit_norm_inputs(4, d=5)
+    stats = finite_width(net, x)
+    thetas = monte_carlo_ntk_matrices(net, x, samples, seed=11)
+    centered = thetas - thetas.mean(0)
+    a, b = stats.ntk_A[-1], stats.ntk_B[-1]
+    wrong = (a + b + b.permute(0, 1, 3, 2)) / width
+    z_wrong = []
+    for i, j, k, l in ENTRIES:
+        product = centered[:, i, j] * centered[:, k, l]
+        estimate = float(product.mean()) * samples / (samples - 1)
+        error = float(product.std()) / math.sqrt(samples)
+        assert abs(estimate - float(stats.ntk_covariance[i, j, k, l])) < 4 * error, (i, j, k, l)
+        z_wrong.append(abs(estimate - float(wrong[i, j, k, l])) / error)
+    assert max(z_wrong) > 10

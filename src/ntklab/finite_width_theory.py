@@ -2,51 +2,62 @@
 
 Roberts, Yaida & Hanin (2022), *The Principles of Deep Learning Theory* (PDLT): a network of
 width n is its infinite-width kernel plus O(1/n) corrections that grow with depth (ε = L/n).
-This module computes those corrections for one input x (the book's degenerate, single-input
-limit, ch. 4-5 and 8-9), for an `nk.serial` MLP of Dense layers (NTK parameterization) and any
-activation with a torch function.
+This module computes those corrections for a set of inputs x_1..x_N (the book's tensors over
+sample indices, ch. 4, 8 and 9), for an `nk.serial` MLP of Dense layers (NTK parameterization)
+and any activation with a torch function.
 
-Notation (layer ℓ = 1, ..., L+1 are the preactivations z^(ℓ), fan-in n_{ℓ-1}; W ~ N(0, C_W /
-n_{ℓ-1}), b ~ N(0, C_b) with C_W = W_std², C_b = b_std², and in the NTK parameterization the
-learning-rate scales λ_W = C_W, λ_b = C_b; ⟨f⟩ = E f(z), z ~ N(0, K^(ℓ))):
+Notation (layer ℓ = 1, ..., L+1 are the preactivations z^(ℓ), fan-in m = n_{ℓ-1}; W ~ N(0, C_W/m),
+b ~ N(0, C_b), C_W = W_std², C_b = b_std², learning-rate scales λ_W = C_W, λ_b = C_b in the NTK
+parameterization; a, b, c, d are sample indices; ⟨f⟩ = E f(z), z ~ N(0, K^(ℓ)) jointly over
+the samples; P_ab = σ(z_a)σ(z_b), Q_ab = σ'(z_a)σ'(z_b); i, j are neuron indices):
 
-    mean metric       K^(ℓ+1) = C_b + C_W ⟨σ²⟩                                   (PDLT 4.118)
-    NTK mean          Θ^(ℓ+1) = λ_b + λ_W ⟨σ²⟩ + χ_⊥ Θ^(ℓ),   χ_⊥ = C_W ⟨σ'²⟩        (PDLT 8.63)
-    four-point vertex E[z_i z_j z_k z_l]_connected = (V/n)(δ_ij δ_kl + δ_ik δ_jl + δ_il δ_jk)
-                      V^(ℓ+1) = C_W² (⟨σ⁴⟩ - ⟨σ²⟩²) + r χ_∥² V^(ℓ),  χ_∥ = C_W d⟨σ²⟩/dK  (PDLT 4.90)
-    NTK fluctuations  E[ΔΘ_i1i2 ΔΘ_i3i4] = (1/n)(δ_i1i2 δ_i3i4 A + (δ_i1i3 δ_i2i4 + δ_i1i4 δ_i2i3) B),
-    NTK-preactivation E[ΔΘ_i1i2 Δ(z_i3 z_i4)] = (1/n)(δ_i1i2 δ_i3i4 D + (δ_i1i3 δ_i2i4 + δ_i1i4 δ_i2i3) F)
-                      (PDLT 8.70-8.89, single input), and the 1/n shifts of the means
-                      E z² = K + K^{1}/n, E Θ = Θ + Θ^{1}/n (PDLT 4.116, 9.?).
+    E z_ia z_jb                  = δ_ij (K_ab + K¹_ab / m)                        (PDLT 4.116)
+    E[z_ia z_jb z_kc z_ld]_conn  = (1/m)(δ_ij δ_kl V_(ab)(cd) + δ_ik δ_jl V_(ac)(bd) + δ_il δ_jk V_(ad)(bc))
+    E Θ̂_ij;ab                    = δ_ij (Θ_ab + Θ¹_ab / m)
+    E[ΔΘ̂_ij;ab ΔΘ̂_kl;cd]         = (1/m)(δ_ij δ_kl A_(ab)(cd) + δ_ik δ_jl B_(ac)(bd) + δ_il δ_jk B_(ad)(bc))
+    E[ΔΘ̂_ij;ab Δ(z_kc z_ld)]     = (1/m)(δ_ij δ_kl D_(ab)(cd) + δ_ik δ_jl F_(ac)(bd) + δ_il δ_jk F_(ad)(bc))
 
-The recursions implemented (derived in the single-input limit, where z^(ℓ+1) given layer ℓ is
-exactly Gaussian with the random variance Ĝ = C_b + (C_W/n)Σ_j σ_j², and the NTK of unit i is
-F̂ + W_i^T M W_i with F̂ = λ_b + (λ_W/n)Σ_j σ_j², M_jk = σ'_j σ'_k Θ̂_jk; r = n_ℓ / n_{ℓ-1};
-S = ⟨σ⁴⟩ - ⟨σ²⟩² + r V (d⟨σ²⟩/dK)²,  X = Θ(⟨σ²σ'²⟩ - ⟨σ²⟩⟨σ'²⟩) + r Θ V (d⟨σ²⟩/dK)(d⟨σ'²⟩/dK)
-+ r ⟨σ'²⟩ D d⟨σ²⟩/dK):
+(PDLT 4.77, 8.61-8.67 up to the labels of B and F).  The recursions implemented, r = n_ℓ / n_{ℓ-1}:
 
-    V' = C_W² S
+    K' = C_b + C_W ⟨P⟩,   Θ'_ab = λ_b + λ_W ⟨P_ab⟩ + C_W ⟨Q_ab⟩ Θ_ab            (PDLT 4.118, 8.63)
+    S_(ab)(cd) = ⟨P_ab P_cd⟩ - ⟨P_ab⟩⟨P_cd⟩ + r 𝒱[P_ab, P_cd]
+    X_(ab)(cd) = Θ_ab (⟨Q_ab P_cd⟩ - ⟨Q_ab⟩⟨P_cd⟩ + r 𝒱[Q_ab, P_cd]) + r ⟨Q_ab⟩ 𝒟_ab[P_cd]
+    Y_(ab)(cd) = Θ_ab Θ_cd (⟨Q_ab Q_cd⟩ - ⟨Q_ab⟩⟨Q_cd⟩ + r 𝒱[Q_ab, Q_cd])
+                 + r (Θ_ab ⟨Q_cd⟩ 𝒟_cd[Q_ab] + Θ_cd ⟨Q_ab⟩ 𝒟_ab[Q_cd] + ⟨Q_ab⟩⟨Q_cd⟩ A_(ab)(cd))
+    V' = C_W² S                                                                   (PDLT 4.90)
     D' = λ_W C_W S + C_W² X
-    A' = λ_W² S + 2 λ_W C_W X + C_W² [Θ² (⟨σ'⁴⟩ - ⟨σ'²⟩²) + r Θ² V (d⟨σ'²⟩/dK)² + r ⟨σ'²⟩² A
-                                      + 2 r Θ ⟨σ'²⟩ D d⟨σ'²⟩/dK]
-    B' = C_W² ⟨σ'⁴⟩ Θ² + r χ_⊥² B
-    F' = C_W² ⟨σ²σ'²⟩ Θ + r χ_∥² F
-    K^{1}' = r [χ_∥ K^{1} + (C_W/2) V d²⟨σ²⟩/dK²]
-    Θ^{1}' = r [λ_W (K^{1} d⟨σ²⟩/dK + (V/2) d²⟨σ²⟩/dK²) + C_W (⟨σ'²⟩ Θ^{1}
-               + Θ (K^{1} d⟨σ'²⟩/dK + (V/2) d²⟨σ'²⟩/dK²) + (D + 2F) d⟨σ'²⟩/dK)]
+    A' = λ_W² S + λ_W C_W (X + Xᵀ) + C_W² Y
+    B'_(ab)(cd) = C_W² (⟨σ'_a σ'_b σ'_c σ'_d⟩ Θ_ac Θ_bd + r ⟨Q_ab⟩⟨Q_cd⟩ B_(ab)(cd))
+    F'_(ab)(cd) = C_W² (⟨σ'_a σ'_c σ_b σ_d⟩ Θ_ac + r Σ_xy F_(ax)(cy) ⟨∂_x(σ'_a σ_b)⟩⟨∂_y(σ'_c σ_d)⟩)
+    K¹' = r C_W δ[P]
+    Θ¹'_ab = r (λ_W δ[P_ab] + C_W (⟨Q_ab⟩ Θ¹_ab + Θ_ab δ[Q_ab]
+                                   + ½ Σ_xy (D_(ab)(xy) + F_(ax)(by) + F_(ay)(bx)) ⟨∂_x ∂_y Q_ab⟩))
 
-with all quantities zero at layer 1 (z^(1) is exactly Gaussian and Θ^(1) deterministic).  The
-diagonal NTK of one output then has Var Θ̂ = (A + 2B)/n_L.  Checks: for the bias-free ReLU MLP at
-criticality (C_W = 2) they give V^(ℓ)/K² = 5(ℓ-1) and Var Θ̂/(EΘ̂)² = (L/n)(11L+7)/(3(L+1)), an
-independent referee's closed form; tests compare tanh and erf networks against Monte Carlo.
+with the contractions 𝒱[f, g] = ¼ Σ V_(xy)(uv) ⟨∂_x∂_y f⟩⟨∂_u∂_v g⟩, 𝒟_ab[f] = ½ Σ D_(ab)(xy) ⟨∂_x∂_y f⟩
+and the mean shift δ[f] = ½ Σ K¹_xy ⟨∂_x∂_y f⟩ + ⅛ Σ V_(xy)(uv) ⟨∂_x∂_y∂_u∂_v f⟩, and every 1/n
+quantity zero at layer 1 (z^(1) is exactly Gaussian, Θ^(1) deterministic).  Derivation: given
+layer ℓ, z^(ℓ+1) is exactly Gaussian with the random covariance Ĝ = C_b + (C_W/m) Σ_j σ_j σ_jᵀ,
+and the NTK of units i, k is δ_ik F̂ + W_iᵀ M W_k with M_jl;ab = σ'_ja σ'_lb Θ̂_jl;ab; Isserlis over
+W gives the B and F terms, the covariance of the conditional means the A, D and V terms, and a
+function of one unit's preactivations responds to a fluctuation of the covariance by Price's
+theorem, d⟨f⟩ = ½ Σ dK_xy ⟨∂_x∂_y f⟩.  For one output, Cov[Θ̂(x_a, x_b), Θ̂(x_c, x_d)] =
+(A_(ab)(cd) + B_(ac)(bd) + B_(ad)(bc)) / n_L.  Checks: with one input and ReLU at criticality
+(C_W = 2, C_b = 0), V^(ℓ)/K² = 5(ℓ-1) and Var Θ̂/(EΘ̂)² = (L/n)(11L+7)/(3(L+1)) (an independent
+referee's closed form); tests compare tanh, erf, GELU and ReLU networks against Monte Carlo.
 
-Gaussian expectations use Gauss-Legendre quadrature on [-12√K, 0] and [0, 12√K] (exact to
-rounding for activations smooth away from 0, e.g. ReLU's kink), derivatives in K the identities
-d⟨f⟩/dK = ⟨f He₂(ξ)⟩/(2K) and d²⟨f⟩/dK² = ⟨f He₄(ξ)⟩/(4K²) (ξ = z/√K), so σ need not be smooth.
-Not covered here: several inputs (the book's tensors over sample indices) and the dNTK/ddNTK.
+Gaussian expectations: nested Gauss-Legendre quadrature in the Cholesky coordinates z = Lξ, each ξ_i
+on [-c, c] (c = 12 to 8 standard deviations) split at the point where z_i = 0 (so kinks at 0, ReLU's, are exact), with derivatives by
+Stein's identity ⟨∂_x f⟩ = ⟨f u_x⟩, ⟨∂_x∂_y f⟩ = ⟨f (u_x u_y - K⁻¹_xy)⟩ and the fourth-order Hermite
+tensor, u = K⁻¹z, so σ need not be smooth.  Two-sample quantities (means, derivatives) use the grid
+of their own samples (≤ 2 dimensions, exact to rounding); four-sample moments use the grids of
+every set of four samples (16 nodes per piece: relative error ~1e-8; fewer samples: ~1e-14).  The inputs' K must be
+non-singular (distinct, non-parallel inputs).  Not covered: the dNTK and ddNTK (PDLT ch. 11).
 """
 from __future__ import annotations
 
+import functools
+import itertools
+import math
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -57,62 +68,139 @@ from .arch.activations import Activation
 from .arch.dense import Dense
 from .arch.serial import Serial
 
-HALF_LINE_NODES = 256
-CUTOFF = 12.0  # standard deviations: the Gaussian mass beyond is 4e-33
+QUADRATURE = {1: (256, 12.0), 2: (48, 10.0), 3: (24, 9.0), 4: (16, 8.0)}
+"""Per dimension: Gauss-Legendre nodes per piece and coordinate, and the cutoff in standard
+deviations (the tails of z⁴-weighted moments beyond it are below 1e-15 relative)."""
 
 
 @dataclass(frozen=True)
 class FiniteWidthStatistics:
-    """Per preactivation layer ℓ = 1..L+1 (rows) and input (columns), see the module docstring.
-    `widths[ℓ-1]` is the fan-in n_{ℓ-1} of layer ℓ (the input dimension first)."""
+    """Per preactivation layer ℓ = 1..L+1 (the first axis) over the N inputs (the sample axes),
+    see the module docstring. `widths[ℓ-1]` is the fan-in n_{ℓ-1} of layer ℓ (the input
+    dimension first), the m of that layer's 1/m terms."""
     widths: tuple[int, ...]
-    nngp: torch.Tensor          # K^(ℓ)
-    four_point: torch.Tensor    # V^(ℓ)
-    nngp_shift: torch.Tensor    # K^{1}(ℓ): E z² = K + K^{1} / n_{ℓ-1}
-    ntk: torch.Tensor           # Θ^(ℓ)
-    ntk_shift: torch.Tensor     # Θ^{1}(ℓ): E Θ̂ = Θ + Θ^{1} / n_{ℓ-1}
-    ntk_A: torch.Tensor
+    nngp: torch.Tensor          # K^(ℓ)_ab                      [L+1, N, N]
+    four_point: torch.Tensor    # V^(ℓ)_(ab)(cd)                [L+1, N, N, N, N]
+    nngp_shift: torch.Tensor    # K¹^(ℓ)_ab: E z_a z_b = K + K¹ / n_{ℓ-1}
+    ntk: torch.Tensor           # Θ^(ℓ)_ab
+    ntk_shift: torch.Tensor     # Θ¹^(ℓ)_ab: E Θ̂ = Θ + Θ¹ / n_{ℓ-1}
+    ntk_A: torch.Tensor         # [L+1, N, N, N, N] each
     ntk_B: torch.Tensor
     ntk_D: torch.Tensor
     ntk_F: torch.Tensor
 
     @property
+    def ntk_covariance(self) -> torch.Tensor:
+        """Cov[Θ̂(x_a, x_b), Θ̂(x_c, x_d)] of one output unit at order 1/n, [N, N, N, N]:
+        (A_(ab)(cd) + B_(ac)(bd) + B_(ad)(bc)) / n_L."""
+        a, b = self.ntk_A[-1], self.ntk_B[-1]
+        return (a + b.permute(0, 2, 1, 3) + b.permute(0, 2, 3, 1)) / self.widths[-1]
+
+    @property
     def ntk_variance(self) -> torch.Tensor:
-        """Var Θ̂(x, x) of one output unit at order 1/n: (A + 2B) / n_L, per input."""
-        return (self.ntk_A[-1] + 2 * self.ntk_B[-1]) / self.widths[-1]
+        """Var Θ̂(x_a, x_a) of one output unit at order 1/n, per input: (A + 2B) / n_L."""
+        n = self.nngp.shape[1]
+        return self.ntk_covariance.reshape(n * n, n * n).diagonal()[:: n + 1]
 
     @property
     def ntk_relative_variance(self) -> torch.Tensor:
-        """Var Θ̂(x, x) / Θ(x, x)², per input."""
-        return self.ntk_variance / self.ntk[-1] ** 2
+        """Var Θ̂(x_a, x_a) / Θ(x_a, x_a)², per input."""
+        return self.ntk_variance / self.ntk[-1].diagonal() ** 2
 
     def __repr__(self) -> str:
         return (f"FiniteWidthStatistics(layers={len(self.widths)}, widths={self.widths}, "
                 f"inputs={self.nngp.shape[1]})")
 
 
-class _Moments:
-    """Gaussian expectations of σ², σ⁴, σ'², σ'⁴, σ²σ'² and the K-derivatives of ⟨σ²⟩, ⟨σ'²⟩
-    for z ~ N(0, K), one K per column."""
+@functools.lru_cache
+def _legendre(count: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.polynomial.legendre.leggauss(count)
 
-    def __init__(self, activation: Activation, variance: torch.Tensor):
-        nodes, weights = np.polynomial.legendre.leggauss(HALF_LINE_NODES)
-        xi = np.concatenate([(nodes - 1) * CUTOFF / 2, (nodes + 1) * CUTOFF / 2])  # [-c, 0], [0, c]
-        w = np.concatenate([weights, weights]) * CUTOFF / 2 * np.exp(-xi ** 2 / 2) / np.sqrt(2 * np.pi)
-        xi = torch.as_tensor(xi, dtype=torch.float64)[:, None]
-        w = torch.as_tensor(w, dtype=torch.float64)[:, None]
-        z = (xi * variance.sqrt()).requires_grad_(True)
-        with torch.enable_grad():
-            sigma = activation.fn(z)
-            (slope,) = torch.autograd.grad(sigma.sum(), z)
-        sigma, s2, d2 = sigma.detach(), sigma.detach() ** 2, slope ** 2
-        mean = lambda f: (w * f).sum(0)  # noqa: E731
-        he2, he4 = xi ** 2 - 1, xi ** 4 - 6 * xi ** 2 + 3
-        k = variance
-        self.s2, self.s4, self.d2, self.d4, self.s2d2 = (mean(s2), mean(s2 * s2), mean(d2),
-                                                          mean(d2 * d2), mean(s2 * d2))
-        self.s2_dk, self.d2_dk = mean(s2 * he2) / (2 * k), mean(d2 * he2) / (2 * k)
-        self.s2_dkk, self.d2_dkk = mean(s2 * he4) / (4 * k * k), mean(d2 * he4) / (4 * k * k)
+
+def _gaussian_grid(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Quadrature for z ~ N(0, cov) (module docstring): weights [Q], nodes z [Q, s],
+    u = cov⁻¹ z [Q, s] and cov⁻¹."""
+    s = len(cov)
+    chol = np.linalg.cholesky(cov)
+    count, cutoff = QUADRATURE[s]
+    nodes, weights = _legendre(count)
+    xi, w = np.zeros((1, 0)), np.ones(1)
+    for i in range(s):  # z_i = L_i,<i ξ_<i + L_ii ξ_i vanishes at one ξ_i: split there
+        kink = np.clip(-(xi @ chol[i, :i]) / chol[i, i], -cutoff, cutoff)[:, None]
+        left, right = (kink + cutoff) / 2, (cutoff - kink) / 2
+        t = np.concatenate([kink - left + left * nodes, kink + right + right * nodes], 1)
+        wt = np.concatenate([left * weights, right * weights], 1) * np.exp(-t ** 2 / 2) / math.sqrt(2 * math.pi)
+        xi = np.concatenate([np.repeat(xi, t.shape[1], 0), t.reshape(-1, 1)], 1)
+        w = (w[:, None] * wt).reshape(-1)
+    return w, xi @ chol.T, xi @ np.linalg.inv(chol), np.linalg.inv(cov)   # u = L⁻ᵀξ
+
+
+def _hermite4(u: np.ndarray, inverse: np.ndarray) -> np.ndarray:
+    """The fourth Hermite tensor of N(0, K) at u = K⁻¹z: ∂⁴ of the density over the density."""
+    out = np.einsum("qx,qy,qz,qw->qxyzw", u, u, u, u)
+    for pair, rest in (("xy", "zw"), ("xz", "yw"), ("xw", "yz"), ("yz", "xw"), ("yw", "xz"), ("zw", "xy")):
+        out -= np.einsum(f"{pair},q{rest[0]},q{rest[1]}->qxyzw", inverse, u, u)
+    for first, second in (("xy", "zw"), ("xz", "yw"), ("xw", "yz")):
+        out += np.einsum(f"{first},{second}->xyzw", inverse, inverse)[None]
+    return out
+
+
+@dataclass
+class _Moments:
+    """Gaussian expectations over z ~ N(0, K) (N samples): pp = ⟨σ_a σ_b⟩, qq = ⟨σ'_a σ'_b⟩,
+    ssss = ⟨σ_a σ_b σ_c σ_d⟩, ddss = ⟨σ'_a σ'_b σ_c σ_d⟩, dddd = ⟨σ'_a σ'_b σ'_c σ'_d⟩,
+    hp[a,b,x,y] = ⟨∂_x∂_y(σ_a σ_b)⟩, hq likewise for σ'σ', gds[a,b,x] = ⟨∂_x(σ'_a σ_b)⟩ and
+    fp, fq the fourth derivatives [a,b,x,y,u,v]."""
+    pp: np.ndarray
+    qq: np.ndarray
+    ssss: np.ndarray
+    ddss: np.ndarray
+    dddd: np.ndarray
+    hp: np.ndarray
+    hq: np.ndarray
+    gds: np.ndarray
+    fp: np.ndarray
+    fq: np.ndarray
+
+
+def _on_grid(activation: Activation, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """σ(z) and σ'(z) (autograd) at the grid nodes."""
+    z = torch.as_tensor(z).requires_grad_(True)
+    with torch.enable_grad():
+        sigma = activation.fn(z)
+        (slope,) = torch.autograd.grad(sigma.sum(), z)
+    return sigma.detach().numpy(), slope.numpy()
+
+
+def _mean(w: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Σ_q w_q left_q ⊗ right_q for arrays [Q, ...] (one matrix product)."""
+    q = len(w)
+    out = (w[:, None] * left.reshape(q, -1)).T @ right.reshape(q, -1)
+    return out.reshape(left.shape[1:] + right.shape[1:])
+
+
+def _moments(activation: Activation, k: np.ndarray) -> _Moments:
+    """Each entry from the grid of exactly its own samples (module docstring): sets of up to
+    four samples for the four-sample moments, of one or two for the rest."""
+    n = len(k)
+    out = _Moments(*(np.zeros((n,) * rank) for rank in (2, 2, 4, 4, 4, 4, 4, 3, 6, 6)))
+    for size in range(min(n, 4), 0, -1):   # smaller sets overwrite their entries, more accurately
+        for group in itertools.combinations(range(n), size):
+            w, z, u, inverse = _gaussian_grid(k[np.ix_(group, group)])
+            s, d = _on_grid(activation, z)
+            ss, dd, ds = (np.einsum("qa,qb->qab", p, q) for p, q in ((s, s), (d, d), (d, s)))
+            index = lambda rank: np.ix_(*(group,) * rank)  # noqa: E731
+            out.ssss[index(4)], out.ddss[index(4)], out.dddd[index(4)] = (
+                _mean(w, ss, ss), _mean(w, dd, ss), _mean(w, dd, dd))
+            if size > 2:
+                continue
+            second = np.einsum("qx,qy->qxy", u, u) - inverse
+            fourth = _hermite4(u, inverse)
+            out.pp[index(2)], out.qq[index(2)] = np.einsum("q,qab->ab", w, ss), np.einsum("q,qab->ab", w, dd)
+            out.hp[index(4)], out.hq[index(4)] = _mean(w, ss, second), _mean(w, dd, second)
+            out.gds[index(3)] = _mean(w, ds, u)
+            out.fp[index(6)], out.fq[index(6)] = _mean(w, ss, fourth), _mean(w, dd, fourth)
+    return out
 
 
 def _mlp_layers(net: Serial) -> list[tuple[Dense, Activation | None]]:
@@ -134,50 +222,67 @@ def _mlp_layers(net: Serial) -> list[tuple[Dense, Activation | None]]:
     return pairs
 
 
+def _outer(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    return np.einsum("ab,cd->abcd", p, q)
+
+
 def finite_width(net: Serial, x) -> FiniteWidthStatistics:
-    """The order-1/n statistics (module docstring) of the MLP `net` at each input row of `x`
-    ([N, d] or [d]), every hidden width n_ℓ taken from the net's Dense layers."""
+    """The order-1/n statistics (module docstring) of the MLP `net` jointly over the input rows
+    of `x` ([N, d] or [d]), every hidden width n_ℓ taken from the net's Dense layers.
+
+    Cost: the four-sample moments need a grid of 32^min(N,4) nodes per set of four inputs and
+    layer (N = 4: about a second per layer); pass one input at a time for per-input values."""
     x = torch.as_tensor(x, dtype=torch.float64)
     x = x[None] if x.ndim == 1 else x
     if x.ndim != 2 or x.shape[0] == 0:
         raise ValueError(f"x must be one input [d] or inputs [N, d], got shape {tuple(x.shape)}")
     pairs = _mlp_layers(net)
+    x = x.numpy()
     widths = [x.shape[1]] + [dense.out for dense, _ in pairs[:-1]]
-    zero = torch.zeros(x.shape[0], dtype=torch.float64)
-    rows = {f.name: [] for f in fields(FiniteWidthStatistics) if f.name != "widths"}
-    # layer 1: exactly Gaussian, deterministic NTK
+    n = len(x)
     first = pairs[0][0]
     cw, cb = float(first.W_std) ** 2, float(first.b_std or 0.0) ** 2
-    k = cb + cw * (x * x).sum(1) / x.shape[1]
-    theta = k.clone()  # λ = C in the NTK parameterization
-    v = k1 = theta1 = a = b = d = f = zero
+    k = cb + cw * x @ x.T / x.shape[1]
+    if np.linalg.eigvalsh(k).min() <= 1e-10 * np.abs(k).max():
+        raise ValueError("the inputs' first-layer kernel is singular: pass distinct, linearly "
+                         "independent inputs (or a net with b_std > 0)")
+    theta = k.copy()  # λ = C in the NTK parameterization
+    k1, theta1, v, a, b, d, f = np.zeros((n, n)), np.zeros((n, n)), *np.zeros((5,) + (n,) * 4)
+    rows = {field.name: [] for field in fields(FiniteWidthStatistics) if field.name != "widths"}
     for ell, ((_, act), (dense, _)) in enumerate(zip(pairs[:-1], pairs[1:]), start=1):
         for name, value in zip(rows, (k, v, k1, theta, theta1, a, b, d, f)):
             rows[name].append(value)
-        m = _Moments(act, k)
+        m = _moments(act, k)
         cw, cb = float(dense.W_std) ** 2, float(dense.b_std or 0.0) ** 2
         lw, lb = cw, cb
         r = widths[ell] / widths[ell - 1]
-        chi_par, chi_perp = cw * m.s2_dk, cw * m.d2
-        s = m.s4 - m.s2 ** 2 + r * v * m.s2_dk ** 2
-        cross = (theta * (m.s2d2 - m.s2 * m.d2) + r * theta * v * m.s2_dk * m.d2_dk
-                 + r * m.d2 * d * m.s2_dk)
-        a_next = (lw ** 2 * s + 2 * lw * cw * cross
-                  + cw ** 2 * (theta ** 2 * (m.d4 - m.d2 ** 2) + r * theta ** 2 * v * m.d2_dk ** 2
-                               + r * m.d2 ** 2 * a + 2 * r * theta * m.d2 * d * m.d2_dk))
-        d_next = lw * cw * s + cw ** 2 * cross
-        b_next = cw ** 2 * m.d4 * theta ** 2 + r * chi_perp ** 2 * b
-        f_next = cw ** 2 * m.s2d2 * theta + r * chi_par ** 2 * f
-        k1_next = r * (chi_par * k1 + cw / 2 * v * m.s2_dkk)
-        theta1_next = r * (lw * (k1 * m.s2_dk + v / 2 * m.s2_dkk)
-                           + cw * (m.d2 * theta1 + theta * (k1 * m.d2_dk + v / 2 * m.d2_dkk)
-                                   + (d + 2 * f) * m.d2_dk))
-        v = cw ** 2 * s
-        k, theta = cb + cw * m.s2, lb + lw * m.s2 + chi_perp * theta
-        a, b, d, f, k1, theta1 = a_next, b_next, d_next, f_next, k1_next, theta1_next
+        with_v = lambda hf, hg: np.einsum("abxy,xyuv,cduv->abcd", hf, v, hg, optimize=True) / 4  # noqa: E731
+        d_of_p = np.einsum("abxy,cdxy->abcd", d, m.hp) / 2       # 𝒟_ab[P_cd]
+        d_of_q = np.einsum("abxy,cdxy->abcd", d, m.hq) / 2       # 𝒟_ab[Q_cd]
+        s = m.ssss - _outer(m.pp, m.pp) + r * with_v(m.hp, m.hp)
+        cross = (theta[:, :, None, None] * (m.ddss - _outer(m.qq, m.pp) + r * with_v(m.hq, m.hp))
+                 + r * m.qq[:, :, None, None] * d_of_p)
+        tangent = (_outer(theta, theta) * (m.dddd - _outer(m.qq, m.qq) + r * with_v(m.hq, m.hq))
+                   + r * (_outer(theta, m.qq) * d_of_q.transpose(2, 3, 0, 1)
+                          + _outer(m.qq, theta) * d_of_q + _outer(m.qq, m.qq) * a))
+        b_next = cw ** 2 * (m.dddd * np.einsum("ac,bd->abcd", theta, theta) + r * _outer(m.qq, m.qq) * b)
+        f_next = cw ** 2 * (np.einsum("acbd,ac->abcd", m.ddss, theta)
+                            + r * np.einsum("axcy,abx,cdy->abcd", f, m.gds, m.gds, optimize=True))
+        shift_p = (np.einsum("xy,abxy->ab", k1, m.hp) / 2
+                   + np.einsum("xyuv,abxyuv->ab", v, m.fp, optimize=True) / 8)
+        shift_q = (np.einsum("xy,abxy->ab", k1, m.hq) / 2
+                   + np.einsum("xyuv,abxyuv->ab", v, m.fq, optimize=True) / 8)
+        response = d + np.einsum("axby->abxy", f) + np.einsum("aybx->abxy", f)
+        theta1 = r * (lw * shift_p + cw * (m.qq * theta1 + theta * shift_q
+                                           + np.einsum("abxy,abxy->ab", response, m.hq) / 2))
+        k1 = r * cw * shift_p
+        a = lw ** 2 * s + lw * cw * (cross + cross.transpose(2, 3, 0, 1)) + cw ** 2 * tangent
+        d = lw * cw * s + cw ** 2 * cross
+        v, b, f = cw ** 2 * s, b_next, f_next
+        k, theta = cb + cw * m.pp, lb + lw * m.pp + cw * m.qq * theta
     for name, value in zip(rows, (k, v, k1, theta, theta1, a, b, d, f)):
         rows[name].append(value)
-    return FiniteWidthStatistics(widths=tuple(widths), **{name: torch.stack(values)
+    return FiniteWidthStatistics(widths=tuple(widths), **{name: torch.as_tensor(np.stack(values))
                                                           for name, values in rows.items()})
 
 
@@ -199,6 +304,12 @@ class Criticality:
         return self.C_b ** 0.5
 
 
+def _single_input(activation: Activation, k: float) -> tuple[float, float, float]:
+    """(⟨σ²⟩, ⟨σ'²⟩, d⟨σ²⟩/dK) for z ~ N(0, k)."""
+    m = _moments(activation, np.array([[float(k)]]))
+    return float(m.pp[0, 0]), float(m.qq[0, 0]), float(m.hp[0, 0, 0, 0]) / 2
+
+
 def criticality(activation: Activation) -> Criticality:
     """The critical (C_W, C_b) of `activation` (PDLT §5.2-5.3):
       * scale-invariant σ (ReLU, leaky ReLU, |x|, linear: σ(λz) = λσ(z)): C_b = 0,
@@ -211,22 +322,19 @@ def criticality(activation: Activation) -> Criticality:
         raise ValueError(f"activation must be an ntklab activation such as nk.Tanh(), got {activation!r}")
     z = torch.linspace(-4, 4, 81, dtype=torch.float64)
     if torch.allclose(activation.fn(2 * z), 2 * activation.fn(z), rtol=1e-12, atol=1e-12):
-        c_w = 1.0 / float(_Moments(activation, torch.ones(1, dtype=torch.float64)).d2)
+        c_w = 1.0 / _single_input(activation, 1.0)[1]
         return Criticality(C_W=c_w, C_b=0.0, K_star=None, universality="scale-invariant")
-    def moments(k) -> _Moments:
-        return _Moments(activation, torch.as_tensor(k, dtype=torch.float64).reshape(-1))
-
     def gap(k):  # χ_⊥ - χ_∥ at C_W = 1: zero at a fixed point with both equal to one
-        m = moments(k)
-        return (m.d2 - m.s2_dk).numpy()
+        _, slope2, derivative = _single_input(activation, k)
+        return slope2 - derivative
 
     grid = np.logspace(-3, 3, 241)
-    signs = np.sign(gap(grid))
+    signs = np.sign([gap(k) for k in grid])
     for i in np.flatnonzero(signs[:-1] * signs[1:] < 0):
-        k_star = brentq(lambda k: float(gap(k)[0]), grid[i], grid[i + 1], xtol=1e-14, rtol=1e-14)
-        mm = moments(k_star)
-        c_w = 1.0 / float(mm.d2)
-        c_b = k_star - c_w * float(mm.s2)
+        k_star = brentq(gap, grid[i], grid[i + 1], xtol=1e-14, rtol=1e-14)
+        mean2, slope2, _ = _single_input(activation, k_star)
+        c_w = 1.0 / slope2
+        c_b = k_star - c_w * mean2
         if c_b >= -1e-12:
             return Criticality(C_W=c_w, C_b=max(c_b, 0.0), K_star=k_star, universality="K*>0")
     zero = torch.zeros(1, dtype=torch.float64, requires_grad=True)

@@ -17,7 +17,6 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import arch as nk
-from ..finite_width_theory import finite_width
 from ..report import RunFolder, markdown_table
 from ..studies import finite_width as F
 from . import register
@@ -122,8 +121,8 @@ def _figure(folder: RunFolder, rows: list[dict], x: torch.Tensor, cfg: Config) -
                          yerr=[r["relative_variance_se"] for r in chosen], marker="o", capsize=3,
                          ls="none", color=f"C{i}", label=f"L = {depth} Monte Carlo")
             widths = np.geomspace(min(cfg.widths), max(cfg.widths), 30).round().astype(int)
-            predicted = [float(finite_width(nk.mlp(depth, int(n), **FAMILIES[family]), x)
-                               .ntk_relative_variance.mean()) for n in widths]
+            predicted = [float(F.predicted_diagonal(nk.mlp(depth, int(n), **FAMILIES[family]), x)[1].mean())
+                         for n in widths]
             top.plot(depth / widths, predicted, color=f"C{i}", lw=1, label=f"L = {depth} predicted")
             bottom.plot(ratio, [r["z_variance"] for r in chosen], "o", color=f"C{i}")
             bottom.plot(ratio, [r["z_mean_shift"] for r in chosen], "x", color=f"C{i}")

@@ -1,13 +1,21 @@
-"""`ntklab run nearly-kernel` -- Roberts, Yaida & Hanin ch. 11: a quadratic model trained by GD
-(from W = 0, step eta = 1/lambda_max(k~), to convergence) against its kernel prediction (error
-O(eps)) and its nearly-kernel prediction for the same algorithm (error O(eps^2)), on a log grid
-of eps; fitted log-log slopes (theory 1 and 2); the gap between the GD and direct-optimization
-nearly-kernel predictions (O(eps): the prediction depends on the algorithm); and the optimal
-amount of feature learning of the slides,
-    eps* = - sum (z^F - y) z^I / sum [(z^I)^2 + (z^F - y) z^II]
-(z^F the kernel prediction, z^I the O(eps) coefficient of the GD nearly-kernel prediction,
-z^II the O(eps^2) coefficient, estimated from the trained models at the smallest eps), compared
-with a grid search of the trained models' test loss over signed eps.
+"""`ntklab run nearly-kernel` -- Roberts, Yaida & Hanin ch. 11: a quadratic model against its
+kernel prediction (error O(eps)) and its nearly-kernel predictions (error O(eps^2)), each against
+the solution it describes, on a log grid of eps:
+  * GD with step eta = 1/lambda_max(k~) from W = 0, trained to convergence -> the GD projectors;
+  * gradient flow (GD as eta -> 0, integrated by LSODA)                     -> the ODE projectors;
+  * direct optimization, dL/dW = 0 solved exactly with W* in the span of the training features
+    (the linear model's solution, Newton's limit from W = 0)              -> Z_A = 0, Z_B = vv/2;
+  * the interpolant with W* in the span of phi# = (phi + phi^E(W*))/2      -> the slides'
+    compressed trained-kernel prediction k#_bA (k#_AA)^-1 y.
+Direct optimization does not fix W* when F > N (every interpolant is stationary); the last two
+are different interpolants, and their predictions differ at O(eps) (measured).
+
+Optimal feature learning: the test loss L(eps) = 1/2 sum (z(eps) - y)^2 with
+z = z^F + eps z^I + eps^2 z^II + O(eps^3) is stationary to first order at
+    eps* = - sum (z^F - y) z^I / sum [(z^I)^2 + 2 (z^F - y) z^II]
+(the slides print the z^II term without the 2; both are reported). It is checked on a task where
+the optimum is known and inside the verified range: test labels from the GD-trained model at
+eps_teacher; z^I from the GD formula, z^II from trained models at +-h (central difference).
 """
 from __future__ import annotations
 
@@ -36,13 +44,27 @@ class Config:
     n_test: int = 100
     steps: int = 6000
     eps_log: tuple = (0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128)
+    eps_teacher: float = 0.05
+    difference_step: float = 0.01
     eps_search: int = 25
     seed_model: int = 2
 
     @classmethod
     def quick(cls) -> "Config":
         """Small settings for tests and previews (seconds)."""
-        return cls(n_test=40, steps=4000, eps_log=(0.005, 0.01, 0.02, 0.04), eps_search=9)
+        return cls(n_test=40, steps=3000, eps_log=(0.01, 0.02, 0.04), eps_teacher=0.03, eps_search=5)
+
+
+# (column, solution, prediction, expected slope) of the error table
+COMPARISONS = (
+    ("kernel_error", "GD", "kernel", 1),
+    ("nearly_kernel_error", "GD", "nearly-kernel, GD projectors", 2),
+    ("ode_error", "gradient flow", "nearly-kernel, ODE projectors", 2),
+    ("direct_error", "direct (span of phi)", "nearly-kernel, direct projectors", 2),
+    ("compressed_error", "interpolant in the span of phi#", "k#_bA (k#_AA)^-1 y", 2),
+    ("gd_minus_direct", "GD", "nearly-kernel, direct projectors", 1),
+    ("compressed_minus_direct", "direct (span of phi)", "k#_bA (k#_AA)^-1 y", 1),
+)
 
 
 def _task(cfg: Config, seed: int):
@@ -60,108 +82,146 @@ def _trained(cfg, eps, x, y, x_test):
     return model, eta, model.output(W, x_test), residual
 
 
-@register("nearly-kernel", "Roberts-Yaida-Hanin: quadratic models vs kernel (O(eps)) and nearly-kernel (O(eps^2)) predictions, eps*")
+def _errors(cfg, eps, x, y, x_test) -> dict:
+    """Every comparison of COMPARISONS at one eps: max |difference| / max |z_GD| on the test set."""
+    model, eta, z_gd, residual = _trained(cfg, eps, x, y, x_test)
+    gd = Q.nearly_kernel_prediction(model, x, y, x_test, algorithm="gd", learning_rate=eta)
+    direct = Q.nearly_kernel_prediction(model, x, y, x_test, algorithm="direct")
+    ode = Q.nearly_kernel_prediction(model, x, y, x_test, algorithm="ode")
+    z_direct = model.output(Q.interpolant(model, x, y, span="initial"), x_test)
+    z_sharp = model.output(Q.interpolant(model, x, y, span="sharp"), x_test)
+    z_flow = model.output(Q.gradient_flow(model, x, y), x_test)
+    pairs = {"kernel_error": (z_gd, gd["kernel"]), "nearly_kernel_error": (z_gd, gd["nearly_kernel"]),
+             "ode_error": (z_flow, ode["nearly_kernel"]), "direct_error": (z_direct, direct["nearly_kernel"]),
+             "compressed_error": (z_sharp, direct["trained_kernel"]),
+             "gd_minus_direct": (z_gd, direct["nearly_kernel"]),
+             "compressed_minus_direct": (z_direct, direct["trained_kernel"])}
+    scale = float(z_gd.abs().max())
+    return {"eps": eps, "train_residual": residual,
+            **{name: float((a - b).abs().max()) / scale for name, (a, b) in pairs.items()}}
+
+
+def optimal_eps(residual: np.ndarray, first: np.ndarray, second: np.ndarray) -> dict:
+    """eps* of L(eps) = 1/2 sum (r + eps z^I + eps^2 z^II)^2, r = z^F - y:
+    "first_order": the root of dL/deps truncated at O(eps), -Σ r z^I / Σ [(z^I)² + 2 r z^II];
+    "slides": the same with r z^II (the slides' printed formula);
+    "polynomial": the minimizer of the quartic polynomial itself (the real root of its cubic
+    derivative with the lowest loss)."""
+    r, a, b = residual.ravel(), first.ravel(), second.ravel()
+    numerator = -(r * a).sum()
+    derivative = [2 * (b * b).sum(), 3 * (a * b).sum(), (a * a).sum() + 2 * (r * b).sum(), (r * a).sum()]
+    roots = [float(root.real) for root in np.roots(derivative) if abs(root.imag) < 1e-12]
+    loss = lambda e: 0.5 * float(((r + e * a + e * e * b) ** 2).sum())  # noqa: E731
+    return {"first_order": float(numerator / ((a * a).sum() + 2 * (r * b).sum())),
+            "slides": float(numerator / ((a * a).sum() + (r * b).sum())),
+            "polynomial": min(roots, key=loss)}
+
+
+@register("nearly-kernel", "Roberts-Yaida-Hanin: quadratic models vs kernel (O(eps)) and nearly-kernel (O(eps^2)) predictions for GD, gradient flow and direct optimization; eps*")
 def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device) -> dict:
     cfg = Config.quick() if quick else Config()
-    x, y, x_test, y_test = _task(cfg, seed)
+    x, y, x_test, _ = _task(cfg, seed)
     started = time.perf_counter()
-    rows, smallest = [], None
-    for eps in tqdm(cfg.eps_log, desc="nearly-kernel eps grid", unit="eps"):
-        model, eta, z, residual = _trained(cfg, eps, x, y, x_test)
-        gd = Q.nearly_kernel_prediction(model, x, y, x_test, algorithm="gd", learning_rate=eta)
-        smallest = smallest or (eps, z, gd)
-        direct = Q.nearly_kernel_prediction(model, x, y, x_test, algorithm="direct")
-        ode = Q.nearly_kernel_prediction(model, x, y, x_test, algorithm="ode")
-        scale = float(z.abs().max())
-        rows.append({"eps": eps, "train_residual": residual,
-                     "kernel_error": float((z - gd["kernel"]).abs().max()) / scale,
-                     "nearly_kernel_error": float((z - gd["nearly_kernel"]).abs().max()) / scale,
-                     "ode_nearly_kernel_error": float((z - ode["nearly_kernel"]).abs().max()) / scale,
-                     "gd_minus_direct": float((gd["nearly_kernel"] - direct["nearly_kernel"]).abs().max()) / scale,
-                     "trained_kernel_minus_direct": float((direct["trained_kernel"] - direct["nearly_kernel"]).abs().max()) / scale})
+    rows = [_errors(cfg, eps, x, y, x_test) for eps in tqdm(cfg.eps_log, desc="nearly-kernel eps grid", unit="eps")]
     eps = np.array(cfg.eps_log)
-    slope_kernel = power_law(eps, np.array([r["kernel_error"] for r in rows]))[0]
-    slope_nearly = power_law(eps, np.array([r["nearly_kernel_error"] for r in rows]))[0]
-    slope_direct = power_law(eps, np.array([r["gd_minus_direct"] for r in rows]))[0]
+    slopes = {name: power_law(eps, np.array([r[name] for r in rows]))[0] for name, *_ in COMPARISONS}
 
-    # eps*: z^F, z^I from the formulas (mu is proportional to eps), z^II from the smallest-eps models
-    small, z_small, gd = smallest
-    z_f = gd["kernel"]
-    z_i = (gd["nearly_kernel"] - z_f) / small
-    z_ii = (z_small - gd["nearly_kernel"]) / small ** 2
-    residual_f = z_f - y_test
-    eps_star = float(-(residual_f * z_i).sum() / (z_i.square() + residual_f * z_ii).sum())
-    reach = 2 * max(abs(eps_star), cfg.eps_log[-1] / 4)
-    search = np.linspace(-reach, reach, cfg.eps_search)
-    losses = []
-    for value in tqdm(search, desc="nearly-kernel eps search", unit="eps"):
-        losses.append(0.5 * float((_trained(cfg, float(value), x, y, x_test)[2] - y_test).square().sum()))
-    best = float(search[int(np.argmin(losses))])
+    # eps*: a task whose optimum eps_teacher is known (labels from the GD-trained model there)
+    y_test = _trained(cfg, cfg.eps_teacher, x, y, x_test)[2]
+    h = cfg.difference_step
+    model, eta, z_zero, _ = _trained(cfg, h, x, y, x_test)
+    gd = Q.nearly_kernel_prediction(model, x, y, x_test, algorithm="gd", learning_rate=eta)
+    z_f, z_i = gd["kernel"], (gd["nearly_kernel"] - gd["kernel"]) / h
+    z_ii = (z_zero + _trained(cfg, -h, x, y, x_test)[2] - 2 * _trained(cfg, 0.0, x, y, x_test)[2]) / (2 * h * h)
+    residual = (z_f - y_test).numpy()
+    stars = optimal_eps(residual, z_i.numpy(), z_ii.numpy())
+    search = np.linspace(-cfg.eps_teacher, 3 * cfg.eps_teacher, cfg.eps_search)
+    losses = [0.5 * float((_trained(cfg, float(e), x, y, x_test)[2] - y_test).square().sum())
+              for e in tqdm(search, desc="nearly-kernel eps search", unit="eps")]
+    quadratic = [0.5 * float(((residual + e * z_i.numpy() + e * e * z_ii.numpy()) ** 2).sum()) for e in search]
     seconds = time.perf_counter() - started
-    large = [r["eps"] for r in rows if r["nearly_kernel_error"] > 0.5 * r["kernel_error"]]
-    fits = {"slope_kernel_error": slope_kernel, "slope_nearly_kernel_error": slope_nearly,
-            "slope_gd_minus_direct": slope_direct, "eps_star_formula": eps_star,
-            "eps_star_grid": best, "grid_spacing": float(search[1] - search[0]),
-            "loss_at_zero": 0.5 * float(residual_f.square().sum())}
+    fits = {**{f"slope_{name}": value for name, value in slopes.items()},
+            "eps_teacher": cfg.eps_teacher, **{f"eps_star_{k}": v for k, v in stars.items()},
+            "eps_star_grid": float(search[int(np.argmin(losses))]), "grid_spacing": float(search[1] - search[0]),
+            "loss_at_zero": 0.5 * float((residual ** 2).sum())}
     folder.write_csv("metrics.csv", rows)
-    folder.write_csv("eps_search.csv", [{"eps": float(e), "test_loss": l} for e, l in zip(search, losses)])
+    folder.write_csv("eps_search.csv", [{"eps": float(e), "test_loss": l, "expansion": q}
+                                        for e, l, q in zip(search, losses, quadratic)])
     folder.write_json("fits.json", fits)
-    figure = _figure(folder, rows, search, losses, eps_star)
+    figure = _figure(folder, rows, search, losses, quadratic, stars, cfg.eps_teacher)
     folder.config.update(asdict(cfg))
-    folder.write_text("report.md", _report(cfg, rows, fits, large, small, search, losses, figure, seconds))
+    folder.write_text("report.md", _report(cfg, rows, fits, figure, seconds))
     return {"seconds": round(seconds, 1), **fits}
 
 
-def _report(cfg: Config, rows: list[dict], fits: dict, large: list[float], small: float,
-            search: np.ndarray, losses: list[float], figure: str, seconds: float) -> str:
-    """report.md: errors against eps, the fitted slopes, eps* and the warnings."""
+def _report(cfg: Config, rows: list[dict], fits: dict, figure: str, seconds: float) -> str:
+    """report.md: errors against eps, the fitted slopes against their theory, eps*."""
     table = [{k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows]
-    warning = (f"**Warning:** at eps >= {min(large)} the nearly-kernel correction is no longer small "
-               f"(its error exceeds half the kernel's): the expansion in eps is not to be trusted there."
-               if large else "The nearly-kernel error stays well below the kernel error on the whole grid.")
+    slopes = [{"solution": solution, "prediction": prediction, "theory slope": expected,
+               "fitted slope": f"{fits['slope_' + name]:.2f}"}
+              for name, solution, prediction, expected in COMPARISONS]
+    large = [r["eps"] for r in rows if r["nearly_kernel_error"] > 0.5 * r["kernel_error"]]
     checked = max(r["eps"] for r in rows if r["eps"] not in large) if len(large) < len(rows) else 0.0
-    if abs(fits['eps_star_formula']) > checked:
-        warning += (f" **Warning:** |eps*| = {abs(fits['eps_star_formula']):.3g} lies beyond eps = {checked:.3g}, the "
-                    f"largest value where the expansion was checked on this task: eps* is an "
-                    f"extrapolation of the O(eps^2) theory there.")
+    inside = abs(fits["eps_star_first_order"]) <= checked
     return "\n".join([
         "# Quadratic model: kernel vs nearly-kernel predictions (Roberts, Yaida & Hanin ch. 11)", "",
         f"Random quadratic model: {cfg.features} tanh features + constant, random symmetric tanh "
         f"meta features; d = {cfg.d}, {cfg.n_train} training and {cfg.n_test} test points, "
         f"target sin(x1) + x2 x3 / 2; GD from W = 0 with eta = 1/lambda_max(k~), {cfg.steps} steps. "
-        "Errors: max |z_trained - prediction| on the test set, relative to max |z_trained|.", "",
+        "Each prediction is compared with the solution it describes (max |difference| on the test "
+        "set relative to max |z_GD|):", "",
+        markdown_table(slopes, list(slopes[0])), "",
         markdown_table(table, list(table[0])), "",
-        f"Fitted slopes against eps: kernel error {fits['slope_kernel_error']:.2f} (theory 1), nearly-kernel error "
-        f"{fits['slope_nearly_kernel_error']:.2f} (theory 2), GD minus direct-optimization prediction {fits['slope_gd_minus_direct']:.2f} "
-        f"(theory 1: the algorithm matters at O(eps)). {warning}", "",
-        f"Optimal feature learning: eps* = {fits['eps_star_formula']:.4g} from the slides' formula (z^II estimated from "
-        f"the trained model at eps = {small}); grid search of the trained test loss over "
-        f"{cfg.eps_search} values in [{search[0]:.3g}, {search[-1]:.3g}]: minimum at eps = {fits['eps_star_grid']:.4g} "
-        f"(spacing {search[1] - search[0]:.3g}); test loss {min(losses):.4g} there vs "
-        f"{fits['loss_at_zero']:.4g} for the kernel (eps = 0).", "",
-        "Noticed: the compressed prediction with the trained kernel k# differs from the slides' "
-        "direct-optimization nearly-kernel formula (Z_A = 0) at O(eps) (column "
-        "trained_kernel_minus_direct); expanding k#_bA (k#~)^-1 y to first order gives the "
-        "nearly-kernel formula with Z_A = Z_B = k~^-1 k~^-1 / 2 instead. Unresolved here.", "",
+        "Direct optimization (dL/dW = 0) is satisfied by every interpolant when there are more "
+        "features than training points. The slides' direct projectors (Z_A = 0) describe the "
+        "interpolant in the span of the training features (the linear model's choice, and the limit "
+        "of Newton's method from W = 0); the slides' compressed trained-kernel prediction "
+        "k#_bA (k#_AA)^-1 y describes a different interpolant, W* in the span of "
+        "phi# = (phi + phi^E(W*))/2 (then z = phi#.W* exactly), whose projectors are "
+        "Z_A = Z_B = vv/2. Each formula matches its own solution at O(eps^2) (slopes above), the "
+        "two differ at O(eps) (last row): the slides' statement that the compressed formula equals "
+        "the direct-optimization prediction to O(eps^2) does not hold.", "",
+        f"Optimal feature learning, on a task whose optimum is known: test labels from the model "
+        f"trained by GD at eps_teacher = {cfg.eps_teacher} (inside the range where the expansion "
+        f"was verified, eps <= {checked:g}); z^II from trained models at +-{cfg.difference_step}.", "",
+        f"- eps* (first-order stationarity, -Σ r z^I / Σ[(z^I)² + 2 r z^II]): {fits['eps_star_first_order']:.4g}",
+        f"- eps* (the slides' formula, r z^II without the 2): {fits['eps_star_slides']:.4g}",
+        f"- minimizer of the O(eps^2) loss polynomial: {fits['eps_star_polynomial']:.4g}",
+        f"- grid search of the trained models' test loss ({cfg.eps_search} values, spacing "
+        f"{fits['grid_spacing']:.3g}): {fits['eps_star_grid']:.4g}", "",
+        "Differentiating L = 1/2 Σ (r + eps z^I + eps^2 z^II)^2 gives dL/deps = Σ r z^I + eps Σ "
+        "[(z^I)^2 + 2 r z^II] + O(eps^2): the factor 2 is missing from the slides' formula. On this "
+        "task r = O(eps_teacher), so both are within O(eps_teacher^2) of the optimum; they differ at "
+        "leading order only when the kernel's residual r is O(1) (then eps* is usually beyond the "
+        "expansion's range)." + ("" if inside else f" **Warning:** eps* lies beyond eps = {checked:g}."), "",
         f"![errors]({figure})", "", f"Time: {seconds:.0f} s.", ""])
 
 
-def _figure(folder, rows, search, losses, eps_star) -> str:
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    eps = [r["eps"] for r in rows]
-    for key, label in (("kernel_error", "kernel prediction"), ("nearly_kernel_error", "nearly-kernel (GD)"),
-                       ("gd_minus_direct", "GD - direct nearly-kernel")):
-        axes[0].plot(eps, [r[key] for r in rows], "o-", label=label)
+def _figure(folder, rows, search, losses, quadratic, stars, eps_teacher) -> str:
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    eps = np.array([r["eps"] for r in rows])
+    markers = "os^vD<>"
+    for (name, solution, prediction, expected), marker in zip(COMPARISONS, markers):
+        axes[0].plot(eps, [r[name] for r in rows], marker=marker, ls="-" if expected == 2 else "--",
+                     label=f"{solution} vs {prediction}")
+    anchor = rows[0]
+    for power, key in ((1, "kernel_error"), (2, "nearly_kernel_error")):
+        axes[0].plot(eps, anchor[key] * (eps / eps[0]) ** power, color="0.6", lw=0.8, ls=":")
     axes[0].set_xscale("log")
     axes[0].set_yscale("log")
     axes[0].set_xlabel("eps")
-    axes[0].set_ylabel("relative error vs the trained quadratic model")
-    axes[0].legend(fontsize=8)
+    axes[0].set_ylabel("max |difference| / max |z|  (dotted: eps^1, eps^2)")
+    axes[0].set_title("each prediction against its solution")
+    axes[0].legend(fontsize=6.5)
     axes[0].grid(alpha=0.3, which="both")
-    axes[1].plot(search, losses, "o-", label="trained model")
-    axes[1].axvline(eps_star, color="k", ls="--", label=f"eps* formula = {eps_star:.3g}")
+    axes[1].plot(search, losses, "o", label="trained models (GD)")
+    axes[1].plot(search, quadratic, "-", label="L(eps) from z^F + eps z^I + eps^2 z^II")
+    axes[1].axvline(eps_teacher, color="k", lw=0.8, label=f"eps_teacher = {eps_teacher}")
+    axes[1].axvline(stars["first_order"], color="C3", ls="--", label=f"eps* = {stars['first_order']:.3g}")
+    axes[1].axvline(stars["slides"], color="C4", ls=":", label=f"slides' eps* = {stars['slides']:.3g}")
     axes[1].set_xlabel("eps")
     axes[1].set_ylabel("test loss 1/2 sum (y - z)^2")
-    axes[1].legend(fontsize=8)
+    axes[1].set_title("optimal amount of feature learning")
+    axes[1].legend(fontsize=7)
     axes[1].grid(alpha=0.3)
     return folder.save_figure("nearly_kernel", fig)

@@ -55,14 +55,21 @@ def ntk_statistics(arch: nk.Serial, x: torch.Tensor, seeds: int, *, first_seed: 
     monte_carlo_kernel(arch, x, n_samples=seeds, get="ntk", seed=first_seed, dtype=torch.float64,
                        each=lambda s, k: diagonals.append(k["ntk"].diagonal().numpy().copy()))
     sample = np.stack(diagonals)                                           # [seeds, inputs]
-    prediction = finite_width(arch, x)
-    infinite = prediction.ntk[-1].numpy()
+    infinite, predicted_variance, predicted_shift = predicted_diagonal(arch, x)
     mean = sample.mean(0)
     var, var_se = variance_standard_error(sample)
-    n = prediction.widths[-1]
     return {"relative_variance": float((var / mean ** 2).mean()),
             "relative_variance_se": float((var_se / mean ** 2).mean()),
-            "predicted_relative_variance": float(prediction.ntk_relative_variance.mean()),
+            "predicted_relative_variance": float(predicted_variance.mean()),
             "mean_shift": float(((mean - infinite) / infinite).mean()),
             "mean_shift_se": float((sample.std(0, ddof=1) / math.sqrt(seeds) / infinite).mean()),
-            "predicted_mean_shift": float((prediction.ntk_shift[-1].numpy() / n / infinite).mean())}
+            "predicted_mean_shift": float(predicted_shift.mean())}
+
+
+def predicted_diagonal(arch: nk.Serial, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per input x_a, from `nk.finite_width` of that input alone: the infinite-width Θ(x_a, x_a),
+    the relative variance (A + 2B) / (n Θ²) and the relative mean shift Θ¹ / (n Θ)."""
+    stats = [finite_width(arch, row) for row in torch.as_tensor(x, dtype=torch.float64)]
+    infinite = np.array([float(s.ntk[-1]) for s in stats])
+    return (infinite, np.array([float(s.ntk_relative_variance) for s in stats]),
+            np.array([float(s.ntk_shift[-1]) / s.widths[-1] for s in stats]) / infinite)

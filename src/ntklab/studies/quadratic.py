@@ -33,6 +33,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 
 from .._validation import DEFAULT_DTYPE, positive, positive_int, one_of
@@ -189,3 +190,63 @@ def nearly_kernel_prediction(model: QuadraticModel, x_train: torch.Tensor, y_tra
         sharp_train = trained_kernel(model, x_train, x_train, weights)
         out["trained_kernel"][:, i] = sharp_test @ torch.linalg.solve(sharp_train, y)
     return out
+
+
+SPANS = ("initial", "sharp")
+
+
+def interpolant(model: QuadraticModel, x_train: torch.Tensor, y_train: torch.Tensor, *,
+                span: str = "initial") -> torch.Tensor:
+    """An exact solution W* [n_out, F] of direct optimization, dL/dW = 0 (z(x_a; W*) = y_a), which
+    is not unique when F > N; `span` picks one:
+      "initial": W* = Σ_a c_a φ(x_a), in the span of the training features at W = 0, as the
+                 linear model's solution (and the limit of Newton's method from W = 0): the
+                 slides' direct-optimization projectors Z_A = 0, Z_B = k~^-1 y y k~^-1 / 2;
+      "sharp":   W* = Σ_a c_a φ#(x_a; W*), φ# = (φ + φ^E(W*)) / 2 = φ + (ε/2) ψ W*: then
+                 z = φ#·W* exactly, so z_b = k#_bA (k#_AA)^-1 y + O(ε²), the slides' compressed
+                 trained-kernel prediction (which is therefore Z_A = Z_B = k~^-1 y y k~^-1 / 2).
+    Solved for the N coefficients c with scipy's root finder (hybr) from the kernel solution."""
+    from scipy.optimize import root
+    span = one_of(span, "span", SPANS)
+    phi, psi = model.features(x_train)
+    identity = torch.eye(phi.shape[1], dtype=phi.dtype)
+    k_train = phi @ phi.T
+    rows = []
+    for i in range(y_train.shape[1]):
+        def weights(c, phi=phi, psi=psi):
+            c = torch.as_tensor(c, dtype=phi.dtype)
+            if span == "initial":
+                return c @ phi
+            return torch.linalg.solve(identity - model.eps / 2 * torch.einsum("a,ajk->jk", c, psi), phi.T @ c)
+
+        def residual(c, i=i):
+            return (model._output(weights(c)[None], phi, psi)[:, 0] - y_train[:, i]).numpy()
+
+        start = torch.linalg.solve(k_train, y_train[:, i]).numpy()
+        solution = root(residual, start, method="hybr", options={"xtol": 1e-13})
+        if np.abs(residual(solution.x)).max() > 1e-10 * (1 + float(y_train.abs().max())):
+            raise RuntimeError(f"no interpolant in the {span} span found: {solution.message}; "
+                               f"eps = {model.eps} may be too large for this task")
+        rows.append(weights(solution.x))
+    return torch.stack(rows)
+
+
+def gradient_flow(model: QuadraticModel, x_train: torch.Tensor, y_train: torch.Tensor, *,
+                  tolerance: float = 1e-11) -> torch.Tensor:
+    """W(t → ∞) of the gradient flow dW/dt = -Σ_a φ^E(x_a; W) (z_a - y_a) from W = 0 (GD as
+    η → 0, the ODE projectors), integrated by scipy's LSODA (rtol 1e-12) to the time where the
+    kernel's slowest mode has decayed to `tolerance`, t = -log(tolerance) / λ_min(k~)."""
+    from scipy.integrate import solve_ivp
+    phi, psi = model.features(x_train)
+    shape = (y_train.shape[1], phi.shape[1])
+    smallest = float(torch.linalg.eigvalsh(phi @ phi.T)[0])
+
+    def velocity(_, w):
+        W = torch.as_tensor(w).reshape(shape)
+        residual = model._output(W, phi, psi) - y_train
+        return (-torch.einsum("inj,ni->ij", model._effective(W, phi, psi), residual)).reshape(-1).numpy()
+
+    end = -math.log(positive(tolerance, "tolerance")) / smallest
+    flow = solve_ivp(velocity, (0.0, end), np.zeros(shape[0] * shape[1]), method="LSODA",
+                     rtol=1e-12, atol=1e-14)
+    return torch.as_tensor(flow.y[:, -1]).reshape(shape)
