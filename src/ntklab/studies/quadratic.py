@@ -127,45 +127,37 @@ def train_gd(model: QuadraticModel, x: torch.Tensor, y: torch.Tensor, *, learnin
     return path
 
 
-def trained_kernel(model: QuadraticModel, x1: torch.Tensor, x2: torch.Tensor,
-                   weights: torch.Tensor) -> torch.Tensor:
-    """k#_d1d2 = k_d1d2 + (1/2) sum_a (mu_d1,d2,a + mu_d2,d1,a) v_a with v = k~^-1 y (direct
-    optimization's trained kernel, the average of k and k^E(theta*)); the training set enters
-    only through `weights` = sum_a phi(x_a) v_a, since sum_a mu_d1,d2,a v_a =
-    eps psi_jk(x_d1) phi_j(x_d2) weights_k."""
-    phi1, psi1 = model.features(x1)
-    phi2, psi2 = model.features(x2)
-    mu_12 = model.eps * torch.einsum("njk,mj,k->nm", psi1, phi2, weights)
-    mu_21 = model.eps * torch.einsum("mjk,nj,k->nm", psi2, phi1, weights)
-    return phi1 @ phi2.T + (mu_12 + mu_21) / 2
-
-
 def _inverting(evals: torch.Tensor, evecs: torch.Tensor, Y: torch.Tensor, eta: float) -> torch.Tensor:
     """X(Y) for the inverting tensor of (k~ d + d k~ - eta k~ k~), in the eigenbasis of k~."""
     denominator = evals[:, None] + evals[None, :] - eta * evals[:, None] * evals[None, :]
     return evecs @ ((evecs.T @ Y @ evecs) / denominator) @ evecs.T
 
 
-def nearly_kernel_prediction(model: QuadraticModel, x_train: torch.Tensor, y_train: torch.Tensor,
-                             x_test: torch.Tensor, *, algorithm: str = "gd",
-                             learning_rate: float | None = None) -> dict[str, torch.Tensor]:
-    """Kernel ("kernel") and nearly-kernel ("nearly_kernel") predictions [M, n_out] at x_test
-    for training from W = 0 with `algorithm` ("gd" with step `learning_rate`, "direct", "ode"),
-    from k, mu and y only; also "trained_kernel" (the compressed k# prediction, direct)."""
+def nearly_kernel_from_kernels(kernel: torch.Tensor, meta: torch.Tensor, y_train: torch.Tensor, *,
+                               algorithm: str = "gd",
+                               learning_rate: float | None = None) -> dict[str, torch.Tensor]:
+    """The predictions of the module docstring from the kernel and the meta kernel alone, for any
+    model expanded to second order around its initialization (a quadratic model, or a network's
+    empirical NTK and its dNTK): the N training points come first among the D points,
+    `kernel` [D, D] = k, `meta` [D, D, N] = mu_d0,d1,a2 (third index on the training set),
+    `y_train` [N, n_out] the labels minus the initial outputs. Returns [D - N, n_out] tensors at
+    the other points: "kernel", "nearly_kernel" (the `algorithm`'s projectors) and
+    "trained_kernel" (k#_bA (k#_AA)^-1 y with k# = k + (1/2) Σ_a (mu_d1,d2,a + mu_d2,d1,a) v_a)."""
     algorithm = one_of(algorithm, "algorithm", ALGORITHMS)
     eta = positive(learning_rate, "learning_rate") if algorithm == "gd" else 0.0
-    phi_train, psi_train = model.features(x_train)
-    phi_test, psi_test = model.features(x_test)
-    k_train = phi_train @ phi_train.T
+    n = y_train.shape[0]
+    k_train, k_test = kernel[:n, :n], kernel[n:, :n]
     evals, evecs = torch.linalg.eigh(k_train)
     if float(evals[0]) <= 1e-10 * float(evals[-1]):
         raise ValueError(f"the training kernel k~ is singular (eigenvalues {float(evals[0]):.3g} .. "
                          f"{float(evals[-1]):.3g}): use more features than training samples or "
                          f"fewer samples")
     k_inv = evecs @ torch.diag(1 / evals) @ evecs.T
-    k_test = phi_test @ phi_train.T
-    projected_phi = phi_test - k_test @ k_inv @ phi_train                  # phi(b) - k_bA k~^-1 phi(A)
-    out = {name: torch.empty(len(x_test), y_train.shape[1], dtype=x_train.dtype)
+    project = lambda t: t[:, n:] - torch.einsum("ba,xay->xby", k_test @ k_inv, t[:, :n])  # noqa: E731
+    meta_a = project(meta[:n])                            # mu_a1,b,a2 - (k_bA k~^-1 mu)_a1,.,a2
+    meta_b = (meta[n:].flatten(1) - k_test @ k_inv @ meta[:n].flatten(1)).reshape(-1, *meta.shape[1:])
+    meta_b = meta_b[:, :n]                                # mu_b,a1,a2 - (k_bA k~^-1 mu)_.,a1,a2
+    out = {name: torch.empty(kernel.shape[0] - n, y_train.shape[1], dtype=kernel.dtype)
            for name in ("kernel", "nearly_kernel", "trained_kernel")}
     for i in range(y_train.shape[1]):
         y = y_train[:, i]
@@ -177,20 +169,26 @@ def nearly_kernel_prediction(model: QuadraticModel, x_train: torch.Tensor, y_tra
             x_yy = _inverting(evals, evecs, torch.outer(y, y), eta)
             z_a = outer - x_yy @ k_inv
             z_b = z_a + (eta / 2) * x_yy
-        g_a = torch.einsum("ab,ajk,bk->j", z_a, psi_train, phi_train)
-        h_b = phi_train.T @ z_b @ phi_train
-        term_a = model.eps * projected_phi @ g_a
-        term_b = model.eps * (torch.einsum("bjk,jk->b", psi_test, h_b)
-                              - k_test @ k_inv @ torch.einsum("ajk,jk->a", psi_train, h_b))
-        kernel = k_test @ v
-        out["kernel"][:, i] = kernel
-        out["nearly_kernel"][:, i] = kernel + term_a + term_b
-        weights = phi_train.T @ v
-        sharp_test = trained_kernel(model, x_test, x_train, weights)
-        sharp_train = trained_kernel(model, x_train, x_train, weights)
-        out["trained_kernel"][:, i] = sharp_test @ torch.linalg.solve(sharp_train, y)
+        out["kernel"][:, i] = k_test @ v
+        out["nearly_kernel"][:, i] = (k_test @ v + torch.einsum("xby,xy->b", meta_a, z_a)
+                                      + torch.einsum("bxy,xy->b", meta_b, z_b))
+        change = meta @ v
+        sharp = kernel + (change + change.T) / 2
+        out["trained_kernel"][:, i] = sharp[n:, :n] @ torch.linalg.solve(sharp[:n, :n], y)
     return out
 
+
+def nearly_kernel_prediction(model: QuadraticModel, x_train: torch.Tensor, y_train: torch.Tensor,
+                             x_test: torch.Tensor, *, algorithm: str = "gd",
+                             learning_rate: float | None = None) -> dict[str, torch.Tensor]:
+    """Kernel ("kernel") and nearly-kernel ("nearly_kernel") predictions [M, n_out] at x_test
+    for training the quadratic `model` from W = 0 with `algorithm` ("gd" with step
+    `learning_rate`, "direct", "ode"), and the compressed trained-kernel prediction
+    ("trained_kernel"): `nearly_kernel_from_kernels` with the model's k and mu."""
+    points = torch.cat([x_train, x_test])
+    return nearly_kernel_from_kernels(model.kernel(points, points),
+                                      model.meta_kernel(points, points, x_train), y_train,
+                                      algorithm=algorithm, learning_rate=learning_rate)
 
 SPANS = ("initial", "sharp")
 
