@@ -282,6 +282,7 @@ def _figure(folder, rows, search, losses, quadratic, stars, eps_teacher, network
     axes[2].set_title("trained tanh MLPs")
     axes[2].legend(fontsize=7)
     axes[2].grid(alpha=0.3, which="both")
+    fig.tight_layout()
     return folder.save_figure("nearly_kernel", fig)
 
 

@@ -73,3 +73,29 @@ def predicted_diagonal(arch: nk.Serial, x: torch.Tensor) -> tuple[np.ndarray, np
     infinite = np.array([float(s.ntk[-1]) for s in stats])
     return (infinite, np.array([float(s.ntk_relative_variance) for s in stats]),
             np.array([float(s.ntk_shift[-1]) / s.widths[-1] for s in stats]) / infinite)
+
+
+COVARIANCE_ENTRIES = ((0, 0, 0, 0), (0, 1, 0, 1), (0, 0, 1, 1), (0, 0, 0, 1), (0, 1, 0, 2),
+                      (0, 1, 2, 3), (1, 2, 2, 3), (0, 0, 2, 3))
+"""(a, b, c, d) of Cov[Θ(x_a, x_b), Θ(x_c, x_d)]: one, two, three and four distinct inputs."""
+
+
+def ntk_covariance_statistics(arch: nk.Serial, x: torch.Tensor, seeds: int, *,
+                              first_seed: int = 0) -> list[dict]:
+    """Cov[Θ̂(x_a, x_b), Θ̂(x_c, x_d)] of one output over `seeds` initializations (Monte Carlo,
+    standard error of the mean of the centred products) beside `nk.finite_width`'s
+    (A_(ab)(cd) + B_(ac)(bd) + B_(ad)(bc)) / n_L, for the COVARIANCE_ENTRIES that fit in x."""
+    seeds = positive_int(seeds, "seeds")
+    thetas = []
+    monte_carlo_kernel(arch, x, n_samples=seeds, get="ntk", seed=first_seed, dtype=torch.float64,
+                       each=lambda s, k: thetas.append(k["ntk"].numpy().copy()))
+    centered = np.stack(thetas) - np.mean(thetas, 0)
+    predicted = finite_width(arch, x).ntk_covariance.numpy()
+    rows = []
+    for a, b, c, d in (e for e in COVARIANCE_ENTRIES if max(e) < len(x)):
+        product = centered[:, a, b] * centered[:, c, d]
+        estimate, error = product.mean() * seeds / (seeds - 1), product.std(ddof=1) / math.sqrt(seeds)
+        rows.append({"entry": f"Θ({a},{b}), Θ({c},{d})", "indices": (a, b, c, d), "predicted": float(predicted[a, b, c, d]),
+                     "monte_carlo": float(estimate), "se": float(error),
+                     "z": float((estimate - predicted[a, b, c, d]) / error)})
+    return rows
