@@ -7,7 +7,7 @@ TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-slow test-all test-floors bench clean
+.PHONY: run test test-slow test-all test-floors bench docs docs-fast docs-runs clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -49,5 +49,25 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_busy_machine.py
 	$(BIN)/python benchmarks/bench_float32.py
 
+# The documentation site (Sphinx), warnings as errors, into docs/_build/html. `docs-fast` runs the
+# example gallery at small sizes (CI); `docs-runs` reruns every experiment's default run into
+# docs/runs/, from which the Experiments pages are generated (long: about an hour on 2 cores).
+DOCS_STAMP := $(VENV)/.docs-installed
+SPHINX := $(BIN)/sphinx-build -W --keep-going -b html -q docs docs/_build/html
+
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e ".[docs]"
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	NTKLAB_DOCS_FAST=0 $(SPHINX)
+
+docs-fast: $(DOCS_STAMP)
+	NTKLAB_DOCS_FAST=1 OMP_NUM_THREADS=1 $(SPHINX)
+
+docs-runs: $(STAMP)
+	for name in $$($(BIN)/ntklab list --names); do \
+	  $(BIN)/ntklab run $$name --out docs/runs/$$name --overwrite || exit 1; done
+
 clean:
-	rm -rf $(VENV) .venv-floors runs .pytest_cache
+	rm -rf $(VENV) .venv-floors runs .pytest_cache docs/_build docs/generated docs/auto_examples

@@ -30,10 +30,11 @@ def main() -> None:
 
 
 @main.command("list")
-def list_experiments() -> None:
+@click.option("--names", is_flag=True, help="Only the names, one per line (for scripts).")
+def list_experiments(names: bool) -> None:
     """List the reproducible experiments."""
     for name, experiment in sorted(experiments.REGISTRY.items()):
-        click.echo(f"{name:20s} {experiment.summary}")
+        click.echo(name if names else f"{name:20s} {experiment.summary}")
 
 
 @main.command()

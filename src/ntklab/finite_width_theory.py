@@ -231,7 +231,35 @@ def finite_width(net: Serial, x) -> FiniteWidthStatistics:
     of `x` ([N, d] or [d]), every hidden width n_ℓ taken from the net's Dense layers.
 
     Cost: the four-sample moments need a grid of 32^min(N,4) nodes per set of four inputs and
-    layer (N = 4: about a second per layer); pass one input at a time for per-input values."""
+    layer (N = 4: about a second per layer); pass one input at a time for per-input values.
+
+    Parameters
+    ----------
+    net : Serial
+        An MLP `nk.serial(Dense, activation, ..., Dense)` in the NTK parameterization, e.g. `nk.mlp`.
+    x : tensor or array
+        Inputs `[N, d]` (or one input `[d]`) with a non-singular first-layer kernel.
+
+    Returns
+    -------
+    FiniteWidthStatistics
+        K, V, K¹, Θ, Θ¹, A, B, D, F per layer; `ntk_covariance`, `ntk_variance`.
+
+    Raises
+    ------
+    ValueError
+        For a network that is not such an MLP, or inputs with a singular kernel.
+
+    Examples
+    --------
+    >>> import math, torch, ntklab as nk
+    >>> x = torch.full((1, 4), 1.0, dtype=torch.float64)              # ||x||² = d
+    >>> stats = nk.finite_width(nk.mlp(4, 128, W_std=math.sqrt(2)), x)  # ReLU at criticality
+    >>> round(float(stats.ntk_relative_variance) * 128 / 4, 6)       # (11L + 7)/(3(L + 1))
+    3.4
+    >>> nk.finite_width(nk.mlp(2, 64, b_std=0.1), torch.randn(3, 4)).ntk_covariance.shape
+    torch.Size([3, 3, 3, 3])
+    """
     x = torch.as_tensor(x, dtype=torch.float64)
     x = x[None] if x.ndim == 1 else x
     if x.ndim != 2 or x.shape[0] == 0:
@@ -317,7 +345,16 @@ def criticality(activation: Activation) -> Criticality:
       * a fixed point K* > 0 with ⟨σ'²⟩ = d⟨σ²⟩/dK, C_W = 1/⟨σ'²⟩, C_b = K* - C_W⟨σ²⟩ >= 0
         (e.g. GELU and SWISH);
       * else the K* = 0 class (σ(0) = 0, σ'(0) != 0: tanh, sin, erf): C_b = 0, C_W = 1/σ'(0)².
-    Raises ValueError when none applies."""
+    Raises ValueError when none applies.
+
+    Examples
+    --------
+    >>> import ntklab as nk
+    >>> round(nk.criticality(nk.Relu()).C_W, 12)
+    2.0
+    >>> round(nk.criticality(nk.Gelu()).K_star, 6)                # (3 + sqrt 17) / 2
+    3.561553
+    """
     if not isinstance(activation, Activation):
         raise ValueError(f"activation must be an ntklab activation such as nk.Tanh(), got {activation!r}")
     z = torch.linspace(-4, 4, 81, dtype=torch.float64)

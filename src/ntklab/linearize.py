@@ -80,10 +80,30 @@ class Linearized(TaylorExpansion):
 
 def linearize(model: nn.Module, params: Sequence[str] | None = None) -> Linearized:
     """`nk.linearize(model)`: the linearized network of `model` at its current parameters
-    (in all parameters with requires_grad, or the named `params`; the others stay fixed)."""
+    (in all parameters with requires_grad, or the named `params`; the others stay fixed).
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> model = nk.mlp(1, 32).module(3, seed=0, dtype=torch.float64)
+    >>> lin = nk.linearize(model)          # f(x; w0) + J0 (w - w0), a module of its own
+    >>> x = torch.randn(4, 3, dtype=torch.float64)
+    >>> bool(torch.allclose(lin(x), model(x)))                   # equal at w = w0
+    True
+    """
     return Linearized(model, params)
 
 
 def taylor_expand(model: nn.Module, degree: int, params: Sequence[str] | None = None) -> TaylorExpansion:
-    """`nk.taylor_expand(model, degree)`: the network's Taylor polynomial in its parameters."""
+    """`nk.taylor_expand(model, degree)`: the network's Taylor polynomial in its parameters.
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> model = nk.mlp(1, 32, activation=nk.Tanh()).module(2, seed=0, dtype=torch.float64)
+    >>> quadratic = nk.taylor_expand(model, 2)
+    >>> x = torch.randn(3, 2, dtype=torch.float64)
+    >>> bool(torch.allclose(quadratic(x), model(x)))      # equal at the expansion point
+    True
+    """
     return TaylorExpansion(model, degree, params)

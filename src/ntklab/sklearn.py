@@ -105,7 +105,17 @@ class _Regressor(RegressorMixin, _InfiniteNetwork):
 class NTKRegressor(_Regressor):
     """Regression with the NTK of an infinitely wide network trained by gradient
     descent for time `t` (None: to convergence).  `diag_reg` is relative to the
-    mean of the kernel's diagonal (neural-tangents' convention)."""
+    mean of the kernel's diagonal (neural-tangents' convention).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ntklab.sklearn import NTKRegressor
+    >>> X = np.random.default_rng(0).normal(size=(30, 3))
+    >>> model = NTKRegressor(diag_reg=1e-6).fit(X, np.sin(X[:, 0]))
+    >>> model.predict(X[:5]).shape
+    (5,)
+    """
     _kernel = "ntk"
 
 
@@ -117,7 +127,18 @@ class NNGPRegressor(_Regressor):
     `predict(X, return_std=True | return_cov=True)` returns the posterior standard
     deviation / covariance as well, like `GaussianProcessRegressor`:
         cov(x, x') = K(x, x') - K(x, X) G^-1 (I - e^{-2 lr G t / |Y|}) K(X, x')
-    (K(x, x') - K(x, X) G^-1 K(X, x') for t=None), the same for every output."""
+    (K(x, x') - K(x, X) G^-1 K(X, x') for t=None), the same for every output.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ntklab.sklearn import NNGPRegressor
+    >>> X = np.random.default_rng(0).normal(size=(30, 3))
+    >>> gp = NNGPRegressor(diag_reg=1e-2).fit(X, np.sin(X[:, 0]))
+    >>> mean, std = gp.predict(X[:5], return_std=True)
+    >>> mean.shape, std.shape
+    ((5,), (5,))
+    """
     _kernel = "nngp"
 
     def predict(self, X, return_std=False, return_cov=False):
@@ -144,7 +165,18 @@ class NTKClassifier(ClassifierMixin, _InfiniteNetwork):
     literature (Arora et al. 2019; Lee et al. 2019): targets 0.9 for the class and
     -0.1 for the others (one-hot shifted by -0.1), prediction = arg max of the
     regression output.  For two classes `decision_function` is the difference of
-    the two outputs (positive for `classes_[1]`)."""
+    the two outputs (positive for `classes_[1]`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ntklab.sklearn import NTKClassifier
+    >>> X = np.random.default_rng(0).normal(size=(40, 2))
+    >>> y = (X[:, 0] > 0).astype(int)
+    >>> clf = NTKClassifier(diag_reg=1e-3).fit(X, y)
+    >>> clf.score(X, y) > 0.9
+    True
+    """
     _kernel = "ntk"
 
     def fit(self, X, y):

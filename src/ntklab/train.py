@@ -98,7 +98,19 @@ def train(model: nn.Module, x_train, y_train, *, steps: int, learning_rate: floa
     the kernel, and the linearization) to named parameters.
     The rows hold: step, train_loss (the loss), train_mse, test_mse, train_error, test_error,
     kernel_change, weight_change, and with `linearized`, lin_train_loss, lin_test_mse and
-    lin_distance = ||f - f_lin|| / ||f_lin|| on x_test."""
+    lin_distance = ||f - f_lin|| / ||f_lin|| on x_test.
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> model = nk.mlp(1, 256).module(3, seed=0)
+    >>> x, y = torch.randn(20, 3), torch.randn(20, 1)
+    >>> history = nk.train(model, x, y, steps=50, learning_rate=0.5, record=5, progress=False)
+    >>> history.steps
+    [0, 1, 3, 7, 19, 50]
+    >>> history.rows[-1]["train_loss"] < history.rows[0]["train_loss"]
+    True
+    """
     steps = int(steps)
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")

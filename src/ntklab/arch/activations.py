@@ -123,7 +123,16 @@ class ABRelu(Activation):
 
 
 class Relu(ABRelu):
-    """ReLU, phi(x) = max(x, 0)."""
+    """ReLU, phi(x) = max(x, 0).
+
+    Examples
+    --------
+    >>> import math, torch, ntklab as nk
+    >>> x = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)   # orthogonal, K = 1/2
+    >>> k = nk.serial(nk.Dense(1), nk.Relu()).kernel(x, get="nngp")       # arc-cosine at θ = π/2
+    >>> round(float(k[0, 1]) * 2 * math.pi, 10), round(float(k[0, 0]), 10)
+    (0.5, 0.25)
+    """
 
     def __init__(self):
         super().__init__(0.0, 1.0)

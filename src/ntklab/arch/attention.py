@@ -85,7 +85,17 @@ class GlobalSelfAttention(Layer):
     attention_mechanism="SOFTMAX")`: neural-tangents' layer on token sequences `[N, T, C]`
     (batch first, as `nn.MultiheadAttention(batch_first=True)`).  The infinite-width kernel
     exists for `linear_scaling=True` (tied keys and queries, 1/d_key logits: see the module
-    docstring); positional embeddings are not implemented."""
+    docstring); positional embeddings are not implemented.
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> transformer = nk.serial(nk.Dense(64), nk.GlobalSelfAttention(64, 64, 64, n_heads=4),
+    ...                         nk.Relu(), nk.GlobalAvgPool(), nk.Dense(1))
+    >>> tokens = torch.randn(5, 7, 16, dtype=torch.float64)             # [N, T, C]
+    >>> transformer.kernel(tokens, get="ntk").shape
+    torch.Size([5, 5])
+    """
 
     takes_sequences = True
     needs_all_pixel_pairs = True

@@ -123,7 +123,19 @@ class Parallel(Container):
 
 
 def parallel(*layers: Layer) -> Parallel:
-    """Apply `layers[i]` to branch i of a `FanOut`: `nk.parallel(nk.Dense(512), nk.Identity())`."""
+    """Apply `layers[i]` to branch i of a `FanOut`: `nk.parallel(nk.Dense(512), nk.Identity())`.
+
+    Examples
+    --------
+    A residual block, as neural-tangents' `stax`:
+
+    >>> import torch, ntklab as nk
+    >>> block = nk.serial(nk.FanOut(2), nk.parallel(nk.serial(nk.Relu(), nk.Dense(64)), nk.Identity()),
+    ...                   nk.FanInSum())
+    >>> net = nk.serial(nk.Dense(64), block, nk.Relu(), nk.Dense(1))
+    >>> net.kernel(torch.randn(3, 4, dtype=torch.float64), get="ntk").shape
+    torch.Size([3, 3])
+    """
     return Parallel(*layers)
 
 

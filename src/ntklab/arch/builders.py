@@ -19,6 +19,12 @@ def mlp(depth: int, width: int, *, W_std: float = 1.0, b_std: float | None = Non
 
     >>> mlp(2, 512, W_std=1.5, b_std=0.05)
     serial(Dense(512, W_std=1.5, b_std=0.05), Relu(), Dense(512, W_std=1.5, b_std=0.05), Relu(), Dense(1, W_std=1.5, b_std=0.05))
+
+    Examples
+    --------
+    >>> import ntklab as nk
+    >>> nk.mlp(2, 128, W_std=1.5, b_std=0.1)
+    serial(Dense(128, W_std=1.5, b_std=0.1), Relu(), Dense(128, W_std=1.5, b_std=0.1), Relu(), Dense(1, W_std=1.5, b_std=0.1))
     """
     activation = Relu() if activation is None else activation
     hidden = [Dense(positive_int(width, "width"), W_std, b_std, parameterization)

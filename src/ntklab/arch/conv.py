@@ -150,7 +150,16 @@ class Conv(Affine):
 
     `in_channels` (optional, not in neural-tangents): the channels this layer expects;
     given, both the kernel and the finite module refuse inputs with other channels, which
-    catches channels-last (NHWC) arrays that happen to look like NCHW ones."""
+    catches channels-last (NHWC) arrays that happen to look like NCHW ones.
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> cnn = nk.serial(nk.Conv(32, (3, 3), padding="SAME"), nk.Relu(), nk.Flatten(), nk.Dense(1))
+    >>> images = torch.randn(4, 3, 8, 8, dtype=torch.float64)            # NCHW
+    >>> cnn.kernel(images, get="ntk").shape, cnn.module((3, 8, 8))(images.float()).shape
+    (torch.Size([4, 4]), torch.Size([4, 1]))
+    """
 
     takes_images = True
 

@@ -126,7 +126,16 @@ class Dense(Affine):
 
     `b_std=None` (the default, as in neural-tangents) means no bias parameters at all;
     `b_std=0.0` keeps a bias initialized at zero, which in the standard
-    parameterization still adds 1 to the NTK (its gradient is 1)."""
+    parameterization still adds 1 to the NTK (its gradient is 1).
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> x = torch.randn(3, 5, dtype=torch.float64)
+    >>> k = nk.serial(nk.Dense(1, W_std=2.0, b_std=0.5)).kernel(x)       # K' = W_std² K + b_std²
+    >>> bool(torch.allclose(k.nngp, 4.0 * x @ x.T / 5 + 0.25))
+    True
+    """
 
     def __init__(self, out: int, W_std: float = 1.0, b_std: float | None = None,
                  parameterization: str = "ntk", trainable: bool = True):

@@ -35,7 +35,15 @@ class LayerNorm(Layer):
     """`LayerNorm(axis=-1, eps=1e-12)`: normalize each position over channels. `axis` is the
     channel axis in ntklab's layout: -1 for vectors `[N, d]` and token sequences `[N, T, C]`
     (as neural-tangents' default), 1 for NCHW images.  Normalizing over other axes too is
-    not supported (its kernel needs the covariance across positions)."""
+    not supported (its kernel needs the covariance across positions).
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> k = nk.serial(nk.Dense(64), nk.LayerNorm(), nk.Dense(1, b_std=0.0)).kernel(torch.randn(3, 4))
+    >>> [round(v, 5) for v in k.nngp.diagonal().tolist()]                # unit norm per input
+    [1.0, 1.0, 1.0]
+    """
 
     def __init__(self, axis: int = -1, eps: float = 1e-12):
         if isinstance(axis, bool) or not isinstance(axis, int):

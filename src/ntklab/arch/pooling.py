@@ -103,7 +103,16 @@ class AvgPool(_Pool):
     """`AvgPool(window_shape, strides=None, padding="VALID", normalize_edges=False)`: the mean
     over each window (neural-tangents' `stax.AvgPool`; `strides=None` is (1, 1), as there).
     `normalize_edges=False` counts SAME padding's zeros (divides by the window size); True
-    divides by the number of real pixels in the window."""
+    divides by the number of real pixels in the window.
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> net = nk.serial(nk.Conv(16, (3, 3)), nk.Relu(), nk.AvgPool((2, 2), strides=(2, 2)),
+    ...                 nk.GlobalAvgPool(), nk.Dense(1))
+    >>> net.kernel(torch.randn(3, 1, 8, 8, dtype=torch.float64), get="nngp").shape
+    torch.Size([3, 3])
+    """
 
 
 class SumPool(_Pool):

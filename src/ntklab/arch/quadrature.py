@@ -48,7 +48,15 @@ class Elementwise(Activation):
 
     Example: `nk.Elementwise(torch.sin)`.  A named module-level function (such as
     `torch.sin`) identifies the layer exactly; a lambda or a local function does not,
-    so a tiled kernel store will not resume it (see `Layer.identity`)."""
+    so a tiled kernel store will not resume it (see `Layer.identity`).
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> swish = nk.Elementwise(lambda z: z * torch.sigmoid(z))              # kernel by quadrature
+    >>> nk.serial(nk.Dense(64), swish, nk.Dense(1)).kernel(torch.randn(3, 2), get="nngp").shape
+    torch.Size([3, 3])
+    """
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], n_points: int = 256,
                  dual: Callable[..., torch.Tensor] | None = None):

@@ -152,7 +152,19 @@ class Serial(Container):
         `in_shape` is one sample's shape: `(d,)` (or `d`) for vectors, `(C, H, W)` for images.
 
         `symmetric=True` wraps it in `SymmetricModule`, so that f(x; theta_0) = 0.
-        `device=None`: torch's default device (`torch.get_default_device()`)."""
+        `device=None`: torch's default device (`torch.get_default_device()`).
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> net = nk.serial(nk.Dense(256), nk.Relu(), nk.Dense(1))
+    >>> model = net.module(in_shape=3, seed=0, dtype=torch.float64)
+    >>> model(torch.randn(4, 3, dtype=torch.float64)).shape
+    torch.Size([4, 1])
+    >>> symmetric = net.module(in_shape=3, symmetric=True)   # f(x; theta_0) = 0
+    >>> float(symmetric(torch.randn(4, 3)).detach().abs().max())
+    0.0
+    """
         shape = (in_shape,) if isinstance(in_shape, int) else tuple(in_shape)
         needed = 3 if self.takes_images else 2 if self.takes_sequences else None
         if len(shape) not in (1, 2, 3) or (needed and len(shape) != needed):
@@ -247,7 +259,40 @@ class Serial(Container):
         not asked for in a tuple `get` is None).  dtype: `dtype`, or the input's when it
         is a floating torch tensor (float32 in, float32 out: relative error about 1e-6
         on these recursions), float64 for numpy, integer and list inputs.  Device:
-        `device`, or the input tensor's."""
+        `device`, or the input tensor's.
+
+    Parameters
+    ----------
+    x1, x2 : tensor or array
+        Samples `[N1, ...]`, `[N2, ...]`; `x2=None` is `x1` with itself.
+    get : {"nngp", "ntk"}, tuple of them, or None
+        A name returns that tensor, a tuple or None a `Kernel`.
+    block_size, max_memory, workers, fused, progress
+        How the blocks of pairs are computed (see above); they never change the numbers.
+    dtype, device
+        Of the result (default: the input's).
+
+    Returns
+    -------
+    Kernel or torch.Tensor
+        `[N1, N2]` kernels.
+
+    Raises
+    ------
+    ValueError
+        For inputs the architecture cannot take (the message names the layer and the fix).
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> net = nk.serial(nk.Dense(512, W_std=1.5, b_std=0.05), nk.Relu(), nk.Dense(1))
+    >>> x = torch.randn(5, 3, dtype=torch.float64)
+    >>> k = net.kernel(x)
+    >>> k.nngp.shape, k.ntk.shape
+    (torch.Size([5, 5]), torch.Size([5, 5]))
+    >>> bool(torch.equal(net.kernel(x, get="ntk"), k.ntk))
+    True
+    """
         names = canonical_get(get)
         dtype = input_dtype(x1, dtype)
         differentiable = torch.is_grad_enabled() and any(
@@ -306,5 +351,13 @@ class Serial(Container):
 
 
 def serial(*layers: Layer) -> Serial:
-    """Compose layers: `nk.serial(nk.Dense(512), nk.Relu(), nk.Dense(1))`."""
+    """Compose layers: `nk.serial(nk.Dense(512), nk.Relu(), nk.Dense(1))`.
+
+    Examples
+    --------
+    >>> import ntklab as nk
+    >>> net = nk.serial(nk.Dense(512, W_std=1.5), nk.Relu(), nk.Dense(1))
+    >>> net
+    serial(Dense(512, W_std=1.5), Relu(), Dense(1))
+    """
     return Serial(*layers)

@@ -122,7 +122,29 @@ def empirical_ntk(model: nn.Module, x1, x2=None, *, mode: str = "trace",
     '2GiB') bounds the working memory beyond the returned tensor.  The model
     must map each sample independently (eval mode for BatchNorm).
     `implementation`: "auto" (measured, see `ntklab.kernels.autotune`), or pin
-    "structured", "jacobian" or "ntk_vp"."""
+    "structured", "jacobian" or "ntk_vp".
+
+    Returns
+    -------
+    torch.Tensor
+        `[N1, N2]` ("trace"), `[N1, N2, O, O]` ("full") or `[N1, N2, O]` ("diagonal").
+
+    Raises
+    ------
+    ValueError
+        For a model that is not an `nn.Module`, an unknown `mode` or `implementation`, or
+        inputs whose sample shapes differ.
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> model = torch.nn.Sequential(torch.nn.Linear(3, 64), torch.nn.Tanh(), torch.nn.Linear(64, 2))
+    >>> x1, x2 = torch.randn(5, 3), torch.randn(4, 3)
+    >>> nk.empirical_ntk(model, x1, x2).shape
+    torch.Size([5, 4])
+    >>> nk.empirical_ntk(model, x1, x2, mode="full").shape
+    torch.Size([5, 4, 2, 2])
+    """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if mode not in MODES:

@@ -352,7 +352,17 @@ def compute_kernel(arch, x1, x2=None, *, store: str | Path, get: str | Sequence[
     store is keyed by `arch.identity`: an architecture that cannot be identified
     exactly (a lambda) is computed, but never resumed.  dtype as `Serial.kernel`.
     `verify`: check every finished tile against its checksum first and compute the
-    damaged ones again (reads the store once).  `fused`: as `Serial.kernel`."""
+    damaged ones again (reads the store once).  `fused`: as `Serial.kernel`.
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> net = nk.mlp(2, 64, b_std=0.1)
+    >>> x = torch.randn(10, 3, dtype=torch.float64)
+    >>> store = nk.kernels.compute_kernel(net, x, store="k.zarr", tile_size=4, get="ntk", progress=False)
+    >>> bool(torch.allclose(torch.as_tensor(store.load("ntk")), net.kernel(x, get="ntk"), rtol=1e-12))
+    True
+    """
     arch = parse_architecture(arch, argument="arch") if isinstance(arch, str) else arch
     if not isinstance(arch, Serial):
         raise ValueError(f"arch must be an nk.serial(...) architecture or a string such as "

@@ -27,7 +27,15 @@ from .model_inputs import check_model, model_input, reference_tensor
 def empirical_nngp(model: nn.Module, x1, x2=None) -> torch.Tensor:
     """(1/O) f(x1) . f(x2), `[N1, N2]`: the covariance of the model's O outputs at x1 and x2,
     averaged over outputs (neural-tangents' `empirical_nngp_fn` with `trace_axes=(-1,)`).
-    Per-sample, deterministic models only (eval mode), as `empirical_ntk`."""
+    Per-sample, deterministic models only (eval mode), as `empirical_ntk`.
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> model = nk.mlp(1, 64).module(3, seed=0)
+    >>> nk.empirical_nngp(model, torch.randn(5, 3)).shape
+    torch.Size([5, 5])
+    """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     reference = reference_tensor(model)
@@ -63,7 +71,19 @@ def monte_carlo_kernel(net_or_factory: Serial | Callable[[int], nn.Module], x1, 
     `empirical_ntk` (e.g. `implementation`, `max_memory`).  `each(s, kernels)`, if given, sees
     every network's kernels ({"nngp": ..., "ntk": ...}) as they stream by (per-sample
     statistics without keeping the samples).  A progress bar shows for more than 10 samples
-    (`progress` forces it on or off)."""
+    (`progress` forces it on or off).
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> net = nk.mlp(2, 256, W_std=1.5, b_std=0.1)
+    >>> x = torch.randn(4, 3, dtype=torch.float64)
+    >>> mc = nk.monte_carlo_kernel(net, x, n_samples=8, progress=False)
+    >>> mc.ntk.shape, mc.ntk_standard_error.shape
+    (torch.Size([4, 4]), torch.Size([4, 4]))
+    >>> bool(((mc.ntk - net.kernel(x, get="ntk")).abs() < 6 * mc.ntk_standard_error + 1e-9).all())
+    True
+    """
     n_samples = positive_int(n_samples, "n_samples")
     names = canonical_get(get)
     if isinstance(net_or_factory, Serial):

@@ -45,6 +45,15 @@ def gradient_descent_alpha(k_train_train, y_train, *, steps: int, learning_rate:
     or a list of steps (as in `train`).  `learning_rate=None` takes the fastest
     stable constant step, 2 |y| / (l_max^2 + l_min^2) resp. 2 |y| / (l_max + l_min),
     from K's eigenvalues l (absolute values for "alpha").
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> theta = torch.tensor([[2.0, 0.5], [0.5, 1.0]], dtype=torch.float64)
+    >>> y = torch.tensor([[1.0], [-1.0]], dtype=torch.float64)
+    >>> path = nk.predict.gradient_descent_alpha(theta, y, steps=200, record=[0, 200])
+    >>> float((path.f_train[-1] - y).abs().max()) < 1e-8
+    True
     """
     k = _square(k_train_train, "k_train_train")
     y, vector = as_targets(y_train, k.shape[0], "y_train", k.dtype, k.device)

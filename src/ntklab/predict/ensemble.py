@@ -62,6 +62,18 @@ def gradient_descent_mse_ensemble(net_or_kernel_fn, x_train, y_train, *, learnin
     and for "nngp" (Bayesian-like NNGP dynamics) mean with K in place of Theta and
         cov_t = K(x, x') - K(x, X) G^-1 (I - e^{-2 lr G t / n}) K(X, x').
     Returns `predict(t=None, x_test=None, get=None, compute_cov=False)`.
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> net = nk.mlp(1, 512, W_std=1.5, b_std=0.1)
+    >>> x_train, y_train = torch.randn(10, 3, dtype=torch.float64), torch.randn(10, 1, dtype=torch.float64)
+    >>> predict = nk.predict.gradient_descent_mse_ensemble(net, x_train, y_train)
+    >>> mean, cov = predict(t=None, x_test=x_train[:4], get="ntk", compute_cov=True)
+    >>> bool(torch.allclose(mean, y_train[:4], atol=1e-6))          # t = inf interpolates
+    True
+    >>> predict(t=[1.0, 10.0], x_test=x_train[:4], get="nngp").shape
+    torch.Size([2, 4, 1])
     """
     kernel = _kernel_callable(net_or_kernel_fn)
     images = getattr(net_or_kernel_fn, "takes_images", False)

@@ -119,6 +119,16 @@ def gradient_descent_mse(k_train_train, y_train, learning_rate: float = 1.0, dia
     >>> predict = gradient_descent_mse(k, torch.tensor([1.0, -1.0], dtype=torch.float64))
     >>> predict(None)[0]
     tensor([ 1., -1.], dtype=torch.float64)
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> theta = torch.tensor([[2.0, 0.5], [0.5, 1.0]], dtype=torch.float64)
+    >>> y = torch.tensor([[1.0], [-1.0]], dtype=torch.float64)
+    >>> predict = nk.predict.gradient_descent_mse(theta, y, learning_rate=1.0)
+    >>> f_train, f_test = predict(None, torch.zeros(2, 1, dtype=torch.float64))   # t = infinity
+    >>> bool(torch.allclose(f_train, y))
+    True
     """
     problem = _problem(k_train_train, y_train)
     learning_rate = positive(learning_rate, "learning_rate")
@@ -159,6 +169,17 @@ def gradient_descent(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     Returns `predict(t, fx_train_0=0.0, fx_test_0=None, k_test_train=None)` ->
     `(fx_train_t, fx_test_t)` as `gradient_descent_mse`; `t` must be finite (an ODE has no
     t = infinity).  A solver failure raises with the time it reached.
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> theta = torch.tensor([[2.0, 0.5], [0.5, 1.0]], dtype=torch.float64)
+    >>> y = torch.tensor([[1.0], [-1.0]], dtype=torch.float64)
+    >>> mse = lambda f, y: 0.5 * ((f - y) ** 2).mean()
+    >>> predict = nk.predict.gradient_descent(mse, theta, y, learning_rate=1.0)
+    >>> f_train, _ = predict(20.0, torch.zeros(2, 1, dtype=torch.float64))
+    >>> f_train.shape
+    torch.Size([2, 1])
     """
     problem = _problem(k_train_train, y_train)
     learning_rate = positive(learning_rate, "learning_rate")
@@ -234,6 +255,15 @@ def gp_inference(k_train_train, y_train, diag_reg: float = 0.0, diag_reg_absolut
     (Rasmussen & Williams 2006, eqs. 2.23-2.24; the NNGP posterior is the exact Bayesian
     posterior of an infinitely wide network, Lee et al. 2018).  Returns
     `predict(k_test_train, k_test_test=None)` -> `(mean, cov)` (cov None without `k_test_test`).
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> theta = torch.tensor([[2.0, 0.5], [0.5, 1.0]], dtype=torch.float64)
+    >>> y = torch.tensor([[1.0], [-1.0]], dtype=torch.float64)
+    >>> mean, cov = nk.predict.gp_inference(theta, y, diag_reg=1e-3)(theta, theta)
+    >>> mean.shape, cov.shape
+    (torch.Size([2, 1]), torch.Size([2, 2]))
     """
     problem = _problem(k_train_train, y_train)
     factorization = Factorization(problem.k_train_train, "k_train_train", diag_reg=diag_reg,
@@ -260,7 +290,15 @@ def max_learning_rate(k_train_train, y_train_size: int | None = None, momentum: 
     """The largest stable learning rate of (momentum) gradient descent on the MSE with
     ntklab's loss ||f - y||^2 / (2 |Y|): eta < 2 (1 + momentum) |Y| / lambda_max(K)
     (the contraction bound; with momentum, Goh 2017, "Why momentum really works").
-    `y_train_size=None`: |Y| = N (one output)."""
+    `y_train_size=None`: |Y| = N (one output).
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> theta = torch.diag(torch.tensor([4.0, 1.0], dtype=torch.float64))
+    >>> round(nk.predict.max_learning_rate(theta, y_train_size=2), 9)      # 2 |Y| / lambda_max
+    1.0
+    """
     k = _square(k_train_train, "k_train_train")
     size = k.shape[0] if y_train_size is None else int(y_train_size)
     if size <= 0:

@@ -65,7 +65,17 @@ class Factorization:
 
 def solve(k_train_train, y_train, *, diag_reg: float = 0.0, diag_reg_absolute_scale: bool = False,
           assume_psd: bool = True) -> torch.Tensor:
-    """alpha = (K + diag_reg I)^-1 y (interpolation when diag_reg = 0, lecture 21)."""
+    """alpha = (K + diag_reg I)^-1 y (interpolation when diag_reg = 0, lecture 21).
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> theta = torch.tensor([[2.0, 0.5], [0.5, 1.0]], dtype=torch.float64)
+    >>> y = torch.tensor([[1.0], [-1.0]], dtype=torch.float64)
+    >>> alpha = nk.predict.solve(theta, y)
+    >>> bool(torch.allclose(theta @ alpha, y))
+    True
+    """
     k = _square(k_train_train, "k_train_train")
     y, vector = as_targets(y_train, k.shape[0], "y_train", k.dtype, k.device)
     alpha = Factorization(k, diag_reg=diag_reg, diag_reg_absolute_scale=diag_reg_absolute_scale,
@@ -74,7 +84,17 @@ def solve(k_train_train, y_train, *, diag_reg: float = 0.0, diag_reg_absolute_sc
 
 
 def kernel_regression(k_train_train, y_train, k_test_train, **solve_kwargs) -> torch.Tensor:
-    """f(x) = sum_i alpha_i K(x, x_i) at the test points, alpha from `solve`."""
+    """f(x) = sum_i alpha_i K(x, x_i) at the test points, alpha from `solve`.
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> x = torch.linspace(-1, 1, 8, dtype=torch.float64)[:, None]
+    >>> k = nk.kernels.Gaussian(0.5)
+    >>> f = nk.predict.kernel_regression(k(x, x), torch.sin(3 * x), k(x[:3], x))
+    >>> bool(torch.allclose(f, torch.sin(3 * x[:3])))             # interpolates
+    True
+    """
     alpha = solve(k_train_train, y_train, **solve_kwargs)
     k_td = as_tensor(k_test_train, "k_test_train", dtype=alpha.dtype, device=alpha.device)
     if k_td.ndim != 2 or k_td.shape[1] != alpha.shape[0]:
