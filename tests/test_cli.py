@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 import ntklab as nk
-from ntklab import experiments
+from ntklab import experiments, files
 from ntklab.cli import main
 
 
@@ -27,6 +27,9 @@ def test_kernel_gd_quick_run_writes_a_complete_folder(tmp_path):
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert {r["kernel"].split()[0] for r in rows} == {"Gaussian", "ball", "NTK"}
     assert json.loads((out / "config.json").read_text())["seed"] == 0
+    # permissions as the umask gives (mkdtemp/mkstemp alone would leave 0700/0600)
+    assert out.stat().st_mode & 0o777 == files.default_mode(directory=True)
+    assert (out / "report.md").stat().st_mode & 0o777 == files.default_mode(directory=False)
     again = CliRunner().invoke(main, ["run", "kernel-gd", "--quick", "--out", str(out)])
     assert again.exit_code != 0 and "already exists" in again.output
 

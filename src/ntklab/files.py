@@ -8,10 +8,26 @@ import tempfile
 from pathlib import Path
 
 
+def default_mode(directory: bool) -> int:
+    """The permissions `open`/`mkdir` would give under the current umask (0644/0755 with the
+    usual 022): `tempfile.mkstemp`/`mkdtemp` create 0600/0700, unreadable to a shared group."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
+def make_temporary_folder(parent: Path, prefix: str) -> Path:
+    """`tempfile.mkdtemp` with the umask's usual permissions (a run folder is renamed from it)."""
+    folder = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+    folder.chmod(default_mode(directory=True))
+    return folder
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, default_mode(directory=False))
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         os.replace(tmp, path)

@@ -20,7 +20,7 @@ from typing import Any, Iterable, Mapping
 import matplotlib
 import numpy as np
 
-from .files import atomic_write_bytes, remove_stale_staging
+from .files import atomic_write_bytes, make_temporary_folder, remove_stale_staging
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -56,7 +56,7 @@ class RunFolder:
                              f"or pass --overwrite to replace it")
         self.overwrite = overwrite
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.stage = Path(tempfile.mkdtemp(dir=self.out.parent, prefix=f".{self.out.name}.partial-"))
+        self.stage = make_temporary_folder(self.out.parent, f".{self.out.name}.partial-")
 
     def __enter__(self) -> "RunFolder":
         return self
