@@ -91,3 +91,4 @@ from . import finite_width  # noqa: E402,F401
 from . import nearly_kernel  # noqa: E402,F401
 from . import linearization  # noqa: E402,F401
 from . import resnet_kernels  # noqa: E402,F401
+from . import overparameterization  # noqa: E402,F401
