@@ -17,7 +17,7 @@ def test_random_features_gram_matrix_tends_to_the_nngp_kernel():
                        nk.Dense(1, b_std=0.0)).kernel(x, get="nngp")
     relative = float((features @ features.T - kernel).abs().max() / kernel.abs().max())
     assert relative < 0.02                          # Monte Carlo error ~ 1/sqrt(m)
-    wrong = nk.serial(nk.Dense(1, W_std=math.sqrt(2), b_std=0.0), nk.Relu(),
+    wrong = nk.serial(nk.Dense(1, W_std=1.0, b_std=0.5), nk.Relu(),   # another W_std
                       nk.Dense(1, b_std=0.0)).kernel(x, get="nngp")
     assert float((features @ features.T - wrong).abs().max() / wrong.abs().max()) > 0.1
 
