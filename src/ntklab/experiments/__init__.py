@@ -92,3 +92,4 @@ from . import nearly_kernel  # noqa: E402,F401
 from . import linearization  # noqa: E402,F401
 from . import resnet_kernels  # noqa: E402,F401
 from . import overparameterization  # noqa: E402,F401
+from . import dimension_sweep  # noqa: E402,F401
