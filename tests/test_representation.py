@@ -92,11 +92,20 @@ def test_quick_sample_complexity_run_writes_the_curves(tmp_path):
     experiments.run("sample-complexity", tmp_path / "run", quick=True)
     with open(tmp_path / "run" / "summary.csv") as handle:
         summary = list(csv.DictReader(handle))
-    assert {row["method"] for row in summary} == {"Algorithm 1", "random features", "NTK regression"}
+    assert {row["method"] for row in summary} == {"Algorithm 1", "Algorithm 1, b ~ N(0, 1) in step 1",
+                                                  "random features", "NTK regression"}
     at_800 = {row["method"]: float(row["mean_loss"]) for row in summary if row["n"] == "800"}
     assert at_800["Algorithm 1"] < at_800["NTK regression"] < 1.0
     report = (tmp_path / "run" / "report.md").read_text()
     assert "n = 800: Algorithm 1" in report and "(below)" in report
+    # every sentence about the kernels' plateau says what was measured
+    import re
+    for line in re.findall(r"- n = \d+: .*", report):
+        kernel = float(re.search(r"best kernel ([0-9.]+)", line).group(1))
+        measured = line.split("measured ")[1]
+        assert measured.startswith("about 1/2") == (abs(kernel - 0.5) < 0.1), line
+        assert measured.startswith("below 1/2") == (kernel < 0.4), line
+    assert "on a grid edge" in report
     assert (tmp_path / "run" / "figures" / "loss_vs_n.png").stat().st_size > 10_000
 
 

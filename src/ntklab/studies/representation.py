@@ -33,7 +33,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .._validation import DEFAULT_DTYPE, positive, positive_int
+from .._validation import DEFAULT_DTYPE, one_of, positive, positive_int
 from .. import arch as nk
 
 RIDGES = tuple(10.0 ** k for k in range(-8, 2))  # lambda grid for the ridge on a (and NTK diag_reg)
@@ -163,16 +163,25 @@ def _preprocess(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return alpha, beta, y - alpha - x @ beta
 
 
-def symmetric_init(m: int, d: int, *, seed: int, dtype: torch.dtype = DEFAULT_DTYPE):
-    """a in {+-1}, w ~ N(0, I/d), b = 0, second half mirroring the first with -a."""
+INITIAL_BIASES = ("zero", "normal")
+
+
+def symmetric_init(m: int, d: int, *, seed: int, dtype: torch.dtype = DEFAULT_DTYPE,
+                   initial_bias: str = "zero"):
+    """a in {+-1}, w ~ N(0, I/d), second half mirroring the first with -a; the biases of the
+    first step b = 0 (`initial_bias="zero"`, the slides' Algorithm 1) or b ~ N(0, 1) mirrored
+    ("normal", as the authors' code keeps them)."""
     m = positive_int(m, "m")
     if m % 2:
         raise ValueError(f"m must be even for the symmetric initialization, got {m}")
+    initial_bias = one_of(initial_bias, "initial_bias", INITIAL_BIASES)
     g = torch.Generator().manual_seed(seed)
     half = m // 2
     w = torch.randn(half, d, generator=g, dtype=dtype) / math.sqrt(d)
     a = torch.randint(0, 2, (half,), generator=g).to(dtype).mul_(2).sub_(1)
-    return torch.cat([a, -a]), torch.cat([w, w]), torch.zeros(m, dtype=dtype), g
+    b = (torch.zeros(half, dtype=dtype) if initial_bias == "zero"
+         else torch.randn(half, generator=g, dtype=dtype))
+    return torch.cat([a, -a]), torch.cat([w, w]), torch.cat([b, b]), g
 
 
 def first_step(x: torch.Tensor, residual: torch.Tensor, a: torch.Tensor, W: torch.Tensor,
@@ -263,13 +272,15 @@ def loo_ridge(gram: torch.Tensor, y: torch.Tensor, ridges: Sequence[float] = RID
 
 def algorithm1(x: torch.Tensor, y: torch.Tensor, *, m: int = 1000, seed: int = 0,
                steps: int | None = None, ridges: Sequence[float] = RIDGES,
-               validation: float = 0.2) -> TwoLayerPredictor:
+               validation: float = 0.2, initial_bias: str = "zero") -> TwoLayerPredictor:
     """Damian-Lee-Soltanolkotabi Algorithm 1 (see the module docstring): one
-    gradient step on W from the symmetric initialization, fresh biases, then the
+    gradient step on W from the symmetric initialization (biases `initial_bias`: zero as
+    in the slides, or N(0, 1) as the authors' code), fresh biases, then the
     head a by ridge-regularized GD (exact by default), ridge by validation."""
     x_fit, y_fit, x_val, y_val = _split(x, y, validation)
     alpha, beta, residual = _preprocess(x_fit, y_fit)
-    a0, W0, b0, generator = symmetric_init(m, x.shape[1], seed=seed, dtype=x.dtype)
+    a0, W0, b0, generator = symmetric_init(m, x.shape[1], seed=seed, dtype=x.dtype,
+                                           initial_bias=initial_bias)
     W = first_step(x_fit, residual, a0, W0, b0)
     b = torch.randn(m, generator=generator, dtype=x.dtype)
     return _train_head(x_fit, residual, x_val, y_val, alpha, beta, W, b, steps, ridges)
