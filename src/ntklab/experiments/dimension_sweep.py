@@ -36,15 +36,15 @@ class Config:
     threshold: float = 0.3
     noise: float = 0.1
     m: int = 1000
-    seeds: int = 2
+    seeds: int = 4
     n_test: int = 3000
     n_start: int = 25
     n_max: int = 12_000
 
     def __post_init__(self):
         if self.dims is None:
-            object.__setattr__(self, "dims", {"Algorithm 1": (6, 8, 12, 16, 24),
-                                              "NTK regression": (6, 8, 10, 12)})
+            object.__setattr__(self, "dims", {"Algorithm 1": (6, 8, 12, 16, 24, 32),
+                                              "NTK regression": (6, 8, 10, 12, 16, 20)})
 
     @classmethod
     def quick(cls) -> "Config":
