@@ -156,6 +156,7 @@ def _figure(folder: RunFolder, rows: list[dict], x: torch.Tensor, cfg: Config) -
         bottom.axhline(0, color="k", lw=0.8)
         bottom.set_xscale("log")
         bottom.set_ylabel("(Monte Carlo - predicted) / s.e.   o variance, x mean shift")
+        bottom.set_title(f"{family}: residuals in standard errors")
         for ax in (top, bottom):
             ax.set_xlabel("depth / width  L/n")
             ax.grid(alpha=0.3, which="both")

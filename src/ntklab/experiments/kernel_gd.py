@@ -192,7 +192,8 @@ def plot_interpolants(task: RegressionTask, results: dict) -> plt.Figure:
             ax.text(0.02, 0.97, f"interpolant clipped: its range is [{float(interpolant.min()):.0f}, "
                     f"{float(interpolant.max()):.0f}]", transform=ax.transAxes, va="top", fontsize=8)
         ax.set_xlabel("x")
-    axes[0].set_ylabel("f(x)")
+    for ax in axes:
+        ax.set_ylabel("f(x)")
     axes[0].legend(fontsize=7, loc="lower right")
     fig.suptitle(f"Kernel regression interpolants ({task.description})", y=1.02)
     return fig

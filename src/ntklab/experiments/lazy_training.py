@@ -230,7 +230,8 @@ def plot_scaling(summary: list[dict], fits: dict) -> plt.Figure:
         ref = np.array([r["kernel_change"] for r in rows])[0] * (widths / widths[0]) ** -0.5
         ax.plot(widths, ref, color="0.5", ls=":", label="n^-1/2 reference")
         ax.plot(widths, ref[0] * (widths / widths[0]) ** -1.0, color="0.5", ls="--", label="n^-1 reference")
-        ax.set(xscale="log", yscale="log", xlabel="width n", title=task)
+        ax.set(xscale="log", yscale="log", xlabel="width n", title=task,
+               ylabel="relative change or distance (see legend)")
         ax.set_xticks(widths, [str(int(w)) for w in widths])
         ax.legend(fontsize=7, loc="lower left")
     fig.suptitle("Lazy training: what moves, and how far from the NTK, against width")

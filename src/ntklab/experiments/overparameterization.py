@@ -73,7 +73,7 @@ def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device) -> d
                "largest_m_median_mse": curve[-1]["median"], "ridgeless_kernel_mse": kernel_error,
                "noise_variance": cfg.noise ** 2, "implicit_bias_slope": slope[0],
                "implicit_bias_slope_se": slope[1], "seconds": round(seconds, 1)}
-    folder.write_csv("double_descent.csv", curve)
+    folder.write_csv("metrics.csv", curve)   # the double-descent curve
     folder.write_csv("implicit_bias.csv", bias)
     folder.write_json("fits.json", summary)
     figure = _figure(folder, curve, kernel_error, bias, cfg)

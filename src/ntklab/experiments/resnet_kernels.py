@@ -135,6 +135,7 @@ def _figure(folder: RunFolder, table: dict, data_name: str) -> str:
     low = min(100 * v for row in table.values() for v in row.values())
     ax.set_ylim(max(0.0, low - 5), 100)
     ax.set_ylabel(f"test accuracy (%), {data_name}")
+    ax.set_xlabel("network depth (conv layers)")
     ax.set_title("Kernel regression with the NTK of four architectures")
     ax.legend(fontsize=8, ncol=4, loc="lower center")
     ax.grid(alpha=0.3, axis="y")

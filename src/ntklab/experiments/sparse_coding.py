@@ -196,6 +196,7 @@ def _figure(folder: RunFolder, table: list[dict], cfg: Config) -> str:
             if sweep != "k":
                 ax.set_xscale("log")
         top.set_title(f"sweep of {SWEEPS[sweep]} (d = {cfg.d}, m = {cfg.m})")
+        bottom.set_title(f"k-sparse reconstruction against {SWEEPS[sweep]}")
     axes[0, 0].legend(fontsize=7)
     axes[1, 0].legend(fontsize=7)
     fig.tight_layout()
