@@ -102,6 +102,20 @@ class RunFolder:
         return relative
 
 
+CLAIM_COLUMNS = ["claim", "source", "measured", "verdict"]
+
+
+def claims_table(claims: list[dict]) -> str:
+    """The table each report opens with: the claim, its source, the measured number (with its
+    uncertainty) and the verdict."""
+    return markdown_table(claims, CLAIM_COLUMNS)
+
+
+def slope_verdict(slope: float, expected: float, tolerance: float) -> str:
+    """"holds" when a fitted slope is within `tolerance` of the expected one."""
+    return "holds" if abs(slope - expected) <= tolerance else f"differs by {slope - expected:+.2f}"
+
+
 def markdown_table(rows: list[Mapping[str, Any]], columns: list[str], *, digits: int = 3) -> str:
     """A GitHub-flavoured markdown table of `rows` restricted to `columns`."""
     def fmt(value):

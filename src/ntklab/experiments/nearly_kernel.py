@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from .. import arch as nk
 from ..fits import power_law, power_law_slope
 from ..kernels.spectrum import inverse_largest_eigenvalue
-from ..report import RunFolder, markdown_table
+from ..report import RunFolder, markdown_table, slope_verdict
 from ..studies import network_expansion as N
 from ..studies import quadratic as Q
 from . import register
@@ -172,7 +172,8 @@ def _report(cfg: Config, rows: list[dict], fits: dict, networks: list[dict], fig
     """report.md: errors against eps, the fitted slopes against their theory, eps*."""
     table = [{k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows]
     slopes = [{"solution": solution, "prediction": prediction, "theory slope": expected,
-               "fitted slope": f"{fits['slope_' + name]:.2f}"}
+               "fitted slope": f"{fits['slope_' + name]:.2f}",
+               "verdict": slope_verdict(fits["slope_" + name], expected, 0.1)}
               for name, solution, prediction, expected in COMPARISONS]
     large = [r["eps"] for r in rows if r["nearly_kernel_error"] > 0.5 * r["kernel_error"]]
     checked = max(r["eps"] for r in rows if r["eps"] not in large) if len(large) < len(rows) else 0.0

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from .. import arch as nk
 from ..data import regression_sphere
 from ..fits import power_law_slope
-from ..report import RunFolder, markdown_table
+from ..report import RunFolder, claims_table, markdown_table
 from ..studies import overparameterization as O
 from . import register
 
@@ -100,7 +100,7 @@ def _report(cfg: Config, curve: list[dict], bias: list[dict], summary: dict, fig
     ]
     return "\n".join([
         "# Over-parameterization: implicit bias and double descent (lecture 20)", "",
-        markdown_table(claims, ["claim", "source", "measured", "verdict"]), "",
+        claims_table(claims), "",
         "## Double descent", "",
         f"Least squares on m random ReLU features relu(sqrt(2) w·x/sqrt(d) + 0.5 b)/sqrt(m) "
         f"(minimum-norm solution for m >= N), N = {cfg.n_train} noisy samples (noise std {cfg.noise}) of "
