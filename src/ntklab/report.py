@@ -102,6 +102,15 @@ class RunFolder:
         return relative
 
 
+def power_guides(ax, x, anchor: float, exponents, *, label: str = "x", styles=(":", "--", "-.")) -> None:
+    """Grey guide lines anchor * (x / x[0])^e on a log-log panel, one per exponent, labelled
+    `label^e`: the rates a report claims, drawn beside the measurements."""
+    x = np.asarray(x, float)
+    for exponent, style in zip(exponents, styles):
+        ax.plot(x, anchor * (x / x[0]) ** exponent, color="0.5", ls=style, lw=0.8,
+                label=f"{label}^{exponent:g}")
+
+
 CLAIM_COLUMNS = ["claim", "source", "measured", "verdict"]
 
 

@@ -34,7 +34,7 @@ from .. import kernels
 from .. import predict
 from ..data import RegressionTask, regression_1d, regression_sphere
 from ..fits import power_law_slope
-from ..report import RunFolder, claims_table, markdown_table
+from ..report import RunFolder, claims_table, markdown_table, power_guides
 from ..studies.gd_step import one_step_remainder
 from . import register
 
@@ -280,11 +280,9 @@ def plot_network_steps(networks: list[dict], config: Config) -> plt.Figure:
         ax.loglog(etas, row["remainders"], "o-" if row["weights"] == "initialization" else "s--",
                   color=plt.cm.tab10(config.network_widths.index(row["width"])),
                   label=f"width {row['width']}, {row['weights']} (slope {row['slope']:.2f})")
-    start = min(r["remainders"][0] for r in networks)
-    ax.loglog(etas, start * (etas / etas[0]) ** 2, "k:", label="eta^2")
-    ax.set_xlabel("learning rate eta")
-    ax.set_ylabel("max |Δf - kernel-regression step| on test points")
-    ax.set_title("one GD step of a tanh MLP = kernel step + O(eta^2)")
+    power_guides(ax, etas, min(r["remainders"][0] for r in networks), (2,), label="eta")
+    ax.set(xlabel="learning rate eta", ylabel="max |Δf - kernel-regression step| on test points",
+           title="one GD step of a tanh MLP = kernel step + O(eta^2)")
     ax.legend(fontsize=6)
     fig.tight_layout()
     return fig

@@ -42,7 +42,7 @@ from .. import predict
 from ..data import RegressionTask, digits_parity, regression_sphere
 from ..kernels.monte_carlo import monte_carlo_kernel
 from ..fits import power_law, power_law_slope
-from ..report import RunFolder, claims_table, markdown_table, slope_verdict
+from ..report import RunFolder, claims_table, markdown_table, power_guides, slope_verdict
 from ..train import train
 from . import register
 
@@ -227,9 +227,7 @@ def plot_scaling(summary: list[dict], fits: dict) -> plt.Figure:
             err = np.array([r.get(q + "_std", 0.0) for r in rows])
             ax.errorbar(widths, values, yerr=err, marker="o", ms=4, capsize=2, color=f"C{i}",
                         label=f"{label}: slope {fits[task][q]:+.2f}")
-        ref = np.array([r["kernel_change"] for r in rows])[0] * (widths / widths[0]) ** -0.5
-        ax.plot(widths, ref, color="0.5", ls=":", label="n^-1/2 reference")
-        ax.plot(widths, ref[0] * (widths / widths[0]) ** -1.0, color="0.5", ls="--", label="n^-1 reference")
+        power_guides(ax, widths, rows[0]["kernel_change"], (-0.5, -1), label="n")
         ax.set(xscale="log", yscale="log", xlabel="width n", title=task,
                ylabel="relative change or distance (see legend)")
         ax.set_xticks(widths, [str(int(w)) for w in widths])
@@ -309,13 +307,10 @@ def plot_smoothness(rows: list[dict], fits: dict) -> plt.Figure:
         ax.loglog([r["width"] for r in chosen], [r["lin_distance"] for r in chosen], "os"[i], color=f"C{i}",
                   label=f"{name}: slope {fits[name][0]:.2f} ± {fits[name][1]:.2f}")
     widths = np.array(sorted({r["width"] for r in rows}), float)
-    start = np.mean([r["lin_distance"] for r in rows if r["width"] == widths[0]])
-    for power, style in ((0.5, ":"), (0.75, "-."), (1.0, "--")):
-        ax.loglog(widths, start * (widths / widths[0]) ** -power, color="0.5", ls=style, lw=0.8,
-                  label=f"n^-{power:g}")
-    ax.set_xlabel("width n")
-    ax.set_ylabel("||f - f_lin|| / ||f_lin|| on test, end of training")
-    ax.set_title("distance to the linearized network: the kink matters")
+    power_guides(ax, widths, np.mean([r["lin_distance"] for r in rows if r["width"] == widths[0]]),
+                 (-0.5, -0.75, -1), label="n", styles=(":", "-.", "--"))
+    ax.set(xlabel="width n", ylabel="||f - f_lin|| / ||f_lin|| on test, end of training",
+           title="distance to the linearized network: the kink matters")
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig

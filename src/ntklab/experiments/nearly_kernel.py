@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from .. import arch as nk
 from ..fits import power_law, power_law_slope
 from ..kernels.spectrum import inverse_largest_eigenvalue
-from ..report import RunFolder, markdown_table, slope_verdict
+from ..report import RunFolder, markdown_table, power_guides, slope_verdict
 from ..studies import network_expansion as N
 from ..studies import quadratic as Q
 from . import register
@@ -247,14 +247,10 @@ def _figure(folder, rows, search, losses, quadratic, stars, eps_teacher, network
     for (name, solution, prediction, expected), marker in zip(COMPARISONS, markers):
         axes[0].plot(eps, [r[name] for r in rows], marker=marker, ls="-" if expected == 2 else "--",
                      label=f"{solution} vs {prediction}")
-    anchor = rows[0]
-    for power, key in ((1, "kernel_error"), (2, "nearly_kernel_error")):
-        axes[0].plot(eps, anchor[key] * (eps / eps[0]) ** power, color="0.6", lw=0.8, ls=":")
-    axes[0].set_xscale("log")
-    axes[0].set_yscale("log")
-    axes[0].set_xlabel("eps")
-    axes[0].set_ylabel("max |difference| / max |z|  (dotted: eps^1, eps^2)")
-    axes[0].set_title("each prediction against its solution")
+    power_guides(axes[0], eps, rows[0]["kernel_error"], (1,), label="eps")
+    power_guides(axes[0], eps, rows[0]["nearly_kernel_error"], (2,), label="eps", styles=("--",))
+    axes[0].set(xscale="log", yscale="log", xlabel="eps", ylabel="max |difference| / max |z|",
+                title="each prediction against its solution")
     axes[0].legend(fontsize=6.5)
     axes[0].grid(alpha=0.3, which="both")
     axes[1].plot(search, losses, "o", label="trained models (GD)")
@@ -262,25 +258,17 @@ def _figure(folder, rows, search, losses, quadratic, stars, eps_teacher, network
     axes[1].axvline(eps_teacher, color="k", lw=0.8, label=f"eps_teacher = {eps_teacher}")
     axes[1].axvline(stars["first_order"], color="C3", ls="--", label=f"eps* = {stars['first_order']:.3g}")
     axes[1].axvline(stars["slides"], color="C4", ls=":", label=f"slides' eps* = {stars['slides']:.3g}")
-    axes[1].set_xlabel("eps")
-    axes[1].set_ylabel("test loss  ½ Σ (y - z)²")
-    axes[1].set_title("optimal amount of feature learning")
+    axes[1].set(xlabel="eps", ylabel="test loss  ½ Σ (y - z)²", title="optimal amount of feature learning")
     axes[1].legend(fontsize=7)
     axes[1].grid(alpha=0.3)
     widths = np.array([r["width"] for r in networks], float)
     for key, label, marker in (("kernel_error", "kernel (empirical NTK)", "o"),
                                ("dntk_error", "nearly-kernel (+ empirical dNTK)", "s")):
         axes[2].plot(widths, [r[key] for r in networks], marker, alpha=0.7, label=label)
-    grid = np.geomspace(widths.min(), widths.max(), 20)
     start = np.exp(np.mean(np.log([r["kernel_error"] for r in networks if r["width"] == widths.min()])))
-    for power, style in ((1, ":"), (2, "--")):
-        axes[2].plot(grid, start * (grid / grid[0]) ** -power, color="0.5", ls=style, lw=0.8,
-                     label=f"n^-{power}")
-    axes[2].set_xscale("log")
-    axes[2].set_yscale("log")
-    axes[2].set_xlabel("width n")
-    axes[2].set_ylabel("max |Δf - prediction| / max |Δf|")
-    axes[2].set_title("trained tanh MLPs")
+    power_guides(axes[2], np.geomspace(widths.min(), widths.max(), 20), start, (-1, -2), label="n")
+    axes[2].set(xscale="log", yscale="log", xlabel="width n", ylabel="max |Δf - prediction| / max |Δf|",
+                title="trained tanh MLPs")
     axes[2].legend(fontsize=7)
     axes[2].grid(alpha=0.3, which="both")
     fig.tight_layout()

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from .. import arch as nk
 from ..data import regression_sphere
 from ..fits import power_law_slope
-from ..report import RunFolder, claims_table, markdown_table
+from ..report import RunFolder, claims_table, markdown_table, power_guides
 from ..studies import overparameterization as O
 from . import register
 
@@ -127,20 +127,15 @@ def _figure(folder: RunFolder, curve, kernel_error, bias, cfg) -> str:
                          label="quartiles")
     axes[0].axhline(kernel_error, color="k", ls="--", label="ridgeless kernel (m = ∞)")
     axes[0].axvline(cfg.n_train, color="C3", lw=0.8, label=f"m = N = {cfg.n_train}")
-    axes[0].set_xscale("log")
-    axes[0].set_yscale("log")
-    axes[0].set_xlabel("number of features m")
-    axes[0].set_ylabel("test MSE")
-    axes[0].set_title("double descent")
+    axes[0].set(xscale="log", yscale="log", xlabel="number of features m", ylabel="test MSE",
+                title="double descent")
     axes[0].legend(fontsize=8)
     widths = np.array([r["width"] for r in bias], float)
     axes[1].loglog(widths, [r["distance"] for r in bias], "o", label="trained network")
-    grid = np.geomspace(widths.min(), widths.max(), 10)
-    first = np.mean([r["distance"] for r in bias if r["width"] == widths.min()])
-    axes[1].loglog(grid, first * (grid / grid[0]) ** -0.5, "k:", label="n^-1/2")
-    axes[1].set_xlabel("width n")
-    axes[1].set_ylabel("‖f_GD - f_min-norm NTK‖ / ‖f_min-norm NTK‖")
-    axes[1].set_title("GD picks the minimum-RKHS-norm interpolant")
+    power_guides(axes[1], np.geomspace(widths.min(), widths.max(), 10),
+                 np.mean([r["distance"] for r in bias if r["width"] == widths.min()]), (-0.5,), label="n")
+    axes[1].set(xlabel="width n", ylabel="‖f_GD - f_min-norm NTK‖ / ‖f_min-norm NTK‖",
+                title="GD picks the minimum-RKHS-norm interpolant")
     axes[1].legend(fontsize=8)
     fig.tight_layout()
     return folder.save_figure("overparameterization", fig)
