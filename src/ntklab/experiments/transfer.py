@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..report import RunFolder, grouped, markdown_table, mean_std
+from ..report import RunFolder, claims_table, grouped, markdown_table, mean_std
 from ..studies import representation as R
 from . import register
 
@@ -184,8 +184,24 @@ def _report(cfg, rows, summary, dims, figure, seconds) -> str:
         row["||W||^2 in span(u)"] = f"{np.mean(alignment):.3f}" if alignment else "-"
         table.append(row)
     d, p = cfg.d, cfg.p
+    best = max(cfg.pretrain)
+    by_dimension = summarize(dims, ("d", "N"))
+    largest_N = max(cfg.dims_finetune)
+    at_largest = [e["mean_loss"] for e in by_dimension if e["N"] == largest_N]
+    claims = [{"claim": "after pretraining on n >= d^2 samples the head learns the new task from few samples",
+               "source": "Damian, Lee & Soltanolkotabi 2022, Theorem 3",
+               "measured": ", ".join(f"N = {e['N']}: {e['mean_loss']:.3f} (oracle {e['mean_oracle_loss']:.3f})"
+                                     for e in summary if e["method"] == f"pretrained on n = {best}")[:200],
+               "verdict": "holds from N = 32" if any(e["N"] <= 32 and e["mean_loss"] < 0.5 for e in summary
+                                                    if e["method"] == f"pretrained on n = {best}")
+                          else "not at N <= 32"},
+              {"claim": "the head's sample complexity does not grow with d", "source": "Theorem 3 (N independent of d)",
+               "measured": f"loss at N = {largest_N} for d = {', '.join(str(x) for x in cfg.dims)}: "
+                           + ", ".join(f"{v:.3f}" for v in at_largest),
+               "verdict": "holds" if max(at_largest) < 2 * min(at_largest) + 0.05 else "grows with d"}]
     return "\n".join([
         "# Transfer learning (Damian, Lee & Soltanolkotabi 2022)", "",
+        claims_table(claims), "",
         f"d = {d}, p = {p}: pretraining target He2(u.x)/2 + He{p}(u.x)/sqrt(2 {p}!) on n samples "
         f"(Algorithm 1's first step, width m = {cfg.m}); new task He{p}(u.x)/sqrt({p}!) on the same u, "
         f"head fitted on N samples (ridge by exact leave-one-out on 1e-8 ... 1e4 times the mean "
