@@ -77,7 +77,17 @@ deviations (the tails of z⁴-weighted moments beyond it are below 1e-15 relativ
 class FiniteWidthStatistics:
     """Per preactivation layer ℓ = 1..L+1 (the first axis) over the N inputs (the sample axes),
     see the module docstring. `widths[ℓ-1]` is the fan-in n_{ℓ-1} of layer ℓ (the input
-    dimension first), the m of that layer's 1/m terms."""
+    dimension first), the m of that layer's 1/m terms.
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> stats = nk.finite_width(nk.mlp(2, 64, b_std=0.1), torch.randn(2, 3))
+    >>> stats
+    FiniteWidthStatistics(layers=3, widths=(3, 64, 64), inputs=2)
+    >>> stats.ntk_A.shape, stats.ntk_covariance.shape
+    (torch.Size([3, 2, 2, 2, 2]), torch.Size([2, 2, 2, 2]))
+    """
     widths: tuple[int, ...]
     nngp: torch.Tensor          # K^(ℓ)_ab                      [L+1, N, N]
     four_point: torch.Tensor    # V^(ℓ)_(ab)(cd)                [L+1, N, N, N, N]
@@ -317,7 +327,15 @@ def finite_width(net: Serial, x) -> FiniteWidthStatistics:
 @dataclass(frozen=True)
 class Criticality:
     """Initialization hyperparameters at which the mean metric neither grows nor decays with
-    depth (PDLT ch. 5): χ_∥(K*) = χ_⊥(K*) = 1 at the fixed point K* = C_b + C_W ⟨σ²⟩_{K*}."""
+    depth (PDLT ch. 5): χ_∥(K*) = χ_⊥(K*) = 1 at the fixed point K* = C_b + C_W ⟨σ²⟩_{K*}.
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> c = nk.criticality(nk.Tanh())
+    >>> c.universality, c.W_std, c.b_std
+    ('K*=0', 1.0, 0.0)
+    """
     C_W: float
     C_b: float
     K_star: float | None       # None for the scale-invariant class (every K is a fixed point)

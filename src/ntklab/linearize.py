@@ -29,7 +29,17 @@ class TaylorExpansion(nn.Module):
     at its current parameters theta_0; `self.parameters()` are theta (and only theta),
     trainable by any torch optimizer.  theta_0 are buffers; the network itself is held
     unregistered (its own parameters are never used), so expand a model already on its
-    device and dtype."""
+    device and dtype.
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> model = nk.mlp(1, 16, activation=nk.Tanh()).module(2, seed=0, dtype=torch.float64)
+    >>> quadratic = nk.taylor_expand(model, 2)
+    >>> x = torch.randn(3, 2, dtype=torch.float64)
+    >>> bool(torch.allclose(quadratic(x), model(x)))
+    True
+    """
 
     def __init__(self, model: nn.Module, degree: int, params: Sequence[str] | None = None):
         super().__init__()
@@ -72,7 +82,16 @@ def _derivative(fn, one: torch.Tensor):
 
 
 class Linearized(TaylorExpansion):
-    """`f_lin(x) = f(x; theta_0) + J(x) (theta - theta_0)`: the degree-1 Taylor expansion."""
+    """`f_lin(x) = f(x; theta_0) + J(x) (theta - theta_0)`: the degree-1 Taylor expansion.
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> model = nk.mlp(1, 16).module(2, seed=0, dtype=torch.float64)
+    >>> lin = nk.linearize(model)
+    >>> isinstance(lin, nk.Linearized), sum(p.numel() for p in lin.parameters()) == sum(p.numel() for p in model.parameters())
+    (True, True)
+    """
 
     def __init__(self, model: nn.Module, params: Sequence[str] | None = None):
         super().__init__(model, 1, params)

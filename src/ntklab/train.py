@@ -45,7 +45,16 @@ def mean_squared_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.T
 
 @dataclass
 class TrainingHistory:
-    """What `train` recorded; `rows` is one dict of scalars per recorded step."""
+    """What `train` recorded; `rows` is one dict of scalars per recorded step.
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> model = nk.mlp(1, 32).module(2, seed=0)
+    >>> history = nk.train(model, torch.randn(8, 2), torch.randn(8, 1), steps=10, learning_rate=0.1, record=[0, 10], progress=False)
+    >>> history.steps, history.column("train_loss").shape
+    ([0, 10], (2,))
+    """
     steps: list[int]
     rows: list[dict[str, float]]
     kernels: list[torch.Tensor]            # empirical NTK (trace mode) on the probe set

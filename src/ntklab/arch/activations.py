@@ -106,6 +106,14 @@ class ABRelu(Activation):
 
     (arc-cosine kernel of Cho & Saul 2009; ReLU: a=0, b=1 gives
     sqrt(v1 v2)/(2 pi) (sin theta + (pi - theta) cos theta) and (pi - theta)/(2 pi)).
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> x = torch.tensor([[1.0, 0.0], [0.6, 0.8]], dtype=torch.float64)
+    >>> nk.serial(nk.Dense(1), nk.ABRelu(-0.5, 1.0)).kernel(x, get="nngp")
+    tensor([[0.3125, 0.2311],
+            [0.2311, 0.3125]], dtype=torch.float64)
     """
 
     def __init__(self, a: float, b: float):
@@ -142,14 +150,32 @@ class Relu(ABRelu):
 
 
 class LeakyRelu(ABRelu):
-    """phi(x) = alpha min(x, 0) + max(x, 0)."""
+    """phi(x) = alpha min(x, 0) + max(x, 0).
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> x = torch.tensor([[1.0, 0.0], [0.6, 0.8]], dtype=torch.float64)
+    >>> nk.serial(nk.Dense(1), nk.LeakyRelu(0.1)).kernel(x, get="nngp")
+    tensor([[0.2525, 0.1672],
+            [0.1672, 0.2525]], dtype=torch.float64)
+    """
 
     def __init__(self, alpha: float = 0.01):
         super().__init__(positive(alpha, "alpha", allow_zero=True), 1.0)
 
 
 class Abs(ABRelu):
-    """phi(x) = |x|."""
+    """phi(x) = |x|.
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> x = torch.tensor([[1.0, 0.0], [0.6, 0.8]], dtype=torch.float64)
+    >>> nk.serial(nk.Dense(1), nk.Abs()).kernel(x, get="nngp")
+    tensor([[0.5000, 0.3775],
+            [0.3775, 0.5000]], dtype=torch.float64)
+    """
 
     def __init__(self):
         super().__init__(-1.0, 1.0)
@@ -166,6 +192,14 @@ class Erf(Activation):
         E[phi' phi'] = a^2 b^2 (4/pi) / sqrt(P - s^2 c'^2)
 
     where c' is the input covariance.
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> x = torch.tensor([[1.0, 0.0], [0.6, 0.8]], dtype=torch.float64)
+    >>> nk.serial(nk.Dense(1), nk.Erf()).kernel(x, get="nngp")
+    tensor([[0.3333, 0.1940],
+            [0.1940, 0.3333]], dtype=torch.float64)
     """
 
     def __init__(self, a: float = 1.0, b: float = 1.0, c: float = 0.0):
@@ -185,7 +219,16 @@ class Erf(Activation):
 
 
 class Sigmoid_like(Erf):  # noqa: N801 -- neural-tangents' name
-    """neural-tangents' erf-based sigmoid, phi(x) = erf(x / 2.4020563531719796) / 2 + 1/2."""
+    """neural-tangents' erf-based sigmoid, phi(x) = erf(x / 2.4020563531719796) / 2 + 1/2.
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> x = torch.tensor([[1.0, 0.0], [0.6, 0.8]], dtype=torch.float64)
+    >>> nk.serial(nk.Dense(1), nk.Sigmoid_like()).kernel(x, get="nngp")
+    tensor([[0.2736, 0.2641],
+            [0.2641, 0.2736]], dtype=torch.float64)
+    """
 
     def __init__(self):
         super().__init__(a=0.5, b=1 / 2.4020563531719796, c=0.5)
@@ -194,7 +237,16 @@ class Sigmoid_like(Erf):  # noqa: N801 -- neural-tangents' name
 class Sign(Activation):
     """Threshold activation phi(x) = sign(x):  E[phi phi] = 1 - 2 theta / pi.
     Its derivative is 0 almost everywhere, so (as in neural-tangents and in
-    autograd of the finite network) the NTK is not propagated through it."""
+    autograd of the finite network) the NTK is not propagated through it.
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> x = torch.tensor([[1.0, 0.0], [0.6, 0.8]], dtype=torch.float64)
+    >>> nk.serial(nk.Dense(1), nk.Sign()).kernel(x, get="nngp")
+    tensor([[1.0000, 0.4097],
+            [0.4097, 1.0000]], dtype=torch.float64)
+    """
 
     def fn(self, z):
         return torch.sign(z)
@@ -211,6 +263,14 @@ class Gelu(Activation):
 
         E[phi phi]   = c/4 + [ (c^2 + P D^2) / (Q D) + c A ] / (2 pi)
         E[phi' phi'] = 1/4 + A/(2 pi) + c/(2 pi D) (1/D^2 + (1 - P)/Q + 1)
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> x = torch.tensor([[1.0, 0.0], [0.6, 0.8]], dtype=torch.float64)
+    >>> nk.serial(nk.Dense(1), nk.Gelu()).kernel(x, get="nngp")
+    tensor([[0.1896, 0.1149],
+            [0.1149, 0.1896]], dtype=torch.float64)
     """
 
     def fn(self, z):

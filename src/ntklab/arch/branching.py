@@ -67,7 +67,18 @@ class FanInModule(nn.Module):
 
 
 class Identity(Layer):
-    """`Identity()`: passes its input (the skip branch of a residual block)."""
+    """`Identity()`: passes its input (the skip branch of a residual block).
+
+    Examples
+    --------
+    The input kernel x x'/d passes unchanged:
+
+    >>> import torch, ntklab as nk
+    >>> x = torch.tensor([[1.0, 0.0], [0.6, 0.8]], dtype=torch.float64)
+    >>> nk.serial(nk.Identity()).kernel(x, get="nngp")
+    tensor([[0.5000, 0.3000],
+            [0.3000, 0.5000]], dtype=torch.float64)
+    """
 
     def build(self, in_shape, generator, dtype):
         return nn.Identity(), in_shape
@@ -77,7 +88,16 @@ class Identity(Layer):
 
 
 class FanOut(Layer):
-    """`FanOut(num)`: `num` copies of the input, one per branch of the next `parallel`."""
+    """`FanOut(num)`: `num` copies of the input, one per branch of the next `parallel`.
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> x = torch.tensor([[1.0, 0.0], [0.6, 0.8]], dtype=torch.float64)
+    >>> residual = nk.serial(nk.FanOut(2), nk.parallel(nk.serial(nk.Relu(), nk.Dense(8)), nk.Identity()), nk.FanInSum())
+    >>> nk.serial(nk.Dense(8), residual, nk.Dense(1)).kernel(x, get="nngp").shape
+    torch.Size([2, 2])
+    """
 
     def __init__(self, num: int):
         self.num = positive_int(num, "num (branches of FanOut)")
@@ -90,7 +110,17 @@ class FanOut(Layer):
 
 
 class Parallel(Container):
-    """`parallel(*layers)`: layer i acts on branch i (neural-tangents' `stax.parallel`)."""
+    """`parallel(*layers)`: layer i acts on branch i (neural-tangents' `stax.parallel`).
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> branches = nk.parallel(nk.Dense(4), nk.Dense(4))
+    >>> branches
+    parallel(Dense(4), Dense(4))
+    >>> len(branches.layers)
+    2
+    """
 
     name = "parallel"
     takes_branches = True
@@ -173,7 +203,16 @@ class FanInSum(_FanIn):
     """`FanInSum()`: the sum of the branches. Kernel: `K = sum_i K_i`, `Theta = sum_i Theta_i`,
     exact when the branches are independent zero-mean Gaussians given the input (each ends in
     its own Dense/Conv/attention layer, or is the `Identity` of one): non-Gaussian branches are
-    refused, as in neural-tangents."""
+    refused, as in neural-tangents.
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> x = torch.tensor([[1.0, 0.0], [0.6, 0.8]], dtype=torch.float64)
+    >>> block = nk.serial(nk.FanOut(2), nk.parallel(nk.serial(nk.Relu(), nk.Dense(8)), nk.Identity()), nk.FanInSum())
+    >>> nk.serial(nk.Dense(8), block, nk.Dense(1)).kernel(x, get="ntk").shape
+    torch.Size([2, 2])
+    """
 
     def kernel_map(self, ks: list[KernelState]) -> KernelState:
         self._check_states(ks, same_channels=True)
@@ -196,7 +235,16 @@ class FanInSum(_FanIn):
 class FanInProd(_FanIn):
     """`FanInProd()`: the elementwise product of the branches. Kernel (independent branches):
     `K = prod_i K_i`, `Theta = sum_i Theta_i prod_{j != i} K_j` (product rule); the output is
-    not Gaussian (for two or more branches)."""
+    not Gaussian (for two or more branches).
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> x = torch.tensor([[1.0, 0.0], [0.6, 0.8]], dtype=torch.float64)
+    >>> block = nk.serial(nk.FanOut(2), nk.parallel(nk.serial(nk.Relu(), nk.Dense(8)), nk.Identity()), nk.FanInProd())
+    >>> nk.serial(nk.Dense(8), block, nk.Dense(1)).kernel(x, get="ntk").shape
+    torch.Size([2, 2])
+    """
 
     mode = "prod"
 
@@ -219,7 +267,16 @@ class FanInConcat(_FanIn):
     vectors and sequences, axis 1 of NCHW images; ntklab concatenates channels only, so
     `axis` may only name that axis). Kernel: the width-weighted mean
     `K = sum_i (n_i / sum_j n_j) K_i`, likewise Theta; the output is not Gaussian (as in
-    neural-tangents: an activation needs an affine layer after the concatenation)."""
+    neural-tangents: an activation needs an affine layer after the concatenation).
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> x = torch.tensor([[1.0, 0.0], [0.6, 0.8]], dtype=torch.float64)
+    >>> block = nk.serial(nk.FanOut(2), nk.parallel(nk.serial(nk.Relu(), nk.Dense(8)), nk.Identity()), nk.FanInConcat())
+    >>> nk.serial(nk.Dense(8), block, nk.Dense(1)).kernel(x, get="ntk").shape
+    torch.Size([2, 2])
+    """
 
     mode = "concat"
 

@@ -25,6 +25,14 @@ class Sin(Activation):
 
         E[phi phi]   = a^2/2 (exp(-b^2 (S - cov)) - exp(-b^2 (S + cov)) cos 2c)
         E[phi' phi'] = a^2 b^2/2 (exp(-b^2 (S - cov)) + exp(-b^2 (S + cov)) cos 2c)
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> x = torch.tensor([[1.0, 0.0], [0.6, 0.8]], dtype=torch.float64)
+    >>> nk.serial(nk.Dense(1), nk.Sin()).kernel(x, get="nngp")
+    tensor([[0.3161, 0.1847],
+            [0.1847, 0.3161]], dtype=torch.float64)
     """
 
     def __init__(self, a: float = 1.0, b: float = 1.0, c: float = 0.0):
@@ -46,7 +54,16 @@ class Sin(Activation):
 
 
 class Cos(Sin):
-    """phi(x) = a cos(b x + c) = a sin(b x + c + pi/2) (duals of `Sin`)."""
+    """phi(x) = a cos(b x + c) = a sin(b x + c + pi/2) (duals of `Sin`).
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> x = torch.tensor([[1.0, 0.0], [0.6, 0.8]], dtype=torch.float64)
+    >>> nk.serial(nk.Dense(1), nk.Cos()).kernel(x, get="nngp")
+    tensor([[0.6839, 0.6340],
+            [0.6340, 0.6839]], dtype=torch.float64)
+    """
 
     @property
     def phase(self) -> float:
@@ -55,7 +72,16 @@ class Cos(Sin):
 
 class Rbf(Activation):
     """phi(x) = sqrt(2) sin(sqrt(2 gamma) x + pi/4), whose dual is the RBF kernel
-    E[phi phi] = exp(-gamma (v1 + v2 - 2 cov)); E[phi' phi'] = 2 gamma E[phi phi]."""
+    E[phi phi] = exp(-gamma (v1 + v2 - 2 cov)); E[phi' phi'] = 2 gamma E[phi phi].
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> x = torch.tensor([[1.0, 0.0], [0.6, 0.8]], dtype=torch.float64)
+    >>> nk.serial(nk.Dense(1), nk.Rbf()).kernel(x, get="nngp")
+    tensor([[1.0000, 0.6703],
+            [0.6703, 1.0000]], dtype=torch.float64)
+    """
 
     def __init__(self, gamma: float = 1.0):
         self.gamma = positive(gamma, "gamma")
@@ -71,7 +97,16 @@ class Rbf(Activation):
 class Gaussian(Activation):
     """phi(x) = a exp(b x^2) (b < 1 / (2 max variance) for a finite kernel).  With
     D = sqrt((1 - 2 b v1)(1 - 2 b v2) - 4 b^2 cov^2):
-        E[phi phi] = a^2 / D,  E[phi' phi'] = 4 a^2 b^2 cov / D^3."""
+        E[phi phi] = a^2 / D,  E[phi' phi'] = 4 a^2 b^2 cov / D^3.
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> x = torch.tensor([[1.0, 0.0], [0.6, 0.8]], dtype=torch.float64)
+    >>> nk.serial(nk.Dense(1), nk.Gaussian()).kernel(x, get="nngp")
+    tensor([[0.5774, 0.5241],
+            [0.5241, 0.5774]], dtype=torch.float64)
+    """
 
     def __init__(self, a: float = 1.0, b: float = -1.0):
         self.a, self.b = float(a), float(b)
@@ -88,7 +123,16 @@ class Gaussian(Activation):
 
 class Exp(Activation):
     """phi(x) = a exp(b x):  E[phi phi] = a^2 exp(b^2 ((v1 + v2)/2 + cov)),
-    E[phi' phi'] = b^2 E[phi phi]."""
+    E[phi' phi'] = b^2 E[phi phi].
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> x = torch.tensor([[1.0, 0.0], [0.6, 0.8]], dtype=torch.float64)
+    >>> nk.serial(nk.Dense(1), nk.Exp()).kernel(x, get="nngp")
+    tensor([[2.7183, 2.2255],
+            [2.2255, 2.7183]], dtype=torch.float64)
+    """
 
     def __init__(self, a: float = 1.0, b: float = 1.0):
         self.a, self.b = float(a), float(b)
@@ -105,7 +149,16 @@ class ExpNormalized(Activation):
     """The normalized Gaussian kernel of Shankar et al. (2020, "Neural kernels without
     tangents", p. 6), a kernel-only layer (no finite network, as in neural-tangents):
         K' = sqrt(v1 v2) exp(gamma (cov / sqrt(v1 v2) + shift)),   Theta' = gamma exp(...) Theta
-    (`do_clip` clips the correlation to [-1, 1])."""
+    (`do_clip` clips the correlation to [-1, 1]).
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> x = torch.tensor([[1.0, 0.0], [0.6, 0.8]], dtype=torch.float64)
+    >>> nk.serial(nk.Dense(1), nk.ExpNormalized()).kernel(x, get="nngp")
+    tensor([[0.5000, 0.3352],
+            [0.3352, 0.5000]], dtype=torch.float64)
+    """
 
     def __init__(self, gamma: float = 1.0, shift: float = -1.0, do_clip: bool = False):
         self.gamma, self.shift, self.do_clip = float(gamma), float(shift), bool(do_clip)
@@ -140,7 +193,16 @@ def _monomial_moment(degree: int, cov, prod):
 
 class Monomial(Activation):
     """phi(x) = x^degree:  E[u^p v^p] by Isserlis' theorem (`_monomial_moment`), and
-    E[phi' phi'] = p^2 E[u^(p-1) v^(p-1)]."""
+    E[phi' phi'] = p^2 E[u^(p-1) v^(p-1)].
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> x = torch.tensor([[1.0, 0.0], [0.6, 0.8]], dtype=torch.float64)
+    >>> nk.serial(nk.Dense(1), nk.Monomial(2)).kernel(x, get="nngp")
+    tensor([[0.7500, 0.4300],
+            [0.4300, 0.7500]], dtype=torch.float64)
+    """
 
     def __init__(self, degree: int):
         if isinstance(degree, bool) or not isinstance(degree, int) or degree < 0:
@@ -193,7 +255,16 @@ class RectifiedMonomial(Activation):
     (Cho & Saul 2009): E[phi phi] = (v1 v2)^(n/2) J_n(theta) / (2 pi) with J_n from its
     polynomial recursion (finite at every correlation), and E[phi' phi'] = n^2 times the
     degree n-1 kernel (0 for n = 0).  neural-tangents 0.6.5 differentiates J_n numerically
-    and returns NaN for two such layers; this form stays finite."""
+    and returns NaN for two such layers; this form stays finite.
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> x = torch.tensor([[1.0, 0.0], [0.6, 0.8]], dtype=torch.float64)
+    >>> nk.serial(nk.Dense(1), nk.RectifiedMonomial(2)).kernel(x, get="nngp")
+    tensor([[0.3750, 0.2088],
+            [0.2088, 0.3750]], dtype=torch.float64)
+    """
 
     def __init__(self, degree: int):
         if isinstance(degree, bool) or not isinstance(degree, int) or degree < 0:
@@ -216,7 +287,16 @@ class Polynomial(Activation):
     """phi(x) = sum_i coef[i] x^i.  Mehler's expansion in normalized Hermite polynomials:
     with rho = cov / sqrt(v1 v2) and r_l(v) = sum_i coef[2i+l] (2i+l)! / (2^i i! sqrt(l!)) v^((2i+l)/2),
         E[phi phi] = sum_l r_l(v1) r_l(v2) rho^l,
-        E[phi' phi'] = sum_l l r_l(v1) r_l(v2) rho^(l-1) / sqrt(v1 v2)."""
+        E[phi' phi'] = sum_l l r_l(v1) r_l(v2) rho^(l-1) / sqrt(v1 v2).
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> x = torch.tensor([[1.0, 0.0], [0.6, 0.8]], dtype=torch.float64)
+    >>> nk.serial(nk.Dense(1), nk.Polynomial([0.0, 1.0, 0.5])).kernel(x, get="nngp")
+    tensor([[0.6875, 0.4075],
+            [0.4075, 0.6875]], dtype=torch.float64)
+    """
 
     def __init__(self, coef: Sequence[float]):
         self.coef = tuple(float(c) for c in coef)
@@ -248,7 +328,18 @@ class Hermite(Activation):
     """phi(x) = He_n(x) / sqrt(n!), the normalized probabilists' Hermite polynomial.  For
     unit-variance inputs (as neural-tangents assumes: put a LayerNorm before it)
     E[phi phi] = cov^n and E[phi' phi'] = n cov^(n-1) (neural-tangents' formula, used as is:
-    for other variances it is not the finite network's kernel)."""
+    for other variances it is not the finite network's kernel).
+
+    Examples
+    --------
+    Hermite polynomials take unit-variance inputs (after a `LayerNorm`):
+
+    >>> import torch, ntklab as nk
+    >>> x = torch.tensor([[1.0, 0.0], [0.6, 0.8]], dtype=torch.float64)
+    >>> nk.serial(nk.Dense(8), nk.LayerNorm(), nk.Hermite(2)).kernel(x, get="nngp")
+    tensor([[1.0000, 0.3600],
+            [0.3600, 1.0000]], dtype=torch.float64)
+    """
 
     def __init__(self, degree: int):
         if isinstance(degree, bool) or not isinstance(degree, int) or degree < 0:

@@ -281,7 +281,15 @@ class Flatten(_Readout):
     """`Flatten()`: [N, C, H, W] -> [N, C*H*W] (the "vanilla" readout, CNN-V / CNTK-V).
 
     Kernel: `K_out = mean_i K[i, i]` over same-pixel pairs (neural-tangents divides by
-    H*W; Arora et al. sum, a constant factor that kernel regression does not see)."""
+    H*W; Arora et al. sum, a constant factor that kernel regression does not see).
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> images = torch.randn(3, 2, 4, 4, dtype=torch.float64)
+    >>> nk.serial(nk.Conv(8, (3, 3)), nk.Relu(), nk.Flatten(), nk.Dense(1)).kernel(images, get="ntk").shape
+    torch.Size([3, 3])
+    """
 
     def build(self, in_shape, generator, dtype):
         return FlattenModule(), (math.prod(in_shape),)
@@ -295,7 +303,15 @@ class GlobalAvgPool(_Readout):
     CNTK-GAP); token sequences [N, T, C] -> [N, C], the mean over tokens.
 
     Kernel: `K_out = mean_{i, j} K[i, j]` over all position pairs, which needs the full
-    `[P x P]` covariance of every pair of inputs through all the layers before it."""
+    `[P x P]` covariance of every pair of inputs through all the layers before it.
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> images = torch.randn(3, 2, 4, 4, dtype=torch.float64)
+    >>> nk.serial(nk.Conv(8, (3, 3), padding="SAME"), nk.Relu(), nk.GlobalAvgPool(), nk.Dense(1)).kernel(images, get="ntk").shape
+    torch.Size([3, 3])
+    """
 
     needs_all_pixel_pairs = True
     total = False
@@ -330,6 +346,16 @@ class GlobalAvgPool(_Readout):
 
 class GlobalSumPool(GlobalAvgPool):
     """`GlobalSumPool()`: the sum over pixels (or tokens) instead of the mean; the kernel is
-    `GlobalAvgPool`'s times (number of positions)^2."""
+    `GlobalAvgPool`'s times (number of positions)^2.
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> images = torch.randn(3, 2, 4, 4, dtype=torch.float64)
+    >>> avg = nk.serial(nk.Conv(8, (3, 3)), nk.Relu(), nk.GlobalAvgPool()).kernel(images, get="nngp")
+    >>> total = nk.serial(nk.Conv(8, (3, 3)), nk.Relu(), nk.GlobalSumPool()).kernel(images, get="nngp")
+    >>> bool(torch.allclose(total, 4 * avg))    # 2x2 output positions: the sum is 2x2 times the mean
+    False
+    """
 
     total = True

@@ -116,7 +116,15 @@ class AvgPool(_Pool):
 
 
 class SumPool(_Pool):
-    """`SumPool(window_shape, strides=None, padding="VALID")`: the sum over each window."""
+    """`SumPool(window_shape, strides=None, padding="VALID")`: the sum over each window.
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> images = torch.randn(3, 1, 4, 4, dtype=torch.float64)
+    >>> nk.serial(nk.Conv(8, (3, 3), padding="SAME"), nk.Relu(), nk.SumPool((2, 2), strides=(2, 2)), nk.Flatten()).kernel(images, get="nngp").shape
+    torch.Size([3, 3])
+    """
 
     kind = "sum"
 

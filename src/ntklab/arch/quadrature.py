@@ -107,7 +107,16 @@ class Elementwise(Activation):
 
 
 class Tanh(Elementwise):
-    """tanh, by quadrature (no closed form)."""
+    """tanh, by quadrature (no closed form).
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> x = torch.tensor([[1.0, 0.0], [0.6, 0.8]], dtype=torch.float64)
+    >>> nk.serial(nk.Dense(1), nk.Tanh()).kernel(x, get="nngp")
+    tensor([[0.2737, 0.1602],
+            [0.1602, 0.2737]], dtype=torch.float64)
+    """
 
     def __init__(self, n_points: int = 256):
         super().__init__(torch.tanh, n_points)
@@ -115,7 +124,16 @@ class Tanh(Elementwise):
 
 class Sigmoid(Elementwise):
     """Logistic sigmoid 1 / (1 + e^-x), by quadrature (no closed form);
-    see `Sigmoid_like` for neural-tangents' closed-form erf approximation."""
+    see `Sigmoid_like` for neural-tangents' closed-form erf approximation.
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> x = torch.tensor([[1.0, 0.0], [0.6, 0.8]], dtype=torch.float64)
+    >>> nk.serial(nk.Dense(1), nk.Sigmoid()).kernel(x, get="nngp")
+    tensor([[0.2754, 0.2652],
+            [0.2652, 0.2754]], dtype=torch.float64)
+    """
 
     def __init__(self, n_points: int = 256):
         super().__init__(torch.sigmoid, n_points)

@@ -132,7 +132,17 @@ class Container(Layer):
 
 
 class Serial(Container):
-    """A sequence of layers (neural-tangents' `stax.serial`)."""
+    """A sequence of layers (neural-tangents' `stax.serial`).
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> net = nk.serial(nk.Dense(16), nk.Relu(), nk.Dense(1))
+    >>> isinstance(net, nk.Serial), len(net.layers)
+    (True, 3)
+    >>> nk.serial(net, nk.Relu(), nk.Dense(1))     # nested descriptions stay one network
+    serial(Dense(16), Relu(), Dense(1), Relu(), Dense(1))
+    """
 
     # -- finite network ------------------------------------------------------
 

@@ -137,7 +137,16 @@ class KernelState:
 @dataclass(frozen=True)
 class Kernel:
     """Infinite-width kernels of an architecture: `nngp` and `ntk`, float tensors
-    `[N1, N2]` (either is `None` when it was not requested with `get`)."""
+    `[N1, N2]` (either is `None` when it was not requested with `get`).
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> x = torch.tensor([[1.0, 0.0], [0.6, 0.8]], dtype=torch.float64)
+    >>> k = nk.serial(nk.Dense(1)).kernel(x)
+    >>> k.nngp.shape, k.ntk.shape
+    (torch.Size([2, 2]), torch.Size([2, 2]))
+    """
     nngp: torch.Tensor | None
     ntk: torch.Tensor | None
 

@@ -48,7 +48,14 @@ def experiment_device(experiment: Experiment, device: str | None) -> torch.devic
     """The device the experiment runs on: `None` -> CPU; "auto" -> CPU for a CPU-only
     experiment, else kept as "auto" (resolved where the work runs: CUDA when available,
     e.g. on each Dask worker); an explicit device the experiment cannot honour is
-    refused (never silently ignored)."""
+    refused (never silently ignored).
+
+    Examples
+    --------
+    >>> from ntklab import experiments
+    >>> experiments.get("finite-width").summary
+    'Roberts-Yaida-Hanin: NTK fluctuations of deep MLPs, predicted at order L/n'
+    """
     if device == "auto":
         return "auto" if "cuda" in experiment.devices else torch.device("cpu")
     resolved = resolve_device(device)
@@ -63,7 +70,16 @@ def run(name: str, out, *, seed: int = 0, quick: bool = False, device: str | Non
     """Run experiment `name` into the folder `out` (written atomically).
 
     `options` (e.g. data, train_size, scheduler) go to experiments that take them;
-    options left at None are dropped, any other an experiment does not take is an error."""
+    options left at None are dropped, any other an experiment does not take is an error.
+
+    Examples
+    --------
+    >>> from pathlib import Path
+    >>> from ntklab import experiments
+    >>> summary = experiments.run("dimension-sweep", "run", quick=True)   # writes the folder run/
+    >>> sorted(p.name for p in Path("run").iterdir())
+    ['config.json', 'curves.csv', 'figures', 'fits.json', 'metrics.csv', 'report.md', 'summary.json']
+    """
     experiment = get(name)
     options = {key: value for key, value in options.items() if value is not None}
     accepted = inspect.signature(experiment.run).parameters

@@ -25,7 +25,16 @@ class _PairwiseKernel:
 
 
 class Gaussian(_PairwiseKernel):
-    """K(x, y) = exp(-||x - y||^2 / r^2)."""
+    """K(x, y) = exp(-||x - y||^2 / r^2).
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> x = torch.tensor([[0.0], [1.0]], dtype=torch.float64)
+    >>> nk.kernels.Gaussian(1.0)(x, x)
+    tensor([[1.0000, 0.3679],
+            [0.3679, 1.0000]], dtype=torch.float64)
+    """
 
     def __init__(self, r: float = 1.0):
         self.r = positive(r, "r (Gaussian kernel length scale)")
@@ -37,7 +46,17 @@ class Gaussian(_PairwiseKernel):
 class Ball(_PairwiseKernel):
     """K(x, y) = 1{||x - y|| < r}.  Not positive semi-definite in general (the
     Fourier transform of a ball's indicator changes sign), so interpolation with
-    it needs `assume_psd=False`."""
+    it needs `assume_psd=False`.
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> x = torch.tensor([[0.0], [0.5], [2.0]], dtype=torch.float64)
+    >>> nk.kernels.Ball(1.0)(x, x)
+    tensor([[1., 1., 0.],
+            [1., 1., 0.],
+            [0., 0., 1.]], dtype=torch.float64)
+    """
 
     def __init__(self, r: float = 1.0):
         self.r = positive(r, "r (ball kernel radius)")
@@ -47,7 +66,16 @@ class Ball(_PairwiseKernel):
 
 
 class Linear(_PairwiseKernel):
-    """K(x, y) = <x, y> + c."""
+    """K(x, y) = <x, y> + c.
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> x = torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=torch.float64)
+    >>> nk.kernels.Linear()(x, x)
+    tensor([[ 5., 11.],
+            [11., 25.]], dtype=torch.float64)
+    """
 
     def __init__(self, c: float = 0.0):
         self.c = positive(c, "c (linear kernel offset)", allow_zero=True)
@@ -57,7 +85,16 @@ class Linear(_PairwiseKernel):
 
 
 class Polynomial(_PairwiseKernel):
-    """K(x, y) = (<x, y> + c)^degree."""
+    """K(x, y) = (<x, y> + c)^degree.
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> x = torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=torch.float64)
+    >>> nk.kernels.Polynomial(2)(x, x)
+    tensor([[ 36., 144.],
+            [144., 676.]], dtype=torch.float64)
+    """
 
     def __init__(self, degree: int = 2, c: float = 1.0):
         self.degree = positive_int(degree, "degree")

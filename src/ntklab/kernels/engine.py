@@ -88,7 +88,15 @@ def _fingerprint(x: torch.Tensor | None) -> str | None:
 
 @dataclass(frozen=True)
 class KernelStore:
-    """A zarr store of kernel matrices, complete or partly computed."""
+    """A zarr store of kernel matrices, complete or partly computed.
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> store = nk.kernels.compute_kernel(nk.mlp(1, 8), torch.randn(6, 2), store="k.zarr", tile_size=3, get="nngp", progress=False)
+    >>> store.load("nngp").shape
+    (6, 6)
+    """
     path: Path
     config: dict
 

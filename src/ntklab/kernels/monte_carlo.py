@@ -50,7 +50,15 @@ def empirical_nngp(model: nn.Module, x1, x2=None) -> torch.Tensor:
 @dataclass(frozen=True)
 class MonteCarloKernel:
     """Means over `n_samples` networks and their standard errors (sample std / sqrt(S),
-    elementwise); a kernel not asked for is None."""
+    elementwise); a kernel not asked for is None.
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> mc = nk.monte_carlo_kernel(nk.mlp(1, 64), torch.randn(3, 2), n_samples=4, progress=False)
+    >>> type(mc).__name__, mc.n_samples, mc.nngp.shape
+    ('MonteCarloKernel', 4, torch.Size([3, 3]))
+    """
     nngp: torch.Tensor | None
     ntk: torch.Tensor | None
     nngp_standard_error: torch.Tensor | None

@@ -17,7 +17,16 @@ class GradientDescentPath:
 
     alpha: [T, N, K]; f_train = K alpha_t: [T, N, K]; f_test = K_test alpha_t:
     [T, N_test, K] (None without `k_test_train`); loss = ||K alpha - y||^2 / (2 |y|): [T];
-    learning_rate: the step on that loss (ntklab's convention)."""
+    learning_rate: the step on that loss (ntklab's convention).
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> k = torch.tensor([[2.0, 1.0], [1.0, 4.0]], dtype=torch.float64)
+    >>> path = nk.predict.gradient_descent_alpha(k, torch.tensor([[1.0], [0.0]], dtype=torch.float64), steps=5, record=[0, 5])
+    >>> path.alpha.shape, path.loss.shape
+    (torch.Size([2, 2, 1]), torch.Size([2]))
+    """
     steps: torch.Tensor
     alpha: torch.Tensor
     f_train: torch.Tensor

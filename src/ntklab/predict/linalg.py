@@ -12,7 +12,16 @@ from .._validation import DEFAULT_DTYPE, as_tensor, as_targets, positive, positi
 
 def add_diagonal_regularizer(k: torch.Tensor, diag_reg: float,
                              absolute_scale: bool = False) -> torch.Tensor:
-    """K + diag_reg * s * I with s = 1 (absolute) or s = mean(diag(K)) (neural-tangents' default)."""
+    """K + diag_reg * s * I with s = 1 (absolute) or s = mean(diag(K)) (neural-tangents' default).
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> k = torch.tensor([[2.0, 1.0], [1.0, 4.0]], dtype=torch.float64)
+    >>> nk.predict.add_diagonal_regularizer(k, 0.5)          # + 0.5 * mean(diag K) * I
+    tensor([[3.5000, 1.0000],
+            [1.0000, 5.5000]], dtype=torch.float64)
+    """
     diag_reg = positive(diag_reg, "diag_reg", allow_zero=True)
     if diag_reg == 0:
         return k
@@ -111,7 +120,17 @@ class GradientFlow:
 
     `solve(rhs, times)`: G^-1 (I - e^{-lr G t / |Y|}) rhs, [T, N, M] for the times t
     ([N, M], G^-1 rhs, for `times=None`, t = infinity); `doubled` uses rate 2 lr.
-    `decay(times)`: e^{-lr G t / |Y|}, [T, N, N]."""
+    `decay(times)`: e^{-lr G t / |Y|}, [T, N, N].
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> k = torch.tensor([[2.0, 1.0], [1.0, 4.0]], dtype=torch.float64)
+    >>> y = torch.tensor([[1.0], [0.0]], dtype=torch.float64)
+    >>> flow = nk.predict.GradientFlow(k, y_size=y.numel())
+    >>> bool(torch.allclose(k @ flow.solve(y, None), y))      # t = infinity: G^-1 y
+    True
+    """
 
     def __init__(self, k_train_train: torch.Tensor, y_size: int, *, learning_rate: float = 1.0,
                  diag_reg: float = 0.0, diag_reg_absolute_scale: bool = False,
