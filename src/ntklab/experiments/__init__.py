@@ -38,6 +38,14 @@ def register(name: str, summary: str, *, devices: tuple[str, ...] = ("cpu",)):
 
 
 def get(name: str) -> Experiment:
+    """The registered experiment `name`; ValueError naming the available ones otherwise.
+
+    Examples
+    --------
+    >>> from ntklab import experiments
+    >>> experiments.get("finite-width").summary
+    'Roberts-Yaida-Hanin: NTK fluctuations of deep MLPs, predicted at order L/n'
+    """
     if name not in REGISTRY:
         raise ValueError(f"unknown experiment {name!r}; available: {', '.join(sorted(REGISTRY))} "
                          f"(see `ntklab list`)")
@@ -49,12 +57,6 @@ def experiment_device(experiment: Experiment, device: str | None) -> torch.devic
     experiment, else kept as "auto" (resolved where the work runs: CUDA when available,
     e.g. on each Dask worker); an explicit device the experiment cannot honour is
     refused (never silently ignored).
-
-    Examples
-    --------
-    >>> from ntklab import experiments
-    >>> experiments.get("finite-width").summary
-    'Roberts-Yaida-Hanin: NTK fluctuations of deep MLPs, predicted at order L/n'
     """
     if device == "auto":
         return "auto" if "cuda" in experiment.devices else torch.device("cpu")

@@ -38,7 +38,17 @@ def _square(k: Any, name: str) -> torch.Tensor:
 
 
 class Factorization:
-    """Cholesky (or LU) factorization of a regularized train-train kernel."""
+    """Cholesky (or LU) factorization of a regularized train-train kernel.
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> k = torch.tensor([[2.0, 1.0], [1.0, 4.0]], dtype=torch.float64)
+    >>> factor = nk.predict.Factorization(k)
+    >>> factor.solve(torch.tensor([[3.0], [5.0]], dtype=torch.float64))
+    tensor([[1.0000],
+            [1.0000]], dtype=torch.float64)
+    """
 
     def __init__(self, k: torch.Tensor, name: str = "k_train_train", *, diag_reg: float = 0.0,
                  diag_reg_absolute_scale: bool = False, assume_psd: bool | None = True):
