@@ -38,7 +38,7 @@ from ..data import ImageTask, image_task
 from ..kernels.spectrum import inverse_largest_eigenvalue
 from ..kernels.engine import check_scheduler, compute_kernel
 from .._validation import resolve_device
-from ..report import RunFolder, markdown_table
+from ..report import RunFolder, claims_table, markdown_table
 from ..train import train
 from . import register
 
@@ -238,8 +238,18 @@ def _report(task, cfg, rows, order_rows, metrics, figure, stderr, seconds, store
     kernel_time = sum(m.get("kernel_seconds", 0.0) for m in metrics)
     cnn_time = sum(m.get("cnn_seconds", 0.0) for m in metrics)
     failed = below_chance({r["depth"]: {c: r[c] / 100 for c in COLUMNS} for r in rows}, task.n_classes)
+    claims = []
+    for ordering in dict.fromkeys(r["ordering"] for r in order_rows):
+        chosen = [r for r in order_rows if r["ordering"] == ordering]
+        agree = [r for r in chosen if r["paper"] == r["here"]]
+        claims.append({"claim": f"whether {ordering}, depth by depth ({', '.join(str(r['depth']) + ': ' + r['paper'] for r in chosen)} in the paper)",
+                       "source": "Arora et al. 2019 (CIFAR-10)",
+                       "measured": f"agrees at {len(agree)} of {len(chosen)} depths "
+                                   f"(margins {', '.join(str(r['margin here (points)']) for r in chosen)} points)",
+                       "verdict": "holds" if len(agree) == len(chosen) else "partly" if agree else "differs"})
     lines = [
         "# CNN vs CNTK (Arora et al. 2019; lecture 22)", "",
+        claims_table(claims), "",
         f"Data: {task.description}. Test accuracy in %, one run (seed), "
         f"binomial standard error about ±{stderr:.1f} points at 50% accuracy, less near 100%.", "",
         markdown_table(rows, ["depth", *COLUMNS]), "",
