@@ -36,6 +36,7 @@ from ..data import RegressionTask, regression_1d, regression_sphere
 from ..fits import power_law_slope
 from ..report import RunFolder, claims_table, markdown_table, power_guides
 from ..studies.gd_step import one_step_remainder
+from ..train import train
 from . import register
 
 TOLERANCE = 1e-8  # relative distance to K^-1 y that counts as converged
@@ -73,7 +74,6 @@ def network_steps(task: RegressionTask, config: Config) -> list[dict]:
             task.x_train.shape[1], seed=0, dtype=torch.float64)
         for when in ("initialization", "trained"):
             if when == "trained":
-                from ..train import train
                 train(model, task.x_train, y_train, steps=config.network_training_steps,
                       learning_rate=0.5, record=[config.network_training_steps], track_kernel=False,
                       linearized=False, progress=False)

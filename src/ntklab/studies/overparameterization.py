@@ -19,6 +19,8 @@ import torch
 
 from .. import arch as nk
 from .._validation import positive_int
+from ..kernels.empirical import empirical_ntk
+from ..kernels.spectrum import inverse_largest_eigenvalue
 from .network_expansion import train_full_batch
 
 
@@ -55,8 +57,6 @@ def implicit_bias_distance(net: nk.Serial, x_train, y_train, x_test, *, seed: in
     (η = 1/λ_max of its empirical NTK on the training set) until max |f - y| < tolerance max |y|;
     returns the relative distance of its test predictions to the ridgeless infinite-width NTK
     interpolant, the steps taken and the training residual."""
-    from ..kernels.empirical import empirical_ntk
-    from ..kernels.spectrum import inverse_largest_eigenvalue
     model = net.module(x_train.shape[1], seed=seed, symmetric=True, dtype=x_train.dtype)
     y = y_train.reshape(len(y_train), -1)
     eta = inverse_largest_eigenvalue(empirical_ntk(model, x_train, progress=False))

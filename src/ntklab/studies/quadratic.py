@@ -35,6 +35,8 @@ from typing import Callable
 
 import numpy as np
 import torch
+from scipy.integrate import solve_ivp
+from scipy.optimize import root
 
 from .._validation import DEFAULT_DTYPE, positive, positive_int, one_of
 
@@ -204,7 +206,6 @@ def interpolant(model: QuadraticModel, x_train: torch.Tensor, y_train: torch.Ten
                  z = φ#·W* exactly, so z_b = k#_bA (k#_AA)^-1 y + O(ε²), the slides' compressed
                  trained-kernel prediction (which is therefore Z_A = Z_B = k~^-1 y y k~^-1 / 2).
     Solved for the N coefficients c with scipy's root finder (hybr) from the kernel solution."""
-    from scipy.optimize import root
     span = one_of(span, "span", SPANS)
     phi, psi = model.features(x_train)
     identity = torch.eye(phi.shape[1], dtype=phi.dtype)
@@ -234,7 +235,6 @@ def gradient_flow(model: QuadraticModel, x_train: torch.Tensor, y_train: torch.T
     """W(t → ∞) of the gradient flow dW/dt = -Σ_a φ^E(x_a; W) (z_a - y_a) from W = 0 (GD as
     η → 0, the ODE projectors), integrated by scipy's LSODA (rtol 1e-12) to the time where the
     kernel's slowest mode has decayed to `tolerance`, t = -log(tolerance) / λ_min(k~)."""
-    from scipy.integrate import solve_ivp
     phi, psi = model.features(x_train)
     shape = (y_train.shape[1], phi.shape[1])
     smallest = float(torch.linalg.eigvalsh(phi @ phi.T)[0])
