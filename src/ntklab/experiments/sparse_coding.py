@@ -38,7 +38,7 @@ class Config:
     noise: float = 0.05
     ks: tuple = (1, 2, 4, 8, 12, 16)
     samples: tuple = (96, 192, 480, 1500)
-    noises: tuple = (0.05, 0.3, 1.0)
+    noises: tuple = (0.05, 0.3, 1.0, 3.0)
     seeds: int = 5
     max_iter: int = 100
 
