@@ -365,6 +365,20 @@ def criticality(activation: Activation) -> Criticality:
       * else the K* = 0 class (σ(0) = 0, σ'(0) != 0: tanh, sin, erf): C_b = 0, C_W = 1/σ'(0)².
     Raises ValueError when none applies.
 
+    Parameters
+    ----------
+    activation : Activation
+        An ntklab activation, e.g. `nk.Tanh()`.
+
+    Returns
+    -------
+    Criticality
+
+    Raises
+    ------
+    ValueError
+        When no critical initialization exists.
+
     Examples
     --------
     >>> import ntklab as nk

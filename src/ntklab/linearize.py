@@ -101,6 +101,16 @@ def linearize(model: nn.Module, params: Sequence[str] | None = None) -> Lineariz
     """`nk.linearize(model)`: the linearized network of `model` at its current parameters
     (in all parameters with requires_grad, or the named `params`; the others stay fixed).
 
+    Parameters
+    ----------
+    model : nn.Module
+    params : sequence of str, optional
+        The parameters to linearize in (default: all that require grad).
+
+    Returns
+    -------
+    Linearized
+
     Examples
     --------
     >>> import torch, ntklab as nk
@@ -115,6 +125,17 @@ def linearize(model: nn.Module, params: Sequence[str] | None = None) -> Lineariz
 
 def taylor_expand(model: nn.Module, degree: int, params: Sequence[str] | None = None) -> TaylorExpansion:
     """`nk.taylor_expand(model, degree)`: the network's Taylor polynomial in its parameters.
+
+    Parameters
+    ----------
+    model : nn.Module
+    degree : int
+        The polynomial's degree in the parameters (1: `linearize`).
+    params : sequence of str, optional
+
+    Returns
+    -------
+    TaylorExpansion
 
     Examples
     --------

@@ -107,6 +107,16 @@ class NTKRegressor(_Regressor):
     descent for time `t` (None: to convergence).  `diag_reg` is relative to the
     mean of the kernel's diagonal (neural-tangents' convention).
 
+    Parameters
+    ----------
+    architecture : Serial or str, optional
+        An ntklab description or its `--arch` string (default: a 2-hidden-layer ReLU MLP).
+    diag_reg : float
+        Ridge relative to the mean diagonal.
+    t : float, optional
+        Training time (None: t = infinity).
+    learning_rate : float
+
     Examples
     --------
     >>> import numpy as np
@@ -128,6 +138,16 @@ class NNGPRegressor(_Regressor):
     deviation / covariance as well, like `GaussianProcessRegressor`:
         cov(x, x') = K(x, x') - K(x, X) G^-1 (I - e^{-2 lr G t / |Y|}) K(X, x')
     (K(x, x') - K(x, X) G^-1 K(X, x') for t=None), the same for every output.
+
+    Parameters
+    ----------
+    architecture : Serial or str, optional
+        An ntklab description or its `--arch` string (default: a 2-hidden-layer ReLU MLP).
+    diag_reg : float
+        Ridge relative to the mean diagonal.
+    t : float, optional
+        Training time (None: t = infinity).
+    learning_rate : float
 
     Examples
     --------
@@ -166,6 +186,16 @@ class NTKClassifier(ClassifierMixin, _InfiniteNetwork):
     -0.1 for the others (one-hot shifted by -0.1), prediction = arg max of the
     regression output.  For two classes `decision_function` is the difference of
     the two outputs (positive for `classes_[1]`).
+
+    Parameters
+    ----------
+    architecture : Serial or str, optional
+        An ntklab description or its `--arch` string (default: a 2-hidden-layer ReLU MLP).
+    diag_reg : float
+        Ridge relative to the mean diagonal.
+    t : float, optional
+        Training time (None: t = infinity).
+    learning_rate : float
 
     Examples
     --------

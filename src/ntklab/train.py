@@ -109,6 +109,30 @@ def train(model: nn.Module, x_train, y_train, *, steps: int, learning_rate: floa
     kernel_change, weight_change, and with `linearized`, lin_train_loss, lin_test_mse and
     lin_distance = ||f - f_lin|| / ||f_lin|| on x_test.
 
+    Parameters
+    ----------
+    model : nn.Module
+        Trained in place.
+    x_train, y_train : tensor or array
+        Training inputs and targets `[N, O]`.
+    steps : int
+        Optimizer steps.
+    learning_rate : float, optional
+        The step on ||f - y||^2 / (2 |y|) for the default optimizer.
+    optimizer, loss, batch_size, batches, record, params
+        See above.
+    x_test, y_test, x_probe : optional
+        Evaluation sets; the kernel is tracked on `x_probe`.
+    track_kernel, linearized : bool
+        Record the kernel drift; train the linearization alongside.
+    seed : int
+    max_memory, progress
+        As `empirical_ntk`.
+
+    Returns
+    -------
+    TrainingHistory
+
     Examples
     --------
     >>> import torch, ntklab as nk

@@ -107,6 +107,11 @@ class ABRelu(Activation):
     (arc-cosine kernel of Cho & Saul 2009; ReLU: a=0, b=1 gives
     sqrt(v1 v2)/(2 pi) (sin theta + (pi - theta) cos theta) and (pi - theta)/(2 pi)).
 
+    Parameters
+    ----------
+    a, b : float
+        Slopes for negative and positive inputs: phi(z) = a min(z, 0) + b max(z, 0).
+
     Examples
     --------
     >>> import torch, ntklab as nk
@@ -152,6 +157,11 @@ class Relu(ABRelu):
 class LeakyRelu(ABRelu):
     """phi(x) = alpha min(x, 0) + max(x, 0).
 
+    Parameters
+    ----------
+    alpha : float
+        The slope for negative inputs.
+
     Examples
     --------
     >>> import torch, ntklab as nk
@@ -192,6 +202,11 @@ class Erf(Activation):
         E[phi' phi'] = a^2 b^2 (4/pi) / sqrt(P - s^2 c'^2)
 
     where c' is the input covariance.
+
+    Parameters
+    ----------
+    a, b, c : float
+        phi(z) = a erf(b z) + c.
 
     Examples
     --------

@@ -87,6 +87,16 @@ class GlobalSelfAttention(Layer):
     exists for `linear_scaling=True` (tied keys and queries, 1/d_key logits: see the module
     docstring); positional embeddings are not implemented.
 
+    Parameters
+    ----------
+    n_chan_out, n_chan_key, n_chan_val, n_heads : int
+        Output, key/query and value widths per head, and the number of heads (finite network).
+    linear_scaling : bool
+        Scale the logits by 1/n_chan_key (True) or 1/sqrt(n_chan_key).
+    W_key_std, W_value_std, W_query_std, W_out_std, b_std
+        Standard deviations, as neural-tangents' `stax.GlobalSelfAttention`.
+    attention_mechanism : {"SOFTMAX", "IDENTITY", "ABS", "RELU"}
+
     Examples
     --------
     >>> import torch, ntklab as nk

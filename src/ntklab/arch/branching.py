@@ -90,6 +90,11 @@ class Identity(Layer):
 class FanOut(Layer):
     """`FanOut(num)`: `num` copies of the input, one per branch of the next `parallel`.
 
+    Parameters
+    ----------
+    num : int
+        Number of branches (copies of the input).
+
     Examples
     --------
     >>> import torch, ntklab as nk
@@ -154,6 +159,15 @@ class Parallel(Container):
 
 def parallel(*layers: Layer) -> Parallel:
     """Apply `layers[i]` to branch i of a `FanOut`: `nk.parallel(nk.Dense(512), nk.Identity())`.
+
+    Parameters
+    ----------
+    *layers : Layer
+        One layer (or block) per branch; branch i of the incoming `FanOut` goes through layer i.
+
+    Returns
+    -------
+    Parallel
 
     Examples
     --------
@@ -268,6 +282,12 @@ class FanInConcat(_FanIn):
     `axis` may only name that axis). Kernel: the width-weighted mean
     `K = sum_i (n_i / sum_j n_j) K_i`, likewise Theta; the output is not Gaussian (as in
     neural-tangents: an activation needs an affine layer after the concatenation).
+
+    Parameters
+    ----------
+    axis : int, optional
+        The channel axis of the concatenation (default: the last for vectors and sequences,
+        1 for NCHW images).
 
     Examples
     --------

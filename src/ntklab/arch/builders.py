@@ -17,8 +17,25 @@ def mlp(depth: int, width: int, *, W_std: float = 1.0, b_std: float | None = Non
     then a readout `Dense(out, readout_W_std, readout_b_std)` (default: the hidden
     layers' W_std and b_std).  The infinite-width kernels do not depend on `width`.
 
-    >>> mlp(2, 512, W_std=1.5, b_std=0.05)
-    serial(Dense(512, W_std=1.5, b_std=0.05), Relu(), Dense(512, W_std=1.5, b_std=0.05), Relu(), Dense(1, W_std=1.5, b_std=0.05))
+    Parameters
+    ----------
+    depth : int
+        Number of hidden layers (>= 1).
+    width : int
+        Their width (the finite network's; the kernels do not depend on it).
+    W_std, b_std : float, float or None
+        Weight and bias standard deviations of the hidden layers (`b_std=None`: no bias).
+    activation : Layer, optional
+        The nonlinearity after each hidden layer (default `Relu()`).
+    out : int
+        Number of outputs.
+    readout_W_std, readout_b_std : float, float or None
+        The readout's standard deviations (default: the hidden layers').
+    parameterization : {"ntk", "standard"}
+
+    Returns
+    -------
+    Serial
 
     Examples
     --------

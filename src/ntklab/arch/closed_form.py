@@ -26,6 +26,11 @@ class Sin(Activation):
         E[phi phi]   = a^2/2 (exp(-b^2 (S - cov)) - exp(-b^2 (S + cov)) cos 2c)
         E[phi' phi'] = a^2 b^2/2 (exp(-b^2 (S - cov)) + exp(-b^2 (S + cov)) cos 2c)
 
+    Parameters
+    ----------
+    a, b, c : float
+        phi(z) = a sin(b z + c).
+
     Examples
     --------
     >>> import torch, ntklab as nk
@@ -74,6 +79,11 @@ class Rbf(Activation):
     """phi(x) = sqrt(2) sin(sqrt(2 gamma) x + pi/4), whose dual is the RBF kernel
     E[phi phi] = exp(-gamma (v1 + v2 - 2 cov)); E[phi' phi'] = 2 gamma E[phi phi].
 
+    Parameters
+    ----------
+    gamma : float
+        phi(z) = sqrt(2) sin(sqrt(2 gamma) z + pi/4).
+
     Examples
     --------
     >>> import torch, ntklab as nk
@@ -98,6 +108,11 @@ class Gaussian(Activation):
     """phi(x) = a exp(b x^2) (b < 1 / (2 max variance) for a finite kernel).  With
     D = sqrt((1 - 2 b v1)(1 - 2 b v2) - 4 b^2 cov^2):
         E[phi phi] = a^2 / D,  E[phi' phi'] = 4 a^2 b^2 cov / D^3.
+
+    Parameters
+    ----------
+    a, b : float
+        phi(z) = a exp(b z^2).
 
     Examples
     --------
@@ -125,6 +140,11 @@ class Exp(Activation):
     """phi(x) = a exp(b x):  E[phi phi] = a^2 exp(b^2 ((v1 + v2)/2 + cov)),
     E[phi' phi'] = b^2 E[phi phi].
 
+    Parameters
+    ----------
+    a, b : float
+        phi(z) = a exp(b z).
+
     Examples
     --------
     >>> import torch, ntklab as nk
@@ -150,6 +170,13 @@ class ExpNormalized(Activation):
     tangents", p. 6), a kernel-only layer (no finite network, as in neural-tangents):
         K' = sqrt(v1 v2) exp(gamma (cov / sqrt(v1 v2) + shift)),   Theta' = gamma exp(...) Theta
     (`do_clip` clips the correlation to [-1, 1]).
+
+    Parameters
+    ----------
+    gamma, shift : float
+        The kernel's bandwidth and shift (above).
+    do_clip : bool
+        Clip the correlation to [-1, 1].
 
     Examples
     --------
@@ -194,6 +221,11 @@ def _monomial_moment(degree: int, cov, prod):
 class Monomial(Activation):
     """phi(x) = x^degree:  E[u^p v^p] by Isserlis' theorem (`_monomial_moment`), and
     E[phi' phi'] = p^2 E[u^(p-1) v^(p-1)].
+
+    Parameters
+    ----------
+    degree : int
+        The polynomial degree (>= 0).
 
     Examples
     --------
@@ -257,6 +289,11 @@ class RectifiedMonomial(Activation):
     degree n-1 kernel (0 for n = 0).  neural-tangents 0.6.5 differentiates J_n numerically
     and returns NaN for two such layers; this form stays finite.
 
+    Parameters
+    ----------
+    degree : int
+        The polynomial degree (>= 0).
+
     Examples
     --------
     >>> import torch, ntklab as nk
@@ -288,6 +325,11 @@ class Polynomial(Activation):
     with rho = cov / sqrt(v1 v2) and r_l(v) = sum_i coef[2i+l] (2i+l)! / (2^i i! sqrt(l!)) v^((2i+l)/2),
         E[phi phi] = sum_l r_l(v1) r_l(v2) rho^l,
         E[phi' phi'] = sum_l l r_l(v1) r_l(v2) rho^(l-1) / sqrt(v1 v2).
+
+    Parameters
+    ----------
+    coef : sequence of float
+        Coefficients of 1, z, z^2, ...
 
     Examples
     --------
@@ -329,6 +371,11 @@ class Hermite(Activation):
     unit-variance inputs (as neural-tangents assumes: put a LayerNorm before it)
     E[phi phi] = cov^n and E[phi' phi'] = n cov^(n-1) (neural-tangents' formula, used as is:
     for other variances it is not the finite network's kernel).
+
+    Parameters
+    ----------
+    degree : int
+        The polynomial degree (>= 0).
 
     Examples
     --------

@@ -152,6 +152,18 @@ class Conv(Affine):
     given, both the kernel and the finite module refuse inputs with other channels, which
     catches channels-last (NHWC) arrays that happen to look like NCHW ones.
 
+    Parameters
+    ----------
+    out_chan : int
+        Output channels.
+    filter_shape : (int, int)
+        Filter height and width.
+    strides : (int, int), optional
+        Default (1, 1).
+    padding : {"VALID", "SAME", "CIRCULAR"}
+    W_std, b_std, parameterization, trainable
+        As for `Dense`.
+
     Examples
     --------
     >>> import torch, ntklab as nk

@@ -128,6 +128,18 @@ class Dense(Affine):
     `b_std=0.0` keeps a bias initialized at zero, which in the standard
     parameterization still adds 1 to the NTK (its gradient is 1).
 
+    Parameters
+    ----------
+    out : int
+        Output width.
+    W_std : float or tensor
+        Weight standard deviation σ_w (a tensor that requires grad makes the kernel differentiable in it).
+    b_std : float, tensor or None
+        Bias standard deviation σ_b; None: no bias.
+    parameterization : {"ntk", "standard"}
+    trainable : bool
+        False keeps the layer's parameters out of the NTK.
+
     Examples
     --------
     >>> import torch, ntklab as nk

@@ -37,6 +37,13 @@ class LayerNorm(Layer):
     (as neural-tangents' default), 1 for NCHW images.  Normalizing over other axes too is
     not supported (its kernel needs the covariance across positions).
 
+    Parameters
+    ----------
+    axis : int
+        The channel axis normalized over (-1, channels last for sequences; 1 for NCHW images).
+    eps : float
+        Added to the variance, as `torch.nn.LayerNorm`.
+
     Examples
     --------
     >>> import torch, ntklab as nk

@@ -105,6 +105,15 @@ class AvgPool(_Pool):
     `normalize_edges=False` counts SAME padding's zeros (divides by the window size); True
     divides by the number of real pixels in the window.
 
+    Parameters
+    ----------
+    window_shape : (int, int)
+    strides : (int, int), optional
+        Default: the window shape.
+    padding : {"VALID", "SAME", "CIRCULAR"}
+    normalize_edges : bool
+        With "SAME": divide by the number of pixels inside the image (True) or by the window size.
+
     Examples
     --------
     >>> import torch, ntklab as nk
@@ -117,6 +126,13 @@ class AvgPool(_Pool):
 
 class SumPool(_Pool):
     """`SumPool(window_shape, strides=None, padding="VALID")`: the sum over each window.
+
+    Parameters
+    ----------
+    window_shape : (int, int)
+    strides : (int, int), optional
+        Default: the window shape.
+    padding : {"VALID", "SAME", "CIRCULAR"}
 
     Examples
     --------

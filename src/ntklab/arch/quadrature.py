@@ -50,6 +50,16 @@ class Elementwise(Activation):
     `torch.sin`) identifies the layer exactly; a lambda or a local function does not,
     so a tiled kernel store will not resume it (see `Layer.identity`).
 
+    Parameters
+    ----------
+    fn : callable
+        Elementwise torch function phi.
+    n_points : int
+        Gauss-Hermite nodes per dimension (when `dual` is None).
+    dual : callable, optional
+        Closed-form NNGP map `dual(cov, var1, var2) -> E[phi(u) phi(v)]`; the NTK factor then comes
+        from autograd (Price's theorem).
+
     Examples
     --------
     >>> import torch, ntklab as nk
@@ -109,6 +119,11 @@ class Elementwise(Activation):
 class Tanh(Elementwise):
     """tanh, by quadrature (no closed form).
 
+    Parameters
+    ----------
+    n_points : int
+        Gauss-Hermite nodes per dimension of the 2-D quadrature.
+
     Examples
     --------
     >>> import torch, ntklab as nk
@@ -125,6 +140,11 @@ class Tanh(Elementwise):
 class Sigmoid(Elementwise):
     """Logistic sigmoid 1 / (1 + e^-x), by quadrature (no closed form);
     see `Sigmoid_like` for neural-tangents' closed-form erf approximation.
+
+    Parameters
+    ----------
+    n_points : int
+        Gauss-Hermite nodes per dimension of the 2-D quadrature.
 
     Examples
     --------

@@ -164,6 +164,18 @@ class Serial(Container):
         `symmetric=True` wraps it in `SymmetricModule`, so that f(x; theta_0) = 0.
         `device=None`: torch's default device (`torch.get_default_device()`).
 
+    Parameters
+    ----------
+    in_shape : int or sequence of int
+        One sample's shape.
+    seed : int
+    symmetric : bool
+    dtype, device : optional
+
+    Returns
+    -------
+    nn.Module
+
     Examples
     --------
     >>> import torch, ntklab as nk
@@ -362,6 +374,17 @@ class Serial(Container):
 
 def serial(*layers: Layer) -> Serial:
     """Compose layers: `nk.serial(nk.Dense(512), nk.Relu(), nk.Dense(1))`.
+
+    Parameters
+    ----------
+    *layers : Layer
+        Layers (or nested `serial`/`parallel` blocks) applied in order.
+
+    Returns
+    -------
+    Serial
+        One description: `.kernel(...)` for the infinite-width kernels, `.module(...)` for the
+        finite network.
 
     Examples
     --------

@@ -40,6 +40,14 @@ def register(name: str, summary: str, *, devices: tuple[str, ...] = ("cpu",)):
 def get(name: str) -> Experiment:
     """The registered experiment `name`; ValueError naming the available ones otherwise.
 
+    Parameters
+    ----------
+    name : str
+
+    Returns
+    -------
+    Experiment
+
     Examples
     --------
     >>> from ntklab import experiments
@@ -73,6 +81,25 @@ def run(name: str, out, *, seed: int = 0, quick: bool = False, device: str | Non
 
     `options` (e.g. data, train_size, scheduler) go to experiments that take them;
     options left at None are dropped, any other an experiment does not take is an error.
+
+    Parameters
+    ----------
+    name : str
+        A registered experiment (`ntklab list`).
+    out : str or Path
+        The run folder (must not exist unless `overwrite`).
+    seed : int
+    quick : bool
+        Small settings (seconds).
+    device : str, optional
+    overwrite : bool
+    **options
+        Experiment-specific options.
+
+    Returns
+    -------
+    dict
+        The run's summary (also written to summary.json).
 
     Examples
     --------

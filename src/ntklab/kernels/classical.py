@@ -27,6 +27,11 @@ class _PairwiseKernel:
 class Gaussian(_PairwiseKernel):
     """K(x, y) = exp(-||x - y||^2 / r^2).
 
+    Parameters
+    ----------
+    r : float
+        Length scale: K(x, y) = exp(-||x - y||² / r²).
+
     Examples
     --------
     >>> import torch, ntklab as nk
@@ -48,6 +53,11 @@ class Ball(_PairwiseKernel):
     Fourier transform of a ball's indicator changes sign), so interpolation with
     it needs `assume_psd=False`.
 
+    Parameters
+    ----------
+    r : float
+        Radius: K(x, y) = 1 if ||x - y|| < r else 0.
+
     Examples
     --------
     >>> import torch, ntklab as nk
@@ -68,6 +78,11 @@ class Ball(_PairwiseKernel):
 class Linear(_PairwiseKernel):
     """K(x, y) = <x, y> + c.
 
+    Parameters
+    ----------
+    c : float
+        K(x, y) = x·y + c.
+
     Examples
     --------
     >>> import torch, ntklab as nk
@@ -86,6 +101,12 @@ class Linear(_PairwiseKernel):
 
 class Polynomial(_PairwiseKernel):
     """K(x, y) = (<x, y> + c)^degree.
+
+    Parameters
+    ----------
+    degree : int
+    c : float
+        K(x, y) = (x·y + c)^degree.
 
     Examples
     --------

@@ -135,6 +135,21 @@ def empirical_ntk(model: nn.Module, x1, x2=None, *, mode: str = "trace",
         For a model that is not an `nn.Module`, an unknown `mode` or `implementation`, or
         inputs whose sample shapes differ.
 
+    Parameters
+    ----------
+    model : nn.Module
+        Maps `[N, ...]` to `[N, O]` sample by sample.
+    x1, x2 : tensor or array
+        Samples; `x2=None`: `x1` with itself.
+    mode : {"trace", "full", "diagonal"}
+        Mean over outputs, every output pair, or each output with itself.
+    params : sequence of str or tensors, optional
+        The parameters w of Θ = J_w J_wᵀ.
+    implementation : {"auto", "structured", "jacobian", "ntk_vp"}
+    max_memory : int or str, optional
+        Bound on the working memory, e.g. "2GiB".
+    progress : bool, optional
+
     Examples
     --------
     >>> import torch, ntklab as nk

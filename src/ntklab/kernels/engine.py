@@ -362,6 +362,30 @@ def compute_kernel(arch, x1, x2=None, *, store: str | Path, get: str | Sequence[
     `verify`: check every finished tile against its checksum first and compute the
     damaged ones again (reads the store once).  `fused`: as `Serial.kernel`.
 
+    Parameters
+    ----------
+    arch : Serial
+    x1, x2 : tensor or array
+        Inputs (`x2=None`: `x1` with itself, upper tiles only).
+    store : str or Path
+        The zarr store (created, or resumed when it holds the same computation).
+    get : {"nngp", "ntk"} or tuple, optional
+    tile_size : int
+        Rows and columns per tile.
+    scheduler : None, "local", "processes" or "tcp://host:port"
+        Where the tiles are computed (a Dask cluster for an address).
+    workers, device, max_memory, progress, verify, fused, dtype
+        See above.
+
+    Returns
+    -------
+    KernelStore
+
+    Raises
+    ------
+    ValueError
+        For a store that cannot be written or holds a different computation.
+
     Examples
     --------
     >>> import torch, ntklab as nk

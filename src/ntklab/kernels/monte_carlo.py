@@ -29,6 +29,17 @@ def empirical_nngp(model: nn.Module, x1, x2=None) -> torch.Tensor:
     averaged over outputs (neural-tangents' `empirical_nngp_fn` with `trace_axes=(-1,)`).
     Per-sample, deterministic models only (eval mode), as `empirical_ntk`.
 
+    Parameters
+    ----------
+    model : nn.Module
+    x1, x2 : tensor or array
+        Samples; `x2=None`: `x1` with itself.
+
+    Returns
+    -------
+    torch.Tensor
+        `[N1, N2]`.
+
     Examples
     --------
     >>> import torch, ntklab as nk
@@ -80,6 +91,27 @@ def monte_carlo_kernel(net_or_factory: Serial | Callable[[int], nn.Module], x1, 
     every network's kernels ({"nngp": ..., "ntk": ...}) as they stream by (per-sample
     statistics without keeping the samples).  A progress bar shows for more than 10 samples
     (`progress` forces it on or off).
+
+    Parameters
+    ----------
+    net_or_factory : Serial or callable
+        An ntklab description (its `.module`, seeded) or a function `seed -> nn.Module`.
+    x1, x2 : tensor or array
+    n_samples : int
+        Number of initializations.
+    get : {"nngp", "ntk"} or tuple, optional
+    seed : int
+        Seeds `seed, seed + 1, ...`.
+    dtype, progress
+    each : callable, optional
+        Called as `each(sample_index, {"nngp": ..., "ntk": ...})` with every sample's kernels.
+    **empirical_ntk_options
+        Passed to `empirical_ntk`.
+
+    Returns
+    -------
+    MonteCarloKernel
+        The means and their standard errors.
 
     Examples
     --------

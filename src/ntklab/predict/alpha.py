@@ -55,6 +55,20 @@ def gradient_descent_alpha(k_train_train, y_train, *, steps: int, learning_rate:
     stable constant step, 2 |y| / (l_max^2 + l_min^2) resp. 2 |y| / (l_max + l_min),
     from K's eigenvalues l (absolute values for "alpha").
 
+    Parameters
+    ----------
+    k_train_train, y_train : tensors
+    steps : int
+    learning_rate : float, optional
+    k_test_train : tensor, optional
+    space : {"alpha", "function"}
+    alpha0 : tensor, optional
+    record : int or sequence of int
+
+    Returns
+    -------
+    GradientDescentPath
+
     Examples
     --------
     >>> import torch, ntklab as nk

@@ -63,6 +63,23 @@ def gradient_descent_mse_ensemble(net_or_kernel_fn, x_train, y_train, *, learnin
         cov_t = K(x, x') - K(x, X) G^-1 (I - e^{-2 lr G t / n}) K(X, x').
     Returns `predict(t=None, x_test=None, get=None, compute_cov=False)`.
 
+    Parameters
+    ----------
+    net_or_kernel_fn : Serial or callable
+        An ntklab description, or `kernel_fn(x1, x2, get)` returning a `Kernel`.
+    x_train, y_train : tensor or array
+    learning_rate : float
+        The step on ||f(X) - Y||^2 / (2 |Y|).
+    diag_reg : float
+        Ridge, relative to the mean diagonal unless `diag_reg_absolute_scale`.
+    dtype, device : optional
+
+    Returns
+    -------
+    callable
+        `predict(t=None, x_test=None, get=None, compute_cov=False)`: means `[T, N, O]` (or
+        `[N, O]` for one time), with covariances when `compute_cov`.
+
     Examples
     --------
     >>> import torch, ntklab as nk

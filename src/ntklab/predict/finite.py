@@ -120,6 +120,18 @@ def gradient_descent_mse(k_train_train, y_train, learning_rate: float = 1.0, dia
     >>> predict(None)[0]
     tensor([ 1., -1.], dtype=torch.float64)
 
+    Parameters
+    ----------
+    k_train_train : tensor [N, N]
+    y_train : tensor [N, O]
+    learning_rate, diag_reg, diag_reg_absolute_scale
+        As `gradient_descent_mse_ensemble`.
+
+    Returns
+    -------
+    callable
+        `predict(t, fx_train_0=0.0, fx_test_0=None, k_test_train=None) -> (f_train, f_test)`.
+
     Examples
     --------
     >>> import torch, ntklab as nk
@@ -169,6 +181,19 @@ def gradient_descent(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     Returns `predict(t, fx_train_0=0.0, fx_test_0=None, k_test_train=None)` ->
     `(fx_train_t, fx_test_t)` as `gradient_descent_mse`; `t` must be finite (an ODE has no
     t = infinity).  A solver failure raises with the time it reached.
+
+    Parameters
+    ----------
+    loss : callable
+        `loss(f, y)`, a scalar torch function.
+    k_train_train, y_train : tensors
+    learning_rate : float
+    momentum : float, optional
+
+    Returns
+    -------
+    callable
+        `predict(t, fx_train_0=0.0, fx_test_0=None, k_test_train=None) -> (f_train, f_test)`.
 
     Examples
     --------
@@ -256,6 +281,17 @@ def gp_inference(k_train_train, y_train, diag_reg: float = 0.0, diag_reg_absolut
     posterior of an infinitely wide network, Lee et al. 2018).  Returns
     `predict(k_test_train, k_test_test=None)` -> `(mean, cov)` (cov None without `k_test_test`).
 
+    Parameters
+    ----------
+    k_train_train, y_train : tensors
+    diag_reg, diag_reg_absolute_scale
+        The observation noise, relative to the mean diagonal by default.
+
+    Returns
+    -------
+    callable
+        `predict(k_test_train, k_test_test=None) -> (mean, cov)` (cov None without `k_test_test`).
+
     Examples
     --------
     >>> import torch, ntklab as nk
@@ -291,6 +327,19 @@ def max_learning_rate(k_train_train, y_train_size: int | None = None, momentum: 
     ntklab's loss ||f - y||^2 / (2 |Y|): eta < 2 (1 + momentum) |Y| / lambda_max(K)
     (the contraction bound; with momentum, Goh 2017, "Why momentum really works").
     `y_train_size=None`: |Y| = N (one output).
+
+    Parameters
+    ----------
+    k_train_train : tensor
+    y_train_size : int, optional
+        |Y| of ntklab's loss convention (default: the kernel's size).
+    momentum : float
+    eps : float
+        Guards the division when lambda_max is (numerically) zero.
+
+    Returns
+    -------
+    float
 
     Examples
     --------

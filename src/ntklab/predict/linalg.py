@@ -14,6 +14,16 @@ def add_diagonal_regularizer(k: torch.Tensor, diag_reg: float,
                              absolute_scale: bool = False) -> torch.Tensor:
     """K + diag_reg * s * I with s = 1 (absolute) or s = mean(diag(K)) (neural-tangents' default).
 
+    Parameters
+    ----------
+    k : tensor
+    diag_reg : float
+    absolute_scale : bool
+
+    Returns
+    -------
+    torch.Tensor
+
     Examples
     --------
     >>> import torch, ntklab as nk
@@ -39,6 +49,16 @@ def _square(k: Any, name: str) -> torch.Tensor:
 
 class Factorization:
     """Cholesky (or LU) factorization of a regularized train-train kernel.
+
+    Parameters
+    ----------
+    k : tensor [N, N]
+    name : str
+        The argument's name in error messages.
+    diag_reg, diag_reg_absolute_scale
+        Ridge, relative to the mean diagonal by default.
+    assume_psd : bool or None
+        Cholesky (True) or LU (False); None: Cholesky, with an error message that suggests no LU.
 
     Examples
     --------
@@ -86,6 +106,19 @@ def solve(k_train_train, y_train, *, diag_reg: float = 0.0, diag_reg_absolute_sc
           assume_psd: bool = True) -> torch.Tensor:
     """alpha = (K + diag_reg I)^-1 y (interpolation when diag_reg = 0, lecture 21).
 
+    Parameters
+    ----------
+    k_train_train, y_train : tensors
+    diag_reg, diag_reg_absolute_scale
+        Ridge, relative to the mean diagonal by default.
+    assume_psd : bool
+        Cholesky (True) or LU.
+
+    Returns
+    -------
+    torch.Tensor
+        alpha with (K + ridge) alpha = y.
+
     Examples
     --------
     >>> import torch, ntklab as nk
@@ -104,6 +137,17 @@ def solve(k_train_train, y_train, *, diag_reg: float = 0.0, diag_reg_absolute_sc
 
 def kernel_regression(k_train_train, y_train, k_test_train, **solve_kwargs) -> torch.Tensor:
     """f(x) = sum_i alpha_i K(x, x_i) at the test points, alpha from `solve`.
+
+    Parameters
+    ----------
+    k_train_train, y_train, k_test_train : tensors
+    **solve_kwargs
+        As `solve`.
+
+    Returns
+    -------
+    torch.Tensor
+        `[N_test, O]`.
 
     Examples
     --------
@@ -131,6 +175,14 @@ class GradientFlow:
     `solve(rhs, times)`: G^-1 (I - e^{-lr G t / |Y|}) rhs, [T, N, M] for the times t
     ([N, M], G^-1 rhs, for `times=None`, t = infinity); `doubled` uses rate 2 lr.
     `decay(times)`: e^{-lr G t / |Y|}, [T, N, N].
+
+    Parameters
+    ----------
+    k_train_train : tensor [N, N]
+    y_size : int
+        |Y| of the loss convention.
+    learning_rate, diag_reg, diag_reg_absolute_scale
+        As `gradient_descent_mse`.
 
     Examples
     --------
