@@ -31,6 +31,13 @@ class TaylorExpansion(nn.Module):
     unregistered (its own parameters are never used), so expand a model already on its
     device and dtype.
 
+    Parameters
+    ----------
+    model : nn.Module
+    degree : int
+    params : sequence of str, optional
+        As `taylor_expand`.
+
     Examples
     --------
     >>> import torch, ntklab as nk
@@ -83,6 +90,12 @@ def _derivative(fn, one: torch.Tensor):
 
 class Linearized(TaylorExpansion):
     """`f_lin(x) = f(x; theta_0) + J(x) (theta - theta_0)`: the degree-1 Taylor expansion.
+
+    Parameters
+    ----------
+    model : nn.Module
+    params : sequence of str, optional
+        As `linearize`.
 
     Examples
     --------

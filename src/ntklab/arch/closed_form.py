@@ -61,6 +61,11 @@ class Sin(Activation):
 class Cos(Sin):
     """phi(x) = a cos(b x + c) = a sin(b x + c + pi/2) (duals of `Sin`).
 
+    Parameters
+    ----------
+    a, b, c : float
+        phi(z) = a cos(b z + c).
+
     Examples
     --------
     >>> import torch, ntklab as nk
