@@ -30,7 +30,7 @@ import torch
 from .. import arch as nk
 from ..data import ImageTask, image_task
 from ..kernels.engine import check_scheduler
-from ..report import RunFolder, markdown_table
+from ..report import RunFolder, claims_table, markdown_table
 from . import register
 from .cntk_table import architecture as plain_cntk, cntk_accuracy
 
@@ -145,8 +145,19 @@ def _figure(folder: RunFolder, table: dict, data_name: str) -> str:
 def _report(task, cfg, rows, metrics, figure, stderr, seconds, stores) -> str:
     times = [{"depth": d, **{m["column"]: round(m["kernel_seconds"], 1) for m in metrics if m["depth"] == d}}
              for d in cfg.depths]
+    claims = []
+    for row in rows:
+        best = max(COLUMNS, key=lambda c: row[c])
+        spread = max(row[c] for c in COLUMNS) - min(row[c] for c in COLUMNS)
+        claims.append({"claim": f"depth {row['depth']}: residual and local-pooling kernels (ResNet-GAP, Myrtle) beside "
+                                "CNTK-V and CNTK-GAP",
+                       "source": "Novak et al. 2020; Shankar et al. 2020 (CIFAR-10: local pooling helps)",
+                       "measured": ", ".join(f"{c} {row[c]:.1f}" for c in COLUMNS) + f" % (best {best})",
+                       "verdict": ("resolved" if spread > 2 * stderr else
+                                   f"not resolved: spread {spread:.1f} points <= 2 s.e. ({2 * stderr:.1f})")})
     return "\n".join([
         "# Residual and local-pooling CNTKs beside the plain ones", "",
+        claims_table(claims), "",
         f"Data: {task.description}. Test accuracy in %, kernel regression with each architecture's "
         f"infinite-width NTK (one-hot 0.9 / -0.1 targets, no ridge, arg-max, as in cntk-table); "
         f"binomial standard error about ±{stderr:.1f} points at 50% accuracy, less near 100%.", "",
