@@ -191,7 +191,7 @@ def _report(cfg, rows, summary, dims, figure, seconds) -> str:
     claims = [{"claim": "after pretraining on n >= d^2 samples the head learns the new task from few samples",
                "source": "Damian, Lee & Soltanolkotabi 2022, Theorem 3",
                "measured": ", ".join(f"N = {e['N']}: {e['mean_loss']:.3f} (oracle {e['mean_oracle_loss']:.3f})"
-                                     for e in summary if e["method"] == f"pretrained on n = {best}")[:200],
+                                     for e in summary if e["method"] == f"pretrained on n = {best}" and e["N"] <= 64),
                "verdict": "holds from N = 32" if any(e["N"] <= 32 and e["mean_loss"] < 0.5 for e in summary
                                                     if e["method"] == f"pretrained on n = {best}")
                           else "not at N <= 32"},
