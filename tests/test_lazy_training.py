@@ -15,6 +15,10 @@ def test_quick_run_shows_lazy_training(tmp_path):
                  "fits.json", "figures/scaling.png", "figures/dynamics.png"):
         assert (out / name).is_file(), name
     fits = json.loads((out / "fits.json").read_text())
+    by_activation = fits.pop("lin_distance_by_activation")
+    # f - f_lin: about n^-3/4 for ReLU (the kink), steeper for the smooth GELU
+    assert -0.95 < by_activation["ReLU"][0] < -0.55
+    assert by_activation["GELU"][0] < by_activation["ReLU"][0] - 0.2
     for task, slope in fits.items():
         # theory: weight change, MC error and distance to the NTK prediction ~ n^-1/2;
         # kernel change between n^-1/2 and n^-1 (three widths, one seed: loose bands)
