@@ -11,20 +11,20 @@ b ~ N(0, C_b), C_W = W_std², C_b = b_std², learning-rate scales λ_W = C_W, λ
 parameterization; a, b, c, d are sample indices; ⟨f⟩ = E f(z), z ~ N(0, K^(ℓ)) jointly over
 the samples; P_ab = σ(z_a)σ(z_b), Q_ab = σ'(z_a)σ'(z_b); i, j are neuron indices):
 
-    E z_ia z_jb                  = δ_ij (K_ab + K¹_ab / m)                        (PDLT 4.116)
+    E z_ia z_jb                  = δ_ij (K_ab + K¹_ab / m)                        (PDLT ch. 4)
     E[z_ia z_jb z_kc z_ld]_conn  = (1/m)(δ_ij δ_kl V_(ab)(cd) + δ_ik δ_jl V_(ac)(bd) + δ_il δ_jk V_(ad)(bc))
     E Θ̂_ij;ab                    = δ_ij (Θ_ab + Θ¹_ab / m)
     E[ΔΘ̂_ij;ab ΔΘ̂_kl;cd]         = (1/m)(δ_ij δ_kl A_(ab)(cd) + δ_ik δ_jl B_(ac)(bd) + δ_il δ_jk B_(ad)(bc))
     E[ΔΘ̂_ij;ab Δ(z_kc z_ld)]     = (1/m)(δ_ij δ_kl D_(ab)(cd) + δ_ik δ_jl F_(ac)(bd) + δ_il δ_jk F_(ad)(bc))
 
-(PDLT 4.77, 8.61-8.67 up to the labels of B and F).  The recursions implemented, r = n_ℓ / n_{ℓ-1}:
+(PDLT ch. 4 and 8, up to the labels of B and F).  The recursions implemented, r = n_ℓ / n_{ℓ-1}:
 
-    K' = C_b + C_W ⟨P⟩,   Θ'_ab = λ_b + λ_W ⟨P_ab⟩ + C_W ⟨Q_ab⟩ Θ_ab            (PDLT 4.118, 8.63)
+    K' = C_b + C_W ⟨P⟩,   Θ'_ab = λ_b + λ_W ⟨P_ab⟩ + C_W ⟨Q_ab⟩ Θ_ab            (PDLT ch. 4, 7-8)
     S_(ab)(cd) = ⟨P_ab P_cd⟩ - ⟨P_ab⟩⟨P_cd⟩ + r 𝒱[P_ab, P_cd]
     X_(ab)(cd) = Θ_ab (⟨Q_ab P_cd⟩ - ⟨Q_ab⟩⟨P_cd⟩ + r 𝒱[Q_ab, P_cd]) + r ⟨Q_ab⟩ 𝒟_ab[P_cd]
     Y_(ab)(cd) = Θ_ab Θ_cd (⟨Q_ab Q_cd⟩ - ⟨Q_ab⟩⟨Q_cd⟩ + r 𝒱[Q_ab, Q_cd])
                  + r (Θ_ab ⟨Q_cd⟩ 𝒟_cd[Q_ab] + Θ_cd ⟨Q_ab⟩ 𝒟_ab[Q_cd] + ⟨Q_ab⟩⟨Q_cd⟩ A_(ab)(cd))
-    V' = C_W² S                                                                   (PDLT 4.90)
+    V' = C_W² S                                                                   (PDLT ch. 4)
     D' = λ_W C_W S + C_W² X
     A' = λ_W² S + λ_W C_W (X + Xᵀ) + C_W² Y
     B'_(ab)(cd) = C_W² (⟨σ'_a σ'_b σ'_c σ'_d⟩ Θ_ac Θ_bd + r ⟨Q_ab⟩⟨Q_cd⟩ B_(ab)(cd))
