@@ -126,12 +126,12 @@ def slope_verdict(slope: float, expected: float, tolerance: float) -> str:
 
 
 def markdown_table(rows: list[Mapping[str, Any]], columns: list[str], *, digits: int = 3) -> str:
-    """A GitHub-flavoured markdown table of `rows` restricted to `columns`."""
+    """A GitHub-flavoured markdown table of `rows` restricted to `columns` (a `|` inside a
+    header or a cell, as in |z| or ||W||, is escaped so that it does not split the cell)."""
     def fmt(value):
-        if isinstance(value, float):
-            return f"{value:.{digits}g}"
-        return str(value)
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        text = f"{value:.{digits}g}" if isinstance(value, float) else str(value)
+        return text.replace("|", "\\|")
+    lines = ["| " + " | ".join(fmt(c) for c in columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(row.get(c, "")) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
 
