@@ -104,3 +104,12 @@ def test_a_device_an_experiment_cannot_honour_is_refused(tmp_path):
                 experiments.run(name, tmp_path / name, quick=True, device="meta")
     assert list(tmp_path.iterdir()) == []
     assert experiments.REGISTRY["cntk-table"].devices == ("cpu", "cuda")
+
+
+def test_markdown_tables_keep_pipes_inside_their_cells():
+    """|z| or ||W|| in a header or a cell must not split it (GitHub and MyST read `|` as a border)."""
+    import re
+    from ntklab.report import markdown_table
+    table = markdown_table([{"max |z|": "||W|| = 2", "x": 1.5}], ["max |z|", "x"])
+    widths = {len(re.split(r"(?<!\\)\|", line.strip())) for line in table.splitlines()}
+    assert widths == {4}, table
