@@ -126,7 +126,6 @@ def _report(cfg: Config, rows, fits, figure, seconds) -> str:
                "source": "the kernel lower bound quoted by the paper (Ghorbani et al.)",
                "measured": f"n* ∝ d^{fits['NTK regression'][0]:.2f} ± {fits['NTK regression'][1]:.2f}",
                "verdict": _verdict(fits["NTK regression"], cfg.p, "lower")}]
-    table = [{k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows]
     return "\n".join([
         "# Sample complexity against the dimension (Damian, Lee & Soltanolkotabi 2022)", "",
         f"Target He_2(u.x)/2 + He_{cfg.p}(u.x)/sqrt(2 {cfg.p}!) in R^d (unit norm), label noise "
@@ -135,7 +134,7 @@ def _report(cfg: Config, rows, fits, figure, seconds) -> str:
         f"{cfg.n_max}); Algorithm 1 with width m = {cfg.m}, NTK regression with the two-layer ReLU NTK; "
         "ridges by validation as in `sample-complexity`.", "",
         claims_table(claims), "",
-        markdown_table(table, list(table[0])), "",
+        markdown_table(rows, list(rows[0])), "",
         "The exponents are fitted over the dimensions measured (standard errors from the fit; the "
         "crossing points themselves carry seed noise). Theorem 1 is an upper bound: an exponent at "
         "or below 2 agrees with it. The kernel lower bound is asymptotic (n = d^(p - δ) samples "

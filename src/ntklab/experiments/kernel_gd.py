@@ -351,7 +351,7 @@ Measured max |R| on 50 test points against eta = {', '.join(f'{e:g}' for e in co
 (at initialization and after {config.network_training_steps} GD steps at eta = 0.5): fitted slopes
 {', '.join(f'{r["slope"]:.2f}' for r in networks)} (theory 2, in the order of the table).
 
-{markdown_table([{k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in r.items() if k != "remainders"} for r in networks], [k for k in networks[0] if k != "remainders"])}
+{markdown_table(networks, [k for k in networks[0] if k != "remainders"])}
 
 The remainder relative to the kernel step at the largest eta falls with width with slope
 {summary['network_remainder_width_slope'][0]:.2f} ± {summary['network_remainder_width_slope'][1]:.2f} (at initialization; needs three widths). The remainder is the

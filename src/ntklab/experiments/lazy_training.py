@@ -388,7 +388,7 @@ up to between n^-3/4 (random signs) and n^-1/2 (coherent signs). The measured Re
 random-sign end (`linearization`, with 10 outputs and digits, measures -0.49); GELU's is steeper than -1 at small widths and
 flattens towards -1 as n grows (measured in steps of 4x: -1.28, -1.22, -1.16 in a separate check).
 
-{markdown_table([{k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in r.items()} for r in smoothness], ["activation", "width", "seed", "steps", "lin_distance"])}
+{markdown_table(smoothness, ["activation", "width", "seed", "steps", "lin_distance"])}
 
 ![smoothness]({figures['smoothness']})
 

@@ -167,7 +167,6 @@ def _figure(folder: RunFolder, chosen: list[dict], case: str, fits: dict) -> str
 
 def _report(cfg: Config, last: list[dict], fits: dict, figures: dict[str, str], seconds: float) -> str:
     """report.md: the distances at the last step against width, and the fitted slopes."""
-    table = [{k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in r.items()} for r in last]
     slopes = [{"network, loss": case, **{q: f"{v:+.2f}" for q, v in fit.items()}} for case, fit in fits.items()]
     claims = []
     for case, fit in fits.items():
@@ -195,6 +194,6 @@ def _report(cfg: Config, last: list[dict], fits: dict, figures: dict[str, str], 
         "linearization vs the kernel flow differ only by discrete vs continuous time, which does "
         "not depend on n (slope ~ 0).", "",
         markdown_table(slopes, list(slopes[0])), "",
-        "## Last step", "", markdown_table(table, list(table[0])), "",
+        "## Last step", "", markdown_table(last, list(last[0])), "",
         *[f"![{case}]({path})" for case, path in figures.items()], "",
         f"Time: {seconds:.0f} s.", ""])

@@ -170,7 +170,6 @@ def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device) -> d
 def _report(cfg: Config, rows: list[dict], fits: dict, networks: list[dict], figure: str,
             seconds: float) -> str:
     """report.md: errors against eps, the fitted slopes against their theory, eps*."""
-    table = [{k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows]
     slopes = [{"solution": solution, "prediction": prediction, "theory slope": expected,
                "fitted slope": f"{fits['slope_' + name]:.2f}",
                "verdict": slope_verdict(fits["slope_" + name], expected, 0.1)}
@@ -186,7 +185,7 @@ def _report(cfg: Config, rows: list[dict], fits: dict, networks: list[dict], fig
         "Each prediction is compared with the solution it describes (max |difference| on the test "
         "set relative to max |z_GD|):", "",
         markdown_table(slopes, list(slopes[0])), "",
-        markdown_table(table, list(table[0])), "",
+        markdown_table(rows, list(rows[0])), "",
         "Direct optimization (dL/dW = 0) is satisfied by every interpolant when there are more "
         "features than training points. The slides' direct projectors (Z_A = 0) describe the "
         "interpolant in the span of the training features (the linear model's choice, and the limit "

@@ -107,14 +107,14 @@ def _report(cfg: Config, curve: list[dict], bias: list[dict], summary: dict, fig
         f"y = sin(x1) + x2 x3 / 2 on the sphere in R^{cfg.d}; test MSE against the noiseless target on "
         f"{cfg.n_test} points, median and quartiles over {cfg.feature_seeds} draws of the features. "
         f"The ridgeless kernel limit (the features' NNGP, m → ∞): {summary['ridgeless_kernel_mse']:.3g}.", "",
-        markdown_table([{k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in r.items()} for r in curve],
+        markdown_table(curve,
                        ["features", "median", "q25", "q75", "mean"]), "",
         "## Implicit bias", "",
         f"One-hidden-layer ReLU networks (NTK parameterization, W_std sqrt 2, b_std 0.5) from the symmetric "
         f"initialization, full-batch GD with eta = 1/lambda_max of the empirical NTK to max |f - y| < 1e-6 "
         f"max |y| on {cfg.implicit_train} noiseless samples; relative L2 distance of the test predictions "
         f"to Θ(x, X) Θ(X, X)^-1 y, the minimum-RKHS-norm interpolant of the infinite-width NTK.", "",
-        markdown_table([{k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in r.items()} for r in bias],
+        markdown_table(bias,
                        ["width", "seed", "distance", "steps", "train_residual"]), "",
         f"![double descent and implicit bias]({figure})", "", f"Time: {summary['seconds']:.0f} s.", ""])
 

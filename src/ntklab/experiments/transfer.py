@@ -130,14 +130,15 @@ def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device) -> d
     folder.write_csv("metrics.csv", rows)
     folder.write_csv("summary.csv", summary)
     folder.write_csv("across_dimensions.csv", dims)
-    figure = _figure(folder, summary, dims, cfg)
+    by_dimension = summarize(dims, ("d", "N"))
+    figure = _figure(folder, summary, by_dimension, cfg)
     folder.config.update(asdict(cfg))
-    folder.write_text("report.md", _report(cfg, rows, summary, dims, figure, seconds))
+    folder.write_text("report.md", _report(cfg, rows, summary, by_dimension, figure, seconds))
     return {"seconds": round(seconds, 1),
             "mean_test_loss": {f"{e['method']}, N={e['N']}": round(e["mean_loss"], 4) for e in summary}}
 
 
-def _figure(folder: RunFolder, summary: list[dict], dims: list[dict], cfg: Config) -> str:
+def _figure(folder: RunFolder, summary: list[dict], by_dimension: list[dict], cfg: Config) -> str:
     fig, (ax, right) = plt.subplots(1, 2, figsize=(12, 4.4))
     methods = list(dict.fromkeys(e["method"] for e in summary))
     for i, method in enumerate(methods):
@@ -153,7 +154,6 @@ def _figure(folder: RunFolder, summary: list[dict], dims: list[dict], cfg: Confi
     ax.axhline(1.0, color="0.5", lw=0.8, label="zero predictor")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3, which="both")
-    by_dimension = summarize(dims, ("d", "N"))
     for i, d in enumerate(cfg.dims):
         chosen = [e for e in by_dimension if e["d"] == d]
         right.errorbar([e["N"] for e in chosen], [e["mean_loss"] for e in chosen],
@@ -171,7 +171,7 @@ def _figure(folder: RunFolder, summary: list[dict], dims: list[dict], cfg: Confi
     return folder.save_figure("loss_vs_N", fig)
 
 
-def _report(cfg, rows, summary, dims, figure, seconds) -> str:
+def _report(cfg, rows, summary, by_dimension, figure, seconds) -> str:
     methods = list(dict.fromkeys(e["method"] for e in summary))
     table = []
     for method in methods:
@@ -185,7 +185,6 @@ def _report(cfg, rows, summary, dims, figure, seconds) -> str:
         table.append(row)
     d, p = cfg.d, cfg.p
     best = max(cfg.pretrain)
-    by_dimension = summarize(dims, ("d", "N"))
     largest_N = max(cfg.dims_finetune)
     at_largest = [e["mean_loss"] for e in by_dimension if e["N"] == largest_N]
     claims = [{"claim": "after pretraining on n >= d^2 samples the head learns the new task from few samples",
@@ -215,7 +214,7 @@ def _report(cfg, rows, summary, dims, figure, seconds) -> str:
         "## The head's sample complexity across d", "",
         "Pretrained on n = 10 d^2 samples, mean test loss (oracle ridge in parentheses) against N:", "",
         markdown_table([{"d": d, **{f"N={e['N']}": f"{e['mean_loss']:.3f} ({e['mean_oracle_loss']:.3f})"
-                                    for e in summarize(dims, ("d", "N")) if e["d"] == d}}
+                                    for e in by_dimension if e["d"] == d}}
                         for d in cfg.dims], ["d", *[f"N={N}" for N in cfg.dims_finetune]]), "",
         f"![loss vs N]({figure})", "",
         f"Theory (Theorem 3): with n >= d^2 = {d ** 2} pretraining samples the loss decays fast in N "
