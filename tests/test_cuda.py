@@ -39,3 +39,20 @@ def test_empirical_ntk_and_the_finite_module_on_cuda():
     cpu = nk.empirical_ntk(model, x)
     gpu = nk.empirical_ntk(model.cuda(), x.cuda())
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-9, atol=1e-10)
+
+
+def test_the_ntk_hierarchy_and_gradient_flow_on_cuda():
+    from ntklab.studies.network_expansion import nearly_kernel_flow, ntk_hierarchy, train_gradient_flow
+    x = torch.randn(7, 3, generator=GEN, dtype=torch.float64)
+    y = torch.sin(x[:3, 0])
+    model = nk.mlp(2, 32, W_std=1.5, b_std=0.1, activation=nk.Tanh()).module(3, dtype=torch.float64)
+    cpu = ntk_hierarchy(model, x[:3], x[3:])
+    gpu = ntk_hierarchy(model.cuda(), x[:3].cuda(), x[3:].cuda())
+    for name in ("output", "ntk", "dntk", "ddntk"):
+        assert getattr(gpu, name).device.type == "cuda"
+        torch.testing.assert_close(getattr(gpu, name).cpu(), getattr(cpu, name), rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(nearly_kernel_flow(gpu, y.cuda(), [1.0])["nearly_kernel"],
+                               nearly_kernel_flow(cpu, y, [1.0])["nearly_kernel"], rtol=1e-8, atol=1e-10)
+    trained = train_gradient_flow(model, x[:3].cuda(), y.cuda(), [0.5, 1.0], x[3:].cuda())
+    torch.testing.assert_close(trained, train_gradient_flow(model.cpu(), x[:3], y, [0.5, 1.0], x[3:]),
+                               rtol=1e-8, atol=1e-10)

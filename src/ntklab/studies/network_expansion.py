@@ -1,53 +1,182 @@
-"""A trained network against its own expansion around initialization (Roberts, Yaida & Hanin
-2022, ch. 11: a network is a quadratic model in its parameters up to the cubic and higher terms,
-with features J = ∂f/∂θ -- the empirical NTK Θ = J Jᵀ -- and meta kernel given by the dNTK):
+"""A trained network against its own NTK hierarchy at initialization: the kernel prediction
+(error O(1/n)) and the book's nearly-kernel prediction at first order in 1/n (error O(1/n²)),
+Roberts, Yaida & Hanin 2022, ch. 11 and ∞.
 
-    f(x; θ₀ + Δ) = f₀(x) + J(x)·Δ + ½ Δᵀ H(x) Δ + O(Δ³),
-    mu_d0,d1,d2 = J(x_d1)ᵀ H(x_d0) J(x_d2)      (the quadratic model's mu with φ = J, εψ = H).
+Gradient flow on L = ½ Σ_a (z_a - y_a)² (θ̇ = -Σ_a ε_a ∂z_a/∂θ, ε_a = z_a - y_a, the learning-rate
+tensor λ = 1: the network's own parameterization carries the 1/√n factors) moves any output as
 
-The kernel (linearized-network) and nearly-kernel predictions of training with labels y - f₀ are
-`studies.quadratic.nearly_kernel_from_kernels` of (Θ, mu): exact to second order for a model that
-is quadratic in its parameters (tested), but a network's cubic term -- the ddNTK -- and the
-second-order dNTK terms enter its trained output at the same order 1/n as the first-order dNTK
-term (PDLT ch. 11), so for networks this expansion is a measurement of how much of the 1/n
-correction the dNTK alone explains, not the book's full 1/n prediction.
+    ż_δ        = -Σ_a H_δa ε_a,         H_δa      = Σ_μ ∂_μ z_δ ∂_μ z_a          (the NTK)
+    Ḣ_δa       = -Σ_b dH_bδa ε_b,       dH_bδa    = Σ_μ ∂_μ z_b ∂_μ H_δa         (the dNTK)
+    (dH_bδa)˙  = -Σ_c ddH_cbδa ε_c,     ddH_cbδa  = Σ_μ ∂_μ z_c ∂_μ dH_bδa       (the ddNTKs)
+
+(a, b, c training points, δ any point; ch. 11 defines the dNTK and the two ddNTKs as these
+derivatives along the gradient -- ddH here is their sum, ddI + ddII with its index pairings --
+and shows that dH and ddH are O(1/n) while ddH's own derivative is O(1/n²)). To first order in
+1/n (ch. ∞): the kernel solution with the network's NTK at initialization,
+    ż_F = -H(0) ε_F,
+plus the 1/n correction z₁ driven by the kernel's residual ε_F,
+    (dH)˙ = -ddH(0)·ε_F,    Ḣ₁ = -dH·ε_F,    ż₁ = -H(0) ε₁ - H₁ ε_F,
+all linear, integrated together (DOP853, rtol 1e-12). The frozen-kernel solution z_F has error
+O(1/n) against the trained network; z_F + z₁ has error O(1/n²) (measured by `nearly-kernel`).
+
+The tensors are exact directional derivatives by `torch.func`: H's column a is the forward-mode
+derivative of all outputs along ∂z_a/∂θ, dH and ddH are forward-mode derivatives of H and dH along
+the training gradients (which themselves depend on θ), so no D x P Jacobian is formed.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
 import torch
+from scipy.integrate import solve_ivp
 from torch import nn
-from torch.func import functional_call, grad, jacrev, jvp, vmap
+from torch.func import functional_call, grad, jvp, vmap
 
-from .._validation import positive_int
+from .._validation import as_matrix, positive_int
+
+TERMS = ("dntk", "ddntk")
 
 
-def expansion_kernels(model: nn.Module, x_train: torch.Tensor, x_test: torch.Tensor
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(f₀ [D], Θ [D, D], mu [D, D, N]) of a single-output `model` at its current parameters, over
-    the D = N + M points (x_train first): Jacobians by `jacrev`, H(x_d0) J(x_a) by forward-over-
-    reverse (`jvp` of `grad`), one pass per point d0, vectorized over the training points."""
-    params = {name: p.detach() for name, p in model.named_parameters()}
-    points = torch.cat([x_train, x_test])
+@dataclass(frozen=True)
+class NTKHierarchy:
+    """A single-output network's outputs and NTK hierarchy at its current parameters, over
+    D = N + M points (the N training points first): `output` f [D], `ntk` H [D, N],
+    `dntk` dH [N, D, N] (dH[b, δ, a]), `ddntk` ddH [N, N, D, N] (ddH[c, b, δ, a])."""
+    output: torch.Tensor
+    ntk: torch.Tensor
+    dntk: torch.Tensor
+    ddntk: torch.Tensor
 
-    def output(p, x):
-        return functional_call(model, p, (x[None],)).reshape(-1)[0]
+    @property
+    def n_train(self) -> int:
+        return self.ntk.shape[1]
 
+
+def _single_output(model: nn.Module, points: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
-        f0 = model(points).reshape(len(points), -1)
-    if f0.shape[1] != 1:
-        raise ValueError(f"model must have one output, got {f0.shape[1]}")
-    jac = vmap(jacrev(output), (None, 0))(params, points)
-    flat = torch.cat([j.reshape(len(points), -1) for j in jac.values()], 1)            # [D, P]
-    train_tangents = {name: j[:len(x_train)] for name, j in jac.items()}
+        output = model(points).reshape(len(points), -1)
+    if output.shape[1] != 1:
+        raise ValueError(f"model must have one output, got {output.shape[1]}")
+    return output[:, 0]
 
-    def hessian_times(x, tangent):
-        return jvp(lambda p: grad(output)(p, x), (params,), (tangent,))[1]
 
-    meta = torch.empty(len(points), len(points), len(x_train), dtype=flat.dtype)
-    for d0, x in enumerate(points):
-        products = vmap(hessian_times, (None, 0))(x, train_tangents)                   # [N, ...]
-        meta[d0] = flat @ torch.cat([h.reshape(len(x_train), -1) for h in products.values()], 1).T
-    return f0[:, 0], flat @ flat.T, meta
+def _parameters(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach() for name, p in model.named_parameters()}
+
+
+def ntk_hierarchy(model: nn.Module, x_train: torch.Tensor, x_test: torch.Tensor) -> NTKHierarchy:
+    """The NTK, dNTK and ddNTK (module docstring) of a single-output `model` at its current
+    parameters, over `x_train` (N points) then `x_test` (M points).
+
+    Cost: N² forward-over-forward-over-reverse passes over the D points; memory N x P per level.
+    The tensors are on the model's device.
+    """
+    reference = next(model.parameters())
+    x_train = as_matrix(x_train, "x_train", dtype=reference.dtype, device=reference.device)
+    x_test = as_matrix(x_test, "x_test", dtype=x_train.dtype, device=reference.device)
+    points = torch.cat([x_train, x_test])
+    output = _single_output(model, points)
+    params = _parameters(model)
+
+    def outputs(p):
+        return functional_call(model, p, (points,))[:, 0]
+
+    def one(p, x):
+        return functional_call(model, p, (x[None],))[0, 0]
+
+    def train_gradients(p):                                           # ∂z_a/∂θ, a = 1..N
+        return vmap(grad(one), (None, 0))(p, x_train)
+
+    def along_train_gradients(function):                              # [N, *function(p).shape]
+        return lambda p: vmap(lambda tangent: jvp(function, (p,), (tangent,))[1])(train_gradients(p))
+
+    ntk = along_train_gradients(outputs)                              # [N, D]: H_δa as [a, δ]
+    dntk = along_train_gradients(lambda p: ntk(p).T)                  # [N, D, N]
+    gradients = train_gradients(params)
+    ddntk = torch.stack([jvp(dntk, (params,), ({k: v[c] for k, v in gradients.items()},))[1]
+                         for c in range(len(x_train))])
+    return NTKHierarchy(output, ntk(params).T.detach(), dntk(params).detach(), ddntk.detach())
+
+
+def _times(times: Sequence[float]) -> np.ndarray:
+    times = np.asarray(times, dtype=float).reshape(-1)
+    if len(times) == 0 or times[0] <= 0 or np.any(np.diff(times) <= 0):
+        raise ValueError(f"times must be positive and increasing, got {times.tolist()}")
+    return times
+
+
+def nearly_kernel_flow(hierarchy: NTKHierarchy, y_train: torch.Tensor, times: Sequence[float], *,
+                       terms: Sequence[str] = TERMS) -> dict[str, torch.Tensor]:
+    """Outputs at the test points ([len(times), M]) predicted for gradient flow from the
+    hierarchy (module docstring): "kernel" = z_F (the NTK frozen at initialization) and
+    "nearly_kernel" = z_F + z₁ (first order in 1/n). `terms` chooses which of the 1/n sources
+    enter z₁ ("dntk": dH(0), "ddntk": ddH(0); both by default) -- one alone is an ablation.
+    Integrated on the CPU in float64 (the tensors are small: N²·D·N numbers)."""
+    unknown = set(terms) - set(TERMS)
+    if unknown:
+        raise ValueError(f"terms must be a subset of {TERMS}, got {sorted(unknown)}")
+    times = _times(times)
+    D, N = hierarchy.ntk.shape
+    y = torch.as_tensor(y_train).detach().to("cpu", torch.float64).reshape(-1)
+    if len(y) != N:
+        raise ValueError(f"y_train has {len(y)} values for {N} training points")
+    ntk, dntk, ddntk = (t.detach().to("cpu", torch.float64) for t in
+                        (hierarchy.ntk, hierarchy.dntk, hierarchy.ddntk))
+    dntk = dntk if "dntk" in terms else torch.zeros_like(dntk)
+    ddntk = ddntk if "ddntk" in terms else torch.zeros_like(ddntk)
+    sizes = (D, D, D * N, N * D * N)
+
+    def velocity(_, state):
+        z_kernel, z_first, ntk_first, dntk_now = torch.split(torch.from_numpy(state), sizes)
+        residual = z_kernel[:N] - y
+        return torch.cat([-ntk @ residual,
+                          -ntk @ z_first[:N] - ntk_first.reshape(D, N) @ residual,
+                          -torch.einsum("bda,b->da", dntk_now.reshape(N, D, N), residual).reshape(-1),
+                          -torch.einsum("cbda,c->bda", ddntk, residual).reshape(-1)]).numpy()
+
+    output = hierarchy.output.detach().to("cpu", torch.float64)
+    start = torch.cat([output, torch.zeros(D + D * N, dtype=ntk.dtype), dntk.reshape(-1)])
+    flow = solve_ivp(velocity, (0.0, times[-1]), start.numpy(), method="DOP853",
+                     rtol=1e-12, atol=1e-14, t_eval=times)
+    z_kernel, z_first = torch.from_numpy(flow.y[:D].T), torch.from_numpy(flow.y[D:2 * D].T)
+    return {"kernel": z_kernel[:, N:], "nearly_kernel": (z_kernel + z_first)[:, N:]}
+
+
+def train_gradient_flow(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor,
+                        times: Sequence[float], x_eval: torch.Tensor) -> torch.Tensor:
+    """Outputs at `x_eval` ([len(times), M]) of `model` trained by gradient flow
+    θ̇ = -∇ ½ Σ_a (f(x_a) - y_a)² from its current parameters (left unchanged), integrated by
+    scipy's DOP853 (rtol 1e-11, atol 1e-12): GD as the learning rate goes to 0. The gradients
+    are computed on the model's device, the integrator's state lives on the CPU."""
+    times = _times(times)
+    reference = next(model.parameters())
+    x_train = as_matrix(x_train, "x_train", dtype=reference.dtype, device=reference.device)
+    x_eval = as_matrix(x_eval, "x_eval", dtype=reference.dtype, device=reference.device)
+    y = torch.as_tensor(y_train, dtype=x_train.dtype, device=x_train.device).reshape(-1)
+    _single_output(model, x_train[:1])
+    params = _parameters(model)
+    names, shapes = list(params), [p.shape for p in params.values()]
+    sizes = [p.numel() for p in params.values()]
+
+    def unflatten(vector):
+        return {n: c.reshape(s) for n, c, s in zip(names, torch.split(vector, sizes), shapes)}
+
+    def loss(vector):
+        return 0.5 * (functional_call(model, unflatten(vector), (x_train,))[:, 0] - y).square().sum()
+
+    gradient = grad(loss)
+
+    def on_device(v):
+        return torch.from_numpy(v).to(reference.device, reference.dtype)
+
+    start = torch.cat([p.reshape(-1) for p in params.values()])
+    flow = solve_ivp(lambda _, v: (-gradient(on_device(v))).cpu().numpy(), (0.0, times[-1]),
+                     start.cpu().numpy(), method="DOP853", rtol=1e-11, atol=1e-12, t_eval=times)
+    with torch.no_grad():
+        return torch.stack([functional_call(model, unflatten(on_device(v)), (x_eval,))[:, 0]
+                            for v in flow.y.T]).cpu()
 
 
 def train_full_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, learning_rate: float,
