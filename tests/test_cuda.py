@@ -42,7 +42,7 @@ def test_empirical_ntk_and_the_finite_module_on_cuda():
 
 
 def test_the_ntk_hierarchy_and_gradient_flow_on_cuda():
-    from ntklab.studies.network_expansion import nearly_kernel_flow, ntk_hierarchy, train_gradient_flow
+    from ntklab import nearly_kernel_flow, ntk_hierarchy, train_gradient_flow
     x = torch.randn(7, 3, generator=GEN, dtype=torch.float64)
     y = torch.sin(x[:3, 0])
     model = nk.mlp(2, 32, W_std=1.5, b_std=0.1, activation=nk.Tanh()).module(3, dtype=torch.float64)

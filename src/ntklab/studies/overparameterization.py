@@ -16,12 +16,30 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
 
 from .. import arch as nk
 from .._validation import positive_int
 from ..kernels.empirical import empirical_ntk
 from ..kernels.spectrum import inverse_largest_eigenvalue
-from .network_expansion import train_full_batch
+
+
+def train_full_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, learning_rate: float,
+                     max_steps: int = 100_000, tolerance: float = 1e-10) -> int:
+    """Full-batch GD θ ← θ - η ∇ ½ Σ (f(x_a) - y_a)² in place, until max |f - y| < tolerance ×
+    max |y| (or `max_steps`, then RuntimeError). Returns the number of steps."""
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    scale = float(y.abs().max())
+    for step in range(positive_int(max_steps, "max_steps")):
+        residual = model(x).reshape(y.shape) - y
+        if float(residual.detach().abs().max()) < tolerance * scale:
+            return step
+        gradients = torch.autograd.grad(0.5 * residual.square().sum(), parameters)
+        with torch.no_grad():
+            for p, g in zip(parameters, gradients):
+                p.sub_(learning_rate * g)
+    raise RuntimeError(f"GD did not reach max |f - y| < {tolerance} x max|y| in {max_steps} steps; "
+                       f"raise max_steps or the learning rate")
 
 
 def random_features(x: torch.Tensor, m: int, *, W_std: float, b_std: float, seed: int) -> torch.Tensor:

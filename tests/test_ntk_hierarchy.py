@@ -1,4 +1,4 @@
-"""`studies.network_expansion`: a network's NTK, dNTK and ddNTK at initialization against
+"""`nk.ntk_hierarchy`: a network's NTK, dNTK and ddNTK at initialization against
 `nk.empirical_ntk` and central finite differences along the training gradients; the first-order
 (1/n) nearly-kernel prediction of gradient flow against the trained network: at short times each
 left-out term shows as the order of the error in t, and across widths the error falls as 1/n²
@@ -13,8 +13,8 @@ from torch import nn
 import ntklab as nk
 from ntklab.fits import power_law_slope
 from ntklab.studies import quadratic as Q
-from ntklab.studies.network_expansion import (nearly_kernel_flow, ntk_hierarchy, train_full_batch,
-                                              train_gradient_flow)
+from ntklab import nearly_kernel_flow, ntk_hierarchy, train_gradient_flow
+from ntklab.studies.overparameterization import train_full_batch
 
 
 def data(n_train=4, n_test=6, seed=0):

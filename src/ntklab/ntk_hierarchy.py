@@ -34,16 +34,27 @@ from scipy.integrate import solve_ivp
 from torch import nn
 from torch.func import functional_call, grad, jvp, vmap
 
-from .._validation import as_matrix, positive_int
+from ._validation import as_matrix
 
 TERMS = ("dntk", "ddntk")
 
 
 @dataclass(frozen=True)
 class NTKHierarchy:
-    """A single-output network's outputs and NTK hierarchy at its current parameters, over
-    D = N + M points (the N training points first): `output` f [D], `ntk` H [D, N],
-    `dntk` dH [N, D, N] (dH[b, δ, a]), `ddntk` ddH [N, N, D, N] (ddH[c, b, δ, a])."""
+    """A single-output network's outputs and NTK hierarchy at its parameters (`nk.ntk_hierarchy`),
+    over D = N + M points, the N training points first.
+
+    Attributes
+    ----------
+    output : Tensor [D]
+        f(x_δ).
+    ntk : Tensor [D, N]
+        H_δa = Σ_μ ∂_μ z_δ ∂_μ z_a.
+    dntk : Tensor [N, D, N]
+        dH[b, δ, a] = Σ_μ ∂_μ z_b ∂_μ H_δa.
+    ddntk : Tensor [N, N, D, N]
+        ddH[c, b, δ, a] = Σ_μ ∂_μ z_c ∂_μ dH_bδa.
+    """
     output: torch.Tensor
     ntk: torch.Tensor
     dntk: torch.Tensor
@@ -67,11 +78,37 @@ def _parameters(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def ntk_hierarchy(model: nn.Module, x_train: torch.Tensor, x_test: torch.Tensor) -> NTKHierarchy:
-    """The NTK, dNTK and ddNTK (module docstring) of a single-output `model` at its current
-    parameters, over `x_train` (N points) then `x_test` (M points).
+    """`nk.ntk_hierarchy(model, x_train, x_test)`: the NTK, dNTK and ddNTK of a single-output
+    torch model at its current parameters -- the kernels whose evolution under gradient flow is
+    ż = -Hε, Ḣ = -dH·ε, (dH)˙ = -ddH·ε (Roberts, Yaida & Hanin 2022, ch. 11; module docstring).
 
-    Cost: N² forward-over-forward-over-reverse passes over the D points; memory N x P per level.
+    Exact (nested forward-mode `torch.func` derivatives along the training gradients); cost N²
+    forward-over-forward-over-reverse passes over the D = N + M points, memory N x P per level.
     The tensors are on the model's device.
+
+    Parameters
+    ----------
+    model : nn.Module
+        One output per input.
+    x_train : Tensor [N, d]
+        The points whose gradients drive training (the indices a, b, c).
+    x_test : Tensor [M, d]
+        Further points at which to predict (the index δ also runs over them).
+
+    Returns
+    -------
+    NTKHierarchy
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> model = nk.mlp(1, 16, activation=nk.Tanh()).module(2, seed=0, dtype=torch.float64)
+    >>> x = torch.randn(3, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    >>> h = nk.ntk_hierarchy(model, x[:2], x[2:])
+    >>> h.ntk.shape, h.dntk.shape, h.ddntk.shape
+    (torch.Size([3, 2]), torch.Size([2, 3, 2]), torch.Size([2, 2, 3, 2]))
+    >>> bool(torch.allclose(h.ntk, nk.empirical_ntk(model, x)[:, :2]))
+    True
     """
     reference = next(model.parameters())
     x_train = as_matrix(x_train, "x_train", dtype=reference.dtype, device=reference.device)
@@ -109,11 +146,42 @@ def _times(times: Sequence[float]) -> np.ndarray:
 
 def nearly_kernel_flow(hierarchy: NTKHierarchy, y_train: torch.Tensor, times: Sequence[float], *,
                        terms: Sequence[str] = TERMS) -> dict[str, torch.Tensor]:
-    """Outputs at the test points ([len(times), M]) predicted for gradient flow from the
-    hierarchy (module docstring): "kernel" = z_F (the NTK frozen at initialization) and
-    "nearly_kernel" = z_F + z₁ (first order in 1/n). `terms` chooses which of the 1/n sources
-    enter z₁ ("dntk": dH(0), "ddntk": ddH(0); both by default) -- one alone is an ablation.
-    Integrated on the CPU in float64 (the tensors are small: N²·D·N numbers)."""
+    """`nk.nearly_kernel_flow(hierarchy, y_train, times)`: the test outputs of the network
+    trained by gradient flow on (x_train, y_train), predicted from its NTK hierarchy at
+    initialization (Roberts, Yaida & Hanin 2022, ch. ∞; module docstring): the kernel solution
+    z_F (the NTK frozen, error O(1/n)) and z_F + z₁, first order in 1/n (error O(1/n²)):
+
+        ż_F = -H ε_F,  (dH)˙ = -ddH·ε_F,  Ḣ₁ = -dH·ε_F,  ż₁ = -H ε₁ - H₁ ε_F.
+
+    Integrated on the CPU in float64 by scipy's DOP853 (rtol 1e-12); the tensors are small.
+
+    Parameters
+    ----------
+    hierarchy : NTKHierarchy
+        From `nk.ntk_hierarchy` at the initialization.
+    y_train : Tensor [N]
+        The training targets.
+    times : sequence of float
+        Positive, increasing training times (in units of the learning rate: t = η x steps).
+    terms : sequence of str, default ("dntk", "ddntk")
+        The 1/n sources entering z₁; one alone is an ablation.
+
+    Returns
+    -------
+    dict
+        "kernel" and "nearly_kernel": Tensor [len(times), M] of test outputs.
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> model = nk.mlp(1, 64, activation=nk.Tanh()).module(2, seed=0, dtype=torch.float64)
+    >>> x = torch.randn(5, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    >>> y = torch.sin(x[:3, 0])
+    >>> predicted = nk.nearly_kernel_flow(nk.ntk_hierarchy(model, x[:3], x[3:]), y, [2.0])
+    >>> trained = nk.train_gradient_flow(model, x[:3], y, [2.0], x[3:])
+    >>> bool((trained - predicted["nearly_kernel"]).abs().max() < (trained - predicted["kernel"]).abs().max())
+    True
+    """
     unknown = set(terms) - set(TERMS)
     if unknown:
         raise ValueError(f"terms must be a subset of {TERMS}, got {sorted(unknown)}")
@@ -146,10 +214,36 @@ def nearly_kernel_flow(hierarchy: NTKHierarchy, y_train: torch.Tensor, times: Se
 
 def train_gradient_flow(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor,
                         times: Sequence[float], x_eval: torch.Tensor) -> torch.Tensor:
-    """Outputs at `x_eval` ([len(times), M]) of `model` trained by gradient flow
-    θ̇ = -∇ ½ Σ_a (f(x_a) - y_a)² from its current parameters (left unchanged), integrated by
-    scipy's DOP853 (rtol 1e-11, atol 1e-12): GD as the learning rate goes to 0. The gradients
-    are computed on the model's device, the integrator's state lives on the CPU."""
+    """`nk.train_gradient_flow(model, x_train, y_train, times, x_eval)`: the outputs at `x_eval`
+    of `model` trained by gradient flow θ̇ = -∇_θ ½ Σ_a (f(x_a) - y_a)² (GD as the learning rate
+    goes to 0) from its current parameters, which are left unchanged. Integrated by scipy's DOP853
+    (rtol 1e-11, atol 1e-12); gradients on the model's device, the integrator's state on the CPU.
+
+    Parameters
+    ----------
+    model : nn.Module
+        One output per input; float64 parameters for tolerances below float32's resolution.
+    x_train : Tensor [N, d]
+    y_train : Tensor [N]
+    times : sequence of float
+        Positive, increasing training times.
+    x_eval : Tensor [M, d]
+
+    Returns
+    -------
+    Tensor [len(times), M]
+        On the CPU.
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> model = nk.mlp(1, 32, activation=nk.Tanh()).module(2, seed=0, dtype=torch.float64)
+    >>> x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]], dtype=torch.float64)
+    >>> y = torch.tensor([1.0, -1.0, 0.5], dtype=torch.float64)
+    >>> fitted = nk.train_gradient_flow(model, x, y, [300.0], x)[0]     # λ_min(NTK) ≈ 0.05
+    >>> bool((fitted - y).abs().max() < 1e-4)
+    True
+    """
     times = _times(times)
     reference = next(model.parameters())
     x_train = as_matrix(x_train, "x_train", dtype=reference.dtype, device=reference.device)
@@ -177,21 +271,3 @@ def train_gradient_flow(model: nn.Module, x_train: torch.Tensor, y_train: torch.
     with torch.no_grad():
         return torch.stack([functional_call(model, unflatten(on_device(v)), (x_eval,))[:, 0]
                             for v in flow.y.T]).cpu()
-
-
-def train_full_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, learning_rate: float,
-                     max_steps: int = 100_000, tolerance: float = 1e-10) -> int:
-    """Full-batch GD θ ← θ - η ∇ ½ Σ (f(x_a) - y_a)² in place, until max |f - y| < tolerance ×
-    max |y| (or `max_steps`, then RuntimeError). Returns the number of steps."""
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    scale = float(y.abs().max())
-    for step in range(positive_int(max_steps, "max_steps")):
-        residual = model(x).reshape(y.shape) - y
-        if float(residual.detach().abs().max()) < tolerance * scale:
-            return step
-        gradients = torch.autograd.grad(0.5 * residual.square().sum(), parameters)
-        with torch.no_grad():
-            for p, g in zip(parameters, gradients):
-                p.sub_(learning_rate * g)
-    raise RuntimeError(f"GD did not reach max |f - y| < {tolerance} x max|y| in {max_steps} steps; "
-                       f"raise max_steps or the learning rate")

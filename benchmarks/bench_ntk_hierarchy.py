@@ -1,10 +1,10 @@
-"""The NTK hierarchy (`studies.network_expansion.ntk_hierarchy`) and gradient-flow training of a
+"""The NTK hierarchy (`nk.ntk_hierarchy`) and gradient-flow training of a
 tanh MLP on the CPU and, where there is one, on a CUDA GPU, in the same process (seconds and
 ratios); with --widths, the `nearly-kernel` experiment's trained-network comparison on the
 fastest device for wider networks than its default run (rows as they finish, then the slopes).
 
-    python benchmarks/bench_network_expansion.py --width 512
-    python benchmarks/bench_network_expansion.py --widths 512,1024,2048,4096 --seeds 4 --csv deep.csv
+    python benchmarks/bench_ntk_hierarchy.py --width 512
+    python benchmarks/bench_ntk_hierarchy.py --widths 512,1024,2048,4096 --seeds 4 --csv deep.csv
 """
 from __future__ import annotations
 
@@ -16,21 +16,20 @@ import torch
 
 import ntklab as nk
 from ntklab.experiments import nearly_kernel as experiment
-from ntklab.studies import network_expansion as N
 
 
 def timed(device: torch.device, depth: int, width: int, x, y, x_test) -> dict:
     model = nk.mlp(depth, width, W_std=1.5, b_std=0.1, activation=nk.Tanh()).module(
         x.shape[1], dtype=torch.float64, device=device)
     x, y, x_test = x.to(device), y.to(device), x_test.to(device)
-    N.ntk_hierarchy(model, x, x_test)                       # warm-up (lazy initialization, kernels)
+    nk.ntk_hierarchy(model, x, x_test)                       # warm-up (lazy initialization, kernels)
     started = time.perf_counter()
-    hierarchy = N.ntk_hierarchy(model, x, x_test)
+    hierarchy = nk.ntk_hierarchy(model, x, x_test)
     if device.type == "cuda":
         torch.cuda.synchronize()
     middle = time.perf_counter()
     smallest = float(torch.linalg.eigvalsh(hierarchy.ntk[:len(x)])[0])
-    N.train_gradient_flow(model, x, y, [10.0 / smallest], x_test)
+    nk.train_gradient_flow(model, x, y, [10.0 / smallest], x_test)
     return {"hierarchy_s": middle - started, "flow_s": time.perf_counter() - middle}
 
 
@@ -40,7 +39,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=512, help="width of the CPU/GPU timing")
     parser.add_argument("--widths", default="", help="comma-separated widths of the sweep (none: no sweep)")
     parser.add_argument("--seeds", type=int, default=4)
-    parser.add_argument("--csv", default="network_expansion.csv")
+    parser.add_argument("--csv", default="ntk_hierarchy.csv")
     args = parser.parse_args()
     cfg = experiment.Config()
     x, y, x_test, _ = experiment._task(cfg, 0)
