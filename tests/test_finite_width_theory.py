@@ -60,6 +60,20 @@ def test_joint_statistics_restrict_to_each_input_alone_and_keep_their_symmetries
     assert joint.ntk_B[1].abs().min() > 0        # the second layer already fluctuates
 
 
+def test_more_inputs_than_the_first_layer_kernel_has_rank():
+    """Five inputs in d = 3 (with a bias the first-layer kernel has rank 4): every entry involves
+    at most four inputs, so the joint statistics exist and restrict to those of any four."""
+    net = nk.mlp(1, 32, W_std=1.2, b_std=0.3, activation=nk.Tanh())
+    x = torch.randn(5, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    joint, four = finite_width(net, x), finite_width(net, x[[0, 2, 3, 4]])
+    index = torch.tensor([0, 2, 3, 4])
+    for name in ("ntk_A", "ntk_B", "four_point"):
+        torch.testing.assert_close(getattr(joint, name)[:, index][:, :, index][:, :, :, index][:, :, :, :, index],
+                                   getattr(four, name), rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match=r"inputs \[0, 1, 2, 3\] is singular"):
+        finite_width(nk.mlp(1, 8, b_std=0.0), x)          # no bias: every four are dependent in d = 3
+
+
 def test_criticality_of_the_universality_classes():
     relu = criticality(nk.Relu())
     assert relu.universality == "scale-invariant" and math.isclose(relu.C_W, 2.0) and relu.C_b == 0

@@ -189,13 +189,23 @@ def _mean(w: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
     return out.reshape(left.shape[1:] + right.shape[1:])
 
 
-def _moments(activation: Activation, k: np.ndarray) -> _Moments:
+def _check_nondegenerate(k: np.ndarray, group: tuple[int, ...], layer: int) -> None:
+    """Each set of up to four inputs needs a non-singular kernel (its Gaussian has a density)."""
+    eigenvalues = np.linalg.eigvalsh(k)
+    if eigenvalues.min() <= 1e-10 * np.abs(eigenvalues).max():
+        raise ValueError(f"the layer-{layer} kernel of inputs {list(group)} is singular: pass inputs "
+                         f"of which every four are distinct and linearly independent (or a net with "
+                         f"b_std > 0)")
+
+
+def _moments(activation: Activation, k: np.ndarray, layer: int = 1) -> _Moments:
     """Each entry from the grid of exactly its own samples (module docstring): sets of up to
     four samples for the four-sample moments, of one or two for the rest."""
     n = len(k)
     out = _Moments(*(np.zeros((n,) * rank) for rank in (2, 2, 4, 4, 4, 4, 4, 3, 6, 6)))
     for size in range(min(n, 4), 0, -1):   # smaller sets overwrite their entries, more accurately
         for group in itertools.combinations(range(n), size):
+            _check_nondegenerate(k[np.ix_(group, group)], group, layer)
             w, z, u, inverse = _gaussian_grid(k[np.ix_(group, group)])
             s, d = _on_grid(activation, z)
             ss, dd, ds = (np.einsum("qa,qb->qab", p, q) for p, q in ((s, s), (d, d), (d, s)))
@@ -241,14 +251,16 @@ def finite_width(net: Serial, x) -> FiniteWidthStatistics:
     of `x` ([N, d] or [d]), every hidden width n_ℓ taken from the net's Dense layers.
 
     Cost: the four-sample moments need a grid of 32^min(N,4) nodes per set of four inputs and
-    layer (N = 4: about a second per layer); pass one input at a time for per-input values.
+    layer (about a second each: C(N, 4) of them); pass one input at a time for per-input values.
+    Only sets of up to four inputs enter any entry, so N may exceed d + 1 (with biases) as long as
+    every four inputs have a non-singular kernel.
 
     Parameters
     ----------
     net : Serial
         An MLP `nk.serial(Dense, activation, ..., Dense)` in the NTK parameterization, e.g. `nk.mlp`.
     x : tensor or array
-        Inputs `[N, d]` (or one input `[d]`) with a non-singular first-layer kernel.
+        Inputs `[N, d]` (or one input `[d]`); every four of them with a non-singular kernel.
 
     Returns
     -------
@@ -281,16 +293,13 @@ def finite_width(net: Serial, x) -> FiniteWidthStatistics:
     first = pairs[0][0]
     cw, cb = float(first.W_std) ** 2, float(first.b_std or 0.0) ** 2
     k = cb + cw * x @ x.T / x.shape[1]
-    if np.linalg.eigvalsh(k).min() <= 1e-10 * np.abs(k).max():
-        raise ValueError("the inputs' first-layer kernel is singular: pass distinct, linearly "
-                         "independent inputs (or a net with b_std > 0)")
     theta = k.copy()  # λ = C in the NTK parameterization
     k1, theta1, v, a, b, d, f = np.zeros((n, n)), np.zeros((n, n)), *np.zeros((5,) + (n,) * 4)
     rows = {field.name: [] for field in fields(FiniteWidthStatistics) if field.name != "widths"}
     for ell, ((_, act), (dense, _)) in enumerate(zip(pairs[:-1], pairs[1:]), start=1):
         for name, value in zip(rows, (k, v, k1, theta, theta1, a, b, d, f)):
             rows[name].append(value)
-        m = _moments(act, k)
+        m = _moments(act, k, ell)
         cw, cb = float(dense.W_std) ** 2, float(dense.b_std or 0.0) ** 2
         lw, lb = cw, cb
         r = widths[ell] / widths[ell - 1]
