@@ -191,3 +191,19 @@ def test_ntk_covariance_over_four_inputs_agrees_with_monte_carlo(depth, width, s
     z_wrong = [abs(r["monte_carlo"] - wrong[r["indices"]]) / r["se"]
                for r in rows]
     assert max(z_wrong) > 10
+
+
+@pytest.mark.slow
+def test_the_dntk_output_correlation_and_the_ddntk_mean_are_one_over_n():
+    """n E[ddĤ] of a critical tanh MLP is the same at n = 32 and 128 (within the Monte Carlo
+    error), not growing like √n as an O(1/√n) quantity's would (a factor 2 here)."""
+    from ntklab.studies.finite_width import CRITICAL_TANH, hierarchy_moments
+    x = torch.ones(1, 3, dtype=torch.float64)
+    scaled = {width: {k: width * v for k, v in
+                      hierarchy_moments(nk.mlp(2, width, **CRITICAL_TANH), x, 300).items()}
+              for width in (32, 128)}
+    for name in ("dntk_output", "ddntk"):
+        small, large = scaled[32], scaled[128]
+        assert abs(large[name] - small[name]) < 3 * math.hypot(small[name + "_se"], large[name + "_se"]), name
+    assert 0.7 < scaled[128]["ddntk"] / scaled[32]["ddntk"] < 1.4
+    assert scaled[128]["ddntk"] < -10 * scaled[128]["ddntk_se"]     # resolved: not zero

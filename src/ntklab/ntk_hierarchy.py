@@ -82,6 +82,9 @@ def ntk_hierarchy(model: nn.Module, x_train: torch.Tensor, x_test: torch.Tensor)
     torch model at its current parameters -- the kernels whose evolution under gradient flow is
     ż = -Hε, Ḣ = -dH·ε, (dH)˙ = -ddH·ε (Roberts, Yaida & Hanin 2022, ch. 11; module docstring).
 
+    The hierarchy describes training for smooth activations (tanh, GELU, erf, ...): a ReLU
+    network's derivatives at a point miss its kinks, which gradient flow crosses.
+
     Exact (nested forward-mode `torch.func` derivatives along the training gradients); cost N²
     forward-over-forward-over-reverse passes over the D = N + M points, memory N x P per level.
     The tensors are on the model's device.

@@ -21,6 +21,7 @@ from .. import arch as nk
 from .._validation import positive_int
 from ..finite_width_theory import finite_width
 from ..kernels.monte_carlo import monte_carlo_kernel
+from ..ntk_hierarchy import ntk_hierarchy
 
 
 CRITICAL_RELU = {"W_std": math.sqrt(2.0), "b_std": 0.0}
@@ -99,3 +100,21 @@ def ntk_covariance_statistics(arch: nk.Serial, x: torch.Tensor, seeds: int, *,
                      "monte_carlo": float(estimate), "se": float(error),
                      "z": float((estimate - predicted[a, b, c, d]) / error)})
     return rows
+
+
+def hierarchy_moments(arch: nk.Serial, x: torch.Tensor, seeds: int, *, first_seed: int = 0) -> dict:
+    """E[dĤ(x,x,x) z(x)] and E[ddĤ(x,x,x,x)] of a single-output MLP at one input x [1, d] over
+    `seeds` initializations (Monte Carlo, with standard errors), from each network's own
+    hierarchy (`nk.ntk_hierarchy`): the dNTK-output correlation and the ddNTK mean, both O(1/n)
+    (PDLT ch. 11: its P, Q and R, S, T, U, combined for one input and one output). Smooth
+    activations only: autodiff misses ReLU's kinks."""
+    seeds = positive_int(seeds, "seeds")
+    correlation, mean = [], []
+    for seed in range(first_seed, first_seed + seeds):
+        hierarchy = ntk_hierarchy(arch.module(x.shape[1], seed=seed, dtype=torch.float64), x, x)
+        correlation.append(float(hierarchy.dntk[0, 0, 0] * hierarchy.output[0]))
+        mean.append(float(hierarchy.ddntk[0, 0, 0, 0]))
+    out = {}
+    for name, sample in (("dntk_output", np.array(correlation)), ("ddntk", np.array(mean))):
+        out[name], out[name + "_se"] = float(sample.mean()), float(sample.std(ddof=1) / math.sqrt(seeds))
+    return out
