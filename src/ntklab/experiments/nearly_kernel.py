@@ -315,8 +315,8 @@ def _figure(folder, rows, search, losses, quadratic, stars, eps_teacher, network
     axes[1].legend(fontsize=7)
     axes[1].grid(alpha=0.3)
     for axis, depth in zip(axes[2:], sorted({r["depth"] for r in networks})):
-        for (key, marker) in zip(NETWORK_COLUMNS[:3], "os^"):
-            chosen = [r for r in networks if r["depth"] == depth]
+        chosen = [r for r in networks if r["depth"] == depth]
+        for key, marker in zip(NETWORK_COLUMNS[:3], "os^"):
             widths, means = _geometric_means(networks, depth, key)
             line, = axis.plot(widths, means, "-" + marker, label=NETWORK_QUANTITIES[key][0])
             axis.plot([r["width"] for r in chosen], [r[key] for r in chosen], marker, color=line.get_color(),
