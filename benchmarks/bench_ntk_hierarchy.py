@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=512, help="width of the CPU/GPU timing")
     parser.add_argument("--widths", default="", help="comma-separated widths of the sweep (none: no sweep)")
     parser.add_argument("--seeds", type=int, default=4)
+    parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--csv", default="ntk_hierarchy.csv")
     args = parser.parse_args()
     cfg = experiment.Config()
@@ -63,7 +64,7 @@ def main() -> None:
         rows = []
         for depth, widths in sweep.networks:
             for width in widths:
-                for seed in range(sweep.network_seeds):
+                for seed in range(args.first_seed, args.first_seed + sweep.network_seeds):
                     rows.append(experiment._network_errors(sweep, depth, width, seed, x.to(device), y.to(device),
                                                            x_test.to(device)))
                     print({k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
