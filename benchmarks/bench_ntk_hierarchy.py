@@ -72,8 +72,9 @@ def main() -> None:
                         writer = csv.DictWriter(handle, list(rows[0]))
                         writer.writeheader()
                         writer.writerows(rows)
-        for row in experiment._network_slopes(sweep, experiment._network_fits(sweep, rows)):
-            print(row)
+        if len({r["width"] for r in rows}) > 1:
+            for row in experiment._network_slopes(sweep, experiment._network_fits(sweep, rows)):
+                print(row)
         for row in experiment._network_summary(rows):
             print({k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in row.items()})
 
