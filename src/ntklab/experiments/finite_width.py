@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import arch as nk
+from ..dntk_theory import dntk_statistics
 from ..report import RunFolder, claims_table, markdown_table
 from ..studies import finite_width as F
 from . import register
@@ -78,7 +79,8 @@ def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device) -> d
                "rms_z_variance": float(np.sqrt((z ** 2).mean())),
                "max_abs_z_mean_shift": float(np.abs(z_mean).max()),
                "rms_z_mean_shift": float(np.sqrt((z_mean ** 2).mean())),
-               "max_abs_z_covariance": max(abs(r["z"]) for r in covariances)}
+               "max_abs_z_covariance": max(abs(r["z"]) for r in covariances),
+               "max_abs_z_dntk_output": max(abs(r["z_dntk_output"]) for r in hierarchy)}
     folder.write_csv("metrics.csv", rows)
     folder.write_csv("covariances.csv", covariances)
     folder.write_csv("hierarchy.csv", hierarchy)
@@ -90,15 +92,19 @@ def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device) -> d
 
 
 def _hierarchy_moments(cfg: Config, x: torch.Tensor, seed: int) -> list[dict]:
-    """n E[dĤ z] and n E[ddĤ] of critical tanh MLPs at one input, per depth and width, and the
-    difference between the smallest and largest width in units of its standard error."""
+    """n E[dĤ z] and n E[ddĤ] of critical tanh MLPs at one input, per depth and width, the
+    predicted n E[dĤ z] = P + 2Q (`nk.dntk_statistics`) with the z-score, and the difference
+    between the smallest and largest width in units of its standard error."""
     rows = []
     for depth in tqdm(cfg.hierarchy_depths, desc="finite-width dNTK/ddNTK", unit="depth"):
         chosen = []
         for width in cfg.hierarchy_widths:
-            moments = F.hierarchy_moments(nk.mlp(depth, width, **F.CRITICAL_TANH), x, cfg.hierarchy_seeds,
-                                          first_seed=seed * 100_000 + 80_000)
-            chosen.append({"depth": depth, "width": width, **{k: width * v for k, v in moments.items()}})
+            net = nk.mlp(depth, width, **F.CRITICAL_TANH)
+            moments = F.hierarchy_moments(net, x, cfg.hierarchy_seeds, first_seed=seed * 100_000 + 80_000)
+            row = {"depth": depth, "width": width, **{k: width * v for k, v in moments.items()},
+                   "predicted_dntk_output": width * dntk_statistics(net, x).output_correlation}
+            row["z_dntk_output"] = (row["dntk_output"] - row["predicted_dntk_output"]) / row["dntk_output_se"]
+            chosen.append(row)
         for name in ("dntk_output", "ddntk"):
             first, last = chosen[0], chosen[-1]
             z = (last[name] - first[name]) / math.hypot(first[name + "_se"], last[name + "_se"])
@@ -130,7 +136,12 @@ def _report(cfg: Config, rows: list[dict], covariances: list[dict], hierarchy: l
         {"claim": "Cov[Θ(x_a,x_b), Θ(x_c,x_d)] over several inputs (tensors over sample indices)",
          "source": "Roberts, Yaida & Hanin, ch. 8",
          "measured": f"{len(covariances)} entries, max |z| {summary['max_abs_z_covariance']:.1f}",
-         "verdict": "holds" if summary["max_abs_z_covariance"] < 3.5 else "differs"}]
+         "verdict": "holds" if summary["max_abs_z_covariance"] < 3.5 else "differs"},
+        {"claim": "E[dĤ z] (the dNTK-preactivation correlation, P + 2Q) at order 1/n from a layer recursion",
+         "source": "Roberts, Yaida & Hanin, ch. 11 (recursion derived here)",
+         "measured": f"{len(hierarchy)} points (tanh, L = {', '.join(map(str, cfg.hierarchy_depths))}): "
+                     f"max |z| {summary['max_abs_z_dntk_output']:.1f}",
+         "verdict": "holds" if summary["max_abs_z_dntk_output"] < 3 else "differs"}]
     lines = [
         "# Finite-width NTK fluctuations, predicted at order 1/n (Roberts, Yaida & Hanin)", "",
         claims_table(claims), "",
@@ -164,20 +175,23 @@ def _report(cfg: Config, rows: list[dict], covariances: list[dict], hierarchy: l
                          "Monte Carlo": f"{r['monte_carlo']:.5g} ± {r['se']:.2g}", "z": f"{r['z']:+.1f}"}
                         for r in covariances], ["σ", "entry", "predicted", "Monte Carlo", "z"]), "",
         f"Largest |z|: {summary['max_abs_z_covariance']:.1f}.", "",
-        "## dNTK and ddNTK (Monte Carlo)", "",
+        "## dNTK and ddNTK", "",
         f"Critical tanh MLPs at one input, {cfg.hierarchy_seeds} initializations per width, each "
         "network's own dNTK and ddNTK (`nk.ntk_hierarchy`), scaled by the width n: n E[dĤ(x,x,x) z(x)] "
-        "(the dNTK-output correlation) and n E[ddĤ(x,x,x,x)] (the ddNTK mean). The book's P, Q and "
-        "R, S, T, U (ch. 11) are these statistics per index structure; ntklab does not compute their "
-        "recursions yet, so this table measures their 1/n scaling (n E the same at every width: "
-        "z across widths near 0) and gives the values the recursions must reproduce. They drive "
-        "the trained network's 1/n correction (`nearly-kernel`).", "",
+        "(the dNTK-output correlation) against its prediction P + 2Q from the layer recursion "
+        "(`nk.dntk_statistics`, the book's P and Q of ch. 11), and n E[ddĤ(x,x,x,x)] (the ddNTK "
+        "mean: the book's R, S, T, U, whose recursions ntklab does not compute yet -- Monte Carlo "
+        "only). n E the same at every width (z across widths near 0) is their 1/n scaling. They "
+        "drive the trained network's 1/n correction (`nearly-kernel`).", "",
         markdown_table([{"L": r["depth"], "n": r["width"],
                          "n E[dĤ z]": f"{r['dntk_output']:.3f} ± {r['dntk_output_se']:.3f}",
+                         "predicted P + 2Q": f"{r['predicted_dntk_output']:.3f}",
+                         "z": f"{r['z_dntk_output']:+.1f}",
                          "z across widths (dĤ z)": f"{r['z_dntk_output_across_widths']:+.1f}",
                          "n E[ddĤ]": f"{r['ddntk']:.3f} ± {r['ddntk_se']:.3f}",
                          "z across widths (ddĤ)": f"{r['z_ddntk_across_widths']:+.1f}"} for r in hierarchy],
-                       ["L", "n", "n E[dĤ z]", "z across widths (dĤ z)", "n E[ddĤ]", "z across widths (ddĤ)"]), "",
+                       ["L", "n", "n E[dĤ z]", "predicted P + 2Q", "z", "z across widths (dĤ z)", "n E[ddĤ]",
+                        "z across widths (ddĤ)"]), "",
         f"Time: {seconds:.0f} s.", ""]
     return "\n".join(lines)
 
