@@ -50,8 +50,10 @@ on [-c, c] (c = 12 to 8 standard deviations) split at the point where z_i = 0 (s
 Stein's identity ⟨∂_x f⟩ = ⟨f u_x⟩, ⟨∂_x∂_y f⟩ = ⟨f (u_x u_y - K⁻¹_xy)⟩ and the fourth-order Hermite
 tensor, u = K⁻¹z, so σ need not be smooth.  Two-sample quantities (means, derivatives) use the grid
 of their own samples (≤ 2 dimensions, exact to rounding); four-sample moments use the grids of
-every set of four samples (16 nodes per piece: relative error ~1e-8; fewer samples: ~1e-14).  The inputs' K must be
-non-singular (distinct, non-parallel inputs).  Not covered: the dNTK and ddNTK (PDLT ch. 11).
+every set of four samples (16 nodes per piece: relative error ~1e-8; fewer samples: ~1e-14).  Every four inputs' K must
+be non-singular (distinct inputs, linearly independent with the bias).  The dNTK's correlation with the preactivations at
+one input: `nk.dntk_statistics` (dntk_theory.py); not covered: its multi-input tensors and the
+ddNTK means (PDLT ch. 11).
 """
 from __future__ import annotations
 
