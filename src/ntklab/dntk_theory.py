@@ -38,7 +38,7 @@ import torch
 
 from .arch.activations import ABRelu, Abs, Activation, LeakyRelu, Relu, Sign
 from .arch.serial import Serial
-from .finite_width_theory import _gaussian_grid, _mlp_layers, finite_width
+from .finite_width_theory import _derivatives, _gaussian_grid, _mlp_layers, finite_width
 
 NON_SMOOTH = (Relu, LeakyRelu, ABRelu, Abs, Sign)
 
@@ -63,17 +63,6 @@ class DNTKStatistics:
     def output_correlation(self) -> float:
         """E[dĤ(x,x,x) z(x)] of one output unit at order 1/n: (P + 2Q) / n_L."""
         return float(self.P[-1] + 2 * self.Q[-1]) / self.widths[-1]
-
-
-def _derivatives(activation: Activation, z: np.ndarray, order: int) -> list[np.ndarray]:
-    """σ, σ', ..., σ^(order) at z (nested autograd)."""
-    z = torch.as_tensor(z).requires_grad_(True)
-    with torch.enable_grad():
-        values = [activation.fn(z)]
-        for _ in range(order):
-            (derivative,) = torch.autograd.grad(values[-1].sum(), z, create_graph=True)
-            values.append(derivative)
-    return [v.detach().numpy() for v in values]
 
 
 def _moments(activation: Activation, k: float) -> dict[str, float]:

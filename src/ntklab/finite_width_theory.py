@@ -175,13 +175,15 @@ class _Moments:
     fq: np.ndarray
 
 
-def _on_grid(activation: Activation, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """σ(z) and σ'(z) (autograd) at the grid nodes."""
+def _derivatives(activation: Activation, z: np.ndarray, order: int = 1) -> list[np.ndarray]:
+    """σ, σ', ..., σ^(order) at the grid nodes z (nested autograd)."""
     z = torch.as_tensor(z).requires_grad_(True)
     with torch.enable_grad():
-        sigma = activation.fn(z)
-        (slope,) = torch.autograd.grad(sigma.sum(), z)
-    return sigma.detach().numpy(), slope.numpy()
+        values = [activation.fn(z)]
+        for _ in range(order):
+            (derivative,) = torch.autograd.grad(values[-1].sum(), z, create_graph=order > 1)
+            values.append(derivative)
+    return [v.detach().numpy() for v in values]
 
 
 def _mean(w: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
@@ -209,7 +211,7 @@ def _moments(activation: Activation, k: np.ndarray, layer: int = 1) -> _Moments:
         for group in itertools.combinations(range(n), size):
             _check_nondegenerate(k[np.ix_(group, group)], group, layer)
             w, z, u, inverse = _gaussian_grid(k[np.ix_(group, group)])
-            s, d = _on_grid(activation, z)
+            s, d = _derivatives(activation, z)
             ss, dd, ds = (np.einsum("qa,qb->qab", p, q) for p, q in ((s, s), (d, d), (d, s)))
             index = lambda rank: np.ix_(*(group,) * rank)  # noqa: E731
             out.ssss[index(4)], out.ddss[index(4)], out.dddd[index(4)] = (
