@@ -34,6 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import arch as nk
+from .._validation import resolve_device
 from ..fits import power_law, power_law_slope
 from ..kernels.spectrum import inverse_largest_eigenvalue
 from ..report import RunFolder, markdown_table, power_guides, slope_verdict
@@ -331,7 +332,8 @@ def _figure(folder, rows, search, losses, quadratic, stars, eps_teacher, network
     return folder.save_figure("nearly_kernel", fig)
 
 
-def _networks(cfg: Config, x, y, x_test, device: torch.device) -> list[dict]:
+def _networks(cfg: Config, x, y, x_test, device: torch.device | str) -> list[dict]:
+    device = resolve_device(device)                  # "auto": a GPU where there is one
     x_train, y_train, x_eval = (t.to(device) for t in (x[:cfg.network_train], y[:cfg.network_train, 0],
                                                        x_test[:cfg.network_test]))
     return [_network_errors(cfg, depth, width, seed, x_train, y_train, x_eval)
