@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import time
 
 import torch
@@ -46,7 +47,8 @@ def main() -> None:
     x, y, x_test, _ = experiment._task(cfg, 0)
     x, y, x_test = x[:cfg.network_train], y[:cfg.network_train, 0], x_test[:cfg.network_test]
     gpu = torch.device("cuda") if torch.cuda.is_available() else None
-    print(f"torch {torch.__version__}, GPU: {torch.cuda.get_device_name() if gpu else 'none'}")
+    print(f"torch {torch.__version__}, GPU: {torch.cuda.get_device_name() if gpu else 'none'}, "
+          f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f}")
 
     times = {"cpu": timed(torch.device("cpu"), args.depth, args.width, x, y, x_test)}
     if gpu:
