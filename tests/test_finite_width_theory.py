@@ -199,7 +199,7 @@ def test_the_dntk_output_correlation_and_the_ddntk_mean_are_one_over_n():
     error), not growing like √n as an O(1/√n) quantity's would (a factor 2 here)."""
     from ntklab.studies.finite_width import CRITICAL_TANH, hierarchy_moments
     x = torch.ones(1, 3, dtype=torch.float64)
-    scaled = {width: {k: width * v for k, v in
+    scaled = {width: {k: width * float(v[0, 0, 0, 0]) for k, v in
                       hierarchy_moments(nk.mlp(2, width, **CRITICAL_TANH), x, 300).items()}
               for width in (32, 128)}
     for name in ("dntk_output", "ddntk"):

@@ -51,9 +51,8 @@ Stein's identity ⟨∂_x f⟩ = ⟨f u_x⟩, ⟨∂_x∂_y f⟩ = ⟨f (u_x u_y
 tensor, u = K⁻¹z, so σ need not be smooth.  Two-sample quantities (means, derivatives) use the grid
 of their own samples (≤ 2 dimensions, exact to rounding); four-sample moments use the grids of
 every set of four samples (16 nodes per piece: relative error ~1e-8; fewer samples: ~1e-14).  Every four inputs' K must
-be non-singular (distinct inputs, linearly independent with the bias).  The dNTK's correlation with the preactivations at
-one input: `nk.dntk_statistics` (dntk_theory.py); not covered: its multi-input tensors and the
-ddNTK means (PDLT ch. 11).
+be non-singular (distinct inputs, linearly independent with the bias).  The dNTK's correlation with the preactivations:
+`nk.dntk_statistics` (dntk_theory.py); not covered: the ddNTK means (PDLT ch. 11).
 """
 from __future__ import annotations
 
@@ -202,28 +201,35 @@ def _check_nondegenerate(k: np.ndarray, group: tuple[int, ...], layer: int) -> N
                          f"b_std > 0)")
 
 
+def _sample_groups(k: np.ndarray, layer: int):
+    """Every set of up to four samples, largest first (so that, writing each entry from the
+    grid of its set, smaller sets overwrite their entries, more accurately), with its quadrature
+    (`_gaussian_grid`): yields (size, group, w, z, u, K⁻¹)."""
+    for size in range(min(len(k), 4), 0, -1):
+        for group in itertools.combinations(range(len(k)), size):
+            _check_nondegenerate(k[np.ix_(group, group)], group, layer)
+            yield size, group, *_gaussian_grid(k[np.ix_(group, group)])
+
+
 def _moments(activation: Activation, k: np.ndarray, layer: int = 1) -> _Moments:
     """Each entry from the grid of exactly its own samples (module docstring): sets of up to
     four samples for the four-sample moments, of one or two for the rest."""
     n = len(k)
     out = _Moments(*(np.zeros((n,) * rank) for rank in (2, 2, 4, 4, 4, 4, 4, 3, 6, 6)))
-    for size in range(min(n, 4), 0, -1):   # smaller sets overwrite their entries, more accurately
-        for group in itertools.combinations(range(n), size):
-            _check_nondegenerate(k[np.ix_(group, group)], group, layer)
-            w, z, u, inverse = _gaussian_grid(k[np.ix_(group, group)])
-            s, d = _derivatives(activation, z)
-            ss, dd, ds = (np.einsum("qa,qb->qab", p, q) for p, q in ((s, s), (d, d), (d, s)))
-            index = lambda rank: np.ix_(*(group,) * rank)  # noqa: E731
-            out.ssss[index(4)], out.ddss[index(4)], out.dddd[index(4)] = (
-                _mean(w, ss, ss), _mean(w, dd, ss), _mean(w, dd, dd))
-            if size > 2:
-                continue
-            second = np.einsum("qx,qy->qxy", u, u) - inverse
-            fourth = _hermite4(u, inverse)
-            out.pp[index(2)], out.qq[index(2)] = np.einsum("q,qab->ab", w, ss), np.einsum("q,qab->ab", w, dd)
-            out.hp[index(4)], out.hq[index(4)] = _mean(w, ss, second), _mean(w, dd, second)
-            out.gds[index(3)] = _mean(w, ds, u)
-            out.fp[index(6)], out.fq[index(6)] = _mean(w, ss, fourth), _mean(w, dd, fourth)
+    for size, group, w, z, u, inverse in _sample_groups(k, layer):
+        s, d = _derivatives(activation, z)
+        ss, dd, ds = (np.einsum("qa,qb->qab", p, q) for p, q in ((s, s), (d, d), (d, s)))
+        index = lambda rank: np.ix_(*(group,) * rank)  # noqa: E731
+        out.ssss[index(4)], out.ddss[index(4)], out.dddd[index(4)] = (
+            _mean(w, ss, ss), _mean(w, dd, ss), _mean(w, dd, dd))
+        if size > 2:
+            continue
+        second = np.einsum("qx,qy->qxy", u, u) - inverse
+        fourth = _hermite4(u, inverse)
+        out.pp[index(2)], out.qq[index(2)] = np.einsum("q,qab->ab", w, ss), np.einsum("q,qab->ab", w, dd)
+        out.hp[index(4)], out.hq[index(4)] = _mean(w, ss, second), _mean(w, dd, second)
+        out.gds[index(3)] = _mean(w, ds, u)
+        out.fp[index(6)], out.fq[index(6)] = _mean(w, ss, fourth), _mean(w, dd, fourth)
     return out
 
 

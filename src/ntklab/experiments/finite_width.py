@@ -101,8 +101,8 @@ def _hierarchy_moments(cfg: Config, x: torch.Tensor, seed: int) -> list[dict]:
         for width in cfg.hierarchy_widths:
             net = nk.mlp(depth, width, **F.CRITICAL_TANH)
             moments = F.hierarchy_moments(net, x, cfg.hierarchy_seeds, first_seed=seed * 100_000 + 80_000)
-            row = {"depth": depth, "width": width, **{k: width * v for k, v in moments.items()},
-                   "predicted_dntk_output": width * dntk_statistics(net, x).output_correlation}
+            row = {"depth": depth, "width": width, **{k: width * float(v[0, 0, 0, 0]) for k, v in moments.items()},
+                   "predicted_dntk_output": width * float(dntk_statistics(net, x).output_correlation)}
             row["z_dntk_output"] = (row["dntk_output"] - row["predicted_dntk_output"]) / row["dntk_output_se"]
             chosen.append(row)
         for name in ("dntk_output", "ddntk"):

@@ -102,19 +102,27 @@ def ntk_covariance_statistics(arch: nk.Serial, x: torch.Tensor, seeds: int, *,
     return rows
 
 
-def hierarchy_moments(arch: nk.Serial, x: torch.Tensor, seeds: int, *, first_seed: int = 0) -> dict:
-    """E[dĤ(x,x,x) z(x)] and E[ddĤ(x,x,x,x)] of a single-output MLP at one input x [1, d] over
-    `seeds` initializations (Monte Carlo, with standard errors), from each network's own
-    hierarchy (`nk.ntk_hierarchy`): the dNTK-output correlation and the ddNTK mean, both O(1/n)
-    (PDLT ch. 11: its P, Q and R, S, T, U, combined for one input and one output). Smooth
-    activations only: autodiff misses ReLU's kinks."""
+def hierarchy_moments(arch: nk.Serial, x: torch.Tensor, seeds: int, *, first_seed: int = 0,
+                      ddntk: bool = True) -> dict[str, np.ndarray]:
+    """Monte Carlo over `seeds` initializations of a single-output MLP, from each network's own
+    hierarchy (`nk.ntk_hierarchy`) at the inputs x [N, d]: "dntk_output"[a,b,c,d] =
+    E[dĤ(x_a,x_b,x_c) z(x_d)] (the dNTK-output correlation) and "ddntk"[a,b,c,d] =
+    E[ddĤ(x_a,x_b,x_c,x_d)] (the ddNTK mean; skipped with ddntk=False), both O(1/n) (PDLT ch. 11:
+    P, Q and R, S, T, U for one output), each with "<name>_se", the standard error of the mean.
+    Smooth activations only: autodiff misses ReLU's kinks."""
     seeds = positive_int(seeds, "seeds")
-    correlation, mean = [], []
+    x = torch.as_tensor(x, dtype=torch.float64)
+    n = len(x)
+    samples = {"dntk_output": [], **({"ddntk": []} if ddntk else {})}
     for seed in range(first_seed, first_seed + seeds):
-        hierarchy = ntk_hierarchy(arch.module(x.shape[1], seed=seed, dtype=torch.float64), x, x)
-        correlation.append(float(hierarchy.dntk[0, 0, 0] * hierarchy.output[0]))
-        mean.append(float(hierarchy.ddntk[0, 0, 0, 0]))
+        hierarchy = ntk_hierarchy(arch.module(x.shape[1], seed=seed, dtype=torch.float64), x, x[:1],
+                                  ddntk=ddntk)       # δ over the N training points (and one test point)
+        samples["dntk_output"].append(torch.einsum("abc,d->abcd", hierarchy.dntk[:, :n],
+                                                   hierarchy.output[:n]).numpy())
+        if ddntk:
+            samples["ddntk"].append(hierarchy.ddntk[:, :, :n].numpy())
     out = {}
-    for name, sample in (("dntk_output", np.array(correlation)), ("ddntk", np.array(mean))):
-        out[name], out[name + "_se"] = float(sample.mean()), float(sample.std(ddof=1) / math.sqrt(seeds))
+    for name, sample in samples.items():
+        sample = np.stack(sample)
+        out[name], out[name + "_se"] = sample.mean(0), sample.std(0, ddof=1) / math.sqrt(seeds)
     return out
