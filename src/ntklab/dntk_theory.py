@@ -34,6 +34,29 @@ units' incoming weights); its square is B / n_{ℓ-1}; and the dNTK enters throu
 Hermite projection, E[dĤ G(z)] = Σ_{k,e} E[dĤ z_{k;e}] ⟨∂_{k;e} G⟩. Checked against Monte Carlo
 of `nk.ntk_hierarchy` over several inputs (tests and the `finite-width` report). Smooth
 activations only: ReLU's dNTK involves σ'' = δ.
+
+The ddNTK ddĤ_{i0 i1 i2 i3} = Σ_μ ∂z_{i0}/∂θ_μ ∂dĤ_{i1 i2 i3}/∂θ_μ has a mean of order 1/n; at one
+input x (sample indices dropped; symmetric in i2, i3)
+
+    E[ddĤ_{i0 i1 i2 i3}] = (1/n_{ℓ-1}) (δ_{i0 i1} δ_{i2 i3} R + δ_{i0 i2} δ_{i1 i3} S + δ_{i0 i3} δ_{i1 i2} S),
+
+so one output has E[ddĤ(x,x,x,x)] = (R + 2S) / n_L. With g = σσ', h = σ'σ'', λ = ⟨g'⟩ + Θ⟨h'⟩,
+the moments over z ~ N(0, K^(ℓ)) and B, F (`nk.finite_width`), P, Q (above) at that input:
+
+    R' = C_W² [2⟨g²⟩Θ + 2(⟨g'σ'²⟩ + 2⟨gh⟩)Θ² + 2(⟨σ'³σ'''⟩ + 2⟨h²⟩)Θ³
+               + r (2Fλ² + ⟨σ'²⟩λ(2B + 2Q + P) + ⟨σ'²⟩² R)]
+    S' = C_W² [⟨g²⟩Θ + (⟨σ'⁴⟩ + 4⟨gh⟩)Θ² + (2⟨σ'³σ'''⟩ + 4⟨h²⟩)Θ³
+               + r (Fλ² + 2⟨σ'²⟩λQ + ⟨σ'²⟩B(⟨σ'²⟩ + 2⟨σσ''⟩ + Θ(2⟨σ'σ'''⟩ + ⟨σ''²⟩)) + ⟨σ'²⟩² S)]
+
+with R^(1) = S^(1) = 0. Derivation (ours): expand ddĤ^(ℓ+1) = ⟨z_a, ⟨z_b, Ĥ_cd⟩⟩ (⟨A, B⟩ =
+Σ_μ ∂_μA ∂_μB, a derivation: the product and chain rules hold) through W^(ℓ+1) and layer ℓ (the
+terms carry Ĥ, dĤ and ddĤ of layer ℓ), Isserlis over the four rows of W^(ℓ+1) involved, then over
+layer ℓ the same leading-order rules as for P and Q, plus: ddĤ^(ℓ) enters through its mean (its
+correlation with the preactivations is of higher order), and a product of an off-diagonal NTK
+with a dNTK is of higher order. For one hidden layer this is the closed form
+2C_W²Θ[2⟨g²⟩ + Θ(7⟨gh⟩ + 2⟨σ'⁴⟩) + 3Θ²(2⟨h²⟩ + ⟨σ'³σ'''⟩)] found by differentiating the network
+directly. Checked against Monte Carlo of `nk.ntk_hierarchy` (tests, `finite-width` report).
+Not covered: the ddNTK over several inputs (the book's R, S, T, U with sample indices).
 """
 from __future__ import annotations
 
@@ -44,7 +67,7 @@ import torch
 
 from .arch.activations import ABRelu, Abs, Activation, LeakyRelu, Relu, Sign
 from .arch.serial import Serial
-from .finite_width_theory import _derivatives, _mean, _mlp_layers, _sample_groups, finite_width
+from .finite_width_theory import _derivatives, _gaussian_grid, _mean, _mlp_layers, _sample_groups, finite_width
 
 NON_SMOOTH = (Relu, LeakyRelu, ABRelu, Abs, Sign)
 
@@ -164,3 +187,93 @@ def dntk_statistics(net: Serial, x) -> DNTKStatistics:
         P.append(p)
         Q.append(q)
     return DNTKStatistics(widths=stats.widths, P=torch.as_tensor(np.stack(P)), Q=torch.as_tensor(np.stack(Q)))
+
+
+@dataclass(frozen=True)
+class DDNTKStatistics:
+    """R and S of the ddNTK mean per layer ℓ = 1..L+1 at one input (module docstring), each
+    [L+1]; `widths[ℓ-1]` is the fan-in n_{ℓ-1} of layer ℓ.
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> stats = nk.ddntk_statistics(nk.mlp(2, 64, activation=nk.Tanh()), torch.ones(3))
+    >>> stats.R.shape, float(stats.R[0]), round(stats.output_mean * 64, 4)
+    (torch.Size([3]), 0.0, -1.7469)
+    """
+    widths: tuple[int, ...]
+    R: torch.Tensor
+    S: torch.Tensor
+
+    @property
+    def output_mean(self) -> float:
+        """E[ddĤ(x,x,x,x)] of one output unit at order 1/n: (R + 2S) / n_L."""
+        return float(self.R[-1] + 2 * self.S[-1]) / self.widths[-1]
+
+
+def _one_input_moments(activation: Activation, k: float) -> dict[str, float]:
+    """The Gaussian moments of the R, S recursion at one input, z ~ N(0, k)."""
+    w, z, _, _ = _gaussian_grid(np.array([[k]]))
+    s, s1, s2, s3 = _derivatives(activation, z[:, 0], 3)
+    g, h, dg, dh = s * s1, s1 * s2, s1 ** 2 + s * s2, s2 ** 2 + s1 * s3
+    terms = {"g²": g * g, "gh": g * h, "h²": h * h, "g'": dg, "h'": dh, "g'σ'²": dg * s1 ** 2,
+             "σ'²": s1 ** 2, "σ'⁴": s1 ** 4, "σ'³σ'''": s1 ** 3 * s3, "σσ''": s * s2,
+             "σ'σ'''": s1 * s3, "σ''²": s2 ** 2}
+    return {name: float(w @ values) for name, values in terms.items()}
+
+
+def ddntk_statistics(net: Serial, x) -> DDNTKStatistics:
+    """`nk.ddntk_statistics(net, x)`: R and S of the ddNTK mean of the MLP `net` at one input x,
+    per layer, at order 1/n (module docstring for the recursion and its derivation).
+
+    Parameters
+    ----------
+    net : Serial
+        An MLP `nk.serial(Dense, activation, ..., Dense)` in the NTK parameterization with a
+        smooth activation (tanh, erf, GELU, ...).
+    x : tensor or array
+        One input, `[d]` or `[1, d]`.
+
+    Returns
+    -------
+    DDNTKStatistics
+        `R`, `S` [L+1]; `output_mean` = E[ddĤ(x,x,x,x)] of one output.
+
+    Raises
+    ------
+    ValueError
+        For several inputs, a non-smooth activation, or as `nk.finite_width`.
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> net = nk.mlp(1, 128, activation=nk.Tanh())     # one hidden layer: exact at any width
+    >>> round(nk.ddntk_statistics(net, torch.ones(3)).output_mean * 128, 4)
+    -0.9337
+    """
+    x = torch.as_tensor(x, dtype=torch.float64)
+    if x.ndim == 2 and len(x) != 1:
+        raise ValueError(f"x must be one input [d] or [1, d], got {len(x)} inputs; the ddNTK "
+                         f"recursion is implemented at one input (call once per input)")
+    pairs = _mlp_layers(net)
+    dntk = dntk_statistics(net, x)
+    stats = finite_width(net, x)
+    R, S = [0.0], [0.0]
+    for ell in range(1, len(pairs)):            # layer ℓ → ℓ + 1
+        at = lambda tensor: float(tensor[ell - 1].reshape(-1)[0])  # noqa: E731
+        theta, b, f, p, q = (at(t) for t in (stats.ntk, stats.ntk_B, stats.ntk_F, dntk.P, dntk.Q))
+        m = _one_input_moments(pairs[ell - 1][1], at(stats.nngp))
+        cw, r = float(pairs[ell][0].W_std) ** 2, stats.widths[ell] / stats.widths[ell - 1]
+        lam = m["g'"] + theta * m["h'"]
+        R.append(cw ** 2 * (2 * m["g²"] * theta + 2 * (m["g'σ'²"] + 2 * m["gh"]) * theta ** 2
+                            + 2 * (m["σ'³σ'''"] + 2 * m["h²"]) * theta ** 3
+                            + r * (2 * f * lam ** 2 + m["σ'²"] * lam * (2 * b + 2 * q + p)
+                                   + m["σ'²"] ** 2 * R[-1])))
+        S.append(cw ** 2 * (m["g²"] * theta + (m["σ'⁴"] + 4 * m["gh"]) * theta ** 2
+                            + (2 * m["σ'³σ'''"] + 4 * m["h²"]) * theta ** 3
+                            + r * (f * lam ** 2 + 2 * m["σ'²"] * lam * q
+                                   + m["σ'²"] * b * (m["σ'²"] + 2 * m["σσ''"]
+                                                     + theta * (2 * m["σ'σ'''"] + m["σ''²"]))
+                                   + m["σ'²"] ** 2 * S[-1])))
+    return DDNTKStatistics(widths=stats.widths, R=torch.tensor(R, dtype=torch.float64),
+                           S=torch.tensor(S, dtype=torch.float64))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import itertools
 import math
 import time
 
@@ -17,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import arch as nk
-from ..dntk_theory import dntk_statistics
+from ..dntk_theory import ddntk_statistics, dntk_statistics
 from ..report import RunFolder, claims_table, markdown_table
 from ..studies import finite_width as F
 from . import register
@@ -40,13 +41,18 @@ class Config:
     hierarchy_depths: tuple = (1, 2, 4)
     hierarchy_widths: tuple = (32, 128)
     hierarchy_seeds: int = 300
+    several_inputs: int = 3
+    several_inputs_depth: int = 2
+    several_inputs_width: int = 128
+    several_inputs_seeds: int = 2000
 
     @classmethod
     def quick(cls) -> "Config":
         """Small settings for tests and previews (seconds)."""
         return cls(depths=(1, 4), widths=(32, 128), seeds=48, inputs=3, covariance_depth=1,
                    covariance_width=16, covariance_seeds=300, hierarchy_depths=(1,),
-                   hierarchy_widths=(16, 32), hierarchy_seeds=40)
+                   hierarchy_widths=(16, 32), hierarchy_seeds=40, several_inputs_depth=1,
+                   several_inputs_width=16, several_inputs_seeds=40)
 
 
 @register("finite-width", "Roberts-Yaida-Hanin: NTK fluctuations of deep MLPs, predicted at order L/n")
@@ -72,6 +78,7 @@ def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device) -> d
                        nk.mlp(cfg.covariance_depth, cfg.covariance_width, **FAMILIES[family]), x,
                        cfg.covariance_seeds, first_seed=seed * 100_000 + 50_000)]
     hierarchy = _hierarchy_moments(cfg, x[:1], seed)
+    entries = _several_inputs(cfg, x[:cfg.several_inputs], seed)
     seconds = time.perf_counter() - started
     z = np.array([r["z_variance"] for r in rows])
     z_mean = np.array([r["z_mean_shift"] for r in rows])
@@ -80,20 +87,27 @@ def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device) -> d
                "max_abs_z_mean_shift": float(np.abs(z_mean).max()),
                "rms_z_mean_shift": float(np.sqrt((z_mean ** 2).mean())),
                "max_abs_z_covariance": max(abs(r["z"]) for r in covariances),
-               "max_abs_z_dntk_output": max(abs(r["z_dntk_output"]) for r in hierarchy)}
+               "max_abs_z_dntk_output": max(abs(r["z_dntk_output"]) for r in hierarchy),
+               "max_abs_z_ddntk": max(abs(r["z_ddntk"]) for r in hierarchy),
+               "max_abs_z_several_inputs": max(abs(r["z"]) for r in entries),
+               "mean_z2_several_inputs": float(np.mean([r["z"] ** 2 for r in entries]))}
     folder.write_csv("metrics.csv", rows)
     folder.write_csv("covariances.csv", covariances)
     folder.write_csv("hierarchy.csv", hierarchy)
+    folder.write_csv("dntk_several_inputs.csv", entries)
     folder.write_json("fits.json", summary)
     figure = _figure(folder, rows, x, cfg)
+    hierarchy_figure = _hierarchy_figure(folder, hierarchy, entries, cfg)
     folder.config.update(asdict(cfg))
-    folder.write_text("report.md", _report(cfg, rows, covariances, hierarchy, summary, figure, seconds))
+    folder.write_text("report.md", _report(cfg, rows, covariances, hierarchy, entries, summary,
+                                           (figure, hierarchy_figure), seconds))
     return {"seconds": round(seconds, 1), **summary}
 
 
 def _hierarchy_moments(cfg: Config, x: torch.Tensor, seed: int) -> list[dict]:
     """n E[dĤ z] and n E[ddĤ] of critical tanh MLPs at one input, per depth and width, the
-    predicted n E[dĤ z] = P + 2Q (`nk.dntk_statistics`) with the z-score, and the difference
+    predicted n E[dĤ z] = P + 2Q (`nk.dntk_statistics`) and n E[ddĤ] = R + 2S
+    (`nk.ddntk_statistics`) with their z-scores, and the difference
     between the smallest and largest width in units of its standard error."""
     rows = []
     for depth in tqdm(cfg.hierarchy_depths, desc="finite-width dNTK/ddNTK", unit="depth"):
@@ -102,8 +116,10 @@ def _hierarchy_moments(cfg: Config, x: torch.Tensor, seed: int) -> list[dict]:
             net = nk.mlp(depth, width, **F.CRITICAL_TANH)
             moments = F.hierarchy_moments(net, x, cfg.hierarchy_seeds, first_seed=seed * 100_000 + 80_000)
             row = {"depth": depth, "width": width, **{k: width * float(v[0, 0, 0, 0]) for k, v in moments.items()},
-                   "predicted_dntk_output": width * float(dntk_statistics(net, x).output_correlation)}
-            row["z_dntk_output"] = (row["dntk_output"] - row["predicted_dntk_output"]) / row["dntk_output_se"]
+                   "predicted_dntk_output": width * float(dntk_statistics(net, x).output_correlation),
+                   "predicted_ddntk": width * ddntk_statistics(net, x).output_mean}
+            for name in ("dntk_output", "ddntk"):
+                row["z_" + name] = (row[name] - row["predicted_" + name]) / row[name + "_se"]
             chosen.append(row)
         for name in ("dntk_output", "ddntk"):
             first, last = chosen[0], chosen[-1]
@@ -114,8 +130,26 @@ def _hierarchy_moments(cfg: Config, x: torch.Tensor, seed: int) -> list[dict]:
     return rows
 
 
-def _report(cfg: Config, rows: list[dict], covariances: list[dict], hierarchy: list[dict], summary: dict, figure: str,
-            seconds: float) -> str:
+def _several_inputs(cfg: Config, x: torch.Tensor, seed: int) -> list[dict]:
+    """n E[dĤ(x_a,x_b,x_c) z(x_d)] of a critical tanh MLP over several inputs: Monte Carlo of
+    each network's own dNTK against `nk.dntk_statistics`, one row per distinct entry (b <= c:
+    the dNTK is symmetric in its last two samples)."""
+    width = cfg.several_inputs_width
+    net = nk.mlp(cfg.several_inputs_depth, width, **F.CRITICAL_TANH)
+    measured = F.hierarchy_moments(net, x, cfg.several_inputs_seeds, first_seed=seed * 100_000 + 90_000,
+                                   ddntk=False)
+    predicted = width * dntk_statistics(net, x).output_correlation.numpy()
+    rows = []
+    for entry in itertools.product(range(len(x)), repeat=4):
+        if entry[1] <= entry[2]:
+            mean, se = width * measured["dntk_output"][entry], width * measured["dntk_output_se"][entry]
+            rows.append({"entry": "".join(map(str, entry)), "predicted": float(predicted[entry]),
+                         "monte_carlo": float(mean), "se": float(se), "z": float((mean - predicted[entry]) / se)})
+    return rows
+
+
+def _report(cfg: Config, rows: list[dict], covariances: list[dict], hierarchy: list[dict], entries: list[dict],
+            summary: dict, figures: tuple[str, str], seconds: float) -> str:
     """report.md: prediction against Monte Carlo, point by point."""
     table = [{"σ": r["family"], "L": r["depth"], "n": r["width"], "L/n": round(r["L_over_n"], 4),
               "Var/E² predicted": f"{r['predicted_relative_variance']:.4f}",
@@ -141,7 +175,19 @@ def _report(cfg: Config, rows: list[dict], covariances: list[dict], hierarchy: l
          "source": "Roberts, Yaida & Hanin, ch. 11 (recursion derived here)",
          "measured": f"{len(hierarchy)} points (tanh, L = {', '.join(map(str, cfg.hierarchy_depths))}): "
                      f"max |z| {summary['max_abs_z_dntk_output']:.1f}",
-         "verdict": "holds" if summary["max_abs_z_dntk_output"] < 3 else "differs"}]
+         "verdict": "holds" if summary["max_abs_z_dntk_output"] < 3 else "differs"},
+        {"claim": "E[dĤ(x_a,x_b,x_c) z(x_d)] over several inputs (P_abcd, Q_abcd)",
+         "source": "Roberts, Yaida & Hanin, ch. 11 (recursion derived here)",
+         "measured": f"{len(entries)} entries (tanh, L = {cfg.several_inputs_depth}, n = "
+                     f"{cfg.several_inputs_width}): mean z² {summary['mean_z2_several_inputs']:.2f}, "
+                     f"max |z| {summary['max_abs_z_several_inputs']:.1f}",
+         "verdict": "holds" if summary["mean_z2_several_inputs"] < 2 and summary["max_abs_z_several_inputs"] < 4
+         else "differs"},
+        {"claim": "E[ddĤ] (the ddNTK mean, R + 2S) at order 1/n from a layer recursion",
+         "source": "Roberts, Yaida & Hanin, ch. 11 (recursion derived here)",
+         "measured": f"{len(hierarchy)} points (tanh, L = {', '.join(map(str, cfg.hierarchy_depths))}): "
+                     f"max |z| {summary['max_abs_z_ddntk']:.1f}",
+         "verdict": "holds" if summary["max_abs_z_ddntk"] < 3 else "differs"}]
     lines = [
         "# Finite-width NTK fluctuations, predicted at order 1/n (Roberts, Yaida & Hanin)", "",
         claims_table(claims), "",
@@ -152,7 +198,7 @@ def _report(cfg: Config, rows: list[dict], covariances: list[dict], hierarchy: l
         f"Standard errors of the variance from the fourth moment (Θ is skewed at large L/n); "
         f"z = (Monte Carlo - predicted) / s.e.", "",
         markdown_table(table, list(table[0])), "",
-        f"![prediction vs Monte Carlo]({figure})", "",
+        f"![prediction vs Monte Carlo]({figures[0]})", "",
         f"Over the {summary['points']} points: relative variance |z| at most "
         f"{summary['max_abs_z_variance']:.1f} (rms {summary['rms_z_variance']:.2f}); mean shift |z| "
         f"at most {summary['max_abs_z_mean_shift']:.1f} (rms {summary['rms_z_mean_shift']:.2f}). "
@@ -180,18 +226,34 @@ def _report(cfg: Config, rows: list[dict], covariances: list[dict], hierarchy: l
         "network's own dNTK and ddNTK (`nk.ntk_hierarchy`), scaled by the width n: n E[dĤ(x,x,x) z(x)] "
         "(the dNTK-output correlation) against its prediction P + 2Q from the layer recursion "
         "(`nk.dntk_statistics`, the book's P and Q of ch. 11), and n E[ddĤ(x,x,x,x)] (the ddNTK "
-        "mean: the book's R, S, T, U, whose recursions ntklab does not compute yet -- Monte Carlo "
-        "only). n E the same at every width (z across widths near 0) is their 1/n scaling. They "
-        "drive the trained network's 1/n correction (`nearly-kernel`).", "",
+        "mean) against R + 2S (`nk.ddntk_statistics`). n E the same at every width (z across "
+        "widths near 0) is their 1/n scaling. They drive the trained network's 1/n correction "
+        "(`nearly-kernel`).", "",
         markdown_table([{"L": r["depth"], "n": r["width"],
                          "n E[dĤ z]": f"{r['dntk_output']:.3f} ± {r['dntk_output_se']:.3f}",
                          "predicted P + 2Q": f"{r['predicted_dntk_output']:.3f}",
                          "z": f"{r['z_dntk_output']:+.1f}",
                          "z across widths (dĤ z)": f"{r['z_dntk_output_across_widths']:+.1f}",
                          "n E[ddĤ]": f"{r['ddntk']:.3f} ± {r['ddntk_se']:.3f}",
+                         "predicted R + 2S": f"{r['predicted_ddntk']:.3f}",
+                         "z (ddĤ)": f"{r['z_ddntk']:+.1f}",
                          "z across widths (ddĤ)": f"{r['z_ddntk_across_widths']:+.1f}"} for r in hierarchy],
                        ["L", "n", "n E[dĤ z]", "predicted P + 2Q", "z", "z across widths (dĤ z)", "n E[ddĤ]",
-                        "z across widths (ddĤ)"]), "",
+                        "predicted R + 2S", "z (ddĤ)", "z across widths (ddĤ)"]), "",
+        f"![dNTK and ddNTK, prediction vs Monte Carlo]({figures[1]})", "",
+        "### The dNTK over several inputs", "",
+        f"E[dĤ(x_a,x_b,x_c) z(x_d)] over the first {cfg.several_inputs} inputs, a critical tanh MLP "
+        f"with L = {cfg.several_inputs_depth}, n = {cfg.several_inputs_width}, "
+        f"{cfg.several_inputs_seeds} initializations, against (P_abcd + Q_abcd + Q_acbd)/n "
+        f"(`nk.dntk_statistics` of the inputs jointly); {len(entries)} distinct entries (the dNTK is "
+        f"symmetric in b, c), sharing the same initializations (correlated z). Mean z² "
+        f"{summary['mean_z2_several_inputs']:.2f} (1 if the prediction is exact), max |z| "
+        f"{summary['max_abs_z_several_inputs']:.1f}; all entries in `dntk_several_inputs.csv`, the "
+        f"ten largest predicted here:", "",
+        markdown_table([{"entry abcd": r["entry"], "predicted n E": f"{r['predicted']:.4f}",
+                         "Monte Carlo n E": f"{r['monte_carlo']:.4f} ± {r['se']:.4f}", "z": f"{r['z']:+.1f}"}
+                        for r in sorted(entries, key=lambda r: -abs(r["predicted"]))[:10]],
+                       ["entry abcd", "predicted n E", "Monte Carlo n E", "z"]), "",
         f"Time: {seconds:.0f} s.", ""]
     return "\n".join(lines)
 
@@ -228,3 +290,35 @@ def _figure(folder: RunFolder, rows: list[dict], x: torch.Tensor, cfg: Config) -
             ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     return folder.save_figure("ntk_fluctuations_predicted_vs_monte_carlo", fig)
+
+
+def _hierarchy_figure(folder: RunFolder, hierarchy: list[dict], entries: list[dict], cfg: Config) -> str:
+    """Left: the dNTK-output correlation over several inputs, Monte Carlo against prediction per
+    entry. Right: the ddNTK mean per depth, Monte Carlo per width beside the prediction."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    predicted = [r["predicted"] for r in entries]
+    left.errorbar(predicted, [r["monte_carlo"] for r in entries], yerr=[r["se"] for r in entries],
+                  fmt="o", ms=3, capsize=2, label="Monte Carlo (one entry abcd)")
+    line = [min(predicted), max(predicted)]
+    left.plot(line, line, "k-", lw=0.8, label="prediction = Monte Carlo")
+    left.set_xlabel("predicted n E[dĤ(x_a,x_b,x_c) z(x_d)]")
+    left.set_ylabel("Monte Carlo")
+    left.set_title(f"dNTK over {cfg.several_inputs} inputs (tanh, L = {cfg.several_inputs_depth}, "
+                   f"n = {cfg.several_inputs_width})")
+    left.legend(fontsize=8)
+    depths = sorted({r["depth"] for r in hierarchy})
+    for i, width in enumerate(sorted({r["width"] for r in hierarchy})):
+        chosen = [r for r in hierarchy if r["width"] == width]
+        right.errorbar([r["depth"] + 0.05 * (i - 0.5) for r in chosen], [r["ddntk"] for r in chosen],
+                       yerr=[r["ddntk_se"] for r in chosen], fmt="o", capsize=3, color=f"C{i}",
+                       label=f"Monte Carlo, n = {width}")
+    right.plot(depths, [next(r["predicted_ddntk"] for r in hierarchy if r["depth"] == d) for d in depths],
+               "k-", marker="x", label="predicted R + 2S")
+    right.set_xlabel("depth L")
+    right.set_ylabel("n E[ddĤ(x,x,x,x)]")
+    right.set_title("ddNTK mean, critical tanh")
+    right.legend(fontsize=8)
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return folder.save_figure("dntk_ddntk_predicted_vs_monte_carlo", fig)
