@@ -1,5 +1,6 @@
-"""The dNTK's leading statistic: its correlation with the preactivations, at order 1/n, over a
-set of inputs, from a layer-to-layer recursion (Roberts, Yaida & Hanin 2022, PDLT ch. 11).
+"""The dNTK's and ddNTK's leading statistics -- the dNTK's correlation with the preactivations and
+the ddNTK's mean, at order 1/n over a set of inputs -- from layer-to-layer recursions (Roberts,
+Yaida & Hanin 2022, PDLT ch. 11).
 
 The dNTK of layer ℓ is dĤ_{i0 i1 i2; a b c} = Σ_μ ∂z_{i0;a}/∂θ_μ ∂Ĥ_{i1 i2; b c}/∂θ_μ (μ over the
 parameters of layers ≤ ℓ, NTK parameterization, unit learning rates as in `nk.ntk_hierarchy`;
@@ -35,39 +36,43 @@ Hermite projection, E[dĤ G(z)] = Σ_{k,e} E[dĤ z_{k;e}] ⟨∂_{k;e} G⟩. Che
 of `nk.ntk_hierarchy` over several inputs (tests and the `finite-width` report). Smooth
 activations only: ReLU's dNTK involves σ'' = δ.
 
-The ddNTK ddĤ_{i0 i1 i2 i3} = Σ_μ ∂z_{i0}/∂θ_μ ∂dĤ_{i1 i2 i3}/∂θ_μ has a mean of order 1/n; at one
-input x (sample indices dropped; symmetric in i2, i3)
+The ddNTK ddĤ_{i0 i1 i2 i3; abcd} = Σ_μ ∂z_{i0;a}/∂θ_μ ∂dĤ_{i1 i2 i3; bcd}/∂θ_μ has a mean of order
+1/n (symmetric in (i2, c) ↔ (i3, d)):
 
-    E[ddĤ_{i0 i1 i2 i3}] = (1/n_{ℓ-1}) (δ_{i0 i1} δ_{i2 i3} R + δ_{i0 i2} δ_{i1 i3} S + δ_{i0 i3} δ_{i1 i2} S),
+    E[ddĤ_{i0 i1 i2 i3; abcd}] = (1/n_{ℓ-1}) (δ_{i0 i1} δ_{i2 i3} R_abcd + δ_{i0 i2} δ_{i1 i3} S_abcd
+                                            + δ_{i0 i3} δ_{i1 i2} S_abdc),
 
-so one output has E[ddĤ(x,x,x,x)] = (R + 2S) / n_L. With g = σσ', h = σ'σ'', λ = ⟨g'⟩ + Θ⟨h'⟩,
-the moments over z ~ N(0, K^(ℓ)) and B, F (`nk.finite_width`), P, Q (above) at that input:
+so one output has E[ddĤ(x_a, x_b, x_c, x_d)] = (R_abcd + S_abcd + S_abdc) / n_L. At one input (sample
+indices dropped), with g = σσ', h = σ'σ'', λ = ⟨g'⟩ + Θ⟨h'⟩ and B, F, P, Q of that input:
 
     R' = C_W² [2⟨g²⟩Θ + 2(⟨g'σ'²⟩ + 2⟨gh⟩)Θ² + 2(⟨σ'³σ'''⟩ + 2⟨h²⟩)Θ³
                + r (2Fλ² + ⟨σ'²⟩λ(2B + 2Q + P) + ⟨σ'²⟩² R)]
     S' = C_W² [⟨g²⟩Θ + (⟨σ'⁴⟩ + 4⟨gh⟩)Θ² + (2⟨σ'³σ'''⟩ + 4⟨h²⟩)Θ³
                + r (Fλ² + 2⟨σ'²⟩λQ + ⟨σ'²⟩B(⟨σ'²⟩ + 2⟨σσ''⟩ + Θ(2⟨σ'σ'''⟩ + ⟨σ''²⟩)) + ⟨σ'²⟩² S)]
 
-with R^(1) = S^(1) = 0. Derivation (ours): expand ddĤ^(ℓ+1) = ⟨z_a, ⟨z_b, Ĥ_cd⟩⟩ (⟨A, B⟩ =
-Σ_μ ∂_μA ∂_μB, a derivation: the product and chain rules hold) through W^(ℓ+1) and layer ℓ (the
-terms carry Ĥ, dĤ and ddĤ of layer ℓ), Isserlis over the four rows of W^(ℓ+1) involved, then over
-layer ℓ the same leading-order rules as for P and Q, plus: ddĤ^(ℓ) enters through its mean (its
-correlation with the preactivations is of higher order), and a product of an off-diagonal NTK
-with a dNTK is of higher order. For one hidden layer this is the closed form
+with R^(1) = S^(1) = 0; over several inputs every term carries its samples (`_next_ddntk`, whose
+groups of terms are listed there). Derivation (ours): ⟨A, B⟩ = Σ_μ ∂_μA ∂_μB obeys the product
+and chain rules, so ddĤ^(ℓ+1) = ⟨z_a, ⟨z_b, Ĥ_cd⟩⟩ expands through W^(ℓ+1) and layer ℓ into terms
+carrying Ĥ, dĤ and ddĤ of layer ℓ; Isserlis over the four rows of W^(ℓ+1) involved; then over
+layer ℓ the rules above, plus: ddĤ^(ℓ) enters through its mean (its correlation with the
+preactivations is of higher order), and a product of an off-diagonal NTK with a dNTK is of higher
+order. For one hidden layer at one input this is the closed form
 2C_W²Θ[2⟨g²⟩ + Θ(7⟨gh⟩ + 2⟨σ'⁴⟩) + 3Θ²(2⟨h²⟩ + ⟨σ'³σ'''⟩)] found by differentiating the network
-directly. Checked against Monte Carlo of `nk.ntk_hierarchy` (tests, `finite-width` report).
-Not covered: the ddNTK over several inputs (the book's R, S, T, U with sample indices).
+directly. The coefficients of δ_{i0 i2} δ_{i1 i3} and δ_{i0 i3} δ_{i1 i2} come from different terms
+and agree (T_abcd = S_abdc) to rounding: a check of the sample bookkeeping. Checked against Monte
+Carlo of `nk.ntk_hierarchy` (tests, `finite-width` report).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 
 from .arch.activations import ABRelu, Abs, Activation, LeakyRelu, Relu, Sign
 from .arch.serial import Serial
-from .finite_width_theory import _derivatives, _gaussian_grid, _mean, _mlp_layers, _sample_groups, finite_width
+from .finite_width_theory import _derivatives, _mlp_layers, _sample_groups, finite_width
 
 NON_SMOOTH = (Relu, LeakyRelu, ABRelu, Abs, Sign)
 
@@ -96,35 +101,116 @@ class DNTKStatistics:
         return (self.P[-1] + q + q.permute(0, 2, 1, 3)) / self.widths[-1]
 
 
-@dataclass
-class _Moments:
-    """Over z ~ N(0, K), each entry from the grid of its own samples: t4[a,b,c,d] = ⟨σ'_a σ'_b
-    σ''_c σ_d⟩, qq = ⟨σ'_a σ'_b⟩, hs = ⟨σ''_a σ_b⟩, gds[a,b,x] = ⟨∂_x(σ'_a σ_b)⟩ and gdh[a,b,x] =
-    ⟨∂_x(σ'_a σ''_b)⟩ (Stein: ⟨∂_x f⟩ = ⟨f u_x⟩, u = K⁻¹z)."""
-    t4: np.ndarray
-    qq: np.ndarray
-    hs: np.ndarray
-    gds: np.ndarray
-    gdh: np.ndarray
-
-
-def _moments(activation: Activation, k: np.ndarray, layer: int) -> _Moments:
+def _layer_moments(activation: Activation, k: np.ndarray, layer: int, fours=(), twos=(), grads=()) -> dict:
+    """Gaussian moments over z ~ N(0, K) of derivatives σ^(i) (orders 0-3), each entry from the
+    grid of exactly its own samples (`_sample_groups`): for orders (i, j, l, m) in `fours`,
+    [a,b,c,d] = ⟨σ^(i)_a σ^(j)_b σ^(l)_c σ^(m)_d⟩; for (i, j) in `twos`, [a,b] = ⟨σ^(i)_a σ^(j)_b⟩;
+    for (i, j) in `grads`, [a,b,x] = ⟨∂_x(σ^(i)_a σ^(j)_b)⟩ = ⟨σ^(i)_a σ^(j)_b u_x⟩ (Stein,
+    u = K⁻¹z). Keys: ("four", orders), ("two", orders), ("grad", orders)."""
     n = len(k)
-    out = _Moments(*(np.zeros((n,) * rank) for rank in (4, 2, 2, 3, 3)))
+    out = {**{("four", o): np.zeros((n,) * 4) for o in fours}, **{("two", o): np.zeros((n,) * 2) for o in twos},
+           **{("grad", o): np.zeros((n,) * 3) for o in grads}}
     for size, group, w, z, u, _ in _sample_groups(k, layer):
-        s, d, h = _derivatives(activation, z, 2)
-        dd, hs, ds, dh = (np.einsum("qa,qb->qab", p, q) for p, q in ((d, d), (h, s), (d, s), (d, h)))
+        values = _derivatives(activation, z, 3)
         index = lambda rank: np.ix_(*(group,) * rank)  # noqa: E731
-        out.t4[index(4)] = _mean(w, dd, hs)
+        for o in fours:
+            out["four", o][index(4)] = np.einsum("q,qa,qb,qc,qd->abcd", w, *(values[i] for i in o), optimize=True)
         if size <= 2:
-            out.qq[index(2)], out.hs[index(2)] = np.einsum("q,qab->ab", w, dd), np.einsum("q,qab->ab", w, hs)
-            out.gds[index(3)], out.gdh[index(3)] = _mean(w, ds, u), _mean(w, dh, u)
+            for o in twos:
+                out["two", o][index(2)] = np.einsum("q,qa,qb->ab", w, values[o[0]], values[o[1]])
+            for o in grads:
+                out["grad", o][index(3)] = np.einsum("q,qa,qb,qx->abx", w, values[o[0]], values[o[1]], u)
     return out
 
 
-def _next_layer(p, q, m: _Moments, theta, f, f_next, b, cw: float, r: float):
+DNTK_MOMENTS = {"fours": [(1, 1, 2, 0)], "twos": [(1, 1), (2, 0)], "grads": [(1, 0), (1, 2)]}
+DDNTK_MOMENTS = {"fours": [(1, 1, 2, 0), (1, 1, 1, 1), (1, 1, 0, 2), (0, 1, 1, 0), (0, 1, 0, 1), (1, 2, 1, 0),
+                           (1, 2, 0, 1), (1, 0, 2, 1), (1, 0, 1, 2), (1, 1, 3, 1), (0, 1, 2, 1), (1, 2, 2, 1),
+                           (1, 1, 2, 2)],
+                 "twos": [(1, 1), (2, 0), (0, 2), (3, 1), (1, 3), (2, 2)],
+                 "grads": [(0, 1), (1, 0), (1, 2), (2, 1)]}
+
+
+def _swap_last(slots: dict) -> dict:
+    """The mirror image of a term under exchanging the ddNTK's last two units with their samples:
+    R_abcd ← R_abdc, S_abcd ← T_abdc, T_abcd ← S_abdc."""
+    last = lambda t: t.transpose(0, 1, 3, 2)  # noqa: E731
+    return {"R": last(slots["R"]), "S": last(slots["T"]), "T": last(slots["S"])}
+
+
+def _next_ddntk(dd: dict, p, q, m: dict, theta, f, f_next, b, cw: float, r: float) -> dict:
+    """(R, S, T) of layer ℓ + 1 from layer ℓ's (module docstring), T_abcd = S_abdc: the terms of
+    ddĤ' = ⟨z_a, ⟨z_b, Ĥ'_cd⟩⟩ (samples a, b, c, d) grouped by their origin (the module
+    docstring's derivation), each slot's coefficient of δ_ab δ_cd (R), δ_ac δ_bd (S), δ_ad δ_bc (T)."""
+    e = lambda spec, *ops: np.einsum(spec, *ops, optimize=True)  # noqa: E731
+    four = lambda *o: m["four", o]  # noqa: E731
+    two, grad = (lambda *o: m["two", o]), (lambda *o: m["grad", o])
+    th, qq = theta, two(1, 1)
+    zero = np.zeros_like(p)
+    # δ_cd ⟨z_a, ⟨z_b, C_W/n Σ_j σ_jc σ_jd⟩⟩: the mean covariance's derivatives
+    metric = {"R": (e("abcd,ac,bc->abcd", four(1, 1, 2, 0), th, th)
+                    + four(1, 1, 1, 1) * (e("ad,bc->abcd", th, th) + e("ac,bd->abcd", th, th))
+                    + e("abcd,ad,bd->abcd", four(1, 1, 0, 2), th, th)
+                    + e("abcd,bc->abcd", four(0, 1, 1, 0), th) + e("abcd,bd->abcd", four(0, 1, 0, 1), th)
+                    + e("abcd,ab,bc->abcd", four(1, 2, 1, 0), th, th) + e("abcd,ab,bd->abcd", four(1, 2, 0, 1), th, th)
+                    + r * (e("ab,cd,abcc->abcd", qq, two(2, 0), b) + e("ab,cd,abdc->abcd", qq, qq, b)
+                           + e("ab,cd,abcd->abcd", qq, qq, b) + e("ab,cd,abdd->abcd", qq, two(0, 2), b)
+                           + e("bxcy,abx,cdy->abcd", f, grad(0, 1), grad(1, 0))
+                           + e("bxdy,abx,cdy->abcd", f, grad(0, 1), grad(0, 1))
+                           + e("ab,bxcy,abx,cdy->abcd", th, f, grad(1, 2), grad(1, 0))
+                           + e("ab,bxdy,abx,cdy->abcd", th, f, grad(1, 2), grad(0, 1))
+                           + e("ab,abce,cde->abcd", qq, q, grad(1, 0)) + e("ab,abde,cde->abcd", qq, q, grad(0, 1)))),
+              "S": zero, "T": zero}
+    # ⟨z_a, ⟨z_b, W_c⟩⟩-type: second derivatives of the next layer's weights, and one on each
+    weights = {"R": zero,
+               "S": four(1, 1, 1, 1) * e("ab,cd->abcd", th, th) + r * e("ac,bd,acbd->abcd", qq, qq, b),
+               "T": four(1, 1, 1, 1) * e("ab,cd->abcd", th, th) + r * e("bc,ad,bcad->abcd", qq, qq, b)}
+    # one derivative on a weight of z'_c or z'_d, the other through layer ℓ (z_b's then z_a's)
+    one = {"T": (e("abcd,ac,cd->abcd", four(1, 0, 2, 1), th, th) + e("abcd,ad,cd->abcd", four(1, 0, 1, 2), th, th)
+                 + r * (e("bc,ad,ccad->abcd", two(0, 2), qq, b)
+                        + e("ad,cxdy,bcx,ady->abcd", th, f, grad(0, 1), grad(1, 2))
+                        + e("ad,adce,bce->abcd", qq, q, grad(0, 1)))),
+           "S": (e("abcd,ac,cd->abcd", four(1, 0, 2, 1), th, th) + e("abcd,ad,cd->abcd", four(1, 0, 1, 2), th, th)
+                 + r * (e("ac,cxdy,acx,bdy->abcd", th, f, grad(1, 2), grad(0, 1))
+                        + e("ac,bd,acdd->abcd", qq, two(0, 2), b)
+                        + e("ac,acde,bde->abcd", qq, q, grad(0, 1))))}
+    through_a = {"R": zero, "S": one["S"], "T": one["T"]}
+    through_b = {"R": zero, "S": one["T"].transpose(1, 0, 2, 3), "T": one["S"].transpose(1, 0, 2, 3)}
+    # both derivatives through layer ℓ: terms (i)-(iv), (ix) and their mirror images, and (xi)
+    t3 = e("ac,bc,cd->abcd", th, th, th)
+    first = {"R": four(1, 1, 3, 1) * t3 + r * e("cd,cd,ab,abcc->abcd", th, two(3, 1), qq, b)
+                  + e("abcd,bc,cd->abcd", four(0, 1, 2, 1), th, th)
+                  + r * e("cd,bxcy,abx,cdy->abcd", th, f, grad(0, 1), grad(2, 1))
+                  + four(1, 2, 2, 1) * e("ab,bc,cd->abcd", th, th, th)
+                  + r * e("cd,ab,bxcy,abx,cdy->abcd", th, th, f, grad(1, 2), grad(2, 1))
+                  + r * e("cd,ab,abce,cde->abcd", th, qq, q, grad(2, 1))
+                  + four(1, 1, 2, 2) * e("bc,ad,cd->abcd", th, th, th)
+                  + r * e("cd,cd,ab,bacd->abcd", th, two(2, 2), qq, b),
+             "S": four(1, 1, 3, 1) * t3 + r * e("ac,ac,bd,ccbd->abcd", th, two(1, 3), qq, b)
+                  + four(1, 2, 2, 1) * e("ab,bc,cd->abcd", th, th, th)
+                  + four(1, 1, 2, 2) * e("bc,ad,cd->abcd", th, th, th)
+                  + r * e("ac,bd,bdce,ace->abcd", th, qq, q, grad(1, 2)),
+             "T": four(1, 1, 3, 1) * t3 + r * e("bc,bc,ad,ccad->abcd", th, two(1, 3), qq, b)
+                  + four(1, 2, 2, 1) * e("ab,bc,cd->abcd", th, th, th)
+                  + r * e("bc,bc,ad,bcad->abcd", th, two(2, 2), qq, b)
+                  + four(1, 1, 2, 2) * e("bc,ad,cd->abcd", th, th, th)
+                  + r * e("bc,ad,cxdy,bcx,ady->abcd", th, th, f, grad(1, 2), grad(1, 2))
+                  + r * e("bc,ad,adce,bce->abcd", th, qq, q, grad(1, 2))}
+    mirrored = _swap_last(first)
+    carried = {"R": r * (e("cd,bcde,abe->abcd", qq, p, grad(0, 1)) + e("ab,cd,bcde,abe->abcd", th, qq, p, grad(1, 2))
+                         + e("cd,ab,abcd->abcd", qq, qq, dd["R"])),
+               "S": r * e("ac,bd,abcd->abcd", qq, qq, dd["S"]),
+               "T": r * e("ad,bc,abdc->abcd", qq, qq, dd["S"])}
+    next_weights = {"R": zero, "S": e("cadb->abcd", f_next), "T": e("cbda->abcd", f_next)}
+    terms = (metric, weights, through_a, through_b, first, mirrored, carried)
+    return {slot: cw ** 2 * sum(term[slot] for term in terms) + next_weights[slot] for slot in "RST"}
+
+
+def _next_layer(p, q, moments: dict, theta, f, f_next, b, cw: float, r: float):
     """(P, Q) of layer ℓ + 1 from layer ℓ's (module docstring)."""
     e = lambda spec, *ops: np.einsum(spec, *ops, optimize=True)  # noqa: E731
+    m = SimpleNamespace(t4=moments["four", (1, 1, 2, 0)], qq=moments["two", (1, 1)], hs=moments["two", (2, 0)],
+                        gds=moments["grad", (1, 0)], gdh=moments["grad", (1, 2)])
     diagonal = (e("acbd,ab,bc->abcd", m.t4, theta, theta), e("abcd,ac,bc->abcd", m.t4, theta, theta))
     p_next = (e("adbc->abcd", f_next) + e("adcb->abcd", f_next)
               + cw ** 2 * (diagonal[0] + r * e("bc,axby,adx,cby->abcd", theta, f, m.gds, m.gdh))
@@ -180,7 +266,7 @@ def dntk_statistics(net: Serial, x) -> DNTKStatistics:
     P, Q = [np.zeros((n,) * 4)], [np.zeros((n,) * 4)]
     for ell in range(1, len(pairs)):            # layer ℓ → ℓ + 1
         layer = lambda tensor: tensor[ell - 1].numpy()  # noqa: E731
-        p, q = _next_layer(P[-1], Q[-1], _moments(pairs[ell - 1][1], layer(stats.nngp), ell),
+        p, q = _next_layer(P[-1], Q[-1], _layer_moments(pairs[ell - 1][1], layer(stats.nngp), ell, **DNTK_MOMENTS),
                            layer(stats.ntk), layer(stats.ntk_F), stats.ntk_F[ell].numpy(),
                            layer(stats.ntk_B), float(pairs[ell][0].W_std) ** 2,
                            stats.widths[ell] / stats.widths[ell - 1])
@@ -191,40 +277,33 @@ def dntk_statistics(net: Serial, x) -> DNTKStatistics:
 
 @dataclass(frozen=True)
 class DDNTKStatistics:
-    """R and S of the ddNTK mean per layer ℓ = 1..L+1 at one input (module docstring), each
-    [L+1]; `widths[ℓ-1]` is the fan-in n_{ℓ-1} of layer ℓ.
+    """R and S of the ddNTK mean per layer ℓ = 1..L+1 over N inputs (module docstring), each
+    [L+1, N, N, N, N]; `widths[ℓ-1]` is the fan-in n_{ℓ-1} of layer ℓ.
 
     Examples
     --------
     >>> import torch, ntklab as nk
     >>> stats = nk.ddntk_statistics(nk.mlp(2, 64, activation=nk.Tanh()), torch.ones(3))
-    >>> stats.R.shape, float(stats.R[0]), round(stats.output_mean * 64, 4)
-    (torch.Size([3]), 0.0, -1.7469)
+    >>> stats.R.shape, float(stats.R[0].abs().max()), round(float(stats.output_mean) * 64, 4)
+    (torch.Size([3, 1, 1, 1, 1]), 0.0, -1.7469)
     """
     widths: tuple[int, ...]
     R: torch.Tensor
     S: torch.Tensor
 
     @property
-    def output_mean(self) -> float:
-        """E[ddĤ(x,x,x,x)] of one output unit at order 1/n: (R + 2S) / n_L."""
-        return float(self.R[-1] + 2 * self.S[-1]) / self.widths[-1]
-
-
-def _one_input_moments(activation: Activation, k: float) -> dict[str, float]:
-    """The Gaussian moments of the R, S recursion at one input, z ~ N(0, k)."""
-    w, z, _, _ = _gaussian_grid(np.array([[k]]))
-    s, s1, s2, s3 = _derivatives(activation, z[:, 0], 3)
-    g, h, dg, dh = s * s1, s1 * s2, s1 ** 2 + s * s2, s2 ** 2 + s1 * s3
-    terms = {"g²": g * g, "gh": g * h, "h²": h * h, "g'": dg, "h'": dh, "g'σ'²": dg * s1 ** 2,
-             "σ'²": s1 ** 2, "σ'⁴": s1 ** 4, "σ'³σ'''": s1 ** 3 * s3, "σσ''": s * s2,
-             "σ'σ'''": s1 * s3, "σ''²": s2 ** 2}
-    return {name: float(w @ values) for name, values in terms.items()}
+    def output_mean(self) -> torch.Tensor:
+        """E[ddĤ(x_a, x_b, x_c, x_d)] of one output unit at order 1/n, [N, N, N, N]:
+        (R_abcd + S_abcd + S_abdc) / n_L."""
+        s = self.S[-1]
+        return (self.R[-1] + s + s.permute(0, 1, 3, 2)) / self.widths[-1]
 
 
 def ddntk_statistics(net: Serial, x) -> DDNTKStatistics:
-    """`nk.ddntk_statistics(net, x)`: R and S of the ddNTK mean of the MLP `net` at one input x,
-    per layer, at order 1/n (module docstring for the recursion and its derivation).
+    """`nk.ddntk_statistics(net, x)`: R and S of the ddNTK mean of the MLP `net` over the inputs
+    x, per layer, at order 1/n (module docstring for the recursion and its derivation).
+
+    Cost: as `nk.dntk_statistics`, with 13 four-sample moments per layer.
 
     Parameters
     ----------
@@ -232,48 +311,37 @@ def ddntk_statistics(net: Serial, x) -> DDNTKStatistics:
         An MLP `nk.serial(Dense, activation, ..., Dense)` in the NTK parameterization with a
         smooth activation (tanh, erf, GELU, ...).
     x : tensor or array
-        One input, `[d]` or `[1, d]`.
+        Inputs `[N, d]` (or one input `[d]`); every four of them with a non-singular kernel.
 
     Returns
     -------
     DDNTKStatistics
-        `R`, `S` [L+1]; `output_mean` = E[ddĤ(x,x,x,x)] of one output.
+        `R`, `S` [L+1, N, N, N, N]; `output_mean` = E[ddĤ(x_a, x_b, x_c, x_d)] of one output.
 
     Raises
     ------
     ValueError
-        For several inputs, a non-smooth activation, or as `nk.finite_width`.
+        For a non-smooth activation, and as `nk.finite_width` for other networks or inputs.
 
     Examples
     --------
     >>> import torch, ntklab as nk
     >>> net = nk.mlp(1, 128, activation=nk.Tanh())     # one hidden layer: exact at any width
-    >>> round(nk.ddntk_statistics(net, torch.ones(3)).output_mean * 128, 4)
+    >>> round(float(nk.ddntk_statistics(net, torch.ones(3)).output_mean) * 128, 4)
     -0.9337
     """
-    x = torch.as_tensor(x, dtype=torch.float64)
-    if x.ndim == 2 and len(x) != 1:
-        raise ValueError(f"x must be one input [d] or [1, d], got {len(x)} inputs; the ddNTK "
-                         f"recursion is implemented at one input (call once per input)")
     pairs = _mlp_layers(net)
-    dntk = dntk_statistics(net, x)
+    dntk = dntk_statistics(net, x)        # also validates the network and its activations
     stats = finite_width(net, x)
-    R, S = [0.0], [0.0]
+    n = stats.nngp.shape[1]
+    ddntk = {slot: np.zeros((n,) * 4) for slot in "RST"}
+    R, S = [ddntk["R"]], [ddntk["S"]]
     for ell in range(1, len(pairs)):            # layer ℓ → ℓ + 1
-        at = lambda tensor: float(tensor[ell - 1].reshape(-1)[0])  # noqa: E731
-        theta, b, f, p, q = (at(t) for t in (stats.ntk, stats.ntk_B, stats.ntk_F, dntk.P, dntk.Q))
-        m = _one_input_moments(pairs[ell - 1][1], at(stats.nngp))
-        cw, r = float(pairs[ell][0].W_std) ** 2, stats.widths[ell] / stats.widths[ell - 1]
-        lam = m["g'"] + theta * m["h'"]
-        R.append(cw ** 2 * (2 * m["g²"] * theta + 2 * (m["g'σ'²"] + 2 * m["gh"]) * theta ** 2
-                            + 2 * (m["σ'³σ'''"] + 2 * m["h²"]) * theta ** 3
-                            + r * (2 * f * lam ** 2 + m["σ'²"] * lam * (2 * b + 2 * q + p)
-                                   + m["σ'²"] ** 2 * R[-1])))
-        S.append(cw ** 2 * (m["g²"] * theta + (m["σ'⁴"] + 4 * m["gh"]) * theta ** 2
-                            + (2 * m["σ'³σ'''"] + 4 * m["h²"]) * theta ** 3
-                            + r * (f * lam ** 2 + 2 * m["σ'²"] * lam * q
-                                   + m["σ'²"] * b * (m["σ'²"] + 2 * m["σσ''"]
-                                                     + theta * (2 * m["σ'σ'''"] + m["σ''²"]))
-                                   + m["σ'²"] ** 2 * S[-1])))
-    return DDNTKStatistics(widths=stats.widths, R=torch.tensor(R, dtype=torch.float64),
-                           S=torch.tensor(S, dtype=torch.float64))
+        layer = lambda tensor: tensor[ell - 1].numpy()  # noqa: E731
+        moments = _layer_moments(pairs[ell - 1][1], layer(stats.nngp), ell, **DDNTK_MOMENTS)
+        ddntk = _next_ddntk(ddntk, layer(dntk.P), layer(dntk.Q), moments, layer(stats.ntk), layer(stats.ntk_F),
+                            stats.ntk_F[ell].numpy(), layer(stats.ntk_B), float(pairs[ell][0].W_std) ** 2,
+                            stats.widths[ell] / stats.widths[ell - 1])
+        R.append(ddntk["R"])
+        S.append(ddntk["S"])
+    return DDNTKStatistics(widths=stats.widths, R=torch.as_tensor(np.stack(R)), S=torch.as_tensor(np.stack(S)))

@@ -52,7 +52,7 @@ tensor, u = K⁻¹z, so σ need not be smooth.  Two-sample quantities (means, de
 of their own samples (≤ 2 dimensions, exact to rounding); four-sample moments use the grids of
 every set of four samples (16 nodes per piece: relative error ~1e-8; fewer samples: ~1e-14).  Every four inputs' K must
 be non-singular (distinct inputs, linearly independent with the bias).  The dNTK's correlation with the preactivations:
-`nk.dntk_statistics`; the ddNTK mean at one input: `nk.ddntk_statistics` (both dntk_theory.py).
+`nk.dntk_statistics`; the ddNTK mean: `nk.ddntk_statistics` (both dntk_theory.py).
 """
 from __future__ import annotations
 

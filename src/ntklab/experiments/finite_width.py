@@ -43,8 +43,8 @@ class Config:
     hierarchy_seeds: int = 300
     several_inputs: int = 3
     several_inputs_depth: int = 2
-    several_inputs_width: int = 128
-    several_inputs_seeds: int = 2000
+    several_inputs_width: int = 64
+    several_inputs_seeds: int = 1000
 
     @classmethod
     def quick(cls) -> "Config":
@@ -89,12 +89,13 @@ def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device) -> d
                "max_abs_z_covariance": max(abs(r["z"]) for r in covariances),
                "max_abs_z_dntk_output": max(abs(r["z_dntk_output"]) for r in hierarchy),
                "max_abs_z_ddntk": max(abs(r["z_ddntk"]) for r in hierarchy),
-               "max_abs_z_several_inputs": max(abs(r["z"]) for r in entries),
-               "mean_z2_several_inputs": float(np.mean([r["z"] ** 2 for r in entries]))}
+               **{f"{stat}_{name}_several_inputs": value for name in SEVERAL for stat, value in (
+                   ("max_abs_z", max(abs(r["z"]) for r in entries if r["quantity"] == name)),
+                   ("mean_z2", float(np.mean([r["z"] ** 2 for r in entries if r["quantity"] == name]))))}}
     folder.write_csv("metrics.csv", rows)
     folder.write_csv("covariances.csv", covariances)
     folder.write_csv("hierarchy.csv", hierarchy)
-    folder.write_csv("dntk_several_inputs.csv", entries)
+    folder.write_csv("hierarchy_several_inputs.csv", entries)
     folder.write_json("fits.json", summary)
     figure = _figure(folder, rows, x, cfg)
     hierarchy_figure = _hierarchy_figure(folder, hierarchy, entries, cfg)
@@ -117,7 +118,7 @@ def _hierarchy_moments(cfg: Config, x: torch.Tensor, seed: int) -> list[dict]:
             moments = F.hierarchy_moments(net, x, cfg.hierarchy_seeds, first_seed=seed * 100_000 + 80_000)
             row = {"depth": depth, "width": width, **{k: width * float(v[0, 0, 0, 0]) for k, v in moments.items()},
                    "predicted_dntk_output": width * float(dntk_statistics(net, x).output_correlation),
-                   "predicted_ddntk": width * ddntk_statistics(net, x).output_mean}
+                   "predicted_ddntk": width * float(ddntk_statistics(net, x).output_mean)}
             for name in ("dntk_output", "ddntk"):
                 row["z_" + name] = (row[name] - row["predicted_" + name]) / row[name + "_se"]
             chosen.append(row)
@@ -130,21 +131,32 @@ def _hierarchy_moments(cfg: Config, x: torch.Tensor, seed: int) -> list[dict]:
     return rows
 
 
+SEVERAL = {"dntk_output": {"label": "E[dĤ(x_a,x_b,x_c) z(x_d)]", "formula": "(P_abcd + Q_abcd + Q_acbd)/n",
+                           "function": "nk.dntk_statistics", "symmetric": (1, 2)},
+           "ddntk": {"label": "E[ddĤ(x_a,x_b,x_c,x_d)]", "formula": "(R_abcd + S_abcd + S_abdc)/n",
+                     "function": "nk.ddntk_statistics", "symmetric": (2, 3)}}
+"""The two tensors compared over several inputs: the dNTK is symmetric in its last two samples,
+the ddNTK in its last two (`symmetric`), so one row per distinct entry."""
+
+
 def _several_inputs(cfg: Config, x: torch.Tensor, seed: int) -> list[dict]:
-    """n E[dĤ(x_a,x_b,x_c) z(x_d)] of a critical tanh MLP over several inputs: Monte Carlo of
-    each network's own dNTK against `nk.dntk_statistics`, one row per distinct entry (b <= c:
-    the dNTK is symmetric in its last two samples)."""
+    """n E[dĤ(x_a,x_b,x_c) z(x_d)] and n E[ddĤ(x_a,x_b,x_c,x_d)] of a critical tanh MLP over
+    several inputs: Monte Carlo of each network's own hierarchy against `nk.dntk_statistics` and
+    `nk.ddntk_statistics`, one row per quantity and distinct entry (`SEVERAL`)."""
     width = cfg.several_inputs_width
     net = nk.mlp(cfg.several_inputs_depth, width, **F.CRITICAL_TANH)
-    measured = F.hierarchy_moments(net, x, cfg.several_inputs_seeds, first_seed=seed * 100_000 + 90_000,
-                                   ddntk=False)
-    predicted = width * dntk_statistics(net, x).output_correlation.numpy()
+    measured = F.hierarchy_moments(net, x, cfg.several_inputs_seeds, first_seed=seed * 100_000 + 90_000)
+    predicted = {"dntk_output": width * dntk_statistics(net, x).output_correlation.numpy(),
+                 "ddntk": width * ddntk_statistics(net, x).output_mean.numpy()}
     rows = []
-    for entry in itertools.product(range(len(x)), repeat=4):
-        if entry[1] <= entry[2]:
-            mean, se = width * measured["dntk_output"][entry], width * measured["dntk_output_se"][entry]
-            rows.append({"entry": "".join(map(str, entry)), "predicted": float(predicted[entry]),
-                         "monte_carlo": float(mean), "se": float(se), "z": float((mean - predicted[entry]) / se)})
+    for name, spec in SEVERAL.items():
+        first, second = spec["symmetric"]
+        for entry in itertools.product(range(len(x)), repeat=4):
+            if entry[first] <= entry[second]:
+                mean, se = width * measured[name][entry], width * measured[name + "_se"][entry]
+                rows.append({"quantity": name, "entry": "".join(map(str, entry)),
+                             "predicted": float(predicted[name][entry]), "monte_carlo": float(mean),
+                             "se": float(se), "z": float((mean - predicted[name][entry]) / se)})
     return rows
 
 
@@ -176,18 +188,20 @@ def _report(cfg: Config, rows: list[dict], covariances: list[dict], hierarchy: l
          "measured": f"{len(hierarchy)} points (tanh, L = {', '.join(map(str, cfg.hierarchy_depths))}): "
                      f"max |z| {summary['max_abs_z_dntk_output']:.1f}",
          "verdict": "holds" if summary["max_abs_z_dntk_output"] < 3 else "differs"},
-        {"claim": "E[dĤ(x_a,x_b,x_c) z(x_d)] over several inputs (P_abcd, Q_abcd)",
-         "source": "Roberts, Yaida & Hanin, ch. 11 (recursion derived here)",
-         "measured": f"{len(entries)} entries (tanh, L = {cfg.several_inputs_depth}, n = "
-                     f"{cfg.several_inputs_width}): mean z² {summary['mean_z2_several_inputs']:.2f}, "
-                     f"max |z| {summary['max_abs_z_several_inputs']:.1f}",
-         "verdict": "holds" if summary["mean_z2_several_inputs"] < 2 and summary["max_abs_z_several_inputs"] < 4
-         else "differs"},
         {"claim": "E[ddĤ] (the ddNTK mean, R + 2S) at order 1/n from a layer recursion",
          "source": "Roberts, Yaida & Hanin, ch. 11 (recursion derived here)",
          "measured": f"{len(hierarchy)} points (tanh, L = {', '.join(map(str, cfg.hierarchy_depths))}): "
                      f"max |z| {summary['max_abs_z_ddntk']:.1f}",
-         "verdict": "holds" if summary["max_abs_z_ddntk"] < 3 else "differs"}]
+         "verdict": "holds" if summary["max_abs_z_ddntk"] < 3 else "differs"},
+        *({"claim": f"{spec['label']} over several inputs at order 1/n",
+           "source": "Roberts, Yaida & Hanin, ch. 11 (recursion derived here)",
+           "measured": f"{sum(r['quantity'] == name for r in entries)} entries (tanh, L = "
+                       f"{cfg.several_inputs_depth}, n = {cfg.several_inputs_width}): mean z² "
+                       f"{summary[f'mean_z2_{name}_several_inputs']:.2f}, max |z| "
+                       f"{summary[f'max_abs_z_{name}_several_inputs']:.1f}",
+           "verdict": "holds" if (summary[f"mean_z2_{name}_several_inputs"] < 2
+                                  and summary[f"max_abs_z_{name}_several_inputs"] < 4) else "differs"}
+          for name, spec in SEVERAL.items())]
     lines = [
         "# Finite-width NTK fluctuations, predicted at order 1/n (Roberts, Yaida & Hanin)", "",
         claims_table(claims), "",
@@ -241,19 +255,22 @@ def _report(cfg: Config, rows: list[dict], covariances: list[dict], hierarchy: l
                        ["L", "n", "n E[dĤ z]", "predicted P + 2Q", "z", "z across widths (dĤ z)", "n E[ddĤ]",
                         "predicted R + 2S", "z (ddĤ)", "z across widths (ddĤ)"]), "",
         f"![dNTK and ddNTK, prediction vs Monte Carlo]({figures[1]})", "",
-        "### The dNTK over several inputs", "",
-        f"E[dĤ(x_a,x_b,x_c) z(x_d)] over the first {cfg.several_inputs} inputs, a critical tanh MLP "
-        f"with L = {cfg.several_inputs_depth}, n = {cfg.several_inputs_width}, "
-        f"{cfg.several_inputs_seeds} initializations, against (P_abcd + Q_abcd + Q_acbd)/n "
-        f"(`nk.dntk_statistics` of the inputs jointly); {len(entries)} distinct entries (the dNTK is "
-        f"symmetric in b, c), sharing the same initializations (correlated z). Mean z² "
-        f"{summary['mean_z2_several_inputs']:.2f} (1 if the prediction is exact), max |z| "
-        f"{summary['max_abs_z_several_inputs']:.1f}; all entries in `dntk_several_inputs.csv`, the "
-        f"ten largest predicted here:", "",
-        markdown_table([{"entry abcd": r["entry"], "predicted n E": f"{r['predicted']:.4f}",
+        "### dNTK and ddNTK over several inputs", "",
+        f"The same over the first {cfg.several_inputs} inputs jointly, a critical tanh MLP with "
+        f"L = {cfg.several_inputs_depth}, n = {cfg.several_inputs_width}, {cfg.several_inputs_seeds} "
+        f"initializations; one row per distinct entry (the dNTK is symmetric in b, c, the ddNTK in "
+        f"c, d), all sharing the same initializations (correlated z); mean z² is 1 if the prediction "
+        f"is exact. All entries in `hierarchy_several_inputs.csv`; the five largest predicted of each "
+        f"here:", "",
+        markdown_table([{"quantity": SEVERAL[r["quantity"]]["label"], "prediction": SEVERAL[r["quantity"]]["formula"],
+                         "entry abcd": r["entry"], "predicted n E": f"{r['predicted']:.4f}",
                          "Monte Carlo n E": f"{r['monte_carlo']:.4f} ± {r['se']:.4f}", "z": f"{r['z']:+.1f}"}
-                        for r in sorted(entries, key=lambda r: -abs(r["predicted"]))[:10]],
-                       ["entry abcd", "predicted n E", "Monte Carlo n E", "z"]), "",
+                        for name in SEVERAL
+                        for r in sorted((r for r in entries if r["quantity"] == name),
+                                        key=lambda r: -abs(r["predicted"]))[:5]],
+                       ["quantity", "prediction", "entry abcd", "predicted n E", "Monte Carlo n E", "z"]), "",
+        "; ".join(f"{SEVERAL[name]['label']}: mean z² {summary[f'mean_z2_{name}_several_inputs']:.2f}, "
+                  f"max |z| {summary[f'max_abs_z_{name}_several_inputs']:.1f}" for name in SEVERAL) + ".", "",
         f"Time: {seconds:.0f} s.", ""]
     return "\n".join(lines)
 
@@ -293,19 +310,23 @@ def _figure(folder: RunFolder, rows: list[dict], x: torch.Tensor, cfg: Config) -
 
 
 def _hierarchy_figure(folder: RunFolder, hierarchy: list[dict], entries: list[dict], cfg: Config) -> str:
-    """Left: the dNTK-output correlation over several inputs, Monte Carlo against prediction per
-    entry. Right: the ddNTK mean per depth, Monte Carlo per width beside the prediction."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
-    predicted = [r["predicted"] for r in entries]
-    left.errorbar(predicted, [r["monte_carlo"] for r in entries], yerr=[r["se"] for r in entries],
-                  fmt="o", ms=3, capsize=2, label="Monte Carlo (one entry abcd)")
-    line = [min(predicted), max(predicted)]
-    left.plot(line, line, "k-", lw=0.8, label="prediction = Monte Carlo")
-    left.set_xlabel("predicted n E[dĤ(x_a,x_b,x_c) z(x_d)]")
-    left.set_ylabel("Monte Carlo")
-    left.set_title(f"dNTK over {cfg.several_inputs} inputs (tanh, L = {cfg.several_inputs_depth}, "
-                   f"n = {cfg.several_inputs_width})")
-    left.legend(fontsize=8)
+    """Left and middle: the dNTK-output correlation and the ddNTK mean over several inputs, Monte
+    Carlo against prediction per entry. Right: the ddNTK mean per depth at one input, Monte Carlo
+    per width beside the prediction."""
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    for ax, (name, spec) in zip(axes, SEVERAL.items()):
+        chosen = [r for r in entries if r["quantity"] == name]
+        predicted = [r["predicted"] for r in chosen]
+        ax.errorbar(predicted, [r["monte_carlo"] for r in chosen], yerr=[r["se"] for r in chosen],
+                    fmt="o", ms=3, capsize=2, label="Monte Carlo (one entry abcd)")
+        line = [min(predicted), max(predicted)]
+        ax.plot(line, line, "k-", lw=0.8, label="prediction = Monte Carlo")
+        ax.set_xlabel(f"predicted n {spec['label']}")
+        ax.set_ylabel("Monte Carlo")
+        ax.set_title(f"{cfg.several_inputs} inputs (tanh, L = {cfg.several_inputs_depth}, "
+                     f"n = {cfg.several_inputs_width})")
+        ax.legend(fontsize=8)
+    right = axes[2]
     depths = sorted({r["depth"] for r in hierarchy})
     for i, width in enumerate(sorted({r["width"] for r in hierarchy})):
         chosen = [r for r in hierarchy if r["width"] == width]
@@ -316,9 +337,9 @@ def _hierarchy_figure(folder: RunFolder, hierarchy: list[dict], entries: list[di
                "k-", marker="x", label="predicted R + 2S")
     right.set_xlabel("depth L")
     right.set_ylabel("n E[ddĤ(x,x,x,x)]")
-    right.set_title("ddNTK mean, critical tanh")
+    right.set_title("ddNTK mean at one input, critical tanh")
     right.legend(fontsize=8)
-    for ax in (left, right):
+    for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     return folder.save_figure("dntk_ddntk_predicted_vs_monte_carlo", fig)
