@@ -89,6 +89,12 @@ def test_non_smooth_activations_are_refused():
         nk.dntk_statistics(nk.mlp(2, 8), torch.ones(3))
 
 
+def altered(recursion, **changes):
+    """`recursion` with some of its keyword inputs changed: a negative control."""
+    return lambda *args, **inputs: recursion(*args, **{**inputs, **{name: change(inputs[name])
+                                                                    for name, change in changes.items()}})
+
+
 def mean_square_z(measured: dict, predicted: np.ndarray) -> float:
     z = (measured["dntk_output"] - predicted) / measured["dntk_output_se"]
     return float((z ** 2).mean())
@@ -109,12 +115,9 @@ def test_three_inputs_agree_with_monte_carlo_and_wrong_pairings_are_rejected(mon
     assert mean_square_z(measured, predicted) < 2 and np.abs(z).max() < 4, z
 
     derived = theory._next_layer
-    controls = {"F' transposed": lambda p, q, m, theta, f, f_next, b, cw, r: derived(
-                    p, q, m, theta, f, f_next.transpose(1, 0, 3, 2), b, cw, r),
-                "B pairs swapped": lambda p, q, m, theta, f, f_next, b, cw, r: derived(
-                    p, q, m, theta, f, f_next, b.transpose(0, 2, 1, 3), cw, r),
-                "no B": lambda p, q, m, theta, f, f_next, b, cw, r: derived(
-                    p, q, m, theta, f, f_next, 0 * b, cw, r)}
+    controls = {"F' transposed": altered(derived, f_next=lambda f: f.transpose(1, 0, 3, 2)),
+                "B pairs swapped": altered(derived, b=lambda b: b.transpose(0, 2, 1, 3)),
+                "no B": altered(derived, b=lambda b: 0 * b)}
     for name, control in controls.items():
         monkeypatch.setattr(theory, "_next_layer", control)
         wrong = nk.dntk_statistics(net, x).output_correlation.numpy()
@@ -151,7 +154,7 @@ def test_ddntk_over_several_inputs_is_consistent(monkeypatch):
     R_abdc likewise; the diagonal entries are the single-input values."""
     slots = []
     derived = theory._next_ddntk
-    monkeypatch.setattr(theory, "_next_ddntk", lambda *args: slots.append(derived(*args)) or slots[-1])
+    monkeypatch.setattr(theory, "_next_ddntk", lambda *args, **inputs: slots.append(derived(*args, **inputs)) or slots[-1])
     net = nk.mlp(3, 32, W_std=1.2, b_std=0.4, activation=nk.Gelu())
     x = torch.tensor([[0.5, -1.0, 2.0], [1.0, 0.3, -0.2], [-0.7, 0.4, 0.9]], dtype=torch.float64)
     stats = nk.ddntk_statistics(net, x)
@@ -184,9 +187,9 @@ def test_ddntk_mean_over_three_inputs_agrees_with_monte_carlo(monkeypatch):
     assert mean_square_z(nk.ddntk_statistics(net, x)) < 2.5
 
     derived = theory._next_ddntk
-    controls = {"F' transposed": lambda *a: derived(*a[:6], a[6].transpose(1, 0, 3, 2), *a[7:]),
-                "B pairs swapped": lambda *a: derived(*a[:7], a[7].transpose(0, 2, 1, 3), *a[8:]),
-                "no B": lambda *a: derived(*a[:7], 0 * a[7], *a[8:])}
+    controls = {"F' transposed": altered(derived, f_next=lambda f: f.transpose(1, 0, 3, 2)),
+                "B pairs swapped": altered(derived, b=lambda b: b.transpose(0, 2, 1, 3)),
+                "no B": altered(derived, b=lambda b: 0 * b)}
     for name, control in controls.items():
         monkeypatch.setattr(theory, "_next_ddntk", control)
         assert mean_square_z(nk.ddntk_statistics(net, x)) > 5, name

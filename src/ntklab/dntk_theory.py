@@ -138,13 +138,13 @@ def _swap_last(slots: dict) -> dict:
     return {"R": last(slots["R"]), "S": last(slots["T"]), "T": last(slots["S"])}
 
 
-def _next_ddntk(dd: dict, p, q, m: dict, theta, f, f_next, b, cw: float, r: float) -> dict:
+def _next_ddntk(dd: dict, p, q, moments: dict, theta, f, f_next, b, cw: float, r: float) -> dict:
     """(R, S, T) of layer ℓ + 1 from layer ℓ's (module docstring), T_abcd = S_abdc: the terms of
     ddĤ' = ⟨z_a, ⟨z_b, Ĥ'_cd⟩⟩ (samples a, b, c, d) grouped by their origin (the module
     docstring's derivation), each slot's coefficient of δ_ab δ_cd (R), δ_ac δ_bd (S), δ_ad δ_bc (T)."""
     e = lambda spec, *ops: np.einsum(spec, *ops, optimize=True)  # noqa: E731
-    four = lambda *o: m["four", o]  # noqa: E731
-    two, grad = (lambda *o: m["two", o]), (lambda *o: m["grad", o])
+    four = lambda *o: moments["four", o]  # noqa: E731
+    two, grad = (lambda *o: moments["two", o]), (lambda *o: moments["grad", o])
     th, qq = theta, two(1, 1)
     zero = np.zeros_like(p)
     # δ_cd ⟨z_a, ⟨z_b, C_W/n Σ_j σ_jc σ_jd⟩⟩: the mean covariance's derivatives
@@ -223,6 +223,27 @@ def _next_layer(p, q, moments: dict, theta, f, f_next, b, cw: float, r: float):
     return p_next, q_next
 
 
+def _layers(net: Serial, x, moments: dict):
+    """`nk.finite_width(net, x)` and, per layer ℓ → ℓ + 1, the inputs of the recursions: the Gaussian
+    moments `moments` (keyword arguments of `_layer_moments`) at K^(ℓ), Θ, F, B of layer ℓ, F' of
+    layer ℓ + 1, C_W of the weights into ℓ + 1 and r = n_ℓ / n_{ℓ-1}. Refuses rough activations."""
+    pairs = _mlp_layers(net)
+    rough = [act for _, act in pairs[:-1] if isinstance(act, NON_SMOOTH)]
+    if rough:
+        raise ValueError(f"the dNTK and ddNTK statistics need a smooth activation (they involve σ''), "
+                         f"got {rough[0]!r}; use e.g. nk.Gelu() or nk.Erf()")
+    stats = finite_width(net, x)
+
+    def inputs():
+        for ell in range(1, len(pairs)):
+            layer = lambda tensor: tensor[ell - 1].numpy()  # noqa: E731
+            yield {"moments": _layer_moments(pairs[ell - 1][1], layer(stats.nngp), ell, **moments),
+                   "theta": layer(stats.ntk), "f": layer(stats.ntk_F), "f_next": stats.ntk_F[ell].numpy(),
+                   "b": layer(stats.ntk_B), "cw": float(pairs[ell][0].W_std) ** 2,
+                   "r": stats.widths[ell] / stats.widths[ell - 1]}
+    return stats, inputs()
+
+
 def dntk_statistics(net: Serial, x) -> DNTKStatistics:
     """`nk.dntk_statistics(net, x)`: P and Q of the dNTK's correlation with the preactivations
     of the MLP `net` over the inputs x, per layer, at order 1/n (module docstring for the
@@ -256,20 +277,10 @@ def dntk_statistics(net: Serial, x) -> DNTKStatistics:
     >>> round(float(nk.dntk_statistics(net, torch.ones(3)).output_correlation) * 128, 4)
     -0.2739
     """
-    pairs = _mlp_layers(net)
-    rough = [act for _, act in pairs[:-1] if isinstance(act, NON_SMOOTH)]
-    if rough:
-        raise ValueError(f"dntk_statistics needs a smooth activation (the dNTK involves σ''), got "
-                         f"{rough[0]!r}; use e.g. nk.Gelu() or nk.Erf()")
-    stats = finite_width(net, x)
-    n = stats.nngp.shape[1]
-    P, Q = [np.zeros((n,) * 4)], [np.zeros((n,) * 4)]
-    for ell in range(1, len(pairs)):            # layer ℓ → ℓ + 1
-        layer = lambda tensor: tensor[ell - 1].numpy()  # noqa: E731
-        p, q = _next_layer(P[-1], Q[-1], _layer_moments(pairs[ell - 1][1], layer(stats.nngp), ell, **DNTK_MOMENTS),
-                           layer(stats.ntk), layer(stats.ntk_F), stats.ntk_F[ell].numpy(),
-                           layer(stats.ntk_B), float(pairs[ell][0].W_std) ** 2,
-                           stats.widths[ell] / stats.widths[ell - 1])
+    stats, layers = _layers(net, x, DNTK_MOMENTS)
+    P, Q = [np.zeros(stats.ntk_A.shape[1:])], [np.zeros(stats.ntk_A.shape[1:])]
+    for inputs in layers:
+        p, q = _next_layer(P[-1], Q[-1], **inputs)
         P.append(p)
         Q.append(q)
     return DNTKStatistics(widths=stats.widths, P=torch.as_tensor(np.stack(P)), Q=torch.as_tensor(np.stack(Q)))
@@ -330,18 +341,13 @@ def ddntk_statistics(net: Serial, x) -> DDNTKStatistics:
     >>> round(float(nk.ddntk_statistics(net, torch.ones(3)).output_mean) * 128, 4)
     -0.9337
     """
-    pairs = _mlp_layers(net)
-    dntk = dntk_statistics(net, x)        # also validates the network and its activations
-    stats = finite_width(net, x)
-    n = stats.nngp.shape[1]
-    ddntk = {slot: np.zeros((n,) * 4) for slot in "RST"}
-    R, S = [ddntk["R"]], [ddntk["S"]]
-    for ell in range(1, len(pairs)):            # layer ℓ → ℓ + 1
-        layer = lambda tensor: tensor[ell - 1].numpy()  # noqa: E731
-        moments = _layer_moments(pairs[ell - 1][1], layer(stats.nngp), ell, **DDNTK_MOMENTS)
-        ddntk = _next_ddntk(ddntk, layer(dntk.P), layer(dntk.Q), moments, layer(stats.ntk), layer(stats.ntk_F),
-                            stats.ntk_F[ell].numpy(), layer(stats.ntk_B), float(pairs[ell][0].W_std) ** 2,
-                            stats.widths[ell] / stats.widths[ell - 1])
+    stats, layers = _layers(net, x, DDNTK_MOMENTS)
+    zero = np.zeros(stats.ntk_A.shape[1:])
+    p, q, ddntk = zero, zero, {slot: zero for slot in "RST"}
+    R, S = [zero], [zero]
+    for inputs in layers:                   # the dNTK's recursion alongside (its moments are among these)
+        ddntk = _next_ddntk(ddntk, p, q, **inputs)
+        p, q = _next_layer(p, q, **inputs)
         R.append(ddntk["R"])
         S.append(ddntk["S"])
     return DDNTKStatistics(widths=stats.widths, R=torch.as_tensor(np.stack(R)), S=torch.as_tensor(np.stack(S)))
