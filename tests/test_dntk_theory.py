@@ -95,6 +95,14 @@ def altered(recursion, **changes):
                                                                     for name, change in changes.items()}})
 
 
+def negative_controls(recursion) -> dict:
+    """Plausible slips, each to be rejected by Monte Carlo: the next layer's F' with its sample
+    pairs transposed, B's pairing of NTK and preactivation samples swapped, B dropped."""
+    return {"F' transposed": altered(recursion, f_next=lambda f: f.transpose(1, 0, 3, 2)),
+            "B pairs swapped": altered(recursion, b=lambda b: b.transpose(0, 2, 1, 3)),
+            "no B": altered(recursion, b=lambda b: 0 * b)}
+
+
 def mean_square_z(measured: dict, predicted: np.ndarray) -> float:
     z = (measured["dntk_output"] - predicted) / measured["dntk_output_se"]
     return float((z ** 2).mean())
@@ -115,10 +123,7 @@ def test_three_inputs_agree_with_monte_carlo_and_wrong_pairings_are_rejected(mon
     assert mean_square_z(measured, predicted) < 2 and np.abs(z).max() < 4, z
 
     derived = theory._next_layer
-    controls = {"F' transposed": altered(derived, f_next=lambda f: f.transpose(1, 0, 3, 2)),
-                "B pairs swapped": altered(derived, b=lambda b: b.transpose(0, 2, 1, 3)),
-                "no B": altered(derived, b=lambda b: 0 * b)}
-    for name, control in controls.items():
+    for name, control in negative_controls(derived).items():
         monkeypatch.setattr(theory, "_next_layer", control)
         wrong = nk.dntk_statistics(net, x).output_correlation.numpy()
         assert mean_square_z(measured, wrong) > 3, name
@@ -187,9 +192,6 @@ def test_ddntk_mean_over_three_inputs_agrees_with_monte_carlo(monkeypatch):
     assert mean_square_z(nk.ddntk_statistics(net, x)) < 2.5
 
     derived = theory._next_ddntk
-    controls = {"F' transposed": altered(derived, f_next=lambda f: f.transpose(1, 0, 3, 2)),
-                "B pairs swapped": altered(derived, b=lambda b: b.transpose(0, 2, 1, 3)),
-                "no B": altered(derived, b=lambda b: 0 * b)}
-    for name, control in controls.items():
+    for name, control in negative_controls(derived).items():
         monkeypatch.setattr(theory, "_next_ddntk", control)
         assert mean_square_z(nk.ddntk_statistics(net, x)) > 5, name
