@@ -72,7 +72,7 @@ import torch
 
 from .arch.activations import ABRelu, Abs, Activation, LeakyRelu, Relu, Sign
 from .arch.serial import Serial
-from .finite_width_theory import _derivatives, _mlp_layers, _sample_groups, finite_width
+from .finite_width_theory import _derivatives, _mean, _mlp_layers, _sample_groups, finite_width
 
 NON_SMOOTH = (Relu, LeakyRelu, ABRelu, Abs, Sign)
 
@@ -114,7 +114,8 @@ def _layer_moments(activation: Activation, k: np.ndarray, layer: int, fours=(), 
         values = _derivatives(activation, z, 3)
         index = lambda rank: np.ix_(*(group,) * rank)  # noqa: E731
         for o in fours:
-            out["four", o][index(4)] = np.einsum("q,qa,qb,qc,qd->abcd", w, *(values[i] for i in o), optimize=True)
+            first, second = (np.einsum("qa,qb->qab", values[i], values[j]) for i, j in (o[:2], o[2:]))
+            out["four", o][index(4)] = _mean(w, first, second)
         if size <= 2:
             for o in twos:
                 out["two", o][index(2)] = np.einsum("q,qa,qb->ab", w, values[o[0]], values[o[1]])
