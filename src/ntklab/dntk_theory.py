@@ -110,8 +110,9 @@ def _layer_moments(activation: Activation, k: np.ndarray, layer: int, fours=(), 
     n = len(k)
     out = {**{("four", o): np.zeros((n,) * 4) for o in fours}, **{("two", o): np.zeros((n,) * 2) for o in twos},
            **{("grad", o): np.zeros((n,) * 3) for o in grads}}
+    order = max(max(o) for o in (*fours, *twos, *grads))
     for size, group, w, z, u, _ in _sample_groups(k, layer):
-        values = _derivatives(activation, z, 3)
+        values = _derivatives(activation, z, order)
         index = lambda rank: np.ix_(*(group,) * rank)  # noqa: E731
         for o in fours:
             first, second = (np.einsum("qa,qb->qab", values[i], values[j]) for i, j in (o[:2], o[2:]))
