@@ -122,9 +122,9 @@ def test_three_inputs_agree_with_monte_carlo_and_wrong_pairings_are_rejected(mon
     z = (measured["dntk_output"] - predicted) / measured["dntk_output_se"]
     assert mean_square_z(measured, predicted) < 2 and np.abs(z).max() < 4, z
 
-    derived = theory._next_layer
+    derived = theory._next_dntk
     for name, control in negative_controls(derived).items():
-        monkeypatch.setattr(theory, "_next_layer", control)
+        monkeypatch.setattr(theory, "_next_dntk", control)
         wrong = nk.dntk_statistics(net, x).output_correlation.numpy()
         assert mean_square_z(measured, wrong) > 3, name
 

@@ -208,7 +208,7 @@ def _next_ddntk(dd: dict, p, q, moments: dict, theta, f, f_next, b, cw: float, r
     return {slot: cw ** 2 * sum(term[slot] for term in terms) + next_weights[slot] for slot in "RST"}
 
 
-def _next_layer(p, q, moments: dict, theta, f, f_next, b, cw: float, r: float):
+def _next_dntk(p, q, moments: dict, theta, f, f_next, b, cw: float, r: float):
     """(P, Q) of layer ℓ + 1 from layer ℓ's (module docstring)."""
     e = lambda spec, *ops: np.einsum(spec, *ops, optimize=True)  # noqa: E731
     m = SimpleNamespace(t4=moments["four", (1, 1, 2, 0)], qq=moments["two", (1, 1)], hs=moments["two", (2, 0)],
@@ -282,7 +282,7 @@ def dntk_statistics(net: Serial, x) -> DNTKStatistics:
     stats, layers = _layers(net, x, DNTK_MOMENTS)
     P, Q = [np.zeros(stats.ntk_A.shape[1:])], [np.zeros(stats.ntk_A.shape[1:])]
     for inputs in layers:
-        p, q = _next_layer(P[-1], Q[-1], **inputs)
+        p, q = _next_dntk(P[-1], Q[-1], **inputs)
         P.append(p)
         Q.append(q)
     return DNTKStatistics(widths=stats.widths, P=torch.as_tensor(np.stack(P)), Q=torch.as_tensor(np.stack(Q)))
@@ -349,7 +349,7 @@ def ddntk_statistics(net: Serial, x) -> DDNTKStatistics:
     R, S = [zero], [zero]
     for inputs in layers:                   # the dNTK's recursion alongside (its moments are among these)
         ddntk = _next_ddntk(ddntk, p, q, **inputs)
-        p, q = _next_layer(p, q, **inputs)
+        p, q = _next_dntk(p, q, **inputs)
         R.append(ddntk["R"])
         S.append(ddntk["S"])
     return DDNTKStatistics(widths=stats.widths, R=torch.as_tensor(np.stack(R)), S=torch.as_tensor(np.stack(S)))
