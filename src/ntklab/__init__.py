@@ -16,11 +16,12 @@ from .linearize import Linearized, TaylorExpansion, linearize, taylor_expand
 from .finite_width_theory import Criticality, FiniteWidthStatistics, criticality, finite_width
 from .dntk_theory import DDNTKStatistics, DNTKStatistics, ddntk_statistics, dntk_statistics
 from .ntk_hierarchy import NTKHierarchy, nearly_kernel_flow, ntk_hierarchy, train_gradient_flow
+from .ensemble_theory import EnsembleMean, ensemble_mean_flow
 from .train import TrainingHistory, train
 
 __version__ = "0.2.0"
 
-__all__ = [*_LAYER_NAMES, "Criticality", "FiniteWidthStatistics", "criticality", "finite_width", "DNTKStatistics", "dntk_statistics", "DDNTKStatistics", "ddntk_statistics", "NTKHierarchy", "nearly_kernel_flow", "ntk_hierarchy", "train_gradient_flow", "Linearized", "TrainingHistory", "empirical_nngp", "empirical_ntk", "kernels", "linearize", "TaylorExpansion", "taylor_expand",
+__all__ = [*_LAYER_NAMES, "Criticality", "FiniteWidthStatistics", "criticality", "finite_width", "DNTKStatistics", "dntk_statistics", "DDNTKStatistics", "ddntk_statistics", "NTKHierarchy", "nearly_kernel_flow", "ntk_hierarchy", "train_gradient_flow", "EnsembleMean", "ensemble_mean_flow", "Linearized", "TrainingHistory", "empirical_nngp", "empirical_ntk", "kernels", "linearize", "TaylorExpansion", "taylor_expand",
            "monte_carlo_kernel", "predict", "sklearn", "train"]
 
 
