@@ -167,12 +167,12 @@ def ensemble_mean_flow(net: Serial, x_train, y_train, x_test, times: Sequence[fl
     --------
     >>> import torch, ntklab as nk
     >>> net = nk.mlp(1, 64, activation=nk.Tanh())
-    >>> x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.6]], dtype=torch.float64)
-    >>> ensemble = nk.ensemble_mean_flow(net, x[:2], torch.tensor([1.0, -1.0]), x[2:], [1.0])
-    >>> ensemble.mean.shape, ensemble.width
-    (torch.Size([1, 1]), 64)
-    >>> bool(ensemble.correction.abs().max() < 0.1 * ensemble.kernel.abs().max())
-    True
+    >>> x = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.6, 0.2, 0.5]], dtype=torch.float64)
+    >>> ensemble = nk.ensemble_mean_flow(net, x[:2], torch.tensor([1.0, 0.5]), x[2:], [1.0, 10.0])
+    >>> ensemble.kernel.ravel()                       # infinite width, at t = 1 and 10
+    tensor([0.2559, 0.7171], dtype=torch.float64)
+    >>> (64 * ensemble.correction).ravel()            # n x the 1/n correction
+    tensor([-0.0723, -0.0550], dtype=torch.float64)
     """
     times = _times(times)
     x_train = as_matrix(x_train, "x_train")
