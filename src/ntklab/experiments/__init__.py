@@ -138,3 +138,4 @@ from . import linearization  # noqa: E402,F401
 from . import resnet_kernels  # noqa: E402,F401
 from . import overparameterization  # noqa: E402,F401
 from . import dimension_sweep  # noqa: E402,F401
+from . import ensemble_mean  # noqa: E402,F401

@@ -12,16 +12,21 @@ L-dependent coefficient (3 at L = 1 rising to 11/3) -- and no 1/n shift of the m
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 
 import numpy as np
 import torch
+from torch.func import jvp
 
 from .. import arch as nk
 from .._validation import positive_int
+from ..kernels.empirical import empirical_ntk
+from ..ensemble_theory import _kernel_solution
 from ..finite_width_theory import finite_width
 from ..kernels.monte_carlo import monte_carlo_kernel
-from ..ntk_hierarchy import ntk_hierarchy
+from ..ntk_hierarchy import nearly_kernel_flow, ntk_hierarchy
 
 
 CRITICAL_RELU = {"W_std": math.sqrt(2.0), "b_std": 0.0}
@@ -125,4 +130,48 @@ def hierarchy_moments(arch: nk.Serial, x: torch.Tensor, seeds: int, *, first_see
     for name, sample in samples.items():
         sample = np.stack(sample)
         out[name], out[name + "_se"] = sample.mean(0), sample.std(0, ddof=1) / math.sqrt(seeds)
+    return out
+
+
+def ensemble_samples(arch: nk.Serial, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor,
+                     times, seeds: int, *, first_seed: int = 0, first_order: bool = True) -> dict[str, np.ndarray]:
+    """Monte Carlo over `seeds` initializations of a single-output MLP trained by gradient flow,
+    for `nk.ensemble_mean_flow`: per network, [T, M] at the test points,
+
+    - "kernel": G_t(Ĥ) y - DG_t(Θ)[Ĥ - Θ - Θ¹/n] y, the frozen-kernel solution of the network's own
+      NTK Ĥ less its part odd in z(0) (mean exactly zero: flipping the readout's signs flips z(0)
+      and keeps Ĥ) and less a control variate of mean O(1/n²) (Θ, Θ¹ of `nk.finite_width`);
+      mean: `kernel + ntk_shift + ntk_fluctuation` + O(1/n²);
+    - "first_order" (with first_order=True): z₁ of `nk.nearly_kernel_flow` less its dNTK part
+      with z(0) set to zero (odd in the readout's signs, mean exactly zero); mean: `dntk + ddntk`.
+
+    Returns the means, "<name>_se" their standard errors, and "<name>_samples" [seeds, T, M]."""
+    seeds = positive_int(seeds, "seeds")
+    x = torch.cat([x_train, x_test]).to(torch.float64)
+    y = torch.as_tensor(y_train, dtype=torch.float64).reshape(-1)
+    n_train = len(y)
+    stats = finite_width(arch, x)
+    theta = stats.ntk[-1][:, :n_train]
+    shift = stats.ntk_shift[-1][:, :n_train] / stats.widths[-1]
+    solutions = [functools.partial(_kernel_solution, y=y, t=float(t)) for t in times]
+    samples = {"kernel": [], **({"first_order": []} if first_order else {})}
+    for seed in range(first_seed, first_seed + seeds):
+        model = arch.module(x.shape[1], seed=seed, dtype=torch.float64)
+        if first_order:
+            hierarchy = ntk_hierarchy(model, x[:n_train], x[n_train:])
+            ntk = hierarchy.ntk
+            flow = nearly_kernel_flow(hierarchy, y, times)
+            odd = nearly_kernel_flow(dataclasses.replace(hierarchy, output=torch.zeros_like(hierarchy.output)),
+                                     y, times, terms=("dntk",))
+            samples["first_order"].append((flow["nearly_kernel"] - flow["kernel"]
+                                           - odd["nearly_kernel"] + odd["kernel"]).numpy())
+        else:
+            ntk = empirical_ntk(model, x)[:, :n_train]
+        samples["kernel"].append(torch.stack([
+            solution(ntk) - jvp(solution, (theta,), (ntk - theta - shift,))[1] for solution in solutions]).numpy())
+    out = {}
+    for name, sample in samples.items():
+        sample = np.stack(sample)
+        out[name], out[name + "_se"] = sample.mean(0), sample.std(0, ddof=1) / math.sqrt(seeds)
+        out[name + "_samples"] = sample
     return out
