@@ -137,3 +137,13 @@ def test_multi_output_models_bad_times_and_unreachable_tolerances_are_refused():
         nearly_kernel_flow(h, y[:2], [1.0])
     with pytest.raises(RuntimeError, match="max_steps"):
         train_full_batch(model, x, y[:, None], learning_rate=1e-6, max_steps=5)
+
+
+def test_an_empty_test_set_gives_the_training_block():
+    model = nk.mlp(1, 16, activation=nk.Tanh()).module(2, seed=0, dtype=torch.float64)
+    x = torch.randn(3, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    alone, with_test = nk.ntk_hierarchy(model, x[:2], x[:0]), nk.ntk_hierarchy(model, x[:2], x[2:])
+    torch.testing.assert_close(alone.ntk, with_test.ntk[:2])
+    torch.testing.assert_close(alone.dntk, with_test.dntk[:, :2])
+    torch.testing.assert_close(alone.ddntk, with_test.ddntk[:, :, :2])
+    assert nk.nearly_kernel_flow(alone, torch.ones(2), [1.0])["nearly_kernel"].shape == (1, 0)

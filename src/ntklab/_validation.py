@@ -50,8 +50,9 @@ def input_dtype(x: Any, dtype: torch.dtype | None) -> torch.dtype:
 
 def as_matrix(x: Any, name: str, *, dtype: torch.dtype = DEFAULT_DTYPE,
               device: str | torch.device | None = None, min_rows: int = 1) -> torch.Tensor:
-    """Convert `x` to a finite 2-D tensor `[N, d]` of `dtype` on `device`."""
-    t = as_tensor(x, name, dtype=dtype, device=device)
+    """Convert `x` to a finite 2-D tensor `[N, d]` of `dtype` on `device`, with at least
+    `min_rows` rows (0: may be empty)."""
+    t = as_tensor(x, name, dtype=dtype, device=device, allow_empty=min_rows == 0)
     if t.ndim == 1:
         raise ValueError(f"{name} must be 2-D [N, d], got shape {tuple(t.shape)}; "
                          f"for N scalar inputs use {name}.reshape(-1, 1), "
@@ -106,8 +107,9 @@ def as_sequences(x: Any, name: str, *, dtype: torch.dtype = DEFAULT_DTYPE,
 
 
 def as_tensor(x: Any, name: str, *, dtype: torch.dtype = DEFAULT_DTYPE,
-              device: str | torch.device | None = None) -> torch.Tensor:
-    """Convert numpy/torch/sequence `x` to a finite tensor (no copy when possible)."""
+              device: str | torch.device | None = None, allow_empty: bool = False) -> torch.Tensor:
+    """Convert numpy/torch/sequence `x` to a finite tensor (no copy when possible); empty only
+    with `allow_empty`."""
     if isinstance(x, torch.Tensor):
         t = x.detach()
     else:
@@ -120,7 +122,7 @@ def as_tensor(x: Any, name: str, *, dtype: torch.dtype = DEFAULT_DTYPE,
                                                   torch.int64, torch.uint8, torch.bool)):
         raise ValueError(f"{name} must be real-valued, got dtype {t.dtype}")
     t = t.to(dtype=dtype, device=resolve_device(device) if device is not None else t.device)
-    if t.numel() == 0:
+    if t.numel() == 0 and not allow_empty:
         raise ValueError(f"{name} is empty (shape {tuple(t.shape)})")
     if not torch.isfinite(t).all():
         bad = int((~torch.isfinite(t)).sum())

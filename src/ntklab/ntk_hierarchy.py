@@ -97,7 +97,8 @@ def ntk_hierarchy(model: nn.Module, x_train: torch.Tensor, x_test: torch.Tensor,
     x_train : Tensor [N, d]
         The points whose gradients drive training (the indices a, b, c).
     x_test : Tensor [M, d]
-        Further points at which to predict (the index δ also runs over them).
+        Further points at which to predict (the index δ also runs over them); may be empty
+        (`x_train[:0]`).
     ddntk : bool, default True
         False stops at the dNTK (`ddntk` None; about a third of the cost at N = 3).
 
@@ -118,7 +119,7 @@ def ntk_hierarchy(model: nn.Module, x_train: torch.Tensor, x_test: torch.Tensor,
     """
     reference = next(model.parameters())
     x_train = as_matrix(x_train, "x_train", dtype=reference.dtype, device=reference.device)
-    x_test = as_matrix(x_test, "x_test", dtype=x_train.dtype, device=reference.device)
+    x_test = as_matrix(x_test, "x_test", dtype=x_train.dtype, device=reference.device, min_rows=0)
     points = torch.cat([x_train, x_test])
     output = _single_output(model, points)
     params = _parameters(model)

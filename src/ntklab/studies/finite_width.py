@@ -117,15 +117,13 @@ def hierarchy_moments(arch: nk.Serial, x: torch.Tensor, seeds: int, *, first_see
     Smooth activations only: autodiff misses ReLU's kinks."""
     seeds = positive_int(seeds, "seeds")
     x = torch.as_tensor(x, dtype=torch.float64)
-    n = len(x)
     samples = {"dntk_output": [], **({"ddntk": []} if ddntk else {})}
     for seed in range(first_seed, first_seed + seeds):
-        hierarchy = ntk_hierarchy(arch.module(x.shape[1], seed=seed, dtype=torch.float64), x, x[:1],
-                                  ddntk=ddntk)       # δ over the N training points (and one test point)
-        samples["dntk_output"].append(torch.einsum("abc,d->abcd", hierarchy.dntk[:, :n],
-                                                   hierarchy.output[:n]).numpy())
+        hierarchy = ntk_hierarchy(arch.module(x.shape[1], seed=seed, dtype=torch.float64), x, x[:0],
+                                  ddntk=ddntk)       # δ over the N training points
+        samples["dntk_output"].append(torch.einsum("abc,d->abcd", hierarchy.dntk, hierarchy.output).numpy())
         if ddntk:
-            samples["ddntk"].append(hierarchy.ddntk[:, :, :n].numpy())
+            samples["ddntk"].append(hierarchy.ddntk.numpy())
     out = {}
     for name, sample in samples.items():
         sample = np.stack(sample)
