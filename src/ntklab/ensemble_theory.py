@@ -30,8 +30,9 @@ sources are returned apart (`dntk`, `ddntk`); each of the four corrections is of
 Derivation ours (the book's chapter ∞ is not at hand). Checked against Monte Carlo of real
 networks (docs/theory/finite_width.md, `ntklab run ensemble-mean`): the kernel part agrees at
 n = 32-256; z₁ agrees at early times, while at t = 2/λ_min a gap of 2-4 standard errors remains up
-to n = 256, traced to the NTK's fluctuation inside z₁ (formally O(1/n²); not resolved). Smooth
-activations only, as `nk.dntk_statistics`.
+to n = 256: the NTK's fluctuation inside z₁, an O(1/n²) term with a large coefficient (measured),
+so at late times the first order needs n well above 100. Smooth activations only, as
+`nk.dntk_statistics`.
 """
 from __future__ import annotations
 
