@@ -19,12 +19,13 @@ import math
 import numpy as np
 import torch
 from torch.func import jvp
+from tqdm.auto import tqdm
 
 from .. import arch as nk
 from .._validation import positive_int
-from ..kernels.empirical import empirical_ntk
 from ..ensemble_theory import _kernel_solution
 from ..finite_width_theory import finite_width
+from ..kernels.empirical import empirical_ntk
 from ..kernels.monte_carlo import monte_carlo_kernel
 from ..ntk_hierarchy import nearly_kernel_flow, ntk_hierarchy
 
@@ -143,7 +144,7 @@ def ensemble_samples(arch: nk.Serial, x_train: torch.Tensor, y_train: torch.Tens
     - "first_order" (with first_order=True): z₁ of `nk.nearly_kernel_flow` less its dNTK part
       with z(0) set to zero (odd in the readout's signs, mean exactly zero); mean: `dntk + ddntk`.
 
-    Returns the means, "<name>_se" their standard errors, and "<name>_samples" [seeds, T, M]."""
+    Returns the means [T, M] and "<name>_se" their standard errors."""
     seeds = positive_int(seeds, "seeds")
     x = torch.cat([x_train, x_test]).to(torch.float64)
     y = torch.as_tensor(y_train, dtype=torch.float64).reshape(-1)
@@ -153,7 +154,7 @@ def ensemble_samples(arch: nk.Serial, x_train: torch.Tensor, y_train: torch.Tens
     shift = stats.ntk_shift[-1][:, :n_train] / stats.widths[-1]
     solutions = [functools.partial(_kernel_solution, y=y, t=float(t)) for t in times]
     samples = {"kernel": [], **({"first_order": []} if first_order else {})}
-    for seed in range(first_seed, first_seed + seeds):
+    for seed in tqdm(range(first_seed, first_seed + seeds), desc="networks", unit="network", leave=False):
         model = arch.module(x.shape[1], seed=seed, dtype=torch.float64)
         if first_order:
             hierarchy = ntk_hierarchy(model, x[:n_train], x[n_train:])
@@ -171,5 +172,4 @@ def ensemble_samples(arch: nk.Serial, x_train: torch.Tensor, y_train: torch.Tens
     for name, sample in samples.items():
         sample = np.stack(sample)
         out[name], out[name + "_se"] = sample.mean(0), sample.std(0, ddof=1) / math.sqrt(seeds)
-        out[name + "_samples"] = sample
     return out
