@@ -13,6 +13,7 @@ from scipy.linalg import expm
 
 import ntklab as nk
 import ntklab.ensemble_theory as theory
+from ntklab.studies.finite_width import ensemble_samples
 
 
 def random_problem(n_train=3, n_test=2, seed=0):
@@ -125,9 +126,9 @@ def test_bad_input_is_refused():
 @pytest.mark.slow
 def test_kernel_part_agrees_with_monte_carlo_of_real_networks():
     """E[G_t(Ĥ)] y over 3000 initializations of a tanh MLP (L = 2, n = 64; each network's own
-    empirical NTK) against kernel + ntk_shift + ntk_fluctuation. The control variate
-    DG_t(Θ)[Ĥ - Θ - Θ¹/n] y has mean O(1/n²) (`nk.finite_width`'s Θ¹) and removes most of the
-    noise. Negative control: without the fluctuation term the prediction is many errors away."""
+    empirical NTK, `studies.finite_width.ensemble_samples`, whose control variate
+    DG_t(Θ)[Ĥ - Θ - Θ¹/n] y has mean O(1/n²)) against kernel + ntk_shift + ntk_fluctuation.
+    Negative control: without the fluctuation term the prediction is many errors away."""
     n, seeds = 64, 3000
     net = nk.mlp(2, n, W_std=1.5, b_std=0.3, activation=nk.Tanh())
     x = torch.randn(5, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
@@ -136,18 +137,8 @@ def test_kernel_part_agrees_with_monte_carlo_of_real_networks():
     theta, shift = stats.ntk[-1][:, :3], stats.ntk_shift[-1][:, :3] / n
     times = np.array([0.5, 2.0]) / np.linalg.eigvalsh(stats.ntk[-1][:3, :3].numpy()).min()
     kernel, first, second = theory._kernel_parts(theta, shift, stats.ntk_covariance[:, :3, :, :3], y, times)
-
-    def solution(t):
-        return lambda ntk: theory._kernel_solution(ntk, y, float(t))
-
-    samples = []
-    for seed in range(seeds):
-        ntk = nk.empirical_ntk(net.module(3, seed=seed, dtype=torch.float64), x)[:, :3]
-        samples.append(torch.stack([solution(t)(ntk) - torch.func.jvp(solution(t), (theta,), (ntk - theta - shift,))[1]
-                                    for t in times]).numpy())
-    samples = np.array(samples)
-    shift_mc = samples.mean(0) - kernel.numpy()
-    error = samples.std(0, ddof=1) / np.sqrt(seeds)
+    samples = ensemble_samples(net, x[:3], y, x[3:], times, seeds, first_order=False)
+    shift_mc, error = samples["kernel"] - kernel.numpy(), samples["kernel_se"]
     z = (shift_mc - (first + second).numpy()) / error
     assert np.abs(z).max() < 4, z
     assert np.abs((shift_mc - first.numpy()) / error).max() > 8

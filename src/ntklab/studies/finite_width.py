@@ -108,6 +108,15 @@ def ntk_covariance_statistics(arch: nk.Serial, x: torch.Tensor, seeds: int, *,
     return rows
 
 
+def _means(samples: dict[str, list]) -> dict[str, np.ndarray]:
+    """Each named list of per-network samples as its mean and "<name>_se", the standard error."""
+    out = {}
+    for name, sample in samples.items():
+        sample = np.stack(sample)
+        out[name], out[name + "_se"] = sample.mean(0), sample.std(0, ddof=1) / math.sqrt(len(sample))
+    return out
+
+
 def hierarchy_moments(arch: nk.Serial, x: torch.Tensor, seeds: int, *, first_seed: int = 0,
                       ddntk: bool = True) -> dict[str, np.ndarray]:
     """Monte Carlo over `seeds` initializations of a single-output MLP, from each network's own
@@ -125,11 +134,7 @@ def hierarchy_moments(arch: nk.Serial, x: torch.Tensor, seeds: int, *, first_see
         samples["dntk_output"].append(torch.einsum("abc,d->abcd", hierarchy.dntk, hierarchy.output).numpy())
         if ddntk:
             samples["ddntk"].append(hierarchy.ddntk.numpy())
-    out = {}
-    for name, sample in samples.items():
-        sample = np.stack(sample)
-        out[name], out[name + "_se"] = sample.mean(0), sample.std(0, ddof=1) / math.sqrt(seeds)
-    return out
+    return _means(samples)
 
 
 def ensemble_samples(arch: nk.Serial, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor,
@@ -168,8 +173,4 @@ def ensemble_samples(arch: nk.Serial, x_train: torch.Tensor, y_train: torch.Tens
             ntk = empirical_ntk(model, x)[:, :n_train]
         samples["kernel"].append(torch.stack([
             solution(ntk) - jvp(solution, (theta,), (ntk - theta - shift,))[1] for solution in solutions]).numpy())
-    out = {}
-    for name, sample in samples.items():
-        sample = np.stack(sample)
-        out[name], out[name + "_se"] = sample.mean(0), sample.std(0, ddof=1) / math.sqrt(seeds)
-    return out
+    return _means(samples)
