@@ -76,7 +76,7 @@ def test_bad_model():
 def moved(expansion, scale, directions):
     """Set theta = theta_0 + scale * direction (in place)."""
     with torch.no_grad():
-        for p, p0, d in zip(expansion.parameters(), expansion.buffers(), directions):
+        for p, p0, d in zip(expansion.parameters(), expansion.theta0, directions):
             p.copy_(p0 + scale * d)
     return expansion
 
@@ -109,3 +109,82 @@ def test_the_remainder_of_a_degree_k_expansion_is_of_order_k_plus_one(degree):
     assert ratio == pytest.approx(2 ** (degree + 1), rel=0.15)
     with torch.no_grad():
         torch.testing.assert_close(nk.taylor_expand(model, degree)(x), model(x), rtol=0, atol=1e-14)
+
+
+def explicit_linearization(model, x, deltas):
+    """f(x; theta_0) + J(x) delta by an explicit autograd Jacobian of `model` in its current mode."""
+    names, params = zip(*model.named_parameters())
+    jacobian = torch.func.jacrev(lambda *ps: torch.func.functional_call(model, dict(zip(names, ps)), (x,)),
+                                 argnums=tuple(range(len(params))))(*params)
+    return model(x) + sum(j.flatten(2) @ d.flatten() for j, d in zip(jacobian, deltas))
+
+
+def test_train_and_eval_reach_the_network_so_dropout_switches_off():
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(3, 32), nn.Tanh(), nn.Dropout(0.5), nn.Linear(32, 2)).double()
+    x = torch.randn(6, 3, dtype=torch.float64)
+    lin = nk.linearize(model)
+    assert lin.training and not torch.equal(lin(x), lin(x))   # train mode: a random mask per call
+    lin.eval()
+    assert not lin.training and all(not m.training for m in lin.modules())
+    deltas = [0.05 * torch.randn_like(p) for p in lin.parameters()]
+    moved(lin, 1.0, deltas)
+    with torch.no_grad():
+        first, second = lin(x), lin(x)
+    assert torch.equal(first, second)                          # deterministic in eval mode
+    torch.testing.assert_close(first, explicit_linearization(model.eval(), x, deltas).detach(),
+                               rtol=0, atol=1e-13)
+    assert lin.train().training and model.eval() is model and lin.network[2].training
+
+
+def batchnorm_model(seed):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 2)).double()
+    with torch.no_grad():
+        model(torch.randn(64, 3, dtype=torch.float64) * 2 + 1)   # non-trivial running statistics
+    return model.eval()
+
+
+def test_state_dict_holds_the_buffers_and_a_reload_restores_the_outputs():
+    x = torch.randn(5, 3, dtype=torch.float64)
+    lin = nk.linearize(batchnorm_model(5))
+    moved(lin, 0.1, [torch.randn_like(p) for p in lin.parameters()])
+    state = lin.state_dict()
+    assert {"network.1.running_mean", "network.1.running_var"} <= set(state)
+    other = nk.linearize(batchnorm_model(6))                # another initialization and statistics
+    assert float((other(x) - lin(x)).detach().abs().max()) > 0.1
+    other.load_state_dict(state)
+    torch.testing.assert_close(other(x), lin(x), rtol=0, atol=0)
+    assert [n for n, _ in lin.named_parameters()] == [f"theta.{i}" for i in range(6)]   # theta only
+
+
+def test_train_mode_batchnorm_is_refused_like_the_empirical_ntk():
+    model = batchnorm_model(7).train()
+    x = torch.randn(5, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"BatchNorm1d \(1\) is in train mode.*eval\(\)") as refused:
+        nk.linearize(model)
+    with pytest.raises(ValueError, match=str(refused.value).split(";")[0].replace("(", r"\(").replace(")", r"\)")):
+        nk.empirical_ntk(model, x)                            # the same check, the same words
+    lin = nk.linearize(model.eval()).train()                  # switched to train mode afterwards
+    with pytest.raises(ValueError, match=r"BatchNorm1d \(1\) is in train mode"):
+        lin(x)
+    torch.testing.assert_close(lin.eval()(x), model(x), rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("degree", [1, 2])
+def test_dtype_conversion_converts_theta_the_reference_point_and_the_buffers(degree):
+    model = batchnorm_model(8)
+    x = torch.randn(5, 3, dtype=torch.float64)
+    expansion = nk.taylor_expand(model, degree)
+    deltas = [0.05 * torch.randn_like(p) for p in expansion.parameters()]
+    moved(expansion, 1.0, deltas)
+    expected = expansion(x).detach()
+    single = expansion.float()
+    assert {t.dtype for t in list(single.parameters()) + list(single.buffers()) if t.is_floating_point()} \
+        == {torch.float32}
+    got = single(x.float())
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
+    if degree == 1:   # and against the float64 explicit Jacobian
+        torch.testing.assert_close(expected, explicit_linearization(model, x, deltas).detach(),
+                                   rtol=0, atol=1e-13)

@@ -21,15 +21,22 @@ from torch import nn
 from torch.func import functional_call, jvp
 
 from ._validation import positive_int
-from .kernels.model_inputs import select_parameters
+from .kernels.model_inputs import refuse_batch_statistics, select_parameters
 
 
 class TaylorExpansion(nn.Module):
     """`sum_{k <= degree} (1/k!) d^k/ds^k f(x; theta_0 + s (theta - theta_0))|_{s=0}` of `model`
     at its current parameters theta_0; `self.parameters()` are theta (and only theta),
-    trainable by any torch optimizer.  theta_0 are buffers; the network itself is held
-    unregistered (its own parameters are never used), so expand a model already on its
-    device and dtype.
+    trainable by any torch optimizer.
+
+    A copy of the network is the submodule `network`, with all its parameters turned into
+    buffers: there they hold theta_0 (`self.theta0`) and the parameters kept fixed, beside the
+    network's own buffers (e.g. BatchNorm running statistics).  So `state_dict()` /
+    `load_state_dict()` save and restore theta, theta_0 and the buffers; `.to(dtype or device)`
+    converts all of them; and `train()` / `eval()` reach the network's modules (Dropout is off
+    in eval mode, where the expansion is a deterministic function).  BatchNorm in train mode is
+    refused, as by `empirical_ntk`: batch statistics are updated in place, which the
+    forward-mode derivatives cannot do.
 
     Parameters
     ----------
@@ -53,27 +60,37 @@ class TaylorExpansion(nn.Module):
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.degree = positive_int(degree, "degree")
-        self._names = (list(select_parameters(model, None)) if params is None else
-                       list(select_parameters(model, list(params))))
-        self.__dict__["network"] = copy.deepcopy(model).requires_grad_(False)   # not a submodule
-        named = dict(model.named_parameters())
-        for i, name in enumerate(self._names):
-            self.register_buffer(f"theta0_{i}", named[name].detach().clone())
-        self.theta = nn.ParameterList([nn.Parameter(named[name].detach().clone()) for name in self._names])
+        chosen = select_parameters(model, None if params is None else list(params))
+        refuse_batch_statistics(model)
+        self._names = list(chosen)
+        # every name of each chosen tensor (tied weights), so all its uses see theta
+        every_name = list(model.named_parameters(remove_duplicate=False))
+        self._aliases = [[alias for alias, q in every_name if q is chosen[name]] for name in self._names]
+        self.network = _with_parameters_as_buffers(copy.deepcopy(model))
+        self.theta = nn.ParameterList([nn.Parameter(chosen[name].detach().clone()) for name in self._names])
+        self.training = model.training
+
+    @property
+    def theta0(self) -> tuple[torch.Tensor, ...]:
+        """The expansion point theta_0, in the order of `self.parameters()`."""
+        return tuple(self.network.get_buffer(name) for name in self._names)
+
+    def _at(self, values, x: torch.Tensor) -> torch.Tensor:
+        """f(x; theta = values)."""
+        named = {alias: v for aliases, v in zip(self._aliases, values) for alias in aliases}
+        return functional_call(self.network, named, (x,))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        theta0 = tuple(getattr(self, f"theta0_{i}") for i in range(len(self._names)))
+        refuse_batch_statistics(self.network)
+        theta0 = self.theta0
         delta = tuple(p - p0 for p, p0 in zip(self.theta, theta0))
+        if self.degree == 1:   # one jvp in parameter space (no scalar s needed)
+            output, change = jvp(lambda *values: self._at(values, x), theta0, delta)
+            return output + change
 
         def along(s: torch.Tensor) -> torch.Tensor:   # f(x; theta_0 + s delta)
-            values = tuple(p0 + s * d for p0, d in zip(theta0, delta))
-            return functional_call(self.network, dict(zip(self._names, values)), (x,))
+            return self._at(tuple(p0 + s * d for p0, d in zip(theta0, delta)), x)
 
-        if self.degree == 1:   # one jvp in parameter space (no scalar s needed)
-            def f(*values):
-                return functional_call(self.network, dict(zip(self._names, values)), (x,))
-            output, change = jvp(f, theta0, delta)
-            return output + change
         zero = torch.zeros((), dtype=theta0[0].dtype, device=theta0[0].device)
         one = torch.ones_like(zero)
         derivative, total = along, along(zero)
@@ -81,6 +98,18 @@ class TaylorExpansion(nn.Module):
             derivative = _derivative(derivative, one)
             total = total + derivative(zero) / math.factorial(k)
         return total
+
+
+def _with_parameters_as_buffers(network: nn.Module) -> nn.Module:
+    """`network` with each parameter replaced by a buffer of the same name and value (a
+    tensor shared by several modules stays one tensor)."""
+    buffers: dict[int, torch.Tensor] = {}
+    for module in network.modules():
+        for name, parameter in list(module._parameters.items()):
+            if parameter is not None:
+                del module._parameters[name]
+                module.register_buffer(name, buffers.setdefault(id(parameter), parameter.detach()))
+    return network
 
 
 def _derivative(fn, one: torch.Tensor):

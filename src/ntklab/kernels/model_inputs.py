@@ -108,17 +108,28 @@ def probe_outputs(model: nn.Module, x: torch.Tensor, name: str, *,
     return out.reshape(len(x), -1)
 
 
+def refuse_batch_statistics(model: nn.Module) -> None:
+    """Refuse a model with BatchNorm in train mode: its outputs depend on the whole batch
+    (no per-sample tangent kernel) and its forward pass updates the running statistics in
+    place (which torch.func transforms cannot do).  Shared by the empirical kernels and
+    `linearize`."""
+    for module_name, module in model.named_modules():
+        if module.training and isinstance(module, nn.modules.batchnorm._BatchNorm):
+            raise ValueError(f"{type(module).__name__} ({module_name or 'the model'}) is in train "
+                             "mode, so each output depends on the whole batch and neither a "
+                             "per-sample tangent kernel nor a linearization is defined; call "
+                             "model.eval() first (or .eval() on the linearized network): running "
+                             "statistics are then used")
+
+
 def check_model(model: nn.Module, x: torch.Tensor, name: str) -> int:
     """Refuse models whose tangent kernel is not a deterministic per-sample quantity, and
     return the number of outputs O.  Per-sample strategies assume f(x_i) depends on x_i
     alone and deterministically: BatchNorm in train mode (batch statistics), dropout in
     train mode or any random draw in the forward pass, non-finite parameters, outputs that
     change with the rest of the batch are each an error that says what to do."""
+    refuse_batch_statistics(model)
     for module_name, module in model.named_modules():
-        if module.training and isinstance(module, nn.modules.batchnorm._BatchNorm):
-            raise ValueError(f"{type(module).__name__} is in train mode, so each output depends "
-                             "on the whole batch and per-sample tangent kernels are not defined; "
-                             "call model.eval() first (running statistics are then used)")
         if module.training and isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0:
             raise ValueError(f"{type(module).__name__}(p={module.p}) ({module_name or 'the model'}) "
                              f"is in train mode, so the forward pass is random and so is its "
