@@ -84,3 +84,79 @@ def test_without_grad_the_kernel_is_computed_under_no_grad():
         assert not net.kernel(X, get="ntk").requires_grad
     assert not nk.serial(nk.Dense(512, W_std=1.3), nk.Relu(), nk.Dense(1)).kernel(X, get="ntk").requires_grad
     assert net.identity is None  # a tensor hyperparameter is not a literal: no store resumes it
+
+
+# ----------------------------------------------------------------- every activation, gradcheck
+def _sinh_dual(cov, var1, var2):
+    """E[sin u sin v] = exp(-(v1 + v2)/2) sinh(c): a user's closed-form `dual` for Elementwise."""
+    return torch.exp(-(var1 + var2) / 2) * torch.sinh(cov)
+
+
+# One instance of every activation class in the layer registry (a new class without an entry
+# here fails `test_every_activation_class_is_gradchecked`).  Quadrature rules are short: the
+# gradient of the rule's value is what is checked, and it is exact at any number of nodes.
+ACTIVATIONS = {
+    "Relu": nk.Relu(), "LeakyRelu": nk.LeakyRelu(0.1), "ABRelu": nk.ABRelu(-0.3, 1.2), "Abs": nk.Abs(),
+    "Erf": nk.Erf(1.2, 0.8, 0.1), "Sigmoid_like": nk.Sigmoid_like(), "Sign": nk.Sign(), "Gelu": nk.Gelu(),
+    "Tanh": nk.Tanh(n_points=24), "Sigmoid": nk.Sigmoid(n_points=24), "Sin": nk.Sin(), "Cos": nk.Cos(),
+    "Rbf": nk.Rbf(), "Gaussian": nk.Gaussian(), "Exp": nk.Exp(), "ExpNormalized": nk.ExpNormalized(),
+    "Monomial": nk.Monomial(3), "RectifiedMonomial": nk.RectifiedMonomial(2),
+    "Polynomial": nk.Polynomial([0.1, 1.0, 0.5]), "Hermite": nk.Hermite(3),
+    "Elementwise": nk.Elementwise(torch.sin, n_points=24),
+    "Elementwise dual": nk.Elementwise(torch.sin, dual=_sinh_dual),
+}
+
+
+def test_every_activation_class_is_gradchecked():
+    activations = {name for name, cls in nk.LAYERS.items() if issubclass(cls, nk.Activation)}
+    assert activations <= {name.split()[0] for name in ACTIVATIONS}, activations
+
+
+X_OTHER = X[5:] ** 2 - 0.5   # no pair of inputs at correlation 1 (the kink of ReLU-like duals)
+
+
+def _kernel_fn(activation, get, images=False):
+    def kernel(w_std, b_std, x):
+        if images:   # the issue's case: Conv, the activation, global average pooling
+            net = nk.serial(nk.Conv(4, (2, 2), padding="SAME", W_std=w_std, b_std=b_std), activation,
+                            nk.GlobalAvgPool(), nk.Dense(1, W_std=w_std, b_std=b_std))
+        else:
+            net = nk.serial(nk.Dense(8, W_std=w_std, b_std=b_std), activation,
+                            nk.Dense(8, W_std=w_std, b_std=b_std), activation,
+                            nk.Dense(1, W_std=w_std, b_std=b_std))
+        return net.kernel(x, X_OTHER if not images else IMAGES[2:, :, :2, :2], get=get)
+    return kernel
+
+
+def _gradcheck(kernel, x):
+    w_std = torch.tensor(1.3, dtype=torch.float64, requires_grad=True)
+    b_std = torch.tensor(0.2, dtype=torch.float64, requires_grad=True)
+    return torch.autograd.gradcheck(kernel, (w_std, b_std, x.clone().requires_grad_(True)),
+                                    atol=1e-7, rtol=1e-6, raise_exception=False)
+
+
+@pytest.mark.parametrize("name", list(ACTIVATIONS))
+@pytest.mark.parametrize("get", ["nngp", "ntk"])
+def test_kernel_gradients_of_every_activation_pass_gradcheck(name, get):
+    """d kernel / d (W_std, b_std, x) by autograd = finite differences (float64 gradcheck), two
+    hidden layers so that the activation's derivative term feeds a second activation."""
+    x = X[:3] * 0.8   # moderate pre-activation variances (Exp, Monomial grow fast)
+    assert _gradcheck(_kernel_fn(ACTIVATIONS[name], get), x), (name, get)
+
+
+@pytest.mark.parametrize("name", ["Tanh", "Elementwise", "Elementwise dual"])
+def test_ntk_gradients_through_conv_and_global_pooling_pass_gradcheck(name):
+    assert _gradcheck(_kernel_fn(ACTIVATIONS[name], "ntk", images=True), IMAGES[:2, :, :2, :2])
+
+
+def test_gradcheck_catches_a_derivative_term_cut_from_the_graph(monkeypatch):
+    """Negative control: phi' computed on a detached input (the bug of issue 27) fails gradcheck."""
+    from ntklab.arch import quadrature
+
+    def detached_derivative(fn, z):
+        with torch.enable_grad():
+            z = z.detach().requires_grad_(True)
+            return torch.autograd.grad(fn(z).sum(), z)[0]
+
+    monkeypatch.setattr(quadrature, "_derivative", detached_derivative)
+    assert not _gradcheck(_kernel_fn(ACTIVATIONS["Tanh"], "ntk"), X[:3] * 0.8)
