@@ -185,3 +185,41 @@ def test_ntklab_modules_take_the_structured_rule_and_match_autograd(parameteriza
         expected = explicit_ntk(model, x1, x2, [n for n, p in model.named_parameters() if p.requires_grad])
         got = nk.empirical_ntk(model, x1, x2, mode="full", implementation="structured")
         assert float((got - expected).abs().max()) < 1e-12 * float(expected.abs().max())
+
+
+@pytest.mark.parametrize("implementation", ["structured", "jacobian", "ntk_vp", "auto"])
+def test_integer_inputs_of_an_embedding_model_are_indices(implementation):
+    """The Jacobian is w.r.t. the parameters: integer inputs reach nn.Embedding unchanged."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Embedding(10, 4), nn.Flatten(), nn.Tanh(), nn.Linear(12, 3)).double()
+    x1, x2 = torch.randint(0, 10, (6, 3)), torch.randint(0, 10, (4, 3), dtype=torch.int32)
+    expected = explicit_ntk(model, x1, x2)
+    got = nk.empirical_ntk(model, x1, x2, mode="full", implementation=implementation)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    gram = nk.empirical_ntk(model, x1.numpy(), implementation=implementation)   # numpy integers too
+    torch.testing.assert_close(gram, REDUCE["trace"](explicit_ntk(model, x1, x1)), rtol=1e-12, atol=1e-12)
+
+
+def test_one_output_per_batch_is_refused_naming_the_shape():
+    class Summed(nn.Module):
+        def __init__(self, dim):
+            super().__init__()
+            self.fc, self.dim = nn.Linear(3, 2).double(), dim
+
+        def forward(self, x):
+            return self.fc(x).sum(self.dim)
+    x = torch.randn(5, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"returns shape \(\) for a batch of 1 sample.*one output row per sample"):
+        nk.empirical_ntk(Summed(None), x)
+    with pytest.raises(ValueError, match=r"returns shape \(2,\) for a batch of 1 sample"):
+        nk.empirical_ntk(Summed(0), x)
+    one_scalar_per_sample = Summed(1)                      # [N]: one output row per sample, O = 1
+    torch.testing.assert_close(nk.empirical_ntk(one_scalar_per_sample, x),
+                               explicit_ntk(one_scalar_per_sample, x, x)[:, :, 0, 0], rtol=1e-12, atol=1e-12)
+
+
+def test_float_inputs_to_an_embedding_model_are_refused_with_a_hint():
+    embedding = nn.Sequential(nn.Embedding(10, 4), nn.Flatten(), nn.Linear(12, 2)).double()
+    with pytest.raises(ValueError, match="an Embedding takes integer indices"):
+        nk.empirical_ntk(embedding, torch.randn(5, 3, dtype=torch.float64))

@@ -46,7 +46,7 @@ from .._validation import check_result_fits, parse_memory
 from ..tiling import Tiling, store_tile
 from .autotune import choose
 from .contractions import MODES
-from .model_inputs import check_model, model_input, reference_tensor, select_parameters
+from .model_inputs import check_model, model_input, reference_tensor, select_parameters, takes_indices
 from .structured import Plan
 
 IMPLEMENTATIONS = ("auto", "structured", "jacobian", "ntk_vp")
@@ -58,15 +58,16 @@ def _mirror(block: torch.Tensor) -> torch.Tensor:
 
 
 def _run(plan: Plan, implementation: str, x1: torch.Tensor, x2: torch.Tensor | None, mode: str,
-         n_out: int, max_memory: int, progress: bool | None) -> torch.Tensor:
+         n_out: int, max_memory: int, progress: bool | None, dtype: torch.dtype) -> torch.Tensor:
+    """The kernel [N1, N2, ...] in `dtype` (the model's; inputs may be integer indices), tile by tile."""
     other = x1 if x2 is None else x2
     n1, n2 = len(x1), len(other)
     shape = {"full": (n1, n2, n_out, n_out), "trace": (n1, n2), "diagonal": (n1, n2, n_out)}[mode]
-    check_result_fits(shape, 1, x1.dtype, x1.device, "use mode='trace' (one number per pair), "
+    check_result_fits(shape, 1, dtype, x1.device, "use mode='trace' (one number per pair), "
                       "or fewer samples per call")
     if implementation == "ntk_vp":
         params = sum(p.numel() for p in plan.chosen.values())
-        per_sample = 3.0 * n_out * (params + n_out) * x1.element_size()
+        per_sample = 3.0 * n_out * (params + n_out) * dtype.itemsize
         size = int(max_memory / per_sample)
     else:
         per_sample = plan.feature_bytes(x1)
@@ -77,7 +78,7 @@ def _run(plan: Plan, implementation: str, x1: torch.Tensor, x2: torch.Tensor | N
                          f"than max_memory={max_memory / 2 ** 30:.2f} GiB allows for one tile; raise "
                          f"max_memory, or use implementation='structured' where the model's "
                          f"parameters are mostly in Linear/Conv2d layers")
-    result = torch.empty(shape, dtype=x1.dtype, device=x1.device)
+    result = torch.empty(shape, dtype=dtype, device=x1.device)
     tiling = Tiling(n1, n2, size, symmetric=x2 is None)
     # feature strategies: if a row tile and all of x2's features fit, make each column tile once
     keep_columns = implementation != "ntk_vp" and per_sample * (n2 + size) < max_memory
@@ -132,15 +133,18 @@ def empirical_ntk(model: nn.Module, x1, x2=None, *, mode: str = "trace",
     Raises
     ------
     ValueError
-        For a model that is not an `nn.Module`, an unknown `mode` or `implementation`, or
-        inputs whose sample shapes differ.
+        For a model that is not an `nn.Module`, an unknown `mode` or `implementation`,
+        inputs whose sample shapes differ, or a model whose output is not one row per
+        sample (e.g. one scalar per batch).
 
     Parameters
     ----------
     model : nn.Module
         Maps `[N, ...]` to `[N, O]` sample by sample.
     x1, x2 : tensor or array
-        Samples; `x2=None`: `x1` with itself.
+        Samples; `x2=None`: `x1` with itself.  Converted to the model's dtype, except
+        integer inputs of a model with `nn.Embedding`/`nn.EmbeddingBag`, which are its
+        indices and are passed unchanged (Θ is a Jacobian in the parameters only).
     mode : {"trace", "full", "diagonal"}
         Mean over outputs, every output pair, or each output with itself.
     params : sequence of str or tensors, optional
@@ -169,9 +173,10 @@ def empirical_ntk(model: nn.Module, x1, x2=None, *, mode: str = "trace",
     max_memory = parse_memory(max_memory)
     chosen = select_parameters(model, params)
     reference = reference_tensor(model)
-    x1 = model_input(x1, "x1", reference)
+    indices = takes_indices(model)   # integer inputs of an Embedding stay integers
+    x1 = model_input(x1, "x1", reference, indices=indices)
     if x2 is not None:
-        x2 = model_input(x2, "x2", reference)
+        x2 = model_input(x2, "x2", reference, indices=indices)
         if x2.shape[1:] != x1.shape[1:]:
             raise ValueError(f"x1 and x2 must have the same sample shape, got {tuple(x1.shape[1:])} "
                              f"and {tuple(x2.shape[1:])}")
@@ -185,4 +190,4 @@ def empirical_ntk(model: nn.Module, x1, x2=None, *, mode: str = "trace",
         plan = plans[implementation]
     else:
         plan = Plan(model, chosen, implementation == "structured", x1)
-    return _run(plan, implementation, x1, x2, mode, n_out, max_memory, progress)
+    return _run(plan, implementation, x1, x2, mode, n_out, max_memory, progress, reference.dtype)

@@ -49,9 +49,24 @@ def reference_tensor(model: nn.Module) -> torch.Tensor:
     raise ValueError("model has no floating-point parameters")
 
 
-def model_input(x: Any, name: str, reference: torch.Tensor) -> torch.Tensor:
+def takes_indices(model: nn.Module) -> bool:
+    """Whether `model` looks up integer inputs (it holds an `nn.Embedding` or `nn.EmbeddingBag`)."""
+    return any(isinstance(m, (nn.Embedding, nn.EmbeddingBag)) for m in model.modules())
+
+
+def _is_integer(x: Any) -> bool:
+    if isinstance(x, torch.Tensor):
+        return not (x.is_floating_point() or x.is_complex() or x.dtype == torch.bool)
+    return np.issubdtype(getattr(x, "dtype", np.float64), np.integer)
+
+
+def model_input(x: Any, name: str, reference: torch.Tensor, *, indices: bool = False) -> torch.Tensor:
     """`x` as a tensor of the model's dtype and device; a torch tensor of another
-    float dtype or device is an error (silently casting hides precision bugs)."""
+    float dtype or device is an error (silently casting hides precision bugs).
+    `indices` (a model that looks its inputs up, `takes_indices`): integer inputs
+    (torch or numpy) are passed through as integers; kernels are Jacobians in the
+    parameters, so they need no derivative in the inputs."""
+    keep = indices and _is_integer(x)
     if isinstance(x, torch.Tensor):
         if x.device != reference.device:
             raise ValueError(f"{name} is on {x.device} but the model is on {reference.device}; "
@@ -60,10 +75,11 @@ def model_input(x: Any, name: str, reference: torch.Tensor) -> torch.Tensor:
             raise ValueError(f"{name} has dtype {x.dtype} but the model's parameters are "
                              f"{reference.dtype}; convert with {name}.to({reference.dtype}) "
                              f"or model.to({x.dtype})")
-        t = x.detach().to(reference.dtype)
+        t = x.detach() if keep else x.detach().to(reference.dtype)
     else:
         try:
-            t = torch.as_tensor(np.asarray(x, dtype=np.float64), dtype=reference.dtype,
+            array = np.asarray(x) if keep else np.asarray(x, dtype=np.float64)
+            t = torch.as_tensor(array, dtype=None if keep else reference.dtype,
                                 device=reference.device)
         except (TypeError, ValueError) as err:
             raise ValueError(f"{name} must be a numeric array (rows of equal length), got "
@@ -73,7 +89,7 @@ def model_input(x: Any, name: str, reference: torch.Tensor) -> torch.Tensor:
     if t.ndim < 2:
         raise ValueError(f"{name} must have a batch axis first and at least one feature axis, "
                          f"got shape {tuple(t.shape)}; for one sample use {name}[None]")
-    if not torch.isfinite(t).all():
+    if t.is_floating_point() and not torch.isfinite(t).all():
         raise ValueError(f"{name} contains NaN/inf values")
     return t
 
@@ -94,13 +110,20 @@ def probe_outputs(model: nn.Module, x: torch.Tensor, name: str, *,
         with torch.no_grad():
             out = model(x)
     except RuntimeError as err:
+        hint = ("an Embedding takes integer indices: pass them as an integer tensor or array"
+                if x.is_floating_point() and takes_indices(model) else
+                "check the number of features (images are NCHW, [N, C, H, W])")
         raise ValueError(f"the model cannot take {name} with samples of shape {tuple(x.shape[1:])}: "
-                         f"{str(err).splitlines()[0]}; check the number of features (images are "
-                         f"NCHW, [N, C, H, W])") from err
+                         f"{str(err).splitlines()[0]}; {hint}") from err
     if not isinstance(out, torch.Tensor):
         raise ValueError(f"the model returns a {type(out).__name__}, not one tensor; tangent kernels "
                          f"need f(x) as a tensor [N, ...]: wrap the model so that forward returns "
                          f"the output you want (e.g. the logits)")
+    if out.ndim == 0 or out.shape[0] != len(x):
+        raise ValueError(f"the model returns shape {tuple(out.shape)} for a batch of {len(x)} "
+                         f"sample(s) of {name}, but tangent kernels need one output row per sample, "
+                         f"[N, ...] with the batch axis first: return the per-sample outputs "
+                         f"(e.g. not model(x).sum() over the batch)")
     if deterministic and any(not torch.equal(a, b) for a, b in zip(before, _rng_states(x.device))):
         raise ValueError("the model's forward pass draws random numbers (dropout or another "
                          "stochastic layer in train mode), so its tangent kernel is random; call "
