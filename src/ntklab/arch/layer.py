@@ -32,12 +32,16 @@ What a layer may assume and must guarantee
 * Its `repr` is its constructor call with the arguments given (defaults omitted), which
   the `--arch` parser reads back; `identity` is that string when every argument is a
   literal or a named module-level function, else None (e.g. a lambda): a tiled kernel
-  store refuses to resume what it cannot identify exactly.
+  store refuses to resume what it cannot identify exactly.  In `identity` a Python
+  function also carries a digest of its code (see `_function_identity`), so that a
+  function edited between two runs under the same name is a different architecture.
 """
 from __future__ import annotations
 
 import ast
+import hashlib
 import inspect
+import types
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -62,6 +66,72 @@ def _named_function(value: Any) -> str | None:
     if not callable(value) or not module or not qualname or "<" in qualname:
         return None
     return f"{module}.{qualname}"
+
+
+def _constant(value: Any, digest) -> None:
+    """Feed a code constant to `digest`: nested code objects by their code, frozensets in a
+    fixed order (their repr follows the string hash seed, which changes between processes)."""
+    if isinstance(value, types.CodeType):
+        _code(value, digest)
+    elif isinstance(value, (tuple, frozenset)):
+        digest.update(b"(" if isinstance(value, tuple) else b"{")
+        items = sorted(value, key=repr) if isinstance(value, frozenset) else value
+        for item in items:
+            _constant(item, digest)
+        digest.update(b")")
+    else:
+        digest.update(repr(value).encode() + b"\0")
+
+
+def _code(code: types.CodeType, digest) -> None:
+    digest.update(code.co_code)
+    digest.update(repr((code.co_names, code.co_varnames, code.co_argcount,
+                        code.co_kwonlyargcount)).encode())
+    _constant(code.co_consts, digest)
+
+
+def _referenced_names(code: types.CodeType) -> set[str]:
+    names = set(code.co_names)
+    for constant in code.co_consts:
+        if isinstance(constant, types.CodeType):
+            names |= _referenced_names(constant)
+    return names
+
+
+def _function_identity(value: Any) -> str | None:
+    """`module.qualname` of a named function (builtins such as `torch.sin`: that name alone);
+    for a Python function `module.qualname@digest`, the SHA-256 (16 hex digits) of its code
+    (bytecode, constants, names, defaults), of the literal module globals it reads (e.g. a
+    `SCALE = 2.0`) and, recursively, of the Python functions of its own module that it calls
+    by name.  Editing such a body therefore changes the identity; the digest also changes
+    with the Python version (bytecode), which makes a store refuse, never mix, its tiles.
+    None for what cannot be identified: lambdas, local functions, closures, bound methods."""
+    name = _named_function(value)
+    if name is None or inspect.ismethod(value):
+        return None
+    if not inspect.isfunction(value):
+        return name
+    digest, seen = hashlib.sha256(), set()
+
+    def visit(function: types.FunctionType) -> bool:
+        if function in seen:
+            return True
+        seen.add(function)
+        if function.__closure__:
+            return False   # captured variables cannot be identified
+        digest.update(f"{function.__module__}.{function.__qualname__}\0".encode())
+        _code(function.__code__, digest)
+        digest.update(repr((function.__defaults__, function.__kwdefaults__)).encode())
+        for global_name in sorted(_referenced_names(function.__code__)):
+            other = function.__globals__.get(global_name)
+            if inspect.isfunction(other) and other.__module__ == function.__module__:
+                if not visit(other):
+                    return False
+            elif _literal(other) is not None:
+                digest.update(f"{global_name}={_literal(other)}\0".encode())
+        return True
+
+    return f"{name}@{digest.hexdigest()[:16]}" if visit(value) else None
 
 
 class ArchitectureError(ValueError):
@@ -148,7 +218,7 @@ class Layer(ABC):
     def identity(self) -> str | None:
         """Exact description of this layer, or None when an argument cannot be identified."""
         return self._call(lambda v: v.identity if isinstance(v, Layer) else
-                          _literal(v) or _named_function(v))
+                          _literal(v) or _function_identity(v))
 
     def __repr__(self) -> str:
         return self._call(lambda v: _literal(v) or _named_function(v) or repr(v))

@@ -3,17 +3,31 @@
 `compute_kernel(arch, x1, x2, store="k.zarr")` splits the `[N1, N2]` NNGP/NTK
 matrices into `tile_size x tile_size` tiles, computes each tile with
 `arch.kernel` on its rows and columns, and writes it into a zarr store (one zarr
-chunk per tile).  For a symmetric matrix (`x2=None`) only the tiles on and above
-the diagonal are computed; `KernelStore.load` mirrors them.
+chunk per tile and array).  For a symmetric matrix (`x2=None`) only the tiles on
+and above the diagonal are computed; `KernelStore.load` mirrors them.
 
-Resuming: a tile counts as finished only once its chunks are written and an
-empty marker file `tiles_done/I_J` has been created after them, so killing the
-process at any point loses at most the tiles in flight.  Running the same call
-again keeps every finished tile and computes the rest; each tile's numbers do
-not depend on which run computed it, so the final matrix is identical to that of
+Resuming: a tile counts as finished only once its chunks are written and a marker
+file `tiles_done/I_J` has been written after them (atomically), holding the SHA-256
+of each array's chunk; the checksum binds the array's name, the tile's position and
+the store's configuration, so a chunk moved to another place does not verify.
+Killing the process at any point loses at most the tiles in flight.  Running the
+same call again keeps every finished tile and computes the rest; each tile's numbers
+do not depend on which run computed it, so the final matrix is identical to that of
 an uninterrupted run.  The store records its configuration (architecture,
 SHA-256 of the inputs, kernels, tile size, dtype) and refuses to resume into a
 store made with a different one.
+
+Damage: a rerun rewrites zarr metadata that is missing or damaged (the chunks are
+kept and checked against their checksums), and recomputes exactly the chunks that
+are missing or wrong, of that array only (a marker then lists the arrays still
+valid); `load` of an intact array works meanwhile.  A full disk stops the run with
+one message; the finished tiles stay and a rerun resumes.
+
+Several processes may compute into the same store at once (e.g. the same command
+started twice): each claims a tile before computing it with a POSIX lock on a byte
+of `claims.lock` (released by the system when its process exits, even killed), skips
+tiles claimed by others, and finally waits for those, so no tile is computed twice
+and every process returns a complete store.
 
 Schedulers: `None`/"local" computes tiles one after another in this process
 (torch parallelises inside each tile); "processes" uses `workers` local
@@ -26,6 +40,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -47,17 +62,27 @@ from .._extras import import_extra
 from .._validation import as_inputs, check_same_features, input_dtype, positive_int
 from ..arch.serial import Serial, canonical_get
 from ..arch.spec import parse_architecture
-from ..files import atomic_write_bytes, check_writable, remove_stale_staging
+from ..files import (atomic_write_bytes, check_writable, default_mode, make_temporary_folder,
+                     remove_stale_staging)
 from ..tiling import Tile, Tiling
 
-FORMAT = "ntklab-kernel-store/2"   # 2: markers hold each tile's SHA-256
+try:
+    import fcntl
+except ImportError:  # Windows: no POSIX locks, so no claims (one process per store)
+    fcntl = None
+
+FORMAT = "ntklab-kernel-store/3"   # 3: checksums bind array name, tile position and configuration
+OLD_FORMAT = "ntklab-kernel-store/2"   # checksums of the data alone: loaded, never resumed
 DONE = "tiles_done"
+CLAIMS = "claims.lock"
 SCHEDULER_TIMEOUT = "30s"   # to reach a Dask scheduler
 MARKER = re.compile(r"(\d+)_(\d+)")
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
-def _digest(array: np.ndarray) -> str:
+def _digest(array: np.ndarray, binding: bytes = b"") -> str:
     digest = hashlib.sha256(str((array.dtype.str, array.shape)).encode())
+    digest.update(binding)
     digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()
 
@@ -124,12 +149,39 @@ class KernelStore:
         """(row tile, column tile) indices to compute: upper ones when symmetric."""
         return self.tiling.tiles()
 
-    def done(self) -> set[Tile]:
-        """Tiles with a marker `I_J` (claimed finished; `verify` checks their data).  Anything
-        else in the folder, e.g. an editor's backup file, is ignored."""
+    def _marker(self, tile: Tile) -> Path:
+        return self.path / DONE / f"{tile[0]}_{tile[1]}"
+
+    def _digests(self, tile: Tile) -> dict[str, str] | None:
+        """The checksums in the tile's marker by array name: {} without a marker, None for a
+        marker that cannot be read (the tile claims to be finished, and fails `verify`)."""
+        try:
+            digests = json.loads(self._marker(tile).read_bytes())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError):
+            return None
+        return digests if isinstance(digests, dict) else None
+
+    def _markers(self) -> dict[Tile, dict[str, str] | None]:
+        """`_digests` of every tile with a marker `I_J`.  Anything else in the folder, e.g. an
+        editor's backup file, is ignored."""
         wanted = set(self.tiles())
         found = (MARKER.fullmatch(f.name) for f in (self.path / DONE).iterdir() if f.is_file())
-        return {tile for tile in ((int(m[1]), int(m[2])) for m in found if m) if tile in wanted}
+        tiles = {tile for tile in ((int(m[1]), int(m[2])) for m in found if m) if tile in wanted}
+        return {tile: self._digests(tile) for tile in tiles}
+
+    def missing(self, tile: Tile) -> tuple[str, ...]:
+        """The arrays that `tile` still needs (those its marker does not list)."""
+        digests = self._digests(tile)
+        return () if digests is None else tuple(n for n in self.names if n not in digests)
+
+    def done(self, names: Sequence[str] | None = None) -> set[Tile]:
+        """Tiles whose marker lists every array of `names` (default: all; claimed finished,
+        `verify` checks their data)."""
+        names = self.names if names is None else tuple(names)
+        return {tile for tile, digests in self._markers().items()
+                if digests is None or all(name in digests for name in names)}
 
     @property
     def complete(self) -> bool:
@@ -139,73 +191,141 @@ class KernelStore:
         zarr = import_extra("zarr", "engine")
         return zarr.open_group(store=str(self.path), mode=mode)
 
-    def _marker(self, tile: Tile) -> Path:
-        return self.path / DONE / f"{tile[0]}_{tile[1]}"
+    def _array(self, name: str, mode: str = "r"):
+        """The zarr array `name`, opened on its own (a damaged group or sibling costs nothing)."""
+        zarr = import_extra("zarr", "engine")
+        return zarr.open_array(store=str(self.path / name), mode=mode)
+
+    def _binding(self, name: str, tile: Tile) -> bytes:
+        """What a chunk's checksum binds besides its data: the array's name, the tile's
+        position and the store's configuration (nothing in the old format)."""
+        if self.config["format"] == OLD_FORMAT:
+            return b""
+        return json.dumps([name, list(tile), self.config], sort_keys=True).encode()
 
     def write_tile(self, tile: Tile, arrays: dict[str, np.ndarray]) -> None:
-        """Write one tile's chunks, then its marker holding the SHA-256 of each array as
-        stored (the tile is finished only then; the marker itself is written atomically)."""
+        """Write the chunks of one tile's `arrays` (all or some of `names`), then its marker
+        with their SHA-256 added (the arrays are finished only then; the marker is written
+        atomically)."""
         rows, cols = self.tiling.slices(tile)
-        group = self._group("r+")
-        digests = {}
-        for name in self.names:
-            stored = np.ascontiguousarray(arrays[name], dtype=group[name].dtype)
-            group[name][rows, cols] = stored
-            digests[name] = _digest(stored)
+        digests = self._digests(tile) or {}
+        for name, values in arrays.items():
+            array = self._array(name, "r+")
+            stored = np.ascontiguousarray(values, dtype=array.dtype)
+            array[rows, cols] = stored
+            digests[name] = _digest(stored, self._binding(name, tile))
         atomic_write_bytes(self._marker(tile), json.dumps(digests).encode())
 
-    def _read_tile(self, group, tile: Tile, names: Sequence[str]) -> dict[str, np.ndarray] | None:
-        """The tile's arrays if they are readable and match the marker's checksums, else None."""
+    def _read(self, array, tile: Tile, name: str, digests: dict | None) -> np.ndarray | None:
+        """The chunk of `name` if it is readable and matches the marker's checksum, else None."""
+        if array is None or digests is None or name not in digests:
+            return None
+        rows, cols = self.tiling.slices(tile)
         try:
-            digests = json.loads(self._marker(tile).read_text())
-            rows, cols = self.tiling.slices(tile)
-            arrays = {name: group[name][rows, cols] for name in names}
-        except Exception:  # unreadable marker or chunk (a corrupt chunk fails to decompress)
+            values = np.ascontiguousarray(array[rows, cols])
+        except Exception:  # noqa: BLE001  a corrupt chunk fails to decompress
             return None
-        if any(digests.get(name) != _digest(np.ascontiguousarray(arrays[name])) for name in names):
+        return values if digests[name] == _digest(values, self._binding(name, tile)) else None
+
+    def _open_or_none(self, name: str):
+        try:
+            return self._array(name)
+        except Exception:  # noqa: BLE001  missing or damaged metadata: every chunk is lost
             return None
-        return arrays
+
+    def damaged(self, names: Sequence[str] | None = None) -> dict[Tile, tuple[str, ...]]:
+        """Finished tiles with the arrays whose chunks are missing, unreadable or differ from
+        their checksum (an unreadable marker: all of them)."""
+        names = self.names if names is None else tuple(names)
+        arrays = {name: self._open_or_none(name) for name in names}
+        damage = {}
+        with _quiet_zarr():
+            for tile, digests in sorted(self._markers().items()):
+                lost = tuple(name for name in names if (digests is None or name in digests)
+                             and self._read(arrays[name], tile, name, digests) is None)
+                if lost:
+                    damage[tile] = lost
+        return damage
 
     def verify(self, names: Sequence[str] | None = None) -> list[Tile]:
         """Finished tiles whose data are missing, unreadable or differ from their checksum."""
-        group = self._group()
-        names = self.names if names is None else tuple(names)
-        with _quiet_zarr():
-            return sorted(t for t in self.done() if self._read_tile(group, t, names) is None)
+        return sorted(self.damaged(names))
 
-    def forget(self, tiles: Sequence[Tile]) -> None:
-        """Mark `tiles` as not computed (the next run computes them again)."""
+    def forget(self, tiles: Sequence[Tile], names: Sequence[str] | None = None) -> None:
+        """Mark the arrays `names` (default: all) of `tiles` as not computed (the next run
+        computes them again); the marker keeps the other arrays' checksums."""
         for tile in tiles:
-            self._marker(tile).unlink(missing_ok=True)
+            digests = self._digests(tile)
+            kept = {key: value for key, value in (digests or {}).items()
+                    if names is not None and key not in names}
+            if kept:
+                atomic_write_bytes(self._marker(tile), json.dumps(kept).encode())
+            else:
+                self._marker(tile).unlink(missing_ok=True)
+
+    def repair(self) -> list[Path]:
+        """Rewrite the zarr metadata files (the group's and each array's `zarr.json`) that are
+        missing, unreadable or disagree with the configuration; the chunks stay, and `verify`
+        then finds those that are lost.  Returns the files rewritten."""
+        zarr = import_extra("zarr", "engine")
+        shape, chunks = self.shape, (self.tile_size,) * 2
+        dtype = np.dtype(self.config["dtype"])
+
+        def intact(name: str | None) -> bool:
+            try:
+                if name is None:
+                    zarr.open_group(store=str(self.path), mode="r")
+                    return True
+                array = self._array(name)
+                return array.shape == shape and array.chunks == chunks and array.dtype == dtype
+            except Exception:  # noqa: BLE001  unreadable JSON, missing file, ...
+                return False
+
+        (self.path / DONE).mkdir(exist_ok=True)
+        broken = [name for name in (None, *self.names) if not intact(name)]
+        if not broken:
+            return []
+        files = [Path(*(() if name is None else (name,)), "zarr.json") for name in broken]
+        with tempfile.TemporaryDirectory(prefix="ntklab-store-metadata-") as fresh:
+            _layout(Path(fresh), self.config)
+            for file in files:
+                atomic_write_bytes(self.path / file, (Path(fresh) / file).read_bytes())
+        return [self.path / file for file in files]
 
     def load(self, name: str) -> np.ndarray:
         """The whole `[N1, N2]` matrix `name` ("nngp" or "ntk"), mirrored if symmetric; every
-        tile is checked against its checksum, and bad tiles are named."""
+        tile is checked against its checksum, and bad tiles (or a damaged array) are named."""
         if name not in self.names:
             raise ValueError(f"the store {self.path} holds {list(self.names)}, not {name!r}")
-        missing = len(self.tiles()) - len(self.done())
+        missing = len(self.tiles()) - len(self.done((name,)))
         if missing:
-            raise ValueError(f"the store {self.path} is missing {missing} tile(s); run the same "
-                             f"compute_kernel call (or ntklab command) again to finish it")
-        group = self._group()
-        matrix = np.full(self.shape, np.nan, dtype=group[name].dtype)
+            raise ValueError(f"the store {self.path} is missing {missing} tile(s) of {name!r}; run "
+                             f"the same compute_kernel call (or ntklab command) again to finish it")
+        try:
+            array = self._array(name)
+        except Exception as err:  # noqa: BLE001
+            raise ValueError(f"the store {self.path}: the metadata of {name!r}, "
+                             f"{self.path / name / 'zarr.json'}, is missing or damaged ({err}); "
+                             f"run the same compute_kernel call (or ntklab kernel command) again "
+                             f"to repair it (the other arrays load meanwhile)") from None
+        matrix = np.full(self.shape, np.nan, dtype=array.dtype)
         bad = []
         with _quiet_zarr():
-            for tile in self.tiles():
-                arrays = self._read_tile(group, tile, (name,))
-                if arrays is None:
+            for tile, digests in sorted(self._markers().items()):
+                values = self._read(array, tile, name, digests)
+                if values is None:
                     bad.append(tile)
                     continue
                 rows, cols = self.tiling.slices(tile)
-                matrix[rows, cols] = arrays[name]
+                matrix[rows, cols] = values
                 if self.symmetric and tile[0] != tile[1]:
-                    matrix[cols, rows] = arrays[name].T
+                    matrix[cols, rows] = values.T
         if bad:
             shown = ", ".join(f"{i}_{j}" for i, j in bad[:10]) + (", ..." if len(bad) > 10 else "")
             raise ValueError(f"the store {self.path} has {len(bad)} damaged tile(s) ({shown}: "
-                             f"missing, unreadable or not matching their checksum); run the same "
-                             f"compute_kernel call (or ntklab kernel command) again to recompute "
-                             f"exactly those")
+                             f"missing, unreadable or not matching their checksum) in {name!r}; run "
+                             f"the same compute_kernel call (or ntklab kernel command) again to "
+                             f"recompute exactly those")
         if self.symmetric:  # diagonal tiles hold both triangles; keep the upper one, mirrored
             matrix = np.triu(matrix) + np.triu(matrix, 1).T
         return matrix
@@ -217,41 +337,119 @@ class KernelStore:
         if not meta.is_file():
             raise ValueError(f"{str(path)!r} is not an ntklab kernel store (no ntklab.json); "
                              f"choose a new path for the store")
-        return cls(path, json.loads(meta.read_text()))
+        try:
+            config = json.loads(meta.read_text())
+            known = config["format"] in (FORMAT, OLD_FORMAT)
+        except (OSError, ValueError, TypeError, KeyError) as err:
+            raise ValueError(f"the store's configuration {str(meta)!r} is damaged ({err}); without "
+                             f"it no tile can be identified: delete the store {str(path)!r} and "
+                             f"compute it again") from None
+        if not known:
+            raise ValueError(f"the store {str(path)!r} has format {config['format']!r}, which this "
+                             f"ntklab does not read ({FORMAT!r}); compute it again into a new path")
+        return cls(path, config)
 
 
-def _create(path: Path, config: dict, dtype: torch.dtype) -> KernelStore:
-    """Create the empty store in a staging folder and rename it into place."""
+class _Claims:
+    """Which process computes which tile: a POSIX lock (`lockf`) on byte 1 + k of the store's
+    `claims.lock` while a process computes tile k, and on byte 0 while it prepares the store
+    (repair, verify).  The system releases a process's locks when it exits, however it ends.
+    Locks are per process: all claims of one process are its own."""
+
+    def __init__(self, store: KernelStore):
+        self._offset = {tile: k + 1 for k, tile in enumerate(store.tiles())}
+        try:
+            self._fd = os.open(store.path / CLAIMS, os.O_RDWR | os.O_CREAT,
+                               default_mode(directory=False)) if fcntl else None
+        except PermissionError:  # a read-only store: nothing will be written into it
+            self._fd = None
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)   # releases every lock of this process on the file
+
+    def _lock(self, offset: int, wait: bool) -> bool:
+        if self._fd is None:
+            return True
+        try:
+            fcntl.lockf(self._fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB), 1, offset)
+        except OSError as err:
+            if err.errno in (errno.EACCES, errno.EAGAIN):
+                return False
+            raise
+        return True
+
+    def _unlock(self, offset: int) -> None:
+        if self._fd is not None:
+            fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, offset)
+
+    def take(self, tile: Tile, wait: bool = False) -> bool:
+        """Claim `tile`; False when another process holds it (`wait`: until it lets go)."""
+        return self._lock(self._offset[tile], wait)
+
+    def release(self, tile: Tile) -> None:
+        self._unlock(self._offset[tile])
+
+    @contextlib.contextmanager
+    def preparing(self):
+        """One process at a time repairs and verifies the store."""
+        self._lock(0, wait=True)
+        try:
+            yield
+        finally:
+            self._unlock(0)
+
+
+def _layout(folder: Path, config: dict) -> None:
+    """The empty zarr group and arrays of `config` in `folder` (one chunk per tile)."""
     zarr = import_extra("zarr", "engine")
+    group = zarr.open_group(store=str(folder), mode="w")
+    for name in config["get"]:
+        group.create_array(name, shape=tuple(config["shape"]), dtype=np.dtype(config["dtype"]),
+                           chunks=(config["tile_size"],) * 2, fill_value=np.nan)
+
+
+def _create(path: Path, config: dict) -> KernelStore | None:
+    """Create the empty store in a staging folder and rename it into place.  When another
+    process creates it at the same moment, the first rename wins: None for the others."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.partial-"))
+    stage = make_temporary_folder(path.parent, prefix=f".{path.name}.partial-")
     try:
-        group = zarr.open_group(store=str(stage), mode="w")
-        numpy_dtype = torch.empty((), dtype=dtype).numpy().dtype
-        for name in config["get"]:
-            group.create_array(name, shape=tuple(config["shape"]), dtype=numpy_dtype,
-                               chunks=(config["tile_size"],) * 2, fill_value=np.nan)
+        _layout(stage, config)
         (stage / DONE).mkdir()
+        (stage / CLAIMS).touch()
         (stage / "ntklab.json").write_text(json.dumps(config, indent=2, sort_keys=True))
         os.replace(stage, path)
-        remove_stale_staging(path)   # left by creations that were killed
+    except OSError:
+        shutil.rmtree(stage, ignore_errors=True)
+        if (path / "ntklab.json").is_file():   # another process's store (that one may also
+            return None                         # have removed this staging folder as stale)
+        raise
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
+    remove_stale_staging(path)   # left by creations that were killed
     return KernelStore(path, config)
 
 
-def open_store(path: str | Path, config: dict, dtype: torch.dtype) -> KernelStore:
+def open_store(path: str | Path, config: dict) -> KernelStore:
     """The store at `path`: created if absent, resumed if its configuration matches."""
     path = Path(path)
     if not path.exists():
-        return _create(path, config, dtype)
+        created = _create(path, config)
+        if created is not None:
+            return created
     store = KernelStore.open(path)
     if config["architecture"] is None or store.config.get("architecture") is None:
         raise ValueError(f"refusing to resume into {str(path)!r}: the architecture cannot be "
                          f"identified exactly (an anonymous function such as a lambda in "
                          f"nk.Elementwise), so its tiles might be of another network; use a "
                          f"named module-level function, a new store path, or delete that one")
+    if store.config["format"] != config["format"]:
+        raise ValueError(f"refusing to resume into {str(path)!r}: it was made by an older ntklab "
+                         f"(format {store.config['format']!r}, whose checksums do not bind a "
+                         f"tile's position); KernelStore.open(path).load(name) still reads it; "
+                         f"to compute, use a new store path or delete that one")
     differ = [key for key in sorted(set(config) | set(store.config))
               if config.get(key) != store.config.get(key)]
     if differ:
@@ -348,6 +546,33 @@ def _in_window(executor: cf.Executor, tasks: Iterator, window: int) -> Iterator[
         yield pending.pop(future), future.result()
 
 
+def _disk_full(path: Path, err: OSError) -> ValueError:
+    """The message for a full disk (or quota) while writing the store at `path`."""
+    try:
+        kept = f"its {len(KernelStore.open(path).done())} finished tile(s) are kept"
+    except ValueError:
+        kept = "the store was not created"
+    return ValueError(f"no space left for the kernel store {str(path)!r} ({err.strerror or err}): "
+                      f"{kept}; free some space (or raise the quota) and run the same "
+                      f"compute_kernel call (or ntklab kernel command) again to resume")
+
+
+def _claimed(store: KernelStore, claims: _Claims, todo: Sequence[Tile], busy: list[Tile],
+             bar) -> Iterator[tuple[Tile, tuple[str, ...]]]:
+    """The tiles of `todo` this process claims, with the arrays they still need; tiles that
+    another process holds go to `busy`, those it finished meanwhile only to the progress bar."""
+    for tile in todo:
+        if not claims.take(tile):
+            busy.append(tile)
+            continue
+        names = store.missing(tile)   # read after claiming: another process may have finished it
+        if names:
+            yield tile, names
+        else:
+            claims.release(tile)
+            bar.update()
+
+
 def compute_kernel(arch, x1, x2=None, *, store: str | Path, get: str | Sequence[str] | None = None,
                    tile_size: int = 256, dtype: torch.dtype | None = None,
                    scheduler=None, workers: int | None = None, device: str | None = None,
@@ -355,12 +580,13 @@ def compute_kernel(arch, x1, x2=None, *, store: str | Path, get: str | Sequence[
                    verify: bool = True, fused: bool = False) -> KernelStore:
     """Compute (or finish) the NNGP/NTK matrices of `arch` between `x1` and `x2`
     into the zarr store `store`, tile by tile; returns the `KernelStore`
-    (`.load("ntk")` gives the matrix).  See the module docstring for resuming
-    and for the schedulers; `max_memory` bounds each tile's working memory.  The
-    store is keyed by `arch.identity`: an architecture that cannot be identified
-    exactly (a lambda) is computed, but never resumed.  dtype as `Serial.kernel`.
-    `verify`: check every finished tile against its checksum first and compute the
-    damaged ones again (reads the store once).  `fused`: as `Serial.kernel`.
+    (`.load("ntk")` gives the matrix).  See the module docstring for resuming,
+    repairs, several processes on one store and the schedulers; `max_memory` bounds
+    each tile's working memory.  The store is keyed by `arch.identity`: an
+    architecture that cannot be identified exactly (a lambda) is computed, but never
+    resumed.  dtype as `Serial.kernel`.  `verify`: check every finished tile against
+    its checksum first and compute the damaged arrays of those tiles again (reads the
+    store once).  `fused`: as `Serial.kernel`.
 
     Parameters
     ----------
@@ -384,7 +610,8 @@ def compute_kernel(arch, x1, x2=None, *, store: str | Path, get: str | Sequence[
     Raises
     ------
     ValueError
-        For a store that cannot be written or holds a different computation.
+        For a store that cannot be written, holds a different computation, or whose disk
+        is full (the finished tiles are kept: rerun to resume).
 
     Examples
     --------
@@ -417,27 +644,45 @@ def compute_kernel(arch, x1, x2=None, *, store: str | Path, get: str | Sequence[
     # so a failed start leaves nothing behind
     executor, window, owned = _executor(scheduler, workers)
     try:
-        kernel_store = open_store(store, config, dtype)
-        if verify:
-            kernel_store.forget(kernel_store.verify())   # damaged tiles are computed again
-        done = kernel_store.done()
-        todo = [tile for tile in kernel_store.tiles() if tile not in done]
+        kernel_store = open_store(store, config)
+        claims = _Claims(kernel_store)
+        try:
+            with claims.preparing():
+                kernel_store.repair()
+                if verify:   # damaged arrays of finished tiles are computed again
+                    for tile, lost in kernel_store.damaged().items():
+                        kernel_store.forget([tile], lost)
+            todo = [tile for tile in kernel_store.tiles() if kernel_store.missing(tile)]
 
-        def tasks():
-            for tile in todo:
-                rows, cols = kernel_store.tiling.slices(tile)
-                same = kernel_store.tiling.on_diagonal(tile)
-                other = None if same else (x1 if x2 is None else x2)[cols]
-                yield tile, compute_tile, (arch, x1[rows], other, names, device, max_memory,
-                                             fused)
+            def tasks(claimed):
+                for tile, needed in claimed:
+                    rows, cols = kernel_store.tiling.slices(tile)
+                    same = kernel_store.tiling.on_diagonal(tile)
+                    other = None if same else (x1 if x2 is None else x2)[cols]
+                    yield tile, compute_tile, (arch, x1[rows], other, needed, device, max_memory,
+                                                 fused)
 
-        total = len(kernel_store.tiles())
-        show = total > 1 if progress is None else progress
-        with tqdm(total=total, initial=total - len(todo), disable=not show or not todo,
-                  desc="kernel tiles", unit="tile", dynamic_ncols=True) as bar:
-            for tile, arrays in _in_window(executor, tasks(), window):
-                kernel_store.write_tile(tile, arrays)
-                bar.update()
+            total = len(kernel_store.tiles())
+            show = total > 1 if progress is None else progress
+            with tqdm(total=total, initial=total - len(todo), disable=not show or not todo,
+                      desc="kernel tiles", unit="tile", dynamic_ncols=True) as bar:
+                while todo:
+                    busy: list[Tile] = []
+                    for tile, arrays in _in_window(executor, tasks(_claimed(kernel_store, claims, todo,
+                                                                            busy, bar)), window):
+                        kernel_store.write_tile(tile, arrays)
+                        claims.release(tile)
+                        bar.update()
+                    if busy:   # computed by other processes: wait until one lets go, then look again
+                        claims.take(busy[0], wait=True)
+                        claims.release(busy[0])
+                    todo = busy
+        finally:
+            claims.close()
+    except OSError as err:
+        if err.errno not in DISK_FULL:
+            raise
+        raise _disk_full(Path(store), err) from err
     finally:
         if isinstance(owned, cf.Executor):
             owned.shutdown(wait=False, cancel_futures=True)
