@@ -11,8 +11,15 @@ MSE for time `t` (`t=None`: to convergence, i.e. kernel (ridge) regression
 `architecture` is an ntklab architecture (`nk.serial(...)`) or its string form
 ("Dense(512, W_std=1.5), Relu(), Dense(1)"), so it can be searched over with
 `GridSearchCV`.  Inputs are validated by scikit-learn; kernels are float64.
+
+Samples with more than one axis (images `[N, C, H, W]` for convolutional
+architectures, sequences `[N, T, C]`) are taken as they are, or as flat rows
+`[N, C*H*W]` when `input_shape=(C, H, W)` is given; either way `n_features_in_` is the
+number of values per sample, and predictions accept either layout.
 """
 from __future__ import annotations
+
+import numbers
 
 import numpy as np
 import torch
@@ -44,27 +51,86 @@ def resolve_architecture(architecture) -> Serial:
                      f"string such as 'Dense(512), Relu(), Dense(1)', got {architecture!r}")
 
 
+def resolve_input_shape(input_shape) -> tuple[int, ...] | None:
+    """None, or the shape of one sample as a tuple of 1 to 3 positive ints."""
+    if input_shape is None:
+        return None
+    sizes = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else ()
+    if not (1 <= len(sizes) <= 3 and all(isinstance(n, numbers.Integral) and not isinstance(n, bool)
+                                         and n > 0 for n in sizes)):
+        raise ValueError("input_shape must be None or the shape of one sample as 1 to 3 positive "
+                         f"ints, e.g. (C, H, W) = (3, 32, 32) for images, got {input_shape!r}")
+    return tuple(int(n) for n in sizes)
+
+
 class _InfiniteNetwork(BaseEstimator):
     """Shared eager fit: `fit` computes the training kernel, factorizes it and stores
     the dual coefficients; `predict` only applies them (scikit-learn's convention).
 
-    Learned attributes: `X_fit_` [n, d]; `dual_coef_` [n, outputs] with
+    Learned attributes: `sample_shape_` (None for vectors, else the shape of one sample,
+    e.g. (C, H, W)); `X_fit_` [n, *sample shape]; `dual_coef_` [n, outputs] with
     f(x) = K(x, X_fit_) dual_coef_, where K is this estimator's kernel and
     dual_coef_ = G^-1 (I - e^{-lr G t / |Y|}) Y (G^-1 Y for t=None), G = K(X, X) +
     diag_reg mean(diag K) I (`predict.GradientFlow`)."""
     _kernel = "ntk"
 
-    def __init__(self, architecture=None, *, diag_reg=1e-4, t=None, learning_rate=1.0):
+    def __init__(self, architecture=None, *, diag_reg=1e-4, t=None, learning_rate=1.0,
+                 input_shape=None):
         self.architecture = architecture
         self.diag_reg = diag_reg
         self.t = t
         self.learning_rate = learning_rate
+        self.input_shape = input_shape
+
+    def _rows(self, X, *, reset: bool):
+        """X with samples of several axes flattened to rows [n, values per sample] (for
+        scikit-learn's validation); at fit (`reset`) sets `sample_shape_`, at predict checks it."""
+        if reset:
+            self.sample_shape_ = resolve_input_shape(self.input_shape)
+        if (X.ndim if hasattr(X, "ndim") else np.asarray(X).ndim) <= 2:
+            return X
+        X = np.asarray(X)
+        shape, expected = X.shape[1:], self.sample_shape_
+        if reset and expected is None:
+            self.sample_shape_ = shape
+        elif shape != expected:
+            if reset:
+                why = f"is given input_shape={expected}"
+            elif expected is None:
+                why = (f"was fitted on vectors of {self.n_features_in_} features (for images, fit "
+                       f"on [N, C, H, W] arrays or give input_shape=(C, H, W))")
+            else:
+                why = f"was fitted on samples of shape {expected}"
+            fix = "" if expected is None else (f"; pass X as [N, {', '.join(map(str, expected))}] "
+                                               f"or as flat rows [N, {np.prod(expected)}]")
+            raise ValueError(f"X has samples of shape {shape}, but {type(self).__name__} {why}{fix}")
+        return X.reshape(len(X), -1)
+
+    def _samples(self, rows: np.ndarray) -> torch.Tensor:
+        """Validated rows as the architecture's inputs [n, *sample_shape_]."""
+        x = torch.as_tensor(rows, dtype=torch.float64)
+        return x if self.sample_shape_ is None else x.reshape(len(x), *self.sample_shape_)
+
+    def _fit_data(self, X, y, **checks):
+        """`validate_data` at fit, on the flattened samples; sets `sample_shape_`."""
+        X, y = validate_data(self, self._rows(X, reset=True), y, dtype=np.float64, **checks)
+        if self.sample_shape_ is not None and np.prod(self.sample_shape_) != X.shape[1]:
+            raise ValueError(f"input_shape={self.sample_shape_} holds {np.prod(self.sample_shape_)} "
+                             f"features per sample, but X has {X.shape[1]}; give the shape of one "
+                             f"sample, e.g. (C, H, W) for images")
+        return X, y
+
+    def _test_inputs(self, X) -> torch.Tensor:
+        """Validated prediction inputs [n, *sample_shape_] (either layout)."""
+        check_is_fitted(self, "dual_coef_")
+        return self._samples(validate_data(self, self._rows(X, reset=False), reset=False,
+                                           dtype=np.float64))
 
     def _fit_targets(self, X, Y) -> None:
         if self.t is not None and not (np.isscalar(self.t) and self.t >= 0):
             raise ValueError(f"t must be None (trained to convergence) or a time >= 0, got {self.t!r}")
         self.architecture_ = resolve_architecture(self.architecture)
-        self.X_fit_ = torch.as_tensor(X, dtype=torch.float64)
+        self.X_fit_ = self._samples(X)
         targets = torch.as_tensor(Y, dtype=torch.float64)
         targets = targets[:, None] if targets.ndim == 1 else targets
         self.flow_ = GradientFlow(self.architecture_.kernel(self.X_fit_, get=self._kernel), targets.numel(),
@@ -73,13 +139,11 @@ class _InfiniteNetwork(BaseEstimator):
         coef = self.flow_.solve(targets, times)
         self.dual_coef_ = (coef if times is None else coef[0]).numpy()
 
-    def _cross_kernel(self, X) -> torch.Tensor:
-        check_is_fitted(self, "dual_coef_")
-        X = validate_data(self, X, reset=False, dtype=np.float64)
-        return self.architecture_.kernel(torch.as_tensor(X), self.X_fit_, get=self._kernel)
+    def _cross_kernel(self, x: torch.Tensor) -> torch.Tensor:
+        return self.architecture_.kernel(x, self.X_fit_, get=self._kernel)
 
     def _mean(self, X) -> np.ndarray:
-        return self._cross_kernel(X).numpy() @ self.dual_coef_
+        return self._cross_kernel(self._test_inputs(X)).numpy() @ self.dual_coef_
 
 
 class _Regressor(RegressorMixin, _InfiniteNetwork):
@@ -90,7 +154,7 @@ class _Regressor(RegressorMixin, _InfiniteNetwork):
 
     def fit(self, X, y):
         """Compute and factorize the training kernel; store `dual_coef_`."""
-        X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True, multi_output=True)
+        X, y = self._fit_data(X, y, y_numeric=True, multi_output=True)
         y = np.asarray(y, dtype=np.float64)
         self._single_output = y.ndim == 1
         self._fit_targets(X, y)
@@ -116,6 +180,9 @@ class NTKRegressor(_Regressor):
     t : float, optional
         Training time (None: t = infinity).
     learning_rate : float
+    input_shape : tuple of int, optional
+        The shape of one sample, e.g. (C, H, W), when X holds flat rows of images
+        (X [N, C, H, W] declares it by itself).
 
     Examples
     --------
@@ -148,6 +215,9 @@ class NNGPRegressor(_Regressor):
     t : float, optional
         Training time (None: t = infinity).
     learning_rate : float
+    input_shape : tuple of int, optional
+        The shape of one sample, e.g. (C, H, W), when X holds flat rows of images
+        (X [N, C, H, W] declares it by itself).
 
     Examples
     --------
@@ -165,12 +235,12 @@ class NNGPRegressor(_Regressor):
         if return_std and return_cov:
             raise ValueError("at most one of return_std and return_cov can be True "
                              "(as in GaussianProcessRegressor)")
-        k_cross = self._cross_kernel(X)                                  # [n_test, n]
+        x = self._test_inputs(X)
+        k_cross = self._cross_kernel(x)                                  # [n_test, n]
         mean = k_cross.numpy() @ self.dual_coef_
         mean = mean[:, 0] if self._single_output else mean
         if not (return_std or return_cov):
             return mean
-        x = torch.as_tensor(validate_data(self, X, reset=False, dtype=np.float64))
         times = None if self.t is None else torch.tensor([float(self.t)], dtype=torch.float64)
         explained = self.flow_.solve(k_cross.T, times, doubled=True)
         explained = explained if times is None else explained[0]
@@ -196,6 +266,9 @@ class NTKClassifier(ClassifierMixin, _InfiniteNetwork):
     t : float, optional
         Training time (None: t = infinity).
     learning_rate : float
+    input_shape : tuple of int, optional
+        The shape of one sample, e.g. (C, H, W), when X holds flat rows of images
+        (X [N, C, H, W] declares it by itself).
 
     Examples
     --------
@@ -210,7 +283,7 @@ class NTKClassifier(ClassifierMixin, _InfiniteNetwork):
     _kernel = "ntk"
 
     def fit(self, X, y):
-        X, y = validate_data(self, X, y, dtype=np.float64)
+        X, y = self._fit_data(X, y)
         check_classification_targets(y)
         binarizer = LabelBinarizer().fit(y)
         self.classes_ = binarizer.classes_
