@@ -1,6 +1,11 @@
 """The command line and the kernel-gd experiment (quick settings)."""
+import contextlib
 import csv
 import json
+import socket
+import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -113,3 +118,188 @@ def test_markdown_tables_keep_pipes_inside_their_cells():
     table = markdown_table([{"max |z|": "||W|| = 2", "x": 1.5}], ["max |z|", "x"])
     widths = {len(re.split(r"(?<!\\)\|", line.strip())) for line in table.splitlines()}
     assert widths == {4}, table
+
+
+# ---------------------------------------------------------------- issue 27: output paths and flags
+
+ARCH = "Dense(16, W_std=1.5, b_std=0.05), Relu(), Dense(1, W_std=1.5, b_std=0.05)"
+
+
+@pytest.fixture()
+def x1_file(tmp_path):
+    path = tmp_path / "x1.npy"
+    np.save(path, np.random.default_rng(0).standard_normal((7, 3)))
+    return path
+
+
+def kernel_cli(x1_file, out, *extra):
+    return CliRunner().invoke(main, ["kernel", "--arch", ARCH, "--x1", str(x1_file), "--out", str(out),
+                                     *extra])
+
+
+def api_kernel(x1_file):
+    net = nk.serial(nk.Dense(16, 1.5, 0.05), nk.Relu(), nk.Dense(1, 1.5, 0.05))
+    return net.kernel(np.load(x1_file))
+
+
+@contextlib.contextmanager
+def fake_service(kind):
+    """A TCP service that is not a Dask scheduler: "garbage" answers every connection with
+    bytes that are not Dask's protocol, "silent" accepts and never answers, "closed" is a port
+    nobody listens on.  Yields its tcp:// address."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    address = f"tcp://127.0.0.1:{server.getsockname()[1]}"
+    if kind == "closed":
+        server.close()
+        yield address
+        return
+    server.listen()
+    held = []
+
+    def serve():
+        while True:
+            try:
+                connection, _ = server.accept()
+            except OSError:
+                return
+            held.append(connection)
+            if kind == "garbage":
+                connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnope" + b"\xff" * 64)
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield address
+    finally:
+        server.close()
+        for connection in held:
+            connection.close()
+
+
+@pytest.mark.parametrize("kind", ["garbage", "silent", "closed"])
+def test_a_tcp_service_that_is_not_dask_is_refused_within_seconds(kind, x1_file, tmp_path):
+    """Before: garbage -> "Unable to allocate 3.07 EiB" traceback, silent -> hung for good,
+    closed port -> refused only after 38 s."""
+    out = tmp_path / "k.zarr"
+    with fake_service(kind) as address:
+        start = time.perf_counter()
+        result = kernel_cli(x1_file, out, "--scheduler", address)
+        seconds = time.perf_counter() - start
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert f"scheduler (--scheduler) {address!r}" in result.output and "Dask scheduler" in result.output
+    assert "dask scheduler" in result.output   # the fix: how to start one
+    assert seconds < 8, seconds
+    assert not out.exists()
+
+
+def test_a_real_dask_scheduler_passes_the_probe_and_a_worker_address_does_not():
+    distributed = pytest.importorskip("distributed")
+    from ntklab.kernels.engine import check_scheduler
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster:
+        check_scheduler(cluster.scheduler_address)
+        worker = next(iter(cluster.scheduler_info["workers"]))
+        with pytest.raises(ValueError, match="is a Dask worker, not the scheduler"):
+            check_scheduler(worker)
+
+
+def test_kernel_refuses_to_replace_an_existing_file_without_overwrite(x1_file, tmp_path):
+    """Before: k.npz was silently overwritten."""
+    out = tmp_path / "k.npz"
+    out.write_bytes(b"someone's results")
+    result = kernel_cli(x1_file, out)
+    assert result.exit_code == 1 and "already exists" in result.output and "--overwrite" in result.output
+    assert out.read_bytes() == b"someone's results"
+    assert kernel_cli(x1_file, out, "--overwrite").exit_code == 0
+    with np.load(out) as k:
+        np.testing.assert_allclose(k["ntk"], api_kernel(x1_file).ntk.numpy(), rtol=1e-14)
+    folder = tmp_path / "folder.npz"
+    folder.mkdir()
+    result = kernel_cli(x1_file, folder, "--overwrite")
+    assert result.exit_code == 1 and "is a folder" in result.output
+
+
+def test_kernel_overwrite_replaces_a_store_of_another_computation(x1_file, tmp_path):
+    """A .zarr store of the same computation is resumed (no flag needed); one of another
+    computation is refused, and replaced with --overwrite."""
+    out = tmp_path / "k.zarr"
+    other = tmp_path / "other.npy"
+    np.save(other, np.ones((4, 3)))
+    assert kernel_cli(other, out).exit_code == 0
+    refused = kernel_cli(x1_file, out)
+    assert refused.exit_code == 1 and "different configuration" in refused.output
+    result = kernel_cli(x1_file, out, "--overwrite")
+    assert result.exit_code == 0, result.output
+    from ntklab.kernels import KernelStore
+    np.testing.assert_allclose(KernelStore.open(out).load("ntk"), api_kernel(x1_file).ntk.numpy(),
+                               rtol=1e-14)
+    not_a_store = tmp_path / "notes.zarr"
+    not_a_store.mkdir()
+    (not_a_store / "notes.txt").write_text("keep me")
+    result = kernel_cli(x1_file, not_a_store, "--overwrite")
+    assert result.exit_code == 1 and "not a kernel store" in result.output
+    assert (not_a_store / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--scheduler", "processes"], "--scheduler applies to .zarr output only"),
+    (["--workers", "2"], "--workers applies to .zarr output only"),
+    (["--tile-size", "4"], "--tile-size applies to .zarr output only"),
+    (["--no-verify"], "--verify/--no-verify applies to .zarr output only"),
+])
+def test_kernel_refuses_zarr_only_flags_with_npz_output(flags, message, x1_file, tmp_path):
+    """Before: each of these was silently ignored."""
+    result = kernel_cli(x1_file, tmp_path / "k.npz", *flags)
+    assert result.exit_code == 1 and message in result.output, result.output
+    assert list(tmp_path.iterdir()) == [x1_file]
+
+
+def test_workers_without_the_processes_scheduler_are_refused(x1_file, tmp_path):
+    """Before: --workers with the local scheduler (or a Dask cluster) was silently ignored."""
+    result = kernel_cli(x1_file, tmp_path / "k.zarr", "--workers", "3")
+    assert result.exit_code == 1 and "workers (--workers) applies to scheduler 'processes' only" in result.output
+    result = CliRunner().invoke(main, ["run", "cntk-table", "--quick", "--workers", "3",
+                                       "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1 and "workers (--workers) applies to scheduler 'processes' only" in result.output
+    assert list(tmp_path.iterdir()) == [x1_file]
+
+
+@pytest.fixture()
+def spy_experiment(monkeypatch):
+    """A registered experiment that records whether it was started."""
+    calls = []
+
+    def spy(folder, **kwargs):
+        calls.append(folder)
+        folder.write_text("report.md", "ran\n")
+        return {}
+    monkeypatch.setitem(experiments.REGISTRY, "spy", experiments.Experiment("spy", "", spy))
+    return calls
+
+
+def unwritable_outs(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    outs = [blocker / "run"]   # its "folder" is a file
+    if Path("/proc/self").is_dir():
+        outs.append(Path("/proc/ntklab-run"))   # a read-only file system, even for root
+    return outs
+
+
+def test_run_checks_its_output_folder_before_any_work(spy_experiment, tmp_path):
+    """Before: a raw OSError traceback (FileExistsError / FileNotFoundError)."""
+    for out in unwritable_outs(tmp_path):
+        result = CliRunner().invoke(main, ["run", "spy", "--out", str(out)])
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+        assert f"--out {str(out)!r} cannot be written" in result.output, result.output
+        assert spy_experiment == []
+    missing = tmp_path / "new" / "deeper" / "run"   # missing folders are created
+    assert CliRunner().invoke(main, ["run", "spy", "--out", str(missing)]).exit_code == 0
+    assert (missing / "report.md").read_text() == "ran\n" and len(spy_experiment) == 1
+
+
+def test_kernel_checks_its_output_before_any_work(x1_file, tmp_path):
+    for out in unwritable_outs(tmp_path):
+        for suffix in (".npz", ".zarr"):
+            result = kernel_cli(x1_file, out.with_suffix(suffix))
+            assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+            assert "cannot be written" in result.output

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -15,12 +16,52 @@ click = import_extra("click", "lab")   # the command line is part of the lab ext
 from . import experiments  # noqa: E402
 from .arch.spec import parse_architecture  # noqa: E402
 from .data import load_array  # noqa: E402
-from .kernels.engine import compute_kernel  # noqa: E402
-from .files import atomic_write_bytes, check_writable  # noqa: E402
+from .kernels.engine import check_scheduler, compute_kernel  # noqa: E402
+from .files import atomic_write_bytes, check_writable, make_temporary_folder  # noqa: E402
 
 
 def _fail(err: Exception) -> None:
     raise click.ClickException(str(err))
+
+
+def _flag(ctx: "click.Context", name: str) -> str | None:
+    """The flag of option `name` when the user gave it ("--verify/--no-verify"), else None."""
+    if ctx.get_parameter_source(name) in (None, click.core.ParameterSource.DEFAULT):
+        return None
+    param = next(p for p in ctx.command.params if p.name == name)
+    return "/".join(param.opts + param.secondary_opts)
+
+
+def _check_kernel_out(ctx: "click.Context", out: Path, overwrite: bool) -> None:
+    """`ntklab kernel --out` before any work: a .npz or .zarr path in a writable folder; flags
+    that only a .zarr store uses are refused with .npz; an existing .npz is replaced only
+    with --overwrite; an existing .zarr store is resumed, or with --overwrite replaced (only
+    a kernel store: any other folder is refused).  The scheduler is checked here too."""
+    if out.suffix not in (".npz", ".zarr"):
+        raise ValueError(f"--out must end in .npz or .zarr, got {str(out)!r}")
+    if out.suffix == ".zarr":
+        if overwrite and out.exists() and not (out / "ntklab.json").is_file():
+            raise ValueError(f"--out {str(out)!r} is not a kernel store (no ntklab.json), so "
+                             f"--overwrite leaves it alone; choose another path")
+        check_scheduler(ctx.params["scheduler"], ctx.params["workers"])
+    else:
+        for name in ("scheduler", "workers", "tile_size", "verify"):
+            if (flag := _flag(ctx, name)) is not None:
+                raise ValueError(f"{flag} applies to .zarr output only (a .npz is computed in "
+                                 f"memory, in this process); drop {flag} or write --out DIR.zarr")
+        if out.is_dir():
+            raise ValueError(f"--out {str(out)!r} is a folder; choose a file path ending in .npz")
+        if out.exists() and not overwrite:
+            raise ValueError(f"--out {str(out)!r} already exists; choose another path or pass "
+                             f"--overwrite to replace it")
+    check_writable(out, "--out")
+
+
+def _discard(path: Path) -> None:
+    """Remove the folder `path`: renamed away first, so that no half-removed store remains."""
+    trash = make_temporary_folder(path.parent, f".{path.name}.old-")
+    path.replace(trash / path.name)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -92,19 +133,23 @@ def run(name: str, seed: int, out: Path | None, device: str | None, quick: bool,
               help="For .zarr: check finished tiles against their checksums and recompute damaged ones.")
 @click.option("--max-memory", default="1GiB", show_default=True,
               help="Working memory of one block of pairs (e.g. 512MiB, 4GB).")
-def kernel(arch: str, x1_path: Path, x2_path: Path | None, out: Path, get: str,
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing .npz file, or start an existing .zarr store anew "
+                   "(without it a .zarr store of the same computation is resumed).")
+@click.pass_context
+def kernel(ctx: click.Context, arch: str, x1_path: Path, x2_path: Path | None, out: Path, get: str,
            device: str | None, tile_size: int, scheduler: str, workers: int | None,
-           verify: bool, max_memory: str) -> None:
+           verify: bool, max_memory: str, overwrite: bool) -> None:
     """Compute the infinite-width NNGP/NTK of an architecture between input files."""
     get_names = ("nngp", "ntk") if get == "both" else (get,)
     try:
-        if out.suffix not in (".npz", ".zarr"):
-            raise ValueError(f"--out must end in .npz or .zarr, got {str(out)!r}")
-        check_writable(out, "--out")   # before any work
+        _check_kernel_out(ctx, out, overwrite)   # before any work
         net = parse_architecture(arch)
         x1 = load_array(x1_path, "x1")
         x2 = None if x2_path is None else load_array(x2_path, "x2")
         if out.suffix == ".zarr":
+            if overwrite and out.exists():
+                _discard(out)
             store = compute_kernel(net, x1, x2, store=out, get=get_names, tile_size=tile_size,
                                    scheduler=scheduler, workers=workers, device=device,
                                    max_memory=max_memory, progress=sys.stderr.isatty() or None,

@@ -3,7 +3,8 @@
 A run is written into a hidden staging folder next to its destination and
 renamed into place only when complete, so an interrupted run never leaves a
 folder that looks whole; each file inside is also written to a temporary name
-and renamed (atomic on POSIX)."""
+and renamed (atomic on POSIX).  Resumable intermediate results (kernel stores) live
+in the run's `kernels/` folder and survive an interrupted run for the next one."""
 from __future__ import annotations
 
 import csv
@@ -20,7 +21,7 @@ from typing import Any, Iterable, Mapping
 import matplotlib
 import numpy as np
 
-from .files import atomic_write_bytes, make_temporary_folder, remove_stale_staging
+from .files import atomic_write_bytes, check_writable, make_temporary_folder, remove_stale_staging
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -46,7 +47,14 @@ def provenance(device=None) -> dict[str, Any]:
 
 class RunFolder:
     """Context manager collecting a run's outputs; `out` appears only on success.
-    `config` collects the run's settings (written to config.json by the scaffold)."""
+    `config` collects the run's settings (written to config.json by the scaffold).
+
+    `out` is checked before any work: it must not exist unless `overwrite`, and its folder
+    must exist or be creatable and accept files.  `stores(key)` gives the run's folder of
+    resumable intermediate results (`kernels/`, e.g. zarr kernel stores), also inside `out`.
+    """
+
+    STORES = "kernels"
 
     def __init__(self, out: str | Path, *, overwrite: bool = False):
         self.config: dict[str, Any] = {}
@@ -54,16 +62,21 @@ class RunFolder:
         if self.out.exists() and not overwrite:
             raise ValueError(f"--out {str(self.out)!r} already exists; choose another folder "
                              f"or pass --overwrite to replace it")
+        check_writable(self.out, "--out")
         self.overwrite = overwrite
-        self.out.parent.mkdir(parents=True, exist_ok=True)
         self.stage = make_temporary_folder(self.out.parent, f".{self.out.name}.partial-")
 
     def __enter__(self) -> "RunFolder":
         return self
 
     def __exit__(self, kind, value, tb) -> None:
-        if kind is not None:
-            shutil.rmtree(self.stage, ignore_errors=True)
+        if kind is not None:   # only the stores stay, for the next run into `out` to resume
+            stores = self.stage / self.STORES
+            if not stores.is_dir():
+                shutil.rmtree(self.stage, ignore_errors=True)
+            for entry in self.stage.iterdir() if stores.is_dir() else ():
+                if entry != stores:
+                    shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink()
             return
         if self.out.exists():
             trash = Path(tempfile.mkdtemp(dir=self.out.parent, prefix=f".{self.out.name}.old-"))
@@ -71,6 +84,34 @@ class RunFolder:
             shutil.rmtree(trash, ignore_errors=True)
         os.replace(self.stage, self.out)
         remove_stale_staging(self.out)   # left by runs into the same folder that were killed
+
+    def stores(self, key: Mapping[str, Any]) -> Path:
+        """The folder `kernels/` of this run (inside `out`) for resumable intermediate results.
+
+        `key` (JSON) names what determines its contents (inputs, sizes...).  The stores of an
+        interrupted run into the same `out` (left in its staging folder), or with `overwrite`
+        those of the run being replaced, are taken over when they were made with the same
+        key; otherwise the folder starts empty, so stale stores of another configuration are
+        never reused (they go with the staging folders and the replaced run).  Call it
+        before any work."""
+        folder = self.stage / self.STORES
+        if folder.is_dir():
+            return folder
+        record = json.dumps(key, sort_keys=True, default=str)
+        earlier = sorted(self.out.parent.glob(f".{self.out.name}.partial-*/{self.STORES}"),
+                         key=lambda path: path.stat().st_mtime, reverse=True)
+        if self.overwrite:
+            earlier.append(self.out / self.STORES)
+        for candidate in earlier:
+            try:
+                if (candidate / "key.json").read_text() == record:
+                    candidate.replace(folder)
+                    return folder
+            except OSError:   # gone meanwhile (another run took it), or unreadable
+                continue
+        folder.mkdir()
+        atomic_write_bytes(folder / "key.json", record.encode())
+        return folder
 
     def path(self, name: str) -> Path:
         return self.stage / name

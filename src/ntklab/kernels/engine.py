@@ -496,15 +496,85 @@ class _InProcess(cf.Executor):
         return future
 
 
-def check_scheduler(scheduler, workers: int | None = None) -> None:
-    """Validate `scheduler` and `workers` (cheap: nothing is started or connected)."""
+def check_scheduler(scheduler, workers: int | None = None, *, probe_timeout: float = 5.0) -> None:
+    """Validate `scheduler` and `workers` before any work: `workers` only with
+    "processes"; a "tcp://host:port" address is probed (a TCP connection, Dask's handshake
+    and the service's identity, `probe_timeout` seconds at most), so a closed port, a
+    service that is not Dask or a Dask worker's address is refused within seconds with a
+    ValueError instead of hanging or failing in Dask's protocol code."""
     if workers is not None:
         positive_int(workers, "workers")
-    if scheduler in (None, "local", "processes") or (isinstance(scheduler, str) and "://" in scheduler):
+        if scheduler != "processes":
+            raise ValueError(f"workers (--workers) applies to scheduler 'processes' only, not "
+                             f"{scheduler or 'local'!r} (the local scheduler uses torch's threads, "
+                             f"a Dask cluster its own workers); drop workers or use scheduler "
+                             f"'processes'")
+    if scheduler in (None, "local", "processes"):
+        return
+    if isinstance(scheduler, str) and "://" in scheduler:
+        _probe_dask_scheduler(scheduler, probe_timeout)
         return
     if type(scheduler).__name__ != "Client":
         raise ValueError(f"scheduler must be 'local', 'processes', a Dask scheduler address "
                          f"'tcp://host:port' or a distributed.Client, got {scheduler!r}")
+
+
+def _unreachable(address: str, why: str) -> ValueError:
+    return ValueError(f"scheduler (--scheduler) {address!r}: cannot reach a Dask scheduler there ({why}); "
+                      f"start one with `dask scheduler` and workers with `dask worker {address}`, "
+                      f"and pass the address `dask scheduler` prints")
+
+
+def _probe_dask_scheduler(address: str, timeout: float) -> None:
+    """Refuse `address` unless a Dask scheduler answers there within `timeout` seconds."""
+    import asyncio
+    import socket
+    addressing = import_extra("distributed", "engine").comm.addressing
+    try:
+        protocol, _ = addressing.parse_address(address, strict=True)
+        if protocol == "tcp":
+            host, port = addressing.get_address_host_port(address, strict=True)
+    except ValueError as err:
+        raise ValueError(f"scheduler (--scheduler) {address!r} is not a Dask address ({err}); expected "
+                         f"tcp://host:port") from err
+    if protocol == "tcp":   # a closed port or an unknown host fails here at once
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+        except OSError as err:
+            raise _unreachable(address, err.strerror or str(err) or type(err).__name__) from err
+
+    async def identity():
+        from distributed.comm import connect
+        comm = await connect(address, timeout=timeout)
+        try:
+            await comm.write({"op": "identity", "reply": True})
+            return await comm.read()
+        finally:
+            comm.abort()
+
+    outcome: dict[str, Any] = {}
+
+    def ask() -> None:   # in a thread of its own: the caller may be inside an event loop
+        try:
+            outcome["reply"] = asyncio.run(asyncio.wait_for(identity(), timeout))
+        except BaseException as err:   # noqa: BLE001  (a non-Dask peer: MemoryError, decode errors ...)
+            outcome["error"] = err
+
+    thread = threading.Thread(target=ask, daemon=True, name="ntklab-scheduler-probe")
+    thread.start()
+    thread.join(timeout + 2.0)
+    reply, error = outcome.get("reply"), outcome.get("error")
+    if "reply" not in outcome and error is None or isinstance(error, (TimeoutError, asyncio.TimeoutError)):
+        raise _unreachable(address, f"no Dask handshake within {timeout:g} s: is it a Dask scheduler?")
+    if error is not None:   # a MemoryError's text ("Unable to allocate 3 EiB") would mislead
+        detail = "" if isinstance(error, MemoryError) else f": {str(error)[:200]}"
+        raise _unreachable(address, f"the service there does not speak Dask's protocol "
+                                    f"({type(error).__name__}{detail})") from error
+    kind = reply.get("type") if isinstance(reply, dict) else None
+    if kind != "Scheduler":
+        raise ValueError(f"scheduler (--scheduler) {address!r} is a Dask {str(kind).lower()}, not the scheduler"
+                         + (f"; use the scheduler's address {reply['scheduler']!r}"
+                            if isinstance(reply, dict) and reply.get("scheduler") else ""))
 
 
 def _executor(scheduler, workers: int | None) -> tuple[cf.Executor, int, Any]:
@@ -524,10 +594,8 @@ def _executor(scheduler, workers: int | None) -> tuple[cf.Executor, int, Any]:
     else:
         try:
             client = Client(scheduler, timeout=SCHEDULER_TIMEOUT)
-        except OSError as err:
-            raise ValueError(f"scheduler {scheduler!r}: cannot reach the Dask scheduler ({err}); "
-                             f"start one with `dask scheduler` and workers with `dask worker "
-                             f"{scheduler}`") from err
+        except (OSError, TimeoutError, MemoryError) as err:   # MemoryError: a non-Dask peer's bytes
+            raise _unreachable(scheduler, f"{type(err).__name__}: {str(err)[:200]}") from err
         owned = client
     slots = max(1, sum(client.nthreads().values()))
     return client.get_executor(pure=False), 2 * slots, owned
