@@ -50,6 +50,7 @@ import shutil
 import tempfile
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -166,6 +167,8 @@ class KernelStore:
     def _markers(self) -> dict[Tile, dict[str, str] | None]:
         """`_digests` of every tile with a marker `I_J`.  Anything else in the folder, e.g. an
         editor's backup file, is ignored."""
+        if not (self.path / DONE).is_dir():
+            return {}   # the folder was deleted: nothing is finished (a rerun makes it again)
         wanted = set(self.tiles())
         found = (MARKER.fullmatch(f.name) for f in (self.path / DONE).iterdir() if f.is_file())
         tiles = {tile for tile in ((int(m[1]), int(m[2])) for m in found if m) if tile in wanted}
@@ -361,7 +364,9 @@ class _Claims:
         try:
             self._fd = os.open(store.path / CLAIMS, os.O_RDWR | os.O_CREAT,
                                default_mode(directory=False)) if fcntl else None
-        except PermissionError:  # a read-only store: nothing will be written into it
+        except OSError as err:  # a read-only store: nothing will be written into it
+            if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
             self._fd = None
 
     def close(self) -> None:
@@ -376,7 +381,12 @@ class _Claims:
         except OSError as err:
             if err.errno in (errno.EACCES, errno.EAGAIN):
                 return False
-            raise
+            if err.errno != errno.ENOLCK:
+                raise
+            warnings.warn(f"the file system of {CLAIMS} has no POSIX locks: run one process per "
+                          f"store at a time", stacklevel=2)
+            os.close(self._fd)
+            self._fd = None   # no claims from now on
         return True
 
     def _unlock(self, offset: int) -> None:
