@@ -77,7 +77,7 @@ def test_quick_cntk_table_runs_end_to_end(tmp_path):
     report = (out / "report.md").read_text()
     assert "Which of the paper's orderings hold here" in report and "CNTK-GAP > CNTK-V" in report
     assert (out / "figures" / "accuracy_vs_depth.png").stat().st_size > 10_000
-    stores = sorted(p.name for p in (tmp_path / "run-kernels").iterdir())
+    stores = sorted(p.name for p in (out / "kernels").glob("*.zarr"))
     assert len(stores) == 8 and summary["test_accuracy_percent"][3]["CNTK-V"] == float(rows[0]["CNTK-V"])
     assert summary["below_chance"] == []
     with pytest.raises(ValueError, match="does not take --data"):
@@ -103,3 +103,84 @@ def test_resnet_kernels_quick_run_and_cifar10_input(tmp_path, cifar_dir):
     cifar = experiments.run("resnet-kernels", tmp_path / "cifar", seed=0, quick=True,
                             data=f"cifar10:{folder}", train_size=6, test_size=3)
     assert set(cifar["test_accuracy_percent"][5]) == set(row)
+
+
+# ---------------------------------------------------------------- issue 27: stores inside --out
+
+TINY = dict(depths=(3,), train_size=12, test_size=6, channels=4, epochs=1, batch_size=12, tile_size=8)
+
+
+@pytest.fixture()
+def tiny(monkeypatch):
+    """cntk-table --quick at a size of a second or two: depth 3, 12 training digits, 6 test."""
+    from ntklab.experiments import cntk_table
+    monkeypatch.setattr(cntk_table.Config, "quick", classmethod(lambda cls: cls(**TINY)))
+    return cntk_table
+
+
+def counted_tiles(monkeypatch):
+    from ntklab.kernels import engine
+    computed = []
+
+    def counting(*args, **kwargs):
+        computed.append(args[1].shape[0])
+        return compute_tile(*args, **kwargs)
+    compute_tile = engine.compute_tile
+    monkeypatch.setattr(engine, "compute_tile", counting)
+    return computed
+
+
+def test_cntk_table_stores_live_inside_out_and_overwrite_with_new_sizes_recomputes(tiny, tmp_path):
+    """Before: stores went to OUT-kernels/ beside OUT, and --overwrite with another training
+    size failed after the first CNN had trained ("refusing to resume ... different
+    configuration")."""
+    import torch
+    from ntklab.data import image_task
+    from ntklab.kernels import KernelStore
+    out = tmp_path / "run"
+    experiments.run("cntk-table", out, seed=0, quick=True)
+    assert list(tmp_path.iterdir()) == [out]
+    stores = sorted(p.name for p in (out / "kernels").glob("*.zarr"))
+    assert stores == ["digits-seed0-CNTK-GAP-depth3-test.zarr", "digits-seed0-CNTK-GAP-depth3-train.zarr",
+                      "digits-seed0-CNTK-V-depth3-test.zarr", "digits-seed0-CNTK-V-depth3-train.zarr"]
+    experiments.run("cntk-table", out, seed=0, quick=True, overwrite=True, train_size=16)
+    assert list(tmp_path.iterdir()) == [out]
+    task = image_task("digits", 16, None, seed=0, defaults=(12, 6))
+    net = tiny.architecture(3, "V", channels=4, n_classes=10)
+    expected = net.kernel(task.x_train, get="ntk")
+    k_train = KernelStore.open(out / "kernels" / "digits-seed0-CNTK-V-depth3-train.zarr").load("ntk")
+    assert k_train.shape == (16, 16)
+    torch.testing.assert_close(torch.from_numpy(k_train), expected, rtol=1e-12, atol=0)
+    assert "`kernels/`" in (out / "report.md").read_text()
+
+
+def test_an_interrupted_cntk_table_run_resumes_its_stores_inside_out(tiny, tmp_path, monkeypatch):
+    """A run stopped after the CNTK-V kernels (Ctrl-C in the next CNN) leaves no folder at OUT
+    but keeps its stores; the rerun computes only the CNTK-GAP tiles, and its table equals
+    that of an uninterrupted run."""
+    import json
+    real_cnn = tiny.cnn_accuracy
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_cnn(*args, **kwargs)
+    monkeypatch.setattr(tiny, "cnn_accuracy", interrupted)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        experiments.run("cntk-table", out, seed=0, quick=True)
+    (staged,) = tmp_path.iterdir()
+    assert staged.name.startswith(".run.partial-") and [p.name for p in staged.iterdir()] == ["kernels"]
+    monkeypatch.setattr(tiny, "cnn_accuracy", real_cnn)
+    computed = counted_tiles(monkeypatch)
+    resumed = experiments.run("cntk-table", out, seed=0, quick=True)
+    # a 12 x 12 training kernel in tiles of 8: 3 upper tiles; a 6 x 12 test kernel: 2 tiles
+    assert len(computed) == 5
+    assert list(tmp_path.iterdir()) == [out]
+    computed.clear()
+    fresh = experiments.run("cntk-table", tmp_path / "fresh", seed=0, quick=True)
+    assert len(computed) == 10
+    assert resumed["test_accuracy_percent"] == fresh["test_accuracy_percent"]
+    assert json.loads((out / "kernels" / "key.json").read_text())["train_size"] == 12

@@ -16,14 +16,15 @@ parameterization.  Four columns:
     paper's CNN training hyperparameters are not in ntklab's sources; this protocol
     is ours and is stated in the report.
 Kernels go through the tiled engine (`ntklab.kernels.compute_kernel`) into zarr
-stores in `OUT-kernels/`: a killed run resumes there, and `--scheduler tcp://...`
-spreads the tiles over a Dask cluster.  Default data: scikit-learn's digits as
+stores in the run folder's `kernels/` (`kernel_stores`): a killed run's rerun resumes
+them, and `--scheduler tcp://...` spreads the tiles over a Dask cluster.  Default data: scikit-learn's digits as
 1x8x8 images (no download); `--data cifar10:DIR` reads the CIFAR-10 binary batches.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import hashlib
 import math
 import sys
 import time
@@ -91,6 +92,18 @@ def one_hot(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
 
 def accuracy(scores: torch.Tensor, labels: torch.Tensor) -> float:
     return float((scores.argmax(1).cpu() == labels).double().mean())
+
+
+def kernel_stores(folder: RunFolder, task: ImageTask, cfg) -> Path:
+    """The folder of the run's kernel stores, `kernels/` inside the run folder: the stores of
+    an interrupted run (or, with --overwrite, of the replaced run) are resumed only when
+    they were made from the same images (SHA-256) and settings `cfg`, else it starts empty
+    (see `RunFolder.stores`), so a changed configuration never meets a stale store."""
+    digest = hashlib.sha256()
+    for images in (task.x_train, task.x_test):
+        digest.update(str((images.dtype, tuple(images.shape))).encode())
+        digest.update(images.contiguous().cpu().numpy().tobytes())
+    return folder.stores({"images_sha256": digest.hexdigest(), **asdict(cfg)})
 
 
 def cntk_accuracy(task: ImageTask, arch: nk.Serial, stores: Path, name: str, cfg: Config,
@@ -163,7 +176,7 @@ def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device | str
     cfg = Config.quick() if quick else Config()
     task = image_task(data, train_size, test_size, seed=seed,
                       defaults=(cfg.train_size, cfg.test_size))
-    stores = Path(str(folder.out) + "-kernels")
+    stores = kernel_stores(folder, task, cfg)
     started = time.perf_counter()
     metrics, table = [], {}
     for depth in cfg.depths:
@@ -195,9 +208,9 @@ def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device | str
     figure = _figure(folder, table, task.name)
     folder.config.update({"data": data, "task": task.description, **asdict(cfg), "train_size": len(task.y_train),
                           "test_size": n_test, "scheduler": scheduler or "local",
-                          "kernel_stores": str(stores)})
+                          "kernel_stores": RunFolder.STORES})
     folder.write_text("report.md", _report(task, cfg, rows, order_rows, metrics, figure, stderr,
-                                           seconds, stores))
+                                           seconds))
     return {"test_accuracy_percent": {d: {c: round(100 * table[d][c], 2) for c in COLUMNS}
                                       for d in table}, "seconds": round(seconds, 1),
             "below_chance": below_chance(table, task.n_classes)}
@@ -230,7 +243,7 @@ def _figure(folder: RunFolder, table: dict, data_name: str) -> str:
     return folder.save_figure("accuracy_vs_depth", fig)
 
 
-def _report(task, cfg, rows, order_rows, metrics, figure, stderr, seconds, stores) -> str:
+def _report(task, cfg, rows, order_rows, metrics, figure, stderr, seconds) -> str:
     held = [r for r in order_rows if r["paper"] == r["here"]]
     train_rows = [{"depth": depth, **{m["column"]: round(100 * m["train_accuracy"], 2)
                                       for m in metrics if m["depth"] == depth}}
@@ -275,8 +288,9 @@ def _report(task, cfg, rows, order_rows, metrics, figure, stderr, seconds, store
         f"sources, so this one is ours.",
         "- Preprocessing: pixels scaled to [0, 1], then per-channel standardisation with the "
         "training set's mean and std (the paper's; no ZCA).",
-        f"- Kernels through the tiled engine: zarr stores in `{stores}` (tile {cfg.tile_size}); "
-        f"a killed run resumes there when the same command is run again.",
+        f"- Kernels through the tiled engine: zarr stores in `{RunFolder.STORES}/` inside this "
+        f"run folder (tile {cfg.tile_size}); a killed run resumes them when the same command "
+        f"is run again.",
         f"- Time: {seconds:.0f} s in all, {kernel_time:.0f} s kernels, {cnn_time:.0f} s CNN training.",
         "",
         "## Which of the paper's orderings hold here", "",

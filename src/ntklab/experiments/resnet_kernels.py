@@ -22,7 +22,6 @@ import math
 import sys
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
@@ -32,7 +31,7 @@ from ..data import ImageTask, image_task
 from ..kernels.engine import check_scheduler
 from ..report import RunFolder, claims_table, markdown_table
 from . import register
-from .cntk_table import architecture as plain_cntk, cntk_accuracy
+from .cntk_table import architecture as plain_cntk, cntk_accuracy, kernel_stores
 
 COLUMNS = ("CNTK-V", "CNTK-GAP", "ResNet-GAP", "Myrtle")
 W_STD = math.sqrt(2.0)
@@ -97,7 +96,7 @@ def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device | str
     check_scheduler(scheduler, workers)
     cfg = Config.quick() if quick else Config()
     task = image_task(data, train_size, test_size, seed=seed, defaults=(cfg.train_size, cfg.test_size))
-    stores = Path(str(folder.out) + "-kernels")
+    stores = kernel_stores(folder, task, cfg)
     started = time.perf_counter()
     metrics, table = [], {}
     for depth in cfg.depths:
@@ -118,8 +117,9 @@ def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device | str
     stderr = 100 * math.sqrt(0.25 / len(task.y_test))
     folder.config.update({"data": data, "task": task.description, **asdict(cfg),
                           "train_size": len(task.y_train), "test_size": len(task.y_test),
-                          "kernel_stores": str(stores)})
-    folder.write_text("report.md", _report(task, cfg, rows, metrics, figure, stderr, seconds, stores))
+                          "kernel_stores": RunFolder.STORES})
+    folder.write_text("report.md", _report(task, cfg, rows, metrics, figure, stderr, seconds,
+                                           f"{RunFolder.STORES}/ inside this run folder"))
     return {"test_accuracy_percent": {d: {c: round(100 * table[d][c], 2) for c in COLUMNS} for d in table},
             "seconds": round(seconds, 1)}
 
