@@ -87,7 +87,10 @@ def tiled_pairs(fn: TileFn, x1: torch.Tensor, x2: torch.Tensor | None, names: tu
         torch.set_grad_enabled(grad)
         rows, cols = tiling.slices(tile)
         same = tiling.on_diagonal(tile)
-        blocks = fn(x1[rows], None if same else other[cols])
+        # fresh copies: BLAS products (MKL) round differently at other memory alignments, and a
+        # slice of the caller's array (numpy's are 16-byte aligned) lies wherever malloc put it;
+        # torch allocates 64-byte aligned, so every run computes each tile bitwise the same
+        blocks = fn(x1[rows].clone(), None if same else other[cols].clone())
         for name in names:
             block = (blocks[name] + blocks[name].T).mul_(0.5) if same else blocks[name]
             store_tile(out[name], tiling, tile, block)

@@ -290,7 +290,8 @@ class Serial(Container):
     get : {"nngp", "ntk"}, tuple of them, or None
         A name returns that tensor, a tuple or None a `Kernel`.
     block_size, max_memory, workers, fused, progress
-        How the blocks of pairs are computed (see above); they never change the numbers.
+        How the blocks of pairs are computed (see above); they change the numbers only by
+        rounding (1e-16 relative), and the same settings give bitwise the same kernel in every run.
     dtype, device
         Of the result (default: the input's).
 
