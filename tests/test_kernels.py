@@ -141,3 +141,13 @@ def test_the_default_kernel_is_bitwise_the_same_in_fresh_processes():
     digests = {subprocess.run([sys.executable, "-c", DETERMINISM_SCRIPT], capture_output=True, text=True,
                               check=True).stdout for _ in range(6)}
     assert len(digests) == 1, digests
+
+
+def test_mixed_float32_and_float64_inputs_give_a_float64_kernel():
+    """float32 x1 with float64 x2 is promoted (as torch promotes), not silently float32."""
+    x1, x2 = X[:5].float(), X[5:9]
+    for k in (NET.kernel(x1, x2), NET.kernel(x2, x1)):
+        assert k.ntk.dtype == k.nngp.dtype == torch.float64
+    torch.testing.assert_close(NET.kernel(x1, x2).ntk, NET.kernel(x1.double(), x2).ntk, rtol=1e-15, atol=0)
+    assert NET.kernel(x1, x2.float()).ntk.dtype == torch.float32       # both float32: float32
+    assert NET.kernel(x1, x2.numpy()).ntk.dtype == torch.float64       # numpy counts as float64

@@ -36,16 +36,19 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
-def input_dtype(x: Any, dtype: torch.dtype | None) -> torch.dtype:
-    """The dtype policy of kernels: `dtype` when given, else the input's dtype when it is
-    a floating torch tensor, else float64 (numpy, integer and list inputs)."""
+def input_dtype(x: Any, dtype: torch.dtype | None, other: Any = None) -> torch.dtype:
+    """The dtype policy of kernels: `dtype` when given, else the promotion of the inputs'
+    dtypes (`x` and, when given, `other`), where a floating torch tensor counts with its own
+    dtype and anything else (numpy, integer and list inputs) as float64: float32 with float32
+    is float32, float32 with float64 (or numpy) is float64, never silently the lower one."""
     if dtype is not None:
         if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise ValueError(f"dtype must be a floating torch dtype such as torch.float64, got {dtype!r}")
         return dtype
-    if isinstance(x, torch.Tensor) and x.is_floating_point():
-        return x.dtype
-    return DEFAULT_DTYPE
+    inputs = (x,) if other is None else (x, other)
+    dtypes = [t.dtype if isinstance(t, torch.Tensor) and t.is_floating_point() else DEFAULT_DTYPE
+              for t in inputs]
+    return dtypes[0] if len(dtypes) == 1 else torch.promote_types(*dtypes)
 
 
 def as_matrix(x: Any, name: str, *, dtype: torch.dtype = DEFAULT_DTYPE,

@@ -280,7 +280,8 @@ class Serial(Container):
         neural-tangents' `kernel_fn`), else a `Kernel` with `.nngp` and `.ntk` (the one
         not asked for in a tuple `get` is None).  dtype: `dtype`, or the input's when it
         is a floating torch tensor (float32 in, float32 out: relative error about 1e-6
-        on these recursions), float64 for numpy, integer and list inputs.  Device:
+        on these recursions), float64 for numpy, integer and list inputs; with `x2` the
+        promotion of both (float32 with float64 is float64).  Device:
         `device`, or the input tensor's.
 
     Parameters
@@ -317,7 +318,7 @@ class Serial(Container):
     True
     """
         names = canonical_get(get)
-        dtype = input_dtype(x1, dtype)
+        dtype = input_dtype(x1, dtype, x2)
         differentiable = torch.is_grad_enabled() and any(
             isinstance(t, torch.Tensor) and t.requires_grad
             for t in (x1, x2, *self.hyperparameter_tensors()))

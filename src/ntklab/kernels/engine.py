@@ -705,7 +705,7 @@ def compute_kernel(arch, x1, x2=None, *, store: str | Path, get: str | Sequence[
         raise ValueError(f"arch must be an nk.serial(...) architecture or a string such as "
                          f"'Conv(64, (3, 3), \"SAME\"), Relu(), Flatten(), Dense(1)', got {arch!r}")
     names = canonical_get(get)
-    dtype = input_dtype(x1, dtype)
+    dtype = input_dtype(x1, dtype, x2)
     x1 = as_inputs(x1, "x1", images=arch.takes_images, sequences=arch.takes_sequences, dtype=dtype)
     if x2 is not None:
         x2 = as_inputs(x2, "x2", images=arch.takes_images, sequences=arch.takes_sequences, dtype=dtype)

@@ -128,7 +128,7 @@ def monte_carlo_kernel(net_or_factory: Serial | Callable[[int], nn.Module], x1, 
     names = canonical_get(get)
     if isinstance(net_or_factory, Serial):
         shape = tuple(torch.as_tensor(x1).shape[1:])
-        dtype = input_dtype(x1, dtype)
+        dtype = input_dtype(x1, dtype, x2)
 
         def factory(s: int) -> nn.Module:
             return net_or_factory.module(shape, seed=s, dtype=dtype)
