@@ -130,10 +130,11 @@ def counted_tiles(monkeypatch):
     return computed
 
 
-def test_cntk_table_stores_live_inside_out_and_overwrite_with_new_sizes_recomputes(tiny, tmp_path):
+def test_cntk_table_stores_live_inside_out_and_overwrite_with_new_sizes_recomputes(tiny, tmp_path,
+                                                                                   monkeypatch):
     """Before: stores went to OUT-kernels/ beside OUT, and --overwrite with another training
     size failed after the first CNN had trained ("refusing to resume ... different
-    configuration")."""
+    configuration").  An --overwrite run with the same settings reuses every tile."""
     import torch
     from ntklab.data import image_task
     from ntklab.kernels import KernelStore
@@ -143,8 +144,11 @@ def test_cntk_table_stores_live_inside_out_and_overwrite_with_new_sizes_recomput
     stores = sorted(p.name for p in (out / "kernels").glob("*.zarr"))
     assert stores == ["digits-seed0-CNTK-GAP-depth3-test.zarr", "digits-seed0-CNTK-GAP-depth3-train.zarr",
                       "digits-seed0-CNTK-V-depth3-test.zarr", "digits-seed0-CNTK-V-depth3-train.zarr"]
-    experiments.run("cntk-table", out, seed=0, quick=True, overwrite=True, train_size=16)
+    first = experiments.run("cntk-table", out, seed=0, quick=True, overwrite=True, train_size=16)
     assert list(tmp_path.iterdir()) == [out]
+    computed = counted_tiles(monkeypatch)
+    again = experiments.run("cntk-table", out, seed=0, quick=True, overwrite=True, train_size=16)
+    assert computed == [] and again["test_accuracy_percent"] == first["test_accuracy_percent"]
     task = image_task("digits", 16, None, seed=0, defaults=(12, 6))
     net = tiny.architecture(3, "V", channels=4, n_classes=10)
     expected = net.kernel(task.x_train, get="ntk")

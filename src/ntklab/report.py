@@ -71,12 +71,11 @@ class RunFolder:
 
     def __exit__(self, kind, value, tb) -> None:
         if kind is not None:   # only the stores stay, for the next run into `out` to resume
-            stores = self.stage / self.STORES
-            if not stores.is_dir():
-                shutil.rmtree(self.stage, ignore_errors=True)
-            for entry in self.stage.iterdir() if stores.is_dir() else ():
-                if entry != stores:
+            for entry in self.stage.iterdir():
+                if entry.name != self.STORES:
                     shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink()
+            if not any(self.stage.iterdir()):
+                self.stage.rmdir()
             return
         if self.out.exists():
             trash = Path(tempfile.mkdtemp(dir=self.out.parent, prefix=f".{self.out.name}.old-"))
@@ -98,11 +97,8 @@ class RunFolder:
         if folder.is_dir():
             return folder
         record = json.dumps(key, sort_keys=True, default=str)
-        earlier = sorted(self.out.parent.glob(f".{self.out.name}.partial-*/{self.STORES}"),
-                         key=lambda path: path.stat().st_mtime, reverse=True)
-        if self.overwrite:
-            earlier.append(self.out / self.STORES)
-        for candidate in earlier:
+        replaced = [self.out / self.STORES] if self.overwrite else []
+        for candidate in replaced + list(self.out.parent.glob(f".{self.out.name}.partial-*/{self.STORES}")):
             try:
                 if (candidate / "key.json").read_text() == record:
                     candidate.replace(folder)

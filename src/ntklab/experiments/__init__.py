@@ -6,7 +6,8 @@ validates the device and the options, opens the atomic run folder, and writes wh
 every run has: `config.json` (the scaffold's settings, what the experiment put in
 `folder.config`, and the provenance: versions and machine) and `summary.json` (the
 returned summary); the experiment writes `metrics.csv`, `figures/*.png` and
-`report.md`."""
+`report.md`, and keeps resumable intermediate results (kernel stores) in the run
+folder's `kernels/` (`folder.stores(key)`), never beside it."""
 from __future__ import annotations
 
 import inspect
@@ -87,7 +88,8 @@ def run(name: str, out, *, seed: int = 0, quick: bool = False, device: str | Non
     name : str
         A registered experiment (`ntklab list`).
     out : str or Path
-        The run folder (must not exist unless `overwrite`).
+        The run folder (must not exist unless `overwrite`; checked before any work: its
+        folder must exist or be creatable and accept files).
     seed : int
     quick : bool
         Small settings (seconds).
