@@ -9,6 +9,7 @@ in memory with a constant number of `size^2` temporaries beyond the result.
 from __future__ import annotations
 
 import math
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
@@ -61,19 +62,22 @@ def store_tile(out: torch.Tensor, tiling: Tiling, tile: Tile, block: torch.Tenso
         out[cols, rows] = transpose(block)
 
 
-TileFn = Callable[[torch.Tensor, "torch.Tensor | None"], dict[str, torch.Tensor]]
+TileFn = Callable[[torch.Tensor, "torch.Tensor | None", Callable[[], None]], dict[str, torch.Tensor]]
+PROGRESS_DELAY = 2.0   # seconds: `progress=None` shows a bar only for work that lasts longer
 
 
 def tiled_pairs(fn: TileFn, x1: torch.Tensor, x2: torch.Tensor | None, names: tuple[str, ...],
-                *, block_size: int, progress: bool | None = None,
-                workers: int | None = None) -> dict[str, torch.Tensor]:
-    """Evaluate `fn(x1_block, x2_block)` on all tiles and assemble the `[N1, N2]` matrices
-    `names` (`x2_block=None` on the diagonal tiles of a symmetric matrix, `x2=None`;
-    those tiles are symmetrised exactly).
+                *, block_size: int, progress: bool | None = None, workers: int | None = None,
+                steps_per_tile: int = 1) -> dict[str, torch.Tensor]:
+    """Evaluate `fn(x1_block, x2_block, advance)` on all tiles and assemble the `[N1, N2]`
+    matrices `names` (`x2_block=None` on the diagonal tiles of a symmetric matrix, `x2=None`;
+    those tiles are symmetrised exactly).  `fn` calls `advance()` after each of its
+    `steps_per_tile` steps (e.g. layers), which moves the progress bar.
 
     `workers` threads process tiles concurrently (torch releases the GIL in its
     kernels), each single-threaded; the default, 1, lets torch parallelize
-    inside each tile instead.  `progress=None` shows a bar only for more than 64 tiles.
+    inside each tile instead.  `progress=None` shows a bar once the work has lasted
+    `PROGRESS_DELAY` seconds (a deep network's single tile included), True at once, False never.
     """
     other = x1 if x2 is None else x2
     tiling = Tiling(len(x1), len(other), block_size, symmetric=x2 is None)
@@ -82,6 +86,14 @@ def tiled_pairs(fn: TileFn, x1: torch.Tensor, x2: torch.Tensor | None, names: tu
     workers = max(1, min(workers or 1, len(tiles)))
 
     grad = torch.is_grad_enabled()  # thread-local: the workers inherit the caller's mode
+    bar = tqdm(total=len(tiles) * steps_per_tile, disable=progress is False, leave=False,
+               delay=PROGRESS_DELAY if progress is None else 0.0, desc="kernel",
+               unit="layer" if steps_per_tile > 1 else "block")
+    lock = threading.Lock()
+
+    def advance() -> None:
+        with lock:
+            bar.update()
 
     def run(tile: Tile) -> None:
         torch.set_grad_enabled(grad)
@@ -90,24 +102,21 @@ def tiled_pairs(fn: TileFn, x1: torch.Tensor, x2: torch.Tensor | None, names: tu
         # fresh copies: BLAS products (MKL) round differently at other memory alignments, and a
         # slice of the caller's array (numpy's are 16-byte aligned) lies wherever malloc put it;
         # torch allocates 64-byte aligned, so every run computes each tile bitwise the same
-        blocks = fn(x1[rows].clone(), None if same else other[cols].clone())
+        blocks = fn(x1[rows].clone(), None if same else other[cols].clone(), advance)
         for name in names:
             block = (blocks[name] + blocks[name].T).mul_(0.5) if same else blocks[name]
             store_tile(out[name], tiling, tile, block)
 
-    show = len(tiles) > 64 if progress is None else progress
-    with tqdm(total=len(tiles), disable=not show, desc="kernel blocks", unit="block") as bar:
+    with bar:
         if workers == 1:
             for tile in tiles:
                 run(tile)
-                bar.update()
         else:
             threads = torch.get_num_threads()
             torch.set_num_threads(1)  # parallelism across tiles, not inside them
             try:
                 with ThreadPoolExecutor(workers) as pool:
-                    for _ in pool.map(run, tiles):
-                        bar.update()
+                    list(pool.map(run, tiles))
             finally:
                 torch.set_num_threads(threads)
     return out

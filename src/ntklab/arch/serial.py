@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import math
 from contextlib import contextmanager
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -14,6 +14,7 @@ from .._validation import (as_inputs, check_result_fits, check_same_features, in
                            parse_memory, positive_int, resolve_device)
 from ..tiling import tiled_pairs
 from .layer import ArchitectureError, Layer
+from .numerics import in_float_range, out_of_range_message
 from .state import Kernel, KernelState
 
 GETS = ("nngp", "ntk")
@@ -206,25 +207,33 @@ class Serial(Container):
         return net.to(torch.get_default_device() if device is None else resolve_device(device))
 
     # -- infinite-width kernels ----------------------------------------------
-    def kernel_map(self, k: KernelState, start: int = 0) -> KernelState:
-        """The layers' recursions from layer `start` on."""
+    def kernel_map(self, k: KernelState, start: int = 0,
+                   after_layer: Callable[[int, KernelState], None] | None = None) -> KernelState:
+        """The layers' recursions from layer `start` on; `after_layer(i, state)` is called
+        with each layer's output state."""
         for i, layer in enumerate(self.layers[start:], start):
             with located(self, i, layer):
                 check_branching(layer, k)
                 k = layer.kernel_map(k)
+            if after_layer is not None:
+                after_layer(i, k)
         return k
 
     def inputs_map(self, x1: torch.Tensor, x2: torch.Tensor | None, *, need_ntk: bool,
-                   full: bool, fused: bool = False) -> KernelState:
+                   full: bool, fused: bool = False,
+                   after_layer: Callable[[int, KernelState], None] | None = None) -> KernelState:
         """The output state of the whole architecture for inputs `x1`, `x2` (the first layer
-        may compute its state from the inputs directly, `Layer.input_state`)."""
+        may compute its state from the inputs directly, `Layer.input_state`); `after_layer`
+        as in `kernel_map`."""
         with located(self, 0, self.layers[0]):
             state = self.layers[0].input_state(x1, x2, need_ntk=need_ntk, full=full)
         start = 0 if state is None else 1
         if state is None:
             state = KernelState.from_inputs(x1, x2, need_ntk=need_ntk, full=full)
+        elif after_layer is not None:
+            after_layer(0, state)
         state.fused = fused
-        return self.kernel_map(state, start=start)
+        return self.kernel_map(state, start=start, after_layer=after_layer)
 
     def pair_entries(self, sample_shape: Sequence[int]) -> int:
         """Numbers held per pair of inputs by the largest layer state (for block sizes): images
@@ -344,9 +353,14 @@ class Serial(Container):
         block_size = positive_int(block_size, "block_size")
         fused = bool(fused) and not differentiable
 
-        def blockwise(b1: torch.Tensor, b2: torch.Tensor | None) -> dict[str, torch.Tensor]:
-            state = self.inputs_map(b1, b2, need_ntk=need_ntk, full=full, fused=fused)
+        def blockwise(b1: torch.Tensor, b2: torch.Tensor | None, advance) -> dict[str, torch.Tensor]:
+            state = self.inputs_map(b1, b2, need_ntk=need_ntk, full=full, fused=fused,
+                                    after_layer=lambda i, k: advance())
             check_merged(state)
+            problem = None if in_float_range(state) else out_of_range_message(
+                self, b1, b2, need_ntk=need_ntk, full=full)
+            if problem is not None:
+                raise ArchitectureError(problem)
             if state.spatial:
                 kind = "images" if len(state.spatial) == 2 else "token sequences"
                 raise ValueError(f"the architecture ends on {kind} of spatial shape "
@@ -362,7 +376,7 @@ class Serial(Container):
                    if differentiable else torch.no_grad())
         with context:
             out = tiled_pairs(blockwise, x1, x2, names, block_size=block_size,
-                              progress=progress, workers=workers)
+                              progress=progress, workers=workers, steps_per_tile=len(self.layers))
         return out[get] if isinstance(get, str) else Kernel(nngp=out.get("nngp"), ntk=out.get("ntk"))
 
     def _inputs(self, x, name: str, dtype: torch.dtype, device, differentiable: bool) -> torch.Tensor:
