@@ -141,3 +141,39 @@ def test_the_two_linearizations_agree_for_gradient_descent_on_the_mse():
         outputs.append((history.test_predictions[-1], history.linear_test_predictions[-1]))
     for a, b in zip(*outputs):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+class _Bag(torch.nn.Module):
+    """Token ids -> embeddings -> mean -> linear: integer inputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.embedding = torch.nn.Embedding(7, 5, dtype=torch.float64)
+        self.readout = torch.nn.Linear(5, 1, dtype=torch.float64)
+
+    def forward(self, tokens):
+        return self.readout(self.embedding(tokens).mean(1))
+
+
+def test_embedding_models_take_integer_inputs_in_train_nngp_and_spectrum():
+    """Integer token ids reach the Embedding unchanged (issue 27): train equals plain SGD on
+    ||f - y||^2 / (2|y|) written out, empirical_nngp the outputs' Gram matrix, and the power
+    iteration's lambda_max the top eigenvalue of the explicit empirical NTK."""
+    torch.manual_seed(0)
+    tokens = torch.randint(0, 7, (6, 3))
+    y = torch.randn(6, 1, dtype=torch.float64)
+    model = _Bag()
+    by_hand = copy.deepcopy(model)
+    nk.train(model, tokens, y, steps=3, learning_rate=0.3, progress=False, track_kernel=False)
+    optimizer = torch.optim.SGD(by_hand.parameters(), lr=0.3)
+    for _ in range(3):
+        optimizer.zero_grad()
+        (0.5 * (by_hand(tokens) - y).square().mean()).backward()
+        optimizer.step()
+    for trained, expected in zip(model.parameters(), by_hand.parameters()):
+        torch.testing.assert_close(trained, expected, rtol=1e-12, atol=1e-14)
+    outputs = model(tokens).detach()
+    torch.testing.assert_close(nk.empirical_nngp(model, tokens.numpy()), outputs @ outputs.T, rtol=1e-12, atol=0)
+    top = torch.linalg.eigvalsh(nk.empirical_ntk(model, tokens))[-1].item()
+    from ntklab.kernels.spectrum import largest_ntk_eigenvalue
+    assert abs(largest_ntk_eigenvalue(model, tokens, rtol=1e-10, iterations=500) - top) < 1e-6 * top

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from ._validation import as_targets, positive, positive_int, record_steps
 from .kernels.empirical import empirical_ntk
-from .kernels.model_inputs import model_input, probe_outputs, select_parameters
+from .kernels.model_inputs import model_input, probe_outputs, select_parameters, takes_indices
 from .linearize import TaylorExpansion
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -72,13 +72,13 @@ def classification_error(prediction: torch.Tensor, target: torch.Tensor) -> floa
     return float((prediction.argmax(1) != target.argmax(1)).double().mean())
 
 
-def _batches(batches: Iterable | None, x_train, y, batch: int, generator, reference):
+def _batches(batches: Iterable | None, x_train, y, batch: int, generator, reference, indices: bool):
     """Endless (indices or None, x, y) batches: from `batches` (cycled, converted like the
     training data; no indices), or all the data (full batch), or seeded random subsets of
     `batch` samples."""
     if batches is not None:
         for xb, yb in itertools.cycle(batches):
-            xb = model_input(xb, "a batch's x", reference)
+            xb = model_input(xb, "a batch's x", reference, indices=indices)
             yield None, xb, as_targets(yb, len(xb), "a batch's y", reference.dtype, reference.device)[0]
     n = len(x_train)
     while True:
@@ -163,17 +163,18 @@ def train(model: nn.Module, x_train, y_train, *, steps: int, learning_rate: floa
         raise ValueError(f"loss must be a function loss(f, y) returning a scalar, got {loss!r}")
     chosen = select_parameters(model, params)
     reference = next(iter(chosen.values()))
-    x_train = model_input(x_train, "x_train", reference)
+    indices = takes_indices(model)
+    x_train = model_input(x_train, "x_train", reference, indices=indices)
     y, _ = as_targets(y_train, len(x_train), "y_train", reference.dtype, reference.device)
     n = len(x_train)
     if x_test is not None:
-        x_test = model_input(x_test, "x_test", reference)
+        x_test = model_input(x_test, "x_test", reference, indices=indices)
         y_te = (None if y_test is None else
                 as_targets(y_test, len(x_test), "y_test", reference.dtype, reference.device)[0])
     batch = n if batch_size is None else positive_int(batch_size, "batch_size")
     if batch > n:
         raise ValueError(f"batch_size={batch} exceeds the {n} training samples")
-    x_probe = x_train[:min(n, 64)] if x_probe is None else model_input(x_probe, "x_probe", reference)
+    x_probe = x_train[:min(n, 64)] if x_probe is None else model_input(x_probe, "x_probe", reference, indices=indices)
     record_at = set(record_steps(record, steps))
     if x_test is not None and x_test.shape[1:] != x_train.shape[1:]:
         raise ValueError(f"x_test must have samples of shape {tuple(x_train.shape[1:])} like x_train, "
@@ -237,7 +238,7 @@ def train(model: nn.Module, x_train, y_train, *, steps: int, learning_rate: floa
         history.steps.append(step)
         history.rows.append(row)
 
-    stream = _batches(batches, x_train, y, batch, torch.Generator().manual_seed(seed), reference)
+    stream = _batches(batches, x_train, y, batch, torch.Generator().manual_seed(seed), reference, indices)
     bar = tqdm(range(steps + 1), desc="train", leave=False, disable=(steps < 200) if progress is None
                else not progress)
     for step in bar:

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from .._validation import input_dtype, positive_int
 from ..arch.serial import Serial, canonical_get
 from .empirical import empirical_ntk
-from .model_inputs import check_model, model_input, reference_tensor
+from .model_inputs import check_model, model_input, reference_tensor, takes_indices
 
 
 def empirical_nngp(model: nn.Module, x1, x2=None) -> torch.Tensor:
@@ -49,12 +49,12 @@ def empirical_nngp(model: nn.Module, x1, x2=None) -> torch.Tensor:
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    reference = reference_tensor(model)
-    x1 = model_input(x1, "x1", reference)
+    reference, indices = reference_tensor(model), takes_indices(model)
+    x1 = model_input(x1, "x1", reference, indices=indices)
     check_model(model, x1, "x1")
     with torch.no_grad():
         f1 = model(x1).reshape(len(x1), -1)
-        f2 = f1 if x2 is None else model(model_input(x2, "x2", reference)).reshape(-1, f1.shape[1])
+        f2 = f1 if x2 is None else model(model_input(x2, "x2", reference, indices=indices)).reshape(-1, f1.shape[1])
     return f1 @ f2.T / f1.shape[1]
 
 

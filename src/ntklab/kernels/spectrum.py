@@ -12,7 +12,7 @@ from torch import nn
 from torch.func import functional_call, jvp, vjp
 
 from .._validation import positive_int
-from .model_inputs import model_input, select_parameters
+from .model_inputs import model_input, select_parameters, takes_indices
 
 
 def largest_ntk_eigenvalue(model: nn.Module, x, *, params=None, iterations: int = 100,
@@ -23,7 +23,7 @@ def largest_ntk_eigenvalue(model: nn.Module, x, *, params=None, iterations: int 
     matrix formed."""
     chosen = select_parameters(model, params)
     reference = next(iter(chosen.values()))
-    x = model_input(x, "x", reference)
+    x = model_input(x, "x", reference, indices=takes_indices(model))
     names, primals = list(chosen), tuple(p.detach() for p in chosen.values())
 
     def outputs(*values):
