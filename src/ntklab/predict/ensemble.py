@@ -130,15 +130,14 @@ def gradient_descent_mse_ensemble(net_or_kernel_fn, x_train, y_train, *, learnin
                 cov = torch.zeros(size // y.shape[1], size // y.shape[1], dtype=dtype,
                                   device=y.device) if compute_cov else None
                 return mean, cov
-            evals, evecs = eigenspace(g)
+            evals, evecs = eigenspace(g)      # >= 0: GradientFlow checks the kernel
             keep = -torch.expm1(-lr / size * times[:, None] * evals[None, :])
             mean = torch.einsum("ij,tj,kj,km->tim", evecs, keep, evecs, y)
             cov = None
             if compute_cov:
                 if g == "nngp":
-                    lam = evals.clamp(min=0)
                     cov = torch.einsum("ij,tj,kj->tik", evecs,
-                                       lam * torch.exp(-2 * lam * times[:, None] * lr / size), evecs)
+                                       evals * torch.exp(-2 * evals * times[:, None] * lr / size), evecs)
                 else:
                     e = decay(g, times)
                     cov = e @ k_train("nngp") @ e.transpose(1, 2)

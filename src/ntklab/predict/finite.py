@@ -11,13 +11,21 @@ dynamics are gradient flow in function space
 so a loss that averages over its |Y| entries carries the 1/|Y| (for MSE,
 L = ||f - y||^2 / (2 |Y|): df/dt = -(learning_rate / |Y|) K (f - y), as everywhere in ntklab).
 
+Every entry point checks the train-train kernel once, by `linalg.checked_kernel`: symmetric
+and positive semi-definite up to rounding, or refused with the size of the asymmetry or the
+most negative eigenvalue and the fix.  `gradient_descent_mse` and `gradient_descent` take
+`allow_indefinite=True` to follow an indefinite kernel exactly (the flow then grows along
+its negative eigenvalues, in the closed form as in the ODE).
+
 * `gradient_descent_mse`: the closed form for the MSE at any array of times (one
   eigendecomposition; a Cholesky solve for t=None, i.e. infinity).
 * `gradient_descent`: any differentiable loss (cross-entropy included), by integrating the
   ODE with `scipy.integrate.solve_ivp` (DOP853: an adaptive 8th-order Runge-Kutta method
   with error control, so the tolerance is met and a failure is reported; the state is only
   N x outputs numbers, so a CPU ODE solver is the right tool and no extra dependency is
-  needed).  `momentum` solves the heavy-ball ODE in neural-tangents' units: time in units
+  needed).  A stiff flow (lr lambda_max t / |Y| large, where an explicit method needs about
+  that many steps) is integrated by LSODA instead (stiff BDF while the flow is stiff, Adams
+  after), with the exact Jacobian.  `momentum` solves the heavy-ball ODE in neural-tangents' units: time in units
   of sqrt(learning_rate), friction (momentum - 1) / sqrt(learning_rate).
 * `gp_inference`: the Gaussian-process posterior mean and covariance for given kernels.
 * `max_learning_rate`: 2 (1 + momentum) |Y| / lambda_max(K).
@@ -27,12 +35,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import math
+
 import numpy as np
 import torch
 from scipy.integrate import solve_ivp
+from tqdm.auto import tqdm
 
 from .._validation import as_tensor, positive
-from .linalg import Factorization, GradientFlow, _square
+from .linalg import Factorization, GradientFlow, _square, checked_kernel
 
 Prediction = tuple["torch.Tensor | None", "torch.Tensor | None"]
 
@@ -102,7 +113,7 @@ def _finish(problem: _Problem, shape: tuple[int, ...], train, test) -> Predictio
 
 
 def gradient_descent_mse(k_train_train, y_train, learning_rate: float = 1.0, diag_reg: float = 0.0,
-                         diag_reg_absolute_scale: bool = False):
+                         diag_reg_absolute_scale: bool = False, *, allow_indefinite: bool = False):
     """Outputs of gradient flow on L = ||f - y||^2 / (2 |Y|) with the kernel `k_train_train`
     (`[N, N]`) in closed form.  With G = K + diag_reg s I (s = mean(diag K) unless
     `diag_reg_absolute_scale`), r_0 = y - f_train(0) and c = learning_rate / |Y|:
@@ -113,6 +124,12 @@ def gradient_descent_mse(k_train_train, y_train, learning_rate: float = 1.0, dia
     Returns `predict(t=None, fx_train_0=0.0, fx_test_0=None, k_test_train=None)` ->
     `(fx_train_t, fx_test_t)`, each `[*t.shape, N, K]` (`[..., N]` for 1-D `y_train`), the
     test part None unless `fx_test_0` is given, the train part None when `fx_train_0=None`.
+
+    G must be symmetric and positive semi-definite up to rounding (`checked_kernel`);
+    `allow_indefinite=True` takes an indefinite G exactly: e^{-c G t} by the
+    eigendecomposition with nothing clamped, so the outputs grow as e^{c |lambda_min| t}
+    (as `torch.linalg.matrix_exp` and the ODE of `gradient_descent`), times whose outputs
+    overflow are refused, and so is t=None (G^-1 exists, but the flow has no limit).
 
     >>> import torch
     >>> k = torch.tensor([[2.0, 0.5], [0.5, 1.0]], dtype=torch.float64)
@@ -126,6 +143,8 @@ def gradient_descent_mse(k_train_train, y_train, learning_rate: float = 1.0, dia
     y_train : tensor [N, O]
     learning_rate, diag_reg, diag_reg_absolute_scale
         As `gradient_descent_mse_ensemble`.
+    allow_indefinite : bool
+        Follow an indefinite kernel exactly instead of refusing it.
 
     Returns
     -------
@@ -145,7 +164,8 @@ def gradient_descent_mse(k_train_train, y_train, learning_rate: float = 1.0, dia
     problem = _problem(k_train_train, y_train)
     learning_rate = positive(learning_rate, "learning_rate")
     flow = GradientFlow(problem.k_train_train, problem.y_train.numel(), learning_rate=1.0,
-                        diag_reg=diag_reg, diag_reg_absolute_scale=diag_reg_absolute_scale)
+                        diag_reg=diag_reg, diag_reg_absolute_scale=diag_reg_absolute_scale,
+                        allow_indefinite=allow_indefinite)
 
     def predict(t=None, fx_train_0=0.0, fx_test_0=None, k_test_train=None) -> Prediction:
         if fx_train_0 is None and fx_test_0 is None:
@@ -156,6 +176,11 @@ def gradient_descent_mse(k_train_train, y_train, learning_rate: float = 1.0, dia
         k_td, f_test = _test_kernel(k_test_train, fx_test_0, problem)
         residual = y - f_train
         if t is None:
+            if allow_indefinite and float(flow.eigenspace[0][0]) < 0:
+                raise ValueError(
+                    f"t=None (infinite time) does not exist for the indefinite k_train_train "
+                    f"(most negative eigenvalue {float(flow.eigenspace[0][0]):.3g}): gradient flow "
+                    f"diverges along its negative eigenvalues; give finite times")
             train = None if fx_train_0 is None else y.clone()
             test = None if f_test is None else f_test + k_td @ flow.solve(residual)
             return _finish(problem, (), train, test)
@@ -167,20 +192,54 @@ def gradient_descent_mse(k_train_train, y_train, learning_rate: float = 1.0, dia
     return predict
 
 
+STIFF = 1e3
+"""`gradient_descent` switches from DOP853 to LSODA when T rho > STIFF, T the last time (in
+the solver's units) and rho the spectral radius of the flow's Jacobian at the start.  An
+explicit method's steps are bounded by its stability, about 1 / rho, so its work grows as
+T rho (measured for the MSE on N = 20: 2 s at T rho = 1e3, 14 s at 1e4, 112 s at 1e5), while
+LSODA with the exact Jacobian takes about a second at any T rho (1e2 to 1e9, for the MSE and
+cross-entropy, within 2e-10 of the closed form at rtol = atol = 1e-10)."""
+
+
+def _spectral_radius(field: Callable[[torch.Tensor], torch.Tensor], state: torch.Tensor,
+                     iterations: int = 30) -> float:
+    """|largest eigenvalue| of the Jacobian of `field` at `state`, by power iteration on
+    Jacobian-vector products (the geometric mean of the growth over the last half of the
+    iterations, so complex pairs, as with momentum, are measured too); a factor of about 2
+    is all that choosing a method needs."""
+    v = torch.randn(state.shape, generator=torch.Generator().manual_seed(0), dtype=state.dtype)
+    v = v.to(state.device) / v.norm()
+    logs = []
+    for _ in range(iterations):
+        v = torch.func.jvp(field, (state,), (v,))[1]
+        norm = float(v.norm())
+        if not 0 < norm < math.inf:
+            return norm
+        logs.append(math.log(norm))
+        v = v / norm
+    return math.exp(sum(logs[iterations // 2:]) / (iterations - iterations // 2))
+
+
 def gradient_descent(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], k_train_train, y_train,
                      learning_rate: float = 1.0, momentum: float | None = None, *,
-                     rtol: float = 1e-10, atol: float = 1e-10):
+                     rtol: float = 1e-10, atol: float = 1e-10, allow_indefinite: bool = False,
+                     progress: bool | None = None):
     """Outputs of gradient flow df/dt = -learning_rate K dloss/df for any differentiable
     `loss(f_train, y_train)` (a torch function returning a scalar; a loss that averages over
     samples carries its 1/N), integrated by `scipy.integrate.solve_ivp` (DOP853, `rtol`,
-    `atol`).  Test outputs follow df_test/dt = -learning_rate K_test dloss/df_train.
+    `atol`; LSODA with the exact Jacobian, by `torch.func.jacfwd`, when the flow is stiff,
+    see `STIFF`).  Test outputs follow df_test/dt = -learning_rate K_test dloss/df_train.
+    K must be symmetric and positive semi-definite up to rounding (`checked_kernel`);
+    `allow_indefinite=True` integrates an indefinite K as it is.
 
     `momentum` (heavy ball, neural-tangents' continuous-time form): with s = sqrt(lr),
     time in units of s and friction mu = (momentum - 1) / s, f' = q, q' = -K dloss/df + mu q.
 
     Returns `predict(t, fx_train_0=0.0, fx_test_0=None, k_test_train=None)` ->
     `(fx_train_t, fx_test_t)` as `gradient_descent_mse`; `t` must be finite (an ODE has no
-    t = infinity).  A solver failure raises with the time it reached.
+    t = infinity).  A solver failure (e.g. a diverging flow) raises with the time it reached.
+    A progress bar over time shows on solves longer than 2 s (`progress=None`), always
+    (`True`) or never (`False`).
 
     Parameters
     ----------
@@ -189,6 +248,11 @@ def gradient_descent(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     k_train_train, y_train : tensors
     learning_rate : float
     momentum : float, optional
+    rtol, atol : float
+        The solver's tolerances.
+    allow_indefinite : bool
+        Integrate an indefinite kernel instead of refusing it.
+    progress : bool, optional
 
     Returns
     -------
@@ -206,7 +270,7 @@ def gradient_descent(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     >>> f_train.shape
     torch.Size([2, 1])
     """
-    problem = _problem(k_train_train, y_train)
+    problem = _problem(checked_kernel(k_train_train, allow_indefinite=allow_indefinite), y_train)
     learning_rate = positive(learning_rate, "learning_rate")
     if momentum is not None:
         momentum = positive(momentum, "momentum", allow_zero=True)
@@ -240,27 +304,55 @@ def gradient_descent(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         n_f = sum(sizes)
         k = problem.k_train_train
 
-        def rhs(_, state):
-            state = torch.from_numpy(state).to(k)
-            f = state[:n_f]
-            g = grad_loss(f[:sizes[0]].reshape(y.shape))
-            velocity = [-(k @ g).reshape(-1)] + ([] if k_td is None else [-(k_td @ g).reshape(-1)])
-            force = torch.cat(velocity)
+        def field(state: torch.Tensor) -> torch.Tensor:
+            g = grad_loss(state[:sizes[0]].reshape(y.shape))
+            force = torch.cat([-(k @ g).reshape(-1)] + ([] if k_td is None else [-(k_td @ g).reshape(-1)]))
             if momentum is None:
-                return force.cpu().numpy()
+                return force
             q = state[n_f:]
-            return torch.cat([q, force + friction * q]).cpu().numpy()
+            return torch.cat([q, force + friction * q])
 
         end = float(times.max())
         if end == 0:
             solution = state0[None].expand(len(times), -1)
         else:
-            result = solve_ivp(rhs, (0.0, end), state0.cpu().numpy(), method="DOP853",
-                               t_eval=times[order].cpu().numpy(), rtol=rtol, atol=atol)
+            stiff = end * _spectral_radius(field, state0) > STIFF
+            reached, stalled = [0.0], [0]
+            bar = tqdm(total=end / scale, desc=f"gradient descent ODE ({'LSODA' if stiff else 'DOP853'})",
+                       bar_format="{desc}: {percentage:3.0f}% of t = {total:.4g} [{elapsed}<{remaining}]",
+                       leave=False, delay=0 if progress else 2, disable=progress is False)
+
+            def failure(reason: str) -> RuntimeError:
+                return RuntimeError(f"the ODE solver failed at time {reached[0] / scale:.4g} of "
+                                    f"{end / scale:.4g} ({reason}); the loss may diverge, or loosen "
+                                    f"rtol/atol")
+
+            def rhs(time, state):
+                if time > reached[0]:
+                    bar.update((time - reached[0]) / scale)
+                    reached[0], stalled[0] = time, 0
+                else:
+                    stalled[0] += 1
+                    if stalled[0] > 1000:   # LSODA can stall at one time without failing
+                        raise failure("no progress in 1000 evaluations: the step size underflowed or the "
+                                      "outputs overflowed")
+                return field(torch.from_numpy(state).to(k)).cpu().numpy()
+
+            def jacobian(_, state):
+                jac = torch.func.jacfwd(field)(torch.from_numpy(state).to(k))
+                if not bool(torch.isfinite(jac).all()):
+                    raise failure("the Jacobian of the flow is not finite")
+                return jac.cpu().numpy()
+
+            try:
+                with bar:
+                    result = solve_ivp(rhs, (0.0, end), state0.cpu().numpy(),
+                                       method="LSODA" if stiff else "DOP853", t_eval=times[order].cpu().numpy(),
+                                       rtol=rtol, atol=atol, **({"jac": jacobian} if stiff else {}))
+            except ValueError as err:   # an implicit method's LU refuses a non-finite matrix
+                raise failure(str(err)) from err
             if not result.success:
-                reached = float(result.t[-1]) if len(result.t) else 0.0
-                raise RuntimeError(f"the ODE solver failed at time {reached:.4g} of {end:.4g} "
-                                   f"({result.message}); the loss may diverge, or loosen rtol/atol")
+                raise failure(result.message)
             solution = torch.empty(len(times), state0.numel(), dtype=k.dtype, device=k.device)
             solution[order] = torch.from_numpy(result.y.T.copy()).to(k)
         train = solution[:, :sizes[0]].reshape(len(times), *y.shape) if fx_train_0 is not None else None
@@ -278,7 +370,8 @@ def gp_inference(k_train_train, y_train, diag_reg: float = 0.0, diag_reg_absolut
         cov(x, x')  = K(x, x') - K(x, X) G^-1 K(X, x')
 
     (Rasmussen & Williams 2006, eqs. 2.23-2.24; the NNGP posterior is the exact Bayesian
-    posterior of an infinitely wide network, Lee et al. 2018).  Returns
+    posterior of an infinitely wide network, Lee et al. 2018).  G must be symmetric and
+    positive definite (`checked_kernel`; a prior covariance is never indefinite).  Returns
     `predict(k_test_train, k_test_test=None)` -> `(mean, cov)` (cov None without `k_test_test`).
 
     Parameters
@@ -302,8 +395,9 @@ def gp_inference(k_train_train, y_train, diag_reg: float = 0.0, diag_reg_absolut
     (torch.Size([2, 1]), torch.Size([2, 2]))
     """
     problem = _problem(k_train_train, y_train)
-    factorization = Factorization(problem.k_train_train, "k_train_train", diag_reg=diag_reg,
-                                  diag_reg_absolute_scale=diag_reg_absolute_scale, assume_psd=None)
+    factorization = Factorization(checked_kernel(problem.k_train_train, diag_reg=diag_reg,
+                                                 diag_reg_absolute_scale=diag_reg_absolute_scale,
+                                                 allow_indefinite=None), assume_psd=None)
     alpha = factorization.solve(problem.y_train)
 
     def predict(k_test_train, k_test_test=None):
@@ -326,7 +420,9 @@ def max_learning_rate(k_train_train, y_train_size: int | None = None, momentum: 
     """The largest stable learning rate of (momentum) gradient descent on the MSE with
     ntklab's loss ||f - y||^2 / (2 |Y|): eta < 2 (1 + momentum) |Y| / lambda_max(K)
     (the contraction bound; with momentum, Goh 2017, "Why momentum really works").
-    `y_train_size=None`: |Y| = N (one output).
+    `y_train_size=None`: |Y| = N (one output).  The bound holds for a symmetric positive
+    semi-definite K (`checked_kernel`); an indefinite K (gradient descent diverges at every
+    learning rate) and a zero K (no step moves the outputs) are refused.
 
     Parameters
     ----------
@@ -348,10 +444,14 @@ def max_learning_rate(k_train_train, y_train_size: int | None = None, momentum: 
     >>> round(nk.predict.max_learning_rate(theta, y_train_size=2), 9)      # 2 |Y| / lambda_max
     1.0
     """
-    k = _square(k_train_train, "k_train_train")
+    k = checked_kernel(k_train_train, allow_indefinite=None)
     size = k.shape[0] if y_train_size is None else int(y_train_size)
     if size <= 0:
         raise ValueError(f"y_train_size must be a positive integer, got {y_train_size!r}")
     momentum = positive(momentum, "momentum", allow_zero=True)
     largest = float(torch.linalg.eigvalsh(k)[-1])
+    if largest <= 0:
+        raise ValueError(f"k_train_train is zero (largest eigenvalue {largest:.3g}): gradient descent "
+                         f"does not move the outputs at any learning rate, so none is the largest "
+                         f"stable one; check the kernel")
     return 2.0 * (1.0 + momentum) * size / (largest + eps)

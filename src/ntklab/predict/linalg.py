@@ -1,8 +1,10 @@
-"""Linear algebra of kernel regression: the diagonal regularizer, Cholesky/LU
+"""Linear algebra of kernel regression: the diagonal regularizer, the checks of a train-train
+kernel (`checked_kernel`: symmetric and positive semi-definite up to rounding), Cholesky/LU
 factorizations, interpolation alpha = K^-1 y and ridge alpha = (K + lambda I)^-1 y, and
 the closed-form gradient flow on the MSE (`GradientFlow`) that the predictions share."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -47,6 +49,87 @@ def _square(k: Any, name: str) -> torch.Tensor:
     return k
 
 
+SYMMETRY_TOLERANCE = 100.0
+"""A kernel may be asymmetric by up to SYMMETRY_TOLERANCE * sqrt(eps) * max|K| (1.5e-6 of its
+largest entry in float64): arc-cosine kernels (ReLU and its relatives) lose half their digits
+at coincident inputs, where theta = arccos(rho) has infinite slope, so k(x, x) computed with
+x2 given is asymmetric at about sqrt(eps) there (measured: 1.5e-8 of max|K| in float64 for
+duplicated 1000-dimensional inputs).  A matrix that is not a kernel is asymmetric at O(1)."""
+
+DEFINITENESS_TOLERANCE = 10.0
+"""A kernel counts as positive semi-definite when lambda_min(G) >= -tau with
+tau = DEFINITENESS_TOLERANCE * eps * N * ||G||_inf (||G||_inf, the largest absolute row sum,
+bounds every |eigenvalue| and costs no eigendecomposition): eigenvalues in [-tau, 0) are the
+rounding of a singular PSD kernel (measured: at most 0.015 eps N lambda_max for duplicated inputs,
+rank-deficient linear kernels, analytic and empirical NTKs, float32 and float64) and are
+treated as 0."""
+
+
+def symmetric(k: torch.Tensor, name: str) -> torch.Tensor:
+    """(K + K^T) / 2 of a square `k` whose asymmetry is rounding (see `SYMMETRY_TOLERANCE`);
+    a larger asymmetry is refused with its size."""
+    scale = float(k.abs().max())
+    asymmetry = float((k - k.T).abs().max())
+    tolerance = SYMMETRY_TOLERANCE * math.sqrt(torch.finfo(k.dtype).eps) * scale
+    if asymmetry > tolerance:
+        raise ValueError(
+            f"{name} is not symmetric: max |K - K^T| = {asymmetry:.3g} ({asymmetry / scale:.3g} of "
+            f"max |K|, rounding allows {tolerance / scale:.2g}); a kernel matrix is symmetric: pass "
+            f"the train-train kernel K(X, X), or (K + K.T) / 2 if the asymmetry is noise")
+    return (k + k.T) / 2
+
+
+def checked_kernel(k: Any, name: str = "k_train_train", *, diag_reg: float = 0.0,
+                   diag_reg_absolute_scale: bool = False, allow_indefinite: bool | None = False
+                   ) -> torch.Tensor:
+    """The regularized train-train kernel G = (K + K^T) / 2 + diag_reg s I of every prediction
+    (s = 1 or mean(diag K), as `add_diagonal_regularizer`), checked once: square, finite,
+    symmetric up to rounding (`SYMMETRY_TOLERANCE`) and positive semi-definite up to rounding
+    (`DEFINITENESS_TOLERANCE`; one Cholesky factorization of G + tau I, an eigendecomposition
+    only when that fails).  An indefinite G is refused with its most negative eigenvalue and
+    the diag_reg that fixes it; `allow_indefinite=True` skips the definiteness check (the
+    caller then handles negative eigenvalues exactly), `None` refuses without offering it.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ntklab.predict.linalg import checked_kernel
+    >>> k = torch.tensor([[1.0, 2.0], [2.0, 1.0]], dtype=torch.float64)     # eigenvalues 3, -1
+    >>> checked_kernel(k, diag_reg=1.5)
+    tensor([[2.5000, 2.0000],
+            [2.0000, 2.5000]], dtype=torch.float64)
+    >>> checked_kernel(k)
+    Traceback (most recent call last):
+    ...
+    ValueError: k_train_train is indefinite: its most negative eigenvalue is -1 = -0.333 x the largest (3), beyond rounding (-1.3e-14); pass diag_reg >= 1 (relative to the mean diagonal 1) to make it positive definite, or allow_indefinite=True for the exact dynamics, which diverge along the negative eigenvalues
+    """
+    k = _square(k, name)
+    g = add_diagonal_regularizer(symmetric(k, name), diag_reg, diag_reg_absolute_scale)
+    if allow_indefinite:
+        return g
+    n = g.shape[0]
+    tau = DEFINITENESS_TOLERANCE * torch.finfo(g.dtype).eps * n * float(g.abs().sum(1).max())
+    if int(torch.linalg.cholesky_ex(g + tau * torch.eye(n, dtype=g.dtype, device=g.device))[1]) == 0:
+        return g
+    evals = torch.linalg.eigvalsh(g)
+    smallest, largest = float(evals[0]), float(evals[-1])
+    if smallest >= -tau:
+        return g
+    absolute = diag_reg_absolute_scale or float(k.diagonal().mean()) <= 0
+    scale = 1.0 if absolute else float(k.diagonal().mean())
+    needed = diag_reg - smallest / scale       # rounded up to 2 digits: enough, as printed
+    digits = 10.0 ** (math.floor(math.log10(needed)) - 1)
+    fix = (f"pass diag_reg >= {math.ceil(needed / digits) * digits:.2g}"
+           + (" with diag_reg_absolute_scale=True" if absolute else
+              f" (relative to the mean diagonal {scale:.3g})"))
+    raise ValueError(
+        f"{name} is indefinite: its most negative eigenvalue is {smallest:.3g}"
+        + (f" = {smallest / largest:.3g} x the largest ({largest:.3g})" if largest > 0 else "")
+        + f", beyond rounding ({-tau:.2g}); {fix} to make it positive definite"
+        + (", or allow_indefinite=True for the exact dynamics, which diverge along the negative "
+           "eigenvalues" if allow_indefinite is False else ""))
+
+
 class Factorization:
     """Cholesky (or LU) factorization of a regularized train-train kernel.
 
@@ -77,7 +160,8 @@ class Factorization:
         k = add_diagonal_regularizer(_square(k, name), diag_reg, diag_reg_absolute_scale)
         offers_lu, assume_psd = assume_psd is not None, assume_psd is not False
         self.assume_psd = assume_psd
-        if assume_psd:
+        if assume_psd:  # Cholesky reads one triangle: an asymmetric k is refused, not truncated
+            k = symmetric(k, name)
             factor, info = torch.linalg.cholesky_ex(k)
             if int(info) != 0:
                 smallest = float(torch.linalg.eigvalsh(k)[0])
@@ -169,19 +253,22 @@ def kernel_regression(k_train_train, y_train, k_test_train, **solve_kwargs) -> t
 class GradientFlow:
     """Gradient flow df/dt = -(lr / |Y|) G (f - Y) on a regularized train-train kernel
     G = K + diag_reg s I (ntklab's loss convention, see the module docstring), in the
-    closed forms that all MSE predictions share.  The Cholesky factor and the
-    eigendecomposition of G are computed once, when first needed.
+    closed forms that all MSE predictions share.  G is checked by `checked_kernel`;
+    its Cholesky factor and eigendecomposition are computed once, when first needed.
 
     `solve(rhs, times)`: G^-1 (I - e^{-lr G t / |Y|}) rhs, [T, N, M] for the times t
     ([N, M], G^-1 rhs, for `times=None`, t = infinity); `doubled` uses rate 2 lr.
     `decay(times)`: e^{-lr G t / |Y|}, [T, N, N].
+    Eigenvalues within rounding of 0 (`DEFINITENESS_TOLERANCE`) count as 0; with
+    `allow_indefinite=True` none is changed, so negative eigenvalues make the flow grow
+    exactly as e^{lr |lambda| t / |Y|}, and a result beyond the dtype's range is refused.
 
     Parameters
     ----------
     k_train_train : tensor [N, N]
     y_size : int
         |Y| of the loss convention.
-    learning_rate, diag_reg, diag_reg_absolute_scale
+    learning_rate, diag_reg, diag_reg_absolute_scale, allow_indefinite
         As `gradient_descent_mse`.
 
     Examples
@@ -196,17 +283,20 @@ class GradientFlow:
 
     def __init__(self, k_train_train: torch.Tensor, y_size: int, *, learning_rate: float = 1.0,
                  diag_reg: float = 0.0, diag_reg_absolute_scale: bool = False,
-                 name: str = "k_train_train"):
-        self.kernel = add_diagonal_regularizer(_square(k_train_train, name), diag_reg,
-                                               diag_reg_absolute_scale)
+                 name: str = "k_train_train", allow_indefinite: bool = False):
+        self.kernel = checked_kernel(k_train_train, name, diag_reg=diag_reg,
+                                     diag_reg_absolute_scale=diag_reg_absolute_scale,
+                                     allow_indefinite=allow_indefinite)
         self.rate = positive(learning_rate, "learning_rate") / positive_int(y_size, "y_size")
-        self.name = name
+        self.name, self.allow_indefinite = name, allow_indefinite
         self._eigenspace = self._factorization = None
 
     @property
     def eigenspace(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(eigenvalues, eigenvectors) of G, the eigenvalues >= 0 unless `allow_indefinite`."""
         if self._eigenspace is None:
-            self._eigenspace = torch.linalg.eigh(self.kernel)
+            evals, evecs = torch.linalg.eigh(self.kernel)
+            self._eigenspace = (evals if self.allow_indefinite else evals.clamp(min=0), evecs)
         return self._eigenspace
 
     @property
@@ -214,6 +304,16 @@ class GradientFlow:
         if self._factorization is None:
             self._factorization = Factorization(self.kernel, self.name, assume_psd=None)
         return self._factorization
+
+    def _finite(self, result: torch.Tensor, exponent: torch.Tensor) -> torch.Tensor:
+        """`result`, unless the flow outgrew the dtype (only negative eigenvalues make it grow)."""
+        if not bool(torch.isfinite(result).all()):
+            raise ValueError(
+                f"gradient flow on {self.name} diverges beyond {result.dtype}'s range at the times "
+                f"asked for: the mode of its most negative eigenvalue "
+                f"{float(self.eigenspace[0][0]):.3g} grows as e^{float(exponent.max()):.4g}; ask "
+                f"for smaller times, or pass a diag_reg that makes the kernel positive definite")
+        return result
 
     def solve(self, rhs: torch.Tensor, times: torch.Tensor | None = None, *,
               doubled: bool = False) -> torch.Tensor:
@@ -225,9 +325,9 @@ class GradientFlow:
         safe = torch.where(evals == 0, torch.ones_like(evals), evals)
         coef = torch.where(evals == 0, rate * times[:, None].expand_as(exponent),
                            -torch.expm1(exponent) / safe)
-        return torch.einsum("ij,tj,kj,km->tim", evecs, coef, evecs, rhs)
+        return self._finite(torch.einsum("ij,tj,kj,km->tim", evecs, coef, evecs, rhs), exponent)
 
     def decay(self, times: torch.Tensor) -> torch.Tensor:
         evals, evecs = self.eigenspace
-        factor = torch.exp(-self.rate * times[:, None] * evals.clamp(min=0)[None, :])
-        return torch.einsum("ij,tj,kj->tik", evecs, factor, evecs)
+        exponent = -self.rate * times[:, None] * evals[None, :]
+        return self._finite(torch.einsum("ij,tj,kj->tik", evecs, torch.exp(exponent), evecs), exponent)
