@@ -6,7 +6,10 @@
   the same loss descended in function space (the RKHS gradient), recording alpha_t
   and f_t.
 * `gradient_descent_mse`, `gradient_descent` (any loss, by an ODE solver), `gp_inference`,
-  `max_learning_rate`: neural-tangents' predictions on given (finite) kernels.
+  `max_learning_rate`: neural-tangents' predictions on given (finite) kernels.  Each
+  checks its train-train kernel once (`linalg.checked_kernel`): symmetric and positive
+  semi-definite up to rounding, or refused with the asymmetry or the most negative
+  eigenvalue and the fix; `allow_indefinite=True` follows an indefinite kernel exactly.
 * `gradient_descent_mse_ensemble`: mean and covariance of an infinite ensemble
   of infinitely wide networks trained by gradient flow on the MSE for time t
   (Lee et al. 2019, "Wide neural networks of any depth evolve as linear models under

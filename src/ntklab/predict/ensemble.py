@@ -61,6 +61,8 @@ def gradient_descent_mse_ensemble(net_or_kernel_fn, x_train, y_train, *, learnin
         with T_t(x) = G^-1 (I - e^{-lr G t / n}) Theta(X, x)     ("ntk")
     and for "nngp" (Bayesian-like NNGP dynamics) mean with K in place of Theta and
         cov_t = K(x, x') - K(x, X) G^-1 (I - e^{-2 lr G t / n}) K(X, x').
+    G is checked as in `gradient_descent_mse` (symmetric and positive semi-definite up to
+    rounding, `linalg.checked_kernel`) when first used.
     Returns `predict(t=None, x_test=None, get=None, compute_cov=False)`.
 
     Parameters

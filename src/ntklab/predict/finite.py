@@ -317,7 +317,7 @@ def gradient_descent(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
             solution = state0[None].expand(len(times), -1)
         else:
             stiff = end * _spectral_radius(field, state0) > STIFF
-            reached, stalled = [0.0], [0]
+            reached, last, stalled = [0.0], [-1.0], [0]
             bar = tqdm(total=end / scale, desc=f"gradient descent ODE ({'LSODA' if stiff else 'DOP853'})",
                        bar_format="{desc}: {percentage:3.0f}% of t = {total:.4g} [{elapsed}<{remaining}]",
                        leave=False, delay=0 if progress else 2, disable=progress is False)
@@ -330,12 +330,12 @@ def gradient_descent(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
             def rhs(time, state):
                 if time > reached[0]:
                     bar.update((time - reached[0]) / scale)
-                    reached[0], stalled[0] = time, 0
-                else:
-                    stalled[0] += 1
-                    if stalled[0] > 1000:   # LSODA can stall at one time without failing
-                        raise failure("no progress in 1000 evaluations: the step size underflowed or the "
-                                      "outputs overflowed")
+                    reached[0] = time
+                stalled[0] = stalled[0] + 1 if time == last[0] else 0
+                last[0] = time
+                if stalled[0] >= 1000:   # LSODA can stall at one time without failing
+                    raise failure("1000 evaluations at one time: the step size underflowed or the "
+                                  "outputs overflowed")
                 return field(torch.from_numpy(state).to(k)).cpu().numpy()
 
             def jacobian(_, state):
@@ -349,7 +349,7 @@ def gradient_descent(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                     result = solve_ivp(rhs, (0.0, end), state0.cpu().numpy(),
                                        method="LSODA" if stiff else "DOP853", t_eval=times[order].cpu().numpy(),
                                        rtol=rtol, atol=atol, **({"jac": jacobian} if stiff else {}))
-            except ValueError as err:   # an implicit method's LU refuses a non-finite matrix
+            except ValueError as err:   # scipy refuses non-finite values (e.g. in an LU)
                 raise failure(str(err)) from err
             if not result.success:
                 raise failure(result.message)

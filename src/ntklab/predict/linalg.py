@@ -101,7 +101,8 @@ def checked_kernel(k: Any, name: str = "k_train_train", *, diag_reg: float = 0.0
     >>> checked_kernel(k)
     Traceback (most recent call last):
     ...
-    ValueError: k_train_train is indefinite: its most negative eigenvalue is -1 = -0.333 x the largest (3), beyond rounding (-1.3e-14); pass diag_reg >= 1 (relative to the mean diagonal 1) to make it positive definite, or allow_indefinite=True for the exact dynamics, which diverge along the negative eigenvalues
+    ValueError: k_train_train is indefinite: its most negative eigenvalue is -1 = -0.333 x the
+    largest (3), beyond rounding (-1.3e-14); pass diag_reg >= 1 (relative to the mean diagonal 1) ...
     """
     k = _square(k, name)
     g = add_diagonal_regularizer(symmetric(k, name), diag_reg, diag_reg_absolute_scale)
