@@ -65,18 +65,25 @@ def relative_error(a, b):
 # -- definiteness ----------------------------------------------------------------------------
 
 def test_indefinite_kernel_is_refused_by_every_prediction_with_its_eigenvalue_and_the_fixes():
-    offers_opt_in = [lambda: predict.gradient_descent_mse(INDEFINITE, Y)(1.0, F0),
-                     lambda: predict.gradient_descent(mse_loss, INDEFINITE, Y)(1.0, F0)]
-    no_opt_in = [lambda: predict.gp_inference(INDEFINITE, Y)(K_TEST),
-                 lambda: predict.max_learning_rate(INDEFINITE)]
-    smallest = float(torch.linalg.eigvalsh(INDEFINITE)[0])
-    for call in offers_opt_in + no_opt_in:
+    gd_mse = lambda: predict.gradient_descent_mse(INDEFINITE, Y)(1.0, F0)        # noqa: E731
+    gd_ode = lambda: predict.gradient_descent(mse_loss, INDEFINITE, Y)(1.0, F0)  # noqa: E731
+    gp = lambda: predict.gp_inference(INDEFINITE, Y)(K_TEST)                     # noqa: E731
+    lr_max = lambda: predict.max_learning_rate(INDEFINITE)                       # noqa: E731
+    evals = torch.linalg.eigvalsh(INDEFINITE)
+    shift = "8"             # -lambda_min = 7.96 rounded up to two digits (mean diagonal < 0: absolute)
+    assert float(shift) >= float(-evals[0]) > 7.9
+    for call in (gd_mse, gd_ode, gp, lr_max):
         with pytest.raises(ValueError, match="k_train_train is indefinite") as error:
             call()
         message = str(error.value)
-        assert f"most negative eigenvalue is {smallest:.3g}" in message
-        assert "diag_reg >= " in message
-        assert ("allow_indefinite=True" in message) == (call in offers_opt_in)
+        assert (f"most negative eigenvalue is {float(evals[0]):.3g} = "
+                f"{float(evals[0] / evals[-1]):.3g} x the largest ({float(evals[-1]):.3g})") in message
+        assert ("allow_indefinite=True" in message) == (call in (gd_mse, gd_ode))
+        if call in (gd_mse, gp):                     # these take diag_reg
+            assert f"pass diag_reg >= {shift} with diag_reg_absolute_scale=True" in message
+        else:
+            assert (f"nk.predict.add_diagonal_regularizer(k_train_train, {shift}, absolute_scale=True)"
+                    in message)
     # the ensemble's train kernel goes through the same check
     x = torch.randn(6, 3, generator=G, dtype=torch.float64)
     negative_linear = lambda x1, x2: -(x1 @ (x1 if x2 is None else x2).T)   # noqa: E731
@@ -98,6 +105,12 @@ def test_the_suggested_diag_reg_is_the_one_that_makes_the_kernel_definite(absolu
     assert bool(torch.isfinite(f_train).all())
     with pytest.raises(ValueError, match="indefinite"):
         predict.gradient_descent_mse(kernel, Y, diag_reg=exact * 0.98, diag_reg_absolute_scale=absolute)
+    if not absolute:   # the ODE has no diag_reg: its message names the call that regularizes
+        with pytest.raises(ValueError, match=r"add_diagonal_regularizer\(k_train_train, ") as error:
+            predict.gradient_descent(mse_loss, kernel, Y)
+        suggested = float(re.search(r"k_train_train, ([0-9.e+-]+)\)", str(error.value)).group(1))
+        assert exact <= suggested < 1.1 * exact
+        predict.gradient_descent(mse_loss, predict.add_diagonal_regularizer(kernel, suggested), Y)
 
 
 def test_rounding_below_the_documented_tolerance_passes_and_beyond_it_is_refused():

@@ -270,7 +270,8 @@ def gradient_descent(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     >>> f_train.shape
     torch.Size([2, 1])
     """
-    problem = _problem(checked_kernel(k_train_train, allow_indefinite=allow_indefinite), y_train)
+    problem = _problem(checked_kernel(k_train_train, diag_reg=None, allow_indefinite=allow_indefinite),
+                       y_train)
     learning_rate = positive(learning_rate, "learning_rate")
     if momentum is not None:
         momentum = positive(momentum, "momentum", allow_zero=True)
@@ -444,7 +445,7 @@ def max_learning_rate(k_train_train, y_train_size: int | None = None, momentum: 
     >>> round(nk.predict.max_learning_rate(theta, y_train_size=2), 9)      # 2 |Y| / lambda_max
     1.0
     """
-    k = checked_kernel(k_train_train, allow_indefinite=None)
+    k = checked_kernel(k_train_train, diag_reg=None, allow_indefinite=None)
     size = k.shape[0] if y_train_size is None else int(y_train_size)
     if size <= 0:
         raise ValueError(f"y_train_size must be a positive integer, got {y_train_size!r}")

@@ -79,7 +79,7 @@ def symmetric(k: torch.Tensor, name: str) -> torch.Tensor:
     return (k + k.T) / 2
 
 
-def checked_kernel(k: Any, name: str = "k_train_train", *, diag_reg: float = 0.0,
+def checked_kernel(k: Any, name: str = "k_train_train", *, diag_reg: float | None = 0.0,
                    diag_reg_absolute_scale: bool = False, allow_indefinite: bool | None = False
                    ) -> torch.Tensor:
     """The regularized train-train kernel G = (K + K^T) / 2 + diag_reg s I of every prediction
@@ -87,8 +87,10 @@ def checked_kernel(k: Any, name: str = "k_train_train", *, diag_reg: float = 0.0
     symmetric up to rounding (`SYMMETRY_TOLERANCE`) and positive semi-definite up to rounding
     (`DEFINITENESS_TOLERANCE`; one Cholesky factorization of G + tau I, an eigendecomposition
     only when that fails).  An indefinite G is refused with its most negative eigenvalue and
-    the diag_reg that fixes it; `allow_indefinite=True` skips the definiteness check (the
-    caller then handles negative eigenvalues exactly), `None` refuses without offering it.
+    the diag_reg that fixes it (`diag_reg=None`: for a caller without that argument, the
+    `add_diagonal_regularizer` call that does); `allow_indefinite=True` skips the
+    definiteness check (the caller then handles negative eigenvalues exactly), `None`
+    refuses without offering it.
 
     Examples
     --------
@@ -105,7 +107,7 @@ def checked_kernel(k: Any, name: str = "k_train_train", *, diag_reg: float = 0.0
     largest (3), beyond rounding (-1.3e-14); pass diag_reg >= 1 (relative to the mean diagonal 1) ...
     """
     k = _square(k, name)
-    g = add_diagonal_regularizer(symmetric(k, name), diag_reg, diag_reg_absolute_scale)
+    g = add_diagonal_regularizer(symmetric(k, name), diag_reg or 0.0, diag_reg_absolute_scale)
     if allow_indefinite:
         return g
     n = g.shape[0]
@@ -118,11 +120,14 @@ def checked_kernel(k: Any, name: str = "k_train_train", *, diag_reg: float = 0.0
         return g
     absolute = diag_reg_absolute_scale or float(k.diagonal().mean()) <= 0
     scale = 1.0 if absolute else float(k.diagonal().mean())
-    needed = diag_reg - smallest / scale       # rounded up to 2 digits: enough, as printed
+    needed = (diag_reg or 0.0) - smallest / scale
     digits = 10.0 ** (math.floor(math.log10(needed)) - 1)
-    fix = (f"pass diag_reg >= {math.ceil(needed / digits) * digits:.2g}"
-           + (" with diag_reg_absolute_scale=True" if absolute else
-              f" (relative to the mean diagonal {scale:.3g})"))
+    needed = f"{math.ceil(needed / digits) * digits:.2g}"     # rounded up: enough, as printed
+    fix = (f"pass diag_reg >= {needed}" + (" with diag_reg_absolute_scale=True" if absolute else
+                                          f" (relative to the mean diagonal {scale:.3g})")
+           if diag_reg is not None else
+           f"regularize it first, nk.predict.add_diagonal_regularizer({name}, {needed}"
+           + (", absolute_scale=True)" if absolute else ")"))
     raise ValueError(
         f"{name} is indefinite: its most negative eigenvalue is {smallest:.3g}"
         + (f" = {smallest / largest:.3g} x the largest ({largest:.3g})" if largest > 0 else "")
