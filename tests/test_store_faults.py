@@ -79,9 +79,12 @@ def test_damaged_metadata_costs_no_other_array_and_no_marker(damage, tmp_path, c
 
 # 2. an edited activation function ------------------------------------------------------
 SOURCE = """
+import numpy as np
 import torch
 
 SCALE = 1.0
+SHIFT = np.float64(0.0)
+OFFSET = torch.tensor(0.0, dtype=torch.float64)
 
 
 def helper(z):
@@ -89,13 +92,15 @@ def helper(z):
 
 
 def act(z):
-    return SCALE * helper(z)
+    return SCALE * helper(z) + SHIFT + OFFSET
 """
 
 
 @pytest.mark.parametrize("edit", [("return SCALE * helper(z)", "return SCALE * torch.cos(z)"),
                                   ("torch.sin(z)", "torch.cos(z)"),
-                                  ("SCALE = 1.0", "SCALE = 2.0")])
+                                  ("SCALE = 1.0", "SCALE = 2.0"),
+                                  ("np.float64(0.0)", "np.float64(0.5)"),
+                                  ("torch.tensor(0.0,", "torch.tensor(0.5,")])
 def test_an_edited_elementwise_function_is_another_architecture(edit, tmp_path, monkeypatch):
     """Before: a function edited between two runs under the same name resumed, sin and cos
     tiles mixed.  Now the identity holds a digest of its code (and of the module's functions
@@ -130,6 +135,18 @@ def test_builtins_are_identified_by_name_and_anonymous_functions_not_at_all():
     def local(z):
         return z
     assert nk.Elementwise(local).identity is None
+    assert nk.Elementwise(_reads_an_object).identity is None    # a global that cannot be hashed
+
+
+class _Scale:
+    factor = 2.0
+
+
+SCALER = _Scale()
+
+
+def _reads_an_object(z):
+    return SCALER.factor * z
 
 
 # 3. chunks moved with their markers ----------------------------------------------------

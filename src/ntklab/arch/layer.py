@@ -45,6 +45,7 @@ import types
 from abc import ABC, abstractmethod
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -101,9 +102,10 @@ def _referenced_names(code: types.CodeType) -> set[str]:
 def _function_identity(value: Any) -> str | None:
     """`module.qualname` of a named function (builtins such as `torch.sin`: that name alone);
     for a Python function `module.qualname@digest`, the SHA-256 (16 hex digits) of its code
-    (bytecode, constants, names, defaults), of the literal module globals it reads (e.g. a
-    `SCALE = 2.0`) and, recursively, of the Python functions of its own module that it calls
-    by name.  Editing such a body therefore changes the identity; the digest also changes
+    (bytecode, constants, names, defaults), of the module globals it reads (literals such as
+    `SCALE = 2.0` by value, numpy/torch arrays by their bytes, modules and other modules'
+    functions by name) and, recursively, of the Python functions of its own module that it
+    calls by name; a global of any other kind makes the function unidentifiable (None).  Editing such a body therefore changes the identity; the digest also changes
     with the Python version (bytecode), which makes a store refuse, never mix, its tiles.
     None for what cannot be identified: lambdas, local functions, closures, bound methods."""
     name = _named_function(value)
@@ -123,12 +125,25 @@ def _function_identity(value: Any) -> str | None:
         _code(function.__code__, digest)
         digest.update(repr((function.__defaults__, function.__kwdefaults__)).encode())
         for global_name in sorted(_referenced_names(function.__code__)):
-            other = function.__globals__.get(global_name)
+            if global_name not in function.__globals__:
+                continue   # an attribute name or a builtin
+            other = function.__globals__[global_name]
             if inspect.isfunction(other) and other.__module__ == function.__module__:
                 if not visit(other):
                     return False
+            elif inspect.ismodule(other):
+                digest.update(f"{global_name}=module {other.__name__}\0".encode())
             elif _literal(other) is not None:
                 digest.update(f"{global_name}={_literal(other)}\0".encode())
+            elif isinstance(other, (np.ndarray, np.generic, torch.Tensor)):
+                array = other.detach().cpu().numpy() if isinstance(other, torch.Tensor) else np.asarray(other)
+                digest.update(f"{global_name}={array.dtype.str}{array.shape}\0".encode())
+                digest.update(np.ascontiguousarray(array).tobytes())
+            elif (callable(other) and _named_function(other) is not None
+                  and other.__module__ != function.__module__):
+                digest.update(f"{global_name}={_named_function(other)}\0".encode())  # a library's
+            else:
+                return False   # a global whose value cannot be identified (an object, a closure)
         return True
 
     return f"{name}@{digest.hexdigest()[:16]}" if visit(value) else None
