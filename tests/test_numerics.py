@@ -71,3 +71,19 @@ def test_progress_counts_layers_of_every_block(monkeypatch):
     net.kernel(X, block_size=2)                      # default: shown after PROGRESS_DELAY seconds
     net.kernel(X, block_size=2, progress=False)
     assert bars == [(183, 183, False, 0.0), (183, 183, False, tiling.PROGRESS_DELAY), (0, 183, True, 0.0)]
+
+
+def test_float32_underflow_straight_to_zero_is_refused():
+    """A layer that multiplies the variance by 1e-12 jumps over float32's subnormals to exact 0
+    (review of issue 27: 80 silent zero kernels in a W_std x depth scan); float64 keeps ~1e-49."""
+    net = nk.serial(*[layer for _ in range(3) for layer in (nk.Dense(1, W_std=1e-6), nk.Relu())],
+                    nk.Dense(1, W_std=1e-6))
+    assert float(net.kernel(X, get="nngp")[0, 0]) > 0
+    with pytest.raises(ValueError, match=r"underflows torch.float32 at layer \d, .*W_std=1e-06"):
+        net.kernel(X.float())
+
+
+def test_underflow_of_the_inputs_names_their_scale():
+    with pytest.raises(ValueError, match=r"underflows torch.float32 at layer 0.*rescale the inputs"):
+        nk.mlp(1, 8).kernel(X.float() * 1e-20)
+

@@ -26,21 +26,29 @@ def _states(state) -> list[KernelState]:
 
 
 def _variances(state: KernelState) -> list[torch.Tensor]:
-    return [state.var1] if state.symmetric else [state.var1, state.var2]
+    """Each input's per-position variances (the diagonal of an all-pixel-pairs layout)."""
+    var1 = state.marginal(state.var1)
+    return [var1] if state.symmetric else [var1, state.marginal(state.var2)]
 
 
 def _tensors(state: KernelState) -> list[torch.Tensor]:
     ntk = [state.ntk] if isinstance(state.ntk, torch.Tensor) else []
-    return [state.nngp, *ntk, *_variances(state)]
+    return [state.nngp, *ntk, state.var1, state.var2]
+
+
+def _finite(t: torch.Tensor) -> bool:
+    """No inf or NaN in `t`: its sum is finite (one reduction, no mask), else entry by entry
+    (a sum of finite numbers may itself overflow)."""
+    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
 
 
 def in_float_range(state: KernelState) -> bool:
-    """True when every number of the output state is finite and no variance is below the
-    smallest normal number (zero or subnormal).  A False may still be a correct kernel (an
-    exact zero variance, e.g. of an all-zero input with b_std = 0): `out_of_range_message` decides."""
+    """True when every number of the output state is finite and every variance is at least the
+    smallest normal number.  A False may still be a correct kernel (an exact zero variance,
+    e.g. of an all-zero input with b_std = 0): `out_of_range_message` decides."""
     tiny = torch.finfo(state.nngp.dtype).tiny
-    return (all(bool(torch.isfinite(t).all()) for t in _tensors(state))
-            and all(bool((v >= tiny).all()) for v in _variances(state)))
+    return (all(_finite(t) for t in _tensors(state))
+            and all(float(v.min()) >= tiny for v in _variances(state)))
 
 
 class _LeftRange(Exception):
@@ -52,19 +60,27 @@ class _LeftRange(Exception):
 def out_of_range_message(net: "Serial", x1: torch.Tensor, x2: torch.Tensor | None, *,
                          need_ntk: bool, full: bool) -> str | None:
     """Recompute the block `x1`, `x2` layer by layer and describe the first layer whose output
-    overflows (inf), is NaN, or has a variance that underflows into the subnormal numbers; None
-    when no layer does (exact zeros are exact: a zero weight or a zero input)."""
+    overflows (inf), is NaN, or has a variance that underflows (subnormal, or 0 where the
+    layer's input variance was positive: every layer maps a positive variance to a positive
+    one, W_std > 0); None when no layer does (zero variances of zero inputs are exact)."""
     largest: list[tuple[int, float]] = []   # (layer, largest variance of its output)
+    positive: list[list[torch.Tensor]] = []  # which samples' variances are positive, per layer
 
     def check(i: int, state) -> None:
-        for s in _states(state):
-            if not all(bool(torch.isfinite(t).all()) for t in _tensors(s)):
+        states = _states(state)
+        for s in states:
+            if not all(_finite(t) for t in _tensors(s)):
                 raise _LeftRange(i, "overflow" if any(bool(t.isinf().any()) for t in _tensors(s))
                                  else "nan")
-            tiny = torch.finfo(s.nngp.dtype).tiny
-            if any(bool(((v > 0) & (v < tiny)).any()) for v in _variances(s)):
-                raise _LeftRange(i, "underflow")
-        largest.append((i, max(float(v.abs().max()) for s in _states(state) for v in _variances(s))))
+        variances = [v for s in states for v in _variances(s)]
+        tiny = torch.finfo(variances[0].dtype).tiny
+        per_sample = [v.reshape(len(v), -1).amax(1) for v in variances]   # shapes change with pooling
+        lost = (positive and len(positive[-1]) == len(variances) and any(
+            bool((before & (now < tiny)).any()) for before, now in zip(positive[-1], per_sample)))
+        if lost or any(bool(((v > 0) & (v < tiny)).any()) for v in variances):
+            raise _LeftRange(i, "underflow")   # subnormal, or a positive variance became 0
+        positive.append([now > 0 for now in per_sample])
+        largest.append((i, max(float(v.abs().max()) for v in variances)))
 
     try:
         with torch.no_grad():
@@ -83,6 +99,7 @@ def _explain(net: "Serial", found: _LeftRange, largest: list[tuple[int, float]],
     where = f"at layer {found.layer}, {layer!r}" + (
         f" (after {affine!r})" if affine is not None and affine is not layer else "")
     history = [(i, v) for i, v in largest if v > 0]
+    inputs = ", or rescale the inputs" if found.layer == 0 else ""
     trend = ""
     if len(history) >= 2:
         (i0, v0), (i1, v1) = history[0], history[-1]
@@ -94,9 +111,9 @@ def _explain(net: "Serial", found: _LeftRange, largest: list[tuple[int, float]],
     if found.kind == "underflow":
         return (f"the kernel underflows {dtype} {where}{trend}; below {finfo.tiny:.3g} its digits "
                 f"are lost and it would come out as zeros. Use a larger W_std or b_std ({critical}), "
-                f"fewer layers, or nk.LayerNorm() between layers")
+                f"fewer layers, or nk.LayerNorm() between layers{inputs}")
     what = "overflows to inf" if found.kind == "overflow" else "becomes NaN (an inf or 0/0 inside the layer)"
     return (f"the kernel {what} in {dtype} {where}{trend}; the largest {dtype} number is "
             f"{finfo.max:.3g} and products of variances pass it first. Use a smaller W_std "
             f"({critical}), fewer layers, nk.LayerNorm() between layers"
-            + (", or float64 inputs" if dtype != torch.float64 else ""))
+            + (", or float64 inputs" if dtype != torch.float64 else "") + inputs)
