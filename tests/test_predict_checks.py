@@ -272,3 +272,44 @@ def test_stiff_cross_entropy_agrees_with_the_explicit_method(monkeypatch):
 def test_long_solves_show_progress(capsys):
     predict.gradient_descent(mse_loss, PSD, Y, progress=True)(1.0, F0)
     assert "gradient descent ODE (DOP853)" in capsys.readouterr().err
+
+
+# -- float32 (review of issue 27) --------------------------------------------------------------
+
+def test_a_float32_kernel_with_a_negative_eigenvalue_far_beyond_rounding_is_refused():
+    """eigenvalues 400.5, 0.5 (x 398), -0.1: -0.1 is 2.5e-4 of lambda_max, 340 x the largest
+    rounding measured (0.015 eps N lambda_max = 2.9e-4); the earlier tolerance (10 eps N ||G||)
+    let it through and clamped it."""
+    n = 400
+    v = torch.zeros(n)
+    v[0], v[1] = 1.0, -1.0
+    v = v / v.norm()
+    k = torch.ones(n, n) + 0.5 * torch.eye(n) - 0.6 * torch.outer(v, v)
+    y = torch.zeros(n, 1)
+    y[0] = 1.0
+    for call in (lambda: predict.gradient_descent_mse(k, y)(1e4, torch.zeros(n, 1)),
+                 lambda: predict.max_learning_rate(k)):
+        with pytest.raises(ValueError, match=r"indefinite: its most negative eigenvalue is -0\.1"):
+            call()
+    torch.testing.assert_close(predict.gradient_descent_mse(k + 0.6 * torch.outer(v, v), y)(1.0, 0.0)[0],
+                               predict.gradient_descent_mse((k + 0.6 * torch.outer(v, v)).double(),
+                                                            y.double())(1.0, 0.0)[0].float(),
+                               rtol=1e-4, atol=1e-5)   # the same kernel made PSD passes
+
+
+def test_float32_asymmetry_of_a_percent_is_refused():
+    k = torch.tensor([[1.0, 0.5], [0.53, 1.0]])
+    with pytest.raises(ValueError, match="not symmetric"):
+        predict.gp_inference(k, torch.tensor([[1.0], [-1.0]]))
+
+
+@pytest.mark.parametrize("allow_indefinite", [False, True])
+def test_infinite_time_on_a_singular_kernel_is_refused_as_singular(allow_indefinite):
+    """Gradient flow never moves a singular kernel's null space: the training outputs at t = inf
+    are not y (they were returned as y), and the kernel is singular, not indefinite."""
+    x = torch.randn(12, 3, generator=G, dtype=torch.float64)
+    k = x @ x.T                               # rank 3: eigenvalues down to about -1e-15
+    with pytest.raises(ValueError, match="singular") as err:
+        predict.gradient_descent_mse(k, torch.randn(12, 1, generator=G, dtype=torch.float64),
+                                     allow_indefinite=allow_indefinite)(None, 0.0)
+    assert "indefinite" not in str(err.value)

@@ -176,11 +176,13 @@ def gradient_descent_mse(k_train_train, y_train, learning_rate: float = 1.0, dia
         k_td, f_test = _test_kernel(k_test_train, fx_test_0, problem)
         residual = y - f_train
         if t is None:
+            # beyond rounding (`GradientFlow.tolerance`); only an opted-in kernel can be indefinite
             if allow_indefinite and float(flow.eigenspace[0][0]) < 0:
                 raise ValueError(
                     f"t=None (infinite time) does not exist for the indefinite k_train_train "
                     f"(most negative eigenvalue {float(flow.eigenspace[0][0]):.3g}): gradient flow "
                     f"diverges along its negative eigenvalues; give finite times")
+            flow.factorization   # a singular G is refused: its null space never reaches y
             train = None if fx_train_0 is None else y.clone()
             test = None if f_test is None else f_test + k_td @ flow.solve(residual)
             return _finish(problem, (), train, test)
@@ -396,9 +398,10 @@ def gp_inference(k_train_train, y_train, diag_reg: float = 0.0, diag_reg_absolut
     (torch.Size([2, 1]), torch.Size([2, 2]))
     """
     problem = _problem(k_train_train, y_train)
-    factorization = Factorization(checked_kernel(problem.k_train_train, diag_reg=diag_reg,
-                                                 diag_reg_absolute_scale=diag_reg_absolute_scale,
-                                                 allow_indefinite=None), assume_psd=None)
+    k, cholesky = checked_kernel(problem.k_train_train, diag_reg=diag_reg,
+                                 diag_reg_absolute_scale=diag_reg_absolute_scale,
+                                 allow_indefinite=None, with_cholesky=True)
+    factorization = Factorization(k, assume_psd=None, cholesky=cholesky)
     alpha = factorization.solve(problem.y_train)
 
     def predict(k_test_train, k_test_test=None):
@@ -454,5 +457,6 @@ def max_learning_rate(k_train_train, y_train_size: int | None = None, momentum: 
     if largest <= 0:
         raise ValueError(f"k_train_train is zero (largest eigenvalue {largest:.3g}): gradient descent "
                          f"does not move the outputs at any learning rate, so none is the largest "
-                         f"stable one; check the kernel")
+                         f"stable one; pass the train-train kernel of the data (a zero kernel comes "
+                         f"from zero inputs with b_std = 0, or from get= the wrong kernel)")
     return 2.0 * (1.0 + momentum) * size / (largest + eps)

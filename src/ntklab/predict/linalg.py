@@ -49,20 +49,27 @@ def _square(k: Any, name: str) -> torch.Tensor:
     return k
 
 
-SYMMETRY_TOLERANCE = 100.0
-"""A kernel may be asymmetric by up to SYMMETRY_TOLERANCE * sqrt(eps) * max|K| (1.5e-6 of its
-largest entry in float64): arc-cosine kernels (ReLU and its relatives) lose half their digits
-at coincident inputs, where theta = arccos(rho) has infinite slope, so k(x, x) computed with
-x2 given is asymmetric at about sqrt(eps) there (measured: 1.5e-8 of max|K| in float64 for
-duplicated 1000-dimensional inputs).  A matrix that is not a kernel is asymmetric at O(1)."""
+SYMMETRY_TOLERANCE = 10.0
+"""A kernel may be asymmetric by up to SYMMETRY_TOLERANCE * sqrt(eps) * max|K| (1.5e-7 of its
+largest entry in float64, 3.5e-3 in float32): arc-cosine kernels (ReLU and its relatives) lose
+half their digits at coincident inputs, where theta = arccos(rho) has infinite slope, so
+k(x, x) computed with x2 given is asymmetric at about sqrt(eps) there (measured: at most
+0.6 sqrt(eps) max|K| for duplicated 1000-dimensional inputs).  A matrix that is not a kernel
+is asymmetric at O(1)."""
 
-DEFINITENESS_TOLERANCE = 10.0
+DEFINITENESS_TOLERANCE = 1.0
 """A kernel counts as positive semi-definite when lambda_min(G) >= -tau with
 tau = DEFINITENESS_TOLERANCE * eps * N * ||G||_inf (||G||_inf, the largest absolute row sum,
 bounds every |eigenvalue| and costs no eigendecomposition): eigenvalues in [-tau, 0) are the
 rounding of a singular PSD kernel (measured: at most 0.015 eps N lambda_max for duplicated inputs,
 rank-deficient linear kernels, analytic and empirical NTKs, float32 and float64) and are
 treated as 0."""
+
+
+def definiteness_tolerance(g: torch.Tensor) -> float:
+    """tau of `DEFINITENESS_TOLERANCE` for the symmetric matrix `g`."""
+    return (DEFINITENESS_TOLERANCE * torch.finfo(g.dtype).eps * g.shape[0]
+            * float(g.abs().sum(1).max()))
 
 
 def symmetric(k: torch.Tensor, name: str) -> torch.Tensor:
@@ -80,8 +87,8 @@ def symmetric(k: torch.Tensor, name: str) -> torch.Tensor:
 
 
 def checked_kernel(k: Any, name: str = "k_train_train", *, diag_reg: float | None = 0.0,
-                   diag_reg_absolute_scale: bool = False, allow_indefinite: bool | None = False
-                   ) -> torch.Tensor:
+                   diag_reg_absolute_scale: bool = False, allow_indefinite: bool | None = False,
+                   with_cholesky: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
     """The regularized train-train kernel G = (K + K^T) / 2 + diag_reg s I of every prediction
     (s = 1 or mean(diag K), as `add_diagonal_regularizer`), checked once: square, finite,
     symmetric up to rounding (`SYMMETRY_TOLERANCE`) and positive semi-definite up to rounding
@@ -90,7 +97,9 @@ def checked_kernel(k: Any, name: str = "k_train_train", *, diag_reg: float | Non
     the diag_reg that fixes it (`diag_reg=None`: for a caller without that argument, the
     `add_diagonal_regularizer` call that does); `allow_indefinite=True` skips the
     definiteness check (the caller then handles negative eigenvalues exactly), `None`
-    refuses without offering it.
+    refuses without offering it.  `with_cholesky=True` returns `(G, L)` with the Cholesky
+    factor L of G when G is positive definite (None when it is only semi-definite), so that a
+    caller that solves with G factorizes it once (`Factorization(G, cholesky=L)`).
 
     Examples
     --------
@@ -104,20 +113,22 @@ def checked_kernel(k: Any, name: str = "k_train_train", *, diag_reg: float | Non
     Traceback (most recent call last):
     ...
     ValueError: k_train_train is indefinite: its most negative eigenvalue is -1 = -0.333 x the
-    largest (3), beyond rounding (-1.3e-14); pass diag_reg >= 1 (relative to the mean diagonal 1) ...
+    largest (3), beyond rounding (-1.3e-15); pass diag_reg >= 1 (relative to the mean diagonal 1) ...
     """
     k = _square(k, name)
     g = add_diagonal_regularizer(symmetric(k, name), diag_reg or 0.0, diag_reg_absolute_scale)
     if allow_indefinite:
-        return g
-    n = g.shape[0]
-    tau = DEFINITENESS_TOLERANCE * torch.finfo(g.dtype).eps * n * float(g.abs().sum(1).max())
+        return (g, None) if with_cholesky else g
+    cholesky, info = torch.linalg.cholesky_ex(g)
+    if int(info) == 0:                 # positive definite: the common case, one factorization
+        return (g, cholesky) if with_cholesky else g
+    n, tau = g.shape[0], definiteness_tolerance(g)
     if int(torch.linalg.cholesky_ex(g + tau * torch.eye(n, dtype=g.dtype, device=g.device))[1]) == 0:
-        return g
+        return (g, None) if with_cholesky else g
     evals = torch.linalg.eigvalsh(g)
     smallest, largest = float(evals[0]), float(evals[-1])
     if smallest >= -tau:
-        return g
+        return (g, None) if with_cholesky else g
     absolute = diag_reg_absolute_scale or float(k.diagonal().mean()) <= 0
     scale = 1.0 if absolute else float(k.diagonal().mean())
     needed = (diag_reg or 0.0) - smallest / scale
@@ -160,9 +171,14 @@ class Factorization:
     """
 
     def __init__(self, k: torch.Tensor, name: str = "k_train_train", *, diag_reg: float = 0.0,
-                 diag_reg_absolute_scale: bool = False, assume_psd: bool | None = True):
+                 diag_reg_absolute_scale: bool = False, assume_psd: bool | None = True,
+                 cholesky: torch.Tensor | None = None):
         """`assume_psd=None`: Cholesky, for callers that offer no LU alternative (their
-        error message then does not suggest one)."""
+        error message then does not suggest one).  `cholesky`: the factor of the (symmetric)
+        `k` that `checked_kernel(..., with_cholesky=True)` already computed."""
+        if cholesky is not None:
+            self.assume_psd, self.factor = True, cholesky
+            return
         k = add_diagonal_regularizer(_square(k, name), diag_reg, diag_reg_absolute_scale)
         offers_lu, assume_psd = assume_psd is not None, assume_psd is not False
         self.assume_psd = assume_psd
@@ -290,25 +306,29 @@ class GradientFlow:
     def __init__(self, k_train_train: torch.Tensor, y_size: int, *, learning_rate: float = 1.0,
                  diag_reg: float = 0.0, diag_reg_absolute_scale: bool = False,
                  name: str = "k_train_train", allow_indefinite: bool = False):
-        self.kernel = checked_kernel(k_train_train, name, diag_reg=diag_reg,
-                                     diag_reg_absolute_scale=diag_reg_absolute_scale,
-                                     allow_indefinite=allow_indefinite)
+        self.kernel, self._cholesky = checked_kernel(
+            k_train_train, name, diag_reg=diag_reg, diag_reg_absolute_scale=diag_reg_absolute_scale,
+            allow_indefinite=allow_indefinite, with_cholesky=True)
+        self.tolerance = definiteness_tolerance(self.kernel)
         self.rate = positive(learning_rate, "learning_rate") / positive_int(y_size, "y_size")
         self.name, self.allow_indefinite = name, allow_indefinite
         self._eigenspace = self._factorization = None
 
     @property
     def eigenspace(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(eigenvalues, eigenvectors) of G, the eigenvalues >= 0 unless `allow_indefinite`."""
+        """(eigenvalues, eigenvectors) of G; eigenvalues within rounding of 0 (`tolerance`) are 0,
+        so they are >= 0 unless `allow_indefinite`."""
         if self._eigenspace is None:
-            evals, evecs = torch.linalg.eigh(self.kernel)
-            self._eigenspace = (evals if self.allow_indefinite else evals.clamp(min=0), evecs)
+            evals, evecs = torch.linalg.eigh(self.kernel)   # rounding of 0 is 0 (`tolerance`)
+            rounding = (evals < 0) & (evals >= -self.tolerance)
+            self._eigenspace = (evals.masked_fill(rounding, 0.0), evecs)
         return self._eigenspace
 
     @property
     def factorization(self) -> Factorization:
         if self._factorization is None:
-            self._factorization = Factorization(self.kernel, self.name, assume_psd=None)
+            self._factorization = Factorization(self.kernel, self.name, assume_psd=None,
+                                                cholesky=self._cholesky)
         return self._factorization
 
     def _finite(self, result: torch.Tensor, exponent: torch.Tensor) -> torch.Tensor:
