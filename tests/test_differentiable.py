@@ -98,11 +98,11 @@ def _sinh_dual(cov, var1, var2):
 ACTIVATIONS = {
     "Relu": nk.Relu(), "LeakyRelu": nk.LeakyRelu(0.1), "ABRelu": nk.ABRelu(-0.3, 1.2), "Abs": nk.Abs(),
     "Erf": nk.Erf(1.2, 0.8, 0.1), "Sigmoid_like": nk.Sigmoid_like(), "Sign": nk.Sign(), "Gelu": nk.Gelu(),
-    "Tanh": nk.Tanh(n_points=24), "Sigmoid": nk.Sigmoid(n_points=24), "Sin": nk.Sin(), "Cos": nk.Cos(),
+    "Tanh": nk.Tanh(n_points=12), "Sigmoid": nk.Sigmoid(n_points=12), "Sin": nk.Sin(), "Cos": nk.Cos(),
     "Rbf": nk.Rbf(), "Gaussian": nk.Gaussian(), "Exp": nk.Exp(), "ExpNormalized": nk.ExpNormalized(),
     "Monomial": nk.Monomial(3), "RectifiedMonomial": nk.RectifiedMonomial(2),
     "Polynomial": nk.Polynomial([0.1, 1.0, 0.5]), "Hermite": nk.Hermite(3),
-    "Elementwise": nk.Elementwise(torch.sin, n_points=24),
+    "Elementwise": nk.Elementwise(torch.sin, n_points=12),
     "Elementwise dual": nk.Elementwise(torch.sin, dual=_sinh_dual),
 }
 

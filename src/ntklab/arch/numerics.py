@@ -39,6 +39,7 @@ def _tensors(state: KernelState) -> list[torch.Tensor]:
 def _finite(t: torch.Tensor) -> bool:
     """No inf or NaN in `t`: its sum is finite (one reduction, no mask), else entry by entry
     (a sum of finite numbers may itself overflow)."""
+    t = t.detach()
     return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
 
 
@@ -48,7 +49,7 @@ def in_float_range(state: KernelState) -> bool:
     e.g. of an all-zero input with b_std = 0): `out_of_range_message` decides."""
     tiny = torch.finfo(state.nngp.dtype).tiny
     return (all(_finite(t) for t in _tensors(state))
-            and all(float(v.min()) >= tiny for v in _variances(state)))
+            and all(float(v.detach().min()) >= tiny for v in _variances(state)))
 
 
 class _LeftRange(Exception):
