@@ -137,7 +137,8 @@ def test_kernel_part_agrees_with_monte_carlo_of_real_networks():
     theta, shift = stats.ntk[-1][:, :3], stats.ntk_shift[-1][:, :3] / n
     times = np.array([0.5, 2.0]) / np.linalg.eigvalsh(stats.ntk[-1][:3, :3].numpy()).min()
     kernel, first, second = theory._kernel_parts(theta, shift, stats.ntk_covariance[:, :3, :, :3], y, times)
-    samples = ensemble_samples(net, x[:3], y, x[3:], times, seeds, first_order=False)
+    # `times` are the book's (unit rate on ½ Σ): learning_rate = N = 3 in ntklab's convention
+    samples = ensemble_samples(net, x[:3], y, x[3:], times, seeds, learning_rate=3, first_order=False)
     shift_mc, error = samples["kernel"] - kernel.numpy(), samples["kernel_se"]
     z = (shift_mc - (first + second).numpy()) / error
     assert np.abs(z).max() < 4, z

@@ -2,8 +2,10 @@
 1/n, from the leading statistics of its NTK hierarchy (Roberts, Yaida & Hanin 2022, PDLT ch. ∞:
 the ensemble of trained networks at order 1/n).
 
-Gradient flow on L = ½ Σ_a (z_a - y_a)² moves a network with NTK Ĥ, dNTK dĤ and ddNTK ddĤ at
-initialization to z = z_F + z₁ + O(1/n²) (`nk.nearly_kernel_flow`, module `ntk_hierarchy`):
+Gradient flow on L = ½ Σ_a (z_a - y_a)² with unit rate for the flow time t (below; ntklab's time
+t' with learning rate η on ||z - y||²/(2N) is t = η t'/N, `ntklab.conventions`) moves a network
+with NTK Ĥ, dNTK dĤ and ddNTK ddĤ at initialization to z = z_F + z₁ + O(1/n²)
+(`nk.nearly_kernel_flow`, module `ntk_hierarchy`):
 
     z_F,δ(t) = z_δ(0) - G_t(Ĥ)_δa (z_a(0) - y_a),   G_t(H) = H_δA H_AA⁻¹ (I - e^{-H_AA t}),
 
@@ -47,7 +49,8 @@ from ._validation import as_matrix
 from .arch.serial import Serial
 from .dntk_theory import ddntk_statistics, dntk_statistics
 from .finite_width_theory import finite_width
-from .ntk_hierarchy import NTKHierarchy, _times, nearly_kernel_flow
+from .conventions import flow_times
+from .ntk_hierarchy import NTKHierarchy, flow_in_book_time
 
 
 @dataclass(frozen=True)
@@ -123,13 +126,14 @@ def _first_order_parts(theta, nngp_train, dntk_correlation, ddntk_mean, y, times
         for u, dntk in zip(points, dntk_per_point):
             surrogate = NTKHierarchy(output=torch.cat([u, u.new_zeros(n_test)]), ntk=theta,
                                      dntk=dntk, ddntk=ddntk_mean)
-            flow = nearly_kernel_flow(surrogate, y, times, terms=(term,))
+            flow = flow_in_book_time(surrogate, y, times, terms=(term,))
             total = total + flow["nearly_kernel"] - flow["kernel"]
         parts.append(total / len(points))
     return parts
 
 
-def ensemble_mean_flow(net: Serial, x_train, y_train, x_test, times: Sequence[float]) -> EnsembleMean:
+def ensemble_mean_flow(net: Serial, x_train, y_train, x_test, times: Sequence[float], *,
+                       learning_rate: float = 1.0) -> EnsembleMean:
     """`nk.ensemble_mean_flow(net, x_train, y_train, x_test, times)`: the mean over
     initializations of the MLP `net` trained by gradient flow on (x_train, y_train), at the
     test points and times, to first order in 1/n: the infinite-width prediction plus the
@@ -137,8 +141,8 @@ def ensemble_mean_flow(net: Serial, x_train, y_train, x_test, times: Sequence[fl
     (module docstring for the formulas).
 
     The finite-width counterpart of neural-tangents' `predict.gradient_descent_mse_ensemble`
-    (its mean, with the network's own NTK parameterization and unit learning rate as in
-    `nk.ntk_hierarchy`; times in units of the learning rate, t = η x steps).
+    (its mean, in the same units: loss ||z - y||² / (2N), time t in steps of size learning_rate, so
+    `kernel` equals that prediction's mean at the same t and learning_rate).
 
     Cost: `nk.finite_width`, `nk.dntk_statistics` and `nk.ddntk_statistics` over the N + M
     points (the last dominates: about 30 s for five points on one core), then 8N linear ODEs.
@@ -152,7 +156,9 @@ def ensemble_mean_flow(net: Serial, x_train, y_train, x_test, times: Sequence[fl
     y_train : tensor or array [N]
     x_test : tensor or array [M, d]
     times : sequence of float
-        Positive, increasing training times.
+        Positive, increasing training times in steps of size learning_rate (`ntklab.conventions`).
+    learning_rate : float
+        On ||z - y||² / (2N); the book's unit rate on ½ Σ is learning_rate = N.
 
     Returns
     -------
@@ -170,19 +176,19 @@ def ensemble_mean_flow(net: Serial, x_train, y_train, x_test, times: Sequence[fl
     >>> import torch, ntklab as nk
     >>> net = nk.mlp(1, 64, activation=nk.Tanh())
     >>> x = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.6, 0.2, 0.5]], dtype=torch.float64)
-    >>> ensemble = nk.ensemble_mean_flow(net, x[:2], torch.tensor([1.0, 0.5]), x[2:], [1.0, 10.0])
-    >>> ensemble.kernel.ravel()                       # infinite width, at t = 1 and 10
+    >>> ensemble = nk.ensemble_mean_flow(net, x[:2], torch.tensor([1.0, 0.5]), x[2:], [2.0, 20.0])
+    >>> ensemble.kernel.ravel()                       # infinite width, at t = 2 and 20 (τ = t/N = 1, 10)
     tensor([0.2559, 0.7171], dtype=torch.float64)
     >>> (64 * ensemble.correction).ravel()            # n x the 1/n correction
     tensor([-0.0723, -0.0550], dtype=torch.float64)
     """
-    times = _times(times)
     x_train = as_matrix(x_train, "x_train")
     x_test = as_matrix(x_test, "x_test")
     y = torch.as_tensor(y_train, dtype=torch.float64).reshape(-1)
     if len(y) != len(x_train):
         raise ValueError(f"y_train has {len(y)} values for {len(x_train)} training points; "
                          "pass one target per row of x_train")
+    taus = flow_times(times, learning_rate, len(y))
     x = torch.cat([x_train, x_test])
     n_train = len(x_train)
     stats = finite_width(net, x)
@@ -191,10 +197,10 @@ def ensemble_mean_flow(net: Serial, x_train, y_train, x_test, times: Sequence[fl
     theta = stats.ntk[-1][columns]
     kernel, ntk_shift, ntk_fluctuation = _kernel_parts(
         theta, stats.ntk_shift[-1][columns] / width,
-        stats.ntk_covariance[:, :n_train, :, :n_train], y, times)
+        stats.ntk_covariance[:, :n_train, :, :n_train], y, taus)
     dntk_correlation = dntk_statistics(net, x).output_correlation[:n_train, :, :n_train, :n_train]
     ddntk_mean = ddntk_statistics(net, x).output_mean[:n_train, :n_train, :, :n_train]
     dntk, ddntk = _first_order_parts(theta, stats.nngp[-1][:n_train, :n_train], dntk_correlation,
-                                     ddntk_mean, y, times)
-    return EnsembleMean(times=torch.as_tensor(times), width=width, kernel=kernel, ntk_shift=ntk_shift,
+                                     ddntk_mean, y, taus)
+    return EnsembleMean(times=torch.as_tensor(times, dtype=torch.float64).reshape(-1), width=width, kernel=kernel, ntk_shift=ntk_shift,
                         ntk_fluctuation=ntk_fluctuation, dntk=dntk, ddntk=ddntk)

@@ -3,7 +3,9 @@
 Roberts, Yaida & Hanin 2022, ch. 11 and ∞.
 
 Gradient flow on L = ½ Σ_a (z_a - y_a)² (θ̇ = -Σ_a ε_a ∂z_a/∂θ, ε_a = z_a - y_a, the learning-rate
-tensor λ = 1: the network's own parameterization carries the 1/√n factors) moves any output as
+tensor λ = 1: the network's own parameterization carries the 1/√n factors), run for the flow time
+τ = learning_rate t / N, which is ntklab's convention (`ntklab.conventions`: L = ||z - y||²/(2N),
+t counts steps and multiplies the learning rate) at time t, moves any output as
 
     ż_δ        = -Σ_a H_δa ε_a,         H_δa      = Σ_μ ∂_μ z_δ ∂_μ z_a          (the NTK)
     Ḣ_δa       = -Σ_b dH_bδa ε_b,       dH_bδa    = Σ_μ ∂_μ z_b ∂_μ H_δa         (the dNTK)
@@ -28,13 +30,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from scipy.integrate import solve_ivp
 from torch import nn
 from torch.func import functional_call, grad, jvp, vmap
 
 from ._validation import as_matrix
+from .conventions import flow_times
 
 TERMS = ("dntk", "ddntk")
 
@@ -146,15 +148,8 @@ def ntk_hierarchy(model: nn.Module, x_train: torch.Tensor, x_test: torch.Tensor,
     return NTKHierarchy(output, ntk(params).T.detach(), dntk(params).detach(), second)
 
 
-def _times(times: Sequence[float]) -> np.ndarray:
-    times = np.asarray(times, dtype=float).reshape(-1)
-    if len(times) == 0 or times[0] <= 0 or np.any(np.diff(times) <= 0):
-        raise ValueError(f"times must be positive and increasing, got {times.tolist()}")
-    return times
-
-
 def nearly_kernel_flow(hierarchy: NTKHierarchy, y_train: torch.Tensor, times: Sequence[float], *,
-                       terms: Sequence[str] = TERMS) -> dict[str, torch.Tensor]:
+                       learning_rate: float = 1.0, terms: Sequence[str] = TERMS) -> dict[str, torch.Tensor]:
     """`nk.nearly_kernel_flow(hierarchy, y_train, times)`: the test outputs of the network
     trained by gradient flow on (x_train, y_train), predicted from its NTK hierarchy at
     initialization (Roberts, Yaida & Hanin 2022, ch. ∞; module docstring): the kernel solution
@@ -171,7 +166,9 @@ def nearly_kernel_flow(hierarchy: NTKHierarchy, y_train: torch.Tensor, times: Se
     y_train : Tensor [N]
         The training targets.
     times : sequence of float
-        Positive, increasing training times (in units of the learning rate: t = η x steps).
+        Positive, increasing training times in steps of size learning_rate (`ntklab.conventions`).
+    learning_rate : float
+        On L = ||z - y||² / (2N); the book's unit rate on ½ Σ is learning_rate = N.
     terms : sequence of str, default ("dntk", "ddntk")
         The 1/n sources entering z₁; one alone is an ablation.
 
@@ -197,11 +194,17 @@ def nearly_kernel_flow(hierarchy: NTKHierarchy, y_train: torch.Tensor, times: Se
     if hierarchy.ddntk is None and "ddntk" in terms:
         raise ValueError("the hierarchy has no ddNTK: compute it with nk.ntk_hierarchy(..., ddntk=True) "
                          "or pass terms=('dntk',)")
-    times = _times(times)
     D, N = hierarchy.ntk.shape
     y = torch.as_tensor(y_train).detach().to("cpu", torch.float64).reshape(-1)
     if len(y) != N:
         raise ValueError(f"y_train has {len(y)} values for {N} training points")
+    return flow_in_book_time(hierarchy, y, flow_times(times, learning_rate, N), terms)
+
+
+def flow_in_book_time(hierarchy: NTKHierarchy, y: torch.Tensor, taus, terms: Sequence[str] = TERMS
+                      ) -> dict[str, torch.Tensor]:
+    """`nearly_kernel_flow` at the flow times `taus` of ½ Σ with unit rate (validated, float64 y)."""
+    D, N = hierarchy.ntk.shape
     shapes = {"dntk": (N, D, N), "ddntk": (N, N, D, N)}
     ntk = hierarchy.ntk.detach().to("cpu", torch.float64)
     dntk, ddntk = (getattr(hierarchy, name).detach().to("cpu", torch.float64) if name in terms
@@ -218,18 +221,21 @@ def nearly_kernel_flow(hierarchy: NTKHierarchy, y_train: torch.Tensor, times: Se
 
     output = hierarchy.output.detach().to("cpu", torch.float64)
     start = torch.cat([output, torch.zeros(D + D * N, dtype=ntk.dtype), dntk.reshape(-1)])
-    flow = solve_ivp(velocity, (0.0, times[-1]), start.numpy(), method="DOP853",
-                     rtol=1e-12, atol=1e-14, t_eval=times)
+    flow = solve_ivp(velocity, (0.0, taus[-1]), start.numpy(), method="DOP853",
+                     rtol=1e-12, atol=1e-14, t_eval=taus)
     z_kernel, z_first = torch.from_numpy(flow.y[:D].T), torch.from_numpy(flow.y[D:2 * D].T)
     return {"kernel": z_kernel[:, N:], "nearly_kernel": (z_kernel + z_first)[:, N:]}
 
 
 def train_gradient_flow(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor,
-                        times: Sequence[float], x_eval: torch.Tensor) -> torch.Tensor:
+                        times: Sequence[float], x_eval: torch.Tensor, *,
+                        learning_rate: float = 1.0) -> torch.Tensor:
     """`nk.train_gradient_flow(model, x_train, y_train, times, x_eval)`: the outputs at `x_eval`
-    of `model` trained by gradient flow θ̇ = -∇_θ ½ Σ_a (f(x_a) - y_a)² (GD as the learning rate
-    goes to 0) from its current parameters, which are left unchanged. Integrated by scipy's DOP853
-    (rtol 1e-11, atol 1e-12); gradients on the model's device, the integrator's state on the CPU.
+    of `model` trained by gradient flow on L = ||f - y||² / (2N) (GD as the step goes to 0; time
+    t in steps of size learning_rate, `ntklab.conventions`), i.e. θ̇ = -∇_θ ½ Σ_a (f(x_a) - y_a)² for
+    the flow time τ = learning_rate t / N, from its current parameters, which are left unchanged.
+    Integrated by scipy's DOP853 (rtol 1e-11, atol 1e-12); gradients on the model's device, the
+    integrator's state on the CPU.
 
     Parameters
     ----------
@@ -238,8 +244,10 @@ def train_gradient_flow(model: nn.Module, x_train: torch.Tensor, y_train: torch.
     x_train : Tensor [N, d]
     y_train : Tensor [N]
     times : sequence of float
-        Positive, increasing training times.
+        Positive, increasing training times in steps of size learning_rate.
     x_eval : Tensor [M, d]
+    learning_rate : float
+        On L = ||f - y||² / (2N); the book's unit rate on ½ Σ is learning_rate = N.
 
     Returns
     -------
@@ -252,15 +260,15 @@ def train_gradient_flow(model: nn.Module, x_train: torch.Tensor, y_train: torch.
     >>> model = nk.mlp(1, 32, activation=nk.Tanh()).module(2, seed=0, dtype=torch.float64)
     >>> x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]], dtype=torch.float64)
     >>> y = torch.tensor([1.0, -1.0, 0.5], dtype=torch.float64)
-    >>> fitted = nk.train_gradient_flow(model, x, y, [300.0], x)[0]     # λ_min(NTK) ≈ 0.05
+    >>> fitted = nk.train_gradient_flow(model, x, y, [900.0], x)[0]    # τ = t/3 = 300, λ_min(NTK) ≈ 0.05
     >>> bool((fitted - y).abs().max() < 1e-4)
     True
     """
-    times = _times(times)
     reference = next(model.parameters())
     x_train = as_matrix(x_train, "x_train", dtype=reference.dtype, device=reference.device)
     x_eval = as_matrix(x_eval, "x_eval", dtype=reference.dtype, device=reference.device)
     y = torch.as_tensor(y_train, dtype=x_train.dtype, device=x_train.device).reshape(-1)
+    taus = flow_times(times, learning_rate, len(x_train))
     _single_output(model, x_train[:1])
     params = _parameters(model)
     names, shapes = list(params), [p.shape for p in params.values()]
@@ -278,8 +286,8 @@ def train_gradient_flow(model: nn.Module, x_train: torch.Tensor, y_train: torch.
         return torch.from_numpy(v).to(reference.device, reference.dtype)
 
     start = torch.cat([p.reshape(-1) for p in params.values()])
-    flow = solve_ivp(lambda _, v: (-gradient(on_device(v))).cpu().numpy(), (0.0, times[-1]),
-                     start.cpu().numpy(), method="DOP853", rtol=1e-11, atol=1e-12, t_eval=times)
+    flow = solve_ivp(lambda _, v: (-gradient(on_device(v))).cpu().numpy(), (0.0, taus[-1]),
+                     start.cpu().numpy(), method="DOP853", rtol=1e-11, atol=1e-12, t_eval=taus)
     with torch.no_grad():
         return torch.stack([functional_call(model, unflatten(on_device(v)), (x_eval,))[:, 0]
                             for v in flow.y.T]).cpu()

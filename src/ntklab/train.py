@@ -30,17 +30,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ._validation import as_targets, positive, positive_int, record_steps
+from .conventions import mean_squared_loss
 from .kernels.empirical import empirical_ntk
 from .kernels.model_inputs import model_input, probe_outputs, select_parameters, takes_indices
 from .linearize import TaylorExpansion
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 OptimizerFactory = Callable[[list], torch.optim.Optimizer]
-
-
-def mean_squared_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """ntklab's loss convention: ||f - y||^2 / (2 |y|)."""
-    return 0.5 * (prediction - target).square().mean()
 
 
 @dataclass

@@ -66,13 +66,16 @@ def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device) -> d
         arch = nk.mlp(cfg.depth, width, W_std=cfg.W_std, b_std=cfg.b_std, activation=nk.Tanh())
         smallest = float(np.linalg.eigvalsh(finite_width(arch, x).ntk[-1][:cfg.n_train, :cfg.n_train].numpy())[0])
         fine = np.union1d(np.geomspace(cfg.times[0], cfg.times[-1], 41), cfg.times)   # for the curves
-        predicted = ensemble_mean_flow(arch, x_train, y, x_test, fine / smallest)
+        # cfg.times are t lambda_min with the book's unit rate on ½ Σ: learning_rate = N in
+        # ntklab's convention (L = ||z - y||² / (2N)), which makes the flow time t itself
+        rate = len(y)
+        predicted = ensemble_mean_flow(arch, x_train, y, x_test, fine / smallest, learning_rate=rate)
         times = np.asarray(cfg.times) / smallest
         first_seed = 10 ** 6 * seed
         kernel = ensemble_samples(arch, x_train, y, x_test, times, cfg.kernel_networks,
-                                  first_seed=first_seed, first_order=False)
+                                  learning_rate=rate, first_seed=first_seed, first_order=False)
         first = (ensemble_samples(arch, x_train, y, x_test, times, cfg.first_order_networks,
-                                  first_seed=first_seed + cfg.kernel_networks)
+                                  learning_rate=rate, first_seed=first_seed + cfg.kernel_networks)
                  if width == cfg.first_order_width else None)
         curves[width] = {"times": fine, **{part: width * getattr(predicted, part).numpy() for part in PARTS}}
         at_times = np.searchsorted(fine, cfg.times)

@@ -352,12 +352,14 @@ def _network_errors(cfg: Config, depth: int, width: int, seed: int, x, y, x_test
     eigenvalues = torch.linalg.eigvalsh(hierarchy.ntk[:len(x)])
     times = [cfg.network_time / float(eigenvalues[0])]
     initial = hierarchy.output[len(x):].cpu()
-    change = train_gradient_flow(model, x, y, times, x_test)[0] - initial
+    # network_time is t lambda_min with the book's unit rate on ½ Σ: learning_rate = N in
+    # ntklab's convention (L = ||z - y||² / (2N)), which makes the flow time t itself
+    change = train_gradient_flow(model, x, y, times, x_test, learning_rate=len(x))[0] - initial
     scale = float(change.abs().max())
     row = {"depth": depth, "width": width, "seed": seed, "condition": float(eigenvalues[-1] / eigenvalues[0])}
     for key, (_, terms, _) in NETWORK_QUANTITIES.items():
         if key.endswith("_error"):
-            predicted = nearly_kernel_flow(hierarchy, y, times, terms=terms)
+            predicted = nearly_kernel_flow(hierarchy, y, times, learning_rate=len(x), terms=terms)
             change_predicted = predicted["nearly_kernel" if terms else "kernel"][0] - initial
             row[key] = float((change - change_predicted).abs().max()) / scale
     row["dntk_rms"] = float(hierarchy.dntk.square().mean().sqrt())

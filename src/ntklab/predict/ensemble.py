@@ -5,11 +5,11 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 
 from .._validation import as_inputs, as_targets, input_dtype, positive
 from ..arch.serial import Serial, canonical_get
+from ..conventions import prediction_times
 from .linalg import GradientFlow
 
 
@@ -39,13 +39,8 @@ def _kernel_callable(net_or_kernel_fn) -> Callable:
 
 
 def _time_grid(t) -> tuple[torch.Tensor, tuple[int, ...]]:
-    try:
-        t = np.asarray(t, dtype=np.float64)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"t must be a time >= 0, an array of times, or None, got {t!r}") from err
-    if np.any(np.isnan(t)) or np.any(t < 0):
-        raise ValueError(f"t must be >= 0 (or None for infinity), got {t}")
-    return torch.as_tensor(t.reshape(-1)), t.shape
+    array, shape = prediction_times(t)
+    return torch.as_tensor(array), shape
 
 
 def gradient_descent_mse_ensemble(net_or_kernel_fn, x_train, y_train, *, learning_rate: float = 1.0,

@@ -43,6 +43,7 @@ from scipy.integrate import solve_ivp
 from tqdm.auto import tqdm
 
 from .._validation import as_tensor, positive
+from ..conventions import prediction_times
 from .linalg import Factorization, GradientFlow, _square, checked_kernel
 
 Prediction = tuple["torch.Tensor | None", "torch.Tensor | None"]
@@ -94,13 +95,9 @@ def _test_kernel(k_test_train, fx_test_0, problem: _Problem) -> tuple[torch.Tens
 
 
 def _times(t, learning_rate: float, like: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
-    try:
-        array = np.asarray(t, dtype=np.float64)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"t must be a time >= 0 or an array of times, got {t!r}") from err
-    if not np.all(np.isfinite(array)) or np.any(array < 0):
-        raise ValueError(f"t must be finite and >= 0 (t=None for infinity where available), got {t}")
-    return torch.as_tensor(array.reshape(-1) * learning_rate, dtype=like.dtype, device=like.device), array.shape
+    """learning_rate x t (`conventions.prediction_times`) as a flat tensor like `like`, and t's shape."""
+    array, shape = prediction_times(t)
+    return torch.as_tensor(array * learning_rate, dtype=like.dtype, device=like.device), shape
 
 
 def _finish(problem: _Problem, shape: tuple[int, ...], train, test) -> Prediction:

@@ -23,11 +23,12 @@ from tqdm.auto import tqdm
 
 from .. import arch as nk
 from .._validation import positive_int
+from ..conventions import flow_times
 from ..ensemble_theory import _kernel_solution
 from ..finite_width_theory import finite_width
 from ..kernels.empirical import empirical_ntk
 from ..kernels.monte_carlo import monte_carlo_kernel
-from ..ntk_hierarchy import nearly_kernel_flow, ntk_hierarchy
+from ..ntk_hierarchy import flow_in_book_time, ntk_hierarchy
 
 
 CRITICAL_RELU = {"W_std": math.sqrt(2.0), "b_std": 0.0}
@@ -138,7 +139,8 @@ def hierarchy_moments(arch: nk.Serial, x: torch.Tensor, seeds: int, *, first_see
 
 
 def ensemble_samples(arch: nk.Serial, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor,
-                     times, seeds: int, *, first_seed: int = 0, first_order: bool = True) -> dict[str, np.ndarray]:
+                     times, seeds: int, *, learning_rate: float = 1.0, first_seed: int = 0,
+                     first_order: bool = True) -> dict[str, np.ndarray]:
     """Monte Carlo over `seeds` initializations of a single-output MLP trained by gradient flow,
     for `nk.ensemble_mean_flow`: per network, [T, M] at the test points,
 
@@ -149,24 +151,26 @@ def ensemble_samples(arch: nk.Serial, x_train: torch.Tensor, y_train: torch.Tens
     - "first_order" (with first_order=True): z₁ of `nk.nearly_kernel_flow` less its dNTK part
       with z(0) set to zero (odd in the readout's signs, mean exactly zero); mean: `dntk + ddntk`.
 
+    `times` and `learning_rate` as `nk.ensemble_mean_flow` (`ntklab.conventions`).
     Returns the means [T, M] and "<name>_se" their standard errors."""
     seeds = positive_int(seeds, "seeds")
     x = torch.cat([x_train, x_test]).to(torch.float64)
     y = torch.as_tensor(y_train, dtype=torch.float64).reshape(-1)
     n_train = len(y)
+    taus = flow_times(times, learning_rate, n_train)
     stats = finite_width(arch, x)
     theta = stats.ntk[-1][:, :n_train]
     shift = stats.ntk_shift[-1][:, :n_train] / stats.widths[-1]
-    solutions = [functools.partial(_kernel_solution, y=y, t=float(t)) for t in times]
+    solutions = [functools.partial(_kernel_solution, y=y, t=float(t)) for t in taus]
     samples = {"kernel": [], **({"first_order": []} if first_order else {})}
     for seed in tqdm(range(first_seed, first_seed + seeds), desc="networks", unit="network", leave=False):
         model = arch.module(x.shape[1], seed=seed, dtype=torch.float64)
         if first_order:
             hierarchy = ntk_hierarchy(model, x[:n_train], x[n_train:])
             ntk = hierarchy.ntk
-            flow = nearly_kernel_flow(hierarchy, y, times)
-            odd = nearly_kernel_flow(dataclasses.replace(hierarchy, output=torch.zeros_like(hierarchy.output)),
-                                     y, times, terms=("dntk",))
+            flow = flow_in_book_time(hierarchy, y, taus)
+            odd = flow_in_book_time(dataclasses.replace(hierarchy, output=torch.zeros_like(hierarchy.output)),
+                                    y, taus, terms=("dntk",))
             samples["first_order"].append((flow["nearly_kernel"] - flow["kernel"]
                                            - odd["nearly_kernel"] + odd["kernel"]).numpy())
         else:
