@@ -17,8 +17,8 @@
   `diag_reg` relative to the mean diagonal of the train-train kernel, t=None
   for t = infinity.  One eigendecomposition per kernel serves all times.
 
-One learning-rate convention in all of ntklab (`train`, these predictions, GD on
-alpha), neural-tangents': `learning_rate` is the step of gradient descent on
+The learning-rate convention of ntklab (`ntklab.conventions`: `train`, these predictions,
+`linearize`, the theory flows), neural-tangents': `learning_rate` is the step of gradient descent on
 
     L = ||f(X) - Y||^2 / (2 |Y|),      |Y| = y_train.size (samples x outputs),
 
