@@ -13,14 +13,20 @@ import numpy as np
 import torch
 
 DEFAULT_DTYPE = torch.float64
-DEFAULT_MAX_MEMORY = 2 * 2 ** 30
+DEFAULT_MAX_MEMORY = 2 ** 30
+"""The one default of `max_memory` (1 GiB) in ntklab: every function that takes
+`max_memory` (`Serial.kernel`, `kernels.compute_kernel`, `empirical_ntk`,
+`monte_carlo_kernel`, `train`, ...) has the default None, which `parse_memory` turns
+into this bound on the working memory beyond the result."""
 _UNITS = {"": 1, "B": 1, "KB": 10 ** 3, "MB": 10 ** 6, "GB": 10 ** 9, "TB": 10 ** 12,
           "KIB": 2 ** 10, "MIB": 2 ** 20, "GIB": 2 ** 30, "TIB": 2 ** 40}
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """`None` means CPU; `"auto"` means CUDA when available; anything else is
-    passed to `torch.device` (an unavailable CUDA device is a clear error)."""
+    """`None` means CPU (for functions that make tensors from no input, e.g. the
+    experiments; functions that take inputs follow them, see `input_device`); `"auto"`
+    means CUDA when available; anything else is passed to `torch.device` (an
+    unavailable CUDA device is a clear error)."""
     if device is None:
         return torch.device("cpu")
     if device == "auto":
@@ -34,6 +40,15 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         raise ValueError(f"device={device!r} was asked for but CUDA is not available; "
                          "use device='cpu' or device='auto'")
     return dev
+
+
+def input_device(x: Any, device: str | torch.device | None = None) -> torch.device:
+    """The device policy of functions that take inputs (`device=None` follows the inputs):
+    `device` when given, else the device of `x` when it is a torch tensor, else torch's
+    default device (where `torch.as_tensor` puts numpy, list and scalar input)."""
+    if device is not None:
+        return resolve_device(device)
+    return x.device if isinstance(x, torch.Tensor) else torch.get_default_device()
 
 
 def input_dtype(x: Any, dtype: torch.dtype | None, other: Any = None) -> torch.dtype:
@@ -231,7 +246,8 @@ def check_result_fits(shape: tuple[int, ...], count: int, dtype: torch.dtype, de
 
 
 def parse_memory(value: int | float | str | None, name: str = "max_memory") -> int:
-    """Bytes from an int or a string such as "512MB", "4GiB" (None -> 2 GiB)."""
+    """Bytes from an int or a string such as "512MB", "4GiB" (None -> `DEFAULT_MAX_MEMORY`,
+    1 GiB)."""
     if value is None:
         return DEFAULT_MAX_MEMORY
     if isinstance(value, str):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -75,8 +74,8 @@ def tiled_pairs(fn: TileFn, x1: torch.Tensor, x2: torch.Tensor | None, names: tu
     `steps_per_tile` steps (e.g. layers), which moves the progress bar.
 
     `workers` threads process tiles concurrently (torch releases the GIL in its
-    kernels), each single-threaded; the default, 1, lets torch parallelize
-    inside each tile instead.  `progress=None` shows a bar once the work has lasted
+    kernels), each single-threaded, with no other thread's torch thread count changed
+    (`in_threads`); the default, 1, lets torch parallelize inside each tile instead.  `progress=None` shows a bar once the work has lasted
     `PROGRESS_DELAY` seconds (a deep network's single tile included), True at once, False never.
     """
     other = x1 if x2 is None else x2
@@ -85,7 +84,6 @@ def tiled_pairs(fn: TileFn, x1: torch.Tensor, x2: torch.Tensor | None, names: tu
     out = {name: torch.empty(tiling.n1, tiling.n2, dtype=x1.dtype, device=x1.device) for name in names}
     workers = max(1, min(workers or 1, len(tiles)))
 
-    grad = torch.is_grad_enabled()  # thread-local: the workers inherit the caller's mode
     bar = tqdm(total=len(tiles) * steps_per_tile, disable=progress is False, leave=False,
                delay=PROGRESS_DELAY if progress is None else 0.0, desc="kernel",
                unit="layer" if steps_per_tile > 1 else "block")
@@ -96,7 +94,6 @@ def tiled_pairs(fn: TileFn, x1: torch.Tensor, x2: torch.Tensor | None, names: tu
             bar.update()
 
     def run(tile: Tile) -> None:
-        torch.set_grad_enabled(grad)
         rows, cols = tiling.slices(tile)
         same = tiling.on_diagonal(tile)
         # fresh copies: BLAS products (MKL) round differently at other memory alignments, and a
@@ -112,11 +109,78 @@ def tiled_pairs(fn: TileFn, x1: torch.Tensor, x2: torch.Tensor | None, names: tu
             for tile in tiles:
                 run(tile)
         else:
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)  # parallelism across tiles, not inside them
-            try:
-                with ThreadPoolExecutor(workers) as pool:
-                    list(pool.map(run, tiles))
-            finally:
-                torch.set_num_threads(threads)
+            in_threads(run, tiles, workers)
     return out
+
+
+_THREAD_COUNT = threading.Lock()
+
+
+def _on_new_thread(fn: Callable[[], object]) -> object:
+    """`fn()` run on a thread of its own (which sees torch's process-wide thread count)."""
+    result = []
+    thread = threading.Thread(target=lambda: result.append(fn()), name="ntklab-thread-count")
+    thread.start()
+    thread.join()
+    return result[0]
+
+
+def in_threads(run: Callable[[Tile], None], tiles: list[Tile], workers: int) -> None:
+    """`run(tile)` for every tile on `workers` new threads, each running torch single-threaded
+    (parallelism across tiles, not inside them); the first error stops the others and is
+    raised here, as is a Ctrl-C (after the tiles in flight).
+
+    Torch's thread count is per thread (OpenMP's `nthreads` of the thread that calls
+    `torch.set_num_threads`), plus one process-wide value that a thread takes when it first
+    uses torch and that every `torch.set_num_threads` call also sets.  Each worker sets 1
+    for itself; once all have, a short-lived thread sets the process-wide value back to what
+    it was, before any tile runs.  So the caller's count, every other thread's and the count
+    of threads started later are unchanged, during the call and after it."""
+    pending = iter(tiles)
+    lock = threading.Lock()
+    ready = threading.Barrier(workers + 1)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    grad = torch.is_grad_enabled()  # thread-local: the workers take the caller's mode
+
+    def work() -> None:
+        torch.get_num_threads()   # torch's lazy per-thread setup first: it would undo the 1 below
+        torch.set_num_threads(1)
+        torch.set_grad_enabled(grad)
+        try:
+            ready.wait()   # all workers single-threaded, then
+            ready.wait()   # the process-wide count restored
+        except threading.BrokenBarrierError:
+            return
+        while not stop.is_set():
+            with lock:
+                tile = next(pending, None)
+            if tile is None:
+                return
+            try:
+                run(tile)
+            except BaseException as err:  # noqa: BLE001  raised by the caller
+                errors.append(err)
+                stop.set()
+
+    pool = [threading.Thread(target=work, name=f"ntklab-tiles-{i}", daemon=True)
+            for i in range(workers)]
+    try:
+        with _THREAD_COUNT:   # concurrent calls must not read each other's workers' value
+            process_wide = _on_new_thread(torch.get_num_threads)
+            for thread in pool:
+                thread.start()
+            ready.wait()
+            _on_new_thread(lambda: torch.set_num_threads(process_wide))
+        ready.wait()
+        for thread in pool:
+            thread.join()
+    except BaseException:   # e.g. Ctrl-C: the workers finish their tile and stop
+        stop.set()
+        ready.abort()
+        for thread in pool:
+            if thread.ident is not None:   # started
+                thread.join()
+        raise
+    if errors:
+        raise errors[0]

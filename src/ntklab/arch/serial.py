@@ -157,13 +157,16 @@ class Serial(Container):
         return nn.Sequential(*modules), in_shape
 
     def module(self, in_shape: Sequence[int] | int, *, seed: int = 0, symmetric: bool = False,
-               dtype: torch.dtype = torch.float32, device: str | torch.device | None = None
+               dtype: torch.dtype | None = None, device: str | torch.device | None = None
                ) -> nn.Module:
         """Finite-width network with this architecture, initialized from `seed`;
         `in_shape` is one sample's shape: `(d,)` (or `d`) for vectors, `(C, H, W)` for images.
 
         `symmetric=True` wraps it in `SymmetricModule`, so that f(x; theta_0) = 0.
-        `device=None`: torch's default device (`torch.get_default_device()`).
+        As torch's own modules: `dtype=None` is torch's default dtype
+        (`torch.get_default_dtype()`, float32 unless changed), `device=None` torch's default
+        device (`torch.get_default_device()`).  The weights are drawn on the CPU from `seed`
+        and then moved, so one seed gives the same network on every device.
 
     Parameters
     ----------
@@ -200,8 +203,13 @@ class Serial(Container):
             raise ValueError(f"in_shape={shape} looks channels-last (H, W, C); ntklab takes images "
                              f"as (C, H, W) (NCHW batches, torch's layout): pass "
                              f"in_shape=({shape[2]}, {shape[0]}, {shape[1]})")
+        if dtype is None:
+            dtype = torch.get_default_dtype()
+        elif not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise ValueError(f"dtype must be a floating torch dtype such as torch.float64, got {dtype!r}")
         generator = torch.Generator().manual_seed(int(seed))
-        net, out_shape = self.build(shape, generator, dtype)
+        with torch.device("cpu"):   # drawn on the CPU from `seed`: the same weights on every device
+            net, out_shape = self.build(shape, generator, dtype)
         check_merged(out_shape)
         net = SymmetricModule(net) if symmetric else net
         return net.to(torch.get_default_device() if device is None else resolve_device(device))
@@ -255,7 +263,7 @@ class Serial(Container):
         return int(min(MAX_BLOCK, max(1, math.isqrt(int(pairs)))))
 
     def kernel(self, x1, x2=None, get: str | Sequence[str] | None = None, *,
-               block_size: int | None = None, max_memory: int | str | None = "1GiB",
+               block_size: int | None = None, max_memory: int | str | None = None,
                dtype: torch.dtype | None = None, device: str | torch.device | None = None,
                progress: bool | None = None, workers: int | None = None,
                fused: bool = False) -> Kernel | torch.Tensor:
@@ -271,7 +279,8 @@ class Serial(Container):
         likelihood; otherwise under `torch.no_grad()`.
 
         Computed by the layer recursions in blocks of pairs (`block_size` rows and
-        columns, by default the largest whose layer states fit in `max_memory`: a
+        columns, by default the largest whose layer states fit in `max_memory`, default
+        None: ntklab's one default, 1 GiB, `ntklab._validation.DEFAULT_MAX_MEMORY`; a
         GlobalAvgPool network carries `[HW x HW]` numbers per pair), so working
         memory stays bounded for any N.  On CPU the blocks are shared by `workers` threads
         (default: torch's thread count), each running torch single-threaded: the recursions

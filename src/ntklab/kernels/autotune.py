@@ -1,14 +1,18 @@
-"""Choosing the empirical-NTK strategy by measurement (`implementation="auto"`).
+"""Choosing the empirical-NTK strategy by counting (`implementation="auto"`).
 
-Each candidate is timed on the first 2 and 4 samples of `x1` (fixed probes, so the
-only randomness is the timing itself) with `torch.utils.benchmark` (which
-synchronizes CUDA), the median of repeated runs.  Feature strategies cost
-a * (samples) + b * (pairs), fitted through the two timings; NTK-vector products cost
-the same per pair of samples (timed on one pair, and only when a lower bound from the
-measured forward time does not already rule them out).  Choices are cached per model
-(weakly: the cache never keeps a model alive, and a new model with a recycled `id`
-is never confused with an old one).  Pin the strategy with `implementation=` for
-bit-reproducible runs.
+As neural-tangents' automatic choice (which compares the FLOPs that XLA's cost analysis
+reports for each implementation), the choice depends on the model and the shapes only,
+never on timings, so the same call makes the same choice and gives bitwise the same
+kernel in every run.  The operations of each candidate are counted as XLA's cost analysis
+counts them, on the first 2 and 4 samples of `x1`: matrix products and convolutions by
+torch's FLOP formulas (`torch.utils.flop_counter`), every other operation one per output
+element (elementwise maps, reductions, copies: without them a model of LayerNorms would
+cost nothing), views nothing.  Feature strategies
+cost a * (samples) + b * (pairs), fitted through the two counts; NTK-vector products cost
+the same per pair of samples (counted on one pair).  The fewest operations win (ties: the
+first of "structured"/"jacobian", then "ntk_vp").  Choices are cached per model (weakly:
+the cache never keeps a model alive, and a new model with a recycled `id` is never
+confused with an old one).
 """
 from __future__ import annotations
 
@@ -17,47 +21,77 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
-from torch.utils import benchmark
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+from torch.utils.flop_counter import flop_registry
 
 from .structured import Plan
 
 _CACHE: "weakref.WeakKeyDictionary[nn.Module, dict[tuple, str]]" = weakref.WeakKeyDictionary()
 
 
-def median_seconds(fn: Callable[[], Any], min_run_time: float = 0.02) -> float:
-    """Median time of `fn()` by `torch.utils.benchmark` (CUDA-synchronized)."""
-    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
-    return timer.blocked_autorange(min_run_time=min_run_time).median
+_ALIASES = ("_unsafe_view", "_reshape_alias", "alias", "detach", "lift_fresh")   # views too
+
+
+class _OperationCounter(TorchDispatchMode):
+    """Counts the operations of every torch call it sees (below autograd and vmap)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = flop_registry.get(func.overloadpacket)
+        if formula is not None:   # matrix products, convolutions: torch's FLOP formulas
+            self.count += formula(*args, **kwargs, out_val=out)
+        elif not (func.is_view or func.overloadpacket.__name__ in _ALIASES):
+            self.count += sum(t.numel() for t in tree_leaves(out) if isinstance(t, torch.Tensor))
+        return out
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    """Operations of `fn()`: FLOPs of matrix products and convolutions, one per output
+    element of any other operation (views: none)."""
+    with _OperationCounter() as counter:
+        fn()
+    return counter.count
+
+
+def _sizes(x1: torch.Tensor, x2: torch.Tensor | None) -> tuple[int, float]:
+    """Samples whose features are made, and pairs contracted (upper triangle for x2=None)."""
+    n1 = len(x1)
+    return (n1, n1 * (n1 + 1) / 2) if x2 is None else (n1 + len(x2), n1 * len(x2))
+
+
+def estimated_flops(x1: torch.Tensor, x2: torch.Tensor | None, mode: str,
+                    plans: dict[str, Plan]) -> dict[str, float]:
+    """Operations of each plan for the whole kernel at (N1, N2), extrapolated from probes."""
+    samples, pairs = _sizes(x1, x2)
+    m = 2
+    probe = x1[:2 * m]
+    costs = {}
+    for name, plan in plans.items():
+        if name == "ntk_vp":
+            costs[name] = count_flops(lambda plan=plan: plan.ntk_vp_block(probe[:1], probe[:1], mode)) * pairs
+            continue
+        run = lambda xs, plan=plan: plan.kernel_block(plan.features(xs), plan.features(xs), mode)  # noqa: E731
+        c1, c2 = count_flops(lambda: run(probe[:m])), count_flops(lambda: run(probe[:2 * m]))
+        # features of 2n samples and n^2 pairs per run: c(n) = 2 a n + b n^2
+        b = max((c2 - 2 * c1) / (2 * m * m), 0.0)
+        a = max((c1 - b * m * m) / (2 * m), 0.0)
+        costs[name] = a * samples + b * pairs
+    return costs
 
 
 def choose(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None, mode: str,
            plans: dict[str, Plan]) -> str:
-    """The name of the plan predicted fastest at (N1, N2)."""
-    n1 = len(x1)
-    samples, pairs = (n1, n1 * (n1 + 1) / 2) if x2 is None else (n1 + len(x2), n1 * len(x2))
+    """The name of the plan with the fewest estimated operations at (N1, N2)."""
     some_plan = next(iter(plans.values()))
-    key = (tuple(x1.shape[1:]), samples, pairs, mode, tuple(some_plan.chosen), x1.dtype, x1.device)
+    key = (tuple(x1.shape[1:]), *_sizes(x1, x2), mode, tuple(some_plan.chosen), x1.dtype, x1.device)
     cached = _CACHE.setdefault(model, {})
-    if key in cached:
-        return cached[key]
-    m = 2
-    probe = x1[:2 * m]
-    costs = {}
-    for name, plan in plans.items():   # feature strategies first, then NTK-vector products
-        if name == "ntk_vp":
-            # a vjp + jvp per output and pair costs at least ~3 O forward passes of a sample
-            with torch.no_grad():
-                forward = median_seconds(lambda: model(probe)) / len(probe)
-                n_out = model(probe[:1]).numel()
-            if costs and 3 * n_out * forward * pairs > min(costs.values()):
-                continue
-            costs[name] = median_seconds(lambda plan=plan: plan.ntk_vp_block(probe[:1], probe[:1], mode)) * pairs
-            continue
-        run = lambda xs, plan=plan: plan.kernel_block(plan.features(xs), plan.features(xs), mode)  # noqa: E731
-        t1, t2 = median_seconds(lambda: run(probe[:m])), median_seconds(lambda: run(probe[:2 * m]))
-        # features of 2n samples and n^2 pairs per run: t(n) = 2 a n + b n^2
-        b = max((t2 - 2 * t1) / (2 * m * m), 0.0)
-        a = max((t1 - b * m * m) / (2 * m), 0.0)
-        costs[name] = a * samples + b * pairs
-    cached[key] = min(costs, key=costs.get)
+    if key not in cached:
+        costs = estimated_flops(x1, x2, mode, plans)
+        cached[key] = min(costs, key=costs.get)   # the first of equal costs
     return cached[key]

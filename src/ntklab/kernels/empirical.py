@@ -26,9 +26,10 @@ NTK", name the same three for JAX):
   remaining parameters use "jacobian".  A layer used twice in one forward pass
   contributes over all pairs of calls.
 
-`implementation="auto"` times the candidates on small probes
-(`ntklab.kernels.autotune`) and uses the one predicted fastest at the requested
-sizes.  Samples are tiled (`ntklab.tiling.Tiling`, upper tiles only for x2=None) so
+`implementation="auto"` counts the floating-point operations of the candidates on
+small probes (`ntklab.kernels.autotune`, as neural-tangents counts FLOPs) and uses the
+one with the fewest at the requested sizes: a choice by shapes, never by timings, so
+the default is reproducible bitwise.  Samples are tiled (`ntklab.tiling.Tiling`, upper tiles only for x2=None) so
 the working memory (beyond the result itself) stays under `max_memory`.
 
 Modules: `model_inputs` (input policy), `contractions`, `structured` (features and
@@ -119,10 +120,13 @@ def empirical_ntk(model: nn.Module, x1, x2=None, *, mode: str = "trace",
 
     `params`: the parameters w of Theta = J_w J_w^T (default: all with
     requires_grad; e.g. `params=["fc.weight", "fc.bias"]` for the last layer).
-    Computed in the model's dtype and on its device; `max_memory` (bytes or
-    '2GiB') bounds the working memory beyond the returned tensor.  The model
+    Computed in the model's dtype and on its device (the inputs must be on it: the
+    model and the inputs decide, there is no `device` argument); `max_memory` (bytes
+    or '2GiB', default None: 1 GiB as everywhere in ntklab) bounds the working memory
+    beyond the returned tensor.  The model
     must map each sample independently (eval mode for BatchNorm).
-    `implementation`: "auto" (measured, see `ntklab.kernels.autotune`), or pin
+    `implementation`: "auto" (the fewest counted operations, deterministic, see
+    `ntklab.kernels.autotune`), or pin
     "structured", "jacobian" or "ntk_vp".
 
     Returns
@@ -151,7 +155,7 @@ def empirical_ntk(model: nn.Module, x1, x2=None, *, mode: str = "trace",
         The parameters w of Θ = J_w J_wᵀ.
     implementation : {"auto", "structured", "jacobian", "ntk_vp"}
     max_memory : int or str, optional
-        Bound on the working memory, e.g. "2GiB".
+        Bound on the working memory, e.g. "2GiB" (default None: 1 GiB).
     progress : bool, optional
 
     Examples

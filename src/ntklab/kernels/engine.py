@@ -43,7 +43,6 @@ import contextlib
 import errno
 import hashlib
 import json
-import logging
 import os
 import re
 import shutil
@@ -60,7 +59,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._extras import import_extra
-from .._validation import as_inputs, check_same_features, input_dtype, positive_int
+from .._validation import as_inputs, check_same_features, input_dtype, parse_memory, positive_int
 from ..arch.serial import Serial, canonical_get
 from ..arch.spec import parse_architecture
 from ..files import (atomic_write_bytes, check_writable, default_mode, make_temporary_folder,
@@ -86,21 +85,6 @@ def _digest(array: np.ndarray, binding: bytes = b"") -> str:
     digest.update(binding)
     digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()
-
-
-@contextlib.contextmanager
-def _quiet_zarr():
-    """zarr logs a traceback per failed chunk decode (asyncio tasks); the failure itself is
-    reported by `KernelStore` as a damaged tile, so those logs are silenced meanwhile."""
-    loggers = [logging.getLogger(name) for name in ("asyncio", "zarr")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
 
 
 def _fingerprint(x: torch.Tensor | None) -> str | None:
@@ -220,7 +204,9 @@ class KernelStore:
         atomic_write_bytes(self._marker(tile), json.dumps(digests).encode())
 
     def _read(self, array, tile: Tile, name: str, digests: dict | None) -> np.ndarray | None:
-        """The chunk of `name` if it is readable and matches the marker's checksum, else None."""
+        """The chunk of `name` if it is readable and matches the marker's checksum, else None.
+        One chunk per read, whose failure is caught here: zarr logs nothing for it, so no
+        logger is silenced (process-wide logger levels are never changed)."""
         if array is None or digests is None or name not in digests:
             return None
         rows, cols = self.tiling.slices(tile)
@@ -242,12 +228,11 @@ class KernelStore:
         names = self.names if names is None else tuple(names)
         arrays = {name: self._open_or_none(name) for name in names}
         damage = {}
-        with _quiet_zarr():
-            for tile, digests in sorted(self._markers().items()):
-                lost = tuple(name for name in names if (digests is None or name in digests)
-                             and self._read(arrays[name], tile, name, digests) is None)
-                if lost:
-                    damage[tile] = lost
+        for tile, digests in sorted(self._markers().items()):
+            lost = tuple(name for name in names if (digests is None or name in digests)
+                         and self._read(arrays[name], tile, name, digests) is None)
+            if lost:
+                damage[tile] = lost
         return damage
 
     def verify(self, names: Sequence[str] | None = None) -> list[Tile]:
@@ -313,16 +298,15 @@ class KernelStore:
                              f"to repair it (the other arrays load meanwhile)") from None
         matrix = np.full(self.shape, np.nan, dtype=array.dtype)
         bad = []
-        with _quiet_zarr():
-            for tile, digests in sorted(self._markers().items()):
-                values = self._read(array, tile, name, digests)
-                if values is None:
-                    bad.append(tile)
-                    continue
-                rows, cols = self.tiling.slices(tile)
-                matrix[rows, cols] = values
-                if self.symmetric and tile[0] != tile[1]:
-                    matrix[cols, rows] = values.T
+        for tile, digests in sorted(self._markers().items()):
+            values = self._read(array, tile, name, digests)
+            if values is None:
+                bad.append(tile)
+                continue
+            rows, cols = self.tiling.slices(tile)
+            matrix[rows, cols] = values
+            if self.symmetric and tile[0] != tile[1]:
+                matrix[cols, rows] = values.T
         if bad:
             shown = ", ".join(f"{i}_{j}" for i, j in bad[:10]) + (", ..." if len(bad) > 10 else "")
             raise ValueError(f"the store {self.path} has {len(bad)} damaged tile(s) ({shown}: "
@@ -654,13 +638,13 @@ def _claimed(store: KernelStore, claims: _Claims, todo: Sequence[Tile], busy: li
 def compute_kernel(arch, x1, x2=None, *, store: str | Path, get: str | Sequence[str] | None = None,
                    tile_size: int = 256, dtype: torch.dtype | None = None,
                    scheduler=None, workers: int | None = None, device: str | None = None,
-                   max_memory: int | str | None = "1GiB", progress: bool | None = None,
+                   max_memory: int | str | None = None, progress: bool | None = None,
                    verify: bool = True, fused: bool = False) -> KernelStore:
     """Compute (or finish) the NNGP/NTK matrices of `arch` between `x1` and `x2`
     into the zarr store `store`, tile by tile; returns the `KernelStore`
     (`.load("ntk")` gives the matrix).  See the module docstring for resuming,
     repairs, several processes on one store and the schedulers; `max_memory` bounds
-    each tile's working memory.  The store is keyed by `arch.identity`: an
+    each tile's working memory (default None: 1 GiB, as everywhere in ntklab).  The store is keyed by `arch.identity`: an
     architecture that cannot be identified exactly (a lambda) is computed, but never
     resumed.  dtype as `Serial.kernel`.  `verify`: check every finished tile against
     its checksum first and compute the damaged arrays of those tiles again (reads the
@@ -711,6 +695,7 @@ def compute_kernel(arch, x1, x2=None, *, store: str | Path, get: str | Sequence[
         x2 = as_inputs(x2, "x2", images=arch.takes_images, sequences=arch.takes_sequences, dtype=dtype)
         check_same_features(x1, x2)
     tile_size = positive_int(tile_size, "tile_size")
+    max_memory = parse_memory(max_memory)   # refused before the store exists
     check_scheduler(scheduler, workers)
     config = {"format": FORMAT, "architecture": arch.identity, "get": list(names),
               "shape": [len(x1), len(x1 if x2 is None else x2)], "tile_size": tile_size,

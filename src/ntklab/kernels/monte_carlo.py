@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._validation import input_dtype, positive_int
+from .._validation import input_device, input_dtype, positive_int
 from ..arch.serial import Serial, canonical_get
 from .empirical import empirical_ntk
 from .model_inputs import check_model, model_input, reference_tensor, takes_indices
@@ -85,7 +85,8 @@ def monte_carlo_kernel(net_or_factory: Serial | Callable[[int], nn.Module], x1, 
     """Average the empirical NNGP/NTK of `n_samples` independently initialized networks.
 
     `net_or_factory`: an ntklab architecture (network s is `net.module(x1.shape[1:],
-    seed=seed + s, dtype=dtype)`, dtype by default the input's, as for kernels) or any
+    seed=seed + s, dtype=dtype)`, dtype by default the input's, as for kernels, on the
+    input's device: a torch tensor's, else torch's default device) or any
     function `factory(seed) -> nn.Module` (called with seed + s).  `get`: "nngp", "ntk" or both (default).  Further options go to
     `empirical_ntk` (e.g. `implementation`, `max_memory`).  `each(s, kernels)`, if given, sees
     every network's kernels ({"nngp": ..., "ntk": ...}) as they stream by (per-sample
@@ -128,10 +129,10 @@ def monte_carlo_kernel(net_or_factory: Serial | Callable[[int], nn.Module], x1, 
     names = canonical_get(get)
     if isinstance(net_or_factory, Serial):
         shape = tuple(torch.as_tensor(x1).shape[1:])
-        dtype = input_dtype(x1, dtype, x2)
+        dtype, device = input_dtype(x1, dtype, x2), input_device(x1)
 
         def factory(s: int) -> nn.Module:
-            return net_or_factory.module(shape, seed=s, dtype=dtype)
+            return net_or_factory.module(shape, seed=s, dtype=dtype, device=device)
     elif callable(net_or_factory):
         factory = net_or_factory
     else:
