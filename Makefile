@@ -7,7 +7,7 @@ TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-slow test-all test-floors bench docs docs-fast docs-runs clean
+.PHONY: run test test-slow test-all test-floors bench reference docs docs-fast docs-runs clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,12 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_architectures.py
 	$(BIN)/python benchmarks/bench_busy_machine.py
 	$(BIN)/python benchmarks/bench_float32.py
+
+# Recompute the tests' neural-tangents reference values (tests/data/neural_tangents) with
+# neural-tangents 0.6.5 (the `bench` extra), print the largest change, and write them in place.
+reference: $(STAMP)
+	$(BIN)/pip install --quiet -e ".[bench]"
+	$(BIN)/python benchmarks/make_reference.py --compare
 
 # The documentation site (Sphinx), warnings as errors, into docs/_build/html. `docs-fast` runs the
 # example gallery at small sizes (CI); `docs-runs` reruns every experiment's default run into

@@ -1,8 +1,5 @@
 """Predictions on finite kernels against neural-tangents (`pred/finite` of the second
 reference set), closed forms and the ODE solver's own convergence."""
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 import scipy.linalg
@@ -10,16 +7,12 @@ import torch
 
 from ntklab import predict
 
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
-
 
 @pytest.fixture(scope="module")
-def finite():
-    meta = json.loads((REFERENCE / "neural_tangents_v2.json").read_text())
-    case = {c["name"]: c for c in meta["cases"]}["pred/finite"]
-    with np.load(REFERENCE / "neural_tangents_v2.npz") as z:
-        arrays = {k: torch.from_numpy(z[k]) for k in z.files if k.startswith("pred/")}
-    return case, arrays
+def finite(reference_v2):
+    """`pred/finite` of the second set: (case, its arrays as tensors, copies)."""
+    cases, z = reference_v2
+    return cases["pred/finite"], {k: torch.tensor(v) for k, v in z.items() if k.startswith("pred/")}
 
 
 def inputs(arrays):

@@ -1,4 +1,4 @@
-"""Analytic kernels and GD predictions against neural-tangents 0.6.5 (../shared/reference).
+"""Analytic kernels and GD predictions against neural-tangents 0.6.5 (tests/data/neural_tangents).
 
 All off-diagonal and x1-vs-x2 entries must agree to 1e-10 (float64).  On the
 diagonal of x1-vs-x1 kernels neural-tangents evaluates arccos at a correlation
