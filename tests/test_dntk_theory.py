@@ -89,6 +89,18 @@ def test_non_smooth_activations_are_refused():
         nk.dntk_statistics(nk.mlp(2, 8), torch.ones(3))
 
 
+@pytest.mark.parametrize("fn", [torch.relu, torch.abs])
+def test_smoothness_is_declared_not_inferred_from_the_class(fn):
+    """Elementwise(torch.relu) is ReLU: refused like nk.Relu() (it returned numbers: autograd's
+    relu'' = 0 hides the kink); a function declared smooth is accepted and equals the named layer."""
+    with pytest.raises(ValueError, match=r"smooth activation.*smooth=True"):
+        nk.dntk_statistics(nk.mlp(2, 8, activation=nk.Elementwise(fn)), torch.ones(3))
+    assert not nk.RectifiedMonomial(2).smooth and nk.RectifiedMonomial(3).smooth
+    declared = nk.dntk_statistics(nk.mlp(2, 8, activation=nk.Elementwise(torch.tanh, smooth=True)), torch.ones(3))
+    named = nk.dntk_statistics(nk.mlp(2, 8, activation=nk.Tanh()), torch.ones(3))
+    torch.testing.assert_close(declared.P, named.P, rtol=0, atol=0)
+
+
 def altered(recursion, **changes):
     """`recursion` with some of its keyword inputs changed: a negative control."""
     return lambda *args, **inputs: recursion(*args, **{**inputs, **{name: change(inputs[name])

@@ -70,11 +70,9 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from .arch.activations import ABRelu, Abs, Activation, LeakyRelu, Relu, Sign
+from .arch.activations import Activation
 from .arch.serial import Serial
 from .finite_width_theory import _derivatives, _mean, _mlp_layers, _sample_groups, finite_width
-
-NON_SMOOTH = (Relu, LeakyRelu, ABRelu, Abs, Sign)
 
 
 @dataclass(frozen=True)
@@ -230,10 +228,12 @@ def _layers(net: Serial, x, moments: dict):
     moments `moments` (keyword arguments of `_layer_moments`) at K^(ℓ), Θ, F, B of layer ℓ, F' of
     layer ℓ + 1, C_W of the weights into ℓ + 1 and r = n_ℓ / n_{ℓ-1}. Refuses rough activations."""
     pairs = _mlp_layers(net)
-    rough = [act for _, act in pairs[:-1] if isinstance(act, NON_SMOOTH)]
+    rough = [act for _, act in pairs[:-1] if not act.smooth]   # the declared capability
     if rough:
+        hint = (" (declare a twice-differentiable function with nk.Elementwise(fn, smooth=True))"
+                if type(rough[0]).__name__ == "Elementwise" else "")
         raise ValueError(f"the dNTK and ddNTK statistics need a smooth activation (they involve σ''), "
-                         f"got {rough[0]!r}; use e.g. nk.Gelu() or nk.Erf()")
+                         f"got {rough[0]!r}{hint}; use e.g. nk.Gelu() or nk.Erf()")
     stats = finite_width(net, x)
 
     def inputs():

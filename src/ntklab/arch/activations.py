@@ -39,7 +39,11 @@ class ActivationModule(nn.Module):
 
 
 class Activation(Layer):
-    """Base class: subclasses define `fn` (torch, elementwise) and `dual`."""
+    """Base class: subclasses define `fn` (torch, elementwise) and `dual`, and declare `smooth`:
+    phi is twice continuously differentiable, which the dNTK and ddNTK statistics (their
+    phi'' terms) require; kinked activations (ReLU, abs, sign) are not."""
+
+    smooth: bool = False
 
     def fn(self, z: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -217,6 +221,8 @@ class Erf(Activation):
             [0.1940, 0.3333]], dtype=torch.float64)
     """
 
+    smooth = True
+
     def __init__(self, a: float = 1.0, b: float = 1.0, c: float = 0.0):
         self.a, self.b, self.c = float(a), positive(b, "b (input scale of Erf)"), float(c)
 
@@ -287,6 +293,8 @@ class Gelu(Activation):
     tensor([[0.1896, 0.1149],
             [0.1149, 0.1896]], dtype=torch.float64)
     """
+
+    smooth = True
 
     def fn(self, z):
         return torch.nn.functional.gelu(z)

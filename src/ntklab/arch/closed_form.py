@@ -40,6 +40,8 @@ class Sin(Activation):
             [0.1847, 0.3161]], dtype=torch.float64)
     """
 
+    smooth = True
+
     def __init__(self, a: float = 1.0, b: float = 1.0, c: float = 0.0):
         self.a, self.b, self.c = float(a), float(b), float(c)
 
@@ -98,6 +100,8 @@ class Rbf(Activation):
             [0.6703, 1.0000]], dtype=torch.float64)
     """
 
+    smooth = True
+
     def __init__(self, gamma: float = 1.0):
         self.gamma = positive(gamma, "gamma")
 
@@ -127,6 +131,8 @@ class Gaussian(Activation):
     tensor([[0.5774, 0.5241],
             [0.5241, 0.5774]], dtype=torch.float64)
     """
+
+    smooth = True
 
     def __init__(self, a: float = 1.0, b: float = -1.0):
         self.a, self.b = float(a), float(b)
@@ -158,6 +164,8 @@ class Exp(Activation):
     tensor([[2.7183, 2.2255],
             [2.2255, 2.7183]], dtype=torch.float64)
     """
+
+    smooth = True
 
     def __init__(self, a: float = 1.0, b: float = 1.0):
         self.a, self.b = float(a), float(b)
@@ -191,6 +199,8 @@ class ExpNormalized(Activation):
     tensor([[0.5000, 0.3352],
             [0.3352, 0.5000]], dtype=torch.float64)
     """
+
+    smooth = True
 
     def __init__(self, gamma: float = 1.0, shift: float = -1.0, do_clip: bool = False):
         self.gamma, self.shift, self.do_clip = float(gamma), float(shift), bool(do_clip)
@@ -240,6 +250,8 @@ class Monomial(Activation):
     tensor([[0.7500, 0.4300],
             [0.4300, 0.7500]], dtype=torch.float64)
     """
+
+    smooth = True
 
     def __init__(self, degree: int):
         if isinstance(degree, bool) or not isinstance(degree, int) or degree < 0:
@@ -313,6 +325,11 @@ class RectifiedMonomial(Activation):
             raise ValueError(f"degree must be a non-negative integer, got {degree!r}")
         self.degree = degree
 
+    @property
+    def smooth(self) -> bool:
+        """max(z, 0)^q is twice continuously differentiable for q >= 3."""
+        return self.degree >= 3
+
     def fn(self, z):
         return torch.relu(z) ** self.degree * (z >= 0)
 
@@ -344,6 +361,8 @@ class Polynomial(Activation):
     tensor([[0.6875, 0.4075],
             [0.4075, 0.6875]], dtype=torch.float64)
     """
+
+    smooth = True
 
     def __init__(self, coef: Sequence[float]):
         self.coef = tuple(float(c) for c in coef)
@@ -392,6 +411,8 @@ class Hermite(Activation):
     tensor([[1.0000, 0.3600],
             [0.3600, 1.0000]], dtype=torch.float64)
     """
+
+    smooth = True
 
     def __init__(self, degree: int):
         if isinstance(degree, bool) or not isinstance(degree, int) or degree < 0:

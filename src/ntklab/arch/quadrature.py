@@ -63,6 +63,9 @@ class Elementwise(Activation):
     dual : callable, optional
         Closed-form NNGP map `dual(cov, var1, var2) -> E[phi(u) phi(v)]`; the NTK factor then comes
         from autograd (Price's theorem).
+    smooth : bool
+        Declares `fn` twice continuously differentiable (as tanh, sin), which the dNTK and ddNTK
+        statistics need; autograd cannot tell (it returns 0 for relu''), so it is not assumed.
 
     Examples
     --------
@@ -73,13 +76,13 @@ class Elementwise(Activation):
     """
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], n_points: int = 256,
-                 dual: Callable[..., torch.Tensor] | None = None):
+                 dual: Callable[..., torch.Tensor] | None = None, smooth: bool = False):
         if not callable(fn):
             raise ValueError(f"fn must be a callable elementwise torch function, got {fn!r}")
         if dual is not None and not callable(dual):
             raise ValueError(f"dual must be a callable dual(cov, var1, var2) -> E[fn(u) fn(v)], "
                              f"got {dual!r}")
-        self._fn, self._dual = fn, dual
+        self._fn, self._dual, self.smooth = fn, dual, bool(smooth)
         self.quadrature_points = 1 if dual is not None else positive_int(n_points, "n_points")
 
     def fn(self, z):
@@ -144,7 +147,7 @@ class Tanh(Elementwise):
     """
 
     def __init__(self, n_points: int = 256):
-        super().__init__(torch.tanh, n_points)
+        super().__init__(torch.tanh, n_points, smooth=True)
 
 
 class Sigmoid(Elementwise):
@@ -166,4 +169,4 @@ class Sigmoid(Elementwise):
     """
 
     def __init__(self, n_points: int = 256):
-        super().__init__(torch.sigmoid, n_points)
+        super().__init__(torch.sigmoid, n_points, smooth=True)
