@@ -189,3 +189,12 @@ def test_every_layer_of_the_grammar_round_trips_through_its_repr():
     for layer in examples:
         parsed = parse_architecture(repr(layer))
         assert repr(parsed.layers[0] if len(parsed.layers) == 1 else parsed) == repr(layer) == layer.identity
+
+
+def test_star_import_works_without_scikit_learn():
+    """`from ntklab import *` must not import the sklearn extra (it was in __all__)."""
+    import subprocess
+    import sys
+    code = "import sys; sys.modules['sklearn'] = None; from ntklab import *; print(serial, conventions.__name__)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-500:]

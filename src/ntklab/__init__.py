@@ -9,7 +9,7 @@ from ._extras import import_extra
 
 from .arch import *  # noqa: F401,F403  -- the layer registry's public names
 from .arch import PUBLIC as _LAYER_NAMES
-from . import kernels, predict
+from . import conventions, kernels, predict
 from .kernels.empirical import empirical_ntk
 from .kernels.monte_carlo import empirical_nngp, monte_carlo_kernel
 from .linearize import Linearized, TaylorExpansion, linearize, taylor_expand
@@ -21,8 +21,8 @@ from .train import TrainingHistory, train
 
 __version__ = "0.2.0"
 
-__all__ = [*_LAYER_NAMES, "Criticality", "FiniteWidthStatistics", "criticality", "finite_width", "DNTKStatistics", "dntk_statistics", "DDNTKStatistics", "ddntk_statistics", "NTKHierarchy", "nearly_kernel_flow", "ntk_hierarchy", "train_gradient_flow", "EnsembleMean", "ensemble_mean_flow", "Linearized", "TrainingHistory", "empirical_nngp", "empirical_ntk", "kernels", "linearize", "TaylorExpansion", "taylor_expand",
-           "monte_carlo_kernel", "predict", "sklearn", "train"]
+__all__ = [*_LAYER_NAMES, "Criticality", "FiniteWidthStatistics", "criticality", "finite_width", "DNTKStatistics", "dntk_statistics", "DDNTKStatistics", "ddntk_statistics", "NTKHierarchy", "nearly_kernel_flow", "ntk_hierarchy", "train_gradient_flow", "EnsembleMean", "ensemble_mean_flow", "Linearized", "TrainingHistory", "empirical_nngp", "empirical_ntk", "conventions", "kernels", "linearize", "TaylorExpansion", "taylor_expand",
+           "monte_carlo_kernel", "predict", "train"]   # not "sklearn": `import *` must work without it
 
 
 def __getattr__(name: str):
