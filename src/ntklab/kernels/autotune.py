@@ -3,13 +3,17 @@
 As neural-tangents' automatic choice (which compares the FLOPs that XLA's cost analysis
 reports for each implementation), the choice depends on the model and the shapes only,
 never on timings, so the same call makes the same choice and gives bitwise the same
-kernel in every run.  The operations of each candidate are counted as XLA's cost analysis
-counts them, on the first 2 and 4 samples of `x1`: matrix products and convolutions by
-torch's FLOP formulas (`torch.utils.flop_counter`), every other operation one per output
-element (elementwise maps, reductions, copies: without them a model of LayerNorms would
-cost nothing), views nothing.  Feature strategies
+kernel in every run.  The cost of each candidate is counted on the first 2 and 4 samples
+of `x1` (as XLA's cost analysis reports FLOPs and bytes): the FLOPs of matrix products and
+convolutions by torch's formulas (`torch.utils.flop_counter`), plus the bytes written by
+every other operation (elementwise maps, reductions, copies: memory-bound, and without
+them a model of LayerNorms would cost nothing), views nothing.  One byte per FLOP keeps
+the choices that timings made on the benchmark's networks (structured for MLPs and CNNs,
+per-sample Jacobians where nothing is structured) and picks per-sample Jacobians over
+NTK-vector products for a LayerNorm model, which they compute 12x faster (N = 512,
+mode="full"), where FLOPs alone picked NTK-vector products.  Feature strategies
 cost a * (samples) + b * (pairs), fitted through the two counts; NTK-vector products cost
-the same per pair of samples (counted on one pair).  The fewest operations win (ties: the
+the same per pair of samples (counted on one pair).  The lowest cost wins (ties: the
 first of "structured"/"jacobian", then "ntk_vp").  Choices are cached per model (weakly:
 the cache never keeps a model alive, and a new model with a recycled `id` is never
 confused with an old one).
@@ -34,7 +38,7 @@ _ALIASES = ("_unsafe_view", "_reshape_alias", "alias", "detach", "lift_fresh")  
 
 
 class _OperationCounter(TorchDispatchMode):
-    """Counts the operations of every torch call it sees (below autograd and vmap)."""
+    """Counts the cost of every torch call it sees (below autograd and vmap)."""
 
     def __init__(self):
         super().__init__()
@@ -47,13 +51,14 @@ class _OperationCounter(TorchDispatchMode):
         if formula is not None:   # matrix products, convolutions: torch's FLOP formulas
             self.count += formula(*args, **kwargs, out_val=out)
         elif not (func.is_view or func.overloadpacket.__name__ in _ALIASES):
-            self.count += sum(t.numel() for t in tree_leaves(out) if isinstance(t, torch.Tensor))
+            self.count += sum(t.numel() * t.element_size() for t in tree_leaves(out)
+                              if isinstance(t, torch.Tensor))
         return out
 
 
-def count_flops(fn: Callable[[], Any]) -> int:
-    """Operations of `fn()`: FLOPs of matrix products and convolutions, one per output
-    element of any other operation (views: none)."""
+def count_cost(fn: Callable[[], Any]) -> int:
+    """Cost of `fn()`: FLOPs of matrix products and convolutions plus the bytes written by
+    any other operation (views: none)."""
     with _OperationCounter() as counter:
         fn()
     return counter.count
@@ -65,19 +70,19 @@ def _sizes(x1: torch.Tensor, x2: torch.Tensor | None) -> tuple[int, float]:
     return (n1, n1 * (n1 + 1) / 2) if x2 is None else (n1 + len(x2), n1 * len(x2))
 
 
-def estimated_flops(x1: torch.Tensor, x2: torch.Tensor | None, mode: str,
+def estimated_cost(x1: torch.Tensor, x2: torch.Tensor | None, mode: str,
                     plans: dict[str, Plan]) -> dict[str, float]:
-    """Operations of each plan for the whole kernel at (N1, N2), extrapolated from probes."""
+    """Cost of each plan for the whole kernel at (N1, N2), extrapolated from probes."""
     samples, pairs = _sizes(x1, x2)
     m = 2
     probe = x1[:2 * m]
     costs = {}
     for name, plan in plans.items():
         if name == "ntk_vp":
-            costs[name] = count_flops(lambda plan=plan: plan.ntk_vp_block(probe[:1], probe[:1], mode)) * pairs
+            costs[name] = count_cost(lambda plan=plan: plan.ntk_vp_block(probe[:1], probe[:1], mode)) * pairs
             continue
         run = lambda xs, plan=plan: plan.kernel_block(plan.features(xs), plan.features(xs), mode)  # noqa: E731
-        c1, c2 = count_flops(lambda: run(probe[:m])), count_flops(lambda: run(probe[:2 * m]))
+        c1, c2 = count_cost(lambda: run(probe[:m])), count_cost(lambda: run(probe[:2 * m]))
         # features of 2n samples and n^2 pairs per run: c(n) = 2 a n + b n^2
         b = max((c2 - 2 * c1) / (2 * m * m), 0.0)
         a = max((c1 - b * m * m) / (2 * m), 0.0)
@@ -87,11 +92,11 @@ def estimated_flops(x1: torch.Tensor, x2: torch.Tensor | None, mode: str,
 
 def choose(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None, mode: str,
            plans: dict[str, Plan]) -> str:
-    """The name of the plan with the fewest estimated operations at (N1, N2)."""
+    """The name of the plan with the lowest estimated cost at (N1, N2)."""
     some_plan = next(iter(plans.values()))
     key = (tuple(x1.shape[1:]), *_sizes(x1, x2), mode, tuple(some_plan.chosen), x1.dtype, x1.device)
     cached = _CACHE.setdefault(model, {})
     if key not in cached:
-        costs = estimated_flops(x1, x2, mode, plans)
+        costs = estimated_cost(x1, x2, mode, plans)
         cached[key] = min(costs, key=costs.get)   # the first of equal costs
     return cached[key]
