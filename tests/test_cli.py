@@ -305,3 +305,37 @@ def test_kernel_checks_its_output_before_any_work(x1_file, tmp_path):
             result = kernel_cli(x1_file, out.with_suffix(suffix))
             assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
             assert "cannot be written" in result.output
+
+
+@pytest.mark.parametrize("bad", [["--max-memory", "lots"], ["--device", "nonsense"], ["--x2", "WRONG"]])
+def test_an_overwrite_with_a_bad_argument_keeps_the_old_store(bad, x1_file, tmp_path):
+    """Before: --overwrite removed the finished store, then the mistyped argument failed."""
+    from ntklab.kernels import KernelStore
+    out = tmp_path / "k.zarr"
+    assert kernel_cli(x1_file, out, "--tile-size", "3").exit_code == 0
+    before = KernelStore.open(out).load("ntk")
+    if bad[0] == "--x2":   # another feature count than x1
+        np.save(tmp_path / "x2.npy", np.ones((4, 5)))
+        bad = ["--x2", str(tmp_path / "x2.npy")]
+    result = kernel_cli(x1_file, out, "--tile-size", "3", "--overwrite", *bad)
+    assert result.exit_code != 0
+    store = KernelStore.open(out)
+    assert store.complete and np.array_equal(store.load("ntk"), before)
+
+
+def test_run_overwrite_replaces_only_a_run_folder(tmp_path):
+    """Before: `ntklab run ... --out docs --overwrite` deleted whatever docs/ held."""
+    precious = tmp_path / "docs"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("keep me")
+    result = CliRunner().invoke(main, ["run", "kernel-gd", "--quick", "--out", str(precious), "--overwrite"])
+    assert result.exit_code != 0 and "not a run folder" in result.output
+    assert (precious / "thesis.tex").read_text() == "keep me"
+    a_file = tmp_path / "f.csv"
+    a_file.write_text("data")
+    result = CliRunner().invoke(main, ["run", "kernel-gd", "--quick", "--out", str(a_file), "--overwrite"])
+    assert result.exit_code != 0 and a_file.read_text() == "data"
+    run = tmp_path / "run"                                   # an earlier run's folder is replaced
+    for _ in range(2):
+        result = CliRunner().invoke(main, ["run", "kernel-gd", "--quick", "--out", str(run), "--overwrite"])
+        assert result.exit_code == 0, result.output

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from . import experiments  # noqa: E402
 from .arch.spec import parse_architecture  # noqa: E402
 from .data import load_array  # noqa: E402
 from .kernels.engine import check_scheduler, compute_kernel  # noqa: E402
-from .files import atomic_write_bytes, check_writable, make_temporary_folder  # noqa: E402
+from .files import atomic_write_bytes, check_writable  # noqa: E402
 
 
 def _fail(err: Exception) -> None:
@@ -55,13 +54,6 @@ def _check_kernel_out(ctx: "click.Context", out: Path, overwrite: bool) -> None:
             raise ValueError(f"--out {str(out)!r} already exists; choose another path or pass "
                              f"--overwrite to replace it")
     check_writable(out, "--out")
-
-
-def _discard(path: Path) -> None:
-    """Remove the folder `path`: renamed away first, so that no half-removed store remains."""
-    trash = make_temporary_folder(path.parent, f".{path.name}.old-")
-    path.replace(trash / path.name)
-    shutil.rmtree(trash, ignore_errors=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -148,12 +140,10 @@ def kernel(ctx: click.Context, arch: str, x1_path: Path, x2_path: Path | None, o
         x1 = load_array(x1_path, "x1")
         x2 = None if x2_path is None else load_array(x2_path, "x2")
         if out.suffix == ".zarr":
-            if overwrite and out.exists():
-                _discard(out)
             store = compute_kernel(net, x1, x2, store=out, get=get_names, tile_size=tile_size,
                                    scheduler=scheduler, workers=workers, device=device,
                                    max_memory=max_memory, progress=sys.stderr.isatty() or None,
-                                   verify=verify)
+                                   verify=verify, overwrite=overwrite)
             click.echo(f"wrote {out}: {', '.join(store.names)} {store.shape}, "
                        f"{len(store.tiles())} tiles (read with ntklab.kernels.KernelStore.open)")
             return

@@ -36,6 +36,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def discard_folder(path: Path) -> None:
+    """Remove the folder `path`: renamed away first, so that no half-removed folder remains."""
+    path = Path(path)
+    trash = make_temporary_folder(path.parent, f".{path.name}.old-")
+    path.replace(trash / path.name)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
 def check_writable(path: str | Path, argument: str) -> None:
     """Fail before any work when `path` cannot be created: its folder must exist (or be
     creatable) and accept a new file (probed with a temporary file, removed at once)."""

@@ -13,7 +13,6 @@ import json
 import os
 import platform
 import shutil
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -21,7 +20,8 @@ from typing import Any, Iterable, Mapping
 import matplotlib
 import numpy as np
 
-from .files import atomic_write_bytes, check_writable, make_temporary_folder, remove_stale_staging
+from .files import (atomic_write_bytes, check_writable, discard_folder, make_temporary_folder,
+                    remove_stale_staging)
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -62,9 +62,18 @@ class RunFolder:
         if self.out.exists() and not overwrite:
             raise ValueError(f"--out {str(self.out)!r} already exists; choose another folder "
                              f"or pass --overwrite to replace it")
+        if self.out.exists() and not self.replaceable(self.out):
+            raise ValueError(f"--out {str(self.out)!r} exists and is not a run folder (no "
+                             f"config.json); --overwrite replaces only the folder of an earlier run "
+                             f"(or an empty folder): choose another path")
         check_writable(self.out, "--out")
         self.overwrite = overwrite
         self.stage = make_temporary_folder(self.out.parent, f".{self.out.name}.partial-")
+
+    @staticmethod
+    def replaceable(path: Path) -> bool:
+        """An earlier run's folder (it holds config.json) or an empty folder."""
+        return path.is_dir() and ((path / "config.json").is_file() or not any(path.iterdir()))
 
     def __enter__(self) -> "RunFolder":
         return self
@@ -78,9 +87,7 @@ class RunFolder:
                 self.stage.rmdir()
             return
         if self.out.exists():
-            trash = Path(tempfile.mkdtemp(dir=self.out.parent, prefix=f".{self.out.name}.old-"))
-            os.replace(self.out, trash / "run")
-            shutil.rmtree(trash, ignore_errors=True)
+            discard_folder(self.out)
         os.replace(self.stage, self.out)
         remove_stale_staging(self.out)   # left by runs into the same folder that were killed
 

@@ -59,11 +59,12 @@ import torch
 from tqdm.auto import tqdm
 
 from .._extras import import_extra
-from .._validation import as_inputs, check_same_features, input_dtype, parse_memory, positive_int
+from .._validation import (as_inputs, check_same_features, input_dtype, parse_memory, positive_int,
+                           resolve_device)
 from ..arch.serial import Serial, canonical_get
 from ..arch.spec import parse_architecture
-from ..files import (atomic_write_bytes, check_writable, default_mode, make_temporary_folder,
-                     remove_stale_staging)
+from ..files import (atomic_write_bytes, check_writable, default_mode, discard_folder,
+                     make_temporary_folder, remove_stale_staging)
 from ..tiling import Tile, Tiling
 
 try:
@@ -639,7 +640,7 @@ def compute_kernel(arch, x1, x2=None, *, store: str | Path, get: str | Sequence[
                    tile_size: int = 256, dtype: torch.dtype | None = None,
                    scheduler=None, workers: int | None = None, device: str | None = None,
                    max_memory: int | str | None = None, progress: bool | None = None,
-                   verify: bool = True, fused: bool = False) -> KernelStore:
+                   verify: bool = True, fused: bool = False, overwrite: bool = False) -> KernelStore:
     """Compute (or finish) the NNGP/NTK matrices of `arch` between `x1` and `x2`
     into the zarr store `store`, tile by tile; returns the `KernelStore`
     (`.load("ntk")` gives the matrix).  See the module docstring for resuming,
@@ -648,7 +649,9 @@ def compute_kernel(arch, x1, x2=None, *, store: str | Path, get: str | Sequence[
     architecture that cannot be identified exactly (a lambda) is computed, but never
     resumed.  dtype as `Serial.kernel`.  `verify`: check every finished tile against
     its checksum first and compute the damaged arrays of those tiles again (reads the
-    store once).  `fused`: as `Serial.kernel`.
+    store once).  `fused`: as `Serial.kernel`.  `overwrite`: replace an existing store
+    (of any computation) instead of resuming it; it is removed only after every argument has
+    been checked and the scheduler reached, so a mistyped argument never costs it.
 
     Parameters
     ----------
@@ -696,6 +699,8 @@ def compute_kernel(arch, x1, x2=None, *, store: str | Path, get: str | Sequence[
         check_same_features(x1, x2)
     tile_size = positive_int(tile_size, "tile_size")
     max_memory = parse_memory(max_memory)   # refused before the store exists
+    if device is not None:
+        resolve_device(device)
     check_scheduler(scheduler, workers)
     config = {"format": FORMAT, "architecture": arch.identity, "get": list(names),
               "shape": [len(x1), len(x1 if x2 is None else x2)], "tile_size": tile_size,
@@ -707,6 +712,8 @@ def compute_kernel(arch, x1, x2=None, *, store: str | Path, get: str | Sequence[
     # so a failed start leaves nothing behind
     executor, window, owned = _executor(scheduler, workers)
     try:
+        if overwrite and Path(store).exists():
+            discard_folder(Path(store))
         kernel_store = open_store(store, config)
         claims = _Claims(kernel_store)
         try:
