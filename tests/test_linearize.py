@@ -188,3 +188,23 @@ def test_dtype_conversion_converts_theta_the_reference_point_and_the_buffers(deg
     if degree == 1:   # and against the float64 explicit Jacobian
         torch.testing.assert_close(expected, explicit_linearization(model, x, deltas).detach(),
                                    rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("degree", [2, 3])
+def test_taylor_terms_of_a_train_mode_dropout_network_share_one_mask(degree):
+    """Dropout -> Linear is linear in its parameters, so its Taylor polynomial of any degree is
+    the network itself under the same random draws (before: each term drew its own mask and the
+    quadratic model was off by 10); the random state afterwards is that of one forward pass."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Dropout(0.3), nn.Linear(5, 2)).double().train()
+    x = torch.randn(4, 5, dtype=torch.float64)
+    expansion = nk.taylor_expand(model, degree)
+    with torch.no_grad():
+        expansion.theta[0].add_(0.3)
+        model[1].weight.add_(0.3)
+    torch.manual_seed(5)
+    expanded, after_expansion = expansion(x), torch.rand(3)
+    torch.manual_seed(5)
+    direct, after_model = model(x), torch.rand(3)
+    torch.testing.assert_close(expanded, direct, rtol=1e-12, atol=1e-14)
+    assert torch.equal(after_expansion, after_model)

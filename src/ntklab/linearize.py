@@ -93,11 +93,42 @@ class TaylorExpansion(nn.Module):
 
         zero = torch.zeros((), dtype=theta0[0].dtype, device=theta0[0].device)
         one = torch.ones_like(zero)
-        derivative, total = along, along(zero)
+        replay = _SameRandomDraws(x.device)   # every term sees one network: one Dropout mask
+        derivative, total = along, replay(along, zero)
         for k in range(1, self.degree + 1):
             derivative = _derivative(derivative, one)
-            total = total + derivative(zero) / math.factorial(k)
+            total = total + replay(derivative, zero) / math.factorial(k)
+        replay.finish()
         return total
+
+
+class _SameRandomDraws:
+    """Calls that all start from the random state of the first one (the CPU generator and the
+    device's), so that a network that draws random numbers (Dropout in train mode) is the same
+    function in each term of a Taylor polynomial; `finish` leaves the state as one forward would."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.start = self._state()
+        self.after = None
+
+    def _state(self):
+        return (torch.get_rng_state(), torch.cuda.get_rng_state() if self.cuda else None)
+
+    def _restore(self, state) -> None:
+        torch.set_rng_state(state[0])
+        if self.cuda:
+            torch.cuda.set_rng_state(state[1])
+
+    def __call__(self, fn, *args):
+        self._restore(self.start)
+        value = fn(*args)
+        if self.after is None:
+            self.after = self._state()
+        return value
+
+    def finish(self) -> None:
+        self._restore(self.after)
 
 
 def _with_parameters_as_buffers(network: nn.Module) -> nn.Module:
