@@ -223,3 +223,36 @@ def test_float_inputs_to_an_embedding_model_are_refused_with_a_hint():
     embedding = nn.Sequential(nn.Embedding(10, 4), nn.Flatten(), nn.Linear(12, 2)).double()
     with pytest.raises(ValueError, match="an Embedding takes integer indices"):
         nk.empirical_ntk(embedding, torch.randn(5, 3, dtype=torch.float64))
+
+
+class _CenteredBatch(nn.Module):
+    """Each output depends on the whole batch (its mean)."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Linear(3, 1).double()
+
+    def forward(self, x):
+        return self.layer(x - x.mean(0))
+
+
+class _SummedBatch(_CenteredBatch):
+    def forward(self, x):
+        return self.layer(x).sum(0, keepdim=True)
+
+
+@pytest.mark.parametrize("model, match", [(_CenteredBatch, "depend on other samples"),
+                                          (_SummedBatch, "one output row per sample")])
+def test_x2_and_single_sample_x1_are_probed_too(model, match):
+    """Before: only x1 was probed, and a one-sample x1 not for mixing: the centred model gave
+    [[1, 1, 1, 1]] silently and the summed one a raw reshape error."""
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with pytest.raises(ValueError, match=match):
+        nk.empirical_ntk(model(), x[:1], x)
+    assert nk.empirical_ntk(nn.Linear(3, 2).double(), x[:1], x).shape == (1, 4)
+
+
+def test_out_of_range_embedding_indices_are_refused_clearly():
+    model = nn.Sequential(nn.Embedding(10, 4), nn.Flatten(), nn.Linear(12, 2)).double()
+    with pytest.raises(ValueError, match=r"indices must lie in \[0, num_embeddings\)"):
+        nk.empirical_ntk(model, torch.randint(0, 10, (3, 3)) + 20)

@@ -184,7 +184,7 @@ def empirical_ntk(model: nn.Module, x1, x2=None, *, mode: str = "trace",
         if x2.shape[1:] != x1.shape[1:]:
             raise ValueError(f"x1 and x2 must have the same sample shape, got {tuple(x1.shape[1:])} "
                              f"and {tuple(x2.shape[1:])}")
-    n_out = check_model(model, x1, "x1")
+    n_out = check_model(model, x1, "x1", x2)
     if implementation == "auto":
         plans = {"structured": Plan(model, chosen, True, x1)}
         if not plans["structured"].structured:   # nothing structured: same as "jacobian"

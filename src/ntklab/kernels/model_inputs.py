@@ -109,9 +109,11 @@ def probe_outputs(model: nn.Module, x: torch.Tensor, name: str, *,
     try:
         with torch.no_grad():
             out = model(x)
-    except RuntimeError as err:
+    except (RuntimeError, IndexError) as err:
         hint = ("an Embedding takes integer indices: pass them as an integer tensor or array"
                 if x.is_floating_point() and takes_indices(model) else
+                "an Embedding's indices must lie in [0, num_embeddings)"
+                if isinstance(err, IndexError) and takes_indices(model) else
                 "check the number of features (images are NCHW, [N, C, H, W])")
         raise ValueError(f"the model cannot take {name} with samples of shape {tuple(x.shape[1:])}: "
                          f"{str(err).splitlines()[0]}; {hint}") from err
@@ -145,12 +147,14 @@ def refuse_batch_statistics(model: nn.Module) -> None:
                              "statistics are then used")
 
 
-def check_model(model: nn.Module, x: torch.Tensor, name: str) -> int:
+def check_model(model: nn.Module, x: torch.Tensor, name: str, x2: torch.Tensor | None = None) -> int:
     """Refuse models whose tangent kernel is not a deterministic per-sample quantity, and
     return the number of outputs O.  Per-sample strategies assume f(x_i) depends on x_i
     alone and deterministically: BatchNorm in train mode (batch statistics), dropout in
     train mode or any random draw in the forward pass, non-finite parameters, outputs that
-    change with the rest of the batch are each an error that says what to do."""
+    change with the rest of the batch are each an error that says what to do.  The batch
+    probes run on `x` and, when given, on `x2` and on a batch of one sample of each (so that
+    a single-sample `x` is probed too)."""
     refuse_batch_statistics(model)
     for module_name, module in model.named_modules():
         if module.training and isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0:
@@ -161,12 +165,26 @@ def check_model(model: nn.Module, x: torch.Tensor, name: str) -> int:
         if not torch.isfinite(parameter).all():
             raise ValueError(f"the model's parameter {parameter_name!r} contains NaN/inf values; "
                              f"re-initialize the model (training diverged?)")
+    outputs = _per_sample(model, x, name)
+    if x2 is not None:
+        if _per_sample(model, x2, "x2") != outputs:
+            raise ValueError(f"the model gives {outputs} outputs per sample of {name} but another "
+                             f"number for x2; pass inputs of the same kind")
+        _per_sample(model, torch.cat([x[:1], x2[:1]]), name, labels=(f"{name}[0]", "x2[0]"))
+    return outputs
+
+
+def _per_sample(model: nn.Module, x: torch.Tensor, name: str,
+                labels: tuple[str, str] | None = None) -> int:
+    """The outputs per sample, after checking that the first sample's output is the same alone
+    as beside the second one (`labels`: what the two samples are, default `name`[0], [1])."""
+    first, second = labels or (f"{name}[0]", f"{name}[1]")
     alone = probe_outputs(model, x[:1], name)
     if len(x) >= 2:
         both = probe_outputs(model, x[:2], name)
         if not torch.allclose(both[:1], alone, rtol=1e-4,
                               atol=1e-6 * (1 + float(alone.abs().max()))):
-            raise ValueError(f"the model's output for {name}[0] changes when {name}[1] is in the "
+            raise ValueError(f"the model's output for {first} changes when {second} is in the "
                              "same batch: outputs depend on other samples (batch statistics, "
                              "train-mode normalisation?), so per-sample tangent kernels are not "
                              "defined; put the model in eval mode")
