@@ -208,3 +208,20 @@ def test_taylor_terms_of_a_train_mode_dropout_network_share_one_mask(degree):
     direct, after_model = model(x), torch.rand(3)
     torch.testing.assert_close(expanded, direct, rtol=1e-12, atol=1e-14)
     assert torch.equal(after_expansion, after_model)
+
+
+def test_a_state_dict_loads_only_into_the_same_parameters_in_the_same_order():
+    """theta is keyed by position; before, a checkpoint over ["0.weight", "2.weight"] loaded
+    into an expansion over ["2.weight", "0.weight"] with all keys matched (outputs off by 0.64)."""
+    model = nn.Sequential(nn.Linear(3, 3), nn.Tanh(), nn.Linear(3, 3)).double()
+    saved = nk.linearize(model, params=["0.weight", "2.weight"])
+    with torch.no_grad():
+        saved.theta[0].add_(0.5)
+    same = nk.linearize(model, params=["0.weight", "2.weight"])
+    same.load_state_dict(saved.state_dict())
+    x = torch.randn(4, 3, dtype=torch.float64)
+    torch.testing.assert_close(same(x), saved(x), rtol=0, atol=0)
+    for other in (nk.linearize(model, params=["2.weight", "0.weight"]),
+                  nk.taylor_expand(model, 2, params=["0.weight", "2.weight"])):
+        with pytest.raises(ValueError, match="this state dict is of an expansion over"):
+            other.load_state_dict(saved.state_dict())

@@ -70,6 +70,20 @@ class TaylorExpansion(nn.Module):
         self.theta = nn.ParameterList([nn.Parameter(chosen[name].detach().clone()) for name in self._names])
         self.training = model.training
 
+    def get_extra_state(self) -> dict:
+        """The parameters' names and the degree, saved with `state_dict` (theta is keyed by
+        position: `theta.0`, `theta.1`, ...)."""
+        return {"parameters": list(self._names), "degree": self.degree}
+
+    def set_extra_state(self, state: dict) -> None:
+        """Refuse a state dict of another expansion (other parameters, another order or degree),
+        whose positional theta would otherwise load without error into the wrong tensors."""
+        mine = self.get_extra_state()
+        if state != mine:
+            raise ValueError(f"this state dict is of an expansion over {state.get('parameters')} "
+                             f"(degree {state.get('degree')}), not {mine['parameters']} (degree "
+                             f"{mine['degree']}); build the expansion with the same params and degree")
+
     @property
     def theta0(self) -> tuple[torch.Tensor, ...]:
         """The expansion point theta_0, in the order of `self.parameters()`."""
