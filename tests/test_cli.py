@@ -339,3 +339,25 @@ def test_run_overwrite_replaces_only_a_run_folder(tmp_path):
     for _ in range(2):
         result = CliRunner().invoke(main, ["run", "kernel-gd", "--quick", "--out", str(run), "--overwrite"])
         assert result.exit_code == 0, result.output
+
+
+def test_the_arch_help_example_is_a_valid_architecture():
+    """The example a new user copies first (it passed "SAME" as the strides)."""
+    import re
+    from ntklab.arch.spec import parse_architecture
+    text = CliRunner().invoke(main, ["kernel", "--help"], terminal_width=1000).output
+    example = re.search(r"'(Conv\(.*?Dense\(1\))'", " ".join(text.split())).group(1)
+    net = parse_architecture(example)
+    assert net.kernel(np.ones((2, 3, 4, 4)), get="ntk").shape == (2, 2)
+
+
+def test_a_full_disk_while_writing_the_npz_is_one_clear_message(x1_file, tmp_path, monkeypatch):
+    import errno
+    from ntklab import cli
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(cli, "atomic_write_bytes", full)
+    result = kernel_cli(x1_file, tmp_path / "k.npz")
+    assert result.exit_code == 1 and "could not be written (No space left on device)" in result.output
+    assert not (tmp_path / "k.npz").exists()

@@ -104,7 +104,7 @@ def run(name: str, seed: int, out: Path | None, device: str | None, quick: bool,
 @main.command()
 @click.option("--arch", required=True,
               help="Layers, e.g. 'Dense(512, W_std=1.5, b_std=0.05), Relu(), Dense(1)' or "
-                   "'Conv(64, (3, 3), \"SAME\"), Relu(), GlobalAvgPool(), Dense(1)'.")
+                   "'Conv(64, (3, 3), padding=\"SAME\"), Relu(), GlobalAvgPool(), Dense(1)'.")
 @click.option("--x1", "x1_path", required=True, type=click.Path(path_type=Path),
               help="Inputs [N1, d] or NCHW images [N1, C, H, W] (.npy, .npz or .csv).")
 @click.option("--x2", "x2_path", type=click.Path(path_type=Path), default=None,
@@ -155,7 +155,11 @@ def kernel(ctx: click.Context, arch: str, x1_path: Path, x2_path: Path | None, o
               if getattr(result, g) is not None}
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
-    atomic_write_bytes(out, buffer.getvalue())
+    try:
+        atomic_write_bytes(out, buffer.getvalue())   # all or nothing: no half-written .npz
+    except OSError as err:
+        _fail(ValueError(f"--out {str(out)!r} could not be written ({err.strerror or err}); "
+                         f"nothing was written there: free some space or choose another path"))
     shapes = ", ".join(f"{g} {a.shape}" for g, a in arrays.items())
     click.echo(f"wrote {out}: {shapes}")
 

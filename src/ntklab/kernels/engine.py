@@ -444,7 +444,8 @@ def open_store(path: str | Path, config: dict) -> KernelStore:
         raise ValueError(f"refusing to resume into {str(path)!r}: it was made by an older ntklab "
                          f"(format {store.config['format']!r}, whose checksums do not bind a "
                          f"tile's position); KernelStore.open(path).load(name) still reads it; "
-                         f"to compute, use a new store path or delete that one")
+                         f"to compute, use a new store path, or overwrite=True (--overwrite) to "
+                         f"replace it")
     differ = [key for key in sorted(set(config) | set(store.config))
               if config.get(key) != store.config.get(key)]
     if differ:
@@ -452,7 +453,8 @@ def open_store(path: str | Path, config: dict) -> KernelStore:
         detail = "; ".join(f"{key}: store has {short(store.config.get(key))!r}, this run "
                            f"{short(config.get(key))!r}" for key in differ)
         raise ValueError(f"refusing to resume into {str(path)!r}: it was made with a different "
-                         f"configuration ({detail}); use a new store path or delete that one")
+                         f"configuration ({detail}); use a new store path, or overwrite=True "
+                         f"(--overwrite) to replace it")
     return store
 
 
@@ -690,7 +692,7 @@ def compute_kernel(arch, x1, x2=None, *, store: str | Path, get: str | Sequence[
     arch = parse_architecture(arch, argument="arch") if isinstance(arch, str) else arch
     if not isinstance(arch, Serial):
         raise ValueError(f"arch must be an nk.serial(...) architecture or a string such as "
-                         f"'Conv(64, (3, 3), \"SAME\"), Relu(), Flatten(), Dense(1)', got {arch!r}")
+                         f"'Conv(64, (3, 3), padding=\"SAME\"), Relu(), Flatten(), Dense(1)', got {arch!r}")
     names = canonical_get(get)
     dtype = input_dtype(x1, dtype, x2)
     x1 = as_inputs(x1, "x1", images=arch.takes_images, sequences=arch.takes_sequences, dtype=dtype)
