@@ -361,3 +361,24 @@ def test_a_full_disk_while_writing_the_npz_is_one_clear_message(x1_file, tmp_pat
     result = kernel_cli(x1_file, tmp_path / "k.npz")
     assert result.exit_code == 1 and "could not be written (No space left on device)" in result.output
     assert not (tmp_path / "k.npz").exists()
+
+
+def test_a_failed_overwrite_gives_the_replaced_run_its_stores_back(tmp_path):
+    """Before: an interrupted `run --overwrite` left the earlier run folder without kernels/
+    (moved into the failed run's staging folder) although its report names them."""
+    from ntklab.report import RunFolder
+    out = tmp_path / "run"
+    (out / "kernels").mkdir(parents=True)
+    (out / "config.json").write_text("{}")
+    key = {"images": "abc", "size": 4}
+    (out / "kernels" / "key.json").write_text(json.dumps(key, sort_keys=True))
+    (out / "kernels" / "tile").write_text("finished work")
+    with pytest.raises(KeyboardInterrupt):
+        with RunFolder(out, overwrite=True) as run:
+            assert (run.stores(key) / "tile").read_text() == "finished work"
+            raise KeyboardInterrupt
+    assert (out / "kernels" / "tile").read_text() == "finished work"
+    with RunFolder(out, overwrite=True) as run:   # the next run takes them over again
+        assert (run.stores(key) / "tile").read_text() == "finished work"
+        run.write_text("config.json", "{}")
+    assert (out / "kernels" / "tile").is_file() and not list(tmp_path.glob(".run.*"))

@@ -67,7 +67,7 @@ class RunFolder:
                              f"config.json); --overwrite replaces only the folder of an earlier run "
                              f"(or an empty folder): choose another path")
         check_writable(self.out, "--out")
-        self.overwrite = overwrite
+        self.overwrite, self._borrowed = overwrite, False
         self.stage = make_temporary_folder(self.out.parent, f".{self.out.name}.partial-")
 
     @staticmethod
@@ -80,6 +80,8 @@ class RunFolder:
 
     def __exit__(self, kind, value, tb) -> None:
         if kind is not None:   # only the stores stay, for the next run into `out` to resume
+            if self._borrowed and self.out.is_dir() and not (self.out / self.STORES).exists():
+                (self.stage / self.STORES).replace(self.out / self.STORES)   # the replaced run's
             for entry in self.stage.iterdir():
                 if entry.name != self.STORES:
                     shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink()
@@ -109,6 +111,7 @@ class RunFolder:
             try:
                 if (candidate / "key.json").read_text() == record:
                     candidate.replace(folder)
+                    self._borrowed = candidate in replaced   # given back if this run fails
                     return folder
             except OSError:   # gone meanwhile (another run took it), or unreadable
                 continue
