@@ -382,3 +382,9 @@ def test_a_failed_overwrite_gives_the_replaced_run_its_stores_back(tmp_path):
         assert (run.stores(key) / "tile").read_text() == "finished work"
         run.write_text("config.json", "{}")
     assert (out / "kernels" / "tile").is_file() and not list(tmp_path.glob(".run.*"))
+
+
+def test_a_scheduler_address_of_another_protocol_is_refused_before_any_connection(x1_file, tmp_path):
+    result = kernel_cli(x1_file, tmp_path / "k.zarr", "--scheduler", "http://127.0.0.1:8787")
+    assert result.exit_code == 1 and "is not a Dask address (http:// is not one" in result.output
+    assert not (tmp_path / "k.zarr").exists()

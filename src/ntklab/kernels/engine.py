@@ -77,6 +77,7 @@ OLD_FORMAT = "ntklab-kernel-store/2"   # checksums of the data alone: loaded, ne
 DONE = "tiles_done"
 CLAIMS = "claims.lock"
 SCHEDULER_TIMEOUT = "30s"   # to reach a Dask scheduler
+DASK_SCHEMES = ("tcp", "tls", "ws", "wss", "ucx", "inproc")   # distributed's comm protocols
 MARKER = re.compile(r"(\d+)_(\d+)")
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
@@ -509,6 +510,11 @@ def check_scheduler(scheduler, workers: int | None = None, *, probe_timeout: flo
     if scheduler in (None, "local", "processes"):
         return
     if isinstance(scheduler, str) and "://" in scheduler:
+        scheme = scheduler.split("://")[0]
+        if scheme not in DASK_SCHEMES:
+            raise ValueError(f"scheduler {scheduler!r} is not a Dask address ({scheme}:// is not one "
+                             f"of Dask's protocols); give the scheduler's address, "
+                             f"tcp://host:port (as `dask scheduler` prints it)")
         _probe_dask_scheduler(scheduler, probe_timeout)
         return
     if type(scheduler).__name__ != "Client":
