@@ -256,3 +256,10 @@ def test_out_of_range_embedding_indices_are_refused_clearly():
     model = nn.Sequential(nn.Embedding(10, 4), nn.Flatten(), nn.Linear(12, 2)).double()
     with pytest.raises(ValueError, match=r"indices must lie in \[0, num_embeddings\)"):
         nk.empirical_ntk(model, torch.randint(0, 10, (3, 3)) + 20)
+
+
+def test_narrow_integer_indices_are_looked_up_as_the_same_indices():
+    model = nn.Sequential(nn.Embedding(10, 4), nn.Flatten(), nn.Linear(12, 2)).double()
+    tokens = torch.randint(0, 10, (3, 3), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(nk.empirical_ntk(model, tokens.to(torch.uint8)),
+                               nk.empirical_ntk(model, tokens), rtol=0, atol=0)

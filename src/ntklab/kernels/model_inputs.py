@@ -84,6 +84,8 @@ def model_input(x: Any, name: str, reference: torch.Tensor, *, indices: bool = F
         except (TypeError, ValueError) as err:
             raise ValueError(f"{name} must be a numeric array (rows of equal length), got "
                              f"{type(x).__name__}: {err}") from err
+    if keep and t.dtype not in (torch.int32, torch.int64):
+        t = t.long()   # nn.Embedding looks up int32/int64 indices only (uint8, int16: exact)
     if t.ndim >= 1 and t.shape[0] == 0:
         raise ValueError(f"{name} is empty (shape {tuple(t.shape)}); it needs at least one sample")
     if t.ndim < 2:
