@@ -72,7 +72,8 @@ import torch
 
 from .arch.activations import Activation
 from .arch.serial import Serial
-from .finite_width_theory import _derivatives, _mean, _mlp_layers, _sample_groups, finite_width
+from .finite_width_theory import (activation_derivatives, finite_width, mlp_layers, sample_groups,
+                                  weighted_outer_mean)
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ class DNTKStatistics:
 
 def _layer_moments(activation: Activation, k: np.ndarray, layer: int, fours=(), twos=(), grads=()) -> dict:
     """Gaussian moments over z ~ N(0, K) of derivatives σ^(i) (orders 0-3), each entry from the
-    grid of exactly its own samples (`_sample_groups`): for orders (i, j, l, m) in `fours`,
+    grid of exactly its own samples (`sample_groups`): for orders (i, j, l, m) in `fours`,
     [a,b,c,d] = ⟨σ^(i)_a σ^(j)_b σ^(l)_c σ^(m)_d⟩; for (i, j) in `twos`, [a,b] = ⟨σ^(i)_a σ^(j)_b⟩;
     for (i, j) in `grads`, [a,b,x] = ⟨∂_x(σ^(i)_a σ^(j)_b)⟩ = ⟨σ^(i)_a σ^(j)_b u_x⟩ (Stein,
     u = K⁻¹z). Keys: ("four", orders), ("two", orders), ("grad", orders)."""
@@ -109,12 +110,12 @@ def _layer_moments(activation: Activation, k: np.ndarray, layer: int, fours=(), 
     out = {**{("four", o): np.zeros((n,) * 4) for o in fours}, **{("two", o): np.zeros((n,) * 2) for o in twos},
            **{("grad", o): np.zeros((n,) * 3) for o in grads}}
     order = max(max(o) for o in (*fours, *twos, *grads))
-    for size, group, w, z, u, _ in _sample_groups(k, layer):
-        values = _derivatives(activation, z, order)
+    for size, group, w, z, u, _ in sample_groups(k, layer):
+        values = activation_derivatives(activation, z, order)
         index = lambda rank: np.ix_(*(group,) * rank)  # noqa: E731
         for o in fours:
             first, second = (np.einsum("qa,qb->qab", values[i], values[j]) for i, j in (o[:2], o[2:]))
-            out["four", o][index(4)] = _mean(w, first, second)
+            out["four", o][index(4)] = weighted_outer_mean(w, first, second)
         if size <= 2:
             for o in twos:
                 out["two", o][index(2)] = np.einsum("q,qa,qb->ab", w, values[o[0]], values[o[1]])
@@ -227,7 +228,7 @@ def _layers(net: Serial, x, moments: dict):
     """`nk.finite_width(net, x)` and, per layer ℓ → ℓ + 1, the inputs of the recursions: the Gaussian
     moments `moments` (keyword arguments of `_layer_moments`) at K^(ℓ), Θ, F, B of layer ℓ, F' of
     layer ℓ + 1, C_W of the weights into ℓ + 1 and r = n_ℓ / n_{ℓ-1}. Refuses rough activations."""
-    pairs = _mlp_layers(net)
+    pairs = mlp_layers(net)
     rough = [act for _, act in pairs[:-1] if not act.smooth]   # the declared capability
     if rough:
         hint = (" (declare a twice-differentiable function with nk.Elementwise(fn, smooth=True))"

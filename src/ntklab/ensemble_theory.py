@@ -92,7 +92,7 @@ class EnsembleMean:
         return self.kernel + self.correction
 
 
-def _kernel_solution(ntk: torch.Tensor, y: torch.Tensor, t: float) -> torch.Tensor:
+def kernel_solution(ntk: torch.Tensor, y: torch.Tensor, t: float) -> torch.Tensor:
     """G_t(H) y = H_δA H_AA⁻¹ (I - e^{-H_AA t}) y at the test rows δ of ntk [D, N]."""
     n_train = len(y)
     ntk_train = ntk[:n_train]
@@ -105,7 +105,7 @@ def _kernel_parts(theta, shift, covariance, y, times):
     parts = []
     for t in times:
         def solution(ntk):
-            return _kernel_solution(ntk, y, float(t))
+            return kernel_solution(ntk, y, float(t))
         value, first = jvp(solution, (theta,), (shift,))
         second = 0.5 * torch.einsum("mijkl,ijkl->m", hessian(solution)(theta), covariance)
         parts.append(torch.stack([value, first, second]))

@@ -174,7 +174,7 @@ class _Moments:
     fq: np.ndarray
 
 
-def _derivatives(activation: Activation, z: np.ndarray, order: int = 1) -> list[np.ndarray]:
+def activation_derivatives(activation: Activation, z: np.ndarray, order: int = 1) -> list[np.ndarray]:
     """σ, σ', ..., σ^(order) at the grid nodes z (nested autograd)."""
     z = torch.as_tensor(z).requires_grad_(True)
     with torch.enable_grad():
@@ -185,7 +185,7 @@ def _derivatives(activation: Activation, z: np.ndarray, order: int = 1) -> list[
     return [v.detach().numpy() for v in values]
 
 
-def _mean(w: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+def weighted_outer_mean(w: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
     """Σ_q w_q left_q ⊗ right_q for arrays [Q, ...] (one matrix product)."""
     q = len(w)
     out = (w[:, None] * left.reshape(q, -1)).T @ right.reshape(q, -1)
@@ -201,7 +201,7 @@ def _check_nondegenerate(k: np.ndarray, group: tuple[int, ...], layer: int) -> N
                          f"b_std > 0)")
 
 
-def _sample_groups(k: np.ndarray, layer: int):
+def sample_groups(k: np.ndarray, layer: int):
     """Every set of up to four samples, largest first (so that, writing each entry from the
     grid of its set, smaller sets overwrite their entries, more accurately), with its quadrature
     (`_gaussian_grid`): yields (size, group, w, z, u, K⁻¹)."""
@@ -216,24 +216,26 @@ def _moments(activation: Activation, k: np.ndarray, layer: int = 1) -> _Moments:
     four samples for the four-sample moments, of one or two for the rest."""
     n = len(k)
     out = _Moments(*(np.zeros((n,) * rank) for rank in (2, 2, 4, 4, 4, 4, 4, 3, 6, 6)))
-    for size, group, w, z, u, inverse in _sample_groups(k, layer):
-        s, d = _derivatives(activation, z)
+    for size, group, w, z, u, inverse in sample_groups(k, layer):
+        s, d = activation_derivatives(activation, z)
         ss, dd, ds = (np.einsum("qa,qb->qab", p, q) for p, q in ((s, s), (d, d), (d, s)))
         index = lambda rank: np.ix_(*(group,) * rank)  # noqa: E731
         out.ssss[index(4)], out.ddss[index(4)], out.dddd[index(4)] = (
-            _mean(w, ss, ss), _mean(w, dd, ss), _mean(w, dd, dd))
+            weighted_outer_mean(w, ss, ss), weighted_outer_mean(w, dd, ss), weighted_outer_mean(w, dd, dd))
         if size > 2:
             continue
         second = np.einsum("qx,qy->qxy", u, u) - inverse
         fourth = _hermite4(u, inverse)
         out.pp[index(2)], out.qq[index(2)] = np.einsum("q,qab->ab", w, ss), np.einsum("q,qab->ab", w, dd)
-        out.hp[index(4)], out.hq[index(4)] = _mean(w, ss, second), _mean(w, dd, second)
-        out.gds[index(3)] = _mean(w, ds, u)
-        out.fp[index(6)], out.fq[index(6)] = _mean(w, ss, fourth), _mean(w, dd, fourth)
+        out.hp[index(4)] = weighted_outer_mean(w, ss, second)
+        out.hq[index(4)] = weighted_outer_mean(w, dd, second)
+        out.gds[index(3)] = weighted_outer_mean(w, ds, u)
+        out.fp[index(6)] = weighted_outer_mean(w, ss, fourth)
+        out.fq[index(6)] = weighted_outer_mean(w, dd, fourth)
     return out
 
 
-def _mlp_layers(net: Serial) -> list[tuple[Dense, Activation | None]]:
+def mlp_layers(net: Serial) -> list[tuple[Dense, Activation | None]]:
     """[(Dense, the activation after it or None for the readout)], validated."""
     layers = list(net.layers)
     pairs = []
@@ -296,7 +298,7 @@ def finite_width(net: Serial, x) -> FiniteWidthStatistics:
     x = x[None] if x.ndim == 1 else x
     if x.ndim != 2 or x.shape[0] == 0:
         raise ValueError(f"x must be one input [d] or inputs [N, d], got shape {tuple(x.shape)}")
-    pairs = _mlp_layers(net)
+    pairs = mlp_layers(net)
     x = x.numpy()
     widths = [x.shape[1]] + [dense.out for dense, _ in pairs[:-1]]
     n = len(x)

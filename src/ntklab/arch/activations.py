@@ -84,7 +84,7 @@ def _tiny(t: torch.Tensor) -> float:
     return torch.finfo(t.dtype).tiny
 
 
-def _angle(cov, var1, var2):
+def arc_cosine_angle(cov, var1, var2):
     """theta = arccos(c / sqrt(v1 v2)) as atan2(sqrt(v1 v2 - c^2), c), and the root
     sqrt(v1 v2 - c^2) = sqrt(v1 v2) sin(theta).  Exactly 0 for identical inputs
     (c = v1 = v2), unlike arccos of a rounded ratio; pairs with a zero-variance
@@ -132,7 +132,7 @@ class ABRelu(Activation):
         return self.a * torch.clamp(z, max=0) + self.b * torch.clamp(z, min=0)
 
     def dual(self, cov, var1, var2, need_dot=True):
-        theta, root = _angle(cov, var1, var2)
+        theta, root = arc_cosine_angle(cov, var1, var2)
         slope = (self.a - self.b) ** 2 / (2 * math.pi)
         dot = theta.mul_(-slope).add_((self.a ** 2 + self.b ** 2) / 2)
         nngp = root.mul_(slope).addcmul_(dot, cov)
@@ -273,7 +273,7 @@ class Sign(Activation):
         return torch.sign(z)
 
     def dual(self, cov, var1, var2, need_dot=True):
-        nngp = _angle(cov, var1, var2)[0].mul_(-2 / math.pi).add_(1.0)
+        nngp = arc_cosine_angle(cov, var1, var2)[0].mul_(-2 / math.pi).add_(1.0)
         return nngp, torch.zeros_like(nngp) if need_dot else None
 
 

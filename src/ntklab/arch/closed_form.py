@@ -17,7 +17,7 @@ import torch
 from numpy.polynomial import hermite_e, polynomial
 
 from .._validation import positive
-from .activations import Activation, _angle
+from .activations import Activation, arc_cosine_angle
 
 
 class Sin(Activation):
@@ -290,7 +290,7 @@ def _arc_cosine_polynomials(degree: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _rectified_moment(degree: int, cov, var1, var2):
     """E[relu(u)^n relu(v)^n] = (v1 v2)^(n/2) J_n(theta) / (2 pi) (Cho & Saul 2009)."""
-    theta, root = _angle(cov, var1, var2)
+    theta, root = arc_cosine_angle(cov, var1, var2)
     scale = (var1 * var2).sqrt()
     x = cov / scale.clamp_min(torch.finfo(cov.dtype).tiny)
     p, q = _arc_cosine_polynomials(degree)

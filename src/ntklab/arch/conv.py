@@ -112,7 +112,7 @@ class ConvModule(nn.Module):
                 f"parameterization={self.parameterization!r}")
 
 
-def _image_state(k: KernelState, layer: Layer) -> None:
+def image_state(k: KernelState, layer: Layer) -> None:
     if len(k.spatial) != 2:
         raise ValueError(f"{layer!r} acts on images [N, C, H, W] but gets vectors; pass image "
                          f"batches (NCHW) and put convolutions before Flatten/GlobalAvgPool")
@@ -206,7 +206,7 @@ class Conv(Affine):
         return filter_sum(t, self.filter_shape, self.padding, k.full, self.strides)
 
     def kernel_map(self, k: KernelState) -> KernelState:
-        _image_state(k, self)
+        image_state(k, self)
         self._check_channels(k.width, (k.width, *k.spatial))
         check_window_fits(self, self.filter_shape, self.strides, self.padding, k.spatial)
         return super().kernel_map(k)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._validation import one_of
-from .conv import _image_state, check_window_fits, pad_images, pair_tuple
+from .conv import image_state, check_window_fits, pad_images, pair_tuple
 from .layer import Layer
 from .state import KernelState
 from .windows import PADDINGS, window_counts, window_sum
@@ -88,7 +88,7 @@ class _Pool(Layer):
         return t
 
     def kernel_map(self, k: KernelState) -> KernelState:
-        _image_state(k, self)
+        image_state(k, self)
         if not k.full:
             raise ValueError(f"{self!r} needs the covariance of all pixel pairs: compute the "
                              f"kernel through nk.serial(...).kernel, which tracks them")

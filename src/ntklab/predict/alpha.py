@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 
 from .._validation import as_targets, as_tensor, one_of, positive, positive_int, record_steps
-from .linalg import _square
+from .linalg import square_kernel
 
 
 @dataclass
@@ -78,7 +78,7 @@ def gradient_descent_alpha(k_train_train, y_train, *, steps: int, learning_rate:
     >>> float((path.f_train[-1] - y).abs().max()) < 1e-8
     True
     """
-    k = _square(k_train_train, "k_train_train")
+    k = square_kernel(k_train_train, "k_train_train")
     y, vector = as_targets(y_train, k.shape[0], "y_train", k.dtype, k.device)
     space = one_of(space, "space", ("alpha", "function"))
     steps = positive_int(steps, "steps")

@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 
 from .._validation import as_tensor, positive
 from ..conventions import prediction_times
-from .linalg import Factorization, GradientFlow, _square, checked_kernel
+from .linalg import Factorization, GradientFlow, square_kernel, checked_kernel
 
 Prediction = tuple["torch.Tensor | None", "torch.Tensor | None"]
 
@@ -58,7 +58,7 @@ class _Problem:
 
 
 def _problem(k_train_train, y_train) -> _Problem:
-    k = _square(k_train_train, "k_train_train")
+    k = square_kernel(k_train_train, "k_train_train")
     y = as_tensor(y_train, "y_train", dtype=k.dtype, device=k.device)
     vector = y.ndim == 1
     y = y[:, None] if vector else y
@@ -407,7 +407,7 @@ def gp_inference(k_train_train, y_train, diag_reg: float = 0.0, diag_reg_absolut
         mean = mean[:, 0] if problem.vector else mean
         if k_test_test is None:
             return mean, None
-        k_tt = _square(k_test_test, "k_test_test")
+        k_tt = square_kernel(k_test_test, "k_test_test")
         if k_tt.shape[0] != k_td.shape[0]:
             raise ValueError(f"k_test_test must be [{k_td.shape[0]}, {k_td.shape[0]}] like the rows of "
                              f"k_test_train, got {tuple(k_tt.shape)}")

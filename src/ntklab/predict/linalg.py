@@ -41,7 +41,7 @@ def add_diagonal_regularizer(k: torch.Tensor, diag_reg: float,
     return k + diag_reg * scale * torch.eye(k.shape[0], dtype=k.dtype, device=k.device)
 
 
-def _square(k: Any, name: str) -> torch.Tensor:
+def square_kernel(k: Any, name: str) -> torch.Tensor:
     k = as_tensor(k, name, dtype=k.dtype if isinstance(k, torch.Tensor) and k.is_floating_point()
                   else DEFAULT_DTYPE)
     if k.ndim != 2 or k.shape[0] != k.shape[1]:
@@ -115,7 +115,7 @@ def checked_kernel(k: Any, name: str = "k_train_train", *, diag_reg: float | Non
     ValueError: k_train_train is indefinite: its most negative eigenvalue is -1 = -0.333 x the
     largest (3), beyond rounding (-1.3e-15); pass diag_reg >= 1 (relative to the mean diagonal 1) ...
     """
-    k = _square(k, name)
+    k = square_kernel(k, name)
     g = add_diagonal_regularizer(symmetric(k, name), diag_reg or 0.0, diag_reg_absolute_scale)
     if allow_indefinite:
         return (g, None) if with_cholesky else g
@@ -179,7 +179,7 @@ class Factorization:
         if cholesky is not None:
             self.assume_psd, self.factor = True, cholesky
             return
-        k = add_diagonal_regularizer(_square(k, name), diag_reg, diag_reg_absolute_scale)
+        k = add_diagonal_regularizer(square_kernel(k, name), diag_reg, diag_reg_absolute_scale)
         offers_lu, assume_psd = assume_psd is not None, assume_psd is not False
         self.assume_psd = assume_psd
         if assume_psd:  # Cholesky reads one triangle: an asymmetric k is refused, not truncated
@@ -234,7 +234,7 @@ def solve(k_train_train, y_train, *, diag_reg: float = 0.0, diag_reg_absolute_sc
     >>> bool(torch.allclose(theta @ alpha, y))
     True
     """
-    k = _square(k_train_train, "k_train_train")
+    k = square_kernel(k_train_train, "k_train_train")
     y, vector = as_targets(y_train, k.shape[0], "y_train", k.dtype, k.device)
     alpha = Factorization(k, diag_reg=diag_reg, diag_reg_absolute_scale=diag_reg_absolute_scale,
                           assume_psd=assume_psd).solve(y)

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from .. import arch as nk
 from .._validation import positive_int
 from ..conventions import flow_times
-from ..ensemble_theory import _kernel_solution
+from ..ensemble_theory import kernel_solution
 from ..finite_width_theory import finite_width
 from ..kernels.empirical import empirical_ntk
 from ..kernels.monte_carlo import monte_carlo_kernel
@@ -161,7 +161,7 @@ def ensemble_samples(arch: nk.Serial, x_train: torch.Tensor, y_train: torch.Tens
     stats = finite_width(arch, x)
     theta = stats.ntk[-1][:, :n_train]
     shift = stats.ntk_shift[-1][:, :n_train] / stats.widths[-1]
-    solutions = [functools.partial(_kernel_solution, y=y, t=float(t)) for t in taus]
+    solutions = [functools.partial(kernel_solution, y=y, t=float(t)) for t in taus]
     samples = {"kernel": [], **({"first_order": []} if first_order else {})}
     for seed in tqdm(range(first_seed, first_seed + seeds), desc="networks", unit="network", leave=False):
         model = arch.module(x.shape[1], seed=seed, dtype=torch.float64)
