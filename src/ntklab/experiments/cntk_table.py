@@ -137,15 +137,15 @@ def cnn_accuracy(task: ImageTask, arch: nk.Serial, cfg: Config, seed: int, devic
     x_train, x_test = task.x_train.float().to(device), task.x_test.float().to(device)
     y_train = one_hot(task.y_train, task.n_classes).float().to(device)
     # loss ||f - y||^2 / (2 |y|): learning rate |y| / lambda_max is the function-space step 1 / lambda_max
-    eta = y_train.numel() * inverse_largest_eigenvalue(model, x_train)
+    learning_rate = y_train.numel() * inverse_largest_eigenvalue(model, x_train)
     steps = cfg.epochs * math.ceil(len(x_train) / cfg.batch_size)
     history = train(model, x_train, y_train, steps=steps,
-                    learning_rate=eta, batch_size=cfg.batch_size, x_test=x_test,
+                    learning_rate=learning_rate, batch_size=cfg.batch_size, x_test=x_test,
                     y_test=one_hot(task.y_test, task.n_classes).float().to(device), record=2,
                     track_kernel=False, linearized=False, seed=seed, progress=False)
     last = history.rows[-1]
     return 1.0 - last["test_error"], {"train_accuracy": 1.0 - last["train_error"],
-                                      "learning_rate": eta, "steps": steps,
+                                      "learning_rate": learning_rate, "steps": steps,
                                       "final_train_loss": last["train_loss"],
                                       "cnn_seconds": time.perf_counter() - start}
 
@@ -280,8 +280,9 @@ def _report(task, cfg, rows, order_rows, metrics, figure, stderr, seconds) -> st
         "(f = K(x, X) K(X, X)^-1 Y), arg-max, as in the paper's code. CNTK-GAP uses the paper's "
         "\"fix\" option: first and last layers not trained (their parameters are out of the NTK).",
         f"- CNN columns: the same architectures at finite width, all layers trained by mini-batch "
-        f"SGD (batch {cfg.batch_size}, {cfg.epochs} epochs, constant step 1/lambda_max of "
-        f"the training set's empirical NTK at initialization, by power iteration) on 1/2 sum ||f - y||^2 "
+        f"SGD (batch {cfg.batch_size}, {cfg.epochs} epochs) on ntklab's loss ||f - y||^2 / (2 |y|) "
+        f"with learning rate |y| / lambda_max (the function-space step 1/lambda_max; lambda_max of "
+        f"the training set's empirical NTK at initialization, by power iteration) "
         f"with the same shifted one-hot targets; no batch norm, augmentation or weight decay; "
         f"float32; the accuracy after the last step (no early stopping on the test set). "
         f"**Not the paper's CNN protocol**: its training hyperparameters are not in ntklab's "

@@ -253,7 +253,7 @@ def plot_dynamics(step_rows: list[dict], tasks: list[str]) -> plt.Figure:
                               color=color, marker=".", label=f"n={width}")
             axes[1, col].plot(steps[later], np.array([r["ntk_gd_distance"] for r in mine])[later],
                               color=color, ls="--", lw=1)
-        axes[0, col].set(xscale="log", yscale="log", xlabel="GD step", ylabel="(a) train loss 1/2 sum (f-y)^2",
+        axes[0, col].set(xscale="log", yscale="log", xlabel="GD step", ylabel="(a) train loss ||f-y||^2 / (2|y|)",
                          title=f"{task}: training loss (seed 0)")
         axes[1, col].set(xscale="log", yscale="log", xlabel="GD step t",
                          ylabel="||f_t - mu_t|| / ||mu_t|| on test",
