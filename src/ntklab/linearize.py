@@ -21,7 +21,8 @@ from torch import nn
 from torch.func import functional_call, jvp
 
 from ._validation import positive_int
-from .kernels.model_inputs import refuse_batch_statistics, select_parameters
+from .kernels.model_inputs import (refuse_batch_statistics, rng_states, select_parameters,
+                                   set_rng_states)
 
 
 class TaylorExpansion(nn.Module):
@@ -117,32 +118,24 @@ class TaylorExpansion(nn.Module):
 
 
 class _SameRandomDraws:
-    """Calls that all start from the random state of the first one (the CPU generator and the
-    device's), so that a network that draws random numbers (Dropout in train mode) is the same
-    function in each term of a Taylor polynomial; `finish` leaves the state as one forward would."""
+    """Calls that all start from the random state of the first one (`rng_states`: the CPU
+    generator's and the device's), so that a network that draws random numbers (Dropout in
+    train mode) is the same function in each term of a Taylor polynomial; `finish` leaves
+    the state as one forward would."""
 
     def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-        self.start = self._state()
-        self.after = None
-
-    def _state(self):
-        return (torch.get_rng_state(), torch.cuda.get_rng_state() if self.cuda else None)
-
-    def _restore(self, state) -> None:
-        torch.set_rng_state(state[0])
-        if self.cuda:
-            torch.cuda.set_rng_state(state[1])
+        self.device = device
+        self.start, self.after = rng_states(device), None
 
     def __call__(self, fn, *args):
-        self._restore(self.start)
+        set_rng_states(self.device, self.start)
         value = fn(*args)
         if self.after is None:
-            self.after = self._state()
+            self.after = rng_states(self.device)
         return value
 
     def finish(self) -> None:
-        self._restore(self.after)
+        set_rng_states(self.device, self.after)
 
 
 def _with_parameters_as_buffers(network: nn.Module) -> nn.Module:

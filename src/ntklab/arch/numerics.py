@@ -33,7 +33,7 @@ def _variances(state: KernelState) -> list[torch.Tensor]:
 
 def _tensors(state: KernelState) -> list[torch.Tensor]:
     ntk = [state.ntk] if isinstance(state.ntk, torch.Tensor) else []
-    return [state.nngp, *ntk, state.var1, state.var2]
+    return [state.nngp, *ntk, state.var1, *([] if state.symmetric else [state.var2])]
 
 
 def _finite(t: torch.Tensor) -> bool:

@@ -96,18 +96,27 @@ def model_input(x: Any, name: str, reference: torch.Tensor, *, indices: bool = F
     return t
 
 
-def _rng_states(device: torch.device) -> list[torch.Tensor]:
+def rng_states(device: torch.device) -> list[torch.Tensor]:
+    """The random states a forward pass on `device` draws from: the CPU generator's and,
+    on CUDA, that device's."""
     states = [torch.random.get_rng_state()]
     if device.type == "cuda":
         states.append(torch.cuda.get_rng_state(device))
     return states
 
 
+def set_rng_states(device: torch.device, states: list[torch.Tensor]) -> None:
+    """Restore `rng_states(device)`."""
+    torch.random.set_rng_state(states[0])
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(states[1], device)
+
+
 def probe_outputs(model: nn.Module, x: torch.Tensor, name: str, *,
                   deterministic: bool = True) -> torch.Tensor:
     """`model(x)` as `[n, O]`, with a clear error when the model cannot take `x`, does not
     return one tensor, or (`deterministic`) draws random numbers (a stochastic forward pass)."""
-    before = _rng_states(x.device)
+    before = rng_states(x.device)
     try:
         with torch.no_grad():
             out = model(x)
@@ -128,7 +137,7 @@ def probe_outputs(model: nn.Module, x: torch.Tensor, name: str, *,
                          f"sample(s) of {name}, but tangent kernels need one output row per sample, "
                          f"[N, ...] with the batch axis first: return the per-sample outputs "
                          f"(e.g. not model(x).sum() over the batch)")
-    if deterministic and any(not torch.equal(a, b) for a, b in zip(before, _rng_states(x.device))):
+    if deterministic and any(not torch.equal(a, b) for a, b in zip(before, rng_states(x.device))):
         raise ValueError("the model's forward pass draws random numbers (dropout or another "
                          "stochastic layer in train mode), so its tangent kernel is random; call "
                          "model.eval() first")
