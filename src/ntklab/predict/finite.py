@@ -44,7 +44,8 @@ from tqdm.auto import tqdm
 
 from .._validation import as_tensor, positive
 from ..conventions import prediction_times
-from .linalg import Factorization, GradientFlow, square_kernel, checked_kernel
+from ..tiling import PROGRESS_DELAY
+from .linalg import Factorization, GradientFlow, checked_kernel, square_kernel
 
 Prediction = tuple["torch.Tensor | None", "torch.Tensor | None"]
 
@@ -320,7 +321,7 @@ def gradient_descent(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
             reached, last, stalled = [0.0], [-1.0], [0]
             bar = tqdm(total=end / scale, desc=f"gradient descent ODE ({'LSODA' if stiff else 'DOP853'})",
                        bar_format="{desc}: {percentage:3.0f}% of t = {total:.4g} [{elapsed}<{remaining}]",
-                       leave=False, delay=0 if progress else 2, disable=progress is False)
+                       leave=False, delay=0 if progress else PROGRESS_DELAY, disable=progress is False)
 
             def failure(reason: str) -> RuntimeError:
                 return RuntimeError(f"the ODE solver failed at time {reached[0] / scale:.4g} of "
