@@ -81,7 +81,7 @@ def main() -> None:
             nt_time = best_of(lambda: nt_fn(x_np), args.repeats)
             mine = net.kernel(x, get="ntk", device=args.device).cpu().numpy()
             gap = np.abs(mine - np.asarray(nt_fn(x_np)))
-            np.fill_diagonal(gap, 0)  # nt's diagonal carries arccos rounding noise (tests/test_reference.py)
+            np.fill_diagonal(gap, 0)  # nt's diagonal carries arccos rounding noise (tests/arch/test_reference.py)
             diff = float(gap.max())
         pairs = n * (n + 1) / 2  # symmetric: upper triangle only
         flops = 2 * pairs * D + pairs * (DEPTH + 1) * OPS_PER_PAIR_LAYER

@@ -16,7 +16,7 @@ import time
 import torch
 
 import ntklab as nk
-from ntklab.experiments import nearly_kernel as experiment
+from ntklab.lab.experiments import nearly_kernel as experiment
 
 
 def timed(device: torch.device, depth: int, width: int, x, y, x_test) -> dict:

@@ -85,7 +85,7 @@ def _cli_help(path: Path) -> None:
     """The `ntklab` command's help texts, from click itself, for the API page."""
     from click.testing import CliRunner
 
-    from ntklab.cli import main
+    from ntklab.lab.cli import main
     runner = CliRunner()
     sections = []
     for args in ([], ["run"], ["kernel"], ["list"]):

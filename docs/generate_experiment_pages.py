@@ -11,7 +11,7 @@ from pathlib import Path
 
 def generate(runs: Path, out: Path) -> list[str]:
     """Write out/NAME.md and out/index.md for each run folder in `runs`; returns the names."""
-    from ntklab.experiments import REGISTRY
+    from ntklab.lab.experiments import REGISTRY
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob("*.md"):
         stale.unlink()

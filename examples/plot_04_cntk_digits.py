@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt
 import torch
 
 import ntklab as nk
-from ntklab.data import digits_images
+from ntklab.lab.data import digits_images
 
 FAST = os.environ.get("NTKLAB_DOCS_FAST") == "1"
 task = digits_images(60 if FAST else 200, 40 if FAST else 100, seed=0)

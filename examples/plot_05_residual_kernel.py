@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 import torch
 
 import ntklab as nk
-from ntklab.data import digits_images
+from ntklab.lab.data import digits_images
 
 FAST = os.environ.get("NTKLAB_DOCS_FAST") == "1"
 

@@ -12,7 +12,7 @@ import os
 import matplotlib.pyplot as plt
 import numpy as np
 
-from ntklab.studies import representation as R
+from ntklab.lab.studies import representation as R
 
 FAST = os.environ.get("NTKLAB_DOCS_FAST") == "1"
 d, p = 10, 4

@@ -10,8 +10,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from ntklab.kernels.spectrum import inverse_largest_eigenvalue
-from ntklab.studies import quadratic as Q
+from ntklab.lab.spectrum import inverse_largest_eigenvalue
+from ntklab.lab.studies import quadratic as Q
 
 g = torch.Generator().manual_seed(0)
 x = torch.randn(46, 3, generator=g, dtype=torch.float64)

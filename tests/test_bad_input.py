@@ -13,8 +13,9 @@ from click.testing import CliRunner
 from torch import nn
 
 import ntklab as nk
-from ntklab import experiments, predict
-from ntklab.cli import main
+from ntklab import predict
+from ntklab.lab import experiments
+from ntklab.lab.cli import main
 from ntklab.kernels import KernelStore, compute_kernel
 from ntklab.kernels import engine
 
@@ -156,7 +157,7 @@ def test_cli_device_and_destination_are_checked_before_any_work(tmp_path):
 
 
 def test_cntk_table_validates_the_scheduler_before_any_work(tmp_path, monkeypatch):
-    from ntklab.experiments import cntk_table
+    from ntklab.lab.experiments import cntk_table
 
     def no_work(*args, **kwargs):
         raise AssertionError("data loaded before the options were validated")

@@ -155,15 +155,50 @@ def test_the_import_graph_has_no_cycle_and_arch_does_not_import_kernels():
         visit(unit, [])
 
 
+# Tiers, lowest first: a part may import only parts of lower tiers (data flows one way:
+# architecture/kernel -> solver/trainer -> theory and estimators -> the lab).
+TIERS = {"_core": 0, "arch": 1, "kernels": 2, "predict": 2, "training": 3, "theory": 3, "sklearn": 3,
+         "lab": 4}
+
+
+def upward_edges(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    return sorted((unit, target) for unit, targets in graph.items() for target in targets
+                  if TIERS[target] >= TIERS[unit])
+
+
+def test_every_part_imports_only_lower_tiers():
+    graph = package_graph()
+    assert set(graph) | {t for targets in graph.values() for t in targets} <= set(TIERS)
+    assert upward_edges(graph) == []
+    # negative control: the library importing the lab is caught
+    assert upward_edges({**graph, "predict": {"lab"}}) == [("predict", "lab")]
+
+
+def private_imports() -> list[str]:
+    """`from <another module> import _name` anywhere in src (a module's private names are its own)."""
+    root = Path(nk.__file__).parent
+    found = []
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                found += [f"{path.relative_to(root)}: {alias.name}" for alias in node.names
+                          if alias.name.startswith("_") and not alias.name.startswith("__")]
+    return found
+
+
+def test_no_module_imports_another_modules_private_names():
+    assert private_imports() == []
+
+
 def test_import_ntklab_stays_light():
     code = ("import sys, ntklab; heavy = [m for m in ('sklearn', 'matplotlib', 'dask', 'distributed', "
             "'zarr', 'pandas', 'click') if m in sys.modules]; assert not heavy, heavy; "
-            "import ntklab.arch, ntklab.tiling")
+            "import ntklab.arch, ntklab._core.tiling")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_a_missing_extra_says_which_to_install():
-    from ntklab._extras import import_extra
+    from ntklab._core.extras import import_extra
     with pytest.raises(ImportError, match=r"needs no_such_module, from the \[engine\] extra: "
                                           r"pip install 'ntklab\[engine\]'"):
         import_extra("no_such_module", "engine")

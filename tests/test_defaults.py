@@ -14,11 +14,11 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import ntklab as nk
-from ntklab import _validation
+from ntklab._core import validation as _validation
 from ntklab.kernels import autotune, compute_kernel, empirical
 from ntklab.kernels.model_inputs import select_parameters
 from ntklab.kernels.structured import Plan
-from ntklab.tiling import tiled_pairs
+from ntklab._core.tiling import tiled_pairs
 
 GIB = 2 ** 30
 
@@ -28,7 +28,7 @@ def test_max_memory_has_one_default_of_one_gib(monkeypatch):
     functions = [nk.Serial.kernel, compute_kernel, nk.empirical_ntk, nk.train]
     assert {inspect.signature(f).parameters["max_memory"].default for f in functions} == {None}
     assert _validation.parse_memory(None) == _validation.DEFAULT_MAX_MEMORY == GIB
-    from ntklab.cli import kernel as cli_kernel
+    from ntklab.lab.cli import kernel as cli_kernel
     cli_default = next(p.default for p in cli_kernel.params if p.name == "max_memory")
     assert _validation.parse_memory(cli_default) == GIB
 

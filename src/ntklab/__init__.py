@@ -5,19 +5,20 @@ estimators (`ntklab.sklearn`), the experiments and the CLI load their own extras
 when imported."""
 from importlib import import_module
 
-from ._extras import import_extra
+from ._core.extras import import_extra
 
 from .arch import *  # noqa: F401,F403  -- the layer registry's public names
 from .arch import PUBLIC as _LAYER_NAMES
-from . import conventions, kernels, predict
+from . import kernels, predict
+from ._core import conventions
 from .kernels.empirical import empirical_ntk
 from .kernels.monte_carlo import empirical_nngp, monte_carlo_kernel
-from .linearize import Linearized, TaylorExpansion, linearize, taylor_expand
-from .finite_width_theory import Criticality, FiniteWidthStatistics, criticality, finite_width
-from .dntk_theory import DDNTKStatistics, DNTKStatistics, ddntk_statistics, dntk_statistics
-from .ntk_hierarchy import NTKHierarchy, nearly_kernel_flow, ntk_hierarchy, train_gradient_flow
-from .ensemble_theory import EnsembleMean, ensemble_mean_flow
-from .train import TrainingHistory, train
+from .training.taylor import Linearized, TaylorExpansion, linearize, taylor_expand
+from .theory.finite_width import Criticality, FiniteWidthStatistics, criticality, finite_width
+from .theory.dntk import DDNTKStatistics, DNTKStatistics, ddntk_statistics, dntk_statistics
+from .theory.hierarchy import NTKHierarchy, nearly_kernel_flow, ntk_hierarchy, train_gradient_flow
+from .theory.ensemble import EnsembleMean, ensemble_mean_flow
+from .training.loop import TrainingHistory, train
 
 __version__ = "0.2.0"
 

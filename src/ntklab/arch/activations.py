@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .._validation import positive
+from .._core.validation import positive
 from .fused import fusible
 from .layer import Layer
 from .state import KernelState

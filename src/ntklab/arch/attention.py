@@ -24,7 +24,7 @@ import math
 import torch
 from torch import nn
 
-from .._validation import one_of, positive, positive_int
+from .._core.validation import one_of, positive, positive_int
 from .layer import Layer
 from .state import KernelState
 

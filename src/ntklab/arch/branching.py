@@ -23,7 +23,7 @@ import math
 import torch
 from torch import nn
 
-from .._validation import positive_int
+from .._core.validation import positive_int
 from .layer import Layer, channel_axis
 from .serial import Container, check_branching, located
 from .state import KernelState

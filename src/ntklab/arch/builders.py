@@ -1,7 +1,7 @@
 """Architecture builders for the shapes the experiments and estimators use."""
 from __future__ import annotations
 
-from .._validation import positive_int
+from .._core.validation import positive_int
 from .activations import Relu
 from .dense import Dense
 from .layer import Layer

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from numpy.polynomial import hermite_e, polynomial
 
-from .._validation import positive
+from .._core.validation import positive
 from .activations import Activation, arc_cosine_angle
 
 

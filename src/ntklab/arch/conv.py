@@ -24,7 +24,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .._validation import one_of, positive_int
+from .._core.validation import one_of, positive_int
 from .dense import Affine
 from .layer import Layer
 from .state import KernelState

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .._validation import hyperparameter, one_of, positive_int
+from .._core.validation import hyperparameter, one_of, positive_int
 from .layer import Layer
 from .state import KernelState
 

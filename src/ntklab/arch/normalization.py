@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._validation import positive
+from .._core.validation import positive
 from .layer import Layer, channel_axis
 from .state import KernelState
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._validation import one_of
+from .._core.validation import one_of
 from .conv import image_state, check_window_fits, pad_images, pair_tuple
 from .layer import Layer
 from .state import KernelState

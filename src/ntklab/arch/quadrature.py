@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from scipy.special import roots_hermitenorm
 
-from .._validation import positive_int
+from .._core.validation import positive_int
 from .activations import Activation
 
 

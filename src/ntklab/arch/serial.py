@@ -10,9 +10,9 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .._validation import (as_inputs, check_result_fits, check_same_features, input_dtype,
+from .._core.validation import (as_inputs, check_result_fits, check_same_features, input_dtype,
                            parse_memory, positive_int, resolve_device)
-from ..tiling import tiled_pairs
+from .._core.tiling import tiled_pairs
 from .layer import ArchitectureError, Layer
 from .numerics import in_float_range, out_of_range_message
 from .state import Kernel, KernelState
@@ -280,7 +280,7 @@ class Serial(Container):
 
         Computed by the layer recursions in blocks of pairs (`block_size` rows and
         columns, by default the largest whose layer states fit in `max_memory`, default
-        None: ntklab's one default, 1 GiB, `ntklab._validation.DEFAULT_MAX_MEMORY`; a
+        None: ntklab's one default, 1 GiB, `ntklab._core.validation.DEFAULT_MAX_MEMORY`; a
         GlobalAvgPool network carries `[HW x HW]` numbers per pair), so working
         memory stays bounded for any N.  On CPU the blocks are shared by `workers` threads
         (default: torch's thread count), each running torch single-threaded: the recursions

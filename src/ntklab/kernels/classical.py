@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .._validation import DEFAULT_DTYPE, as_matrix, check_same_features, positive, positive_int
+from .._core.validation import DEFAULT_DTYPE, as_matrix, check_same_features, positive, positive_int
 
 
 class _PairwiseKernel:

@@ -29,7 +29,7 @@ NTK", name the same three for JAX):
 `implementation="auto"` counts the floating-point operations of the candidates on
 small probes (`ntklab.kernels.autotune`, as neural-tangents counts FLOPs) and uses the
 one with the fewest at the requested sizes: a choice by shapes, never by timings, so
-the default is reproducible bitwise.  Samples are tiled (`ntklab.tiling.Tiling`, upper tiles only for x2=None) so
+the default is reproducible bitwise.  Samples are tiled (`ntklab._core.tiling.Tiling`, upper tiles only for x2=None) so
 the working memory (beyond the result itself) stays under `max_memory`.
 
 Modules: `model_inputs` (input policy), `contractions`, `structured` (features and
@@ -43,8 +43,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._validation import check_result_fits, parse_memory
-from ..tiling import Tiling, store_tile
+from .._core.validation import check_result_fits, parse_memory
+from .._core.tiling import Tiling, store_tile
 from .autotune import choose
 from .contractions import MODES
 from .model_inputs import check_model, model_input, reference_tensor, select_parameters, takes_indices

@@ -58,14 +58,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .._extras import import_extra
-from .._validation import (as_inputs, check_same_features, input_dtype, parse_memory, positive_int,
+from .._core.extras import import_extra
+from .._core.validation import (as_inputs, check_same_features, input_dtype, parse_memory, positive_int,
                            resolve_device)
 from ..arch.serial import Serial, canonical_get
 from ..arch.spec import parse_architecture
-from ..files import (atomic_write_bytes, check_writable, default_mode, discard_folder,
+from .._core.files import (atomic_write_bytes, check_writable, default_mode, discard_folder,
                      make_temporary_folder, remove_stale_staging)
-from ..tiling import Tile, Tiling
+from .._core.tiling import Tile, Tiling
 
 try:
     import fcntl

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._validation import input_device, input_dtype, positive_int
+from .._core.validation import input_device, input_dtype, positive_int
 from ..arch.serial import Serial, canonical_get
 from .empirical import empirical_ntk
 from .model_inputs import check_model, model_input, reference_tensor, takes_indices

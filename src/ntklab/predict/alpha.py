@@ -7,7 +7,7 @@ from typing import Sequence
 
 import torch
 
-from .._validation import as_targets, as_tensor, one_of, positive, positive_int, record_steps
+from .._core.validation import as_targets, as_tensor, one_of, positive, positive_int, record_steps
 from .linalg import square_kernel
 
 

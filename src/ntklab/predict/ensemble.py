@@ -7,9 +7,9 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .._validation import as_inputs, as_targets, input_dtype, positive
+from .._core.validation import as_inputs, as_targets, input_dtype, positive
 from ..arch.serial import Serial, canonical_get
-from ..conventions import prediction_times
+from .._core.conventions import prediction_times
 from .linalg import GradientFlow
 
 

@@ -42,9 +42,9 @@ import torch
 from scipy.integrate import solve_ivp
 from tqdm.auto import tqdm
 
-from .._validation import as_tensor, positive
-from ..conventions import prediction_times
-from ..tiling import PROGRESS_DELAY
+from .._core.validation import as_tensor, positive
+from .._core.conventions import prediction_times
+from .._core.tiling import PROGRESS_DELAY
 from .linalg import Factorization, GradientFlow, checked_kernel, square_kernel
 
 Prediction = tuple["torch.Tensor | None", "torch.Tensor | None"]

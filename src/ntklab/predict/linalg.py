@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from .._validation import DEFAULT_DTYPE, as_tensor, as_targets, positive, positive_int
+from .._core.validation import DEFAULT_DTYPE, as_tensor, as_targets, positive, positive_int
 
 
 def add_diagonal_regularizer(k: torch.Tensor, diag_reg: float,

@@ -1,0 +1,168 @@
+"""The `ntklab` command: list and run experiments, compute kernels from files."""
+from __future__ import annotations
+
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .._core.extras import import_extra
+
+click = import_extra("click", "lab")   # the command line is part of the lab extra
+
+from . import experiments  # noqa: E402
+from ..arch.spec import parse_architecture  # noqa: E402
+from .data import load_array  # noqa: E402
+from ..kernels.engine import check_scheduler, compute_kernel  # noqa: E402
+from .._core.files import atomic_write_bytes, check_writable  # noqa: E402
+
+
+def _fail(err: Exception) -> None:
+    raise click.ClickException(str(err))
+
+
+def _flag(ctx: "click.Context", name: str) -> str | None:
+    """The flag of option `name` when the user gave it ("--verify/--no-verify"), else None."""
+    if ctx.get_parameter_source(name) in (None, click.core.ParameterSource.DEFAULT):
+        return None
+    param = next(p for p in ctx.command.params if p.name == name)
+    return "/".join(param.opts + param.secondary_opts)
+
+
+def _check_kernel_out(ctx: "click.Context", out: Path, overwrite: bool) -> None:
+    """`ntklab kernel --out` before any work: a .npz or .zarr path in a writable folder; flags
+    that only a .zarr store uses are refused with .npz; an existing .npz is replaced only
+    with --overwrite; an existing .zarr store is resumed, or with --overwrite replaced (only
+    a kernel store: any other folder is refused).  The scheduler is checked here too."""
+    if out.suffix not in (".npz", ".zarr"):
+        raise ValueError(f"--out must end in .npz or .zarr, got {str(out)!r}")
+    if out.suffix == ".zarr":
+        if overwrite and out.exists() and not (out / "ntklab.json").is_file():
+            raise ValueError(f"--out {str(out)!r} is not a kernel store (no ntklab.json), so "
+                             f"--overwrite leaves it alone; choose another path")
+        check_scheduler(ctx.params["scheduler"], ctx.params["workers"])
+    else:
+        for name in ("scheduler", "workers", "tile_size", "verify"):
+            if (flag := _flag(ctx, name)) is not None:
+                raise ValueError(f"{flag} applies to .zarr output only (a .npz is computed in "
+                                 f"memory, in this process); drop {flag} or write --out DIR.zarr")
+        if out.is_dir():
+            raise ValueError(f"--out {str(out)!r} is a folder; choose a file path ending in .npz")
+        if out.exists() and not overwrite:
+            raise ValueError(f"--out {str(out)!r} already exists; choose another path or pass "
+                             f"--overwrite to replace it")
+    check_writable(out, "--out")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="ntklab")
+def main() -> None:
+    """ntklab: neural networks seen through their kernels (NNGP, NTK)."""
+
+
+@main.command("list")
+@click.option("--names", is_flag=True, help="Only the names, one per line (for scripts).")
+def list_experiments(names: bool) -> None:
+    """List the reproducible experiments."""
+    for name, experiment in sorted(experiments.REGISTRY.items()):
+        click.echo(name if names else f"{name:20s} {experiment.summary}")
+
+
+@main.command()
+@click.argument("name")
+@click.option("--seed", default=0, show_default=True, help="Random seed (runs are deterministic).")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Run folder to create [default: runs/NAME-seedSEED].")
+@click.option("--device", default=None, help="cpu, cuda, cuda:1 or auto.")
+@click.option("--quick", is_flag=True, help="Small settings (seconds), for tests and previews.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing run folder.")
+@click.option("--data", default=None, help="Dataset, for experiments that take one "
+              "(cntk-table, resnet-kernels: digits or cifar10:DIR with the CIFAR-10 binary batches).")
+@click.option("--train-size", type=click.IntRange(min=1), default=None, help="Training images (subset).")
+@click.option("--test-size", type=click.IntRange(min=1), default=None, help="Test images (subset).")
+@click.option("--scheduler", default=None, help="Kernel tiles: local, processes, or a Dask "
+              "scheduler tcp://host:port (experiments with tiled kernels).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Processes for --scheduler processes [default: one per CPU].")
+def run(name: str, seed: int, out: Path | None, device: str | None, quick: bool,
+        overwrite: bool, data: str | None, train_size: int | None, test_size: int | None,
+        scheduler: str | None, workers: int | None) -> None:
+    """Run experiment NAME, writing config.json, metrics.csv, figures/ and report.md."""
+    out = out or Path("runs") / f"{name}-seed{seed}{'-quick' if quick else ''}"
+    try:
+        summary = experiments.run(name, out, seed=seed, quick=quick, device=device,
+                                  overwrite=overwrite, data=data, train_size=train_size,
+                                  test_size=test_size, scheduler=scheduler, workers=workers)
+    except ValueError as err:
+        _fail(err)
+    click.echo(json.dumps(summary, indent=2, default=str))
+    click.echo(f"wrote {out}/ (report.md, metrics.csv, config.json, figures/)")
+
+
+@main.command()
+@click.option("--arch", required=True,
+              help="Layers, e.g. 'Dense(512, W_std=1.5, b_std=0.05), Relu(), Dense(1)' or "
+                   "'Conv(64, (3, 3), padding=\"SAME\"), Relu(), GlobalAvgPool(), Dense(1)'.")
+@click.option("--x1", "x1_path", required=True, type=click.Path(path_type=Path),
+              help="Inputs [N1, d] or NCHW images [N1, C, H, W] (.npy, .npz or .csv).")
+@click.option("--x2", "x2_path", type=click.Path(path_type=Path), default=None,
+              help="Inputs [N2, ...]; omitted: x1 with itself.")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Output: FILE.npz (arrays nngp, ntk, computed in memory) or DIR.zarr "
+                   "(tiled, resumable: run the same command again after an interruption).")
+@click.option("--get", type=click.Choice(["both", "nngp", "ntk"]), default="both",
+              show_default=True)
+@click.option("--device", default=None, help="cpu, cuda or auto (auto: on each Dask worker).")
+@click.option("--tile-size", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Rows/columns per tile (.zarr).")
+@click.option("--scheduler", default="local", show_default=True,
+              help="For .zarr: local, processes, or a Dask scheduler address tcp://host:port.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Processes for --scheduler processes [default: one per CPU].")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="For .zarr: check finished tiles against their checksums and recompute damaged ones.")
+@click.option("--max-memory", default="1GiB", show_default=True,
+              help="Working memory of one block of pairs (e.g. 512MiB, 4GB).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing .npz file, or start an existing .zarr store anew "
+                   "(without it a .zarr store of the same computation is resumed).")
+@click.pass_context
+def kernel(ctx: click.Context, arch: str, x1_path: Path, x2_path: Path | None, out: Path, get: str,
+           device: str | None, tile_size: int, scheduler: str, workers: int | None,
+           verify: bool, max_memory: str, overwrite: bool) -> None:
+    """Compute the infinite-width NNGP/NTK of an architecture between input files."""
+    get_names = ("nngp", "ntk") if get == "both" else (get,)
+    try:
+        _check_kernel_out(ctx, out, overwrite)   # before any work
+        net = parse_architecture(arch)
+        x1 = load_array(x1_path, "x1")
+        x2 = None if x2_path is None else load_array(x2_path, "x2")
+        if out.suffix == ".zarr":
+            store = compute_kernel(net, x1, x2, store=out, get=get_names, tile_size=tile_size,
+                                   scheduler=scheduler, workers=workers, device=device,
+                                   max_memory=max_memory, progress=sys.stderr.isatty() or None,
+                                   verify=verify, overwrite=overwrite)
+            click.echo(f"wrote {out}: {', '.join(store.names)} {store.shape}, "
+                       f"{len(store.tiles())} tiles (read with ntklab.kernels.KernelStore.open)")
+            return
+        result = net.kernel(x1, x2, get_names, device=device, max_memory=max_memory,
+                            progress=sys.stderr.isatty())
+    except ValueError as err:
+        _fail(err)
+    arrays = {g: getattr(result, g).cpu().numpy() for g in ("nngp", "ntk")
+              if getattr(result, g) is not None}
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    try:
+        atomic_write_bytes(out, buffer.getvalue())   # all or nothing: no half-written .npz
+    except OSError as err:
+        _fail(ValueError(f"--out {str(out)!r} could not be written ({err.strerror or err}); "
+                         f"nothing was written there: free some space or choose another path"))
+    shapes = ", ".join(f"{g} {a.shape}" for g, a in arrays.items())
+    click.echo(f"wrote {out}: {shapes}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""`ntklab run resnet-kernels` -- kernels of the architectures people actually train, beside
+the plain CNTKs of Arora et al. (2019): a residual CNTK with global average pooling (a
+WideResNet-style network, Novak et al. 2020's flagship example) and a Myrtle-style CNTK with
+local average pooling (Shankar et al. 2020, "Neural kernels without tangents").
+
+Columns (NTK parameterization, W_std = sqrt 2, b_std = 0, C channels irrelevant at infinite
+width; kernel regression exactly as in `cntk-table`: one-hot targets 0.9 / -0.1, no ridge,
+arg-max), at each depth L (conv layers + 1 of the plain CNTKs):
+  * CNTK-V, CNTK-GAP: cntk-table's columns ([Conv 3x3 SAME, ReLU] x (L-1), Flatten or GAP,
+    Dense; GAP with the paper's "fix");
+  * ResNet-GAP: Conv, then residual blocks [ReLU, Conv, ReLU, Conv] + identity
+    (`FanOut(2)`, `parallel(..., Identity())`, `FanInSum()`), split in two stages with
+    AvgPool 2x2 stride 2 between, ReLU, GlobalAvgPool, Dense; (L-1)/2 blocks in all (at least 2);
+  * Myrtle: [Conv, ReLU] stages each followed by AvgPool 2x2 stride 2 until the image is 2x2
+    or smaller (L-1 conv layers spread over the stages), GlobalAvgPool, Dense.
+Each architecture's NTK goes through the tiled engine (zarr stores, resumable);
+`--data cifar10:DIR` reads CIFAR-10 as `cntk-table` does.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import matplotlib.pyplot as plt
+import torch
+
+import ntklab as nk
+from ..data import ImageTask, image_task
+from ...kernels.engine import check_scheduler
+from ..report import RunFolder, claims_table, markdown_table
+from . import register
+from .cntk_table import architecture as plain_cntk, cntk_accuracy, kernel_stores
+
+COLUMNS = ("CNTK-V", "CNTK-GAP", "ResNet-GAP", "Myrtle")
+W_STD = math.sqrt(2.0)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings of this experiment (the defaults are the full run)."""
+    depths: tuple = (5, 9)
+    train_size: int = 240
+    test_size: int = 160
+    tile_size: int = 64
+
+    @classmethod
+    def quick(cls) -> "Config":
+        """Small settings for tests and previews (seconds)."""
+        return cls(depths=(5,), train_size=40, test_size=30, tile_size=32)
+
+
+def conv() -> nk.Conv:
+    return nk.Conv(16, (3, 3), padding="SAME", W_std=W_STD, b_std=0.0)
+
+
+def resnet(depth: int, n_classes: int) -> nk.Serial:
+    """Conv, residual blocks in two stages with a stride-2 AvgPool between, ReLU, GAP, Dense."""
+    blocks = max(2, (depth - 1) // 2)
+
+    def block():
+        return nk.serial(nk.FanOut(2), nk.parallel(nk.serial(nk.Relu(), conv(), nk.Relu(), conv()),
+                                                   nk.Identity()), nk.FanInSum())
+    first = blocks // 2
+    return nk.serial(conv(), *[block() for _ in range(first)], nk.AvgPool((2, 2), strides=(2, 2)),
+                     *[block() for _ in range(blocks - first)], nk.Relu(), nk.GlobalAvgPool(),
+                     nk.Dense(n_classes, W_std=1.0, b_std=0.0))
+
+
+def myrtle(depth: int, image_size: int, n_classes: int) -> nk.Serial:
+    """[Conv, ReLU] x k then AvgPool 2x2 / 2, stage after stage until the image is at most 2x2,
+    the L - 1 conv layers spread evenly over the stages; GAP, Dense."""
+    stages = max(1, int(math.log2(image_size)) - 1)
+    per_stage = [(depth - 1) // stages + (i < (depth - 1) % stages) for i in range(stages)]
+    layers = []
+    for count in per_stage:
+        for _ in range(max(1, count)):
+            layers += [conv(), nk.Relu()]
+        layers.append(nk.AvgPool((2, 2), strides=(2, 2)))
+    return nk.serial(*layers, nk.GlobalAvgPool(), nk.Dense(n_classes, W_std=1.0, b_std=0.0))
+
+
+def architectures(depth: int, task: ImageTask) -> dict[str, nk.Serial]:
+    n_classes, size = task.n_classes, task.x_train.shape[-1]
+    return {"CNTK-V": plain_cntk(depth, "V", channels=16, n_classes=n_classes),
+            "CNTK-GAP": plain_cntk(depth, "GAP", channels=16, n_classes=n_classes, fix=True),
+            "ResNet-GAP": resnet(depth, n_classes), "Myrtle": myrtle(depth, size, n_classes)}
+
+
+@register("resnet-kernels", "Residual CNTK-GAP and Myrtle-style CNTK (local AvgPool) beside the plain "
+          "CNTK-V / CNTK-GAP", devices=("cpu", "cuda"))
+def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device | str, data: str = "digits",
+        train_size: int | None = None, test_size: int | None = None, scheduler: str | None = None,
+        workers: int | None = None) -> dict:
+    check_scheduler(scheduler, workers)
+    cfg = Config.quick() if quick else Config()
+    task = image_task(data, train_size, test_size, seed=seed, defaults=(cfg.train_size, cfg.test_size))
+    stores = kernel_stores(folder, task, cfg)
+    started = time.perf_counter()
+    metrics, table = [], {}
+    for depth in cfg.depths:
+        table[depth] = {}
+        for column, net in architectures(depth, task).items():
+            print(f"[resnet-kernels] depth {depth} {column}", file=sys.stderr, flush=True)
+            acc, details = cntk_accuracy(task, net, stores, f"{task.name}-seed{seed}-{column}-depth{depth}",
+                                         cfg, scheduler, workers, device)
+            table[depth][column] = acc
+            metrics.append({"depth": depth, "column": column, "test_accuracy": acc,
+                            "architecture": repr(net), **details})
+    seconds = time.perf_counter() - started
+    rows = [{"depth": d, **{c: round(100 * table[d][c], 2) for c in COLUMNS}} for d in table]
+    folder.write_csv("metrics.csv", metrics)
+    folder.write_csv("table.csv", rows)
+    folder.write_text("table.md", markdown_table(rows, ["depth", *COLUMNS]) + "\n")
+    figure = _figure(folder, table, task.name)
+    stderr = 100 * math.sqrt(0.25 / len(task.y_test))
+    folder.config.update({"data": data, "task": task.description, **asdict(cfg),
+                          "train_size": len(task.y_train), "test_size": len(task.y_test),
+                          "kernel_stores": RunFolder.STORES})
+    folder.write_text("report.md", _report(task, cfg, rows, metrics, figure, stderr, seconds,
+                                           f"{RunFolder.STORES}/ inside this run folder"))
+    return {"test_accuracy_percent": {d: {c: round(100 * table[d][c], 2) for c in COLUMNS} for d in table},
+            "seconds": round(seconds, 1)}
+
+
+def _figure(folder: RunFolder, table: dict, data_name: str) -> str:
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    depths = sorted(table)
+    width = 0.8 / len(COLUMNS)
+    for i, column in enumerate(COLUMNS):
+        ax.bar([j + i * width for j in range(len(depths))], [100 * table[d][column] for d in depths],
+               width, label=column, color=f"C{i}")
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(depths))], [f"depth {d}" for d in depths])
+    low = min(100 * v for row in table.values() for v in row.values())
+    ax.set_ylim(max(0.0, low - 5), 100)
+    ax.set_ylabel(f"test accuracy (%), {data_name}")
+    ax.set_xlabel("network depth (conv layers)")
+    ax.set_title("Kernel regression with the NTK of four architectures")
+    ax.legend(fontsize=8, ncol=4, loc="lower center")
+    ax.grid(alpha=0.3, axis="y")
+    return folder.save_figure("accuracy", fig)
+
+
+def _report(task, cfg, rows, metrics, figure, stderr, seconds, stores) -> str:
+    times = [{"depth": d, **{m["column"]: round(m["kernel_seconds"], 1) for m in metrics if m["depth"] == d}}
+             for d in cfg.depths]
+    claims = []
+    for row in rows:
+        best = max(COLUMNS, key=lambda c: row[c])
+        spread = max(row[c] for c in COLUMNS) - min(row[c] for c in COLUMNS)
+        claims.append({"claim": f"depth {row['depth']}: residual and local-pooling kernels (ResNet-GAP, Myrtle) beside "
+                                "CNTK-V and CNTK-GAP",
+                       "source": "Novak et al. 2020; Shankar et al. 2020 (CIFAR-10: local pooling helps)",
+                       "measured": ", ".join(f"{c} {row[c]:.1f}" for c in COLUMNS) + f" % (best {best})",
+                       "verdict": ("resolved" if spread > 2 * stderr else
+                                   f"not resolved: spread {spread:.1f} points <= 2 s.e. ({2 * stderr:.1f})")})
+    return "\n".join([
+        "# Residual and local-pooling CNTKs beside the plain ones", "",
+        claims_table(claims), "",
+        f"Data: {task.description}. Test accuracy in %, kernel regression with each architecture's "
+        f"infinite-width NTK (one-hot 0.9 / -0.1 targets, no ridge, arg-max, as in cntk-table); "
+        f"binomial standard error about ±{stderr:.1f} points at 50% accuracy, less near 100%.", "",
+        markdown_table(rows, ["depth", *COLUMNS]), "",
+        f"![accuracy]({figure})", "",
+        "## Architectures", "",
+        "- CNTK-V, CNTK-GAP: cntk-table's ([Conv 3x3 SAME, W_std sqrt 2, b_std 0, ReLU] x (L-1), "
+        "Flatten or GlobalAvgPool, Dense; GAP with first and last layers fixed).",
+        "- ResNet-GAP: Conv, residual blocks [ReLU, Conv, ReLU, Conv] + identity in two stages with "
+        "AvgPool 2x2 stride 2 between, ReLU, GlobalAvgPool, Dense; max(2, (L-1)//2) blocks.",
+        "- Myrtle: [Conv, ReLU] stages each followed by AvgPool 2x2 stride 2 until the image is at "
+        "most 2x2 (L-1 conv layers spread over the stages), GlobalAvgPool, Dense.",
+        "- The exact architecture of every cell is in `metrics.csv` (`architecture`, the --arch "
+        "grammar: `ntklab kernel --arch` computes it).", "",
+        "## Cost", "",
+        f"Kernel seconds per cell (train and test kernels, tiled engine, stores in `{stores}`, "
+        f"tile {cfg.tile_size}); {seconds:.0f} s in all:", "",
+        markdown_table(times, ["depth", *COLUMNS]), ""])
