@@ -7,7 +7,7 @@ TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-slow test-all test-floors bench reference docs docs-fast docs-runs clean
+.PHONY: run test lint test-slow test-all test-floors bench reference docs docs-fast docs-runs clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,12 @@ PYTEST := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n auto --maxprocesses=4
 
 test: $(STAMP)
 	$(PYTEST)
+
+# ruff (pycodestyle, pyflakes, bugbear, complexity <= 10, numpy docstrings) and mypy on the package
+lint: $(STAMP)
+	$(BIN)/pip install --quiet -e ".[lint]"
+	$(BIN)/ruff check src tests benchmarks examples docs
+	$(BIN)/mypy
 
 test-slow: $(STAMP)
 	$(PYTEST) -m slow
