@@ -112,6 +112,13 @@ def architectures(stax) -> dict:
         "conv/strided_circular": lambda: stax.serial(
             conv(32, strides=(2, 2), padding="SAME"), stax.Relu(), conv(32, padding="CIRCULAR"), stax.Relu(),
             conv(32, (2, 2), padding="VALID"), stax.Relu(), stax.GlobalAvgPool(), dense(1)),
+        "conv/concat_unequal": lambda: stax.serial(   # Inception-style: 16 + 32 channels
+            conv(24, padding="SAME"), stax.Relu(), stax.FanOut(2),
+            stax.parallel(conv(16, padding="SAME"),
+                          stax.serial(conv(40, (1, 1)), stax.Relu(), conv(32, padding="SAME"))),
+            stax.FanInConcat(), stax.Conv(8, (3, 3), padding="SAME", W_std=W, b_std=B,
+                                          parameterization="standard"),
+            stax.Relu(), stax.Flatten(), dense(1)),
         "attn/transformer": lambda: stax.serial(
             dense(64), stax.GlobalSelfAttention(64, 64, 64, n_heads=4, linear_scaling=True,
                                                 attention_mechanism="SOFTMAX", b_std=None),

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .._core.validation import positive
+from .conv import flatten_state
 from .fused import fusible
 from .layer import Layer
 from .state import KernelState
@@ -58,11 +59,15 @@ class Activation(Layer):
         return ActivationModule(self.fn, repr(self)), in_shape
 
     def kernel_map(self, k: KernelState) -> KernelState:
-        """Requires Gaussian inputs (`k.is_gaussian`); the outputs are not Gaussian."""
+        """Requires Gaussian inputs (`k.is_gaussian`); the outputs are not Gaussian.  After
+        `Flatten` of images or sequences it maps each position's pairs (`k.positions`) and
+        averages them again (phi commutes with flattening)."""
         if not k.is_gaussian:
             raise ValueError(f"{self!r}: the input to an activation must be Gaussian (the output "
                              f"of nk.Dense or nk.Conv); put a Dense/Conv layer before it, e.g. "
                              f"nk.serial(nk.Dense(512), {self!r}, ...)")
+        if k.positions is not None:
+            return flatten_state(self.kernel_map(k.positions))
         nngp, ntk = dual_update(self, k.nngp, *k.pair_variances(), k.ntk, fused=k.fused)
         var1, var2 = k.map_variances(lambda var: self.dual(var, *k.self_variances(var), False)[0])
         return k.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, is_gaussian=False)

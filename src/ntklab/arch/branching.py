@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .._core.validation import positive_int
+from .conv import flatten_state
 from .layer import Layer, channel_axis
 from .serial import Container, check_branching, located
 from .state import KernelState
@@ -183,6 +184,22 @@ def parallel(*layers: Layer) -> Parallel:
     return Parallel(*layers)
 
 
+def _sample_channel_axis(shape: tuple[int, ...]) -> int:
+    """The channel axis of one sample's shape (no batch axis): 0 for images `(C, H, W)`, the
+    last one for vectors `(d,)` and token sequences `(T, C)`."""
+    return channel_axis(shape) - 1 if len(shape) == 3 else len(shape) - 1
+
+
+def _at_each_position(k: KernelState, like: KernelState) -> KernelState:
+    """A vector state `k` as the same-position layout of `like` (a flattened branch's):
+    every feature of a vector branch has the same kernel, so each position gets `k`'s."""
+    ones = (1,) * len(like.spatial)
+    spread = lambda t: t.reshape(*t.shape, *ones).expand(*t.shape, *like.spatial).contiguous()  # noqa: E731
+    var1, var2 = k.map_variances(spread)
+    return k.replace(nngp=spread(k.nngp), ntk=k.map_ntk(spread), var1=var1, var2=var2,
+                     width=like.width, spatial=like.spatial, full=False)
+
+
 class _FanIn(Layer):
     """Merge the branches of a `FanOut` into one representation."""
 
@@ -191,7 +208,7 @@ class _FanIn(Layer):
 
     def _check_shapes(self, shapes: list, same_channels: bool) -> None:
         shapes = [tuple(s) for s in shapes]
-        axis = channel_axis(shapes[0]) % len(shapes[0])
+        axis = _sample_channel_axis(shapes[0])
         rest = {s[:axis] + s[axis + 1:] if not same_channels else s for s in shapes}
         if len({len(s) for s in shapes}) > 1 or len(rest) > 1:
             what = "shapes" if same_channels else "shapes apart from channels"
@@ -205,12 +222,30 @@ class _FanIn(Layer):
 
     def build(self, in_shape, generator, dtype):
         self._check_shapes(in_shape, self.mode != "concat")
-        axis = channel_axis(tuple(in_shape[0]))
         if self.mode != "concat":
             return FanInModule(self.mode), tuple(in_shape[0])
-        out = list(in_shape[0])
+        axis, out = _sample_channel_axis(tuple(in_shape[0])), list(in_shape[0])
         out[axis] = sum(shape[axis] for shape in in_shape)
-        return FanInModule("concat", axis), tuple(out)
+        return FanInModule("concat", channel_axis(tuple(in_shape[0]))), tuple(out)
+
+    def _per_position(self, ks: list[KernelState]) -> KernelState | None:
+        """For a merge acting on each feature (sum, product) of branches of which one or more
+        are flattened images or sequences (`KernelState.positions`): the merge of the branches'
+        same-position layouts, flattened; None when no branch is flattened.  A plain vector
+        branch is the same at every position; branches flattened from different layouts
+        (whose features pair up across positions) are refused."""
+        inner = [k.positions for k in ks if k.positions is not None]
+        if not inner:
+            return None
+        layouts = {(k.width, k.spatial) for k in inner}
+        if len(layouts) > 1:
+            raise ValueError(f"the branches are flattened from different layouts (channels, "
+                             f"positions) {sorted(layouts)}: their features pair up across "
+                             f"positions, which this kernel does not track; merge before Flatten "
+                             f"(or end each branch with a Dense layer)")
+        like = inner[0]
+        return flatten_state(self.kernel_map([_at_each_position(k, like) if k.positions is None
+                                              else k.positions for k in ks]))
 
 
 class FanInSum(_FanIn):
@@ -230,6 +265,8 @@ class FanInSum(_FanIn):
 
     def kernel_map(self, ks: list[KernelState]) -> KernelState:
         self._check_states(ks, same_channels=True)
+        if (merged := self._per_position(ks)) is not None:
+            return merged
         if len(ks) > 1 and not all(k.is_gaussian for k in ks):
             flags = [k.is_gaussian for k in ks]
             raise ValueError(f"FanInSum adds zero-mean Gaussian branches only (Gaussian: {flags}); "
@@ -264,6 +301,8 @@ class FanInProd(_FanIn):
 
     def kernel_map(self, ks: list[KernelState]) -> KernelState:
         self._check_states(ks, same_channels=True)
+        if (merged := self._per_position(ks)) is not None:
+            return merged
         nngp, ntk = ks[0].nngp, ks[0].ntk
         for k in ks[1:]:
             if ntk is not None:
@@ -334,4 +373,4 @@ class FanInConcat(_FanIn):
         var2 = var1 if symmetric else mean([k.var2 for k in ks])
         ntk = None if ks[0].ntk is None else mean([k.ntk for k in ks])
         return ks[0].replace(nngp=mean([k.nngp for k in ks]), ntk=ntk, var1=var1, var2=var2,
-                             width=total, symmetric=symmetric, is_gaussian=False)
+                             width=total, symmetric=symmetric, is_gaussian=False, positions=None)

@@ -247,26 +247,31 @@ class Conv(Affine):
         return self.output_state(self.affine_map(state, 1, lambda t: t))
 
 
-def _spatial_mean(t: torch.Tensor, k: KernelState, all_pairs: bool) -> torch.Tensor:
-    """Mean over pixel pairs of `[..., *pairs]`: all pairs, or same-pixel pairs only."""
-    n, n_spatial = math.prod(k.spatial), len(k.spatial)
+def same_position_pairs(k: KernelState) -> KernelState:
+    """The same-position layout (nngp `[N1, N2, *spatial]`, var1 `[N1, *spatial]`) of an image or
+    sequence state: `k` itself, or the diagonal of its all-position-pairs layout (`full`)."""
     if not k.full:
-        return t.flatten(-n_spatial).mean(-1)
-    t = t.flatten(-2 * n_spatial, -n_spatial - 1).flatten(-n_spatial)  # [..., P, P]
-    return t.mean((-2, -1)) if all_pairs else t.diagonal(0, -2, -1).sum(-1).div_(n)
+        return k
+    n_spatial, positions = len(k.spatial), math.prod(k.spatial)
+
+    def diagonal(t: torch.Tensor) -> torch.Tensor:
+        pairs = t.reshape(*t.shape[:-2 * n_spatial], positions, positions)
+        return pairs.diagonal(0, -2, -1).reshape(*t.shape[:-2 * n_spatial], *k.spatial)
+
+    var1, var2 = k.map_variances(diagonal)
+    return k.replace(nngp=diagonal(k.nngp), ntk=k.map_ntk(diagonal), var1=var1, var2=var2,
+                     full=False)
 
 
-class _Readout(Layer):
-    """Images -> vectors (a linear map: Gaussian inputs stay Gaussian); subclasses say
-    whether all pixel pairs are averaged (`needs_all_pixel_pairs`)."""
-
-    def kernel_map(self, k: KernelState) -> KernelState:
-        if not k.spatial:
-            return k
-        ntk = k.map_ntk(lambda t: _spatial_mean(t, k, self.needs_all_pixel_pairs))
-        var1, var2 = k.map_variances(lambda var: _spatial_mean(var, k, self.needs_all_pixel_pairs))
-        return k.replace(nngp=_spatial_mean(k.nngp, k, self.needs_all_pixel_pairs), ntk=ntk,
-                         var1=var1, var2=var2, width=self.out_width(k), spatial=(), full=False)
+def flatten_state(k: KernelState) -> KernelState:
+    """`Flatten`'s map of an image or sequence state `k`: the flattened vector's state, the mean
+    over same-position pairs, which keeps the same-position layout of `k` as its `positions`
+    (for a following activation, LayerNorm or product, which act on each position first)."""
+    inner = same_position_pairs(k)
+    mean = lambda t: t.flatten(-len(inner.spatial)).mean(-1)  # noqa: E731
+    var1, var2 = inner.map_variances(mean)
+    return inner.replace(nngp=mean(inner.nngp), ntk=inner.map_ntk(mean), var1=var1, var2=var2,
+                         width=inner.width * math.prod(inner.spatial), spatial=(), positions=inner)
 
 
 class FlattenModule(nn.Module):
@@ -289,11 +294,15 @@ class GlobalAvgPoolModule(nn.Module):
         return f"dims={self.dims}, {'sum' if self.total else 'mean'}"
 
 
-class Flatten(_Readout):
+class Flatten(Layer):
     """`Flatten()`: [N, C, H, W] -> [N, C*H*W] (the "vanilla" readout, CNN-V / CNTK-V).
 
     Kernel: `K_out = mean_i K[i, i]` over same-pixel pairs (neural-tangents divides by
-    H*W; Arora et al. sum, a constant factor that kernel regression does not see).
+    H*W; Arora et al. sum, a constant factor that kernel regression does not see).  The
+    state keeps the same-pixel pairs (`KernelState.positions`): an activation, LayerNorm,
+    FanInSum or FanInProd after `Flatten` acts on each pixel (token) pair before the mean, as
+    the finite network, where `Flatten` then `Relu` is `Relu` then `Flatten`.  On vectors
+    `Flatten` is the identity.
 
     Examples
     --------
@@ -306,11 +315,12 @@ class Flatten(_Readout):
     def build(self, in_shape, generator, dtype):
         return FlattenModule(), (math.prod(in_shape),)
 
-    def out_width(self, k: KernelState) -> int:
-        return k.width * math.prod(k.spatial)
+    def kernel_map(self, k: KernelState) -> KernelState:
+        """Vectors pass unchanged; images and sequences give `flatten_state(k)`."""
+        return flatten_state(k) if k.spatial else k
 
 
-class GlobalAvgPool(_Readout):
+class GlobalAvgPool(Layer):
     """`GlobalAvgPool()`: NCHW images [N, C, H, W] -> [N, C], the mean over pixels (CNN-GAP /
     CNTK-GAP); token sequences [N, T, C] -> [N, C], the mean over tokens.
 
@@ -343,17 +353,13 @@ class GlobalAvgPool(_Readout):
         if not k.full:
             raise ValueError(f"{self!r} needs the covariance of all position pairs: compute the "
                              f"kernel through nk.serial(...).kernel, which tracks them")
-        positions = math.prod(k.spatial)
-        k = super().kernel_map(k)
-        if self.total:  # sum = positions * mean in every copy: K scales by positions^2
-            scale = float(positions) ** 2
-            ntk = k.map_ntk(lambda t: t.mul_(scale))
-            var1, var2 = k.map_variances(lambda var: var * scale)
-            k = k.replace(nngp=k.nngp.mul_(scale), ntk=ntk, var1=var1, var2=var2)
-        return k
-
-    def out_width(self, k: KernelState) -> int:
-        return k.width
+        positions, n_spatial = math.prod(k.spatial), len(k.spatial)
+        # the mean over all position pairs; sum = positions * mean in every copy: K scales by positions^2
+        scale = float(positions) ** 2 if self.total else 1.0
+        pool = lambda t: t.flatten(-2 * n_spatial).mean(-1).mul_(scale)  # noqa: E731
+        var1, var2 = k.map_variances(pool)
+        return k.replace(nngp=pool(k.nngp), ntk=k.map_ntk(pool), var1=var1, var2=var2,
+                         spatial=(), full=False)
 
 
 class GlobalSumPool(GlobalAvgPool):

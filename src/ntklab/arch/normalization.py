@@ -6,7 +6,9 @@ Kernel: for zero-mean Gaussian inputs the channel mean vanishes and the channel 
 converges to `K(x, x)` at each position, so (neural-tangents' formula)
     K'(x, x')[p, q]     = K(x, x')[p, q] / sqrt((eps + K(x, x)[p, p]) (eps + K(x', x')[q, q])),
     Theta'(x, x')[p, q] = Theta(x, x')[p, q] / (the same),
-and the output is still Gaussian (a deterministic rescaling in the limit).
+and the output is still Gaussian (a deterministic rescaling in the limit).  After `Flatten`
+of images or sequences the channel axis is the flattened vector's: each position of x is
+divided by sqrt(eps + mean_p K(x, x)[p, p]), the flattened vector's variance.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import torch
 from torch import nn
 
 from .._core.validation import positive
+from .conv import flatten_state
 from .layer import Layer, channel_axis
 from .state import KernelState
 
@@ -76,13 +79,24 @@ class LayerNorm(Layer):
         if not k.is_gaussian:
             raise ValueError(f"{self!r} needs Gaussian inputs (the output of nk.Dense, nk.Conv or "
                              f"attention); put an affine layer before it")
-        v1, v2 = k.pair_variances()
-        scale = ((v1 + self.eps) * (v2 + self.eps)).rsqrt_()
+        if k.positions is None:
+            return self._rescale(k, *k.pair_variances(), k.self_variances(k.var1),
+                                 k.self_variances(k.var2))
+        # after Flatten: each position of x is divided by the flattened vector's deviation,
+        # sqrt(eps + mean over positions of K(x, x)) (the variances of this state)
+        inner, ones = k.positions, (1,) * len(k.positions.spatial)
+        v1, v2 = k.var1.reshape(-1, *ones), k.var2.reshape(-1, *ones)
+        return flatten_state(self._rescale(inner, v1.unsqueeze(1), v2.unsqueeze(0), (v1, v1), (v2, v2)))
+
+    def _rescale(self, k: KernelState, v1: torch.Tensor, v2: torch.Tensor,
+                 own1: tuple[torch.Tensor, torch.Tensor],
+                 own2: tuple[torch.Tensor, torch.Tensor]) -> KernelState:
+        """K'[p, q] = K[p, q] / sqrt((eps + v1[p]) (eps + v2[q])) and likewise Theta, with `v1`, `v2`
+        broadcastable against `k.nngp`; `own1` (`own2`): the two variances of each pair of
+        `var1` (`var2`), the inputs with themselves."""
+        factor = lambda a, b: ((a + self.eps) * (b + self.eps)).rsqrt_()  # noqa: E731
+        scale = factor(v1, v2)
         ntk = k.map_ntk(lambda t: t.mul_(scale))
-
-        def normalize(var: torch.Tensor) -> torch.Tensor:
-            a, b = k.self_variances(var)
-            return var * ((a + self.eps) * (b + self.eps)).rsqrt_()
-
-        var1, var2 = k.map_variances(normalize)
+        var1 = k.var1 * factor(*own1)
+        var2 = var1 if k.symmetric else k.var2 * factor(*own2)
         return k.replace(nngp=k.nngp.mul_(scale), ntk=ntk, var1=var1, var2=var2)

@@ -38,6 +38,10 @@ class KernelState:
       * `is_gaussian`: the current representation is a Gaussian process (true after an
         affine layer, false for the inputs and after a nonlinearity): the activations'
         dual formulas require it (neural-tangents' `Kernel.is_gaussian`).
+      * `positions`: set by `Flatten` of images or token sequences.  This state is then the
+        flattened vector's (the mean over positions), and `positions` the same-position layout
+        it is the mean of, for the layers that act on each flattened feature (activations,
+        LayerNorm, FanInSum/FanInProd) to map before averaging; any other layer drops it.
     Layers consume the state they are given (in-place updates of its tensors).  `fused` asks
     them to run their maps compiled (`arch.fused`): the same numbers, to rounding.
     """
@@ -51,6 +55,7 @@ class KernelState:
     symmetric: bool = False
     is_gaussian: bool = False
     fused: bool = False  # run the layer maps compiled (`fused.fusible`)
+    positions: "KernelState | None" = None  # after Flatten: the per-position layout (above)
 
     replace = replace
 
@@ -94,8 +99,8 @@ class KernelState:
     def clone(self) -> "KernelState":
         """An independent copy (for a branch: layers consume their input state)."""
         var1, var2 = self.map_variances(torch.clone)
-        return self.replace(nngp=self.nngp.clone(), ntk=self.map_ntk(torch.clone), var1=var1,
-                            var2=var2)
+        return self.replace(nngp=self.nngp.clone(), ntk=self.map_ntk(torch.clone), var1=var1, var2=var2,
+                            positions=None if self.positions is None else self.positions.clone())
 
     def map_ntk(self, fn) -> torch.Tensor | float | None:
         """`fn(ntk)` for a linear map of the NTK tensor; None (not requested) and the
