@@ -22,8 +22,13 @@ from .training.loop import TrainingHistory, train
 
 __version__ = "0.2.0"
 
-__all__ = [*_LAYER_NAMES, "Criticality", "FiniteWidthStatistics", "criticality", "finite_width", "DNTKStatistics", "dntk_statistics", "DDNTKStatistics", "ddntk_statistics", "NTKHierarchy", "nearly_kernel_flow", "ntk_hierarchy", "train_gradient_flow", "EnsembleMean", "ensemble_mean_flow", "Linearized", "TrainingHistory", "empirical_nngp", "empirical_ntk", "conventions", "kernels", "linearize", "TaylorExpansion", "taylor_expand",
-           "monte_carlo_kernel", "predict", "train"]   # not "sklearn": `import *` must work without it
+__all__ = [*_LAYER_NAMES,  # not "sklearn": `import *` must work without it
+           "Criticality", "FiniteWidthStatistics", "criticality", "finite_width", "DNTKStatistics",
+           "dntk_statistics", "DDNTKStatistics", "ddntk_statistics", "NTKHierarchy",
+           "nearly_kernel_flow", "ntk_hierarchy", "train_gradient_flow", "EnsembleMean",
+           "ensemble_mean_flow", "Linearized", "TrainingHistory", "empirical_nngp",
+           "empirical_ntk", "conventions", "kernels", "linearize", "TaylorExpansion",
+           "taylor_expand", "monte_carlo_kernel", "predict", "train"]
 
 
 def __getattr__(name: str):

@@ -72,6 +72,7 @@ class _InfiniteNetwork(BaseEstimator):
     f(x) = K(x, X_fit_) dual_coef_, where K is this estimator's kernel and
     dual_coef_ = G^-1 (I - e^{-lr G t / |Y|}) Y (G^-1 Y for t=None), G = K(X, X) +
     diag_reg mean(diag K) I (`predict.GradientFlow`)."""
+
     _kernel = "ntk"
 
     def __init__(self, architecture=None, *, diag_reg=1e-4, t=None, learning_rate=1.0,
@@ -193,6 +194,7 @@ class NTKRegressor(_Regressor):
     >>> model.predict(X[:5]).shape
     (5,)
     """
+
     _kernel = "ntk"
 
 
@@ -229,9 +231,12 @@ class NNGPRegressor(_Regressor):
     >>> mean.shape, std.shape
     ((5,), (5,))
     """
+
     _kernel = "nngp"
 
     def predict(self, X, return_std=False, return_cov=False):
+        """The posterior mean at `X`; with `return_std` its standard deviation, with `return_cov`
+        its covariance (as GaussianProcessRegressor)."""
         if return_std and return_cov:
             raise ValueError("at most one of return_std and return_cov can be True "
                              "(as in GaussianProcessRegressor)")
@@ -280,9 +285,11 @@ class NTKClassifier(ClassifierMixin, _InfiniteNetwork):
     >>> clf.score(X, y) > 0.9
     True
     """
+
     _kernel = "ntk"
 
     def fit(self, X, y):
+        """Fit to class labels `y`: kernel regression on one-hot targets centred at 0.1."""
         X, y = self._fit_data(X, y)
         check_classification_targets(y)
         binarizer = LabelBinarizer().fit(y)
@@ -295,9 +302,11 @@ class NTKClassifier(ClassifierMixin, _InfiniteNetwork):
         return self
 
     def decision_function(self, X):
+        """Scores: the margin of class 1 over class 0 for two classes, else one column per class."""
         scores = self._mean(X)
         return scores[:, 1] - scores[:, 0] if len(self.classes_) == 2 else scores
 
     def predict(self, X):
+        """The class with the highest regression score."""
         scores = self._mean(X)
         return self.classes_[np.argmax(scores, axis=1)]

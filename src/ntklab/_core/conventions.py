@@ -10,7 +10,8 @@ outputs as
 
 `nk.train`, `nk.predict`, `nk.linearize` and the theory flows (`nk.nearly_kernel_flow`,
 `nk.train_gradient_flow`, `nk.ensemble_mean_flow`) take times and learning rates in these
-units (tests/test_conventions.py checks the flows against `nk.predict` and `nk.train`).  Derivations written for L = 1/2 sum (f - y)^2 with unit rate
+units (tests/test_conventions.py checks the flows against `nk.predict` and `nk.train`).
+Derivations written for L = 1/2 sum (f - y)^2 with unit rate
 (Roberts, Yaida & Hanin 2022; lecture 21's g(alpha) = ||K alpha - y||^2 up to its factor 2)
 run in the flow time tau = t learning_rate / |Y| (`flow_times`): the book's unit rate on
 1/2 sum is `learning_rate = |Y|` here.

@@ -23,6 +23,7 @@ Tile = tuple[int, int]
 class Tiling:
     """Square tiles of `size` rows and columns over an `[n1, n2]` matrix; with
     `symmetric` (then n1 = n2) only the upper tiles, `(i, j)` with `j >= i`."""
+
     n1: int
     n2: int
     size: int
@@ -75,7 +76,8 @@ def tiled_pairs(fn: TileFn, x1: torch.Tensor, x2: torch.Tensor | None, names: tu
 
     `workers` threads process tiles concurrently (torch releases the GIL in its
     kernels), each single-threaded, with no other thread's torch thread count changed
-    (`in_threads`); the default, 1, lets torch parallelize inside each tile instead.  `progress=None` shows a bar once the work has lasted
+    (`in_threads`); the default, 1, lets torch parallelize inside each tile instead.
+    `progress=None` shows a bar once the work has lasted
     `PROGRESS_DELAY` seconds (a deep network's single tile included), True at once, False never.
     """
     other = x1 if x2 is None else x2

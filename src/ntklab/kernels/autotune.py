@@ -82,7 +82,7 @@ def estimated_cost(x1: torch.Tensor, x2: torch.Tensor | None, mode: str,
             costs[name] = count_cost(lambda plan=plan: plan.ntk_vp_block(probe[:1], probe[:1], mode)) * pairs
             continue
         run = lambda xs, plan=plan: plan.kernel_block(plan.features(xs), plan.features(xs), mode)  # noqa: E731
-        c1, c2 = count_cost(lambda: run(probe[:m])), count_cost(lambda: run(probe[:2 * m]))
+        c1, c2 = (count_cost(lambda size=size, run=run: run(probe[:size])) for size in (m, 2 * m))
         # features of 2n samples and n^2 pairs per run: c(n) = 2 a n + b n^2
         b = max((c2 - 2 * c1) / (2 * m * m), 0.0)
         a = max((c1 - b * m * m) / (2 * m), 0.0)

@@ -45,6 +45,7 @@ class Gaussian(_PairwiseKernel):
         self.r = positive(r, "r (Gaussian kernel length scale)")
 
     def matrix(self, x1, x2):
+        """The kernel matrix K(x1_i, x2_j), [N1, N2]."""
         return torch.cdist(x1, x2).square_().div_(-self.r ** 2).exp_()
 
 
@@ -72,6 +73,7 @@ class Ball(_PairwiseKernel):
         self.r = positive(r, "r (ball kernel radius)")
 
     def matrix(self, x1, x2):
+        """The kernel matrix K(x1_i, x2_j), [N1, N2]."""
         return (torch.cdist(x1, x2) < self.r).to(x1.dtype)
 
 
@@ -96,6 +98,7 @@ class Linear(_PairwiseKernel):
         self.c = positive(c, "c (linear kernel offset)", allow_zero=True)
 
     def matrix(self, x1, x2):
+        """The kernel matrix K(x1_i, x2_j), [N1, N2]."""
         return (x1 @ x2.T).add_(self.c)
 
 
@@ -122,4 +125,5 @@ class Polynomial(_PairwiseKernel):
         self.c = positive(c, "c (polynomial kernel offset)", allow_zero=True)
 
     def matrix(self, x1, x2):
+        """The kernel matrix K(x1_i, x2_j), [N1, N2]."""
         return (x1 @ x2.T).add_(self.c).pow_(self.degree)

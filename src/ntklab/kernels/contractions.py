@@ -21,4 +21,5 @@ def contract(left: torch.Tensor, right: torch.Tensor, mode: str) -> torch.Tensor
 
 
 def expand_to(factor: torch.Tensor, mode: str) -> torch.Tensor:
+    """`factor` [N1, N2] shaped to broadcast against a block of `mode` ("full", "trace", "diagonal")."""
     return {"full": factor[:, :, None, None], "trace": factor, "diagonal": factor[:, :, None]}[mode]

@@ -105,31 +105,38 @@ class KernelStore:
     Examples
     --------
     >>> import torch, ntklab as nk
-    >>> store = nk.kernels.compute_kernel(nk.mlp(1, 8), torch.randn(6, 2), store="k.zarr", tile_size=3, get="nngp", progress=False)
+    >>> store = nk.kernels.compute_kernel(nk.mlp(1, 8), torch.randn(6, 2), store="k.zarr", tile_size=3,
+    ...                                   get="nngp", progress=False)
     >>> store.load("nngp").shape
     (6, 6)
     """
+
     path: Path
     config: dict
 
     @property
     def names(self) -> tuple[str, ...]:
+        """The kernels the store holds ("nngp", "ntk"), in order."""
         return tuple(self.config["get"])
 
     @property
     def shape(self) -> tuple[int, int]:
+        """(N1, N2): rows and columns of each kernel matrix."""
         return tuple(self.config["shape"])
 
     @property
     def symmetric(self) -> bool:
+        """True for the kernel of x1 with itself (x2=None): only upper tiles are computed."""
         return self.config["x2_sha256"] is None
 
     @property
     def tile_size(self) -> int:
+        """Rows and columns of one tile."""
         return self.config["tile_size"]
 
     @property
     def tiling(self) -> Tiling:
+        """The tiles of the matrix, as the engine walks them."""
         return Tiling(*self.shape, self.tile_size, symmetric=self.symmetric)
 
     def tiles(self) -> list[Tile]:
@@ -174,6 +181,7 @@ class KernelStore:
 
     @property
     def complete(self) -> bool:
+        """True once every tile is computed and checksummed."""
         return len(self.done()) == len(self.tiles())
 
     def _group(self, mode: str = "r"):
@@ -321,6 +329,7 @@ class KernelStore:
 
     @classmethod
     def open(cls, path: str | Path) -> "KernelStore":
+        """An existing store at `path` (ValueError when `path` is not an ntklab kernel store)."""
         path = Path(path)
         meta = path / "ntklab.json"
         if not meta.is_file():
@@ -653,7 +662,8 @@ def compute_kernel(arch, x1, x2=None, *, store: str | Path, get: str | Sequence[
     into the zarr store `store`, tile by tile; returns the `KernelStore`
     (`.load("ntk")` gives the matrix).  See the module docstring for resuming,
     repairs, several processes on one store and the schedulers; `max_memory` bounds
-    each tile's working memory (default None: 1 GiB, as everywhere in ntklab).  The store is keyed by `arch.identity`: an
+    each tile's working memory (default None: 1 GiB, as everywhere in ntklab).
+    The store is keyed by `arch.identity`: an
     architecture that cannot be identified exactly (a lambda) is computed, but never
     resumed.  dtype as `Serial.kernel`.  `verify`: check every finished tile against
     its checksum first and compute the damaged arrays of those tiles again (reads the

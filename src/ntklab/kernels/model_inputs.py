@@ -43,6 +43,7 @@ def select_parameters(model: nn.Module, params) -> dict[str, torch.Tensor]:
 
 
 def reference_tensor(model: nn.Module) -> torch.Tensor:
+    """The model's first floating parameter or buffer: its dtype and device are the model's."""
     for tensor in list(model.parameters()) + list(model.buffers()):
         if tensor.is_floating_point():
             return tensor
@@ -137,7 +138,7 @@ def probe_outputs(model: nn.Module, x: torch.Tensor, name: str, *,
                          f"sample(s) of {name}, but tangent kernels need one output row per sample, "
                          f"[N, ...] with the batch axis first: return the per-sample outputs "
                          f"(e.g. not model(x).sum() over the batch)")
-    if deterministic and any(not torch.equal(a, b) for a, b in zip(before, rng_states(x.device))):
+    if deterministic and any(not torch.equal(a, b) for a, b in zip(before, rng_states(x.device), strict=True)):
         raise ValueError("the model's forward pass draws random numbers (dropout or another "
                          "stochastic layer in train mode), so its tangent kernel is random; call "
                          "model.eval() first")

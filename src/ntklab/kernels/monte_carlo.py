@@ -70,6 +70,7 @@ class MonteCarloKernel:
     >>> type(mc).__name__, mc.n_samples, mc.nngp.shape
     ('MonteCarloKernel', 4, torch.Size([3, 3]))
     """
+
     nngp: torch.Tensor | None
     ntk: torch.Tensor | None
     nngp_standard_error: torch.Tensor | None
@@ -87,7 +88,8 @@ def monte_carlo_kernel(net_or_factory: Serial | Callable[[int], nn.Module], x1, 
     `net_or_factory`: an ntklab architecture (network s is `net.module(x1.shape[1:],
     seed=seed + s, dtype=dtype)`, dtype by default the input's, as for kernels, on the
     input's device: a torch tensor's, else torch's default device) or any
-    function `factory(seed) -> nn.Module` (called with seed + s).  `get`: "nngp", "ntk" or both (default).  Further options go to
+    function `factory(seed) -> nn.Module` (called with seed + s).
+    `get`: "nngp", "ntk" or both (default).  Further options go to
     `empirical_ntk` (e.g. `implementation`, `max_memory`).  `each(s, kernels)`, if given, sees
     every network's kernels ({"nngp": ..., "ntk": ...}) as they stream by (per-sample
     statistics without keeping the samples).  A progress bar shows for more than 10 samples

@@ -36,6 +36,7 @@ from .contractions import contract, expand_to
 class AffineForm:
     """How a module applies its weight and bias: y = s_W W * h + s_b b, with `*` a
     matrix product (`conv=False`) or a convolution of `F.pad(h, pads)`."""
+
     weight_scale: float
     bias_scale: float
     conv: bool = False
@@ -62,6 +63,7 @@ def affine_form(module: nn.Module) -> AffineForm | None:
 @dataclass
 class LayerUse:
     """An affine module whose selected weight/bias use the structured rule."""
+
     module: nn.Module
     form: AffineForm
     weight: bool
@@ -69,9 +71,11 @@ class LayerUse:
 
     @property
     def is_linear(self) -> bool:
+        """True for a Linear (dense) layer, False for a convolution."""
         return not self.form.conv
 
     def own_tensors(self) -> list[torch.Tensor]:
+        """The layer's chosen parameters (weight and/or bias) whose Jacobian this use covers."""
         return ([self.module.weight] if self.weight else []) + ([self.module.bias] if self.bias else [])
 
     def patches(self, h: torch.Tensor) -> torch.Tensor:
@@ -97,6 +101,7 @@ class LayerUse:
 @dataclass
 class Features:
     """Per-sample quantities of one tile from which kernel blocks are contracted."""
+
     jacobian: torch.Tensor | None                      # [n, O, P_rest + P_conv]
     linear: list[list[tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=list)
     # per structured Linear layer: per call (h [n, in], delta [n, O, out])
@@ -131,8 +136,8 @@ class Plan:
         outputs, calls = self._forward_with_probes(candidates, x_probe[:2], tracked)
         probes = [probe for _, _, probe in calls]
         grads = torch.autograd.grad(outputs.sum(), probes + list(tracked.values()), allow_unused=True)
-        delta_of = dict(zip(map(id, probes), grads[:len(probes)]))
-        grad_of = dict(zip(tracked, grads[len(probes):]))
+        delta_of = dict(zip(map(id, probes), grads[:len(probes)], strict=True))
+        grad_of = dict(zip(tracked, grads[len(probes):], strict=True))
         kept = []
         for use in candidates:
             mine = [(h, delta_of[id(probe)]) for owner, h, probe in calls if owner is use]
@@ -149,7 +154,7 @@ class Plan:
             expected = [grad_of[id(t)] for t in use.own_tensors()]
             # exact up to rounding, or wrong by O(1): a relative Frobenius test tells them apart
             if all(g is not None and float((got.reshape(g.shape) - g).norm())
-                   <= 1e-5 * float(g.norm()) + 1e-12 for got, g in zip(summed, expected)):
+                   <= 1e-5 * float(g.norm()) + 1e-12 for got, g in zip(summed, expected, strict=True)):
                 kept.append(use)
         return kept
 
@@ -180,10 +185,12 @@ class Plan:
 
     # -- features of a tile ----------------------------------------------------
     def features(self, x: torch.Tensor) -> Features:
+        """What the NTK of a tile needs from samples `x`: the Jacobian of the unstructured parameters
+        and each structured layer's inputs and output cotangents."""
         parts = [self._jacobian(x)] if self.rest else []
         linear = []
         if self.structured:
-            for use, calls in zip(self.structured, self._structured_features(x)):
+            for use, calls in zip(self.structured, self._structured_features(x), strict=True):
                 if use.is_linear:
                     linear.append(calls)
                 else:
@@ -215,8 +222,10 @@ class Plan:
                  if owner is use] for use in self.structured]
 
     def kernel_block(self, f1: Features, f2: Features, mode: str) -> torch.Tensor:
+        """The NTK block between two tiles' features, sum of the Jacobian contraction and each
+        structured layer's (input products x cotangent products)."""
         block = contract(f1.jacobian, f2.jacobian, mode) if f1.jacobian is not None else 0
-        for use, calls1, calls2 in zip(self.linear, f1.linear, f2.linear):
+        for use, calls1, calls2 in zip(self.linear, f1.linear, f2.linear, strict=True):
             w2, b2 = use.form.weight_scale ** 2, use.form.bias_scale ** 2 * use.bias
             for h1, d1 in calls1:
                 for h2, d2 in calls2:
@@ -231,7 +240,7 @@ class Plan:
         convolution its unfolded patches and cotangents; times 3 for temporaries."""
         one = x_probe[:1]
         size = self._jacobian(one).numel() if self.rest else 0
-        for use, calls in zip(self.structured, self._structured_features(one) if self.structured else []):
+        for use, calls in zip(self.structured, self._structured_features(one) if self.structured else [], strict=True):
             if use.is_linear:
                 size += sum(h.numel() + d.numel() for h, d in calls)
             else:
@@ -242,6 +251,7 @@ class Plan:
 
     # -- NTK-vector products ---------------------------------------------------
     def ntk_vp_block(self, x1: torch.Tensor, x2: torch.Tensor, mode: str) -> torch.Tensor:
+        """The NTK block by NTK-vector products (jvp of a vjp), without materialising Jacobians."""
         detached = {name: p.detach() for name, p in self.chosen.items()}
 
         def f(p, x):

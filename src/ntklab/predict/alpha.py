@@ -23,10 +23,12 @@ class GradientDescentPath:
     --------
     >>> import torch, ntklab as nk
     >>> k = torch.tensor([[2.0, 1.0], [1.0, 4.0]], dtype=torch.float64)
-    >>> path = nk.predict.gradient_descent_alpha(k, torch.tensor([[1.0], [0.0]], dtype=torch.float64), steps=5, record=[0, 5])
+    >>> y = torch.tensor([[1.0], [0.0]], dtype=torch.float64)
+    >>> path = nk.predict.gradient_descent_alpha(k, y, steps=5, record=[0, 5])
     >>> path.alpha.shape, path.loss.shape
     (torch.Size([2, 2, 1]), torch.Size([2]))
     """
+
     steps: torch.Tensor
     alpha: torch.Tensor
     f_train: torch.Tensor

@@ -37,7 +37,6 @@ from typing import Callable
 
 import math
 
-import numpy as np
 import torch
 from scipy.integrate import solve_ivp
 from tqdm.auto import tqdm
@@ -53,6 +52,7 @@ Prediction = tuple["torch.Tensor | None", "torch.Tensor | None"]
 @dataclass(frozen=True)
 class _Problem:
     """Validated train kernel and targets (y as [N, K], whether it was 1-D)."""
+
     k_train_train: torch.Tensor
     y_train: torch.Tensor
     vector: bool
@@ -180,7 +180,7 @@ def gradient_descent_mse(k_train_train, y_train, learning_rate: float = 1.0, dia
                     f"t=None (infinite time) does not exist for the indefinite k_train_train "
                     f"(most negative eigenvalue {float(flow.eigenspace[0][0]):.3g}): gradient flow "
                     f"diverges along its negative eigenvalues; give finite times")
-            flow.factorization   # a singular G is refused: its null space never reaches y
+            _ = flow.factorization   # factorized now: a singular G is refused (its null space never reaches y)
             train = None if fx_train_0 is None else y.clone()
             test = None if f_test is None else f_test + k_td @ flow.solve(residual)
             return _finish(problem, (), train, test)

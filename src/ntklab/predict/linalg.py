@@ -42,6 +42,7 @@ def add_diagonal_regularizer(k: torch.Tensor, diag_reg: float,
 
 
 def square_kernel(k: Any, name: str) -> torch.Tensor:
+    """`k` as a floating square matrix (ValueError naming `name` otherwise)."""
     k = as_tensor(k, name, dtype=k.dtype if isinstance(k, torch.Tensor) and k.is_floating_point()
                   else DEFAULT_DTYPE)
     if k.ndim != 2 or k.shape[0] != k.shape[1]:
@@ -326,6 +327,7 @@ class GradientFlow:
 
     @property
     def factorization(self) -> Factorization:
+        """The Cholesky (or eigen-) factorization of the kernel, computed once."""
         if self._factorization is None:
             self._factorization = Factorization(self.kernel, self.name, assume_psd=None,
                                                 cholesky=self._cholesky)
@@ -343,6 +345,8 @@ class GradientFlow:
 
     def solve(self, rhs: torch.Tensor, times: torch.Tensor | None = None, *,
               doubled: bool = False) -> torch.Tensor:
+        """G_t rhs = (I - e^{-rate t K}) K^{-1} rhs per time [T, N, M] (`times=None`: K^{-1} rhs);
+        `doubled` uses twice the rate (the covariance's e^{-2 rate t K})."""
         if times is None:
             return self.factorization.solve(rhs)
         evals, evecs = self.eigenspace
@@ -354,6 +358,7 @@ class GradientFlow:
         return self._finite(torch.einsum("ij,tj,kj,km->tim", evecs, coef, evecs, rhs), exponent)
 
     def decay(self, times: torch.Tensor) -> torch.Tensor:
+        """e^{-rate t K} per time, [T, N, N]."""
         evals, evecs = self.eigenspace
         exponent = -self.rate * times[:, None] * evals[None, :]
         return self._finite(torch.einsum("ij,tj,kj->tik", evecs, torch.exp(exponent), evecs), exponent)

@@ -88,6 +88,7 @@ class DNTKStatistics:
     >>> stats.P.shape, float(stats.P[0].abs().max()), stats.output_correlation.shape
     (torch.Size([3, 2, 2, 2, 2]), 0.0, torch.Size([2, 2, 2, 2]))
     """
+
     widths: tuple[int, ...]
     P: torch.Tensor
     Q: torch.Tensor
@@ -112,7 +113,7 @@ def _layer_moments(activation: Activation, k: np.ndarray, layer: int, fours=(), 
     order = max(max(o) for o in (*fours, *twos, *grads))
     for size, group, w, z, u, _ in sample_groups(k, layer):
         values = activation_derivatives(activation, z, order)
-        index = lambda rank: np.ix_(*(group,) * rank)  # noqa: E731
+        index = lambda rank, group=group: np.ix_(*(group,) * rank)  # noqa: E731
         for o in fours:
             first, second = (np.einsum("qa,qb->qab", values[i], values[j]) for i, j in (o[:2], o[2:]))
             out["four", o][index(4)] = weighted_outer_mean(w, first, second)
@@ -239,7 +240,7 @@ def _layers(net: Serial, x, moments: dict):
 
     def inputs():
         for ell in range(1, len(pairs)):
-            layer = lambda tensor: tensor[ell - 1].numpy()  # noqa: E731
+            layer = lambda tensor, ell=ell: tensor[ell - 1].numpy()  # noqa: E731
             yield {"moments": _layer_moments(pairs[ell - 1][1], layer(stats.nngp), ell, **moments),
                    "theta": layer(stats.ntk), "f": layer(stats.ntk_F), "f_next": stats.ntk_F[ell].numpy(),
                    "b": layer(stats.ntk_B), "cw": float(pairs[ell][0].W_std) ** 2,
@@ -301,6 +302,7 @@ class DDNTKStatistics:
     >>> stats.R.shape, float(stats.R[0].abs().max()), round(float(stats.output_mean) * 64, 4)
     (torch.Size([3, 1, 1, 1, 1]), 0.0, -1.7469)
     """
+
     widths: tuple[int, ...]
     R: torch.Tensor
     S: torch.Tensor

@@ -73,6 +73,7 @@ class EnsembleMean:
     dntk, ddntk : Tensor [T, M]
         E[z₁] from the dNTK and from the ddNTK.
     """
+
     times: torch.Tensor
     width: int
     kernel: torch.Tensor
@@ -104,8 +105,8 @@ def _kernel_parts(theta, shift, covariance, y, times):
     """G_t(Θ) y, DG_t[shift] y and ½ D²G_t[covariance] y per time, each [T, M]."""
     parts = []
     for t in times:
-        def solution(ntk):
-            return kernel_solution(ntk, y, float(t))
+        def solution(ntk, t=float(t)):
+            return kernel_solution(ntk, y, t)
         value, first = jvp(solution, (theta,), (shift,))
         second = 0.5 * torch.einsum("mijkl,ijkl->m", hessian(solution)(theta), covariance)
         parts.append(torch.stack([value, first, second]))
@@ -123,7 +124,7 @@ def _first_order_parts(theta, nngp_train, dntk_correlation, ddntk_mean, y, times
     parts = []
     for term in ("dntk", "ddntk"):
         total = 0.0
-        for u, dntk in zip(points, dntk_per_point):
+        for u, dntk in zip(points, dntk_per_point, strict=True):
             surrogate = NTKHierarchy(output=torch.cat([u, u.new_zeros(n_test)]), ntk=theta,
                                      dntk=dntk, ddntk=ddntk_mean)
             flow = flow_in_book_time(surrogate, y, times, terms=(term,))
@@ -202,5 +203,6 @@ def ensemble_mean_flow(net: Serial, x_train, y_train, x_test, times: Sequence[fl
     ddntk_mean = ddntk_statistics(net, x).output_mean[:n_train, :n_train, :, :n_train]
     dntk, ddntk = _first_order_parts(theta, stats.nngp[-1][:n_train, :n_train], dntk_correlation,
                                      ddntk_mean, y, taus)
-    return EnsembleMean(times=torch.as_tensor(times, dtype=torch.float64).reshape(-1), width=width, kernel=kernel, ntk_shift=ntk_shift,
+    return EnsembleMean(times=torch.as_tensor(times, dtype=torch.float64).reshape(-1), width=width, kernel=kernel,
+                        ntk_shift=ntk_shift,
                         ntk_fluctuation=ntk_fluctuation, dntk=dntk, ddntk=ddntk)

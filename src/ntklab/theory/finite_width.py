@@ -46,7 +46,8 @@ theorem, d⟨f⟩ = ½ Σ dK_xy ⟨∂_x∂_y f⟩.  For one output, Cov[Θ̂(x_
 referee's closed form); tests compare tanh, erf, GELU and ReLU networks against Monte Carlo.
 
 Gaussian expectations: nested Gauss-Legendre quadrature in the Cholesky coordinates z = Lξ, each ξ_i
-on [-c, c] (c = 12 to 8 standard deviations) split at the point where z_i = 0 (so kinks at 0, ReLU's, are exact), with derivatives by
+on [-c, c] (c = 12 to 8 standard deviations) split at the point where z_i = 0 (so kinks at 0, ReLU's, are exact),
+with derivatives by
 Stein's identity ⟨∂_x f⟩ = ⟨f u_x⟩, ⟨∂_x∂_y f⟩ = ⟨f (u_x u_y - K⁻¹_xy)⟩ and the fourth-order Hermite
 tensor, u = K⁻¹z, so σ need not be smooth.  Two-sample quantities (means, derivatives) use the grid
 of their own samples (≤ 2 dimensions, exact to rounding); four-sample moments use the grids of
@@ -89,6 +90,7 @@ class FiniteWidthStatistics:
     >>> stats.ntk_A.shape, stats.ntk_covariance.shape
     (torch.Size([3, 2, 2, 2, 2]), torch.Size([2, 2, 2, 2]))
     """
+
     widths: tuple[int, ...]
     nngp: torch.Tensor          # K^(ℓ)_ab                      [L+1, N, N]
     four_point: torch.Tensor    # V^(ℓ)_(ab)(cd)                [L+1, N, N, N, N]
@@ -162,6 +164,7 @@ class _Moments:
     ssss = ⟨σ_a σ_b σ_c σ_d⟩, ddss = ⟨σ'_a σ'_b σ_c σ_d⟩, dddd = ⟨σ'_a σ'_b σ'_c σ'_d⟩,
     hp[a,b,x,y] = ⟨∂_x∂_y(σ_a σ_b)⟩, hq likewise for σ'σ', gds[a,b,x] = ⟨∂_x(σ'_a σ_b)⟩ and
     fp, fq the fourth derivatives [a,b,x,y,u,v]."""
+
     pp: np.ndarray
     qq: np.ndarray
     ssss: np.ndarray
@@ -219,7 +222,7 @@ def _moments(activation: Activation, k: np.ndarray, layer: int = 1) -> _Moments:
     for size, group, w, z, u, inverse in sample_groups(k, layer):
         s, d = activation_derivatives(activation, z)
         ss, dd, ds = (np.einsum("qa,qb->qab", p, q) for p, q in ((s, s), (d, d), (d, s)))
-        index = lambda rank: np.ix_(*(group,) * rank)  # noqa: E731
+        index = lambda rank, group=group: np.ix_(*(group,) * rank)  # noqa: E731
         out.ssss[index(4)], out.ddss[index(4)], out.dddd[index(4)] = (
             weighted_outer_mean(w, ss, ss), weighted_outer_mean(w, dd, ss), weighted_outer_mean(w, dd, dd))
         if size > 2:
@@ -308,14 +311,14 @@ def finite_width(net: Serial, x) -> FiniteWidthStatistics:
     theta = k.copy()  # λ = C in the NTK parameterization
     k1, theta1, v, a, b, d, f = np.zeros((n, n)), np.zeros((n, n)), *np.zeros((5,) + (n,) * 4)
     rows = {field.name: [] for field in fields(FiniteWidthStatistics) if field.name != "widths"}
-    for ell, ((_, act), (dense, _)) in enumerate(zip(pairs[:-1], pairs[1:]), start=1):
-        for name, value in zip(rows, (k, v, k1, theta, theta1, a, b, d, f)):
+    for ell, ((_, act), (dense, _)) in enumerate(zip(pairs[:-1], pairs[1:], strict=True), start=1):
+        for name, value in zip(rows, (k, v, k1, theta, theta1, a, b, d, f), strict=True):
             rows[name].append(value)
         m = _moments(act, k, ell)
         cw, cb = float(dense.W_std) ** 2, float(dense.b_std or 0.0) ** 2
         lw, lb = cw, cb
         r = widths[ell] / widths[ell - 1]
-        with_v = lambda hf, hg: np.einsum("abxy,xyuv,cduv->abcd", hf, v, hg, optimize=True) / 4  # noqa: E731
+        with_v = lambda hf, hg, v=v: np.einsum("abxy,xyuv,cduv->abcd", hf, v, hg, optimize=True) / 4  # noqa: E731
         d_of_p = np.einsum("abxy,cdxy->abcd", d, m.hp) / 2       # 𝒟_ab[P_cd]
         d_of_q = np.einsum("abxy,cdxy->abcd", d, m.hq) / 2       # 𝒟_ab[Q_cd]
         s = m.ssss - _outer(m.pp, m.pp) + r * with_v(m.hp, m.hp)
@@ -339,7 +342,7 @@ def finite_width(net: Serial, x) -> FiniteWidthStatistics:
         d = lw * cw * s + cw ** 2 * cross
         v, b, f = cw ** 2 * s, b_next, f_next
         k, theta = cb + cw * m.pp, lb + lw * m.pp + cw * m.qq * theta
-    for name, value in zip(rows, (k, v, k1, theta, theta1, a, b, d, f)):
+    for name, value in zip(rows, (k, v, k1, theta, theta1, a, b, d, f), strict=True):
         rows[name].append(value)
     return FiniteWidthStatistics(widths=tuple(widths), **{name: torch.as_tensor(np.stack(values))
                                                           for name, values in rows.items()})
@@ -357,6 +360,7 @@ class Criticality:
     >>> c.universality, c.W_std, c.b_std
     ('K*=0', 1.0, 0.0)
     """
+
     C_W: float
     C_b: float
     K_star: float | None       # None for the scale-invariant class (every K is a fixed point)
@@ -364,10 +368,12 @@ class Criticality:
 
     @property
     def W_std(self) -> float:
+        """sqrt(C_W)."""
         return self.C_W ** 0.5
 
     @property
     def b_std(self) -> float:
+        """sqrt(C_b)."""
         return self.C_b ** 0.5
 
 

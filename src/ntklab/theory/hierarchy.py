@@ -57,6 +57,7 @@ class NTKHierarchy:
     ddntk : Tensor [N, N, D, N] or None
         ddH[c, b, δ, a] = Σ_μ ∂_μ z_c ∂_μ dH_bδa (None when not computed).
     """
+
     output: torch.Tensor
     ntk: torch.Tensor
     dntk: torch.Tensor
@@ -64,6 +65,7 @@ class NTKHierarchy:
 
     @property
     def n_train(self) -> int:
+        """Number of training inputs."""
         return self.ntk.shape[1]
 
 
@@ -275,7 +277,7 @@ def train_gradient_flow(model: nn.Module, x_train: torch.Tensor, y_train: torch.
     sizes = [p.numel() for p in params.values()]
 
     def unflatten(vector):
-        return {n: c.reshape(s) for n, c, s in zip(names, torch.split(vector, sizes), shapes)}
+        return {n: c.reshape(s) for n, c, s in zip(names, torch.split(vector, sizes), shapes, strict=True)}
 
     def loss(vector):
         return 0.5 * (functional_call(model, unflatten(vector), (x_train,))[:, 0] - y).square().sum()

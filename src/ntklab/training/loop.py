@@ -47,10 +47,12 @@ class TrainingHistory:
     --------
     >>> import torch, ntklab as nk
     >>> model = nk.mlp(1, 32).module(2, seed=0)
-    >>> history = nk.train(model, torch.randn(8, 2), torch.randn(8, 1), steps=10, learning_rate=0.1, record=[0, 10], progress=False)
+    >>> history = nk.train(model, torch.randn(8, 2), torch.randn(8, 1), steps=10, learning_rate=0.1,
+    ...                    record=[0, 10], progress=False)
     >>> history.steps, history.column("train_loss").shape
     ([0, 10], (2,))
     """
+
     steps: list[int]
     rows: list[dict[str, float]]
     kernels: list[torch.Tensor]            # empirical NTK (trace mode) on the probe set
@@ -58,6 +60,7 @@ class TrainingHistory:
     linear_test_predictions: list[torch.Tensor] = field(default_factory=list)
 
     def column(self, name: str) -> np.ndarray:
+        """One recorded quantity over the recorded steps, as a float array."""
         return np.array([row[name] for row in self.rows], dtype=float)
 
 
@@ -143,38 +146,88 @@ def train(model: nn.Module, x_train, y_train, *, steps: int, learning_rate: floa
     steps = int(steps)
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
-    plain_gd_on_mse = optimizer is None and loss is None and batches is None
+    optimizer, eta = _optimizer_factory(optimizer, learning_rate)
+    loss_fn = mean_squared_loss if loss is None else loss
+    if not callable(loss_fn):
+        raise ValueError(f"loss must be a function loss(f, y) returning a scalar, got {loss!r}")
+    chosen = select_parameters(model, params)
+    data = _training_data(model, chosen, x_train, y_train, x_test, y_test, x_probe, batch_size, loss_fn)
+    recorders: list = [_FunctionRecorder(model, chosen, data, loss_fn)]
+    if track_kernel:
+        recorders.append(_KernelRecorder(model, chosen, data.x_probe, max_memory))
+    tangent: _Linearization | None = None
+    if linearized and eta is not None and loss is None and batches is None:
+        tangent = _FunctionSpaceLinearization(model, chosen, data, eta, max_memory)
+    elif linearized:
+        tangent = _TaylorLinearization(model, chosen, data, loss_fn, optimizer)
+    recorders += [tangent] if tangent is not None else []
+    opt = optimizer(list(chosen.values()))
+    record_at = set(record_steps(record, steps))
+    history = TrainingHistory([], [], [], [])
+    stream = _batches(batches, data.x_train, data.y, data.batch, torch.Generator().manual_seed(seed),
+                      data.reference, data.indices)
+    bar = tqdm(range(steps + 1), desc="train", leave=False,
+               disable=(steps < 200) if progress is None else not progress)
+    for step in bar:
+        if step in record_at:
+            _snapshot(history, step, recorders)
+        if step == steps:
+            break
+        index, xb, yb = next(stream)
+        _descend(model, opt, loss_fn, xb, yb)
+        if tangent is not None:
+            tangent.step(index, xb, yb)
+    return history
+
+
+def _optimizer_factory(optimizer, learning_rate) -> tuple[OptimizerFactory, float | None]:
+    """The optimizer factory, and the learning rate when it is plain gradient descent (default)."""
     if optimizer is None:
         if learning_rate is None:
             raise ValueError("give learning_rate (plain gradient descent) or an optimizer factory, "
                              "e.g. optimizer=lambda p: torch.optim.Adam(p, lr=1e-3)")
         eta = positive(learning_rate, "learning_rate")
-        optimizer = lambda parameters: torch.optim.SGD(parameters, lr=eta)  # noqa: E731
-    elif isinstance(optimizer, torch.optim.Optimizer) or not callable(optimizer):
+        return (lambda parameters: torch.optim.SGD(parameters, lr=eta)), eta
+    if isinstance(optimizer, torch.optim.Optimizer) or not callable(optimizer):
         raise ValueError("optimizer must be a function parameters -> torch.optim.Optimizer, e.g. "
                          "optimizer=lambda p: torch.optim.Adam(p, lr=1e-3), so that the linearized "
                          "network can get an optimizer of its own")
-    loss_fn = mean_squared_loss if loss is None else loss
-    if not callable(loss_fn):
-        raise ValueError(f"loss must be a function loss(f, y) returning a scalar, got {loss!r}")
-    chosen = select_parameters(model, params)
+    return optimizer, None
+
+
+@dataclass
+class _TrainingData:
+    """The validated training, test and probe sets, in the model's dtype and device."""
+
+    x_train: torch.Tensor
+    y: torch.Tensor
+    x_test: torch.Tensor | None
+    y_test: torch.Tensor | None
+    x_probe: torch.Tensor
+    batch: int
+    reference: torch.Tensor
+    indices: bool
+
+
+def _training_data(model, chosen, x_train, y_train, x_test, y_test, x_probe, batch_size, loss_fn):
     reference = next(iter(chosen.values()))
     indices = takes_indices(model)
     x_train = model_input(x_train, "x_train", reference, indices=indices)
     y, _ = as_targets(y_train, len(x_train), "y_train", reference.dtype, reference.device)
     n = len(x_train)
+    y_te = None
     if x_test is not None:
         x_test = model_input(x_test, "x_test", reference, indices=indices)
-        y_te = (None if y_test is None else
-                as_targets(y_test, len(x_test), "y_test", reference.dtype, reference.device)[0])
+        if x_test.shape[1:] != x_train.shape[1:]:
+            raise ValueError(f"x_test must have samples of shape {tuple(x_train.shape[1:])} like x_train, "
+                             f"got {tuple(x_test.shape)}")
+        if y_test is not None:
+            y_te = as_targets(y_test, len(x_test), "y_test", reference.dtype, reference.device)[0]
     batch = n if batch_size is None else positive_int(batch_size, "batch_size")
     if batch > n:
         raise ValueError(f"batch_size={batch} exceeds the {n} training samples")
-    x_probe = x_train[:min(n, 64)] if x_probe is None else model_input(x_probe, "x_probe", reference, indices=indices)
-    record_at = set(record_steps(record, steps))
-    if x_test is not None and x_test.shape[1:] != x_train.shape[1:]:
-        raise ValueError(f"x_test must have samples of shape {tuple(x_train.shape[1:])} like x_train, "
-                         f"got {tuple(x_test.shape)}")
+    x_probe = (x_train[:min(n, 64)] if x_probe is None
+               else model_input(x_probe, "x_probe", reference, indices=indices))
     with torch.no_grad():
         f0_train = probe_outputs(model, x_train, "x_train", deterministic=False)
         if f0_train.shape[1] != y.shape[1]:
@@ -183,76 +236,134 @@ def train(model: nn.Module, x_train, y_train, *, steps: int, learning_rate: floa
     value = loss_fn(f0_train, y)
     if not (isinstance(value, torch.Tensor) and value.ndim == 0):
         raise ValueError("loss(f, y) must return a scalar tensor")
-    def outputs(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return net(x).reshape(len(x), -1)
+    return _TrainingData(x_train, y, x_test, y_te, x_probe, batch, reference, indices)
 
-    w0 = {name: p.detach().clone() for name, p in chosen.items()}
-    w0_norm = math.sqrt(sum(float(p.square().sum()) for p in w0.values()))
-    lin = lin_outputs = None
-    if linearized and plain_gd_on_mse:   # exact function-space dynamics of the linearization
-        x_all = x_train if x_test is None else torch.cat([x_train, x_test])
-        theta0 = empirical_ntk(model, x_all, x_train, mode="full", params=list(chosen),
-                               max_memory=max_memory, progress=False)      # [N_all, N, O, O]
+
+def _outputs(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return net(x).reshape(len(x), -1)
+
+
+def _descend(net: nn.Module, opt: torch.optim.Optimizer, loss_fn: Loss, xb, yb) -> None:
+    """One optimizer step on the loss of a batch."""
+    net.zero_grad(set_to_none=True)
+    loss_fn(_outputs(net, xb), yb).backward()
+    opt.step()
+
+
+def _snapshot(history: TrainingHistory, step: int, recorders) -> None:
+    """One recorded row: each recorder adds its columns (and tensors to the history)."""
+    row: dict[str, float] = {"step": step}
+    with torch.no_grad():
+        f_test = None
+        for recorder in recorders:
+            f_test = recorder.record(row, history, f_test)
+    history.steps.append(step)
+    history.rows.append(row)
+    if not math.isfinite(row["train_loss"]):
+        raise FloatingPointError(f"training diverged at step {step} (loss is not finite); "
+                                 f"lower the learning rate")
+
+
+class _FunctionRecorder:
+    """train_loss, train_mse, train_error, test_mse, test_error and weight_change."""
+
+    def __init__(self, model, chosen, data: _TrainingData, loss_fn: Loss):
+        self.model, self.chosen, self.data, self.loss_fn = model, chosen, data, loss_fn
+        self.w0 = {name: p.detach().clone() for name, p in chosen.items()}
+        self.w0_norm = math.sqrt(sum(float(p.square().sum()) for p in self.w0.values()))
+
+    def record(self, row, history, f_test):
+        data = self.data
+        f_train = _outputs(self.model, data.x_train)
+        row.update(train_loss=float(self.loss_fn(f_train, data.y)),
+                   train_mse=float((f_train - data.y).square().mean()),
+                   train_error=classification_error(f_train, data.y))
+        if data.x_test is not None:
+            f_test = _outputs(self.model, data.x_test)
+            history.test_predictions.append(f_test.clone())
+            if data.y_test is not None:
+                row["test_mse"] = float((f_test - data.y_test).square().mean())
+                row["test_error"] = classification_error(f_test, data.y_test)
+        row["weight_change"] = math.sqrt(sum(float((p - self.w0[name]).square().sum())
+                                             for name, p in self.chosen.items())) / self.w0_norm
+        return f_test
+
+
+class _KernelRecorder:
+    """kernel_change = ||H_t - H_0||_F / ||H_0||_F of the empirical NTK (trace) on the probe set."""
+
+    def __init__(self, model, chosen, x_probe, max_memory):
+        self.kernel = lambda: empirical_ntk(model, x_probe, mode="trace", params=list(chosen),
+                                            max_memory=max_memory, progress=False)
+        self.h0 = self.kernel()
+
+    def record(self, row, history, f_test):
+        with torch.enable_grad():
+            h = self.kernel()
+        history.kernels.append(h)
+        row["kernel_change"] = float((h - self.h0).norm() / self.h0.norm())
+        return f_test
+
+
+class _Linearization:
+    """The linearized network trained alongside: lin_train_loss, lin_test_mse, lin_distance."""
+
+    def __init__(self, data: _TrainingData, loss_fn: Loss):
+        self.data, self.loss_fn = data, loss_fn
+
+    def outputs(self, x_name: str) -> torch.Tensor:
+        """f_lin on the training (`x_name="train"`) or test inputs."""
+        raise NotImplementedError
+
+    def step(self, index: torch.Tensor | None, xb: torch.Tensor, yb: torch.Tensor) -> None:
+        """One training step of the linearized network on a batch (`index` into x_train, if any)."""
+        raise NotImplementedError
+
+    def record(self, row, history, f_test):
+        data = self.data
+        row["lin_train_loss"] = float(self.loss_fn(self.outputs("train"), data.y))
+        if data.x_test is not None:
+            lin_test = self.outputs("test")
+            history.linear_test_predictions.append(lin_test.clone())
+            row["lin_distance"] = float((f_test - lin_test).norm() / lin_test.norm().clamp_min(1e-300))
+            if data.y_test is not None:
+                row["lin_test_mse"] = float((lin_test - data.y_test).square().mean())
+        return f_test
+
+
+class _FunctionSpaceLinearization(_Linearization):
+    """Plain gradient descent on the MSE: f_lin <- f_lin - (eta/|Y_B|) Theta_0(., X_B) r_B, exactly."""
+
+    def __init__(self, model, chosen, data: _TrainingData, eta: float, max_memory):
+        super().__init__(data, mean_squared_loss)
+        x_all = data.x_train if data.x_test is None else torch.cat([data.x_train, data.x_test])
+        self.theta0 = empirical_ntk(model, x_all, data.x_train, mode="full", params=list(chosen),
+                                    max_memory=max_memory, progress=False)      # [N_all, N, O, O]
         with torch.no_grad():
-            lin_outputs = outputs(model, x_all)
-    elif linearized:
-        lin = TaylorExpansion(model, 1, params=list(chosen))
-    optimizers = [optimizer(list(chosen.values()))] + ([optimizer(list(lin.parameters()))] if lin else [])
-    h0 = (empirical_ntk(model, x_probe, mode="trace", params=list(chosen), max_memory=max_memory,
-                        progress=False) if track_kernel else None)
-    history = TrainingHistory([], [], [], [])
+            self.values = _outputs(model, x_all)
+        self.eta = eta
 
-    def snapshot(step: int) -> None:
+    def outputs(self, x_name):
+        n = len(self.data.x_train)
+        return self.values[:n] if x_name == "train" else self.values[n:]
+
+    def step(self, index, xb, yb):
         with torch.no_grad():
-            f_train = outputs(model, x_train)
-            row = {"step": step, "train_loss": float(loss_fn(f_train, y)),
-                   "train_mse": float((f_train - y).square().mean()),
-                   "train_error": classification_error(f_train, y)}
-            if x_test is not None:
-                f_test = outputs(model, x_test)
-                history.test_predictions.append(f_test.clone())
-                if y_te is not None:
-                    row["test_mse"] = float((f_test - y_te).square().mean())
-                    row["test_error"] = classification_error(f_test, y_te)
-            row["weight_change"] = math.sqrt(sum(float((p - w0[name]).square().sum())
-                                                 for name, p in chosen.items())) / w0_norm
-        if track_kernel:
-            h = empirical_ntk(model, x_probe, mode="trace", params=list(chosen),
-                              max_memory=max_memory, progress=False)
-            history.kernels.append(h)
-            row["kernel_change"] = float((h - h0).norm() / h0.norm())
-        if linearized:
-            with torch.no_grad():
-                lin_train = lin_outputs[:n] if lin is None else outputs(lin, x_train)
-                row["lin_train_loss"] = float(loss_fn(lin_train, y))
-                if x_test is not None:
-                    lin_test = lin_outputs[n:] if lin is None else outputs(lin, x_test)
-                    history.linear_test_predictions.append(lin_test.clone())
-                    row["lin_distance"] = float((f_test - lin_test).norm() / lin_test.norm().clamp_min(1e-300))
-                    if y_te is not None:
-                        row["lin_test_mse"] = float((lin_test - y_te).square().mean())
-        history.steps.append(step)
-        history.rows.append(row)
+            residual = self.values[index] - yb                                          # [B, O]
+            self.values -= self.eta / residual.numel() * torch.einsum("ijab,jb->ia", self.theta0[:, index],
+                                                                      residual)
 
-    stream = _batches(batches, x_train, y, batch, torch.Generator().manual_seed(seed), reference, indices)
-    bar = tqdm(range(steps + 1), desc="train", leave=False, disable=(steps < 200) if progress is None
-               else not progress)
-    for step in bar:
-        if step in record_at:
-            snapshot(step)
-            if not math.isfinite(history.rows[-1]["train_loss"]):
-                raise FloatingPointError(f"training diverged at step {step} (loss is not finite); "
-                                         f"lower the learning rate")
-        if step == steps:
-            break
-        index, xb, yb = next(stream)
-        for net, opt in zip((model, lin), optimizers):
-            net.zero_grad(set_to_none=True)
-            loss_fn(outputs(net, xb), yb).backward()
-            opt.step()
-        if lin_outputs is not None:
-            with torch.no_grad():
-                residual = lin_outputs[index] - yb                                  # [B, O]
-                lin_outputs -= eta / residual.numel() * torch.einsum("ijab,jb->ia", theta0[:, index],
-                                                                     residual)
-    return history
+
+class _TaylorLinearization(_Linearization):
+    """Any optimizer, loss or batches: an `nk.linearize` module trained by its own optimizer."""
+
+    def __init__(self, model, chosen, data: _TrainingData, loss_fn: Loss, optimizer: OptimizerFactory):
+        super().__init__(data, loss_fn)
+        self.network = TaylorExpansion(model, 1, params=list(chosen))
+        self.optimizer = optimizer(list(self.network.parameters()))
+
+    def outputs(self, x_name):
+        return _outputs(self.network, self.data.x_train if x_name == "train" else self.data.x_test)
+
+    def step(self, index, xb, yb):
+        _descend(self.network, self.optimizer, self.loss_fn, xb, yb)

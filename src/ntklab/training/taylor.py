@@ -92,19 +92,21 @@ class TaylorExpansion(nn.Module):
 
     def _at(self, values, x: torch.Tensor) -> torch.Tensor:
         """f(x; theta = values)."""
-        named = {alias: v for aliases, v in zip(self._aliases, values) for alias in aliases}
+        named = {alias: v for aliases, v in zip(self._aliases, values, strict=True) for alias in aliases}
         return functional_call(self.network, named, (x,))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The Taylor model's output at `x`."""
         refuse_batch_statistics(self.network)
         theta0 = self.theta0
-        delta = tuple(p - p0 for p, p0 in zip(self.theta, theta0))
+        delta = tuple(p - p0 for p, p0 in zip(self.theta, theta0, strict=True))
         if self.degree == 1:   # one jvp in parameter space (no scalar s needed)
-            output, change = jvp(lambda *values: self._at(values, x), theta0, delta)
+            # without has_aux, jvp returns (output, tangent); its annotation also allows an aux item
+            output, change = jvp(lambda *values: self._at(values, x), theta0, delta)  # type: ignore[misc]
             return output + change
 
         def along(s: torch.Tensor) -> torch.Tensor:   # f(x; theta_0 + s delta)
-            return self._at(tuple(p0 + s * d for p0, d in zip(theta0, delta)), x)
+            return self._at(tuple(p0 + s * d for p0, d in zip(theta0, delta, strict=True)), x)
 
         zero = torch.zeros((), dtype=theta0[0].dtype, device=theta0[0].device)
         one = torch.ones_like(zero)
@@ -135,7 +137,8 @@ class _SameRandomDraws:
         return value
 
     def finish(self) -> None:
-        set_rng_states(self.device, self.after)
+        if self.after is not None:   # nothing was replayed: nothing was drawn
+            set_rng_states(self.device, self.after)
 
 
 def _with_parameters_as_buffers(network: nn.Module) -> nn.Module:
@@ -169,7 +172,8 @@ class Linearized(TaylorExpansion):
     >>> import torch, ntklab as nk
     >>> model = nk.mlp(1, 16).module(2, seed=0, dtype=torch.float64)
     >>> lin = nk.linearize(model)
-    >>> isinstance(lin, nk.Linearized), sum(p.numel() for p in lin.parameters()) == sum(p.numel() for p in model.parameters())
+    >>> count = lambda module: sum(p.numel() for p in module.parameters())
+    >>> isinstance(lin, nk.Linearized), count(lin) == count(model)
     (True, True)
     """
 
