@@ -138,51 +138,58 @@ def in_threads(run: Callable[[Tile], None], tiles: list[Tile], workers: int) -> 
     for itself; once all have, a short-lived thread sets the process-wide value back to what
     it was, before any tile runs.  So the caller's count, every other thread's and the count
     of threads started later are unchanged, during the call and after it."""
-    pending = iter(tiles)
-    lock = threading.Lock()
-    ready = threading.Barrier(workers + 1)
-    stop = threading.Event()
-    errors: list[BaseException] = []
-    grad = torch.is_grad_enabled()  # thread-local: the workers take the caller's mode
-
-    def work() -> None:
-        torch.get_num_threads()   # torch's lazy per-thread setup first: it would undo the 1 below
-        torch.set_num_threads(1)
-        torch.set_grad_enabled(grad)
-        try:
-            ready.wait()   # all workers single-threaded, then
-            ready.wait()   # the process-wide count restored
-        except threading.BrokenBarrierError:
-            return
-        while not stop.is_set():
-            with lock:
-                tile = next(pending, None)
-            if tile is None:
-                return
-            try:
-                run(tile)
-            except BaseException as err:  # noqa: BLE001  raised by the caller
-                errors.append(err)
-                stop.set()
-
-    pool = [threading.Thread(target=work, name=f"ntklab-tiles-{i}", daemon=True)
+    queue = _TileQueue(run, tiles, workers)
+    pool = [threading.Thread(target=queue.work, name=f"ntklab-tiles-{i}", daemon=True)
             for i in range(workers)]
     try:
         with _THREAD_COUNT:   # concurrent calls must not read each other's workers' value
             process_wide = _on_new_thread(torch.get_num_threads)
             for thread in pool:
                 thread.start()
-            ready.wait()
+            queue.ready.wait()
             _on_new_thread(lambda: torch.set_num_threads(process_wide))
-        ready.wait()
+        queue.ready.wait()
         for thread in pool:
             thread.join()
     except BaseException:   # e.g. Ctrl-C: the workers finish their tile and stop
-        stop.set()
-        ready.abort()
+        queue.stop.set()
+        queue.ready.abort()
         for thread in pool:
             if thread.ident is not None:   # started
                 thread.join()
         raise
-    if errors:
-        raise errors[0]
+    if queue.errors:
+        raise queue.errors[0]
+
+
+class _TileQueue:
+    """The tiles of `in_threads`, handed out one at a time to its workers; the first error
+    stops them all."""
+
+    def __init__(self, run: Callable[[Tile], None], tiles: list[Tile], workers: int):
+        self.run, self.pending, self.lock = run, iter(tiles), threading.Lock()
+        self.ready = threading.Barrier(workers + 1)
+        self.stop = threading.Event()
+        self.errors: list[BaseException] = []
+        self.grad = torch.is_grad_enabled()  # thread-local: the workers take the caller's mode
+
+    def work(self) -> None:
+        """One worker: single-threaded torch, then tiles until none are left or one failed."""
+        torch.get_num_threads()   # torch's lazy per-thread setup first: it would undo the 1 below
+        torch.set_num_threads(1)
+        torch.set_grad_enabled(self.grad)
+        try:
+            self.ready.wait()   # all workers single-threaded, then
+            self.ready.wait()   # the process-wide count restored
+        except threading.BrokenBarrierError:
+            return
+        while not self.stop.is_set():
+            with self.lock:
+                tile = next(self.pending, None)
+            if tile is None:
+                return
+            try:
+                self.run(tile)
+            except BaseException as err:  # noqa: BLE001  raised by the caller
+                self.errors.append(err)
+                self.stop.set()

@@ -537,23 +537,29 @@ def _unreachable(address: str, why: str) -> ValueError:
                       f"and pass the address `dask scheduler` prints")
 
 
-def _probe_dask_scheduler(address: str, timeout: float) -> None:
-    """Refuse `address` unless a Dask scheduler answers there within `timeout` seconds."""
-    import asyncio
+def _check_reachable(address: str, timeout: float) -> None:
+    """Refuse what is not a Dask address, and a tcp:// address whose port does not accept a
+    connection (a closed port or an unknown host fails here at once)."""
     import socket
     addressing = import_extra("distributed", "engine").comm.addressing
     try:
         protocol, _ = addressing.parse_address(address, strict=True)
-        if protocol == "tcp":
-            host, port = addressing.get_address_host_port(address, strict=True)
+        if protocol != "tcp":
+            return
+        host, port = addressing.get_address_host_port(address, strict=True)
     except ValueError as err:
         raise ValueError(f"scheduler (--scheduler) {address!r} is not a Dask address ({err}); expected "
                          f"tcp://host:port") from err
-    if protocol == "tcp":   # a closed port or an unknown host fails here at once
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-        except OSError as err:
-            raise _unreachable(address, err.strerror or str(err) or type(err).__name__) from err
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as err:
+        raise _unreachable(address, err.strerror or str(err) or type(err).__name__) from err
+
+
+def _dask_identity(address: str, timeout: float) -> Any:
+    """The reply of the Dask service at `address` to an identity request (ValueError when
+    none comes within `timeout` or the service does not speak Dask's protocol)."""
+    import asyncio
 
     async def identity():
         from distributed.comm import connect
@@ -575,18 +581,38 @@ def _probe_dask_scheduler(address: str, timeout: float) -> None:
     thread = threading.Thread(target=ask, daemon=True, name="ntklab-scheduler-probe")
     thread.start()
     thread.join(timeout + 2.0)
-    reply, error = outcome.get("reply"), outcome.get("error")
+    error = outcome.get("error")
     if "reply" not in outcome and error is None or isinstance(error, (TimeoutError, asyncio.TimeoutError)):
         raise _unreachable(address, f"no Dask handshake within {timeout:g} s: is it a Dask scheduler?")
     if error is not None:   # a MemoryError's text ("Unable to allocate 3 EiB") would mislead
         detail = "" if isinstance(error, MemoryError) else f": {str(error)[:200]}"
         raise _unreachable(address, f"the service there does not speak Dask's protocol "
                                     f"({type(error).__name__}{detail})") from error
+    return outcome["reply"]
+
+
+def _probe_dask_scheduler(address: str, timeout: float) -> None:
+    """Refuse `address` unless a Dask scheduler answers there within `timeout` seconds."""
+    _check_reachable(address, timeout)
+    reply = _dask_identity(address, timeout)
     kind = reply.get("type") if isinstance(reply, dict) else None
     if kind != "Scheduler":
         raise ValueError(f"scheduler (--scheduler) {address!r} is a Dask {str(kind).lower()}, not the scheduler"
                          + (f"; use the scheduler's address {reply['scheduler']!r}"
                             if isinstance(reply, dict) and reply.get("scheduler") else ""))
+
+
+@contextlib.contextmanager
+def _executing(scheduler, workers: int | None) -> Iterator[tuple[cf.Executor, int]]:
+    """(executor, tasks to keep in flight) of `_executor`, shut down or closed afterwards."""
+    executor, window, owned = _executor(scheduler, workers)
+    try:
+        yield executor, window
+    finally:
+        if isinstance(owned, cf.Executor):
+            owned.shutdown(wait=False, cancel_futures=True)
+        elif owned is not None:
+            owned.close()
 
 
 def _executor(scheduler, workers: int | None) -> tuple[cf.Executor, int, Any]:
@@ -705,6 +731,48 @@ def compute_kernel(arch, x1, x2=None, *, store: str | Path, get: str | Sequence[
     >>> bool(torch.allclose(torch.as_tensor(store.load("ntk")), net.kernel(x, get="ntk"), rtol=1e-12))
     True
     """
+    arch, x1, x2, config = _computation(arch, x1, x2, get=get, dtype=dtype, tile_size=tile_size)
+    max_memory = parse_memory(max_memory)   # refused before the store exists
+    if device is not None:
+        resolve_device(device)
+    check_scheduler(scheduler, workers)
+    if not Path(store).exists():
+        check_writable(store, "store")
+    # the scheduler is reached (workers validated, tcp:// connected) before the store exists,
+    # so a failed start leaves nothing behind
+    with _executing(scheduler, workers) as (executor, window):
+        try:
+            if overwrite and Path(store).exists():
+                discard_folder(Path(store))
+            kernel_store = open_store(store, config)
+            claims = _Claims(kernel_store)
+            try:
+                with claims.preparing():
+                    kernel_store.repair()
+                    if verify:   # damaged arrays of finished tiles are computed again
+                        for tile, lost in kernel_store.damaged().items():
+                            kernel_store.forget([tile], lost)
+
+                def tasks(claimed):
+                    for tile, needed in claimed:
+                        rows, cols = kernel_store.tiling.slices(tile)
+                        same = kernel_store.tiling.on_diagonal(tile)
+                        other = None if same else (x1 if x2 is None else x2)[cols]
+                        yield tile, compute_tile, (arch, x1[rows], other, needed, device, max_memory,
+                                                     fused)
+
+                _fill(kernel_store, claims, tasks, executor, window, progress)
+            finally:
+                claims.close()
+        except OSError as err:
+            if err.errno not in DISK_FULL:
+                raise
+            raise _disk_full(Path(store), err) from err
+    return kernel_store
+
+
+def _computation(arch, x1, x2, *, get, dtype, tile_size) -> tuple[Serial, torch.Tensor, torch.Tensor | None, dict]:
+    """The validated architecture and inputs, and the configuration that keys the store."""
     arch = parse_architecture(arch, argument="arch") if isinstance(arch, str) else arch
     if not isinstance(arch, Serial):
         raise ValueError(f"arch must be an nk.serial(...) architecture or a string such as "
@@ -715,65 +783,31 @@ def compute_kernel(arch, x1, x2=None, *, store: str | Path, get: str | Sequence[
     if x2 is not None:
         x2 = as_inputs(x2, "x2", images=arch.takes_images, sequences=arch.takes_sequences, dtype=dtype)
         check_same_features(x1, x2)
-    tile_size = positive_int(tile_size, "tile_size")
-    max_memory = parse_memory(max_memory)   # refused before the store exists
-    if device is not None:
-        resolve_device(device)
-    check_scheduler(scheduler, workers)
     config = {"format": FORMAT, "architecture": arch.identity, "get": list(names),
-              "shape": [len(x1), len(x1 if x2 is None else x2)], "tile_size": tile_size,
+              "shape": [len(x1), len(x1 if x2 is None else x2)],
+              "tile_size": positive_int(tile_size, "tile_size"),
               "dtype": str(dtype).replace("torch.", ""), "x1_sha256": _fingerprint(x1),
               "x2_sha256": _fingerprint(x2)}
-    if not Path(store).exists():
-        check_writable(store, "store")
-    # the scheduler is reached (workers validated, tcp:// connected) before the store exists,
-    # so a failed start leaves nothing behind
-    executor, window, owned = _executor(scheduler, workers)
-    try:
-        if overwrite and Path(store).exists():
-            discard_folder(Path(store))
-        kernel_store = open_store(store, config)
-        claims = _Claims(kernel_store)
-        try:
-            with claims.preparing():
-                kernel_store.repair()
-                if verify:   # damaged arrays of finished tiles are computed again
-                    for tile, lost in kernel_store.damaged().items():
-                        kernel_store.forget([tile], lost)
-            todo = [tile for tile in kernel_store.tiles() if kernel_store.missing(tile)]
+    return arch, x1, x2, config
 
-            def tasks(claimed):
-                for tile, needed in claimed:
-                    rows, cols = kernel_store.tiling.slices(tile)
-                    same = kernel_store.tiling.on_diagonal(tile)
-                    other = None if same else (x1 if x2 is None else x2)[cols]
-                    yield tile, compute_tile, (arch, x1[rows], other, needed, device, max_memory,
-                                                 fused)
 
-            total = len(kernel_store.tiles())
-            show = total > 1 if progress is None else progress
-            with tqdm(total=total, initial=total - len(todo), disable=not show or not todo,
-                      desc="kernel tiles", unit="tile", dynamic_ncols=True) as bar:
-                while todo:
-                    busy: list[Tile] = []
-                    for tile, arrays in _in_window(executor, tasks(_claimed(kernel_store, claims, todo,
-                                                                            busy, bar)), window):
-                        kernel_store.write_tile(tile, arrays)
-                        claims.release(tile)
-                        bar.update()
-                    if busy:   # computed by other processes: wait until one lets go, then look again
-                        claims.take(busy[0], wait=True)
-                        claims.release(busy[0])
-                    todo = busy
-        finally:
-            claims.close()
-    except OSError as err:
-        if err.errno not in DISK_FULL:
-            raise
-        raise _disk_full(Path(store), err) from err
-    finally:
-        if isinstance(owned, cf.Executor):
-            owned.shutdown(wait=False, cancel_futures=True)
-        elif owned is not None:
-            owned.close()
-    return kernel_store
+def _fill(kernel_store: KernelStore, claims: "_Claims", tasks, executor, window: int,
+          progress: bool | None) -> None:
+    """Compute and write every missing tile (`tasks(claimed)` yields their work), with a bar;
+    tiles that other processes hold are waited for and looked at again."""
+    todo = [tile for tile in kernel_store.tiles() if kernel_store.missing(tile)]
+    total = len(kernel_store.tiles())
+    show = total > 1 if progress is None else progress
+    with tqdm(total=total, initial=total - len(todo), disable=not show or not todo,
+              desc="kernel tiles", unit="tile", dynamic_ncols=True) as bar:
+        while todo:
+            busy: list[Tile] = []
+            for tile, arrays in _in_window(executor, tasks(_claimed(kernel_store, claims, todo, busy, bar)),
+                                           window):
+                kernel_store.write_tile(tile, arrays)
+                claims.release(tile)
+                bar.update()
+            if busy:   # computed by other processes: wait until one lets go, then look again
+                claims.take(busy[0], wait=True)
+                claims.release(busy[0])
+            todo = busy

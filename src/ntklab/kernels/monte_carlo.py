@@ -78,6 +78,19 @@ class MonteCarloKernel:
     n_samples: int
 
 
+def _network_factory(net_or_factory, x1, x2, dtype) -> Callable[[int], nn.Module]:
+    """seed -> network: an architecture's seeded module (the inputs' dtype and device), or the
+    user's factory."""
+    if isinstance(net_or_factory, Serial):
+        shape = tuple(torch.as_tensor(x1).shape[1:])
+        dtype, device = input_dtype(x1, dtype, x2), input_device(x1)
+        return lambda s: net_or_factory.module(shape, seed=s, dtype=dtype, device=device)
+    if callable(net_or_factory):
+        return net_or_factory
+    raise ValueError("net_or_factory must be an ntklab architecture (nk.serial(...)) or a "
+                     f"function seed -> torch.nn.Module, got {net_or_factory!r}")
+
+
 def monte_carlo_kernel(net_or_factory: Serial | Callable[[int], nn.Module], x1, x2=None, *,
                        n_samples: int, get: str | Sequence[str] | None = None, seed: int = 0,
                        dtype: torch.dtype | None = None, progress: bool | None = None,
@@ -129,17 +142,7 @@ def monte_carlo_kernel(net_or_factory: Serial | Callable[[int], nn.Module], x1, 
     """
     n_samples = positive_int(n_samples, "n_samples")
     names = canonical_get(get)
-    if isinstance(net_or_factory, Serial):
-        shape = tuple(torch.as_tensor(x1).shape[1:])
-        dtype, device = input_dtype(x1, dtype, x2), input_device(x1)
-
-        def factory(s: int) -> nn.Module:
-            return net_or_factory.module(shape, seed=s, dtype=dtype, device=device)
-    elif callable(net_or_factory):
-        factory = net_or_factory
-    else:
-        raise ValueError("net_or_factory must be an ntklab architecture (nk.serial(...)) or a "
-                         f"function seed -> torch.nn.Module, got {net_or_factory!r}")
+    factory = _network_factory(net_or_factory, x1, x2, dtype)
     count, mean, second = 0, {}, {}
     show = n_samples > 10 if progress is None else progress
     for s in tqdm(range(n_samples), desc="monte carlo kernel", unit="net", disable=not show, leave=False):

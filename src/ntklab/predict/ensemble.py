@@ -2,7 +2,6 @@
 (Lee et al. 2019): mean and covariance at any time, from an architecture or a kernel function."""
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any, Callable, Sequence
 
 import torch
@@ -89,93 +88,98 @@ def gradient_descent_mse_ensemble(net_or_kernel_fn, x_train, y_train, *, learnin
     >>> predict(t=[1.0, 10.0], x_test=x_train[:4], get="nngp").shape
     torch.Size([2, 4, 1])
     """
-    kernel = _kernel_callable(net_or_kernel_fn)
-    images = getattr(net_or_kernel_fn, "takes_images", False)
-    sequences = getattr(net_or_kernel_fn, "takes_sequences", False)
-    dtype = input_dtype(x_train, dtype)
-    x_train = as_inputs(x_train, "x_train", images=images, sequences=sequences, dtype=dtype,
-                        device=device)
-    y, vector = as_targets(y_train, x_train.shape[0], "y_train", dtype, x_train.device)
-    lr = positive(learning_rate, "learning_rate")
-    positive(diag_reg, "diag_reg", allow_zero=True)
-    size = y.numel()
-    cache: dict[str, torch.Tensor] = {}
+    return _EnsemblePrediction(_kernel_callable(net_or_kernel_fn), x_train, y_train,
+                               images=getattr(net_or_kernel_fn, "takes_images", False),
+                               sequences=getattr(net_or_kernel_fn, "takes_sequences", False),
+                               learning_rate=learning_rate, diag_reg=diag_reg,
+                               diag_reg_absolute_scale=diag_reg_absolute_scale, dtype=dtype, device=device)
 
-    def k_train(g: str) -> torch.Tensor:
-        if g not in cache:
-            cache.update(kernel(x_train, None, (g,)))
-        return cache[g]
 
-    @lru_cache(maxsize=2)
-    def dynamics(g: str) -> GradientFlow:
-        return GradientFlow(k_train(g), size, learning_rate=lr, diag_reg=diag_reg,
-                            diag_reg_absolute_scale=diag_reg_absolute_scale, name=f"k_train_train ({g})")
+class _EnsemblePrediction:
+    """`predict(t=None, x_test=None, get=None, compute_cov=False)` of
+    `gradient_descent_mse_ensemble`: the validated training set, the train-train kernels and
+    their gradient flows, each computed once."""
 
-    def flow(g: str, times: torch.Tensor | None, rhs: torch.Tensor, doubled: bool = False):
-        return dynamics(g).solve(rhs, times, doubled=doubled)
+    def __init__(self, kernel, x_train, y_train, *, images, sequences, learning_rate, diag_reg,
+                 diag_reg_absolute_scale, dtype, device):
+        self.kernel, self.images, self.sequences = kernel, images, sequences
+        self.dtype = input_dtype(x_train, dtype)
+        self.x_train = as_inputs(x_train, "x_train", images=images, sequences=sequences, dtype=self.dtype,
+                                 device=device)
+        self.y, self.vector = as_targets(y_train, self.x_train.shape[0], "y_train", self.dtype,
+                                         self.x_train.device)
+        self.lr = positive(learning_rate, "learning_rate")
+        self.diag_reg = positive(diag_reg, "diag_reg", allow_zero=True)
+        self.diag_reg_absolute_scale = diag_reg_absolute_scale
+        self.size = self.y.numel()
+        self.cache: dict[str, torch.Tensor] = {}
+        self.flows: dict[str, GradientFlow] = {}
 
-    def eigenspace(g: str):
-        return dynamics(g).eigenspace
+    def k_train(self, g: str) -> torch.Tensor:
+        if g not in self.cache:
+            self.cache.update(self.kernel(self.x_train, None, (g,)))
+        return self.cache[g]
 
-    def decay(g: str, times: torch.Tensor) -> torch.Tensor:
-        return dynamics(g).decay(times)
+    def dynamics(self, g: str) -> GradientFlow:
+        if g not in self.flows:
+            self.flows[g] = GradientFlow(self.k_train(g), self.size, learning_rate=self.lr,
+                                         diag_reg=self.diag_reg,
+                                         diag_reg_absolute_scale=self.diag_reg_absolute_scale,
+                                         name=f"k_train_train ({g})")
+        return self.flows[g]
 
-    def predict_one(g, times, x_test, compute_cov):
-        if x_test is None:  # on the training set (unregularized, as neural-tangents)
-            if times is None:
-                mean = y.clone()
-                cov = torch.zeros(size // y.shape[1], size // y.shape[1], dtype=dtype,
-                                  device=y.device) if compute_cov else None
-                return mean, cov
-            evals, evecs = eigenspace(g)      # >= 0: GradientFlow checks the kernel
-            keep = -torch.expm1(-lr / size * times[:, None] * evals[None, :])
-            mean = torch.einsum("ij,tj,kj,km->tim", evecs, keep, evecs, y)
-            cov = None
-            if compute_cov:
-                if g == "nngp":
-                    cov = torch.einsum("ij,tj,kj->tik", evecs,
-                                       evals * torch.exp(-2 * evals * times[:, None] * lr / size), evecs)
-                else:
-                    e = decay(g, times)
-                    cov = e @ k_train("nngp") @ e.transpose(1, 2)
-            return mean, cov
-        kt = kernel(x_test, x_train, ("nngp", g) if compute_cov else (g,))
-        mean = kt[g] @ flow(g, times, y)
-        cov = None
-        if compute_cov:
-            k_tt = kernel(x_test, None, ("nngp",))["nngp"]
-            if g == "nngp":
-                cov = k_tt - kt[g] @ flow(g, times, kt[g].T, doubled=True)
-            else:
-                term_1 = flow(g, times, kt[g].T)                     # [T?, N, Nt]
-                term_2 = kt[g] @ flow(g, times, kt["nngp"].T)        # [T?, Nt, Nt]
-                cov = (term_1.transpose(-1, -2) @ k_train("nngp") @ term_1
-                       - term_2 - term_2.transpose(-1, -2) + k_tt)
-        return mean, cov
+    def on_train(self, g: str, times: torch.Tensor | None, compute_cov: bool):
+        """Mean and covariance on the training set (unregularized, as neural-tangents)."""
+        y, size = self.y, self.size
+        if times is None:
+            n = size // y.shape[1]
+            return y.clone(), (torch.zeros(n, n, dtype=self.dtype, device=y.device) if compute_cov else None)
+        evals, evecs = self.dynamics(g).eigenspace      # >= 0: GradientFlow checks the kernel
+        keep = -torch.expm1(-self.lr / size * times[:, None] * evals[None, :])
+        mean = torch.einsum("ij,tj,kj,km->tim", evecs, keep, evecs, y)
+        if not compute_cov:
+            return mean, None
+        if g == "nngp":
+            return mean, torch.einsum("ij,tj,kj->tik", evecs,
+                                      evals * torch.exp(-2 * evals * times[:, None] * self.lr / size), evecs)
+        e = self.dynamics(g).decay(times)
+        return mean, e @ self.k_train("nngp") @ e.transpose(1, 2)
 
-    def predict(t=None, x_test=None, get: str | Sequence[str] | None = None,
-                compute_cov: bool = False):
+    def on_test(self, g: str, times: torch.Tensor | None, x_test: torch.Tensor, compute_cov: bool):
+        """Mean and covariance at `x_test` (the formulas of `gradient_descent_mse_ensemble`)."""
+        flow = self.dynamics(g).solve
+        kt = self.kernel(x_test, self.x_train, ("nngp", g) if compute_cov else (g,))
+        mean = kt[g] @ flow(self.y, times)
+        if not compute_cov:
+            return mean, None
+        k_tt = self.kernel(x_test, None, ("nngp",))["nngp"]
+        if g == "nngp":
+            return mean, k_tt - kt[g] @ flow(kt[g].T, times, doubled=True)
+        term_1 = flow(kt[g].T, times)                     # [T?, N, Nt]
+        term_2 = kt[g] @ flow(kt["nngp"].T, times)        # [T?, Nt, Nt]
+        return mean, term_1.transpose(-1, -2) @ self.k_train("nngp") @ term_1 - term_2 - term_2.transpose(-1, -2) + k_tt
+
+    def __call__(self, t=None, x_test=None, get: str | Sequence[str] | None = None, compute_cov: bool = False):
         """Mean (or (mean, cov)) at time(s) t; dict over `get` when it names several.
 
         Shapes: mean [*t.shape, N_test, K] ([*t.shape, N_test] for 1-D y_train),
         cov [*t.shape, N_test, N_test]; `x_test=None` predicts on x_train."""
         names = canonical_get(get)
         if x_test is not None:
-            x_test = as_inputs(x_test, "x_test", images=images, sequences=sequences,
-                               dtype=dtype, device=x_train.device)
-            if x_test.shape[1:] != x_train.shape[1:]:
-                raise ValueError(f"x_test must have samples of shape {tuple(x_train.shape[1:])} "
+            x_test = as_inputs(x_test, "x_test", images=self.images, sequences=self.sequences,
+                               dtype=self.dtype, device=self.x_train.device)
+            if x_test.shape[1:] != self.x_train.shape[1:]:
+                raise ValueError(f"x_test must have samples of shape {tuple(self.x_train.shape[1:])} "
                                  f"like x_train, got shape {tuple(x_test.shape)}")
         times, t_shape = (None, ()) if t is None else _time_grid(t)
-        times = None if times is None else times.to(dtype=dtype, device=x_train.device)
+        times = None if times is None else times.to(dtype=self.dtype, device=self.x_train.device)
         out = {}
         for g in names:
-            mean, cov = predict_one(g, times, x_test, compute_cov)
+            mean, cov = (self.on_train(g, times, compute_cov) if x_test is None
+                         else self.on_test(g, times, x_test, compute_cov))
             if times is not None:
                 mean = mean.reshape(t_shape + mean.shape[-2:])
                 cov = None if cov is None else cov.reshape(t_shape + cov.shape[-2:])
-            mean = mean[..., 0] if vector else mean
+            mean = mean[..., 0] if self.vector else mean
             out[g] = (mean, cov) if compute_cov else mean
         return out[names[0]] if isinstance(get, str) else out
-
-    return predict

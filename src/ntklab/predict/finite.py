@@ -220,6 +220,68 @@ def _spectral_radius(field: Callable[[torch.Tensor], torch.Tensor], state: torch
     return math.exp(sum(logs[iterations // 2:]) / (iterations - iterations // 2))
 
 
+def _loss_gradient(loss, y: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """f -> dloss(f, y)/df, after checking that `loss` is a function returning a scalar tensor."""
+    if not callable(loss):
+        raise ValueError(f"loss must be a function loss(fx, y) returning a scalar, got {loss!r}")
+    value = loss(y.clone(), y)
+    if not (isinstance(value, torch.Tensor) and value.ndim == 0):
+        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else ""
+        raise ValueError(f"loss(fx, y) must return a scalar tensor, got {type(value).__name__}{shape}")
+    return torch.func.grad(lambda f: loss(f, y))
+
+
+def _integrate(field: Callable[[torch.Tensor], torch.Tensor], state0: torch.Tensor, times: torch.Tensor, *,
+               scale: float, rtol: float, atol: float, progress: bool | None) -> torch.Tensor:
+    """The solution of state' = field(state), state(0) = state0, at `times` (any order; in the
+    solver's units, reported divided by `scale`): `[T, S]`.  DOP853, or LSODA with the exact
+    Jacobian when the flow is stiff (`STIFF`); failures raise with the time reached."""
+    end = float(times.max())
+    if end == 0:
+        return state0[None].expand(len(times), -1)
+    stiff = end * _spectral_radius(field, state0) > STIFF
+    reached, last, stalled = [0.0], [-1.0], [0]
+    bar = tqdm(total=end / scale, desc=f"gradient descent ODE ({'LSODA' if stiff else 'DOP853'})",
+               bar_format="{desc}: {percentage:3.0f}% of t = {total:.4g} [{elapsed}<{remaining}]",
+               leave=False, delay=0 if progress else PROGRESS_DELAY, disable=progress is False)
+
+    def failure(reason: str) -> RuntimeError:
+        return RuntimeError(f"the ODE solver failed at time {reached[0] / scale:.4g} of "
+                            f"{end / scale:.4g} ({reason}); the loss may diverge, or loosen "
+                            f"rtol/atol")
+
+    def rhs(time, state):
+        if time > reached[0]:
+            bar.update((time - reached[0]) / scale)
+            reached[0] = time
+        stalled[0] = stalled[0] + 1 if time == last[0] else 0
+        last[0] = time
+        if stalled[0] >= 1000:   # LSODA can stall at one time without failing
+            raise failure("1000 evaluations at one time: the step size underflowed or the "
+                          "outputs overflowed")
+        return field(torch.from_numpy(state).to(state0)).cpu().numpy()
+
+    def jacobian(_, state):
+        jac = torch.func.jacfwd(field)(torch.from_numpy(state).to(state0))
+        if not bool(torch.isfinite(jac).all()):
+            raise failure("the Jacobian of the flow is not finite")
+        return jac.cpu().numpy()
+
+    order = torch.argsort(times)
+    try:
+        with bar:
+            result = solve_ivp(rhs, (0.0, end), state0.cpu().numpy(),
+                               method="LSODA" if stiff else "DOP853", t_eval=times[order].cpu().numpy(),
+                               rtol=rtol, atol=atol, **({"jac": jacobian} if stiff else {}))
+    except ValueError as err:   # scipy refuses non-finite values (e.g. in an LU)
+        raise failure(str(err)) from err
+    if not result.success:
+        raise failure(result.message)
+    solution = torch.empty(len(times), state0.numel(), dtype=state0.dtype, device=state0.device)
+    solution[order] = torch.from_numpy(result.y.T.copy()).to(state0)
+    return solution
+
+
 def gradient_descent(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], k_train_train, y_train,
                      learning_rate: float = 1.0, momentum: float | None = None, *,
                      rtol: float = 1e-10, atol: float = 1e-10, allow_indefinite: bool = False,
@@ -275,14 +337,8 @@ def gradient_descent(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     learning_rate = positive(learning_rate, "learning_rate")
     if momentum is not None:
         momentum = positive(momentum, "momentum", allow_zero=True)
-    if not callable(loss):
-        raise ValueError(f"loss must be a function loss(fx, y) returning a scalar, got {loss!r}")
     y = problem.y_train
-    value = loss(y.clone(), y)
-    if not (isinstance(value, torch.Tensor) and value.ndim == 0):
-        raise ValueError(f"loss(fx, y) must return a scalar tensor, got "
-                         f"{type(value).__name__}{'' if not isinstance(value, torch.Tensor) else tuple(value.shape)}")
-    grad_loss = torch.func.grad(lambda f: loss(f, y))
+    grad_loss = _loss_gradient(loss, y)
     scale = learning_rate ** 0.5 if momentum is not None else learning_rate
     friction = None if momentum is None else (momentum - 1.0) / scale
 
@@ -296,7 +352,6 @@ def gradient_descent(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                                                                         "fx_train_0", y)
         k_td, f_test = _test_kernel(k_test_train, fx_test_0, problem)
         times, shape = _times(t, scale, y)
-        order = torch.argsort(times)
         parts = [f_train] + ([] if f_test is None else [f_test])
         sizes = [p.numel() for p in parts]
         state0 = torch.cat([p.reshape(-1) for p in parts])
@@ -313,49 +368,7 @@ def gradient_descent(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
             q = state[n_f:]
             return torch.cat([q, force + friction * q])
 
-        end = float(times.max())
-        if end == 0:
-            solution = state0[None].expand(len(times), -1)
-        else:
-            stiff = end * _spectral_radius(field, state0) > STIFF
-            reached, last, stalled = [0.0], [-1.0], [0]
-            bar = tqdm(total=end / scale, desc=f"gradient descent ODE ({'LSODA' if stiff else 'DOP853'})",
-                       bar_format="{desc}: {percentage:3.0f}% of t = {total:.4g} [{elapsed}<{remaining}]",
-                       leave=False, delay=0 if progress else PROGRESS_DELAY, disable=progress is False)
-
-            def failure(reason: str) -> RuntimeError:
-                return RuntimeError(f"the ODE solver failed at time {reached[0] / scale:.4g} of "
-                                    f"{end / scale:.4g} ({reason}); the loss may diverge, or loosen "
-                                    f"rtol/atol")
-
-            def rhs(time, state):
-                if time > reached[0]:
-                    bar.update((time - reached[0]) / scale)
-                    reached[0] = time
-                stalled[0] = stalled[0] + 1 if time == last[0] else 0
-                last[0] = time
-                if stalled[0] >= 1000:   # LSODA can stall at one time without failing
-                    raise failure("1000 evaluations at one time: the step size underflowed or the "
-                                  "outputs overflowed")
-                return field(torch.from_numpy(state).to(k)).cpu().numpy()
-
-            def jacobian(_, state):
-                jac = torch.func.jacfwd(field)(torch.from_numpy(state).to(k))
-                if not bool(torch.isfinite(jac).all()):
-                    raise failure("the Jacobian of the flow is not finite")
-                return jac.cpu().numpy()
-
-            try:
-                with bar:
-                    result = solve_ivp(rhs, (0.0, end), state0.cpu().numpy(),
-                                       method="LSODA" if stiff else "DOP853", t_eval=times[order].cpu().numpy(),
-                                       rtol=rtol, atol=atol, **({"jac": jacobian} if stiff else {}))
-            except ValueError as err:   # scipy refuses non-finite values (e.g. in an LU)
-                raise failure(str(err)) from err
-            if not result.success:
-                raise failure(result.message)
-            solution = torch.empty(len(times), state0.numel(), dtype=k.dtype, device=k.device)
-            solution[order] = torch.from_numpy(result.y.T.copy()).to(k)
+        solution = _integrate(field, state0, times, scale=scale, rtol=rtol, atol=atol, progress=progress)
         train = solution[:, :sizes[0]].reshape(len(times), *y.shape) if fx_train_0 is not None else None
         test = (None if f_test is None else
                 solution[:, sizes[0]:n_f].reshape(len(times), *f_test.shape))

@@ -22,25 +22,17 @@ them, and `--scheduler tcp://...` spreads the tiles over a Dask cluster.  Defaul
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
-import hashlib
 import math
 import sys
-import time
-from pathlib import Path
+from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
 import torch
 
-import ntklab as nk
-from ... import predict
-from ..data import ImageTask, image_task
-from ..spectrum import inverse_largest_eigenvalue
-from ...kernels.engine import check_scheduler, compute_kernel
-from ..._core.validation import resolve_device
+from ..data import image_task
+from ...kernels.engine import check_scheduler
 from ..report import RunFolder, claims_table, markdown_table
-from ...training.loop import train
+from ..studies import cntk as C
 from . import register
 
 DEPTHS = (3, 4, 6, 11, 21)
@@ -49,13 +41,13 @@ PAPER = {  # lecture 22's table (Arora et al. 2019, Table 1), CIFAR-10 test accu
     3: (61.97, 64.67, 57.96, 70.47), 4: (62.12, 65.52, 80.58, 75.93),
     6: (64.03, 66.03, 80.97, 76.73), 11: (70.97, 65.90, 75.45, 77.43),
     21: (80.56, 64.09, 81.23, 77.08)}
-LABEL_ON, LABEL_OFF = 0.9, -0.1   # Arora et al.'s shifted one-hot targets
 
 
 @dataclass(frozen=True)
 class Config:
     """Settings of this experiment (the defaults are the full run)."""
-    depths: tuple = DEPTHS
+
+    depths: tuple[int, ...] = DEPTHS
     train_size: int = 240
     test_size: int = 160
     channels: int = 64
@@ -70,84 +62,16 @@ class Config:
                    tile_size=32)
 
 
-def architecture(depth: int, readout: str, *, channels: int, n_classes: int,
-                 fix: bool = False) -> nk.Serial:
-    """`depth - 1` SAME 3x3 conv + ReLU layers, then Flatten ("V") or GlobalAvgPool
-    ("GAP") and a Dense readout; `fix` keeps the first and last layers out of the NTK."""
-    if depth < 2:
-        raise ValueError(f"depth must be >= 2 (conv layers + 1), got {depth}")
-    layers = []
-    for index in range(depth - 1):
-        layers += [nk.Conv(channels, (3, 3), padding="SAME", W_std=math.sqrt(2), b_std=0.0,
-                           trainable=not (fix and index == 0)), nk.Relu()]
-    pool = nk.Flatten() if readout == "V" else nk.GlobalAvgPool()
-    return nk.serial(*layers, pool, nk.Dense(n_classes, W_std=1.0, b_std=0.0, trainable=not fix))
-
-
-def one_hot(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
-    y = torch.full((len(labels), n_classes), LABEL_OFF, dtype=torch.float64)
-    y[torch.arange(len(labels)), labels] = LABEL_ON
-    return y
-
-
-def accuracy(scores: torch.Tensor, labels: torch.Tensor) -> float:
-    return float((scores.argmax(1).cpu() == labels).double().mean())
-
-
-def kernel_stores(folder: RunFolder, task: ImageTask, cfg) -> Path:
-    """The folder of the run's kernel stores, `kernels/` inside the run folder: the stores of
-    an interrupted run (or, with --overwrite, of the replaced run) are resumed only when
-    they were made from the same images (SHA-256) and settings `cfg`, else it starts empty
-    (see `RunFolder.stores`), so a changed configuration never meets a stale store."""
-    digest = hashlib.sha256()
-    for images in (task.x_train, task.x_test):
-        digest.update(str((images.dtype, tuple(images.shape))).encode())
-        digest.update(images.contiguous().cpu().numpy().tobytes())
-    return folder.stores({"images_sha256": digest.hexdigest(), **asdict(cfg)})
-
-
-def cntk_accuracy(task: ImageTask, arch: nk.Serial, stores: Path, name: str, cfg: Config,
-                  scheduler, workers, device) -> tuple[float, dict]:
-    """Kernel regression with the NTK of `arch`, kernels through the tiled engine."""
-    start = time.perf_counter()
-    common = dict(get="ntk", tile_size=cfg.tile_size, scheduler=scheduler, workers=workers,
-                  device=device, progress=None)
-    k_train = compute_kernel(arch, task.x_train, store=stores / f"{name}-train.zarr", **common)
-    k_test = compute_kernel(arch, task.x_test, task.x_train, store=stores / f"{name}-test.zarr",
-                            **common)
-    seconds = time.perf_counter() - start
-    k_tt, k_st = (torch.from_numpy(s.load("ntk")) for s in (k_train, k_test))
-    y = one_hot(task.y_train, task.n_classes)
-    ridge = 0.0
-    try:
-        alpha = predict.solve(k_tt, y, diag_reg=ridge)
-    except ValueError:  # numerically singular: the smallest ridge that factorizes
-        ridge = 1e-10
-        alpha = predict.solve(k_tt, y, diag_reg=ridge)
-    return accuracy(k_st @ alpha, task.y_test), {"kernel_seconds": seconds, "diag_reg": ridge,
-                                                 "train_accuracy": accuracy(k_tt @ alpha, task.y_train)}
-
-
-def cnn_accuracy(task: ImageTask, arch: nk.Serial, cfg: Config, seed: int, device) -> tuple[float, dict]:
-    device = resolve_device(device)
-    """Train the finite network by SGD; returns final test accuracy and details."""
-    start = time.perf_counter()
-    model = arch.module(tuple(task.x_train.shape[1:]), seed=seed, dtype=torch.float32,
-                        device=device)
-    x_train, x_test = task.x_train.float().to(device), task.x_test.float().to(device)
-    y_train = one_hot(task.y_train, task.n_classes).float().to(device)
-    # loss ||f - y||^2 / (2 |y|): learning rate |y| / lambda_max is the function-space step 1 / lambda_max
-    learning_rate = y_train.numel() * inverse_largest_eigenvalue(model, x_train)
-    steps = cfg.epochs * math.ceil(len(x_train) / cfg.batch_size)
-    history = train(model, x_train, y_train, steps=steps,
-                    learning_rate=learning_rate, batch_size=cfg.batch_size, x_test=x_test,
-                    y_test=one_hot(task.y_test, task.n_classes).float().to(device), record=2,
-                    track_kernel=False, linearized=False, seed=seed, progress=False)
-    last = history.rows[-1]
-    return 1.0 - last["test_error"], {"train_accuracy": 1.0 - last["train_error"],
-                                      "learning_rate": learning_rate, "steps": steps,
-                                      "final_train_loss": last["train_loss"],
-                                      "cnn_seconds": time.perf_counter() - start}
+def cell(task, column: str, depth: int, cfg: Config, stores, *, seed: int, scheduler, workers, device):
+    """One cell of the table: (test accuracy, details) of `column` at `depth` (`studies.cntk`)."""
+    readout = "GAP" if column.endswith("GAP") else "V"
+    kernel = column.startswith("CNTK")
+    arch = C.plain(depth, readout, channels=cfg.channels, n_classes=task.n_classes, fix=kernel and readout == "GAP")
+    print(f"[cntk-table] depth {depth} {column}", file=sys.stderr, flush=True)
+    if kernel:
+        return C.cntk_accuracy(task, arch, stores, f"{task.name}-seed{seed}-{column}-depth{depth}",
+                               tile_size=cfg.tile_size, scheduler=scheduler, workers=workers, device=device)
+    return C.cnn_accuracy(task, arch, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=seed, device=device)
 
 
 ORDERINGS = [("CNTK-GAP", "CNTK-V"), ("CNN-GAP", "CNN-V"), ("CNTK-V", "CNN-V"),
@@ -168,51 +92,33 @@ def orderings(table: dict[int, dict[str, float]]) -> list[dict]:
 
 
 @register("cntk-table", "Arora et al. 2019 / lecture 22: CNN vs CNTK, vanilla and GAP, depths 3-21",
-          devices=("cpu", "cuda"))
-def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device | str, data: str = "digits",
+          config=Config, devices=("cpu", "cuda"))
+def run(folder: RunFolder, cfg: Config, *, seed: int, device: torch.device | str, data: str = "digits",
         train_size: int | None = None, test_size: int | None = None, scheduler: str | None = None,
         workers: int | None = None) -> dict:
+    """Every (depth, column) cell, the orderings against the paper's, the report."""
     check_scheduler(scheduler, workers)   # before any work
-    cfg = Config.quick() if quick else Config()
-    task = image_task(data, train_size, test_size, seed=seed,
-                      defaults=(cfg.train_size, cfg.test_size))
-    stores = kernel_stores(folder, task, cfg)
-    started = time.perf_counter()
+    task = image_task(data, train_size, test_size, seed=seed, defaults=(cfg.train_size, cfg.test_size))
+    stores = C.kernel_stores(folder, task, cfg)
     metrics, table = [], {}
     for depth in cfg.depths:
-        table[depth] = {}
         for column in COLUMNS:
-            readout = "GAP" if column.endswith("GAP") else "V"
-            kernel = column.startswith("CNTK")
-            arch = architecture(depth, readout, channels=cfg.channels, n_classes=task.n_classes,
-                                fix=kernel and readout == "GAP")
-            print(f"[cntk-table] depth {depth} {column}", file=sys.stderr, flush=True)
-            if kernel:
-                acc, details = cntk_accuracy(task, arch, stores, f"{task.name}-seed{seed}-{column}-"
-                                             f"depth{depth}", cfg, scheduler, workers, device)
-            else:
-                acc, details = cnn_accuracy(task, arch, cfg, seed, device)
-            table[depth][column] = acc
+            acc, details = cell(task, column, depth, cfg, stores, seed=seed, scheduler=scheduler,
+                                workers=workers, device=device)
+            table.setdefault(depth, {})[column] = acc
             metrics.append({"depth": depth, "column": column, "test_accuracy": acc,
-                            "paper_cifar10_accuracy": PAPER[depth][COLUMNS.index(column)] / 100,
-                            **details})
-    seconds = time.perf_counter() - started
+                            "paper_cifar10_accuracy": PAPER[depth][COLUMNS.index(column)] / 100, **details})
     rows = [{"depth": d, **{c: round(100 * table[d][c], 2) for c in COLUMNS},
              **{f"paper {c}": PAPER[d][i] for i, c in enumerate(COLUMNS)}} for d in table]
-    order_rows = orderings(table)
     folder.write_csv("metrics.csv", metrics)
     folder.write_csv("table.csv", rows)
     folder.write_text("table.md", markdown_table(rows, ["depth", *COLUMNS]) + "\n")
-    n_test = len(task.y_test)
-    stderr = 100 * math.sqrt(0.25 / n_test)
     figure = _figure(folder, table, task.name)
-    folder.config.update({"data": data, "task": task.description, **asdict(cfg), "train_size": len(task.y_train),
-                          "test_size": n_test, "scheduler": scheduler or "local",
+    folder.config.update({"data": data, "task": task.description, "train_size": len(task.y_train),
+                          "test_size": len(task.y_test), "scheduler": scheduler or "local",
                           "kernel_stores": RunFolder.STORES})
-    folder.write_text("report.md", _report(task, cfg, rows, order_rows, metrics, figure, stderr,
-                                           seconds))
-    return {"test_accuracy_percent": {d: {c: round(100 * table[d][c], 2) for c in COLUMNS}
-                                      for d in table}, "seconds": round(seconds, 1),
+    folder.write_text("report.md", _report(task, cfg, rows, orderings(table), metrics, figure))
+    return {"test_accuracy_percent": {d: {c: round(100 * table[d][c], 2) for c in COLUMNS} for d in table},
             "below_chance": below_chance(table, task.n_classes)}
 
 
@@ -243,7 +149,9 @@ def _figure(folder: RunFolder, table: dict, data_name: str) -> str:
     return folder.save_figure("accuracy_vs_depth", fig)
 
 
-def _report(task, cfg, rows, order_rows, metrics, figure, stderr, seconds) -> str:
+def _report(task, cfg, rows, order_rows, metrics, figure) -> str:
+    """report.md: the claims (orderings), the table beside the paper's, the protocol."""
+    stderr = 100 * math.sqrt(0.25 / len(task.y_test))
     held = [r for r in order_rows if r["paper"] == r["here"]]
     train_rows = [{"depth": depth, **{m["column"]: round(100 * m["train_accuracy"], 2)
                                       for m in metrics if m["depth"] == depth}}
@@ -292,7 +200,7 @@ def _report(task, cfg, rows, order_rows, metrics, figure, stderr, seconds) -> st
         f"- Kernels through the tiled engine: zarr stores in `{RunFolder.STORES}/` inside this "
         f"run folder (tile {cfg.tile_size}); a killed run resumes them when the same command "
         f"is run again.",
-        f"- Time: {seconds:.0f} s in all, {kernel_time:.0f} s kernels, {cnn_time:.0f} s CNN training.",
+        f"- Time: {kernel_time:.0f} s kernels, {cnn_time:.0f} s CNN training.",
         "",
         "## Which of the paper's orderings hold here", "",
         f"{len(held)} of {len(order_rows)} (ordering, depth) cells agree with the paper. "

@@ -15,30 +15,28 @@ kernel prediction differs from discrete GD by the time discretization, independe
 """
 from __future__ import annotations
 
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-import ntklab as nk
-from ... import predict
 from ..data import digits_images
 from ..fits import power_law
-from ...kernels.empirical import empirical_ntk
-from ..spectrum import inverse_largest_eigenvalue
 from ..report import RunFolder, claims_table, markdown_table
-from ...training.loop import mean_squared_loss, train
+from ..studies import linearization as S
 from . import register
+
+QUANTITIES = ("network_vs_linearized", "linearized_vs_kernel", "network_vs_kernel")
 
 
 @dataclass(frozen=True)
 class Config:
     """Settings of this experiment (the defaults are the full run)."""
-    widths: tuple = (64, 128, 256, 512, 1024, 2048, 4096)
-    channels: tuple = (8, 16, 32, 64)
+
+    widths: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048, 4096)
+    channels: tuple[int, ...] = (8, 16, 32, 64)
     n_train: int = 128
     n_test: int = 200
     steps: int = 400
@@ -50,96 +48,29 @@ class Config:
         return cls(widths=(64, 256, 1024), channels=(8, 32), n_train=48, n_test=64, steps=60, record=6)
 
 
-NETWORKS = {
-    "mlp": lambda width, classes: nk.mlp(1, width, W_std=2 ** 0.5, b_std=0.1, out=classes),
-    "cnn": lambda width, classes: nk.serial(nk.Conv(width, (3, 3), padding="SAME", W_std=2 ** 0.5, b_std=0.1),
-                                            nk.Relu(), nk.Conv(width, (3, 3), padding="SAME", W_std=2 ** 0.5,
-                                                               b_std=0.1),
-                                            nk.Relu(), nk.GlobalAvgPool(), nk.Dense(classes, b_std=0.1)),
-}
-
-
-def cross_entropy(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """-mean_i sum_c y_ic log softmax(f_i)_c (the loss neural-tangents' examples use)."""
-    return -(torch.log_softmax(f, -1) * y).sum(-1).mean()
-
-
-LOSSES = {"mse": mean_squared_loss, "cross-entropy": cross_entropy}
-
-
-def kernel_prediction(loss_name: str, theta_train: torch.Tensor, theta_test: torch.Tensor, y: torch.Tensor,
-                      f0: torch.Tensor, f0_test: torch.Tensor, learning_rate: float, times: list[int]):
-    """Test outputs of function-space gradient flow with the full empirical NTK
-    ([N, N, O, O] -> [N O, N O]: the outputs are flattened into the sample axis)."""
-    n, o = y.shape
-    k = theta_train.permute(0, 2, 1, 3).reshape(n * o, n * o)
-    k_test = theta_test.permute(0, 2, 1, 3).reshape(len(f0_test) * o, n * o)
-    flat = lambda t: t.reshape(-1, 1)   # noqa: E731
-    if loss_name == "mse":
-        predictor = predict.gradient_descent_mse(k, flat(y), learning_rate)
-    else:
-        # tolerance 1e-8: ample for distances compared at the 1e-3 level, and 400 time units of a
-        # 3000-dimensional ODE stay fast
-        predictor = predict.gradient_descent(lambda f, target: cross_entropy(f.reshape(n, o), target.reshape(n, o)),
-                                             k, flat(y), learning_rate, rtol=1e-8, atol=1e-8)
-    _, test = predictor([float(s) for s in times], flat(f0), flat(f0_test), k_test)
-    return test.reshape(len(times), len(f0_test), o)
-
-
-def one_run(task, network: str, width: int, loss_name: str, cfg: Config, seed: int) -> list[dict]:
-    x, x_test = task.x_train, task.x_test
-    if network == "mlp":
-        x, x_test = x.flatten(1), x_test.flatten(1)
-    y = torch.nn.functional.one_hot(task.y_train, task.n_classes).double()
-    model = NETWORKS[network](width, task.n_classes).module(tuple(x.shape[1:]), seed=seed,
-                                                            dtype=torch.float64)
-    learning_rate = y.numel() * inverse_largest_eigenvalue(model, x)
-    with torch.no_grad():
-        f0, f0_test = model(x), model(x_test)
-    theta_train = empirical_ntk(model, x, mode="full")
-    theta_test = empirical_ntk(model, x_test, x, mode="full")
-    history = train(model, x, y, steps=cfg.steps, learning_rate=learning_rate, loss=LOSSES[loss_name],
-                    x_test=x_test, y_test=torch.nn.functional.one_hot(task.y_test, task.n_classes).double(),
-                    record=cfg.record, track_kernel=False, progress=False)
-    kernel = kernel_prediction(loss_name, theta_train, theta_test, y, f0, f0_test, learning_rate, history.steps)
-    rows = []
-    for i, (step, row) in enumerate(zip(history.steps, history.rows)):
-        f, f_lin = history.test_predictions[i], history.linear_test_predictions[i]
-        rows.append({"network": network, "loss": loss_name, "width": width, "step": step,
-                     "network_vs_linearized": float((f - f_lin).norm() / f_lin.norm()),
-                     "linearized_vs_kernel": float((f_lin - kernel[i]).norm() / kernel[i].norm()),
-                     "network_vs_kernel": float((f - kernel[i]).norm() / kernel[i].norm()),
-                     "train_loss": row["train_loss"], "test_error": row["test_error"]})
-    return rows
-
-
 @register("linearization", "Lee et al. 2019: networks vs their linearization vs the NTK prediction, "
-                           "MSE and cross-entropy, against width")
-def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device) -> dict:
-    cfg = Config.quick() if quick else Config()
+                           "MSE and cross-entropy, against width", config=Config)
+def run(folder: RunFolder, cfg: Config, *, seed: int, device: torch.device) -> dict:
+    """Every (network, loss, width) run of `studies.linearization`, the slopes at the last step."""
     task = digits_images(cfg.n_train, cfg.n_test, seed=seed)
-    started = time.perf_counter()
-    rows = []
-    cases = [(network, loss) for network in NETWORKS for loss in LOSSES]
+    cases = [(network, loss) for network in S.NETWORKS for loss in S.LOSSES]
     jobs = [(network, loss, width) for network, loss in cases
             for width in (cfg.widths if network == "mlp" else cfg.channels)]
+    rows = []
     for network, loss_name, width in tqdm(jobs, desc="linearization", unit="net"):
-        rows += one_run(task, network, width, loss_name, cfg, seed)
-    seconds = time.perf_counter() - started
+        rows += S.distances(task, network, width, loss_name, steps=cfg.steps, record=cfg.record, seed=seed)
     last = [r for r in rows if r["step"] == cfg.steps]
     fits = {}
     for network, loss_name in cases:
         chosen = [r for r in last if r["loss"] == loss_name and r["network"] == network]
         widths = np.array([r["width"] for r in chosen], dtype=float)
-        fits[f"{network} {loss_name}"] = {
-            quantity: power_law(widths, np.array([r[quantity] for r in chosen]))[0]
-            for quantity in ("network_vs_linearized", "linearized_vs_kernel", "network_vs_kernel")}
+        fits[f"{network} {loss_name}"] = {q: power_law(widths, np.array([r[q] for r in chosen]))[0]
+                                          for q in QUANTITIES}
     figures = {case: _figure(folder, [r for r in rows if f"{r['network']} {r['loss']}" == case], case,
                              fits[case]) for case in fits}
-    folder.config.update(asdict(cfg))
     folder.write_csv("metrics.csv", rows)
-    folder.write_text("report.md", _report(cfg, last, fits, figures, seconds))
-    return {"seconds": round(seconds, 1), "slopes": fits}
+    folder.write_text("report.md", _report(cfg, last, fits, figures))
+    return {"slopes": fits}
 
 
 def _figure(folder: RunFolder, chosen: list[dict], case: str, fits: dict) -> str:
@@ -165,7 +96,7 @@ def _figure(folder: RunFolder, chosen: list[dict], case: str, fits: dict) -> str
     return folder.save_figure(f"distances_{case.replace(' ', '_')}", fig)
 
 
-def _report(cfg: Config, last: list[dict], fits: dict, figures: dict[str, str], seconds: float) -> str:
+def _report(cfg: Config, last: list[dict], fits: dict, figures: dict[str, str]) -> str:
     """report.md: the distances at the last step against width, and the fitted slopes."""
     slopes = [{"network, loss": case, **{q: f"{v:+.2f}" for q, v in fit.items()}} for case, fit in fits.items()]
     claims = []
@@ -195,5 +126,4 @@ def _report(cfg: Config, last: list[dict], fits: dict, figures: dict[str, str], 
         "not depend on n (slope ~ 0).", "",
         markdown_table(slopes, list(slopes[0])), "",
         "## Last step", "", markdown_table(last, list(last[0])), "",
-        *[f"![{case}]({path})" for case, path in figures.items()], "",
-        f"Time: {seconds:.0f} s.", ""])
+        *[f"![{case}]({path})" for case, path in figures.items()], ""])

@@ -5,10 +5,8 @@ the interpolation threshold m = N, falling towards the ridgeless kernel limit
 (`studies.overparameterization`)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import math
-import time
+from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -30,10 +28,10 @@ class Config:
     n_train: int = 60
     n_test: int = 500
     noise: float = 0.3
-    features: tuple = (10, 20, 30, 40, 50, 55, 58, 60, 62, 65, 70, 80, 100, 150, 240, 500, 1000, 4000)
+    features: tuple[int, ...] = (10, 20, 30, 40, 50, 55, 58, 60, 62, 65, 70, 80, 100, 150, 240, 500, 1000, 4000)
     feature_seeds: int = 20
     implicit_train: int = 30
-    widths: tuple = (64, 256, 1024, 4096)
+    widths: tuple[int, ...] = (64, 256, 1024, 4096)
     width_seeds: int = 3
 
     @classmethod
@@ -43,43 +41,56 @@ class Config:
                    widths=(64, 256, 1024), width_seeds=1)
 
 
-@register("overparameterization", "Lecture 20: GD interpolants approach the minimum-RKHS-norm NTK interpolant as width grows; double descent of random-features regression")
-def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device) -> dict:
-    cfg = Config.quick() if quick else Config()
-    started = time.perf_counter()
+@register("overparameterization", "Lecture 20: GD interpolants approach the minimum-RKHS-norm NTK "
+          "interpolant as width grows; double descent of random-features regression", config=Config)
+def run(folder: RunFolder, cfg: Config, *, seed: int, device: torch.device) -> dict:
+    """The double-descent curve, the ridgeless kernel limit and the implicit-bias distances."""
     task = regression_sphere(cfg.n_train, cfg.d, seed=seed, n_test=cfg.n_test)
     g = torch.Generator().manual_seed(seed + 1)
-    y_train = (task.y_train + cfg.noise * torch.randn(cfg.n_train, generator=g, dtype=task.y_train.dtype))[:, None]
-    mse = lambda prediction: float((prediction[:, 0] - task.y_test).square().mean())  # noqa: E731
-    curve = []
-    for m in tqdm(cfg.features, desc="double descent", unit="m"):
-        errors = [mse(O.random_features_regression(task.x_train, y_train, task.x_test, m, seed=1000 * seed + s))
-                  for s in range(cfg.feature_seeds)]
-        curve.append({"features": m, "median": float(np.median(errors)), "q25": float(np.quantile(errors, 0.25)),
-                      "q75": float(np.quantile(errors, 0.75)), "mean": float(np.mean(errors))})
-    kernel_error = mse(O.ridgeless_kernel_prediction(task.x_train, y_train, task.x_test))
-    bias = []
-    small = regression_sphere(cfg.implicit_train, cfg.d, seed=seed, n_test=200)
-    for width in tqdm(cfg.widths, desc="implicit bias", unit="width"):
-        for s in range(cfg.width_seeds):
-            result = O.implicit_bias_distance(nk.mlp(1, width, W_std=math.sqrt(2), b_std=0.5),
-                                              small.x_train, small.y_train, small.x_test, seed=s)
-            bias.append({"width": width, "seed": s, **result})
+    noise = torch.randn(cfg.n_train, generator=g, dtype=task.y_train.dtype)
+    y_train = (task.y_train + cfg.noise * noise)[:, None]
+    curve = [_double_descent_point(task, y_train, m, cfg.feature_seeds, seed)
+             for m in tqdm(cfg.features, desc="double descent", unit="m")]
+    kernel_error = _test_mse(O.ridgeless_kernel_prediction(task.x_train, y_train, task.x_test), task)
+    bias = _implicit_bias(cfg, seed)
     slope = (power_law_slope([r["width"] for r in bias], [r["distance"] for r in bias])
              if len(bias) >= 3 else (float("nan"), float("nan")))
-    seconds = time.perf_counter() - started
     peak = max(curve, key=lambda r: r["median"])
     summary = {"peak_features": peak["features"], "peak_median_mse": peak["median"],
                "largest_m_median_mse": curve[-1]["median"], "ridgeless_kernel_mse": kernel_error,
                "noise_variance": cfg.noise ** 2, "implicit_bias_slope": slope[0],
-               "implicit_bias_slope_se": slope[1], "seconds": round(seconds, 1)}
+               "implicit_bias_slope_se": slope[1]}
     folder.write_csv("metrics.csv", curve)   # the double-descent curve
     folder.write_csv("implicit_bias.csv", bias)
     folder.write_json("fits.json", summary)
     figure = _figure(folder, curve, kernel_error, bias, cfg)
-    folder.config.update(asdict(cfg))
     folder.write_text("report.md", _report(cfg, curve, bias, summary, figure))
     return summary
+
+
+def _test_mse(prediction: torch.Tensor, task) -> float:
+    """Mean squared error of [N_test, 1] predictions against the noiseless test targets."""
+    return float((prediction[:, 0] - task.y_test).square().mean())
+
+
+def _double_descent_point(task, y_train: torch.Tensor, m: int, seeds: int, seed: int) -> dict:
+    """Test MSE of least squares on m random features over `seeds` draws: median, quartiles, mean."""
+    errors = [_test_mse(O.random_features_regression(task.x_train, y_train, task.x_test, m,
+                                                     seed=1000 * seed + s), task) for s in range(seeds)]
+    return {"features": m, "median": float(np.median(errors)), "q25": float(np.quantile(errors, 0.25)),
+            "q75": float(np.quantile(errors, 0.75)), "mean": float(np.mean(errors))}
+
+
+def _implicit_bias(cfg: Config, seed: int) -> list[dict]:
+    """The distance of GD-trained networks to the minimum-RKHS-norm NTK interpolant per width."""
+    small = regression_sphere(cfg.implicit_train, cfg.d, seed=seed, n_test=200)
+    rows = []
+    for width in tqdm(cfg.widths, desc="implicit bias", unit="width"):
+        for s in range(cfg.width_seeds):
+            result = O.implicit_bias_distance(nk.mlp(1, width, W_std=math.sqrt(2), b_std=0.5),
+                                              small.x_train, small.y_train, small.x_test, seed=s)
+            rows.append({"width": width, "seed": s, **result})
+    return rows
 
 
 def _report(cfg: Config, curve: list[dict], bias: list[dict], summary: dict, figure: str) -> str:
@@ -116,7 +127,7 @@ def _report(cfg: Config, curve: list[dict], bias: list[dict], summary: dict, fig
         f"to Θ(x, X) Θ(X, X)^-1 y, the minimum-RKHS-norm interpolant of the infinite-width NTK.", "",
         markdown_table(bias,
                        ["width", "seed", "distance", "steps", "train_residual"]), "",
-        f"![double descent and implicit bias]({figure})", "", f"Time: {summary['seconds']:.0f} s.", ""])
+        f"![double descent and implicit bias]({figure})", ""])
 
 
 def _figure(folder: RunFolder, curve, kernel_error, bias, cfg) -> str:

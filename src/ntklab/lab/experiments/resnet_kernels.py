@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import math
 import sys
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
 import torch
@@ -30,17 +29,17 @@ import ntklab as nk
 from ..data import ImageTask, image_task
 from ...kernels.engine import check_scheduler
 from ..report import RunFolder, claims_table, markdown_table
+from ..studies import cntk as C
 from . import register
-from .cntk_table import architecture as plain_cntk, cntk_accuracy, kernel_stores
 
 COLUMNS = ("CNTK-V", "CNTK-GAP", "ResNet-GAP", "Myrtle")
-W_STD = math.sqrt(2.0)
 
 
 @dataclass(frozen=True)
 class Config:
     """Settings of this experiment (the defaults are the full run)."""
-    depths: tuple = (5, 9)
+
+    depths: tuple[int, ...] = (5, 9)
     train_size: int = 240
     test_size: int = 160
     tile_size: int = 64
@@ -51,77 +50,42 @@ class Config:
         return cls(depths=(5,), train_size=40, test_size=30, tile_size=32)
 
 
-def conv() -> nk.Conv:
-    return nk.Conv(16, (3, 3), padding="SAME", W_std=W_STD, b_std=0.0)
-
-
-def resnet(depth: int, n_classes: int) -> nk.Serial:
-    """Conv, residual blocks in two stages with a stride-2 AvgPool between, ReLU, GAP, Dense."""
-    blocks = max(2, (depth - 1) // 2)
-
-    def block():
-        return nk.serial(nk.FanOut(2), nk.parallel(nk.serial(nk.Relu(), conv(), nk.Relu(), conv()),
-                                                   nk.Identity()), nk.FanInSum())
-    first = blocks // 2
-    return nk.serial(conv(), *[block() for _ in range(first)], nk.AvgPool((2, 2), strides=(2, 2)),
-                     *[block() for _ in range(blocks - first)], nk.Relu(), nk.GlobalAvgPool(),
-                     nk.Dense(n_classes, W_std=1.0, b_std=0.0))
-
-
-def myrtle(depth: int, image_size: int, n_classes: int) -> nk.Serial:
-    """[Conv, ReLU] x k then AvgPool 2x2 / 2, stage after stage until the image is at most 2x2,
-    the L - 1 conv layers spread evenly over the stages; GAP, Dense."""
-    stages = max(1, int(math.log2(image_size)) - 1)
-    per_stage = [(depth - 1) // stages + (i < (depth - 1) % stages) for i in range(stages)]
-    layers = []
-    for count in per_stage:
-        for _ in range(max(1, count)):
-            layers += [conv(), nk.Relu()]
-        layers.append(nk.AvgPool((2, 2), strides=(2, 2)))
-    return nk.serial(*layers, nk.GlobalAvgPool(), nk.Dense(n_classes, W_std=1.0, b_std=0.0))
-
-
 def architectures(depth: int, task: ImageTask) -> dict[str, nk.Serial]:
+    """The four columns' architectures at `depth` for the task's image size and classes."""
     n_classes, size = task.n_classes, task.x_train.shape[-1]
-    return {"CNTK-V": plain_cntk(depth, "V", channels=16, n_classes=n_classes),
-            "CNTK-GAP": plain_cntk(depth, "GAP", channels=16, n_classes=n_classes, fix=True),
-            "ResNet-GAP": resnet(depth, n_classes), "Myrtle": myrtle(depth, size, n_classes)}
+    return {"CNTK-V": C.plain(depth, "V", channels=16, n_classes=n_classes),
+            "CNTK-GAP": C.plain(depth, "GAP", channels=16, n_classes=n_classes, fix=True),
+            "ResNet-GAP": C.resnet(depth, n_classes), "Myrtle": C.myrtle(depth, size, n_classes)}
 
 
 @register("resnet-kernels", "Residual CNTK-GAP and Myrtle-style CNTK (local AvgPool) beside the plain "
-          "CNTK-V / CNTK-GAP", devices=("cpu", "cuda"))
-def run(folder: RunFolder, *, seed: int, quick: bool, device: torch.device | str, data: str = "digits",
+          "CNTK-V / CNTK-GAP", config=Config, devices=("cpu", "cuda"))
+def run(folder: RunFolder, cfg: Config, *, seed: int, device: torch.device | str, data: str = "digits",
         train_size: int | None = None, test_size: int | None = None, scheduler: str | None = None,
         workers: int | None = None) -> dict:
+    """Kernel regression with each column's NTK at each depth; the table, the figure, the report."""
     check_scheduler(scheduler, workers)
-    cfg = Config.quick() if quick else Config()
     task = image_task(data, train_size, test_size, seed=seed, defaults=(cfg.train_size, cfg.test_size))
-    stores = kernel_stores(folder, task, cfg)
-    started = time.perf_counter()
+    stores = C.kernel_stores(folder, task, cfg)
     metrics, table = [], {}
     for depth in cfg.depths:
-        table[depth] = {}
         for column, net in architectures(depth, task).items():
             print(f"[resnet-kernels] depth {depth} {column}", file=sys.stderr, flush=True)
-            acc, details = cntk_accuracy(task, net, stores, f"{task.name}-seed{seed}-{column}-depth{depth}",
-                                         cfg, scheduler, workers, device)
-            table[depth][column] = acc
+            acc, details = C.cntk_accuracy(task, net, stores, f"{task.name}-seed{seed}-{column}-depth{depth}",
+                                           tile_size=cfg.tile_size, scheduler=scheduler, workers=workers,
+                                           device=device)
+            table.setdefault(depth, {})[column] = acc
             metrics.append({"depth": depth, "column": column, "test_accuracy": acc,
                             "architecture": repr(net), **details})
-    seconds = time.perf_counter() - started
     rows = [{"depth": d, **{c: round(100 * table[d][c], 2) for c in COLUMNS}} for d in table]
     folder.write_csv("metrics.csv", metrics)
     folder.write_csv("table.csv", rows)
     folder.write_text("table.md", markdown_table(rows, ["depth", *COLUMNS]) + "\n")
     figure = _figure(folder, table, task.name)
-    stderr = 100 * math.sqrt(0.25 / len(task.y_test))
-    folder.config.update({"data": data, "task": task.description, **asdict(cfg),
-                          "train_size": len(task.y_train), "test_size": len(task.y_test),
-                          "kernel_stores": RunFolder.STORES})
-    folder.write_text("report.md", _report(task, cfg, rows, metrics, figure, stderr, seconds,
-                                           f"{RunFolder.STORES}/ inside this run folder"))
-    return {"test_accuracy_percent": {d: {c: round(100 * table[d][c], 2) for c in COLUMNS} for d in table},
-            "seconds": round(seconds, 1)}
+    folder.config.update({"data": data, "task": task.description, "train_size": len(task.y_train),
+                          "test_size": len(task.y_test), "kernel_stores": RunFolder.STORES})
+    folder.write_text("report.md", _report(task, cfg, rows, metrics, figure))
+    return {"test_accuracy_percent": {d: {c: round(100 * table[d][c], 2) for c in COLUMNS} for d in table}}
 
 
 def _figure(folder: RunFolder, table: dict, data_name: str) -> str:
@@ -142,7 +106,10 @@ def _figure(folder: RunFolder, table: dict, data_name: str) -> str:
     return folder.save_figure("accuracy", fig)
 
 
-def _report(task, cfg, rows, metrics, figure, stderr, seconds, stores) -> str:
+def _report(task, cfg, rows, metrics, figure) -> str:
+    """report.md: the claims, the table, the architectures and the kernels' cost."""
+    stderr = 100 * math.sqrt(0.25 / len(task.y_test))
+    stores = f"{RunFolder.STORES}/ inside this run folder"
     times = [{"depth": d, **{m["column"]: round(m["kernel_seconds"], 1) for m in metrics if m["depth"] == d}}
              for d in cfg.depths]
     claims = []
@@ -174,5 +141,5 @@ def _report(task, cfg, rows, metrics, figure, stderr, seconds, stores) -> str:
         "grammar: `ntklab kernel --arch` computes it).", "",
         "## Cost", "",
         f"Kernel seconds per cell (train and test kernels, tiled engine, stores in `{stores}`, "
-        f"tile {cfg.tile_size}); {seconds:.0f} s in all:", "",
+        f"tile {cfg.tile_size}):", "",
         markdown_table(times, ["depth", *COLUMNS]), ""])

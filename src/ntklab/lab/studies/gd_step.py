@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+import ntklab as nk
 from ..fits import power_law
-from ...kernels.empirical import empirical_ntk
 
 
 def one_step_remainder(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor,
@@ -33,16 +33,16 @@ def one_step_remainder(model: nn.Module, x_train: torch.Tensor, y_train: torch.T
     if f_train.shape != y_train.shape:
         raise ValueError(f"y_train has shape {tuple(y_train.shape)}; the model's outputs on x_train "
                          f"have shape {tuple(f_train.shape)}")
-    kernel = empirical_ntk(model, x_test, x_train, mode="full", progress=False)  # [Nt, N, O, O]
+    kernel = nk.empirical_ntk(model, x_test, x_train, mode="full", progress=False)  # [Nt, N, O, O]
     residual = f_train - y_train
     direction = -torch.einsum("tiab,ib->ta", kernel, residual) / y_train.numel()   # per unit of η
     remainders, relative = [], []
     for rate in rates:
         stepped = copy.deepcopy(model)
         trained = [p for p in stepped.parameters() if p.requires_grad]
-        loss = ((stepped(x_train) - y_train) ** 2).sum() / (2 * y_train.numel())
+        loss = nk.conventions.mean_squared_loss(stepped(x_train), y_train)
         with torch.no_grad():
-            for p, g in zip(trained, torch.autograd.grad(loss, trained)):
+            for p, g in zip(trained, torch.autograd.grad(loss, trained), strict=True):
                 p.sub_(rate * g)
             change = stepped(x_test) - f_test
         remainder = (change - rate * direction).abs().max().item()

@@ -25,6 +25,12 @@ where X is the inverting tensor, sum_{34} X^{1234} (k~_35 d_46 + d_35 k~_46 - et
 X(Y) = V [(V^T Y V)_ab / (l_a + l_b - eta l_a l_b)] V^T (no N^2 x N^2 inverse is formed).
 Trained kernel (direct optimization): k^E(theta*) = k + sum_a (mu_d1d2a + mu_d2d1a) v_a,
 k# = (k + k^E(theta*)) / 2, and z_b = k#_bA (k#_AA)^-1 y + O(eps^2) (a kernel prediction with k#).
+
+Normalization: this module keeps the book's convention, L = 1/2 sum (y - z)^2 with step eta
+(and unit-rate gradient flow), because the projectors above (Z_B's (eta/2) X, the inverting
+tensor's eta k~ k~) are written for it.  In ntklab's convention (`ntklab.conventions`,
+L = ||z - y||^2 / (2 |Y|)) the same GD has learning_rate = |Y| eta, and the book's flow time is
+tau = t learning_rate / |Y| (`nk.conventions.flow_times`).
 """
 from __future__ import annotations
 

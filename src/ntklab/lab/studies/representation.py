@@ -20,6 +20,10 @@ Algorithm 1 (the paper's, on f(x) = a^T ReLU(W x + b)):
   predict  x -> alpha + beta . x + a^T ReLU(W x + b).
 Width m is open in the paper (the code uses 1000); it is an argument here.
 
+Normalization: the losses here are the authors' code's, mean (f - y)^2 (no 1/2), kept so that
+eta_1 and the ridge grid mean what they mean there; ntklab's training convention
+(`ntklab.conventions`, ||f - y||^2 / (2 |Y|)) is not used by these one-step and ridge fits.
+
 Baselines on the same data and preprocessing: random features (W, b fixed at their
 initial law, only a trained, same ridge path) and kernel regression with the analytic
 NTK of the same two-layer ReLU network (ridge on a validation split).
@@ -286,11 +290,13 @@ def algorithm1(x: torch.Tensor, y: torch.Tensor, *, m: int = 1000, seed: int = 0
     return _train_head(x_fit, residual, x_val, y_val, alpha, beta, W, b, steps, ridges)
 
 
-def random_features(x: torch.Tensor, y: torch.Tensor, *, m: int = 1000, seed: int = 0,
-                    steps: int | None = None, ridges: Sequence[float] = RIDGES,
-                    validation: float = 0.2) -> TwoLayerPredictor:
-    """The same network with W, b fixed at initialization (w ~ N(0, I/d), b ~ N(0, 1)):
-    only the head is trained, exactly as in Algorithm 1's second stage."""
+def random_features_ridge(x: torch.Tensor, y: torch.Tensor, *, m: int = 1000, seed: int = 0,
+                          steps: int | None = None, ridges: Sequence[float] = RIDGES,
+                          validation: float = 0.2) -> TwoLayerPredictor:
+    """The random-features baseline: the same network with W, b fixed at initialization
+    (w ~ N(0, I/d), b ~ N(0, 1)), only the head trained (ridge by validation), exactly as in
+    Algorithm 1's second stage.  (`studies.overparameterization.random_relu_features` is the
+    feature map of the double-descent study, fitted by least squares there.)"""
     x_fit, y_fit, x_val, y_val = _split(x, y, validation)
     alpha, beta, residual = _preprocess(x_fit, y_fit)
     _, W, _, generator = symmetric_init(m, x.shape[1], seed=seed, dtype=x.dtype)
