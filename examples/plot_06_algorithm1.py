@@ -23,7 +23,7 @@ losses = {"Algorithm 1": [], "random features": [], "NTK regression": []}
 for n in sizes:
     x, y = R.sample(target, n, seed=1)
     losses["Algorithm 1"].append(R.test_loss(R.algorithm1(x, y, m=m, seed=2), target, 2000, seed=3))
-    losses["random features"].append(R.test_loss(R.random_features(x, y, m=m, seed=2), target, 2000, seed=3))
+    losses["random features"].append(R.test_loss(R.random_features_ridge(x, y, m=m, seed=2), target, 2000, seed=3))
     losses["NTK regression"].append(R.test_loss(R.ntk_regression(x, y), target, 2000, seed=3))
 print({k: np.round(v, 3).tolist() for k, v in losses.items()})
 

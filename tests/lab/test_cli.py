@@ -18,9 +18,15 @@ from ntklab.lab.cli import main
 
 
 def test_kernel_gd_quick_run_writes_a_complete_folder(tmp_path):
+    """... with two settings changed from the command line (--set), which the run uses."""
     out = tmp_path / "run"
-    result = CliRunner().invoke(main, ["run", "kernel-gd", "--quick", "--out", str(out)])
+    result = CliRunner().invoke(main, ["run", "kernel-gd", "--quick", "--out", str(out), "--set", "max_steps=1000",
+                                       "--set", "network_widths=[16, 64, 256]"])
     assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["config"]["max_steps"] == 1000 and config["set"] == {"max_steps": 1000,
+                                                                        "network_widths": [16, 64, 256]}
+    assert [int(r["width"]) for r in csv.DictReader((out / "network_steps.csv").open())] == [16, 16, 64, 64, 256, 256]
     for name in ("config.json", "metrics.csv", "report.md", "summary.json",
                  "figures/interpolants_1d.png", "figures/convergence.png"):
         assert (out / name).is_file(), name
@@ -32,6 +38,7 @@ def test_kernel_gd_quick_run_writes_a_complete_folder(tmp_path):
     assert summary["max_dev_from_predicted_error"] < 1e-10
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert {r["kernel"].split()[0] for r in rows} == {"Gaussian", "ball", "NTK"}
+    assert {r["steps"] for r in rows if r["steps"]} == {"1000"}
     assert json.loads((out / "config.json").read_text())["seed"] == 0
     # permissions as the umask gives (mkdtemp/mkstemp alone would leave 0700/0600)
     assert out.stat().st_mode & 0o777 == files.default_mode(directory=True)
@@ -40,11 +47,11 @@ def test_kernel_gd_quick_run_writes_a_complete_folder(tmp_path):
     assert again.exit_code != 0 and "already exists" in again.output
 
 
-def test_interrupted_run_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
-    def crash(out, **kwargs):
+def test_interrupted_run_leaves_nothing_that_looks_complete(tmp_path, fake_experiment):
+    def crash(out, cfg, **kwargs):
         out.write_json("config.json", {"partial": True})
         raise KeyboardInterrupt
-    monkeypatch.setitem(experiments.REGISTRY, "crash", experiments.Experiment("crash", "", crash))
+    fake_experiment("crash", crash)
     with pytest.raises(KeyboardInterrupt):
         experiments.run("crash", tmp_path / "run")
     assert list(tmp_path.iterdir()) == []
@@ -267,15 +274,15 @@ def test_workers_without_the_processes_scheduler_are_refused(x1_file, tmp_path):
 
 
 @pytest.fixture()
-def spy_experiment(monkeypatch):
+def spy_experiment(fake_experiment):
     """A registered experiment that records whether it was started."""
     calls = []
 
-    def spy(folder, **kwargs):
+    def spy(folder, cfg, **kwargs):
         calls.append(folder)
         folder.write_text("report.md", "ran\n")
         return {}
-    monkeypatch.setitem(experiments.REGISTRY, "spy", experiments.Experiment("spy", "", spy))
+    fake_experiment("spy", spy)
     return calls
 
 
@@ -297,7 +304,7 @@ def test_run_checks_its_output_folder_before_any_work(spy_experiment, tmp_path):
         assert spy_experiment == []
     missing = tmp_path / "new" / "deeper" / "run"   # missing folders are created
     assert CliRunner().invoke(main, ["run", "spy", "--out", str(missing)]).exit_code == 0
-    assert (missing / "report.md").read_text() == "ran\n" and len(spy_experiment) == 1
+    assert (missing / "report.md").read_text().startswith("ran\n") and len(spy_experiment) == 1
 
 
 def test_kernel_checks_its_output_before_any_work(x1_file, tmp_path):

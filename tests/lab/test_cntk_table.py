@@ -111,11 +111,11 @@ TINY = dict(depths=(3,), train_size=12, test_size=6, channels=4, epochs=1, batch
 
 
 @pytest.fixture()
-def tiny(monkeypatch):
-    """cntk-table --quick at a size of a second or two: depth 3, 12 training digits, 6 test."""
-    from ntklab.lab.experiments import cntk_table
-    monkeypatch.setattr(cntk_table.Config, "quick", classmethod(lambda cls: cls(**TINY)))
-    return cntk_table
+def tiny():
+    """cntk-table at a size of a second or two (settings changed through the scaffold, as
+    `--set`): depth 3, 12 training digits, 6 test; returns the study module it calls."""
+    from ntklab.lab.studies import cntk
+    return cntk
 
 
 def counted_tiles(monkeypatch):
@@ -139,18 +139,18 @@ def test_cntk_table_stores_live_inside_out_and_overwrite_with_new_sizes_recomput
     from ntklab.lab.data import image_task
     from ntklab.kernels import KernelStore
     out = tmp_path / "run"
-    experiments.run("cntk-table", out, seed=0, quick=True)
+    experiments.run("cntk-table", out, seed=0, config=TINY)
     assert list(tmp_path.iterdir()) == [out]
     stores = sorted(p.name for p in (out / "kernels").glob("*.zarr"))
     assert stores == ["digits-seed0-CNTK-GAP-depth3-test.zarr", "digits-seed0-CNTK-GAP-depth3-train.zarr",
                       "digits-seed0-CNTK-V-depth3-test.zarr", "digits-seed0-CNTK-V-depth3-train.zarr"]
-    first = experiments.run("cntk-table", out, seed=0, quick=True, overwrite=True, train_size=16)
+    first = experiments.run("cntk-table", out, seed=0, config=TINY, overwrite=True, train_size=16)
     assert list(tmp_path.iterdir()) == [out]
     computed = counted_tiles(monkeypatch)
-    again = experiments.run("cntk-table", out, seed=0, quick=True, overwrite=True, train_size=16)
+    again = experiments.run("cntk-table", out, seed=0, config=TINY, overwrite=True, train_size=16)
     assert computed == [] and again["test_accuracy_percent"] == first["test_accuracy_percent"]
     task = image_task("digits", 16, None, seed=0, defaults=(12, 6))
-    net = tiny.architecture(3, "V", channels=4, n_classes=10)
+    net = tiny.plain(3, "V", channels=4, n_classes=10)
     expected = net.kernel(task.x_train, get="ntk")
     k_train = KernelStore.open(out / "kernels" / "digits-seed0-CNTK-V-depth3-train.zarr").load("ntk")
     assert k_train.shape == (16, 16)
@@ -174,17 +174,17 @@ def test_an_interrupted_cntk_table_run_resumes_its_stores_inside_out(tiny, tmp_p
     monkeypatch.setattr(tiny, "cnn_accuracy", interrupted)
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        experiments.run("cntk-table", out, seed=0, quick=True)
+        experiments.run("cntk-table", out, seed=0, config=TINY)
     (staged,) = tmp_path.iterdir()
     assert staged.name.startswith(".run.partial-") and [p.name for p in staged.iterdir()] == ["kernels"]
     monkeypatch.setattr(tiny, "cnn_accuracy", real_cnn)
     computed = counted_tiles(monkeypatch)
-    resumed = experiments.run("cntk-table", out, seed=0, quick=True)
+    resumed = experiments.run("cntk-table", out, seed=0, config=TINY)
     # a 12 x 12 training kernel in tiles of 8: 3 upper tiles; a 6 x 12 test kernel: 2 tiles
     assert len(computed) == 5
     assert list(tmp_path.iterdir()) == [out]
     computed.clear()
-    fresh = experiments.run("cntk-table", tmp_path / "fresh", seed=0, quick=True)
+    fresh = experiments.run("cntk-table", tmp_path / "fresh", seed=0, config=TINY)
     assert len(computed) == 10
     assert resumed["test_accuracy_percent"] == fresh["test_accuracy_percent"]
     assert json.loads((out / "kernels" / "key.json").read_text())["train_size"] == 12

@@ -12,7 +12,7 @@ from ntklab.lab.studies import overparameterization as O
 
 def test_random_features_gram_matrix_tends_to_the_nngp_kernel():
     x = torch.randn(5, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    features = O.random_features(x, 200_000, W_std=math.sqrt(2), b_std=0.5, seed=1)
+    features = O.random_relu_features(x, 200_000, W_std=math.sqrt(2), b_std=0.5, seed=1)
     kernel = nk.serial(nk.Dense(1, W_std=math.sqrt(2), b_std=0.5), nk.Relu(),
                        nk.Dense(1, b_std=0.0)).kernel(x, get="nngp")
     relative = float((features @ features.T - kernel).abs().max() / kernel.abs().max())

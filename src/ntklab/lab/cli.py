@@ -5,12 +5,16 @@ import io
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .._core.extras import import_extra
 
-click = import_extra("click", "lab")   # the command line is part of the lab extra
+if TYPE_CHECKING:
+    import click
+else:
+    click = import_extra("click", "lab")   # the command line is part of the lab extra
 
 from . import experiments  # noqa: E402
 from ..arch.spec import parse_architecture  # noqa: E402
@@ -23,7 +27,7 @@ def _fail(err: Exception) -> None:
     raise click.ClickException(str(err))
 
 
-def _flag(ctx: "click.Context", name: str) -> str | None:
+def _flag(ctx: click.Context, name: str) -> str | None:
     """The flag of option `name` when the user gave it ("--verify/--no-verify"), else None."""
     if ctx.get_parameter_source(name) in (None, click.core.ParameterSource.DEFAULT):
         return None
@@ -31,7 +35,7 @@ def _flag(ctx: "click.Context", name: str) -> str | None:
     return "/".join(param.opts + param.secondary_opts)
 
 
-def _check_kernel_out(ctx: "click.Context", out: Path, overwrite: bool) -> None:
+def _check_kernel_out(ctx: click.Context, out: Path, overwrite: bool) -> None:
     """`ntklab kernel --out` before any work: a .npz or .zarr path in a writable folder; flags
     that only a .zarr store uses are refused with .npz; an existing .npz is replaced only
     with --overwrite; an existing .zarr store is resumed, or with --overwrite replaced (only
@@ -54,6 +58,25 @@ def _check_kernel_out(ctx: "click.Context", out: Path, overwrite: bool) -> None:
             raise ValueError(f"--out {str(out)!r} already exists; choose another path or pass "
                              f"--overwrite to replace it")
     check_writable(out, "--out")
+
+
+def parse_assignments(assignments: tuple[str, ...]) -> dict[str, object]:
+    """`--set FIELD=VALUE` options as {field: value}: VALUE parsed as JSON (numbers, lists,
+    true/false, quoted strings), else kept as the string itself; a missing `=` or a field set
+    twice is a ValueError."""
+    settings: dict[str, object] = {}
+    for assignment in assignments:
+        field, equals, text = assignment.partition("=")
+        field = field.strip()
+        if not equals or not field:
+            raise ValueError(f"--set takes FIELD=VALUE (e.g. --set seeds=5), got {assignment!r}")
+        if field in settings:
+            raise ValueError(f"--set {field} is given twice; give each setting once")
+        try:
+            settings[field] = json.loads(text)
+        except json.JSONDecodeError:
+            settings[field] = text
+    return settings
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -86,15 +109,19 @@ def list_experiments(names: bool) -> None:
               "scheduler tcp://host:port (experiments with tiled kernels).")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Processes for --scheduler processes [default: one per CPU].")
+@click.option("--set", "assignments", multiple=True, metavar="FIELD=VALUE",
+              help="Change one setting of the experiment (repeatable), e.g. --set seeds=5 --set "
+                   "'widths=[64,256]'; VALUE is read as JSON, else as a string (config.json lists them).")
 def run(name: str, seed: int, out: Path | None, device: str | None, quick: bool,
         overwrite: bool, data: str | None, train_size: int | None, test_size: int | None,
-        scheduler: str | None, workers: int | None) -> None:
+        scheduler: str | None, workers: int | None, assignments: tuple[str, ...]) -> None:
     """Run experiment NAME, writing config.json, metrics.csv, figures/ and report.md."""
     out = out or Path("runs") / f"{name}-seed{seed}{'-quick' if quick else ''}"
     try:
         summary = experiments.run(name, out, seed=seed, quick=quick, device=device,
-                                  overwrite=overwrite, data=data, train_size=train_size,
-                                  test_size=test_size, scheduler=scheduler, workers=workers)
+                                  overwrite=overwrite, config=parse_assignments(assignments), data=data,
+                                  train_size=train_size, test_size=test_size, scheduler=scheduler,
+                                  workers=workers)
     except ValueError as err:
         _fail(err)
     click.echo(json.dumps(summary, indent=2, default=str))
