@@ -33,10 +33,10 @@ def test_get_selects_kernels_and_float32_works():
 def test_classical_kernels_match_formulas():
     x, y = X[:5].numpy(), X[5:9].numpy()
     dist2 = ((x[:, None] - y[None]) ** 2).sum(-1)
-    np.testing.assert_allclose(nk.kernels.Gaussian(2.0)(x, y).numpy(), np.exp(-dist2 / 4), rtol=1e-12)
-    np.testing.assert_array_equal(nk.kernels.Ball(2.5)(x, y).numpy(), (np.sqrt(dist2) < 2.5) * 1.0)
-    np.testing.assert_allclose(nk.kernels.Polynomial(3, 0.5)(x, y).numpy(), (x @ y.T + 0.5) ** 3, rtol=1e-12)
-    np.testing.assert_allclose(nk.kernels.Linear()(x).numpy(), x @ x.T, rtol=1e-12)
+    np.testing.assert_allclose(nk.kernels.GaussianKernel(2.0)(x, y).numpy(), np.exp(-dist2 / 4), rtol=1e-12)
+    np.testing.assert_array_equal(nk.kernels.BallKernel(2.5)(x, y).numpy(), (np.sqrt(dist2) < 2.5) * 1.0)
+    np.testing.assert_allclose(nk.kernels.PolynomialKernel(3, 0.5)(x, y).numpy(), (x @ y.T + 0.5) ** 3, rtol=1e-12)
+    np.testing.assert_allclose(nk.kernels.LinearKernel()(x).numpy(), x @ x.T, rtol=1e-12)
 
 
 @pytest.mark.parametrize("bad, match", [

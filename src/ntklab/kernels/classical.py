@@ -24,7 +24,7 @@ class _PairwiseKernel:
         return f"{type(self).__name__}(" + ", ".join(f"{k}={v!r}" for k, v in vars(self).items()) + ")"
 
 
-class Gaussian(_PairwiseKernel):
+class GaussianKernel(_PairwiseKernel):
     """K(x, y) = exp(-||x - y||^2 / r^2).
 
     Parameters
@@ -36,7 +36,7 @@ class Gaussian(_PairwiseKernel):
     --------
     >>> import torch, ntklab as nk
     >>> x = torch.tensor([[0.0], [1.0]], dtype=torch.float64)
-    >>> nk.kernels.Gaussian(1.0)(x, x)
+    >>> nk.kernels.GaussianKernel(1.0)(x, x)
     tensor([[1.0000, 0.3679],
             [0.3679, 1.0000]], dtype=torch.float64)
     """
@@ -49,7 +49,7 @@ class Gaussian(_PairwiseKernel):
         return torch.cdist(x1, x2).square_().div_(-self.r ** 2).exp_()
 
 
-class Ball(_PairwiseKernel):
+class BallKernel(_PairwiseKernel):
     """K(x, y) = 1{||x - y|| < r}.  Not positive semi-definite in general (the
     Fourier transform of a ball's indicator changes sign), so interpolation with
     it needs `assume_psd=False`.
@@ -63,7 +63,7 @@ class Ball(_PairwiseKernel):
     --------
     >>> import torch, ntklab as nk
     >>> x = torch.tensor([[0.0], [0.5], [2.0]], dtype=torch.float64)
-    >>> nk.kernels.Ball(1.0)(x, x)
+    >>> nk.kernels.BallKernel(1.0)(x, x)
     tensor([[1., 1., 0.],
             [1., 1., 0.],
             [0., 0., 1.]], dtype=torch.float64)
@@ -77,7 +77,7 @@ class Ball(_PairwiseKernel):
         return (torch.cdist(x1, x2) < self.r).to(x1.dtype)
 
 
-class Linear(_PairwiseKernel):
+class LinearKernel(_PairwiseKernel):
     """K(x, y) = <x, y> + c.
 
     Parameters
@@ -89,7 +89,7 @@ class Linear(_PairwiseKernel):
     --------
     >>> import torch, ntklab as nk
     >>> x = torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=torch.float64)
-    >>> nk.kernels.Linear()(x, x)
+    >>> nk.kernels.LinearKernel()(x, x)
     tensor([[ 5., 11.],
             [11., 25.]], dtype=torch.float64)
     """
@@ -102,7 +102,7 @@ class Linear(_PairwiseKernel):
         return (x1 @ x2.T).add_(self.c)
 
 
-class Polynomial(_PairwiseKernel):
+class PolynomialKernel(_PairwiseKernel):
     """K(x, y) = (<x, y> + c)^degree.
 
     Parameters
@@ -115,7 +115,7 @@ class Polynomial(_PairwiseKernel):
     --------
     >>> import torch, ntklab as nk
     >>> x = torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=torch.float64)
-    >>> nk.kernels.Polynomial(2)(x, x)
+    >>> nk.kernels.PolynomialKernel(2)(x, x)
     tensor([[ 36., 144.],
             [144., 676.]], dtype=torch.float64)
     """

@@ -5,7 +5,7 @@ the closed-form gradient flow on the MSE (`GradientFlow`) that the predictions s
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
 
@@ -87,6 +87,18 @@ def symmetric(k: torch.Tensor, name: str) -> torch.Tensor:
     return (k + k.T) / 2
 
 
+@overload
+def checked_kernel(k: Any, name: str = ..., *, diag_reg: float | None = ...,
+                   diag_reg_absolute_scale: bool = ..., allow_indefinite: bool | None = ...,
+                   with_cholesky: Literal[False] = ...) -> torch.Tensor: ...
+
+
+@overload
+def checked_kernel(k: Any, name: str = ..., *, diag_reg: float | None = ...,
+                   diag_reg_absolute_scale: bool = ..., allow_indefinite: bool | None = ...,
+                   with_cholesky: Literal[True]) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+
+
 def checked_kernel(k: Any, name: str = "k_train_train", *, diag_reg: float | None = 0.0,
                    diag_reg_absolute_scale: bool = False, allow_indefinite: bool | None = False,
                    with_cholesky: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
@@ -132,9 +144,9 @@ def checked_kernel(k: Any, name: str = "k_train_train", *, diag_reg: float | Non
         return (g, None) if with_cholesky else g
     absolute = diag_reg_absolute_scale or float(k.diagonal().mean()) <= 0
     scale = 1.0 if absolute else float(k.diagonal().mean())
-    needed = (diag_reg or 0.0) - smallest / scale
-    digits = 10.0 ** (math.floor(math.log10(needed)) - 1)
-    needed = f"{math.ceil(needed / digits) * digits:.2g}"     # rounded up: enough, as printed
+    least = (diag_reg or 0.0) - smallest / scale
+    digits = 10.0 ** (math.floor(math.log10(least)) - 1)
+    needed = f"{math.ceil(least / digits) * digits:.2g}"     # rounded up: enough, as printed
     fix = (f"pass diag_reg >= {needed}" + (" with diag_reg_absolute_scale=True" if absolute else
                                           f" (relative to the mean diagonal {scale:.3g})")
            if diag_reg is not None else
@@ -260,7 +272,7 @@ def kernel_regression(k_train_train, y_train, k_test_train, **solve_kwargs) -> t
     --------
     >>> import torch, ntklab as nk
     >>> x = torch.linspace(-1, 1, 8, dtype=torch.float64)[:, None]
-    >>> k = nk.kernels.Gaussian(0.5)
+    >>> k = nk.kernels.GaussianKernel(0.5)
     >>> f = nk.predict.kernel_regression(k(x, x), torch.sin(3 * x), k(x[:3], x))
     >>> bool(torch.allclose(f, torch.sin(3 * x[:3])))             # interpolates
     True
@@ -313,7 +325,8 @@ class GradientFlow:
         self.tolerance = definiteness_tolerance(self.kernel)
         self.rate = positive(learning_rate, "learning_rate") / positive_int(y_size, "y_size")
         self.name, self.allow_indefinite = name, allow_indefinite
-        self._eigenspace = self._factorization = None
+        self._eigenspace: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._factorization: Factorization | None = None
 
     @property
     def eigenspace(self) -> tuple[torch.Tensor, torch.Tensor]:
