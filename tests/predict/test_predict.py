@@ -15,7 +15,7 @@ NET = nk.serial(nk.Dense(256, 1.5, 0.1), nk.Relu(), nk.Dense(1, 1.5, 0.1))
 
 
 def test_solve_interpolates_and_ridge_matches_numpy():
-    k = nk.kernels.Gaussian(1.0)(X)
+    k = nk.kernels.GaussianKernel(1.0)(X)
     alpha = predict.solve(k, Y)
     torch.testing.assert_close(k @ alpha, Y, rtol=0, atol=1e-10)
     ridge = predict.solve(k, Y, diag_reg=0.1, diag_reg_absolute_scale=True)
@@ -24,10 +24,10 @@ def test_solve_interpolates_and_ridge_matches_numpy():
 
 
 def test_singular_kernel_error_suggests_diag_reg_and_lu_handles_indefinite():
-    k = nk.kernels.Linear()(X)  # rank 3 < 12
+    k = nk.kernels.LinearKernel()(X)  # rank 3 < 12
     with pytest.raises(ValueError, match="diag_reg"):
         predict.solve(k, Y)
-    ball = nk.kernels.Ball(1.5)(X)
+    ball = nk.kernels.BallKernel(1.5)(X)
     if torch.linalg.eigvalsh(ball)[0] < 0 and abs(torch.linalg.det(ball)) > 1e-8:
         alpha = predict.solve(ball, Y, assume_psd=False)
         torch.testing.assert_close(ball @ alpha, Y, rtol=0, atol=1e-9)
@@ -35,8 +35,8 @@ def test_singular_kernel_error_suggests_diag_reg_and_lu_handles_indefinite():
 
 @pytest.mark.parametrize("space", ["alpha", "function"])
 def test_gradient_descent_iterates_follow_closed_form_and_identity(space):
-    k = nk.kernels.Gaussian(1.5)(X)
-    k_test = nk.kernels.Gaussian(1.5)(X_TEST, X)
+    k = nk.kernels.GaussianKernel(1.5)(X)
+    k_test = nk.kernels.GaussianKernel(1.5)(X_TEST, X)
     path = predict.gradient_descent_alpha(k, Y, steps=50, k_test_train=k_test, space=space, record=range(51))
     rate = path.learning_rate / Y.numel()   # the step on ||K alpha - y||^2 / (2 |y|)
     step_matrix = rate * (k @ k if space == "alpha" else k)
@@ -52,7 +52,7 @@ def test_gradient_descent_iterates_follow_closed_form_and_identity(space):
 
 
 def test_gradient_descent_converges_to_interpolant():
-    k = nk.kernels.Gaussian(0.8)(X)
+    k = nk.kernels.GaussianKernel(0.8)(X)
     path = predict.gradient_descent_alpha(k, Y[:, 0], steps=4000, space="function",
                                           record=[0, 1000, 2000, 3000, 4000])
     torch.testing.assert_close(path.alpha[-1], predict.solve(k, Y[:, 0]), rtol=0, atol=1e-8)
@@ -87,7 +87,7 @@ def test_ensemble_limits_at_zero_and_infinite_time():
 
 
 def test_ensemble_accepts_classical_kernel_functions():
-    gaussian = nk.kernels.Gaussian(1.0)
+    gaussian = nk.kernels.GaussianKernel(1.0)
     predictor = predict.gradient_descent_mse_ensemble(gaussian, X, Y[:, 0])
     mean = predictor(None, X_TEST, "ntk")
     expected = predict.kernel_regression(gaussian(X), Y[:, 0], gaussian(X_TEST, X))
