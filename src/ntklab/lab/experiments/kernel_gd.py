@@ -92,8 +92,8 @@ def kernel_suite(task: RegressionTask, radius: float):
     """name -> (k(x1, x2), assume_psd)."""
     net = ntk_net(b_std=1.0)
     return {
-        f"Gaussian r={radius:g}": (kernels.Gaussian(radius), True),
-        f"ball r={radius:g}": (kernels.Ball(radius), False),
+        f"Gaussian r={radius:g}": (kernels.GaussianKernel(radius), True),
+        f"ball r={radius:g}": (kernels.BallKernel(radius), False),
         "NTK 2-hidden ReLU": (lambda a, b=None: net.kernel(a, b, "ntk"), True),
     }
 
