@@ -11,12 +11,13 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, TypeVar
 
 import torch
 from tqdm.auto import tqdm
 
 Tile = tuple[int, int]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -118,9 +119,9 @@ def tiled_pairs(fn: TileFn, x1: torch.Tensor, x2: torch.Tensor | None, names: tu
 _THREAD_COUNT = threading.Lock()
 
 
-def _on_new_thread(fn: Callable[[], object]) -> object:
+def _on_new_thread(fn: Callable[[], T]) -> T:
     """`fn()` run on a thread of its own (which sees torch's process-wide thread count)."""
-    result = []
+    result: list[T] = []
     thread = threading.Thread(target=lambda: result.append(fn()), name="ntklab-thread-count")
     thread.start()
     thread.join()

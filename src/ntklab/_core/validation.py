@@ -168,9 +168,19 @@ def hyperparameter(value: Any, name: str, *, allow_zero: bool = False) -> float 
     return positive(value, name, allow_zero=allow_zero)
 
 
+def _finite_real(value: Any) -> bool:
+    """A real number other than a bool, finite as a float (`10**400` overflows: not finite)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def positive(value: Any, name: str, *, allow_zero: bool = False) -> float:
     """A finite real number > 0 (or >= 0 with `allow_zero`)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
+    if not _finite_real(value):
         raise ValueError(f"{name} must be a finite real number, got {value!r}")
     if value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"

@@ -15,16 +15,16 @@ def select_parameters(model: nn.Module, params) -> dict[str, torch.Tensor]:
     an iterable of parameter names, or an iterable of parameter tensors."""
     named = dict(model.named_parameters())
     if params is None:
-        chosen = {name: p for name, p in named.items() if p.requires_grad}
-        if not chosen:
+        trainable: dict[str, torch.Tensor] = {name: p for name, p in named.items() if p.requires_grad}
+        if not trainable:
             raise ValueError("the model has no parameter with requires_grad=True; pass "
                              "params=[names] to choose the parameters of the kernel")
-        return chosen
+        return trainable
     if isinstance(params, (str, torch.Tensor)) or not isinstance(params, Iterable):
         raise ValueError("params must be None, a list of parameter names, or a list of "
                          f"parameter tensors, got {type(params).__name__}")
     by_id = {id(p): name for name, p in named.items()}
-    chosen = {}
+    chosen: dict[str, torch.Tensor] = {}
     for item in params:
         if isinstance(item, str):
             if item not in named:

@@ -107,15 +107,15 @@ def gradient_descent_alpha(k_train_train, y_train, *, steps: int, learning_rate:
         alpha0, k.shape[0], "alpha0", k.dtype, k.device)[0].clone()
 
     recorded = record_steps(record, steps)
-    wanted, alphas = set(recorded), []
+    wanted, snapshots = set(recorded), []
     for step in range(steps + 1):
         if step in wanted:
-            alphas.append(alpha.clone())
+            snapshots.append(alpha.clone())
         if step == steps:
             break
         residual = k @ alpha - y
         alpha -= rate * (k @ residual if space == "alpha" else residual)
-    alphas = torch.stack(alphas)
+    alphas = torch.stack(snapshots)
     f_train = k @ alphas
     loss = (f_train - y).square().sum((1, 2)) / (2 * size)
     f_test = None if k_td is None else k_td @ alphas

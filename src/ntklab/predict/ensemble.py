@@ -2,7 +2,7 @@
 (Lee et al. 2019): mean and covariance at any time, from an architecture or a kernel function."""
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence, overload
 
 import torch
 
@@ -12,16 +12,22 @@ from .._core.conventions import prediction_times
 from .linalg import GradientFlow
 
 
-KernelFn = Callable[..., Any]
+KernelFn = Callable[[torch.Tensor, "torch.Tensor | None", tuple[str, ...]], dict[str, torch.Tensor]]
+"""(x1, x2, get) -> {name: [N1, N2]} for the names in `get` (x2=None: x1 with itself)."""
+
+EnsembleOutput = (torch.Tensor | tuple[torch.Tensor, torch.Tensor] | dict[str, torch.Tensor]
+                  | dict[str, tuple[torch.Tensor, torch.Tensor]])
+"""What `EnsemblePredictor` returns: the mean, or (mean, cov) with `compute_cov`; a dict over
+the names when `get` is not one name."""
 
 
-def _kernel_callable(net_or_kernel_fn) -> Callable:
+def _kernel_callable(net_or_kernel_fn: Any) -> KernelFn:
     """(x1, x2, get) -> {name: [N1, N2]} from an architecture or a kernel function."""
     if isinstance(net_or_kernel_fn, Serial):
-        def kernel(x1, x2, get):  # the NNGP comes free with the NTK: return both
+        def architecture_kernel(x1, x2, get):  # the NNGP comes free with the NTK: return both
             k = net_or_kernel_fn.kernel(x1, x2, None if "ntk" in get else get)
             return {g: v for g, v in (("nngp", k.nngp), ("ntk", k.ntk)) if v is not None}
-        return kernel
+        return architecture_kernel
     if not callable(net_or_kernel_fn):
         raise ValueError("net_or_kernel_fn must be an ntklab architecture (nk.serial(...)) or a "
                          f"callable kernel_fn(x1, x2), got {net_or_kernel_fn!r}")
@@ -44,7 +50,7 @@ def _time_grid(t) -> tuple[torch.Tensor, tuple[int, ...]]:
 
 def gradient_descent_mse_ensemble(net_or_kernel_fn, x_train, y_train, *, learning_rate: float = 1.0,
                                   diag_reg: float = 0.0, diag_reg_absolute_scale: bool = False,
-                                  dtype: torch.dtype | None = None, device=None):
+                                  dtype: torch.dtype | None = None, device=None) -> EnsemblePredictor:
     """Predictive mean (and covariance) of an infinite ensemble of infinitely wide
     networks trained by gradient flow on L = ||f(X) - Y||^2 / (2 |Y|) for time t.
 
@@ -88,20 +94,21 @@ def gradient_descent_mse_ensemble(net_or_kernel_fn, x_train, y_train, *, learnin
     >>> predict(t=[1.0, 10.0], x_test=x_train[:4], get="nngp").shape
     torch.Size([2, 4, 1])
     """
-    return _EnsemblePrediction(_kernel_callable(net_or_kernel_fn), x_train, y_train,
+    return EnsemblePredictor(_kernel_callable(net_or_kernel_fn), x_train, y_train,
                                images=getattr(net_or_kernel_fn, "takes_images", False),
                                sequences=getattr(net_or_kernel_fn, "takes_sequences", False),
                                learning_rate=learning_rate, diag_reg=diag_reg,
                                diag_reg_absolute_scale=diag_reg_absolute_scale, dtype=dtype, device=device)
 
 
-class _EnsemblePrediction:
+class EnsemblePredictor:
     """`predict(t=None, x_test=None, get=None, compute_cov=False)` of
     `gradient_descent_mse_ensemble`: the validated training set, the train-train kernels and
     their gradient flows, each computed once."""
 
-    def __init__(self, kernel, x_train, y_train, *, images, sequences, learning_rate, diag_reg,
-                 diag_reg_absolute_scale, dtype, device):
+    def __init__(self, kernel: KernelFn, x_train: Any, y_train: Any, *, images: bool, sequences: bool,
+                 learning_rate: float, diag_reg: float, diag_reg_absolute_scale: bool,
+                 dtype: torch.dtype | None, device: Any):
         self.kernel, self.images, self.sequences = kernel, images, sequences
         self.dtype = input_dtype(x_train, dtype)
         self.x_train = as_inputs(x_train, "x_train", images=images, sequences=sequences, dtype=self.dtype,
@@ -116,11 +123,13 @@ class _EnsemblePrediction:
         self.flows: dict[str, GradientFlow] = {}
 
     def k_train(self, g: str) -> torch.Tensor:
+        """The train-train kernel `g` ("nngp" or "ntk"), computed once."""
         if g not in self.cache:
             self.cache.update(self.kernel(self.x_train, None, (g,)))
         return self.cache[g]
 
     def dynamics(self, g: str) -> GradientFlow:
+        """The gradient flow on the train-train kernel `g`, set up once."""
         if g not in self.flows:
             self.flows[g] = GradientFlow(self.k_train(g), self.size, learning_rate=self.lr,
                                          diag_reg=self.diag_reg,
@@ -128,7 +137,8 @@ class _EnsemblePrediction:
                                          name=f"k_train_train ({g})")
         return self.flows[g]
 
-    def on_train(self, g: str, times: torch.Tensor | None, compute_cov: bool):
+    def on_train(self, g: str, times: torch.Tensor | None,
+                 compute_cov: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Mean and covariance on the training set (unregularized, as neural-tangents)."""
         y, size = self.y, self.size
         if times is None:
@@ -145,7 +155,8 @@ class _EnsemblePrediction:
         e = self.dynamics(g).decay(times)
         return mean, e @ self.k_train("nngp") @ e.transpose(1, 2)
 
-    def on_test(self, g: str, times: torch.Tensor | None, x_test: torch.Tensor, compute_cov: bool):
+    def on_test(self, g: str, times: torch.Tensor | None, x_test: torch.Tensor,
+                compute_cov: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Mean and covariance at `x_test` (the formulas of `gradient_descent_mse_ensemble`)."""
         flow = self.dynamics(g).solve
         kt = self.kernel(x_test, self.x_train, ("nngp", g) if compute_cov else (g,))
@@ -159,7 +170,20 @@ class _EnsemblePrediction:
         term_2 = kt[g] @ flow(kt["nngp"].T, times)        # [T?, Nt, Nt]
         return mean, term_1.transpose(-1, -2) @ self.k_train("nngp") @ term_1 - term_2 - term_2.transpose(-1, -2) + k_tt
 
-    def __call__(self, t=None, x_test=None, get: str | Sequence[str] | None = None, compute_cov: bool = False):
+    @overload
+    def __call__(self, t: Any = ..., x_test: Any = ..., *, get: str,
+                 compute_cov: Literal[False] = ...) -> torch.Tensor: ...
+
+    @overload
+    def __call__(self, t: Any = ..., x_test: Any = ..., *, get: str,
+                 compute_cov: Literal[True]) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    @overload
+    def __call__(self, t: Any = ..., x_test: Any = ..., get: str | Sequence[str] | None = ...,
+                 compute_cov: bool = ...) -> EnsembleOutput: ...
+
+    def __call__(self, t: Any = None, x_test: Any = None, get: str | Sequence[str] | None = None,
+                 compute_cov: bool = False) -> EnsembleOutput:
         """Mean (or (mean, cov)) at time(s) t; dict over `get` when it names several.
 
         Shapes: mean [*t.shape, N_test, K] ([*t.shape, N_test] for 1-D y_train),
@@ -173,13 +197,18 @@ class _EnsemblePrediction:
                                  f"like x_train, got shape {tuple(x_test.shape)}")
         times, t_shape = (None, ()) if t is None else _time_grid(t)
         times = None if times is None else times.to(dtype=self.dtype, device=self.x_train.device)
-        out = {}
+        means: dict[str, torch.Tensor] = {}
+        covs: dict[str, torch.Tensor] = {}     # filled when compute_cov
         for g in names:
             mean, cov = (self.on_train(g, times, compute_cov) if x_test is None
                          else self.on_test(g, times, x_test, compute_cov))
             if times is not None:
                 mean = mean.reshape(t_shape + mean.shape[-2:])
                 cov = None if cov is None else cov.reshape(t_shape + cov.shape[-2:])
-            mean = mean[..., 0] if self.vector else mean
-            out[g] = (mean, cov) if compute_cov else mean
-        return out[names[0]] if isinstance(get, str) else out
+            means[g] = mean[..., 0] if self.vector else mean
+            if cov is not None:
+                covs[g] = cov
+        if not compute_cov:
+            return means[names[0]] if isinstance(get, str) else means
+        pairs = {g: (means[g], covs[g]) for g in names}
+        return pairs[names[0]] if isinstance(get, str) else pairs

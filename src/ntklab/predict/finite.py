@@ -33,7 +33,7 @@ its negative eigenvalues, in the closed form as in the ODE).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, NamedTuple, Protocol
 
 import math
 
@@ -47,6 +47,30 @@ from .._core.tiling import PROGRESS_DELAY
 from .linalg import Factorization, GradientFlow, checked_kernel, square_kernel
 
 Prediction = tuple["torch.Tensor | None", "torch.Tensor | None"]
+"""(f_train, f_test) of a prediction: each None when its initial outputs are None."""
+
+
+class MSEPredictor(Protocol):
+    """The `predict` that `gradient_descent_mse` returns."""
+
+    def __call__(self, t: Any = None, fx_train_0: Any = 0.0, fx_test_0: Any = None,
+                 k_test_train: Any = None) -> Prediction:
+        """(f_train, f_test) at the time(s) `t` (None: infinite time)."""
+
+
+class ODEPredictor(Protocol):
+    """The `predict` that `gradient_descent` returns."""
+
+    def __call__(self, t: Any, fx_train_0: Any = 0.0, fx_test_0: Any = None,
+                 k_test_train: Any = None) -> Prediction:
+        """(f_train, f_test) at the finite time(s) `t`."""
+
+
+class GPPredictor(Protocol):
+    """The `predict` that `gp_inference` returns."""
+
+    def __call__(self, k_test_train: Any, k_test_test: Any = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(mean, cov) at the test points (cov None without `k_test_test`)."""
 
 
 @dataclass(frozen=True)
@@ -81,18 +105,34 @@ def _outputs(value, shape: tuple[int, ...], name: str, like: torch.Tensor) -> to
     return t.clone()
 
 
-def _test_kernel(k_test_train, fx_test_0, problem: _Problem) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    if fx_test_0 is None:
-        return None, None
-    if k_test_train is None:
-        raise ValueError("fx_test_0 is given but k_test_train is not: pass the test-train kernel "
-                         "[N_test, N_train] to predict on the test set")
+class _TestSet(NamedTuple):
+    """The test-train kernel `[N_test, N]` and the test outputs at t = 0 `[N_test, K]`."""
+
+    k_test_train: torch.Tensor
+    fx_test_0: torch.Tensor
+
+
+def _test_train_kernel(k_test_train, problem: _Problem) -> torch.Tensor:
+    """`k_test_train` as a `[N_test, N]` tensor like the train kernel."""
     k = problem.k_train_train
+    if k_test_train is None:
+        raise ValueError(f"k_test_train is None: pass the test-train kernel [N_test, {k.shape[0]}]")
     k_td = as_tensor(k_test_train, "k_test_train", dtype=k.dtype, device=k.device)
     if k_td.ndim != 2 or k_td.shape[1] != k.shape[0]:
         raise ValueError(f"k_test_train must have shape [N_test, {k.shape[0]}], got {tuple(k_td.shape)}")
+    return k_td
+
+
+def _test_set(k_test_train, fx_test_0, problem: _Problem) -> _TestSet | None:
+    """The validated test set, None without `fx_test_0` (no test prediction)."""
+    if fx_test_0 is None:
+        return None
+    if k_test_train is None:
+        raise ValueError("fx_test_0 is given but k_test_train is not: pass the test-train kernel "
+                         "[N_test, N_train] to predict on the test set")
+    k_td = _test_train_kernel(k_test_train, problem)
     k_outputs = problem.y_train.shape[1]
-    return k_td, _outputs(fx_test_0, (k_td.shape[0], k_outputs), "fx_test_0", k)
+    return _TestSet(k_td, _outputs(fx_test_0, (k_td.shape[0], k_outputs), "fx_test_0", k_td))
 
 
 def _times(t, learning_rate: float, like: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
@@ -101,8 +141,9 @@ def _times(t, learning_rate: float, like: torch.Tensor) -> tuple[torch.Tensor, t
     return torch.as_tensor(array * learning_rate, dtype=like.dtype, device=like.device), shape
 
 
-def _finish(problem: _Problem, shape: tuple[int, ...], train, test) -> Prediction:
-    def reshape(value):
+def _finish(problem: _Problem, shape: tuple[int, ...], train: torch.Tensor | None,
+            test: torch.Tensor | None) -> Prediction:
+    def reshape(value: torch.Tensor | None) -> torch.Tensor | None:
         if value is None:
             return None
         value = value.reshape(shape + value.shape[-2:])
@@ -111,7 +152,7 @@ def _finish(problem: _Problem, shape: tuple[int, ...], train, test) -> Predictio
 
 
 def gradient_descent_mse(k_train_train, y_train, learning_rate: float = 1.0, diag_reg: float = 0.0,
-                         diag_reg_absolute_scale: bool = False, *, allow_indefinite: bool = False):
+                         diag_reg_absolute_scale: bool = False, *, allow_indefinite: bool = False) -> MSEPredictor:
     """Outputs of gradient flow on L = ||f - y||^2 / (2 |Y|) with the kernel `k_train_train`
     (`[N, N]`) in closed form.  With G = K + diag_reg s I (s = mean(diag K) unless
     `diag_reg_absolute_scale`), r_0 = y - f_train(0) and c = learning_rate / |Y|:
@@ -171,7 +212,7 @@ def gradient_descent_mse(k_train_train, y_train, learning_rate: float = 1.0, dia
         y = problem.y_train
         f_train = torch.zeros_like(y) if fx_train_0 is None else _outputs(fx_train_0, tuple(y.shape),
                                                                         "fx_train_0", y)
-        k_td, f_test = _test_kernel(k_test_train, fx_test_0, problem)
+        test_set = _test_set(k_test_train, fx_test_0, problem)
         residual = y - f_train
         if t is None:
             # beyond rounding (`GradientFlow.tolerance`); only an opted-in kernel can be indefinite
@@ -182,11 +223,12 @@ def gradient_descent_mse(k_train_train, y_train, learning_rate: float = 1.0, dia
                     f"diverges along its negative eigenvalues; give finite times")
             _ = flow.factorization   # factorized now: a singular G is refused (its null space never reaches y)
             train = None if fx_train_0 is None else y.clone()
-            test = None if f_test is None else f_test + k_td @ flow.solve(residual)
+            test = None if test_set is None else test_set.fx_test_0 + test_set.k_test_train @ flow.solve(residual)
             return _finish(problem, (), train, test)
         times, shape = _times(t, learning_rate, y)
         train = None if fx_train_0 is None else y - flow.decay(times) @ residual
-        test = None if f_test is None else f_test + k_td @ flow.solve(residual, times)
+        test = (None if test_set is None else
+                test_set.fx_test_0 + test_set.k_test_train @ flow.solve(residual, times))
         return _finish(problem, shape, train, test)
 
     return predict
@@ -285,7 +327,7 @@ def _integrate(field: Callable[[torch.Tensor], torch.Tensor], state0: torch.Tens
 def gradient_descent(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], k_train_train, y_train,
                      learning_rate: float = 1.0, momentum: float | None = None, *,
                      rtol: float = 1e-10, atol: float = 1e-10, allow_indefinite: bool = False,
-                     progress: bool | None = None):
+                     progress: bool | None = None) -> ODEPredictor:
     """Outputs of gradient flow df/dt = -learning_rate K dloss/df for any differentiable
     `loss(f_train, y_train)` (a torch function returning a scalar; a loss that averages over
     samples carries its 1/N), integrated by `scipy.integrate.solve_ivp` (DOP853, `rtol`,
@@ -350,9 +392,9 @@ def gradient_descent(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
             raise ValueError("fx_train_0 and fx_test_0 are both None: nothing to predict")
         f_train = torch.zeros_like(y) if fx_train_0 is None else _outputs(fx_train_0, tuple(y.shape),
                                                                         "fx_train_0", y)
-        k_td, f_test = _test_kernel(k_test_train, fx_test_0, problem)
+        test_set = _test_set(k_test_train, fx_test_0, problem)
         times, shape = _times(t, scale, y)
-        parts = [f_train] + ([] if f_test is None else [f_test])
+        parts = [f_train] + ([] if test_set is None else [test_set.fx_test_0])
         sizes = [p.numel() for p in parts]
         state0 = torch.cat([p.reshape(-1) for p in parts])
         if momentum is not None:
@@ -362,22 +404,24 @@ def gradient_descent(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
 
         def field(state: torch.Tensor) -> torch.Tensor:
             g = grad_loss(state[:sizes[0]].reshape(y.shape))
-            force = torch.cat([-(k @ g).reshape(-1)] + ([] if k_td is None else [-(k_td @ g).reshape(-1)]))
-            if momentum is None:
+            force = torch.cat([-(k @ g).reshape(-1)]
+                              + ([] if test_set is None else [-(test_set.k_test_train @ g).reshape(-1)]))
+            if friction is None:   # no momentum
                 return force
             q = state[n_f:]
             return torch.cat([q, force + friction * q])
 
         solution = _integrate(field, state0, times, scale=scale, rtol=rtol, atol=atol, progress=progress)
         train = solution[:, :sizes[0]].reshape(len(times), *y.shape) if fx_train_0 is not None else None
-        test = (None if f_test is None else
-                solution[:, sizes[0]:n_f].reshape(len(times), *f_test.shape))
+        test = (None if test_set is None else
+                solution[:, sizes[0]:n_f].reshape(len(times), *test_set.fx_test_0.shape))
         return _finish(problem, shape, train, test)
 
     return predict
 
 
-def gp_inference(k_train_train, y_train, diag_reg: float = 0.0, diag_reg_absolute_scale: bool = False):
+def gp_inference(k_train_train, y_train, diag_reg: float = 0.0,
+                 diag_reg_absolute_scale: bool = False) -> GPPredictor:
     """Gaussian-process posterior given the train kernel K (`[N, N]`, NNGP or NTK):
 
         mean(x)     = K(x, X) G^-1 y,       G = K + diag_reg s I
@@ -415,8 +459,8 @@ def gp_inference(k_train_train, y_train, diag_reg: float = 0.0, diag_reg_absolut
     factorization = Factorization(k, assume_psd=None, cholesky=cholesky)
     alpha = factorization.solve(problem.y_train)
 
-    def predict(k_test_train, k_test_test=None):
-        k_td, _ = _test_kernel(k_test_train, 0.0, problem)
+    def predict(k_test_train: Any, k_test_test: Any = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        k_td = _test_train_kernel(k_test_train, problem)
         mean = k_td @ alpha
         mean = mean[:, 0] if problem.vector else mean
         if k_test_test is None:
