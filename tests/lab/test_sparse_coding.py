@@ -27,3 +27,18 @@ def test_dictionary_learning_recovers_the_planted_atoms():
     assert S.relative_error(data.x, codes, atoms) < 0.1
     random = np.random.default_rng(0).standard_normal(atoms.shape)
     assert S.recovery(data.dictionary, random).mean() < 0.8
+
+
+def test_the_table_uses_sample_standard_deviations():
+    """Before: np.std (ddof=0) by hand beside report.mean_std (ddof=1)."""
+    import numpy as np
+    from ntklab.lab.experiments import sparse_coding as E
+    keys = ("mean_recovery", "recovered_0.95", "error_learned", "error_planted", "error_random_dictionary",
+            "error_pca_k")
+    rows = [{"k": 2, "N": 10, "N_per_atom": 1.0, "noise": 0.1, "sparse kN + md": 5, "raw dN": 9,
+             **{key: value * (j + 1) for j, key in enumerate(keys)}} for value in (0.1, 0.3, 0.8)]
+    (entry,) = E._table(rows, [(2, 10, 0.1)])
+    for j, key in enumerate(keys):
+        expected = np.array([0.1, 0.3, 0.8]) * (j + 1)
+        assert entry[key] == pytest.approx(expected.mean()) and entry[key + "_std"] == pytest.approx(
+            expected.std(ddof=1), rel=1e-12)

@@ -165,10 +165,9 @@ def _report(cfg: Config, rows: list[dict], summary: dict, figure: str) -> str:
         "z(0) removed, mean exactly zero, and the control variate DG[Ĥ - Θ - Θ¹/n]y, mean O(1/n²)); "
         "the first-order part z₁ of `nk.nearly_kernel_flow` from each network's own dNTK and ddNTK (its "
         "dNTK part with z(0) = 0 removed: mean exactly zero). A longer Monte Carlo of the first-order "
-        "part (up to 5000 networks per width, n = 32-256) is on the theory page "
-        "(docs/theory/finite_width.md): it agrees early in training, while at t λ_min = 2 it resolves a gap of "
-        "2-4 standard errors, the NTK's fluctuation inside the first-order flow -- an O(1/n²) term with a large "
-        "coefficient.", "",
+        "part, with more networks per width, is on the theory page (docs/theory/finite_width.md), "
+        "with the gap it resolves later in training: the NTK's fluctuation inside the first-order "
+        "flow, an O(1/n²) term with a large coefficient.", "",
         "## Kernel part", "",
         markdown_table(rows, ["width", "time", "test_point", "infinite_width", "kernel_mc", "kernel_se",
                               "kernel_predicted", "kernel_z", "shift_only_predicted", "shift_only_z"]), "",
