@@ -78,7 +78,7 @@ def tutorial_jacobian_contraction(model, x1, x2, mode):
     jac1 = [j.flatten(2) for j in jac1.values()]
     jac2 = [j.flatten(2) for j in jac2.values()]
     equation = {"full": "Naf,Mbf->NMab", "trace": "Naf,Maf->NM"}[mode]
-    return torch.stack([torch.einsum(equation, a, b) for a, b in zip(jac1, jac2)]).sum(0)
+    return torch.stack([torch.einsum(equation, a, b) for a, b in zip(jac1, jac2, strict=True)]).sum(0)
 
 
 def tutorial_ntk_vector_products(model, x1, x2, mode):
@@ -128,6 +128,44 @@ def measure(model_name, method, mode, n, cap, timeout):
     return isolated.measure(one_run, (model_name, method, mode, n, cap), cap, timeout)
 
 
+def cell(result):
+    if result["seconds"] is None:
+        return f"{result['error'][:16]:>16}"
+    return f"{result['seconds']:9.3f} {result['peak_gib']:5.2f}"
+
+
+def print_row(row):
+    """One line of the table: each method's time and memory, the speed-up, a value check."""
+    ours = row["ntklab"]["seconds"]
+    best = min((row[m]["seconds"] for m in ("jacobian", "ntk_vp") if row[m]["seconds"] is not None),
+               default=None)
+    ratio = (f"{best / ours:.1f}x" if ours and best else "baselines fail" if ours else "ntklab failed")
+    agree = [row[m]["check"] for m in ("ntklab", "jacobian", "ntk_vp") if row[m]["check"] is not None]
+    if len(agree) > 1 and max(agree) - min(agree) > 1e-3 * max(map(abs, agree)):
+        ratio += " (VALUES DISAGREE)"
+    print(f"{row['model']:5} {row['mode']:6} {row['N']:5} | {cell(row['ntklab'])} | "
+          f"{cell(row['jacobian']):>16} | {cell(row['ntk_vp'])} | {ratio:>26}", flush=True)
+
+
+def sweep(model_name, mode, sizes, cap, timeout):
+    """The rows of one model and mode over the sizes (a baseline that failed at N is not
+    retried at larger N), each printed as it is measured."""
+    rows, skip = [], set()
+    for n in sizes:
+        row = {"model": model_name, "mode": mode, "N": n}
+        for method in ("ntklab", "jacobian", "ntk_vp"):
+            if method in skip:
+                row[method] = {"seconds": None, "error": "skipped (failed at smaller N)", "peak_gib": None,
+                               "check": None}
+                continue
+            row[method] = measure(model_name, method, mode, n, cap, timeout)
+            if row[method]["seconds"] is None:
+                skip.add(method)
+        rows.append(row)
+        print_row(row)
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256, 512])
@@ -144,38 +182,8 @@ def main():
               f"{'GiB':>5} | {'ntk_vp s':>9} {'GiB':>5} | {'speed-up vs best baseline':>26}")
     print(header)
     print("-" * len(header))
-    rows = []
-    for model_name in args.models:
-        for mode in args.modes:
-            skip = set()   # a baseline that failed at N is not retried at larger N
-            for n in args.sizes:
-                row = {"model": model_name, "mode": mode, "N": n}
-                for method in ("ntklab", "jacobian", "ntk_vp"):
-                    if method in skip:
-                        row[method] = {"seconds": None, "error": "skipped (failed at smaller N)",
-                                       "peak_gib": None, "check": None}
-                        continue
-                    row[method] = measure(model_name, method, mode, n, cap, args.timeout)
-                    if row[method]["seconds"] is None:
-                        skip.add(method)
-                rows.append(row)
-
-                def cell(result):
-                    if result["seconds"] is None:
-                        return f"{result['error'][:16]:>16}"
-                    return f"{result['seconds']:9.3f} {result['peak_gib']:5.2f}"
-                ours = row["ntklab"]["seconds"]
-                best = min((row[m]["seconds"] for m in ("jacobian", "ntk_vp")
-                            if row[m]["seconds"] is not None), default=None)
-                ratio = (f"{best / ours:.1f}x" if ours and best else
-                         "baselines fail" if ours else "ntklab failed")
-                agree = [row[m]["check"] for m in ("ntklab", "jacobian", "ntk_vp")
-                         if row[m]["check"] is not None]
-                if len(agree) > 1 and max(agree) - min(agree) > 1e-3 * max(map(abs, agree)):
-                    ratio += " (VALUES DISAGREE)"
-                print(f"{model_name:5} {mode:6} {n:5} | {cell(row['ntklab'])} | "
-                      f"{cell(row['jacobian']):>16} | {cell(row['ntk_vp'])} | {ratio:>26}",
-                      flush=True)
+    rows = [row for model_name in args.models for mode in args.modes
+            for row in sweep(model_name, mode, args.sizes, cap, args.timeout)]
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(rows, handle, indent=2)

@@ -72,13 +72,13 @@ def main() -> None:
     for n in args.sizes:
         x_np = rng.standard_normal((n, D))
         x = torch.as_tensor(x_np, device=args.device)
-        ours = best_of(lambda: net.kernel(x, get="ntk", device=args.device, progress=False),
+        ours = best_of(lambda x=x: net.kernel(x, get="ntk", device=args.device, progress=False),
                        args.repeats)
-        unblocked = best_of(lambda: net.kernel(x, x.clone(), get="ntk", block_size=n,
-                                               device=args.device, progress=False), 1)
+        unblocked = best_of(lambda x=x, n=n: net.kernel(x, x.clone(), get="ntk", block_size=n,
+                                                        device=args.device, progress=False), 1)
         nt_time, diff = float("nan"), float("nan")
         if nt_fn is not None:
-            nt_time = best_of(lambda: nt_fn(x_np), args.repeats)
+            nt_time = best_of(lambda x_np=x_np: nt_fn(x_np), args.repeats)
             mine = net.kernel(x, get="ntk", device=args.device).cpu().numpy()
             gap = np.abs(mine - np.asarray(nt_fn(x_np)))
             np.fill_diagonal(gap, 0)  # nt's diagonal carries arccos rounding noise (tests/arch/test_reference.py)

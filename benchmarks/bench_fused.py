@@ -52,8 +52,8 @@ def main() -> None:
         start = time.perf_counter()
         fused = net.kernel(x, fused=True, progress=False)
         first = time.perf_counter() - start
-        t_fused = best_of(lambda: net.kernel(x, fused=True, progress=False), args.repeats)
-        t_eager = best_of(lambda: net.kernel(x, fused=False, progress=False), args.repeats)
+        t_fused = best_of(lambda net=net, x=x: net.kernel(x, fused=True, progress=False), args.repeats)
+        t_eager = best_of(lambda net=net, x=x: net.kernel(x, fused=False, progress=False), args.repeats)
         diff = max(float((getattr(fused, g) - getattr(eager, g)).abs().max() / getattr(eager, g).abs().max())
                    for g in ("nngp", "ntk"))
         print(f"{spec:>14} | {t_eager / entries * 1e3:14.3f} | {t_fused / entries * 1e3:14.3f} | "

@@ -34,6 +34,29 @@ def timed(device: torch.device, depth: int, width: int, x, y, x_test) -> dict:
     return {"hierarchy_s": middle - started, "flow_s": time.perf_counter() - middle}
 
 
+def width_sweep(args, x, y, x_test, device) -> None:
+    """Trained networks against their 1/n predictions over the widths of --widths and the seeds
+    (rows to --csv after each), then the fitted slopes and the per-width summary."""
+    sweep = experiment.Config(networks=((args.depth, tuple(int(w) for w in args.widths.split(","))),),
+                              network_seeds=args.seeds)
+    rows = []
+    for depth, widths in sweep.networks:
+        for width in widths:
+            for seed in range(args.first_seed, args.first_seed + sweep.network_seeds):
+                rows.append(experiment._network_errors(sweep, depth, width, seed, x.to(device), y.to(device),
+                                                       x_test.to(device)))
+                print({k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
+                with open(args.csv, "w", newline="") as handle:     # rewritten after each row
+                    writer = csv.DictWriter(handle, list(rows[0]))
+                    writer.writeheader()
+                    writer.writerows(rows)
+    if len({r["width"] for r in rows}) > 1:
+        for row in experiment._network_slopes(sweep, experiment._network_fits(sweep, rows)):
+            print(row)
+    for row in experiment._network_summary(rows):
+        print({k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--depth", type=int, default=2)
@@ -60,25 +83,7 @@ def main() -> None:
         print("CPU / GPU:", ", ".join(f"{k} {times['cpu'][k] / times['cuda'][k]:.1f}x" for k in times["cpu"]))
 
     if args.widths:
-        sweep = experiment.Config(networks=((args.depth, tuple(int(w) for w in args.widths.split(","))),),
-                                  network_seeds=args.seeds)
-        device = gpu or torch.device("cpu")
-        rows = []
-        for depth, widths in sweep.networks:
-            for width in widths:
-                for seed in range(args.first_seed, args.first_seed + sweep.network_seeds):
-                    rows.append(experiment._network_errors(sweep, depth, width, seed, x.to(device), y.to(device),
-                                                           x_test.to(device)))
-                    print({k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
-                    with open(args.csv, "w", newline="") as handle:     # rewritten after each row
-                        writer = csv.DictWriter(handle, list(rows[0]))
-                        writer.writeheader()
-                        writer.writerows(rows)
-        if len({r["width"] for r in rows}) > 1:
-            for row in experiment._network_slopes(sweep, experiment._network_fits(sweep, rows)):
-                print(row)
-        for row in experiment._network_summary(rows):
-            print({k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in row.items()})
+        width_sweep(args, x, y, x_test, gpu or torch.device("cpu"))
 
 
 if __name__ == "__main__":

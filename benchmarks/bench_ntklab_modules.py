@@ -46,8 +46,8 @@ def main() -> None:
         for n in args.sizes:
             x = torch.randn(n, *shape, generator=torch.Generator().manual_seed(0))
             for mode in ("trace", "full"):
-                run = {impl: (lambda impl=impl: nk.empirical_ntk(model, x, mode=mode, implementation=impl,
-                                                                 progress=False))
+                run = {impl: (lambda impl=impl, model=model, x=x, mode=mode: nk.empirical_ntk(
+                    model, x, mode=mode, implementation=impl, progress=False))
                        for impl in ("structured", "jacobian")}
                 structured, jacobian = run["structured"](), run["jacobian"]()
                 diff = float((structured - jacobian).abs().max() / jacobian.abs().max())

@@ -29,7 +29,7 @@ print(kernel.nngp.shape, kernel.ntk.shape)
 # The predictive distributions at t = infinity (``t=None``), from one eigendecomposition.
 predict = nk.predict.gradient_descent_mse_ensemble(net, x_train, y_train, diag_reg=1e-6)
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
-for ax, get in zip(axes, ("nngp", "ntk")):
+for ax, get in zip(axes, ("nngp", "ntk"), strict=True):
     mean, cov = predict(t=None, x_test=x_test, get=get, compute_cov=True)
     std = cov.diagonal().clamp(min=0).sqrt()
     ax.plot(x_test[:, 0], mean[:, 0], label=f"{get.upper()} mean")

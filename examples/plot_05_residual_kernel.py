@@ -10,7 +10,6 @@ initializations approaches the analytic kernel.
 import os
 
 import matplotlib.pyplot as plt
-import torch
 
 import ntklab as nk
 from ntklab.lab.data import digits_images
@@ -43,7 +42,7 @@ print(f"Monte Carlo over {samples} networks vs the analytic NNGP: relative error
 
 fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
 for ax, matrix, title in zip(axes, (kernel.nngp, mc.nngp, kernel.ntk),
-                             ("analytic NNGP", f"Monte Carlo NNGP ({samples} nets)", "analytic NTK")):
+                             ("analytic NNGP", f"Monte Carlo NNGP ({samples} nets)", "analytic NTK"), strict=True):
     shown = ax.imshow(matrix, cmap="viridis")
     ax.set_title(title)
     ax.set_xlabel("image")

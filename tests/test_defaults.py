@@ -68,7 +68,7 @@ def test_module_weights_come_from_the_seed_whatever_the_default_device():
     with torch.device("meta"):
         on_cpu = net.module(3, seed=4, device="cpu")
         default = net.module(3, seed=4)
-    assert all(torch.equal(a, b) for a, b in zip(plain.parameters(), on_cpu.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(plain.parameters(), on_cpu.parameters(), strict=True))
     assert {p.device.type for p in default.parameters()} == {"meta"}   # torch's default device
 
 

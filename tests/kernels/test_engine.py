@@ -12,7 +12,8 @@ import torch
 import ntklab as nk
 from ntklab.kernels import KernelStore, compute_kernel
 
-ARCH = "Conv(8, (3, 3), padding='SAME', W_std=1.4, b_std=0.1), Relu(), Conv(8, (3, 3), padding='SAME', W_std=1.4), Relu(), GlobalAvgPool(), Dense(1)"
+ARCH = ("Conv(8, (3, 3), padding='SAME', W_std=1.4, b_std=0.1), Relu(), "
+        "Conv(8, (3, 3), padding='SAME', W_std=1.4), Relu(), GlobalAvgPool(), Dense(1)")
 
 
 def images(n, size=6, seed=0):

@@ -22,7 +22,7 @@ def test_sample_space_updates_match_parameter_space_gd_step_by_step():
     W0 = 0.3 * torch.randn(2, 21, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     path = Q.train_gd(model, x, y, learning_rate=eta, steps=5, W0=W0)
     everything = torch.cat([x, x_test])
-    for W, W_next in zip(path[:-1], path[1:]):
+    for W, W_next in zip(path[:-1], path[1:], strict=True):
         residual = model.output(W, x) - y                                       # e on the training set
         k_e = model.effective_kernel(W, everything, x)                          # [out, N+M, N]
         mu_e = model.meta_kernel(everything, x, x, W=W)                         # exact with phi^E(t)

@@ -51,7 +51,8 @@ def test_first_step_is_the_scaled_autograd_gradient_at_the_symmetric_init():
 
 def test_head_by_gradient_descent_converges_to_the_ridge_solution():
     g = torch.Generator().manual_seed(1)
-    features, y = torch.randn(40, 15, generator=g, dtype=torch.float64), torch.randn(40, generator=g, dtype=torch.float64)
+    features = torch.randn(40, 15, generator=g, dtype=torch.float64)
+    y = torch.randn(40, generator=g, dtype=torch.float64)
     exact = R.fit_head(features, y, 0.1)
     gradient = (2 / 40) * features.T @ (features @ exact - y) + 0.1 * exact
     assert float(gradient.abs().max()) < 1e-12
@@ -125,7 +126,8 @@ def test_leave_one_out_ridge_matches_explicit_refits():
             errors.append(float(gram[i, keep] @ c - y[i]) ** 2)
         return np.mean(errors)
     assert ridge == min((1e-3, 1e-1, 10.0), key=loo_error)
-    torch.testing.assert_close(coefficients, torch.linalg.solve(gram + ridge * scale * torch.eye(12, dtype=torch.float64), y))
+    identity = torch.eye(12, dtype=torch.float64)
+    torch.testing.assert_close(coefficients, torch.linalg.solve(gram + ridge * scale * identity, y))
 
 
 def test_quick_transfer_pretraining_on_d2_samples_helps(tmp_path):

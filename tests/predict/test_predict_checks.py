@@ -162,7 +162,7 @@ def test_allow_indefinite_follows_the_matrix_exponential_and_the_ode():
     # the ODE (no diag_reg there) on the regularized kernel
     by_ode = predict.gradient_descent(mse_loss, regularized, Y, lr, allow_indefinite=True)(
         times[:2], F0, F0_TEST, K_TEST)
-    for a, b in zip(by_ode, (f_train[:2], f_test[:2])):
+    for a, b in zip(by_ode, (f_train[:2], f_test[:2]), strict=True):
         assert relative_error(a, b) < 1e-8
     with pytest.raises(ValueError, match="t=None .* indefinite"):
         closed(None, F0)
@@ -204,7 +204,7 @@ def test_asymmetry_at_rounding_is_averaged_out():
     for t in (1.0, None):
         got = predict.gradient_descent_mse(noisy, Y)(t, F0, F0_TEST, K_TEST)
         expected = predict.gradient_descent_mse(symmetric, Y)(t, F0, F0_TEST, K_TEST)
-        for a, b in zip(got, expected):
+        for a, b in zip(got, expected, strict=True):
             torch.testing.assert_close(a, b, rtol=0, atol=1e-14)
 
 
@@ -227,7 +227,7 @@ def test_stiff_ode_finishes_and_matches_the_closed_form():
     with hang_guard(60):
         by_ode = predict.gradient_descent(mse_loss, PSD, Y, 1e6)(times, F0, F0_TEST, K_TEST)
     closed = predict.gradient_descent_mse(PSD, Y, 1e6)(times, F0, F0_TEST, K_TEST)
-    for a, b in zip(by_ode, closed):
+    for a, b in zip(by_ode, closed, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-8)
 
 
@@ -265,7 +265,7 @@ def test_stiff_cross_entropy_agrees_with_the_explicit_method(monkeypatch):
     monkeypatch.setattr(finite, "STIFF", math.inf)
     explicit = predict.gradient_descent(cross_entropy, PSD, labels, 1e3)(times, 0.0, 0.0, K_TEST)
     assert methods == ["LSODA", "DOP853"]
-    for a, b in zip(stiff, explicit):
+    for a, b in zip(stiff, explicit, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-7)
 
 

@@ -57,13 +57,13 @@ def test_the_ode_converges_and_reproduces_the_mse_closed_form(finite):
     times = [0.0, 3.0, 0.5, 20.0]                           # unsorted and with t = 0
     coarse = predict.gradient_descent(cross_entropy, k, y, 0.5, rtol=1e-10, atol=1e-10)(times, f0, f0_test, k_td)
     fine = predict.gradient_descent(cross_entropy, k, y, 0.5, rtol=1e-13, atol=1e-13)(times, f0, f0_test, k_td)
-    for a, b in zip(coarse, fine):
+    for a, b in zip(coarse, fine, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-11)
     torch.testing.assert_close(coarse[0][0], f0, rtol=0, atol=0)
     mse_loss = lambda fx, target: 0.5 * (fx - target).square().mean()   # noqa: E731
     closed = predict.gradient_descent_mse(k, y, 0.7)(times, f0, f0_test, k_td)
     by_ode = predict.gradient_descent(mse_loss, k, y, 0.7)(times, f0, f0_test, k_td)
-    for a, b in zip(closed, by_ode):
+    for a, b in zip(closed, by_ode, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-9)
 
 
@@ -81,7 +81,7 @@ def test_momentum_follows_the_damped_oscillator_of_each_eigenmode():
     s, mu = lr ** 0.5, (m - 1) / lr ** 0.5
     x0 = evecs.T @ (f0 - y).numpy()[:, 0]
     x_t = [(scipy.linalg.expm(np.array([[0.0, 1.0], [-lam / 6, mu]]) * t * s) @ [x, 0.0])[0]
-           for lam, x in zip(evals, x0)]
+           for lam, x in zip(evals, x0, strict=True)]
     np.testing.assert_allclose(train.numpy()[:, 0], y.numpy()[:, 0] + evecs @ np.array(x_t), atol=1e-9)
 
 

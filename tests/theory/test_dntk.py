@@ -66,8 +66,10 @@ def test_one_hidden_layer_over_two_inputs_matches_its_closed_form():
     expected = cw ** 2 * (2 * mean(f["s"], f["s1"], f["s1"], f["s"]) * theta[None, :, :, None]
                           + mean(f["s1"], f["s1"], f["s"], f["s"]) * theta[:, :, None, None]
                           + mean(f["s1"], f["s"], f["s1"], f["s"]) * theta[:, None, :, None]
-                          + 3 * mean(f["s1"], f["s2"], f["s1"], f["s"]) * np.einsum("ab,bc->abc", theta, theta)[..., None]
-                          + 3 * mean(f["s1"], f["s1"], f["s2"], f["s"]) * np.einsum("ac,bc->abc", theta, theta)[..., None])
+                          + 3 * mean(f["s1"], f["s2"], f["s1"], f["s"])
+                          * np.einsum("ab,bc->abc", theta, theta)[..., None]
+                          + 3 * mean(f["s1"], f["s1"], f["s2"], f["s"])
+                          * np.einsum("ac,bc->abc", theta, theta)[..., None])
     np.testing.assert_allclose(64 * stats.output_correlation.numpy(), expected, rtol=1e-8, atol=1e-10)
 
 
@@ -171,7 +173,8 @@ def test_ddntk_over_several_inputs_is_consistent(monkeypatch):
     R_abdc likewise; the diagonal entries are the single-input values."""
     slots = []
     derived = theory._next_ddntk
-    monkeypatch.setattr(theory, "_next_ddntk", lambda *args, **inputs: slots.append(derived(*args, **inputs)) or slots[-1])
+    monkeypatch.setattr(theory, "_next_ddntk",
+                        lambda *args, **inputs: slots.append(derived(*args, **inputs)) or slots[-1])
     net = nk.mlp(3, 32, W_std=1.2, b_std=0.4, activation=nk.Gelu())
     x = torch.tensor([[0.5, -1.0, 2.0], [1.0, 0.3, -0.2], [-0.7, 0.4, 0.9]], dtype=torch.float64)
     stats = nk.ddntk_statistics(net, x)

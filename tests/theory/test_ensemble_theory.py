@@ -45,7 +45,7 @@ def test_kernel_parts_match_finite_differences():
                                                  torch.as_tensor(covariance[:, :n, :, :n]), y, times)
     h = 1e-3
     for i, t in enumerate(times):
-        g = lambda m: kernel_solution(m, y.numpy(), t)          # noqa: E731
+        g = lambda m, t=t: kernel_solution(m, y.numpy(), t)          # noqa: E731
         base = g(ntk.numpy())
         assert kernel[i].numpy() == pytest.approx(base, rel=1e-12)
         slope = (g(ntk.numpy() + h * shift) - g(ntk.numpy() - h * shift)) / (2 * h)
@@ -70,7 +70,7 @@ def wick_first_order(theta, nngp, correlation, ddntk_mean, y, times):
 
     def rhs(t, state):
         m1, m2, m3, m4, _ = (part.reshape(shape) for part, shape in zip(
-            np.split(state, np.cumsum(sizes)[:-1]), [(n, n), (n, n, n), (n, n, n), (n, n), (d,)]))
+            np.split(state, np.cumsum(sizes)[:-1]), [(n, n), (n, n, n), (n, n, n), (n, n), (d,)], strict=True))
         e = expm(-taa * t)
         a = np.linalg.solve(taa, np.eye(n) - e)
         eta, ay = e @ y, a @ y

@@ -32,7 +32,7 @@ def displaced(model, x_a, step):
     moved = copy.deepcopy(model)
     direction = torch.autograd.grad(model(x_a[None]).sum(), list(model.parameters()))
     with torch.no_grad():
-        for p, d in zip(moved.parameters(), direction):
+        for p, d in zip(moved.parameters(), direction, strict=True):
             p.add_(step * d)
     return moved
 

@@ -31,13 +31,13 @@ def test_linearized_network_is_the_first_order_taylor_expansion():
     torch.testing.assert_close(lin(x), model(x), rtol=0, atol=0)
     with torch.no_grad():   # a step delta in theta changes f_lin by exactly J delta
         deltas = [0.01 * torch.randn_like(p) for p in lin.parameters()]
-        for p, d in zip(lin.parameters(), deltas):
+        for p, d in zip(lin.parameters(), deltas, strict=True):
             p += d
         params = tuple(model.parameters())
         jacobian = torch.func.jacrev(lambda *ps: torch.func.functional_call(
-            model, dict(zip([n for n, _ in model.named_parameters()], ps)), (x,)),
+            model, dict(zip([n for n, _ in model.named_parameters()], ps, strict=True)), (x,)),
             argnums=tuple(range(len(params))))(*params)
-        expected = model(x) + sum((j.flatten(2) @ d.flatten()) for j, d in zip(jacobian, deltas))
+        expected = model(x) + sum((j.flatten(2) @ d.flatten()) for j, d in zip(jacobian, deltas, strict=True))
         torch.testing.assert_close(lin(x), expected, rtol=0, atol=1e-13)
 
 
@@ -76,7 +76,7 @@ def test_bad_model():
 def moved(expansion, scale, directions):
     """Set theta = theta_0 + scale * direction (in place)."""
     with torch.no_grad():
-        for p, p0, d in zip(expansion.parameters(), expansion.theta0, directions):
+        for p, p0, d in zip(expansion.parameters(), expansion.theta0, directions, strict=True):
             p.copy_(p0 + scale * d)
     return expansion
 
@@ -89,7 +89,7 @@ def test_a_degree_two_expansion_of_a_bilinear_network_is_exact():
     directions = [torch.randn_like(p) for p in model.parameters()]
     moved(quadratic, 0.7, directions)
     target = torch.func.functional_call(model, {n: p + 0.7 * d for (n, p), d in
-                                                zip(model.named_parameters(), directions)}, (x,))
+                                                zip(model.named_parameters(), directions, strict=True)}, (x,))
     torch.testing.assert_close(quadratic(x), target, rtol=0, atol=1e-12)
     linear = moved(nk.linearize(model), 0.7, directions)
     assert float((linear(x) - target).detach().abs().max()) > 0.01   # the linear model misses it
@@ -103,7 +103,7 @@ def test_the_remainder_of_a_degree_k_expansion_is_of_order_k_plus_one(degree):
     def remainder(scale):
         expansion = moved(nk.taylor_expand(model, degree), scale, directions)
         exact = torch.func.functional_call(model, {n: p + scale * d for (n, p), d in
-                                                   zip(model.named_parameters(), directions)}, (x,))
+                                                   zip(model.named_parameters(), directions, strict=True)}, (x,))
         return float((expansion(x) - exact).detach().abs().max())
     ratio = remainder(0.04) / remainder(0.02)
     assert ratio == pytest.approx(2 ** (degree + 1), rel=0.15)
@@ -113,10 +113,10 @@ def test_the_remainder_of_a_degree_k_expansion_is_of_order_k_plus_one(degree):
 
 def explicit_linearization(model, x, deltas):
     """f(x; theta_0) + J(x) delta by an explicit autograd Jacobian of `model` in its current mode."""
-    names, params = zip(*model.named_parameters())
-    jacobian = torch.func.jacrev(lambda *ps: torch.func.functional_call(model, dict(zip(names, ps)), (x,)),
+    names, params = zip(*model.named_parameters(), strict=True)
+    jacobian = torch.func.jacrev(lambda *ps: torch.func.functional_call(model, dict(zip(names, ps, strict=True)), (x,)),
                                  argnums=tuple(range(len(params))))(*params)
-    return model(x) + sum(j.flatten(2) @ d.flatten() for j, d in zip(jacobian, deltas))
+    return model(x) + sum(j.flatten(2) @ d.flatten() for j, d in zip(jacobian, deltas, strict=True))
 
 
 def test_train_and_eval_reach_the_network_so_dropout_switches_off():

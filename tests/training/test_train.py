@@ -68,7 +68,8 @@ def test_wider_networks_move_their_kernel_less():
     """Relative kernel and weight change after the same training shrink with width
     (lazy training; theory n^-1/2): the 16x wider net changes at least 2.5x less."""
     x, y, _, _ = small_problem(2)
-    net = lambda n: nk.serial(nk.Dense(n, W_std=1.5, b_std=0.1), nk.Relu(), nk.Dense(2, W_std=1.5))
+    def net(n):
+        return nk.serial(nk.Dense(n, W_std=1.5, b_std=0.1), nk.Relu(), nk.Dense(2, W_std=1.5))
     changes = {}
     for width in (64, 1024):
         model = net(width).module(in_shape=(3,), seed=0, symmetric=True, dtype=torch.float64)
@@ -113,7 +114,7 @@ def test_any_optimizer_loss_and_data_loader():
     optimizers = [adam(list(reference.parameters())), adam(list(reference_lin.parameters()))]
     batches = [b for _ in range(3) for b in loader]
     for xb, yb in batches[:9]:
-        for net, opt in zip((reference, reference_lin), optimizers):
+        for net, opt in zip((reference, reference_lin), optimizers, strict=True):
             opt.zero_grad()
             cross_entropy(net(xb), yb).backward()
             opt.step()
@@ -139,7 +140,7 @@ def test_the_two_linearizations_agree_for_gradient_descent_on_the_mse():
         history = nk.train(model, x, y, steps=25, learning_rate=0.3, optimizer=optimizer,
                            x_test=x_test, record=[0, 25], batch_size=4, seed=2)
         outputs.append((history.test_predictions[-1], history.linear_test_predictions[-1]))
-    for a, b in zip(*outputs):
+    for a, b in zip(*outputs, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
 
@@ -170,7 +171,7 @@ def test_embedding_models_take_integer_inputs_in_train_nngp_and_spectrum():
         optimizer.zero_grad()
         (0.5 * (by_hand(tokens) - y).square().mean()).backward()
         optimizer.step()
-    for trained, expected in zip(model.parameters(), by_hand.parameters()):
+    for trained, expected in zip(model.parameters(), by_hand.parameters(), strict=True):
         torch.testing.assert_close(trained, expected, rtol=1e-12, atol=1e-14)
     outputs = model(tokens).detach()
     torch.testing.assert_close(nk.empirical_nngp(model, tokens.numpy()), outputs @ outputs.T, rtol=1e-12, atol=0)
