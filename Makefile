@@ -7,7 +7,7 @@ TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint test-slow test-all test-floors bench reference docs docs-fast docs-runs clean
+.PHONY: run test lint dist test-slow test-all test-floors bench reference docs docs-fast docs-runs clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,18 @@ lint: $(STAMP)
 	$(BIN)/pip install --quiet -e ".[lint]"
 	$(BIN)/ruff check src tests benchmarks examples docs
 	$(BIN)/mypy
+
+# The wheel and sdist (dist/), checked by twine, installed into a fresh venv (.venv-wheel) with the
+# sklearn extra, where the README's example runs outside the repository.
+dist: $(STAMP)
+	$(BIN)/pip install --quiet build twine
+	rm -rf dist && $(BIN)/python -m build --outdir dist . > /dev/null
+	$(BIN)/twine check --strict dist/*
+	rm -rf .venv-wheel && $(PYTHON) -m venv .venv-wheel
+	.venv-wheel/bin/pip install --quiet "$(TORCH)"
+	.venv-wheel/bin/pip install --quiet "$$(ls dist/*.whl)[sklearn]"
+	$(BIN)/python -c "import re, pathlib; print(re.search('\x60\x60\x60python\\n(.*?)\x60\x60\x60', pathlib.Path('README.md').read_text(), re.S).group(1))" > .venv-wheel/example.py
+	cd .venv-wheel && OMP_NUM_THREADS=1 bin/python example.py
 
 test-slow: $(STAMP)
 	$(PYTEST) -m slow

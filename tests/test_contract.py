@@ -233,3 +233,20 @@ def test_star_import_works_without_scikit_learn():
     code = "import sys; sys.modules['sklearn'] = None; from ntklab import *; print(serial, conventions.__name__)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-500:]
+
+
+@pytest.mark.parametrize("missing, code, hint", [
+    ("click", "from ntklab.lab import main; main()", "ntklab: this part of ntklab needs click, from the [lab] extra: "
+                                                     "pip install 'ntklab[lab]'"),
+    ("sklearn", "import ntklab.sklearn", "ntklab._core.extras.MissingExtra: this part of ntklab needs "
+                                         "scikit-learn, from the [sklearn] extra: pip install 'ntklab[sklearn]'"),
+])
+def test_a_bare_install_says_which_extra_to_install_in_one_line(missing, code, hint):
+    """The `ntklab` command and `ntklab.sklearn` without their extra: one line naming the extra
+    (the command: no traceback at all)."""
+    result = subprocess.run([sys.executable, "-c", f"import sys; sys.modules[{missing!r}] = None; {code}"],
+                            capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == hint
+    if missing == "click":
+        assert result.stderr.strip() == hint

@@ -20,7 +20,7 @@ from .theory.hierarchy import NTKHierarchy, nearly_kernel_flow, ntk_hierarchy, t
 from .theory.ensemble import EnsembleMean, ensemble_mean_flow
 from .training.loop import TrainingHistory, train
 
-__version__ = "0.2.0"
+__version__ = "0.3.0.dev0"
 
 __all__ = [*_LAYER_NAMES,  # not "sklearn": `import *` must work without it
            "Criticality", "FiniteWidthStatistics", "criticality", "finite_width", "DNTKStatistics",

@@ -23,14 +23,17 @@ import numbers
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
-from sklearn.preprocessing import LabelBinarizer
-from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ._core.extras import import_extra
 from .arch import Serial, mlp
 from .arch.spec import parse_architecture
 from .predict import GradientFlow
+
+import_extra("sklearn", "sklearn")   # without scikit-learn: one line saying which extra installs it
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin  # noqa: E402
+from sklearn.preprocessing import LabelBinarizer  # noqa: E402
+from sklearn.utils.multiclass import check_classification_targets  # noqa: E402
+from sklearn.utils.validation import check_is_fitted, validate_data  # noqa: E402
 
 __all__ = ["NNGPRegressor", "NTKClassifier", "NTKRegressor"]
 

@@ -6,9 +6,18 @@ from importlib import import_module
 from types import ModuleType
 
 
+PACKAGES = {"sklearn": "scikit-learn", "distributed": "dask[distributed]"}   # import name -> package name
+
+
+class MissingExtra(ImportError):
+    """An optional dependency is not installed; the message says which extra installs it."""
+
+
 def import_extra(module: str, extra: str) -> ModuleType:
+    """`module`, imported; MissingExtra naming the extra to install when it is not there."""
     try:
         return import_module(module)
     except ModuleNotFoundError as err:
-        raise ImportError(f"this part of ntklab needs {module.split('.')[0]}, from the [{extra}] "
+        name = module.split(".")[0]
+        raise MissingExtra(f"this part of ntklab needs {PACKAGES.get(name, name)}, from the [{extra}] "
                           f"extra: pip install 'ntklab[{extra}]'") from err
