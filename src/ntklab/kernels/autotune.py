@@ -20,6 +20,7 @@ confused with an old one).
 """
 from __future__ import annotations
 
+import functools
 import weakref
 from typing import Any, Callable
 
@@ -70,6 +71,11 @@ def _sizes(x1: torch.Tensor, x2: torch.Tensor | None) -> tuple[int, float]:
     return (n1, n1 * (n1 + 1) / 2) if x2 is None else (n1 + len(x2), n1 * len(x2))
 
 
+def _feature_block(plan: Plan, xs: torch.Tensor, mode: str) -> torch.Tensor:
+    """The kernel block of `xs` with itself from its features (a feature strategy's work)."""
+    return plan.kernel_block(plan.features(xs), plan.features(xs), mode)
+
+
 def estimated_cost(x1: torch.Tensor, x2: torch.Tensor | None, mode: str,
                     plans: dict[str, Plan]) -> dict[str, float]:
     """Cost of each plan for the whole kernel at (N1, N2), extrapolated from probes."""
@@ -79,10 +85,9 @@ def estimated_cost(x1: torch.Tensor, x2: torch.Tensor | None, mode: str,
     costs = {}
     for name, plan in plans.items():
         if name == "ntk_vp":
-            costs[name] = count_cost(lambda plan=plan: plan.ntk_vp_block(probe[:1], probe[:1], mode)) * pairs
+            costs[name] = count_cost(functools.partial(plan.ntk_vp_block, probe[:1], probe[:1], mode)) * pairs
             continue
-        run = lambda xs, plan=plan: plan.kernel_block(plan.features(xs), plan.features(xs), mode)  # noqa: E731
-        c1, c2 = (count_cost(lambda size=size, run=run: run(probe[:size])) for size in (m, 2 * m))
+        c1, c2 = (count_cost(functools.partial(_feature_block, plan, probe[:size], mode)) for size in (m, 2 * m))
         # features of 2n samples and n^2 pairs per run: c(n) = 2 a n + b n^2
         b = max((c2 - 2 * c1) / (2 * m * m), 0.0)
         a = max((c1 - b * m * m) / (2 * m), 0.0)
@@ -98,5 +103,5 @@ def choose(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None, mode: st
     cached = _CACHE.setdefault(model, {})
     if key not in cached:
         costs = estimated_cost(x1, x2, mode, plans)
-        cached[key] = min(costs, key=costs.get)   # the first of equal costs
+        cached[key] = min(costs, key=costs.__getitem__)   # the first of equal costs
     return cached[key]

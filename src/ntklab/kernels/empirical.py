@@ -48,7 +48,7 @@ from .._core.tiling import Tiling, store_tile
 from .autotune import choose
 from .contractions import MODES
 from .model_inputs import check_model, model_input, reference_tensor, select_parameters, takes_indices
-from .structured import Plan
+from .structured import Features, Plan
 
 IMPLEMENTATIONS = ("auto", "structured", "jacobian", "ntk_vp")
 
@@ -83,7 +83,8 @@ def _run(plan: Plan, implementation: str, x1: torch.Tensor, x2: torch.Tensor | N
     tiling = Tiling(n1, n2, size, symmetric=x2 is None)
     # feature strategies: if a row tile and all of x2's features fit, make each column tile once
     keep_columns = implementation != "ntk_vp" and per_sample * (n2 + size) < max_memory
-    row_features, column_features = {}, {}
+    row_features: dict[int, Features] = {}
+    column_features: dict[int, Features] = {}
     tiles = tiling.tiles()
     bar = tqdm(total=len(tiles), desc="empirical NTK", unit="tile", leave=False,
                disable=(len(tiles) < 4) if progress is None else not progress)

@@ -69,8 +69,9 @@ from .._core.tiling import Tile, Tiling
 
 try:
     import fcntl
+    POSIX_LOCKS = True
 except ImportError:  # Windows: no POSIX locks, so no claims (one process per store)
-    fcntl = None
+    POSIX_LOCKS = False
 
 FORMAT = "ntklab-kernel-store/3"   # 3: checksums bind array name, tile position and configuration
 OLD_FORMAT = "ntklab-kernel-store/2"   # checksums of the data alone: loaded, never resumed
@@ -358,7 +359,7 @@ class _Claims:
         self._offset = {tile: k + 1 for k, tile in enumerate(store.tiles())}
         try:
             self._fd = os.open(store.path / CLAIMS, os.O_RDWR | os.O_CREAT,
-                               default_mode(directory=False)) if fcntl else None
+                               default_mode(directory=False)) if POSIX_LOCKS else None
         except OSError as err:  # a read-only store: nothing will be written into it
             if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
                 raise

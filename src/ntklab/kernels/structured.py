@@ -19,8 +19,11 @@ another layer, or inputs with extra axes, fall back to "jacobian").
 """
 from __future__ import annotations
 
+import functools
 import math
+import operator
 from dataclasses import dataclass, field
+from typing import Iterable, Iterator, cast
 
 import torch
 from torch import nn
@@ -41,8 +44,8 @@ class AffineForm:
     bias_scale: float
     conv: bool = False
     pads: tuple[int, int, int, int] = (0, 0, 0, 0)
-    stride: tuple[int, int] | int = 1
-    dilation: tuple[int, int] | int = 1
+    stride: tuple[int, ...] | int = 1
+    dilation: tuple[int, ...] | int = 1
 
 
 def affine_form(module: nn.Module) -> AffineForm | None:
@@ -55,9 +58,15 @@ def affine_form(module: nn.Module) -> AffineForm | None:
         return AffineForm(module.weight_scale, module.bias_scale, True, module.pads)
     if (isinstance(module, nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros"
             and module.padding != "same"):
-        ph, pw = (0, 0) if module.padding == "valid" else module.padding
+        ph, pw = (0, 0) if isinstance(module.padding, str) else module.padding   # "valid" (not "same")
         return AffineForm(1.0, 1.0, True, (pw, pw, ph, ph), module.stride, module.dilation)
     return None
+
+
+def _total(terms: Iterable[torch.Tensor]) -> torch.Tensor:
+    """The sum of a non-empty sequence of tensors, added in order as they come (a generator's
+    terms are not held at once)."""
+    return functools.reduce(operator.add, terms)
 
 
 @dataclass
@@ -74,13 +83,27 @@ class LayerUse:
         """True for a Linear (dense) layer, False for a convolution."""
         return not self.form.conv
 
+    @property
+    def weight_tensor(self) -> torch.Tensor:
+        """The module's weight."""
+        # every module `affine_form` recognizes has a weight tensor; nn.Module's attributes
+        # are typed Tensor | Module
+        return cast(torch.Tensor, self.module.weight)
+
+    @property
+    def bias_tensor(self) -> torch.Tensor | None:
+        """The module's bias (None without one)."""
+        # as `weight_tensor`: a tensor or None in every module `affine_form` recognizes
+        return cast("torch.Tensor | None", getattr(self.module, "bias", None))
+
     def own_tensors(self) -> list[torch.Tensor]:
         """The layer's chosen parameters (weight and/or bias) whose Jacobian this use covers."""
-        return ([self.module.weight] if self.weight else []) + ([self.module.bias] if self.bias else [])
+        bias = self.bias_tensor
+        return ([self.weight_tensor] if self.weight else []) + ([bias] if self.bias and bias is not None else [])
 
     def patches(self, h: torch.Tensor) -> torch.Tensor:
         """Unfolded input patches [n, C_in kh kw, L] of a convolution."""
-        return F.unfold(F.pad(h, self.form.pads), tuple(self.module.weight.shape[2:]),
+        return F.unfold(F.pad(h, self.form.pads), tuple(self.weight_tensor.shape[2:]),
                         dilation=self.form.dilation, stride=self.form.stride)
 
     def conv_jacobian(self, h: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
@@ -144,11 +167,11 @@ class Plan:
             if not mine or any(h.ndim != (2 if use.is_linear else 4) for h, _ in mine):
                 continue
             if use.is_linear:
-                summed = [use.form.weight_scale * sum(d.T @ h for h, d in mine)] if use.weight else []
-                summed += [use.form.bias_scale * sum(d.sum(0) for _, d in mine)] if use.bias else []
+                summed = [use.form.weight_scale * _total(d.T @ h for h, d in mine)] if use.weight else []
+                summed += [use.form.bias_scale * _total(d.sum(0) for _, d in mine)] if use.bias else []
             else:
-                total = sum(use.conv_jacobian(h, d[:, None]) for h, d in mine).sum((0, 1))
-                size = use.module.weight.numel() if use.weight else 0
+                total = _total(use.conv_jacobian(h, d[:, None]) for h, d in mine).sum((0, 1))
+                size = use.weight_tensor.numel() if use.weight else 0
                 summed = [total[:size]] if use.weight else []
                 summed += [total[size:]] if use.bias else []
             expected = [grad_of[id(t)] for t in use.own_tensors()]
@@ -194,7 +217,7 @@ class Plan:
                 if use.is_linear:
                     linear.append(calls)
                 else:
-                    parts.append(sum(use.conv_jacobian(h, d) for h, d in calls))
+                    parts.append(_total(use.conv_jacobian(h, d) for h, d in calls))
         return Features(torch.cat(parts, 2) if parts else None, linear)
 
     def _jacobian(self, x: torch.Tensor) -> torch.Tensor:
@@ -212,7 +235,7 @@ class Plan:
         outputs, calls = self._forward_with_probes(self.structured, x)
         probes = [probe for _, _, probe in calls]
         n_out = outputs.shape[1]
-        deltas = [[] for _ in probes]   # one backward pass per output for the whole tile
+        deltas: list[list[torch.Tensor]] = [[] for _ in probes]   # one backward pass per output for the whole tile
         for a in range(n_out):
             grads = torch.autograd.grad(outputs[:, a].sum(), probes,
                                         retain_graph=a < n_out - 1, allow_unused=True)
@@ -224,15 +247,20 @@ class Plan:
     def kernel_block(self, f1: Features, f2: Features, mode: str) -> torch.Tensor:
         """The NTK block between two tiles' features, sum of the Jacobian contraction and each
         structured layer's (input products x cotangent products)."""
-        block = contract(f1.jacobian, f2.jacobian, mode) if f1.jacobian is not None else 0
+        return _total(self._block_terms(f1, f2, mode))
+
+    def _block_terms(self, f1: Features, f2: Features, mode: str) -> Iterator[torch.Tensor]:
+        """The terms of `kernel_block`, one at a time (the plan has a Jacobian, a structured
+        Linear layer, or both)."""
+        if f1.jacobian is not None and f2.jacobian is not None:   # both or neither: one plan
+            yield contract(f1.jacobian, f2.jacobian, mode)
         for use, calls1, calls2 in zip(self.linear, f1.linear, f2.linear, strict=True):
             w2, b2 = use.form.weight_scale ** 2, use.form.bias_scale ** 2 * use.bias
             for h1, d1 in calls1:
                 for h2, d2 in calls2:
                     # weight: s_W^2 (delta . delta')(h . h'); bias: s_b^2 (delta . delta')
                     gram = (h1 @ h2.T).mul_(w2) if use.weight else h1.new_zeros(len(h1), len(h2))
-                    block = block + contract(d1, d2, mode) * expand_to(gram.add_(b2), mode)
-        return block
+                    yield contract(d1, d2, mode) * expand_to(gram.add_(b2), mode)
 
     def feature_bytes(self, x_probe: torch.Tensor) -> float:
         """Bytes per sample of the features and the work space that makes them
@@ -246,7 +274,7 @@ class Plan:
             else:
                 n_out = calls[0][1].shape[1]
                 size += n_out * sum(t.numel() for t in use.own_tensors())   # its Jacobian
-                size += sum(h.numel() * math.prod(use.module.weight.shape[2:]) + d.numel() for h, d in calls)
+                size += sum(h.numel() * math.prod(use.weight_tensor.shape[2:]) + d.numel() for h, d in calls)
         return 3.0 * size * x_probe.element_size()
 
     # -- NTK-vector products ---------------------------------------------------
@@ -257,7 +285,8 @@ class Plan:
         def f(p, x):
             return functional_call(self.model, p, (x,)).reshape(len(x), -1)
 
-        out2, pullback = vjp(lambda p: f(p, x2), detached)
+        result = vjp(lambda p: f(p, x2), detached)   # (output, pullback) without has_aux
+        out2, pullback = result[0], result[1]
         n2, n_out = out2.shape
         basis = torch.eye(n2 * n_out, dtype=out2.dtype, device=out2.device).reshape(-1, n2, n_out)
         cotangents = vmap(pullback)(basis)[0]
