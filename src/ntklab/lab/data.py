@@ -16,6 +16,8 @@ from .._core.validation import DEFAULT_DTYPE, as_matrix, positive_int
 
 @dataclass
 class RegressionTask:
+    """A regression task: training and test inputs and targets, with a name and a description."""
+
     name: str
     x_train: torch.Tensor
     y_train: torch.Tensor
@@ -88,7 +90,8 @@ def digits_parity(n_train: int, *, seed: int, n_test: int = 256,
     mean, std = x[train].mean(0), x[train].std(0) + 1.0   # +1: constant border pixels
     x = (x - mean) / std
     x = x / np.linalg.norm(x, axis=1, keepdims=True) * math.sqrt(x.shape[1])
-    as_t = lambda a: torch.as_tensor(a, dtype=dtype)
+    def as_t(a):
+        return torch.as_tensor(a, dtype=dtype)
     return RegressionTask("digits parity", as_t(x[train]), as_t(y[train]), as_t(x[test]),
                           as_t(y[test]), f"scikit-learn digits, y = +1 even / -1 odd, "
                           f"{n_train} training and {n_test} test images")
@@ -134,6 +137,7 @@ def load_array(path: str | Path, name: str) -> np.ndarray:
 class ImageTask:
     """Images NCHW (standardised per channel with the training set's statistics) and
     integer labels."""
+
     name: str
     x_train: torch.Tensor
     y_train: torch.Tensor

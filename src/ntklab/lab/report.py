@@ -15,7 +15,7 @@ import platform
 import shutil
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import matplotlib
 import numpy as np
@@ -31,13 +31,13 @@ def provenance(device=None) -> dict[str, Any]:
     """Versions and machine of a run (written into every run's config.json)."""
     import torch
 
-    versions = {}
+    versions: dict[str, str | None] = {}
     for package in ("ntklab", "torch", "numpy", "scipy", "scikit-learn", "matplotlib", "zarr"):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             versions[package] = None
-    machine = {"python": platform.python_version(), "platform": platform.platform(),
+    machine: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
                "processor": platform.machine(), "cpus": os.cpu_count(),
                "torch_threads": torch.get_num_threads()}
     if device is not None and getattr(device, "type", None) == "cuda":
@@ -47,7 +47,8 @@ def provenance(device=None) -> dict[str, Any]:
 
 class RunFolder:
     """Context manager collecting a run's outputs; `out` appears only on success.
-    `config` collects the run's settings (written to config.json by the scaffold).
+    `config` collects what the experiment records beside its settings (the scaffold writes it
+    to config.json as "recorded").
 
     `out` is checked before any work: it must not exist unless `overwrite`, and its folder
     must exist or be creatable and accept files.  `stores(key)` gives the run's folder of
@@ -120,15 +121,19 @@ class RunFolder:
         return folder
 
     def path(self, name: str) -> Path:
+        """Where `name` is written: inside the staging folder until the run completes."""
         return self.stage / name
 
     def write_text(self, name: str, text: str) -> None:
+        """Write `text` to `name` in the run folder (atomically)."""
         atomic_write_bytes(self.path(name), text.encode())
 
     def write_json(self, name: str, obj: Any) -> None:
+        """Write `obj` as indented JSON with sorted keys (non-JSON values as their str)."""
         self.write_text(name, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
     def write_csv(self, name: str, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Write dict rows as CSV, the columns in order of first appearance; no rows is an error."""
         rows = list(rows)
         if not rows:
             raise ValueError(f"{name}: no rows to write")
@@ -153,7 +158,7 @@ def power_guides(ax, x, anchor: float, exponents, *, label: str = "x", styles=("
     """Grey guide lines anchor * (x / x[0])^e on a log-log panel, one per exponent, labelled
     `label^e`: the rates a report claims, drawn beside the measurements."""
     x = np.asarray(x, float)
-    for exponent, style in zip(exponents, styles):
+    for exponent, style in zip(exponents, styles[:len(exponents)], strict=True):
         ax.plot(x, anchor * (x / x[0]) ** exponent, color="0.5", ls=style, lw=0.8,
                 label=f"{label}^{exponent:g}")
 
@@ -161,7 +166,7 @@ def power_guides(ax, x, anchor: float, exponents, *, label: str = "x", styles=("
 CLAIM_COLUMNS = ["claim", "source", "measured", "verdict"]
 
 
-def claims_table(claims: list[dict]) -> str:
+def claims_table(claims: Sequence[Mapping[str, Any]]) -> str:
     """The table each report opens with: the claim, its source, the measured number (with its
     uncertainty) and the verdict."""
     return markdown_table(claims, CLAIM_COLUMNS)
@@ -172,7 +177,7 @@ def slope_verdict(slope: float, expected: float, tolerance: float) -> str:
     return "holds" if abs(slope - expected) <= tolerance else f"differs by {slope - expected:+.2f}"
 
 
-def markdown_table(rows: list[Mapping[str, Any]], columns: list[str], *, digits: int = 3) -> str:
+def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *, digits: int = 3) -> str:
     """A GitHub-flavoured markdown table of `rows` restricted to `columns` (a `|` inside a
     header or a cell, as in |z| or ||W||, is escaped so that it does not split the cell)."""
     def fmt(value):
@@ -189,7 +194,7 @@ def mean_std(values) -> tuple[float, float]:
     return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
 
-def grouped(rows: list[Mapping[str, Any]], keys: tuple[str, ...]) -> dict[tuple, list]:
+def grouped(rows: Sequence[Mapping[str, Any]], keys: tuple[str, ...]) -> dict[tuple, list]:
     """Rows grouped by the values of `keys`, groups in order of first appearance."""
     groups: dict[tuple, list] = {}
     for row in rows:

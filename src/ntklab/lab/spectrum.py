@@ -27,15 +27,15 @@ def largest_ntk_eigenvalue(model: nn.Module, x, *, params=None, iterations: int 
     names, primals = list(chosen), tuple(p.detach() for p in chosen.values())
 
     def outputs(*values):
-        return functional_call(model, dict(zip(names, values)), (x,))
+        return functional_call(model, dict(zip(names, values, strict=True)), (x,))
 
-    out, pullback = vjp(outputs, *primals)
+    out, pullback = vjp(outputs, *primals)[:2]
     generator = torch.Generator(device=out.device).manual_seed(seed)
     v = torch.randn(out.shape, generator=generator, dtype=out.dtype, device=out.device)
     v /= v.norm()
     estimate = 0.0
     for _ in range(positive_int(iterations, "iterations")):
-        _, theta_v = jvp(outputs, primals, pullback(v))
+        theta_v = jvp(outputs, primals, pullback(v))[1]
         previous, estimate = estimate, float((v * theta_v).sum())  # Rayleigh quotient
         v = theta_v / theta_v.norm()
         if abs(estimate - previous) <= rtol * abs(estimate):

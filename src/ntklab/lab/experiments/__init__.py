@@ -45,7 +45,7 @@ class Experiment:
     name: str
     summary: str
     run: Callable[..., dict[str, Any]]
-    config: type
+    config: type[Any]   # a dataclass with a classmethod quick()
     devices: tuple[str, ...] = ("cpu",)  # device types the experiment honours end to end
 
     def options(self) -> tuple[str, ...]:

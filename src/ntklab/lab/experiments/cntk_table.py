@@ -100,7 +100,8 @@ def run(folder: RunFolder, cfg: Config, *, seed: int, device: torch.device | str
     check_scheduler(scheduler, workers)   # before any work
     task = image_task(data, train_size, test_size, seed=seed, defaults=(cfg.train_size, cfg.test_size))
     stores = C.kernel_stores(folder, task, cfg)
-    metrics, table = [], {}
+    metrics: list[dict] = []
+    table: dict[int, dict[str, float]] = {}   # depth -> column -> test accuracy
     for depth in cfg.depths:
         for column in COLUMNS:
             acc, details = cell(task, column, depth, cfg, stores, seed=seed, scheduler=scheduler,
@@ -163,7 +164,8 @@ def _report(task, cfg, rows, order_rows, metrics, figure) -> str:
     for ordering in dict.fromkeys(r["ordering"] for r in order_rows):
         chosen = [r for r in order_rows if r["ordering"] == ordering]
         agree = [r for r in chosen if r["paper"] == r["here"]]
-        claims.append({"claim": f"whether {ordering}, depth by depth ({', '.join(str(r['depth']) + ': ' + r['paper'] for r in chosen)} in the paper)",
+        paper = ", ".join(f"{r['depth']}: {r['paper']}" for r in chosen)
+        claims.append({"claim": f"whether {ordering}, depth by depth ({paper} in the paper)",
                        "source": "Arora et al. 2019 (CIFAR-10)",
                        "measured": f"agrees at {len(agree)} of {len(chosen)} depths "
                                    f"(margins {', '.join(str(r['margin here (points)']) for r in chosen)} points)",

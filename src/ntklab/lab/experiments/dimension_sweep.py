@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -22,13 +23,22 @@ from ..report import RunFolder, claims_table, markdown_table
 from ..studies import representation as R
 from . import register
 
-METHODS = {"Algorithm 1": lambda x, y, cfg, seed: R.algorithm1(x, y, m=cfg.m, seed=seed),
-           "NTK regression": lambda x, y, cfg, seed: R.ntk_regression(x, y)}
+def _algorithm1(x, y, cfg: "Config", seed: int) -> R.TwoLayerPredictor:
+    return R.algorithm1(x, y, m=cfg.m, seed=seed)
+
+
+def _ntk_regression(x, y, cfg: "Config", seed: int) -> R.KernelPredictor:
+    return R.ntk_regression(x, y)
+
+
+METHODS: dict[str, Callable[..., Callable[[torch.Tensor], torch.Tensor]]] = {
+    "Algorithm 1": _algorithm1, "NTK regression": _ntk_regression}
 
 
 @dataclass(frozen=True)
 class Config:
     """Settings of this experiment (the defaults are the full run)."""
+
     p: int = 3
     dims: dict[str, tuple[int, ...]] = field(default_factory=lambda: {
         "Algorithm 1": (6, 8, 12, 16, 24, 32), "NTK regression": (6, 8, 10, 12, 16, 20)})

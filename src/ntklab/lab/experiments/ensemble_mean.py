@@ -12,7 +12,7 @@ Everything is shown as n x (E z(t) - z_∞(t)), the width-independent coefficien
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -30,6 +30,7 @@ from . import register
 @dataclass(frozen=True)
 class Config:
     """Settings of this experiment (the defaults are the full run)."""
+
     depth: int = 2
     widths: tuple[int, ...] = (32, 64, 128)
     W_std: float = 1.5
@@ -68,7 +69,7 @@ def run(folder: RunFolder, cfg: Config, *, seed: int, device: torch.device) -> d
         # cfg.times are t lambda_min with the book's unit rate on ½ Σ: learning_rate = N in
         # ntklab's convention (L = ||z - y||² / (2N)), which makes the flow time t itself
         rate = len(y)
-        predicted = ensemble_mean_flow(arch, x_train, y, x_test, fine / smallest, learning_rate=rate)
+        predicted = ensemble_mean_flow(arch, x_train, y, x_test, (fine / smallest).tolist(), learning_rate=rate)
         times = np.asarray(cfg.times) / smallest
         first_seed = 10 ** 6 * seed
         kernel = ensemble_samples(arch, x_train, y, x_test, times, cfg.kernel_networks,
@@ -89,8 +90,8 @@ def run(folder: RunFolder, cfg: Config, *, seed: int, device: torch.device) -> d
 
 def _select(predicted: EnsembleMean, index: np.ndarray) -> EnsembleMean:
     """The prediction at the times `index` of its time axis."""
-    return EnsembleMean(**{f.name: getattr(predicted, f.name)[index] if f.name != "width" else predicted.width
-                           for f in fields(EnsembleMean)})
+    return replace(predicted, **{f.name: getattr(predicted, f.name)[index] for f in fields(EnsembleMean)
+                                 if f.name != "width"})
 
 
 def _rows(cfg: Config, width: int, predicted, kernel: dict, first: dict | None) -> list[dict]:
@@ -98,7 +99,7 @@ def _rows(cfg: Config, width: int, predicted, kernel: dict, first: dict | None) 
     rows = []
     for i, t in enumerate(cfg.times):
         for point in range(cfg.n_test):
-            def at(tensor):
+            def at(tensor, i=i, point=point):
                 return float(width * np.asarray(tensor)[i, point])
             row = {"width": width, "time": t, "test_point": point,
                    "infinite_width": float(predicted.kernel[i, point]),
@@ -183,7 +184,7 @@ def _figure(folder: RunFolder, cfg: Config, rows: list[dict], curves: dict) -> s
     prediction = curves[cfg.widths[-1]]
     fine = prediction["times"]
     for point, ax in enumerate(axes[0]):
-        for part, style in zip(PARTS, ("C0:", "C0--", "C3:", "C3--")):
+        for part, style in zip(PARTS, ("C0:", "C0--", "C3:", "C3--"), strict=True):
             ax.plot(fine, prediction[part][:, point], style, lw=1, label=part)
         ax.plot(fine, (prediction["ntk_shift"] + prediction["ntk_fluctuation"])[:, point], "C0-",
                 label="kernel part, predicted")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -27,6 +28,7 @@ FAMILIES = {"relu": F.CRITICAL_RELU, "tanh": F.CRITICAL_TANH}
 @dataclass(frozen=True)
 class Config:
     """Settings of this experiment (the defaults are the full run)."""
+
     families: tuple[str, ...] = ("relu", "tanh")
     depths: tuple[int, ...] = (1, 2, 4, 8)
     widths: tuple[int, ...] = (32, 64, 128, 256, 512)
@@ -127,10 +129,11 @@ def _hierarchy_moments(cfg: Config, x: torch.Tensor, seed: int) -> list[dict]:
     return rows
 
 
-SEVERAL = {"dntk_output": {"label": "E[dĤ(x_a,x_b,x_c) z(x_d)]", "formula": "(P_abcd + Q_abcd + Q_acbd)/n",
-                           "function": "nk.dntk_statistics", "symmetric": (1, 2)},
-           "ddntk": {"label": "E[ddĤ(x_a,x_b,x_c,x_d)]", "formula": "(R_abcd + S_abcd + S_abdc)/n",
-                     "function": "nk.ddntk_statistics", "symmetric": (2, 3)}}
+SEVERAL: dict[str, dict[str, Any]] = {
+    "dntk_output": {"label": "E[dĤ(x_a,x_b,x_c) z(x_d)]", "formula": "(P_abcd + Q_abcd + Q_acbd)/n",
+                    "function": "nk.dntk_statistics", "symmetric": (1, 2)},
+    "ddntk": {"label": "E[ddĤ(x_a,x_b,x_c,x_d)]", "formula": "(R_abcd + S_abcd + S_abdc)/n",
+              "function": "nk.ddntk_statistics", "symmetric": (2, 3)}}
 """The two tensors compared over several inputs: the dNTK is symmetric in its last two samples,
 the ddNTK in its last two (`symmetric`), so one row per distinct entry."""
 
@@ -174,7 +177,8 @@ def _report(cfg: Config, rows: list[dict], covariances: list[dict], hierarchy: l
     claims = [
         {"claim": "Var Θ(x,x)/Θ² at order 1/n from the layer recursions (no fitted constant)",
          "source": "Roberts, Yaida & Hanin, ch. 8-9",
-         "measured": f"{summary['points']} points: rms z {summary['rms_z_variance']:.2f}, max |z| {summary['max_abs_z_variance']:.1f}",
+         "measured": f"{summary['points']} points: rms z {summary['rms_z_variance']:.2f}, "
+                     f"max |z| {summary['max_abs_z_variance']:.1f}",
          "verdict": "holds" if summary["rms_z_variance"] < 1.5 else "differs"},
         {"claim": "the 1/n shift of E Θ(x,x)", "source": "Roberts, Yaida & Hanin, ch. 9",
          "measured": f"rms z {summary['rms_z_mean_shift']:.2f}, max |z| {summary['max_abs_z_mean_shift']:.1f}",
@@ -312,7 +316,7 @@ def _hierarchy_figure(folder: RunFolder, hierarchy: list[dict], entries: list[di
     Carlo against prediction per entry. Right: the ddNTK mean per depth at one input, Monte Carlo
     per width beside the prediction."""
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    for ax, (name, spec) in zip(axes, SEVERAL.items()):
+    for ax, (name, spec) in zip(axes[:len(SEVERAL)], SEVERAL.items(), strict=True):
         chosen = [r for r in entries if r["quantity"] == name]
         predicted = [r["predicted"] for r in chosen]
         ax.errorbar(predicted, [r["monte_carlo"] for r in chosen], yerr=[r["se"] for r in chosen],

@@ -44,6 +44,7 @@ RIDGE_IF_SINGULAR = 1e-2  # relative ridge used only when K is exactly singular
 @dataclass(frozen=True)
 class Config:
     """Settings of this experiment (the defaults are the full run)."""
+
     n_train_1d: int = 12
     n_train_sphere: int = 40
     d: int = 5
@@ -79,12 +80,13 @@ def network_steps(task: RegressionTask, config: Config) -> list[dict]:
                                         config.network_learning_rates)
             rows.append({"width": width, "weights": when, "slope": result["slope"],
                          **{f"relative_remainder_eta_{eta:g}": r for eta, r in
-                            zip(result["learning_rates"], result["relative_remainder"])},
+                            zip(result["learning_rates"], result["relative_remainder"], strict=True)},
                          "remainders": result["remainder"]})
     return rows
 
 
 def ntk_net(b_std: float) -> nk.Serial:
+    """The NTK kernel's architecture: a 2-hidden-layer ReLU MLP (width irrelevant at infinite width)."""
     return nk.mlp(2, 512, W_std=1.5, b_std=b_std)
 
 
@@ -106,6 +108,8 @@ def log_steps(max_steps: int, count: int = 60) -> list[int]:
 
 def study(task: RegressionTask, name: str, kernel, assume_psd: bool, space: str,
           max_steps: int) -> tuple[dict, dict]:
+    """One (task, kernel, space) case: interpolation, GD on alpha (or in function space) against
+    its exact linear prediction, and the one-step identity; (metrics row, curves for the figures)."""
     k = kernel(task.x_train)
     k_test = kernel(task.x_test, task.x_train)
     y = task.y_train
@@ -140,6 +144,7 @@ def study(task: RegressionTask, name: str, kernel, assume_psd: bool, space: str,
     # one-step identity on consecutive recorded steps
     tangent = k_test @ k if space == "alpha" else k_test
     naive = k_test
+    assert path.f_test is not None and path.f_train is not None   # k_test_train given
     identity, naive_dev = [], []
     scale = float(path.f_test.abs().max())  # deviations relative to the size of f
     for a in range(len(steps) - 1):
@@ -167,15 +172,16 @@ def study(task: RegressionTask, name: str, kernel, assume_psd: bool, space: str,
 
 
 def plot_interpolants(task: RegressionTask, results: dict) -> plt.Figure:
+    """The 1-D task's interpolants and GD iterates per kernel, beside the data."""
     fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.6), sharey=True)
     x = task.x_test[:, 0].numpy()
     low, high = float(task.y_test.min()) - 1.5, float(task.y_test.max()) + 1.5
-    for ax, (name, curves) in zip(axes, results.items()):
+    for ax, (name, curves) in zip(axes, results.items(), strict=True):
         ax.plot(x, task.y_test.numpy(), color="0.6", lw=1, label="target f*")
         ax.plot(x, (curves["k_test"] @ curves["alpha_star"]).numpy(), color="C0", lw=2,
                 label="interpolant K(x, X) K^-1 y")
         steps = curves["steps"]
-        for color, s in zip(("C1", "C2"), (10, 100)):
+        for color, s in zip(("C1", "C2"), (10, 100), strict=True):
             index = int(np.searchsorted(steps, s))
             if index < len(steps):
                 ax.plot(x, curves["f_test"][index].numpy(), color=color, lw=1, ls="--",
@@ -198,8 +204,9 @@ def plot_interpolants(task: RegressionTask, results: dict) -> plt.Figure:
 
 
 def plot_convergence(all_curves: dict) -> plt.Figure:
+    """Distance to K^-1 y against the step, measured and predicted, in alpha and function space."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, space in zip(axes, ("alpha", "function")):
+    for ax, space in zip(axes, ("alpha", "function"), strict=True):
         for i, ((task, name, sp), curves) in enumerate(all_curves.items()):
             if sp != space or not curves:
                 continue
@@ -270,9 +277,10 @@ def _width_slope(networks: list[dict], config: Config) -> tuple[float, float]:
 
 
 def plot_network_steps(networks: list[dict], config: Config) -> plt.Figure:
+    """The one-step remainder of the networks against eta, with an eta^2 guide."""
     fig, ax = plt.subplots(figsize=(6, 4))
     etas = np.array(config.network_learning_rates)
-    for i, row in enumerate(networks):
+    for row in networks:
         ax.loglog(etas, row["remainders"], "o-" if row["weights"] == "initialization" else "s--",
                   color=plt.cm.tab10(config.network_widths.index(row["width"])),
                   label=f"width {row['width']}, {row['weights']} (slope {row['slope']:.2f})")
@@ -350,7 +358,8 @@ Measured max |R| on 50 test points against eta = {', '.join(f'{e:g}' for e in co
 {markdown_table(networks, [k for k in networks[0] if k != "remainders"])}
 
 The remainder relative to the kernel step at the largest eta falls with width with slope
-{summary['network_remainder_width_slope'][0]:.2f} ± {summary['network_remainder_width_slope'][1]:.2f} (at initialization; needs three widths). The remainder is the
+{summary['network_remainder_width_slope'][0]:.2f} ± {summary['network_remainder_width_slope'][1]:.2f}
+(at initialization; needs three widths). The remainder is the
 curvature term (eta^2/2) g^T Hess f g, whose size relative to the kernel step is set by how fast
 the tangent kernel moves (the dNTK): it vanishes as the width grows, so one step of a wide network
 is kernel regression with its current tangent kernel.

@@ -74,9 +74,10 @@ LABELS = {"train_loss_fraction": "(a) train loss / initial train loss",
 
 
 def plot_scaling(summary: list[dict], fits: dict) -> plt.Figure:
+    """Every quantity against width per task (means and sample standard deviations over seeds)."""
     tasks = list(fits)
     fig, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 4.6), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
+    for ax, task in zip(axes[0], tasks, strict=True):
         rows = [r for r in summary if r["task"] == task]
         widths = np.array([r["width"] for r in rows], float)
         for i, q in enumerate(fits[task]):
@@ -95,13 +96,14 @@ def plot_scaling(summary: list[dict], fits: dict) -> plt.Figure:
 
 
 def plot_dynamics(step_rows: list[dict], tasks: list[str]) -> plt.Figure:
+    """Training loss and distance to the NTK predictions along training, seed 0, per width."""
     fig, axes = plt.subplots(2, len(tasks), figsize=(6.5 * len(tasks), 8.5), squeeze=False,
                              constrained_layout=True)
     for col, task in enumerate(tasks):
         rows = [r for r in step_rows if r["task"] == task and r["seed"] == 0]
         widths = sorted({r["width"] for r in rows})
         colors = plt.cm.viridis(np.linspace(0, 0.9, len(widths)))
-        for color, width in zip(colors, widths):
+        for color, width in zip(colors, widths, strict=True):
             mine = [r for r in rows if r["width"] == width]
             steps = np.array([r["step"] for r in mine])
             axes[0, col].plot(np.maximum(steps, 0.5), [r["train_loss"] for r in mine], color=color,
@@ -160,6 +162,7 @@ def run(folder: RunFolder, cfg: Config, *, seed: int, device: torch.device) -> d
 
 
 def plot_smoothness(rows: list[dict], fits: dict) -> plt.Figure:
+    """||f - f_lin|| / ||f_lin|| against width for ReLU and GELU, with n^-1/2, n^-3/4, n^-1 guides."""
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for i, name in enumerate(S.SMOOTHNESS):
         chosen = [r for r in rows if r["activation"] == name]

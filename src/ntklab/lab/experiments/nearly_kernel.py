@@ -45,6 +45,7 @@ from . import register
 @dataclass(frozen=True)
 class Config:
     """Settings of this experiment (the defaults are the full run)."""
+
     d: int = 3
     features: int = 30
     n_train: int = 6
@@ -55,7 +56,8 @@ class Config:
     difference_step: float = 0.01
     eps_search: int = 25
     seed_model: int = 2
-    networks: tuple[tuple[int, tuple[int, ...]], ...] = ((1, (256, 1024, 4096, 16384)), (2, (256, 512, 1024)))   # (depth, widths)
+    networks: tuple[tuple[int, tuple[int, ...]], ...] = (   # (depth, widths)
+        (1, (256, 1024, 4096, 16384)), (2, (256, 512, 1024)))
     network_seeds: int = 4
     network_train: int = 4
     network_test: int = 20
@@ -305,7 +307,7 @@ def _figure(folder, rows, search, stars, eps_teacher, networks) -> str:
     fig, axes = plt.subplots(1, 2 + len({r["depth"] for r in networks}), figsize=(22, 4.6))
     eps = np.array([r["eps"] for r in rows])
     markers = "os^vD<>"
-    for (name, solution, prediction, expected), marker in zip(COMPARISONS, markers):
+    for (name, solution, prediction, expected), marker in zip(COMPARISONS, markers, strict=True):
         axes[0].plot(eps, [r[name] for r in rows], marker=marker, ls="-" if expected == 2 else "--",
                      label=f"{solution} vs {prediction}")
     power_guides(axes[0], eps, rows[0]["kernel_error"], (1,), label="eps")
@@ -323,9 +325,9 @@ def _figure(folder, rows, search, stars, eps_teacher, networks) -> str:
     axes[1].set(xlabel="eps", ylabel="test loss  ½ Σ (y - z)²", title="optimal amount of feature learning")
     axes[1].legend(fontsize=7)
     axes[1].grid(alpha=0.3)
-    for axis, depth in zip(axes[2:], sorted({r["depth"] for r in networks})):
+    for axis, depth in zip(axes[2:], sorted({r["depth"] for r in networks}), strict=True):
         chosen = [r for r in networks if r["depth"] == depth]
-        for key, marker in zip(NETWORK_COLUMNS[:3], "os^"):
+        for key, marker in zip(NETWORK_COLUMNS[:3], "os^", strict=True):
             widths, means = _geometric_means(networks, depth, key)
             line, = axis.plot(widths, means, "-" + marker, label=NETWORK_QUANTITIES[key][0])
             axis.plot([r["width"] for r in chosen], [r[key] for r in chosen], marker, color=line.get_color(),
@@ -366,10 +368,11 @@ def _network_errors(cfg: Config, depth: int, width: int, seed: int, x, y, x_test
     scale = float(change.abs().max())
     row = {"depth": depth, "width": width, "seed": seed, "condition": float(eigenvalues[-1] / eigenvalues[0])}
     for key, (_, terms, _) in NETWORK_QUANTITIES.items():
-        if key.endswith("_error"):
+        if terms is not None:   # the errors of the predictions (the rms rows have no terms)
             predicted = nearly_kernel_flow(hierarchy, y, times, learning_rate=len(x), terms=terms)
             change_predicted = predicted["nearly_kernel" if terms else "kernel"][0] - initial
             row[key] = float((change - change_predicted).abs().max()) / scale
     row["dntk_rms"] = float(hierarchy.dntk.square().mean().sqrt())
+    assert hierarchy.ddntk is not None   # ntk_hierarchy computes it by default
     row["ddntk_rms"] = float(hierarchy.ddntk.square().mean().sqrt())
     return {**row, "network_seconds": time.perf_counter() - started}

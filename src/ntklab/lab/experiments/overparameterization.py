@@ -24,6 +24,7 @@ from . import register
 @dataclass(frozen=True)
 class Config:
     """Settings of this experiment (the defaults are the full run)."""
+
     d: int = 5
     n_train: int = 60
     n_test: int = 500
@@ -97,17 +98,21 @@ def _report(cfg: Config, curve: list[dict], bias: list[dict], summary: dict, fig
     claims = [
         {"claim": "double descent: the test error peaks at the interpolation threshold m = N",
          "source": "lecture 20 (Belkin et al. 2019)",
-         "measured": f"peak at m = {summary['peak_features']} (N = {cfg.n_train}), median MSE {summary['peak_median_mse']:.3g}",
+         "measured": f"peak at m = {summary['peak_features']} (N = {cfg.n_train}), "
+                     f"median MSE {summary['peak_median_mse']:.3g}",
          "verdict": "holds" if abs(summary["peak_features"] - cfg.n_train) <= 0.1 * cfg.n_train else "fails"},
         {"claim": "beyond the threshold the error falls towards the ridgeless kernel limit",
          "source": "lecture 20; m → ∞ random features = kernel regression",
-         "measured": f"m = {cfg.features[-1]}: {summary['largest_m_median_mse']:.3g}; kernel: {summary['ridgeless_kernel_mse']:.3g}",
+         "measured": f"m = {cfg.features[-1]}: {summary['largest_m_median_mse']:.3g}; "
+                     f"kernel: {summary['ridgeless_kernel_mse']:.3g}",
          "verdict": "holds" if summary["largest_m_median_mse"] < 1.15 * summary["ridgeless_kernel_mse"] else "fails"},
         {"claim": "GD from f₀ = 0 interpolates, and approaches the min-RKHS-norm NTK interpolant as width grows",
          "source": "lecture 20 (Jacot et al. 2018; Lee et al. 2019)",
-         "measured": f"distance slope {summary['implicit_bias_slope']:.2f} ± {summary['implicit_bias_slope_se']:.2f} in width "
+         "measured": f"distance slope {summary['implicit_bias_slope']:.2f} ± "
+                     f"{summary['implicit_bias_slope_se']:.2f} in width "
                      f"(theory -0.5); max train residual {max(r['train_residual'] for r in bias):.1e}",
-         "verdict": "holds" if summary["implicit_bias_slope"] + 2 * summary["implicit_bias_slope_se"] < 0 else "not resolved"},
+         "verdict": ("holds" if summary["implicit_bias_slope"] + 2 * summary["implicit_bias_slope_se"] < 0
+                     else "not resolved")},
     ]
     return "\n".join([
         "# Over-parameterization: implicit bias and double descent (lecture 20)", "",

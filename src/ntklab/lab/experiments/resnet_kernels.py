@@ -67,7 +67,8 @@ def run(folder: RunFolder, cfg: Config, *, seed: int, device: torch.device | str
     check_scheduler(scheduler, workers)
     task = image_task(data, train_size, test_size, seed=seed, defaults=(cfg.train_size, cfg.test_size))
     stores = C.kernel_stores(folder, task, cfg)
-    metrics, table = [], {}
+    metrics: list[dict] = []
+    table: dict[int, dict[str, float]] = {}   # depth -> column -> test accuracy
     for depth in cfg.depths:
         for column, net in architectures(depth, task).items():
             print(f"[resnet-kernels] depth {depth} {column}", file=sys.stderr, flush=True)

@@ -29,6 +29,7 @@ FAILED = 0.5   # recovery fails when fewer than half the planted atoms reach |co
 @dataclass(frozen=True)
 class Config:
     """Settings of this experiment (the defaults are the full run)."""
+
     d: int = 24
     m: int = 48
     n: int = 1500
@@ -60,6 +61,7 @@ def _pca_error(x: np.ndarray, k: int) -> float:
 
 
 def one_fit(cfg: Config, k: int, n: int, noise: float, seed: int) -> dict:
+    """One cell and seed: recovery of the planted atoms and the reconstruction errors."""
     data = S.planted(cfg.d, cfg.m, k, n, noise=noise, seed=seed)
     atoms, codes = S.learn(data.x, cfg.m, k, seed=seed, max_iter=cfg.max_iter)
     cosines = S.recovery(data.dictionary, atoms)
@@ -144,7 +146,8 @@ def _report(cfg: Config, rows, table, boundaries, figure) -> str:
     claims = [
         {"claim": "dictionary learning recovers a planted sparse basis (m = 2d, overcomplete)",
          "source": "lecture 22 (Olshausen & Field 1996)",
-         "measured": f"{base['recovered_0.95']:.2f} ± {base['recovered_0.95_std']:.2f} of atoms at k = {cfg.k}, N/m = {cfg.n / cfg.m:.0f}",
+         "measured": f"{base['recovered_0.95']:.2f} ± {base['recovered_0.95_std']:.2f} of atoms at k = {cfg.k}, "
+                     f"N/m = {cfg.n / cfg.m:.0f}",
          "verdict": "holds" if base["recovered_0.95"] >= 0.9 else "fails"},
         *[{"claim": f"recovery gets harder with {SWEEPS[s]}", "source": "lecture 22",
            "measured": f"failure {b}", "verdict": "boundary found" if "between" in b else "no boundary in range"}

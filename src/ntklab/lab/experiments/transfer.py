@@ -36,6 +36,7 @@ HEAD_RIDGES = tuple(10.0 ** k for k in range(-8, 5))   # up to 1e4: the zero pre
 @dataclass(frozen=True)
 class Config:
     """Settings of this experiment (the defaults are the full run)."""
+
     d: int = 10
     p: int = 3
     noise: float = 0.1
@@ -82,6 +83,7 @@ def across_dimensions(cfg: Config, seed: int) -> list[dict]:
 
 
 def one_run(cfg: Config, seed: int) -> list[dict]:
+    """One seed: the NTK baseline and each pretraining size, against the fine-tuning sizes N."""
     source = R.paper_target(cfg.d, cfg.p, seed=seed)
     target = R.transfer_target(source.U, cfg.p)
     x_test, y_test = R.sample(target, cfg.n_test, seed=seed + 1)
@@ -106,11 +108,12 @@ def one_run(cfg: Config, seed: int) -> list[dict]:
 
 
 def summarize(rows: list[dict], keys=("method", "N")) -> list[dict]:
+    """Mean and sample standard deviation (`mean_std`) of the test loss per `keys`, and the oracle's mean."""
     out = []
     for values, chosen in grouped(rows, keys).items():
         mean, std = mean_std([r["test_loss"] for r in chosen])
         oracle = [r["oracle_test_loss"] for r in chosen if "oracle_test_loss" in r]
-        out.append({**dict(zip(keys, values)), "mean_loss": mean, "std_loss": std,
+        out.append({**dict(zip(keys, values, strict=True)), "mean_loss": mean, "std_loss": std,
                     "mean_oracle_loss": float(np.mean(oracle)) if oracle else float("nan")})
     return out
 

@@ -1,0 +1,2 @@
+"""The computations of the experiments, one module per study (the experiments only configure,
+call them and report)."""

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 import ntklab as nk
 from ..._core.validation import positive_int
-from ..._core.conventions import flow_times
+from ...conventions import flow_times
 from ...theory.ensemble import kernel_solution
 from ...theory.finite_width import finite_width
 from ...kernels.empirical import empirical_ntk
@@ -103,7 +103,8 @@ def ntk_covariance_statistics(arch: nk.Serial, x: torch.Tensor, seeds: int, *,
     for a, b, c, d in (e for e in COVARIANCE_ENTRIES if max(e) < len(x)):
         product = centered[:, a, b] * centered[:, c, d]
         estimate, error = product.mean() * seeds / (seeds - 1), product.std(ddof=1) / math.sqrt(seeds)
-        rows.append({"entry": f"Θ({a},{b}), Θ({c},{d})", "indices": (a, b, c, d), "predicted": float(predicted[a, b, c, d]),
+        rows.append({"entry": f"Θ({a},{b}), Θ({c},{d})", "indices": (a, b, c, d),
+                     "predicted": float(predicted[a, b, c, d]),
                      "monte_carlo": float(estimate), "se": float(error),
                      "z": float((estimate - predicted[a, b, c, d]) / error)})
     return rows
@@ -113,8 +114,8 @@ def _means(samples: dict[str, list]) -> dict[str, np.ndarray]:
     """Each named list of per-network samples as its mean and "<name>_se", the standard error."""
     out = {}
     for name, sample in samples.items():
-        sample = np.stack(sample)
-        out[name], out[name + "_se"] = sample.mean(0), sample.std(0, ddof=1) / math.sqrt(len(sample))
+        stacked = np.stack(sample)
+        out[name], out[name + "_se"] = stacked.mean(0), stacked.std(0, ddof=1) / math.sqrt(len(stacked))
     return out
 
 
@@ -128,12 +129,12 @@ def hierarchy_moments(arch: nk.Serial, x: torch.Tensor, seeds: int, *, first_see
     Smooth activations only: autodiff misses ReLU's kinks."""
     seeds = positive_int(seeds, "seeds")
     x = torch.as_tensor(x, dtype=torch.float64)
-    samples = {"dntk_output": [], **({"ddntk": []} if ddntk else {})}
+    samples: dict[str, list[np.ndarray]] = {"dntk_output": [], **({"ddntk": []} if ddntk else {})}
     for seed in range(first_seed, first_seed + seeds):
         hierarchy = ntk_hierarchy(arch.module(x.shape[1], seed=seed, dtype=torch.float64), x, x[:0],
                                   ddntk=ddntk)       # δ over the N training points
         samples["dntk_output"].append(torch.einsum("abc,d->abcd", hierarchy.dntk, hierarchy.output).numpy())
-        if ddntk:
+        if hierarchy.ddntk is not None:   # computed when ddntk
             samples["ddntk"].append(hierarchy.ddntk.numpy())
     return _means(samples)
 
@@ -162,7 +163,7 @@ def ensemble_samples(arch: nk.Serial, x_train: torch.Tensor, y_train: torch.Tens
     theta = stats.ntk[-1][:, :n_train]
     shift = stats.ntk_shift[-1][:, :n_train] / stats.widths[-1]
     solutions = [functools.partial(kernel_solution, y=y, t=float(t)) for t in taus]
-    samples = {"kernel": [], **({"first_order": []} if first_order else {})}
+    samples: dict[str, list[np.ndarray]] = {"kernel": [], **({"first_order": []} if first_order else {})}
     for seed in tqdm(range(first_seed, first_seed + seeds), desc="networks", unit="network", leave=False):
         model = arch.module(x.shape[1], seed=seed, dtype=torch.float64)
         if first_order:

@@ -147,6 +147,7 @@ def monte_carlo_ntk(task: RegressionTask, widths, samples: int, *, probe: int, s
             singles.append(_relative(kernels["ntk"], analytic))
         mc = nk.monte_carlo_kernel(architecture(width), x, n_samples=samples, get="ntk",
                                    seed=10 ** 6 + seed * 1000, dtype=torch.float64, progress=False, each=each)
+        assert mc.ntk is not None   # get="ntk"
         rows.append({"task": task.name, "width": width, "mc_seeds": samples,
                      "mc_mean_error": _relative(mc.ntk, analytic), "single_seed_error": float(np.mean(singles))})
         if bar is not None:
@@ -194,7 +195,8 @@ def summarize(run_rows: list[dict], mc_rows: list[dict], tasks: list[str]) -> tu
             row = {"task": task, "width": width, "runs": len(runs)}
             for q in QUANTITIES:
                 row[q], row[q + "_std"] = mean_std([r[q] for r in runs])
-            row["mc_mean_error"] = next(r for r in mc_rows if r["task"] == task and r["width"] == width)["mc_mean_error"]
+            mc = next(r for r in mc_rows if r["task"] == task and r["width"] == width)
+            row["mc_mean_error"] = mc["mc_mean_error"]
             rows.append(row)
         summary += rows
         fits[task] = {q: power_law(widths, [r[q] for r in rows])[0] for q in (*QUANTITIES[1:], "mc_mean_error")}

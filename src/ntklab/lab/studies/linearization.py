@@ -12,6 +12,8 @@ from the empirical NTK at initialization at the same time t = step (`kernel_pred
 """
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import torch
 
 import ntklab as nk
@@ -48,6 +50,7 @@ def kernel_prediction(loss_name: str, theta_train: torch.Tensor, theta_test: tor
     n, o = y.shape
     k = theta_train.permute(0, 2, 1, 3).reshape(n * o, n * o)
     k_test = theta_test.permute(0, 2, 1, 3).reshape(len(f0_test) * o, n * o)
+    predictor: Callable[..., tuple[Any, torch.Tensor | None]]
     if loss_name == "mse":
         predictor = nk.predict.gradient_descent_mse(k, _flat(y), learning_rate)
     else:
@@ -57,6 +60,7 @@ def kernel_prediction(loss_name: str, theta_train: torch.Tensor, theta_test: tor
             return cross_entropy(f.reshape(n, o), target.reshape(n, o))
         predictor = nk.predict.gradient_descent(loss, k, _flat(y), learning_rate, rtol=1e-8, atol=1e-8)
     _, test = predictor([float(s) for s in times], _flat(f0), _flat(f0_test), k_test)
+    assert test is not None   # k_test given
     return test.reshape(len(times), len(f0_test), o)
 
 

@@ -52,11 +52,13 @@ ALGORITHMS = ("gd", "direct", "ode")
 @dataclass
 class QuadraticModel:
     """`phi(x)` -> [N, F] (column 0 is the constant 1), `psi(x)` -> [N, F, F] symmetric."""
+
     phi: Callable[[torch.Tensor], torch.Tensor]
     psi: Callable[[torch.Tensor], torch.Tensor]
     eps: float
 
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(phi(x) [N, F], psi(x) [N, F, F]), psi symmetrized (with a warning) if it was not."""
         phi, psi = self.phi(x), self.psi(x)
         if not torch.allclose(psi, psi.transpose(1, 2)):
             warnings.warn("psi is not symmetric in its two feature indices; using (psi + psi^T)/2",

@@ -59,15 +59,18 @@ def hermite(k: int, z: torch.Tensor) -> torch.Tensor:
 @dataclass(frozen=True)
 class MultiIndexTarget:
     """f*(x) = g(U x) with U [r, d] orthonormal rows and E[f*^2] = 1 under N(0, I_d)."""
+
     U: torch.Tensor
     g: Callable[[torch.Tensor], torch.Tensor]   # [N, r] -> [N]
     name: str
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """f*(x) [N] for x [N, d]."""
         return self.g(x @ self.U.T)
 
     @property
     def d(self) -> int:
+        """The input dimension."""
         return self.U.shape[1]
 
 
@@ -92,13 +95,13 @@ def hermite_target(U: torch.Tensor, terms: Sequence[tuple[float, Sequence[int]]]
         raise ValueError(f"terms must be distinct (coefficient, degrees) pairs with {r} degrees "
                          f"each (one per row of U), got {terms!r}")
     norm = math.sqrt(sum(c ** 2 * math.prod(math.factorial(k) for k in multi)
-                         for (c, _), multi in zip(terms, degrees)))
+                         for (c, _), multi in zip(terms, degrees, strict=True)))
     if norm == 0:
         raise ValueError("terms: all coefficients are zero")
 
     def g(z: torch.Tensor) -> torch.Tensor:
         total = torch.zeros(len(z), dtype=z.dtype, device=z.device)
-        for (coefficient, _), multi in zip(terms, degrees):
+        for (coefficient, _), multi in zip(terms, degrees, strict=True):
             product = torch.ones_like(total)
             for i, k in enumerate(multi):
                 product = product * hermite(k, z[:, i])
@@ -147,6 +150,7 @@ def sample(target: MultiIndexTarget, n: int, *, noise: float = 0.0, seed: int,
 @dataclass
 class TwoLayerPredictor:
     """x -> alpha + beta . x + a^T ReLU(W x + b)."""
+
     alpha: torch.Tensor
     beta: torch.Tensor
     W: torch.Tensor
@@ -155,9 +159,11 @@ class TwoLayerPredictor:
     ridge: float
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        """ReLU(W x + b) [N, m]."""
         return torch.relu(x @ self.W.T + self.b)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """The prediction [N] at x [N, d]."""
         return self.alpha + x @ self.beta + self.features(x) @ self.a
 
 
@@ -263,15 +269,14 @@ def loo_ridge(gram: torch.Tensor, y: torch.Tensor, ridges: Sequence[float] = RID
     evals, evecs = torch.linalg.eigh(gram)
     scale = float(gram.diagonal().mean()) or 1.0
     projected = evecs.T @ y
-    best = None
-    for ridge in ridges:
+
+    def loo_error(ridge: float) -> float:
         shrink = evals / (evals + ridge * scale)
         fitted = evecs @ (shrink * projected)
         leverage = (evecs.square() * shrink).sum(1)
-        loo = float((((y - fitted) / (1 - leverage).clamp(min=1e-12)) ** 2).mean())
-        if best is None or loo < best[0]:
-            best = (loo, ridge, evecs @ (projected / (evals + ridge * scale)))
-    return best[2], best[1]
+        return float((((y - fitted) / (1 - leverage).clamp(min=1e-12)) ** 2).mean())
+    best = min(ridges, key=loo_error)   # the first of equal errors, as before
+    return evecs @ (projected / (evals + best * scale)), best
 
 
 def algorithm1(x: torch.Tensor, y: torch.Tensor, *, m: int = 1000, seed: int = 0,
@@ -318,8 +323,24 @@ def ntk_architecture() -> nk.Serial:
     return nk.mlp(1, 1, W_std=1.0, b_std=1.0, readout_b_std=0.0)
 
 
+@dataclass
+class KernelPredictor:
+    """x -> alpha + beta . x + K(x, X) c: kernel regression on the preprocessed labels."""
+
+    alpha: torch.Tensor
+    beta: torch.Tensor
+    net: nk.Serial
+    x_fit: torch.Tensor
+    coefficients: torch.Tensor
+    ridge: float
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """The prediction [N] at x [N, d]."""
+        return self.alpha + x @ self.beta + self.net.kernel(x, self.x_fit, get="ntk") @ self.coefficients
+
+
 def ntk_regression(x: torch.Tensor, y: torch.Tensor, *, ridges: Sequence[float] = RIDGES,
-                   validation: float = 0.2) -> Callable[[torch.Tensor], torch.Tensor]:
+                   validation: float = 0.2) -> KernelPredictor:
     """Kernel regression with the analytic two-layer ReLU NTK on the preprocessed labels,
     diag_reg (relative to the mean diagonal) chosen on a validation split."""
     x_fit, y_fit, x_val, y_val = _split(x, y, validation)
@@ -332,12 +353,7 @@ def ntk_regression(x: torch.Tensor, y: torch.Tensor, *, ridges: Sequence[float] 
     path = _ridge_path(k_fit, residual, [ridge * scale for ridge in ridges])
     losses = [float((k_val @ c - residual_val).square().mean()) for c in path]
     best = int(np.argmin(losses))
-    coefficients = path[best]
-
-    def predictor(x_new: torch.Tensor) -> torch.Tensor:
-        return alpha + x_new @ beta + net.kernel(x_new, x_fit, get="ntk") @ coefficients
-    predictor.ridge = ridges[best]
-    return predictor
+    return KernelPredictor(alpha, beta, net, x_fit, path[best], ridges[best])
 
 
 def subspace_alignment(W: torch.Tensor, U: torch.Tensor) -> dict[str, float]:

@@ -1,6 +1,7 @@
 """Sparse coding (Olshausen & Field 1996; dictionary learning, Mairal et al. 2009): is there a
 "basis" v_1, ..., v_m in R^d in which every data point is sparse, x_i ~ sum_j alpha_j^(i) v_j
-with at most k non-zero alpha_j^(i)?  Storing the codes and the dictionary costs kN + md numbers instead of the dN of the raw data.
+with at most k non-zero alpha_j^(i)?  Storing the codes and the dictionary costs kN + md numbers
+instead of the dN of the raw data.
 
 Planted model: m unit-norm atoms (Gaussian directions, m >= d allowed: overcomplete),
 k-sparse codes with uniformly random supports and N(0, 1) values, plus Gaussian noise of
@@ -22,12 +23,16 @@ from ..._core.validation import positive, positive_int
 
 @dataclass(frozen=True)
 class SparseData:
+    """Planted data: samples, the dictionary (unit atoms) and the k-sparse codes."""
+
     x: np.ndarray           # [N, d]
     dictionary: np.ndarray  # [m, d], unit rows
     codes: np.ndarray       # [N, m], k non-zeros per row
 
 
 def planted(d: int, m: int, k: int, n: int, *, noise: float = 0.0, seed: int = 0) -> SparseData:
+    """N samples x = sum_j alpha_j v_j + noise of m random unit atoms v_j in R^d, each with k
+    non-zero N(0, 1) codes, noise of std `noise`/sqrt(d) per coordinate (relative size `noise`)."""
     d, m, k, n = (positive_int(v, name) for v, name in ((d, "d"), (m, "m"), (k, "k"), (n, "N")))
     if k > m:
         raise ValueError(f"k={k} non-zeros per code exceed the m={m} atoms; need k <= m")
