@@ -51,12 +51,19 @@ def test_settings_given_by_field_replace_the_quick_or_full_ones(recorder, tmp_pa
     ({"widths": [4, "x"]}, "setting 'widths' of experiment 'fake' must be tuple[int, ...] "
                            "(e.g. --set widths=[8,16]), got [4, 'x']"),
     ({"widths": 4}, "setting 'widths' of experiment 'fake' must be tuple[int, ...]"),
+    ({"widths": []}, "setting 'widths' of experiment 'fake' must be tuple[int, ...]"),
     ({"dims": {"x": 1}}, "setting 'dims' of experiment 'fake' must be dict"),
     ({"enabled": 1}, "setting 'enabled' of experiment 'fake' must be bool"),
 ])
 def test_unknown_fields_and_wrong_types_are_refused_before_any_work(config, message, recorder, tmp_path):
     with pytest.raises(ValueError, match=re.escape(message)):
         experiments.run("fake", tmp_path / "run", config=config)
+    assert recorder == [] and list(tmp_path.iterdir()) == []
+
+
+def test_settings_that_are_not_a_mapping_are_refused(recorder, tmp_path):
+    with pytest.raises(ValueError, match=r"config must be a mapping of settings to values, e.g. \{'seeds': 2\}"):
+        experiments.run("fake", tmp_path / "run", config=[("size", 2)])
     assert recorder == [] and list(tmp_path.iterdir()) == []
 
 

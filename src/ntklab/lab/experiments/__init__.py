@@ -97,9 +97,9 @@ class _Mismatch(Exception):
 
 
 def _fit(value: Any, hint: Any) -> Any:
-    """`value` converted to the annotation `hint` (bool, int, float, str, tuple[X, ...], fixed
-    tuples, dict[K, V], unions with None): JSON lists become tuples, ints become floats where a
-    float is asked for; anything else raises _Mismatch."""
+    """`value` converted to the annotation `hint` (bool, int, float, str, tuple[X, ...] (not
+    empty), fixed tuples, dict[K, V], unions with None): JSON lists become tuples, ints become
+    floats where a float is asked for; anything else raises _Mismatch."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         for arg in typing.get_args(hint):
@@ -121,7 +121,7 @@ def _fit_container(value: Any, origin: type, args: tuple) -> Any:
     if origin is dict and isinstance(value, dict):
         return {_fit(key, args[0]): _fit(item, args[1]) for key, item in value.items()}
     if origin is tuple and isinstance(value, (list, tuple)):
-        if len(args) == 2 and args[1] is Ellipsis:
+        if len(args) == 2 and args[1] is Ellipsis and value:   # a sweep over nothing is no setting
             return tuple(_fit(item, args[0]) for item in value)
         if len(args) == len(value):
             return tuple(_fit(item, arg) for item, arg in zip(value, args, strict=True))
@@ -137,6 +137,8 @@ def settings(experiment: Experiment, *, quick: bool = False, config: Mapping[str
     `config` replaced; an unknown field or a value of the wrong type is a ValueError naming the
     field, its type and the experiment's fields."""
     base = experiment.config.quick() if quick else experiment.config()
+    if config is not None and not isinstance(config, Mapping):
+        raise ValueError(f"config must be a mapping of settings to values, e.g. {{'seeds': 2}}; got {config!r}")
     overrides = dict(config or {})
     hints = typing.get_type_hints(experiment.config)
     names = [field.name for field in dataclasses.fields(base)]
