@@ -85,9 +85,11 @@ $(DOCS_STAMP): $(STAMP)
 
 docs: $(DOCS_STAMP)
 	NTKLAB_DOCS_FAST=0 $(SPHINX)
+	$(BIN)/python docs/check_offline.py docs/_build/html
 
 docs-fast: $(DOCS_STAMP)
 	NTKLAB_DOCS_FAST=1 OMP_NUM_THREADS=1 $(SPHINX)
+	$(BIN)/python docs/check_offline.py docs/_build/html
 
 docs-runs: $(STAMP)
 	for name in $$($(BIN)/ntklab list --names); do \

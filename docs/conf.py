@@ -26,6 +26,7 @@ extensions = [
     "sphinx.ext.autosummary",
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
+    "sphinx-mathjax-offline",   # MathJax 3 copied into the site: formulas render without a network
     "sphinx.ext.viewcode",
     "myst_parser",
     "sphinx_gallery.gen_gallery",
@@ -64,6 +65,7 @@ sphinx_gallery_conf = {
     "abort_on_example_error": True,
     "show_memory": False,
     "within_subsection_order": "FileNameSortKey",
+    "write_computation_times": False,   # its page loads DataTables and jQuery from CDNs
 }
 os.environ.setdefault("NTKLAB_DOCS_FAST", "1" if FAST else "0")
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import ntklab as nk
-from ntklab._core.conventions import flow_times, mean_squared_loss
+from ntklab.conventions import flow_times, mean_squared_loss
 
 G = torch.Generator().manual_seed(0)
 X = torch.randn(5, 3, generator=G, dtype=torch.float64)

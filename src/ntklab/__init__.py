@@ -10,7 +10,7 @@ from ._core.extras import import_extra
 from .arch import *  # noqa: F401,F403  -- the layer registry's public names
 from .arch import PUBLIC as _LAYER_NAMES
 from . import kernels, predict
-from ._core import conventions
+from . import conventions
 from .kernels.empirical import empirical_ntk
 from .kernels.monte_carlo import empirical_nngp, monte_carlo_kernel
 from .training.taylor import Linearized, TaylorExpansion, linearize, taylor_expand

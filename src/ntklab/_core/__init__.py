@@ -1,3 +1,2 @@
-"""What every tier shares: input validation, the loss and time conventions, tiling of pair
-blocks over threads, atomic files, optional extras.  Private: users reach `conventions` as
-`ntklab.conventions`."""
+"""What every tier shares, private: input validation, tiling of pair blocks over threads, atomic
+files, optional extras.  (The public conventions of loss, learning rate and time are `ntklab.conventions`.)"""

@@ -8,7 +8,7 @@ import torch
 
 from .._core.validation import as_inputs, as_targets, input_dtype, positive
 from ..arch.serial import Serial, canonical_get
-from .._core.conventions import prediction_times
+from ..conventions import prediction_times
 from .linalg import GradientFlow
 
 

@@ -42,7 +42,7 @@ from scipy.integrate import solve_ivp
 from tqdm.auto import tqdm
 
 from .._core.validation import as_tensor, positive
-from .._core.conventions import prediction_times
+from ..conventions import prediction_times
 from .._core.tiling import PROGRESS_DELAY
 from .linalg import Factorization, GradientFlow, checked_kernel, square_kernel
 

@@ -49,7 +49,7 @@ from .._core.validation import as_matrix
 from ..arch.serial import Serial
 from .dntk import ddntk_statistics, dntk_statistics
 from .finite_width import finite_width
-from .._core.conventions import flow_times
+from ..conventions import flow_times
 from .hierarchy import NTKHierarchy, flow_in_book_time
 
 

@@ -36,7 +36,7 @@ from torch import nn
 from torch.func import functional_call, grad, jvp, vmap
 
 from .._core.validation import as_matrix
-from .._core.conventions import flow_times
+from ..conventions import flow_times
 
 TERMS = ("dntk", "ddntk")
 

@@ -30,7 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._core.validation import as_targets, positive, positive_int, record_steps
-from .._core.conventions import mean_squared_loss
+from ..conventions import mean_squared_loss
 from ..kernels.empirical import empirical_ntk
 from ..kernels.model_inputs import model_input, probe_outputs, select_parameters, takes_indices
 from .taylor import TaylorExpansion

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .validation import positive, positive_int
+from ._core.validation import positive, positive_int
 
 
 def mean_squared_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
