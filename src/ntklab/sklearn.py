@@ -20,6 +20,7 @@ number of values per sample, and predictions accept either layout.
 from __future__ import annotations
 
 import numbers
+from typing import cast
 
 import numpy as np
 import torch
@@ -60,7 +61,7 @@ def resolve_input_shape(input_shape) -> tuple[int, ...] | None:
         return None
     sizes = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else ()
     if not (1 <= len(sizes) <= 3 and all(isinstance(n, numbers.Integral) and not isinstance(n, bool)
-                                         and n > 0 for n in sizes)):
+                                         and int(n) > 0 for n in sizes)):
         raise ValueError("input_shape must be None or the shape of one sample as 1 to 3 positive "
                          f"ints, e.g. (C, H, W) = (3, 32, 32) for images, got {input_shape!r}")
     return tuple(int(n) for n in sizes)
@@ -130,21 +131,34 @@ class _InfiniteNetwork(BaseEstimator):
         return self._samples(validate_data(self, self._rows(X, reset=False), reset=False,
                                            dtype=np.float64))
 
-    def _fit_targets(self, X, Y) -> None:
-        if self.t is not None and not (np.isscalar(self.t) and self.t >= 0):
+    def _times(self) -> torch.Tensor | None:
+        """`t` as the flow's times `[1]`, None for t=None (trained to convergence)."""
+        if self.t is None:
+            return None
+        if not (isinstance(self.t, numbers.Real) and float(self.t) >= 0):   # NaN: not >= 0
             raise ValueError(f"t must be None (trained to convergence) or a time >= 0, got {self.t!r}")
+        return torch.tensor([float(self.t)], dtype=torch.float64)
+
+    def _fit_targets(self, X, Y) -> None:
+        times = self._times()
         self.architecture_ = resolve_architecture(self.architecture)
         self.X_fit_ = self._samples(X)
         targets = torch.as_tensor(Y, dtype=torch.float64)
         targets = targets[:, None] if targets.ndim == 1 else targets
-        self.flow_ = GradientFlow(self.architecture_.kernel(self.X_fit_, get=self._kernel), targets.numel(),
+        self.flow_ = GradientFlow(self._kernel_matrix(self.X_fit_), targets.numel(),
                                   learning_rate=self.learning_rate, diag_reg=self.diag_reg)
-        times = None if self.t is None else torch.tensor([float(self.t)], dtype=torch.float64)
         coef = self.flow_.solve(targets, times)
         self.dual_coef_ = (coef if times is None else coef[0]).numpy()
 
+    def _kernel_matrix(self, x1: torch.Tensor, x2: torch.Tensor | None = None,
+                       get: str | None = None) -> torch.Tensor:
+        """The architecture's kernel `get` (default: this estimator's) between `x1` and `x2`."""
+        # one name in `get`: Serial.kernel returns that kernel's tensor (its annotation,
+        # Kernel | Tensor, does not tell one name from several)
+        return cast(torch.Tensor, self.architecture_.kernel(x1, x2, get=get or self._kernel))
+
     def _cross_kernel(self, x: torch.Tensor) -> torch.Tensor:
-        return self.architecture_.kernel(x, self.X_fit_, get=self._kernel)
+        return self._kernel_matrix(x, self.X_fit_)
 
     def _mean(self, X) -> np.ndarray:
         return self._cross_kernel(self._test_inputs(X)).numpy() @ self.dual_coef_
@@ -249,10 +263,10 @@ class NNGPRegressor(_Regressor):
         mean = mean[:, 0] if self._single_output else mean
         if not (return_std or return_cov):
             return mean
-        times = None if self.t is None else torch.tensor([float(self.t)], dtype=torch.float64)
+        times = self._times()
         explained = self.flow_.solve(k_cross.T, times, doubled=True)
         explained = explained if times is None else explained[0]
-        cov = (self.architecture_.kernel(x, get="nngp") - k_cross @ explained).numpy()
+        cov = (self._kernel_matrix(x, get="nngp") - k_cross @ explained).numpy()
         if return_cov:
             return mean, cov
         return mean, np.sqrt(np.clip(np.diag(cov), 0.0, None))

@@ -20,7 +20,7 @@ class _PairwiseKernel:
     def matrix(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"{type(self).__name__}(" + ", ".join(f"{k}={v!r}" for k, v in vars(self).items()) + ")"
 
 
@@ -44,7 +44,7 @@ class GaussianKernel(_PairwiseKernel):
     def __init__(self, r: float = 1.0):
         self.r = positive(r, "r (Gaussian kernel length scale)")
 
-    def matrix(self, x1, x2):
+    def matrix(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         """The kernel matrix K(x1_i, x2_j), [N1, N2]."""
         return torch.cdist(x1, x2).square_().div_(-self.r ** 2).exp_()
 
@@ -72,7 +72,7 @@ class BallKernel(_PairwiseKernel):
     def __init__(self, r: float = 1.0):
         self.r = positive(r, "r (ball kernel radius)")
 
-    def matrix(self, x1, x2):
+    def matrix(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         """The kernel matrix K(x1_i, x2_j), [N1, N2]."""
         return (torch.cdist(x1, x2) < self.r).to(x1.dtype)
 
@@ -97,7 +97,7 @@ class LinearKernel(_PairwiseKernel):
     def __init__(self, c: float = 0.0):
         self.c = positive(c, "c (linear kernel offset)", allow_zero=True)
 
-    def matrix(self, x1, x2):
+    def matrix(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         """The kernel matrix K(x1_i, x2_j), [N1, N2]."""
         return (x1 @ x2.T).add_(self.c)
 
@@ -124,6 +124,6 @@ class PolynomialKernel(_PairwiseKernel):
         self.degree = positive_int(degree, "degree")
         self.c = positive(c, "c (polynomial kernel offset)", allow_zero=True)
 
-    def matrix(self, x1, x2):
+    def matrix(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         """The kernel matrix K(x1_i, x2_j), [N1, N2]."""
         return (x1 @ x2.T).add_(self.c).pow_(self.degree)

@@ -52,7 +52,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -495,8 +495,8 @@ def _init_worker(threads: int, parent: int) -> None:
 class _InProcess(cf.Executor):
     """Runs each task when it is submitted (the "local" scheduler)."""
 
-    def submit(self, fn, /, *args, **kwargs):
-        future = cf.Future()
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future:
+        future: cf.Future = cf.Future()
         try:
             future.set_result(fn(*args, **kwargs))
         except BaseException as err:  # delivered through the future, like other executors

@@ -229,8 +229,8 @@ def _layers(net: Serial, x, moments: dict):
     """`nk.finite_width(net, x)` and, per layer ℓ → ℓ + 1, the inputs of the recursions: the Gaussian
     moments `moments` (keyword arguments of `_layer_moments`) at K^(ℓ), Θ, F, B of layer ℓ, F' of
     layer ℓ + 1, C_W of the weights into ℓ + 1 and r = n_ℓ / n_{ℓ-1}. Refuses rough activations."""
-    pairs = mlp_layers(net)
-    rough = [act for _, act in pairs[:-1] if not act.smooth]   # the declared capability
+    denses, activations = mlp_layers(net)
+    rough = [act for act in activations if not act.smooth]   # the declared capability
     if rough:
         hint = (" (declare a twice-differentiable function with nk.Elementwise(fn, smooth=True))"
                 if type(rough[0]).__name__ == "Elementwise" else "")
@@ -239,11 +239,11 @@ def _layers(net: Serial, x, moments: dict):
     stats = finite_width(net, x)
 
     def inputs():
-        for ell in range(1, len(pairs)):
+        for ell in range(1, len(denses)):
             layer = lambda tensor, ell=ell: tensor[ell - 1].numpy()  # noqa: E731
-            yield {"moments": _layer_moments(pairs[ell - 1][1], layer(stats.nngp), ell, **moments),
+            yield {"moments": _layer_moments(activations[ell - 1], layer(stats.nngp), ell, **moments),
                    "theta": layer(stats.ntk), "f": layer(stats.ntk_F), "f_next": stats.ntk_F[ell].numpy(),
-                   "b": layer(stats.ntk_B), "cw": float(pairs[ell][0].W_std) ** 2,
+                   "b": layer(stats.ntk_B), "cw": float(denses[ell].W_std) ** 2,
                    "r": stats.widths[ell] / stats.widths[ell - 1]}
     return stats, inputs()
 

@@ -179,11 +179,11 @@ class _Moments:
 
 def activation_derivatives(activation: Activation, z: np.ndarray, order: int = 1) -> list[np.ndarray]:
     """σ, σ', ..., σ^(order) at the grid nodes z (nested autograd)."""
-    z = torch.as_tensor(z).requires_grad_(True)
+    nodes = torch.as_tensor(z).requires_grad_(True)
     with torch.enable_grad():
-        values = [activation.fn(z)]
+        values = [activation.fn(nodes)]
         for _ in range(order):
-            (derivative,) = torch.autograd.grad(values[-1].sum(), z, create_graph=order > 1)
+            (derivative,) = torch.autograd.grad(values[-1].sum(), nodes, create_graph=order > 1)
             values.append(derivative)
     return [v.detach().numpy() for v in values]
 
@@ -238,10 +238,12 @@ def _moments(activation: Activation, k: np.ndarray, layer: int = 1) -> _Moments:
     return out
 
 
-def mlp_layers(net: Serial) -> list[tuple[Dense, Activation | None]]:
-    """[(Dense, the activation after it or None for the readout)], validated."""
+def mlp_layers(net: Serial) -> tuple[list[Dense], list[Activation]]:
+    """The Dense layers (the last one the readout) and the activation after each other one,
+    validated."""
     layers = list(net.layers)
-    pairs = []
+    denses: list[Dense] = []
+    activations: list[Activation] = []
     for i in range(0, len(layers), 2):
         dense, act = layers[i], layers[i + 1] if i + 1 < len(layers) else None
         if not isinstance(dense, Dense) or (act is not None and not isinstance(act, Activation)):
@@ -251,10 +253,12 @@ def mlp_layers(net: Serial) -> list[tuple[Dense, Activation | None]]:
         if dense.parameterization != "ntk" or not dense.trainable:
             raise ValueError(f"layer {i}, {dense!r}: the finite-width recursions are implemented "
                              f"for trainable layers in the NTK parameterization")
-        pairs.append((dense, act))
-    if pairs[-1][1] is not None:
+        denses.append(dense)
+        if act is not None:
+            activations.append(act)
+    if len(activations) == len(denses):   # no layer, or an activation last
         raise ValueError("net must end with a Dense readout (the statistics are of its outputs)")
-    return pairs
+    return denses, activations
 
 
 def _outer(p: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -301,17 +305,18 @@ def finite_width(net: Serial, x) -> FiniteWidthStatistics:
     x = x[None] if x.ndim == 1 else x
     if x.ndim != 2 or x.shape[0] == 0:
         raise ValueError(f"x must be one input [d] or inputs [N, d], got shape {tuple(x.shape)}")
-    pairs = mlp_layers(net)
+    denses, activations = mlp_layers(net)
     x = x.numpy()
-    widths = [x.shape[1]] + [dense.out for dense, _ in pairs[:-1]]
+    widths = [x.shape[1]] + [dense.out for dense in denses[:-1]]
     n = len(x)
-    first = pairs[0][0]
+    first = denses[0]
     cw, cb = float(first.W_std) ** 2, float(first.b_std or 0.0) ** 2
     k = cb + cw * x @ x.T / x.shape[1]
     theta = k.copy()  # λ = C in the NTK parameterization
     k1, theta1, v, a, b, d, f = np.zeros((n, n)), np.zeros((n, n)), *np.zeros((5,) + (n,) * 4)
-    rows = {field.name: [] for field in fields(FiniteWidthStatistics) if field.name != "widths"}
-    for ell, ((_, act), (dense, _)) in enumerate(zip(pairs[:-1], pairs[1:], strict=True), start=1):
+    rows: dict[str, list[np.ndarray]] = {field.name: [] for field in fields(FiniteWidthStatistics)
+                                         if field.name != "widths"}
+    for ell, (act, dense) in enumerate(zip(activations, denses[1:], strict=True), start=1):
         for name, value in zip(rows, (k, v, k1, theta, theta1, a, b, d, f), strict=True):
             rows[name].append(value)
         m = _moments(act, k, ell)

@@ -102,7 +102,7 @@ class TaylorExpansion(nn.Module):
         delta = tuple(p - p0 for p, p0 in zip(self.theta, theta0, strict=True))
         if self.degree == 1:   # one jvp in parameter space (no scalar s needed)
             # without has_aux, jvp returns (output, tangent); its annotation also allows an aux item
-            output, change = jvp(lambda *values: self._at(values, x), theta0, delta)  # type: ignore[misc]
+            output, change = jvp(lambda *values: self._at(values, x), theta0, delta)[:2]
             return output + change
 
         def along(s: torch.Tensor) -> torch.Tensor:   # f(x; theta_0 + s delta)
@@ -127,7 +127,8 @@ class _SameRandomDraws:
 
     def __init__(self, device: torch.device):
         self.device = device
-        self.start, self.after = rng_states(device), None
+        self.start = rng_states(device)
+        self.after: list[torch.Tensor] | None = None
 
     def __call__(self, fn, *args):
         set_rng_states(self.device, self.start)
