@@ -250,3 +250,14 @@ def test_a_bare_install_says_which_extra_to_install_in_one_line(missing, code, h
     assert result.stderr.strip().splitlines()[-1] == hint
     if missing == "click":
         assert result.stderr.strip() == hint
+
+
+def test_the_kernel_state_is_immutable():
+    """Layers return new states (`replace`); nothing assigns to a state (it was mutable)."""
+    import dataclasses
+
+    from ntklab.arch.state import KernelState
+    state = KernelState.from_inputs(torch.eye(3, dtype=torch.float64), None, need_ntk=True)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        state.is_gaussian = True
+    assert state.replace(is_gaussian=True).is_gaussian and not state.is_gaussian

@@ -240,8 +240,7 @@ class Serial(Container):
             state = KernelState.from_inputs(x1, x2, need_ntk=need_ntk, full=full)
         elif after_layer is not None:
             after_layer(0, state)
-        state.fused = fused
-        return self.kernel_map(state, start=start, after_layer=after_layer)
+        return self.kernel_map(state.replace(fused=fused), start=start, after_layer=after_layer)
 
     def pair_entries(self, sample_shape: Sequence[int]) -> int:
         """Numbers held per pair of inputs by the largest layer state (for block sizes): images

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 import torch
 
 
-@dataclass
+@dataclass(frozen=True)
 class KernelState:
     """Kernel of a block of input pairs at one point of the architecture.
 
@@ -42,7 +42,10 @@ class KernelState:
         flattened vector's (the mean over positions), and `positions` the same-position layout
         it is the mean of, for the layers that act on each flattened feature (activations,
         LayerNorm, FanInSum/FanInProd) to map before averaging; any other layer drops it.
-    Layers consume the state they are given (in-place updates of its tensors).  `fused` asks
+    The state is frozen: a layer returns a new one (`replace`).  Its tensors are not copied on
+    the way: a layer consumes the tensors of the state it is given (in-place updates, to keep
+    one block's memory bounded), so a caller that needs them afterwards `clone()`s first (as
+    FanOut does for its branches).  `fused` asks
     them to run their maps compiled (`arch.fused`): the same numbers, to rounding.
     """
     nngp: torch.Tensor
