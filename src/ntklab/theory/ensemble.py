@@ -107,7 +107,7 @@ def _kernel_parts(theta, shift, covariance, y, times):
     for t in times:
         def solution(ntk, t=float(t)):
             return kernel_solution(ntk, y, t)
-        value, first = jvp(solution, (theta,), (shift,))
+        value, first = jvp(solution, (theta,), (shift,))[:2]   # no aux: (value, tangent)
         second = 0.5 * torch.einsum("mijkl,ijkl->m", hessian(solution)(theta), covariance)
         parts.append(torch.stack([value, first, second]))
     return torch.stack(parts).unbind(1)

@@ -211,7 +211,7 @@ def flow_in_book_time(hierarchy: NTKHierarchy, y: torch.Tensor, taus, terms: Seq
     ntk = hierarchy.ntk.detach().to("cpu", torch.float64)
     dntk, ddntk = (getattr(hierarchy, name).detach().to("cpu", torch.float64) if name in terms
                    else torch.zeros(shapes[name], dtype=torch.float64) for name in TERMS)
-    sizes = (D, D, D * N, N * D * N)
+    sizes = [D, D, D * N, N * D * N]
 
     def velocity(_, state):
         z_kernel, z_first, ntk_first, dntk_now = torch.split(torch.from_numpy(state), sizes)
