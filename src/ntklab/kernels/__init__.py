@@ -4,7 +4,8 @@ from .classical import BallKernel, GaussianKernel, LinearKernel, PolynomialKerne
 from .empirical import empirical_ntk
 from .engine import KernelStore, compute_kernel
 from .monte_carlo import MonteCarloKernel, empirical_nngp, monte_carlo_kernel
+from .operator import StoredKernel
 
 # the classical kernels end in "Kernel": nk.Gaussian and nk.Polynomial are activations (neural-tangents' names)
 __all__ = ["BallKernel", "GaussianKernel", "KernelStore", "LinearKernel", "MonteCarloKernel", "PolynomialKernel",
-           "compute_kernel", "empirical_nngp", "empirical_ntk", "monte_carlo_kernel"]
+           "StoredKernel", "compute_kernel", "empirical_nngp", "empirical_ntk", "monte_carlo_kernel"]

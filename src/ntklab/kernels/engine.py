@@ -291,23 +291,13 @@ class KernelStore:
                 atomic_write_bytes(self.path / file, (Path(fresh) / file).read_bytes())
         return [self.path / file for file in files]
 
-    def load(self, name: str) -> np.ndarray:
-        """The whole `[N1, N2]` matrix `name` ("nngp" or "ntk"), mirrored if symmetric; every
-        tile is checked against its checksum, and bad tiles (or a damaged array) are named."""
-        if name not in self.names:
-            raise ValueError(f"the store {self.path} holds {list(self.names)}, not {name!r}")
-        missing = len(self.tiles()) - len(self.done((name,)))
-        if missing:
-            raise ValueError(f"the store {self.path} is missing {missing} tile(s) of {name!r}; run "
-                             f"the same compute_kernel call (or ntklab command) again to finish it")
-        try:
-            array = self._array(name)
-        except Exception as err:  # noqa: BLE001
-            raise ValueError(f"the store {self.path}: the metadata of {name!r}, "
-                             f"{self.path / name / 'zarr.json'}, is missing or damaged ({err}); "
-                             f"run the same compute_kernel call (or ntklab kernel command) again "
-                             f"to repair it (the other arrays load meanwhile)") from None
-        matrix = np.full(self.shape, np.nan, dtype=array.dtype)
+    def blocks(self, name: str) -> Iterator[tuple[slice, slice, np.ndarray]]:
+        """`(rows, cols, values)` of every tile of `name`, checked against its checksum, one at a
+        time (a matrix too large for memory is read in passes; `load` gathers them).  Of a
+        symmetric store only the upper tiles are stored: a diagonal tile comes symmetrized (its
+        upper triangle mirrored, as `load` keeps it), an off-diagonal one stands also for its
+        transpose.  Missing or damaged tiles raise as in `load`."""
+        array = self._checked_array(name)
         bad = []
         for tile, digests in sorted(self._markers().items()):
             values = self._read(array, tile, name, digests)
@@ -315,17 +305,41 @@ class KernelStore:
                 bad.append(tile)
                 continue
             rows, cols = self.tiling.slices(tile)
-            matrix[rows, cols] = values
-            if self.symmetric and tile[0] != tile[1]:
-                matrix[cols, rows] = values.T
+            if self.tiling.on_diagonal(tile):
+                values = np.triu(values) + np.triu(values, 1).T
+            yield rows, cols, values
         if bad:
             shown = ", ".join(f"{i}_{j}" for i, j in bad[:10]) + (", ..." if len(bad) > 10 else "")
             raise ValueError(f"the store {self.path} has {len(bad)} damaged tile(s) ({shown}: "
                              f"missing, unreadable or not matching their checksum) in {name!r}; run "
                              f"the same compute_kernel call (or ntklab kernel command) again to "
                              f"recompute exactly those")
-        if self.symmetric:  # diagonal tiles hold both triangles; keep the upper one, mirrored
-            matrix = np.triu(matrix) + np.triu(matrix, 1).T
+
+    def _checked_array(self, name: str):
+        """The zarr array `name`, after checking that the store holds it and has every tile."""
+        if name not in self.names:
+            raise ValueError(f"the store {self.path} holds {list(self.names)}, not {name!r}")
+        missing = len(self.tiles()) - len(self.done((name,)))
+        if missing:
+            raise ValueError(f"the store {self.path} is missing {missing} tile(s) of {name!r}; run "
+                             f"the same compute_kernel call (or ntklab command) again to finish it")
+        try:
+            return self._array(name)
+        except Exception as err:  # noqa: BLE001
+            raise ValueError(f"the store {self.path}: the metadata of {name!r}, "
+                             f"{self.path / name / 'zarr.json'}, is missing or damaged ({err}); "
+                             f"run the same compute_kernel call (or ntklab kernel command) again "
+                             f"to repair it (the other arrays load meanwhile)") from None
+
+    def load(self, name: str) -> np.ndarray:
+        """The whole `[N1, N2]` matrix `name` ("nngp" or "ntk"), mirrored if symmetric; every
+        tile is checked against its checksum, and bad tiles (or a damaged array) are named."""
+        array = self._checked_array(name)
+        matrix = np.full(self.shape, np.nan, dtype=array.dtype)
+        for rows, cols, values in self.blocks(name):
+            matrix[rows, cols] = values
+            if self.symmetric and rows != cols:
+                matrix[cols, rows] = values.T
         return matrix
 
     @classmethod

@@ -10,6 +10,9 @@
   checks its train-train kernel once (`linalg.checked_kernel`): symmetric and positive
   semi-definite up to rounding, or refused with the asymmetry or the most negative
   eigenvalue and the fix; `allow_indefinite=True` follows an indefinite kernel exactly.
+* `conjugate_gradients` (with `NystromPreconditioner`) and `nystrom_regression`: kernel
+  regression without the n x n matrix in memory, from a kernel store (`nk.kernels.StoredKernel`)
+  or on m centers (`iterative`).
 * `gradient_descent_mse_ensemble`: mean and covariance of an infinite ensemble
   of infinitely wide networks trained by gradient flow on the MSE for time t
   (Lee et al. 2019, "Wide neural networks of any depth evolve as linear models under
@@ -27,9 +30,11 @@ and the lecture's g(alpha) = ||K alpha - y||^2 with step eta is learning_rate = 
 """
 from .alpha import GradientDescentPath, gradient_descent_alpha
 from .ensemble import gradient_descent_mse_ensemble
+from .iterative import CGResult, NystromPreconditioner, NystromRegression, conjugate_gradients, nystrom_regression
 from .finite import gp_inference, gradient_descent, gradient_descent_mse, max_learning_rate
 from .linalg import Factorization, GradientFlow, add_diagonal_regularizer, kernel_regression, solve
 
-__all__ = ["Factorization", "GradientDescentPath", "GradientFlow", "add_diagonal_regularizer",
+__all__ = ["CGResult", "NystromPreconditioner", "NystromRegression", "conjugate_gradients", "nystrom_regression",
+           "Factorization", "GradientDescentPath", "GradientFlow", "add_diagonal_regularizer",
            "gp_inference", "gradient_descent", "gradient_descent_alpha", "gradient_descent_mse",
            "gradient_descent_mse_ensemble", "kernel_regression", "max_learning_rate", "solve"]

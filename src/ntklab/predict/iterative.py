@@ -1,0 +1,344 @@
+"""Kernel regression that never holds the n x n matrix in memory.
+
+* `conjugate_gradients`: alpha = (K + lambda I)^-1 y by preconditioned conjugate gradients (Hestenes &
+  Stiefel 1952; Saad, "Iterative methods for sparse linear systems", Alg. 9.1), one column of y or many
+  at once.  K is anything with `matmul`, `diagonal`, `shape` and `dtype`: a tensor, or
+  `nk.kernels.StoredKernel`, whose products stream the tiles of a kernel store (one pass per iteration).
+* `NystromPreconditioner`: the randomized Nystrom preconditioner of Frangella, Tropp & Udell (2023,
+  "Randomized Nystrom preconditioning", SIAM J. Matrix Anal. Appl., Alg. 2.1 and eq. 5.3):
+  K ~ U diag(Lambda) U^T from one product K Omega with r Gaussian vectors, and
+  P^-1 v = (Lambda_r + lambda) U (Lambda + lambda I)^-1 U^T v + (I - U U^T) v.
+  K + lambda I preconditioned this way has a condition number of order 1 + Lambda_r / lambda, so CG
+  needs few iterations once the rank r covers the eigenvalues above lambda.
+* `nystrom_regression`: kernel ridge regression restricted to the span of m centers (Williams &
+  Seeger 2001; Rudi, Camoriano & Rosasco 2015): alpha = (K_nm^T K_nm + lambda K_mm)^-1 K_nm^T y and
+  f(x) = K(x, centers) alpha; K_nm is computed and used in blocks of rows (memory m^2 + block m), so
+  the cost is O(n m^2) time and O(m^2) memory.  With every training point a center it is exact ridge
+  regression, f = K_x (K + lambda I)^-1 y.
+
+Regularization follows `solve`: `diag_reg` relative to the mean diagonal of the train-train kernel
+unless `diag_reg_absolute_scale`.
+
+Why not a library: scipy's `cg` solves one right-hand side at a time in numpy on the CPU, and
+GPyTorch's `linear_operator` (modified batch CG) is not a dependency of ntklab; the PCG loop here is
+twenty lines of torch that run on the kernel's device for all columns of y at once.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from .._core.tiling import PROGRESS_DELAY
+from .._core.validation import DEFAULT_DTYPE, as_targets, positive, positive_int
+from ..arch.serial import Serial
+
+
+class _DenseKernel:
+    """A kernel matrix in memory as an operator."""
+
+    def __init__(self, k: torch.Tensor):
+        self.k = k
+        self.shape = tuple(k.shape)
+        self.dtype = k.dtype
+        self.device = k.device
+
+    def matmul(self, v: torch.Tensor) -> torch.Tensor:
+        return self.k @ v
+
+    def diagonal(self) -> torch.Tensor:
+        return self.k.diagonal()
+
+
+def as_operator(k: Any, name: str = "k_train_train"):
+    """`k` as an operator: a square matrix (tensor or array) is wrapped; an object with
+    `matmul`, `diagonal`, `shape` and `dtype` (e.g. `nk.kernels.StoredKernel`) is used as it is."""
+    if all(hasattr(k, attribute) for attribute in ("matmul", "diagonal", "shape", "dtype")) \
+            and not isinstance(k, torch.Tensor):
+        operator = k
+    else:
+        k = torch.as_tensor(k)
+        k = k.to(DEFAULT_DTYPE) if not k.is_floating_point() else k
+        operator = _DenseKernel(k)
+    if len(operator.shape) != 2 or operator.shape[0] != operator.shape[1]:
+        raise ValueError(f"{name} must be a square kernel matrix, got shape {tuple(operator.shape)}")
+    return operator
+
+
+def _regularization(operator, diag_reg: float, absolute_scale: bool) -> float:
+    diag_reg = positive(diag_reg, "diag_reg", allow_zero=True)
+    if diag_reg == 0 or absolute_scale:
+        return diag_reg
+    return diag_reg * float(operator.diagonal().mean())
+
+
+class NystromPreconditioner:
+    """P^-1 for K + shift I from a rank-`rank` randomized Nystrom approximation of K (Frangella, Tropp &
+    Udell 2023, Alg. 2.1 with the stabilizing shift nu = sqrt(n) eps ||Y||, and eq. 5.3).  Building it
+    takes one product K Omega (one pass over a store).
+
+    Parameters
+    ----------
+    operator
+        The kernel (see `as_operator`).
+    rank : int
+        Number of random probe vectors (<= n).
+    shift : float
+        The regularization lambda of the system K + lambda I.
+    seed : int
+    """
+
+    def __init__(self, operator, rank: int, shift: float, seed: int = 0):
+        n = operator.shape[0]
+        rank = min(positive_int(rank, "rank"), n)
+        generator = torch.Generator().manual_seed(seed)
+        omega = torch.randn(n, rank, generator=generator, dtype=operator.dtype).to(operator.device)
+        omega = torch.linalg.qr(omega).Q
+        y = operator.matmul(omega)
+        nu = math.sqrt(n) * torch.finfo(y.dtype).eps * float(torch.linalg.matrix_norm(y, ord=2))
+        y_nu = y + nu * omega
+        lower = torch.linalg.cholesky(omega.T @ y_nu)
+        b = torch.linalg.solve_triangular(lower, y_nu.T, upper=False).T     # Y_nu C^-T
+        u, sigma, _ = torch.linalg.svd(b, full_matrices=False)
+        self.u = u
+        self.eigenvalues = (sigma.square() - nu).clamp_min(0)
+        self.shift = float(shift)
+
+    def __call__(self, r: torch.Tensor) -> torch.Tensor:
+        """P^-1 r."""
+        projected = self.u.T @ r
+        scale = (self.eigenvalues[-1] + self.shift) / (self.eigenvalues + self.shift)
+        return self.u @ (scale[:, None] * projected) + r - self.u @ projected
+
+
+@dataclass(frozen=True)
+class CGResult:
+    """The solution of (K + lambda I) alpha = y, with the iterations CG took and the final relative
+    residual ||y - (K + lambda I) alpha|| / ||y|| of each column."""
+
+    solution: torch.Tensor
+    iterations: int
+    relative_residual: torch.Tensor
+    converged: bool
+
+
+def conjugate_gradients(k_train_train, y_train, *, diag_reg: float = 0.0, diag_reg_absolute_scale: bool = False,
+                        preconditioner: str | Callable | None = "nystrom", rank: int = 100, rtol: float = 1e-8,
+                        max_iterations: int | None = None, seed: int = 0,
+                        progress: bool | None = None) -> CGResult:
+    """alpha = (K + lambda I)^-1 y by preconditioned conjugate gradients, K never formed when it is an
+    operator (e.g. `nk.kernels.StoredKernel` of a store); lambda = diag_reg times the mean diagonal
+    (or diag_reg itself with `diag_reg_absolute_scale`).
+
+    Parameters
+    ----------
+    k_train_train
+        `[n, n]` tensor or array, or an operator with `matmul`, `diagonal`, `shape`, `dtype`.
+    y_train : tensor or array
+        `[n]` or `[n, m]`: the m columns are solved together.
+    diag_reg, diag_reg_absolute_scale
+        As `solve`.
+    preconditioner : "nystrom", None or callable
+        "nystrom": `NystromPreconditioner` of rank `rank`; None: plain CG; a callable r -> P^-1 r.
+    rank : int
+        Rank of the Nystrom preconditioner.
+    rtol : float
+        Stop when every column's relative residual is below `rtol`.
+    max_iterations : int, optional
+        Default n.  Reaching it without convergence warns (RuntimeWarning) with the residual.
+    seed : int
+        The preconditioner's random probes.
+    progress : bool, optional
+        A bar over iterations: shown once the solve has lasted 2 s (default), always (True) or never (False).
+
+    Returns
+    -------
+    CGResult
+
+    Raises
+    ------
+    ValueError
+        When K + lambda I is not positive definite along a search direction (an indefinite kernel):
+        the message gives p^T (K + lambda I) p and the fix.
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> x = torch.randn(50, 3, dtype=torch.float64)
+    >>> k = nk.mlp(2, 8).kernel(x, get="ntk")
+    >>> y = torch.sin(x[:, :1])
+    >>> result = nk.predict.conjugate_gradients(k, y, diag_reg=1e-3, rank=20, progress=False)
+    >>> exact = nk.predict.solve(k, y, diag_reg=1e-3)
+    >>> bool(torch.allclose(result.solution, exact, rtol=1e-6, atol=1e-8)), result.converged
+    (True, True)
+    """
+    operator = as_operator(k_train_train)
+    n = operator.shape[0]
+    b, vector = as_targets(y_train, n, "y_train", operator.dtype, operator.device)
+    rtol = positive(rtol, "rtol")
+    max_iterations = n if max_iterations is None else positive_int(max_iterations, "max_iterations")
+    shift = _regularization(operator, diag_reg, diag_reg_absolute_scale)
+    apply_preconditioner: Callable[[torch.Tensor], torch.Tensor]
+    if preconditioner == "nystrom":
+        apply_preconditioner = NystromPreconditioner(operator, rank, shift, seed)
+    elif preconditioner is None:
+        apply_preconditioner = lambda r: r  # noqa: E731
+    elif callable(preconditioner):
+        apply_preconditioner = preconditioner
+    else:
+        raise ValueError(f"preconditioner must be 'nystrom', None or a function r -> P^-1 r, "
+                         f"got {preconditioner!r}")
+    solution, iterations, residual = _pcg(operator, b, shift, apply_preconditioner, rtol, max_iterations, progress)
+    converged = bool((residual <= rtol).all())
+    if not converged:
+        warnings.warn(f"conjugate gradients stopped after {iterations} iterations with relative residual "
+                      f"{float(residual.max()):.3g} > rtol={rtol:g}; raise max_iterations, the preconditioner's "
+                      f"rank or diag_reg", RuntimeWarning, stacklevel=2)
+    return CGResult(solution[:, 0] if vector else solution, iterations, residual, converged)
+
+
+def _pcg(operator, b, shift, apply_preconditioner, rtol, max_iterations, progress):
+    """The PCG loop for all columns of b at once (each column its own step sizes; a converged
+    column stops moving)."""
+    norm_b = b.norm(dim=0).clamp_min(torch.finfo(b.dtype).tiny)
+    x = torch.zeros_like(b)
+    r = b.clone()
+    z = apply_preconditioner(r)
+    p = z.clone()
+    rz = (r * z).sum(0)
+    residual = r.norm(dim=0) / norm_b
+    bar = tqdm(total=max_iterations, desc="conjugate gradients", unit="it", leave=False,
+               delay=0 if progress else PROGRESS_DELAY, disable=progress is False)
+    iterations = 0
+    with bar:
+        while iterations < max_iterations and not bool((residual <= rtol).all()):
+            active = residual > rtol
+            ap = operator.matmul(p) + shift * p
+            curvature = (p * ap).sum(0)
+            if bool((curvature[active] <= 0).any()):
+                raise ValueError(f"K + diag_reg I is not positive definite: along a conjugate-gradient direction "
+                                 f"p^T (K + lambda I) p = {float(curvature[active].min()):.3g} <= 0 (lambda = "
+                                 f"{shift:.3g}); the kernel is indefinite: give a larger diag_reg, or check it "
+                                 f"with nk.predict.solve on a subset")
+            alpha = torch.where(active, rz / torch.where(active, curvature, 1.0), 0.0)
+            x += alpha * p
+            r -= alpha * ap
+            residual = r.norm(dim=0) / norm_b
+            z = apply_preconditioner(r)
+            rz_next = (r * z).sum(0)
+            beta = torch.where(active, rz_next / torch.where(active, rz, 1.0), 0.0)
+            p = z + beta * p
+            rz = rz_next
+            iterations += 1
+            bar.update()
+            bar.set_postfix(residual=f"{float(residual.max()):.2e}")
+    return x, iterations, residual
+
+
+@dataclass(frozen=True)
+class NystromRegression:
+    """Kernel ridge regression on `centers`: f(x) = K(x, centers) alpha (`predict`)."""
+
+    kernel: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
+    centers: torch.Tensor
+    center_index: torch.Tensor
+    alpha: torch.Tensor
+    block_size: int
+    vector: bool
+
+    def predict(self, x_test) -> torch.Tensor:
+        """f(x_test) = K(x_test, centers) alpha, computed in blocks of `block_size` rows."""
+        x_test = torch.as_tensor(x_test, dtype=self.centers.dtype, device=self.centers.device)
+        out = torch.cat([self.kernel(x_test[start:start + self.block_size], self.centers) @ self.alpha
+                         for start in range(0, len(x_test), self.block_size)])
+        return out[:, 0] if self.vector else out
+
+
+def nystrom_regression(net_or_kernel_fn, x_train, y_train, *, centers: int = 1000, diag_reg: float = 1e-4,
+                       diag_reg_absolute_scale: bool = False, get: str = "ntk", block_size: int = 1024,
+                       seed: int = 0, progress: bool | None = None) -> NystromRegression:
+    """Kernel ridge regression on `centers` training points drawn uniformly without replacement (seeded):
+    alpha = (K_nm^T K_nm + lambda K_mm)^-1 K_nm^T y, with K_nm computed block by block (never more than
+    `block_size` x m of it at once) and lambda = diag_reg times the mean diagonal of K_mm (an unbiased
+    estimate of the training set's; the exact one when every point is a center).
+
+    Parameters
+    ----------
+    net_or_kernel_fn : Serial or callable
+        An ntklab architecture (its `get` kernel) or `kernel_fn(x1, x2) -> [N1, N2]` tensor.
+    x_train, y_train : tensor or array
+    centers : int
+        m <= n.
+    diag_reg, diag_reg_absolute_scale
+        As `solve`.
+    get : {"ntk", "nngp"}
+    block_size : int
+        Rows of K_nm per block.
+    seed : int
+    progress : bool, optional
+
+    Returns
+    -------
+    NystromRegression
+        `.predict(x_test)`, `.alpha` `[m, O]`, `.center_index`.
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> x = torch.randn(200, 3, dtype=torch.float64)
+    >>> y = torch.sin(x[:, :1])
+    >>> model = nk.predict.nystrom_regression(nk.mlp(2, 8), x, y, centers=200, diag_reg=1e-3)
+    >>> k = nk.mlp(2, 8).kernel(x, get="ntk")
+    >>> exact = k @ nk.predict.solve(k, y, diag_reg=1e-3)    # all points as centers: exact ridge
+    >>> bool(torch.allclose(model.predict(x), exact, atol=1e-6))
+    True
+    """
+    kernel = _kernel_function(net_or_kernel_fn, get)
+    x_train = torch.as_tensor(x_train)
+    x_train = x_train.to(DEFAULT_DTYPE) if not x_train.is_floating_point() else x_train
+    n = len(x_train)
+    y, vector = as_targets(y_train, n, "y_train", x_train.dtype, x_train.device)
+    m = positive_int(centers, "centers")
+    if m > n:
+        raise ValueError(f"centers={m} exceeds the {n} training samples; use centers <= {n} "
+                         f"(centers={n} is exact ridge regression)")
+    block_size = positive_int(block_size, "block_size")
+    index = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:m].sort().values
+    chosen = x_train[index.to(x_train.device)]
+    k_mm = kernel(chosen, None)
+    gram = torch.zeros(m, m, dtype=k_mm.dtype, device=k_mm.device)
+    rhs = torch.zeros(m, y.shape[1], dtype=k_mm.dtype, device=k_mm.device)
+    show = n > 10 * block_size if progress is None else progress
+    for start in tqdm(range(0, n, block_size), desc="K_nm blocks", leave=False, disable=not show):
+        k_bm = kernel(x_train[start:start + block_size], chosen)
+        gram += k_bm.T @ k_bm
+        rhs += k_bm.T @ y[start:start + block_size]
+    scale = 1.0 if diag_reg_absolute_scale else float(k_mm.diagonal().mean())
+    system = gram + positive(diag_reg, "diag_reg", allow_zero=True) * scale * k_mm
+    factor, info = torch.linalg.cholesky_ex(system)
+    if int(info) != 0:
+        raise ValueError(f"the Nystrom system K_nm^T K_nm + lambda K_mm on {m} centers is singular (e.g. repeated "
+                         f"centers, or diag_reg=0 with a rank-deficient kernel); give a larger diag_reg")
+    alpha = torch.cholesky_solve(rhs, factor)
+    return NystromRegression(kernel, chosen, index, alpha, block_size, vector)
+
+
+def _kernel_function(net_or_kernel_fn, get: str) -> Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]:
+    if get not in ("ntk", "nngp"):
+        raise ValueError(f"get must be 'ntk' or 'nngp', got {get!r}")
+    if isinstance(net_or_kernel_fn, Serial):
+        net = net_or_kernel_fn
+
+        def kernel(x1: torch.Tensor, x2: torch.Tensor | None) -> torch.Tensor:
+            k = net.kernel(x1, x2, get=get)
+            assert isinstance(k, torch.Tensor)   # get names one kernel: a tensor, not a Kernel
+            return k
+        return kernel
+    if callable(net_or_kernel_fn):
+        return lambda x1, x2: net_or_kernel_fn(x1, x1 if x2 is None else x2)
+    raise ValueError(f"net_or_kernel_fn must be an ntklab architecture (nk.serial(...)) or a function "
+                     f"kernel_fn(x1, x2) -> tensor, got {net_or_kernel_fn!r}")

@@ -1,0 +1,130 @@
+"""Kernel regression without the n x n matrix: CG (dense and streamed from a store), the Nystrom
+preconditioner, Nystrom regression on centers. Oracles: torch.linalg.solve on the dense matrix,
+the store's loaded matrix, and exact ridge regression (all points as centers)."""
+import numpy as np
+import pytest
+import torch
+
+import ntklab as nk
+from ntklab.kernels import StoredKernel, compute_kernel
+from ntklab.predict import NystromPreconditioner, conjugate_gradients, nystrom_regression
+
+NET = nk.mlp(3, 16, W_std=1.5, b_std=0.1)
+
+
+@pytest.fixture(scope="module")
+def problem():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(120, 5, generator=generator, dtype=torch.float64)
+    y = torch.stack([torch.sin(x[:, 0]), x[:, 1] * x[:, 2]], 1)
+    return x, y, NET.kernel(x, get="ntk")
+
+
+def ridge(k, y, diag_reg):
+    return torch.linalg.solve(k + diag_reg * k.diagonal().mean() * torch.eye(len(k), dtype=k.dtype), y)
+
+
+@pytest.mark.parametrize("preconditioner", [None, "nystrom"])
+def test_cg_solves_the_ridge_system_of_every_column(problem, preconditioner):
+    x, y, k = problem
+    result = conjugate_gradients(k, y, diag_reg=1e-4, preconditioner=preconditioner, rank=40, rtol=1e-10,
+                                 progress=False)
+    assert result.converged and result.relative_residual.max() <= 1e-10
+    np.testing.assert_allclose(result.solution, ridge(k, y, 1e-4), rtol=1e-6, atol=1e-8)
+    vector = conjugate_gradients(k, y[:, 0], diag_reg=1e-4, preconditioner=preconditioner, rank=40,
+                                 rtol=1e-10, progress=False)
+    assert vector.solution.shape == (120,)
+
+
+def test_the_nystrom_preconditioner_bounds_the_iterations_by_the_spectrum_above_lambda(problem):
+    """Frangella-Tropp-Udell: with lambda at the 20th eigenvalue and rank 60 (Lambda_60 < lambda), the
+    preconditioned system's condition number is O(1), so PCG converges to 1e-8 in few iterations (<= 30,
+    sqrt(8) ln(2e8) / 2 ~ 27 for kappa <= 8); plain CG (kappa = Lambda_1 / lambda) needs at least twice as many."""
+    x, y, k = problem
+    eigenvalues = torch.linalg.eigvalsh(k).flip(0)
+    diag_reg = float(eigenvalues[19]) / float(k.diagonal().mean())
+    assert eigenvalues[59] < eigenvalues[19]
+    plain = conjugate_gradients(k, y, diag_reg=diag_reg, preconditioner=None, rtol=1e-8, progress=False)
+    nystrom = conjugate_gradients(k, y, diag_reg=diag_reg, rank=60, rtol=1e-8, progress=False)
+    assert nystrom.converged and plain.converged
+    assert nystrom.iterations <= 30 and 2 * nystrom.iterations <= plain.iterations, (nystrom.iterations,
+                                                                                      plain.iterations)
+    np.testing.assert_allclose(nystrom.solution, ridge(k, y, diag_reg), rtol=1e-6, atol=1e-8)
+
+
+def test_the_nystrom_approximation_recovers_a_low_rank_kernel():
+    """For K of rank 5 the rank-10 randomized Nystrom approximation U diag(L) U^T is K itself."""
+    generator = torch.Generator().manual_seed(1)
+    features = torch.randn(80, 5, generator=generator, dtype=torch.float64)
+    k = features @ features.T
+    p = NystromPreconditioner(nk.predict.iterative.as_operator(k), rank=10, shift=1e-3)
+    np.testing.assert_allclose(p.u @ torch.diag(p.eigenvalues) @ p.u.T, k, atol=1e-8)
+
+
+def test_cg_refuses_an_indefinite_kernel_and_warns_when_it_stops_early(problem):
+    x, y, k = problem
+    indefinite = k - 2 * float(torch.linalg.eigvalsh(k)[60]) * torch.eye(len(k), dtype=k.dtype)
+    with pytest.raises(ValueError, match=r"not positive definite.*larger diag_reg"):
+        conjugate_gradients(indefinite, y, preconditioner=None, progress=False)
+    with pytest.warns(RuntimeWarning, match=r"stopped after 3 iterations with relative residual"):
+        result = conjugate_gradients(k, y, diag_reg=1e-6, preconditioner=None, max_iterations=3, progress=False)
+    assert not result.converged and result.iterations == 3
+
+
+@pytest.fixture(scope="module")
+def stored(problem, tmp_path_factory):
+    x, _, _ = problem
+    return compute_kernel(NET, x, store=tmp_path_factory.mktemp("store") / "k.zarr", tile_size=32,
+                          progress=False)
+
+
+def test_products_streamed_from_the_store_equal_the_loaded_matrix(stored):
+    operator = StoredKernel(stored, "ntk")
+    matrix = torch.as_tensor(stored.load("ntk"))
+    v = torch.randn(120, 3, dtype=torch.float64)
+    np.testing.assert_allclose(operator.matmul(v), matrix @ v, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(operator.diagonal(), matrix.diagonal(), rtol=0, atol=0)
+    assert operator.passes == 1
+
+
+def test_cg_from_the_store_equals_the_dense_solve(stored, problem):
+    x, y, k = problem
+    result = conjugate_gradients(StoredKernel(stored, "nngp"), y, diag_reg=1e-3, rank=30, rtol=1e-10,
+                                 progress=False)
+    nngp = torch.as_tensor(stored.load("nngp"))
+    np.testing.assert_allclose(result.solution, ridge(nngp, y, 1e-3), rtol=1e-6, atol=1e-8)
+
+
+def test_a_damaged_or_foreign_store_is_refused(stored, tmp_path):
+    x = torch.randn(10, 5, dtype=torch.float64)
+    rectangular = compute_kernel(NET, x, x[:4], store=tmp_path / "r.zarr", get="nngp", tile_size=4,
+                                 progress=False)
+    with pytest.raises(ValueError, match="square train-train kernel"):
+        StoredKernel(rectangular)
+    with pytest.raises(ValueError, match=r"holds \['nngp'\], not 'ntk'"):
+        StoredKernel(compute_kernel(NET, x, store=tmp_path / "s.zarr", get="nngp", progress=False), "ntk")
+
+
+def test_nystrom_regression_with_every_point_a_center_is_exact_ridge_regression(problem):
+    x, y, k = problem
+    x_test = torch.randn(7, 5, dtype=torch.float64)
+    model = nystrom_regression(NET, x, y, centers=120, diag_reg=1e-3, block_size=50)
+    exact = NET.kernel(x_test, x, get="ntk") @ ridge(k, y, 1e-3)
+    np.testing.assert_allclose(model.predict(x_test), exact, rtol=1e-6, atol=1e-8)
+
+
+def test_nystrom_regression_approaches_exact_ridge_as_centers_grow(problem):
+    """Nystrom on m centers moves to exact ridge as m grows (m = n is exact, test above); 5 centers are
+    detectably off (a negative control for the comparison)."""
+    x, y, k = problem
+    x_test = torch.randn(200, 5, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    target = NET.kernel(x_test, x, get="ntk") @ ridge(k, y, 1e-2)
+    gaps = [float((nystrom_regression(NET, x, y, centers=m, diag_reg=1e-2).predict(x_test) - target).norm()
+                  / target.norm()) for m in (5, 40, 100)]
+    assert gaps[0] > 0.2 and gaps[2] < gaps[1] < gaps[0], gaps
+
+
+def test_nystrom_regression_refuses_more_centers_than_samples(problem):
+    x, y, _ = problem
+    with pytest.raises(ValueError, match="centers=121 exceeds the 120 training samples"):
+        nystrom_regression(NET, x, y, centers=121)
