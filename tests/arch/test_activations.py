@@ -1,6 +1,7 @@
 """Closed-form activation duals against quadrature and Monte Carlo."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -93,8 +94,7 @@ UNIT = torch.tensor([[1.0, 0.3, 1.0], [1.0, -0.8, 1.0], [1.0, 0.999, 1.0], [1.0,
     (nk.Gaussian(a=1.2, b=-1.0), COV), (nk.Gaussian(a=0.5, b=0.05), COV), (nk.Exp(a=0.5, b=0.3), COV),
     *[(nk.Monomial(p), COV) for p in range(6)],
     (nk.Polynomial([0.1, -0.5, 0.3, 0.2]), COV), (nk.Polynomial([1.0]), COV),
-    # Hermite: neural-tangents' formula assumes unit-variance inputs
-    *[(nk.Hermite(n), UNIT) for n in range(5)]])
+    *[(nk.Hermite(n), cov) for n in range(5) for cov in (UNIT, COV)]])
 def test_new_closed_forms_match_quadrature(closed, cov):
     """E[phi phi] and E[phi' phi'] against 2-D Gauss-Hermite quadrature of phi (exact for the
     polynomials, exponentially convergent for the smooth ones)."""
@@ -103,6 +103,41 @@ def test_new_closed_forms_match_quadrature(closed, cov):
     scale = max(1.0, q_nngp.abs().max().item())
     torch.testing.assert_close(nngp, q_nngp, rtol=0, atol=1e-9 * scale)
     torch.testing.assert_close(dot, q_dot, rtol=0, atol=1e-9 * max(1.0, q_dot.abs().max().item()))
+
+
+def gauss_hermite_2d(f, g, v1, c, v2, n_points=40):
+    """E[f(u) g(v)] for (u, v) ~ N(0, [[v1, c], [c, v2]]) by numpy's probabilists' Gauss-Hermite
+    rule on u = sqrt(v1) s, v = (c / sqrt(v1)) s + sqrt(v2 - c^2 / v1) t (exact for polynomials
+    of degree < 2 n_points in each of s, t)."""
+    from numpy.polynomial import hermite_e
+    nodes, weights = hermite_e.hermegauss(n_points)
+    weights = weights / weights.sum()
+    s, t = np.meshgrid(nodes, nodes, indexing="ij")
+    slope = c / math.sqrt(v1)
+    u, v = math.sqrt(v1) * s, slope * s + math.sqrt(v2 - slope * slope) * t
+    return float((np.outer(weights, weights) * f(u) * g(v)).sum())
+
+
+@pytest.mark.parametrize("degree", range(7))
+def test_hermite_is_exact_for_any_variances(degree):
+    """He_n / sqrt(n!) of (u, v) with variances far from 1 (neural-tangents' cov^n holds only at
+    unit variance): E[phi phi] and E[phi' phi'] against numpy's 2-D Gauss-Hermite quadrature of
+    the polynomial (exact), 1e-12 relative; at unit variance they are cov^n and n cov^(n-1)."""
+    from numpy.polynomial import hermite_e
+    coef = np.zeros(degree + 1)
+    coef[degree] = 1 / math.sqrt(math.factorial(degree))
+    phi = lambda z: hermite_e.hermeval(z, coef)                           # noqa: E731
+    dphi = lambda z: hermite_e.hermeval(z, hermite_e.hermeder(coef))      # noqa: E731
+    rows = torch.cat([COV, torch.tensor([[2.25, 0.7, 1.3], [0.3, -0.2, 4.0], [5.0, 4.9, 5.0]],
+                                        dtype=torch.float64)])
+    nngp, dot = dual(nk.Hermite(degree), rows)
+    for (v1, c, v2), n, d in zip(rows.tolist(), nngp.tolist(), dot.tolist(), strict=True):
+        want_n, want_d = gauss_hermite_2d(phi, phi, v1, c, v2), gauss_hermite_2d(dphi, dphi, v1, c, v2)
+        assert abs(n - want_n) <= 1e-12 * max(1.0, abs(want_n)), (degree, v1, c, v2, n, want_n)
+        assert abs(d - want_d) <= 1e-12 * max(1.0, abs(want_d)), (degree, v1, c, v2, d, want_d)
+    unit_n, unit_d = dual(nk.Hermite(degree), UNIT)
+    torch.testing.assert_close(unit_n, UNIT[:, 1] ** degree, rtol=1e-15, atol=1e-15)
+    torch.testing.assert_close(unit_d, degree * UNIT[:, 1] ** max(degree - 1, 0), rtol=1e-15, atol=1e-15)
 
 
 def positive_quadrant(fn, v1, c, v2):

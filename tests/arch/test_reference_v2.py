@@ -66,7 +66,7 @@ NETWORKS = {
         dense(64), nk.GlobalSelfAttention(64, 64, 64, n_heads=4, linear_scaling=True),
         nk.LayerNorm(axis=-1), dense(64), nk.Relu(), nk.GlobalAvgPool(), dense(1)),
 }
-WITH_VALUES = [name for name in NETWORKS if name != "fc/act6"]
+WITH_VALUES = [name for name in NETWORKS if name not in ("fc/act6", "fc/act8")]
 
 
 def inputs(z, kind):
@@ -119,3 +119,27 @@ def test_rectified_monomial_network_is_finite_and_matches_quadrature(reference_v
     square = nk.Elementwise(lambda t: torch.relu(t) ** 2, n_points=512)
     quad = nk.serial(dense(512), square, dense(512), square, dense(1)).kernel(x1, x2, get="nngp")
     np.testing.assert_allclose(k.nngp.numpy(), quad.numpy(), rtol=1e-4)
+
+
+def test_hermite_network_is_exact_where_neural_tangents_assumes_unit_variance(reference_v2):
+    """fc/act8 (Hermite(3) after Dense(512, 1.5, 0.05): pre-activation variances 0.47 to 4.8):
+    neural-tangents' stored kernels are its unit-variance formulas cov^3, 3 cov^2 (reproduced by
+    an `Elementwise` with that dual, 1e-10), which are not the network's.  ntklab differs on
+    purpose: its kernels equal the same network's through Gauss-Hermite quadrature of
+    He_3 / sqrt(6) (16 nodes: exact for these polynomials), 1e-10 relative."""
+    _, z = reference_v2
+    x1, x2 = inputs(z, "fc")
+    hermite = nk.Hermite(3)
+    network = lambda a: nk.serial(dense(512), a, dense(512), a, dense(1))  # noqa: E731
+    unit_variance = nk.Elementwise(hermite.fn, dual=lambda cov, var1, var2: cov ** 3)
+    quadrature = nk.Elementwise(hermite.fn, n_points=16)
+    for x, y, key in ((x1, x2, "x1x2"), (x1, None, "x1x1")):
+        k = NETWORKS["fc/act8"]().kernel(x, y)
+        exact, theirs = network(quadrature).kernel(x, y), network(unit_variance).kernel(x, y)
+        for g in ("nngp", "ntk"):
+            want = z[f"fc/act8/{g}_{key}"]
+            scale = np.abs(want).max()
+            np.testing.assert_allclose(getattr(theirs, g).numpy(), want, rtol=0, atol=1e-10 * scale)
+            ours, quad = getattr(k, g).numpy(), getattr(exact, g).numpy()
+            np.testing.assert_allclose(ours, quad, rtol=0, atol=1e-10 * np.abs(quad).max())
+            assert np.abs(ours - want).max() > 0.5 * np.abs(ours).max()   # far apart (about 100 %)

@@ -391,10 +391,18 @@ class Polynomial(Activation):
 
 
 class Hermite(Activation):
-    """phi(x) = He_n(x) / sqrt(n!), the normalized probabilists' Hermite polynomial.  For
-    unit-variance inputs (as neural-tangents assumes: put a LayerNorm before it)
-    E[phi phi] = cov^n and E[phi' phi'] = n cov^(n-1) (neural-tangents' formula, used as is:
-    for other variances it is not the finite network's kernel).
+    """phi(x) = He_n(x) / sqrt(n!), the normalized probabilists' Hermite polynomial, for inputs
+    of any variances.  With the generating function sum_n He_n(x) t^n / n! = exp(x t - t^2/2),
+    E[exp(u s - s^2/2) exp(v t - t^2/2)] = exp(a s^2 + b t^2 + c s t) for
+    (u, v) ~ N(0, [[v1, c], [c, v2]]), a = (v1 - 1)/2, b = (v2 - 1)/2; its s^n t^n coefficient gives
+
+        E[phi phi]   = n! sum_{i=0}^{floor(n/2)} (a b)^i c^(n-2i) / ((i!)^2 (n-2i)!),
+        E[phi' phi'] = d/dc of it (Price's theorem)
+                     = n! sum_{i: n-2i >= 1} (a b)^i c^(n-2i-1) / ((i!)^2 (n-2i-1)!).
+
+    For unit variances (a = b = 0) these are neural-tangents' cov^n and n cov^(n-1); for other
+    variances neural-tangents (0.6.5) returns those unit-variance formulas, which are not its
+    network's kernel (see the migration page's "Where the numbers differ and why").
 
     Parameters
     ----------
@@ -403,13 +411,14 @@ class Hermite(Activation):
 
     Examples
     --------
-    Hermite polynomials take unit-variance inputs (after a `LayerNorm`):
-
     >>> import torch, ntklab as nk
     >>> x = torch.tensor([[1.0, 0.0], [0.6, 0.8]], dtype=torch.float64)
     >>> nk.serial(nk.Dense(8), nk.LayerNorm(), nk.Hermite(2)).kernel(x, get="nngp")
     tensor([[1.0000, 0.3600],
             [0.3600, 1.0000]], dtype=torch.float64)
+    >>> nk.serial(nk.Dense(8, W_std=1.5), nk.Hermite(2)).kernel(x, get="nngp")
+    tensor([[1.2734, 0.4634],
+            [0.4634, 1.2734]], dtype=torch.float64)
     """
 
     smooth = True
@@ -423,8 +432,18 @@ class Hermite(Activation):
     def fn(self, z):
         return sum(float(c) * z ** i for i, c in enumerate(self._coef)) * torch.ones_like(z)
 
+    def _series(self, cov, ab, power: int):
+        """n! sum_i (a b)^i cov^(power - 2i) / ((i!)^2 (power - 2i)!), i = 0 .. floor(power/2)."""
+        out = torch.zeros_like(cov)
+        for i in range(power // 2 + 1):
+            coef = math.factorial(self.degree) / (math.factorial(i) ** 2 * math.factorial(power - 2 * i))
+            out = out + coef * ab ** i * cov ** (power - 2 * i)
+        return out
+
     def dual(self, cov, var1, var2, need_dot=True):
-        n = self.degree
-        nngp = cov ** n
-        dot = (n * cov ** (n - 1) if n else torch.zeros_like(cov)) if need_dot else None
+        ab = (var1 - 1) * (var2 - 1) / 4
+        nngp = self._series(cov, ab, self.degree)
+        dot = None
+        if need_dot:
+            dot = self._series(cov, ab, self.degree - 1) if self.degree else torch.zeros_like(cov)
         return nngp, dot
