@@ -235,7 +235,7 @@ def _pcg(operator, b, shift, apply_preconditioner, rtol, max_iterations, progres
             rz = rz_next
             iterations += 1
             bar.update()
-            bar.set_postfix(residual=f"{float(residual.max()):.2e}")
+            bar.set_postfix(residual=f"{float(residual.max()):.2e}", refresh=False)
     return x, iterations, residual
 
 

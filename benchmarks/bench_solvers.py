@@ -1,0 +1,108 @@
+"""Kernel regression past memory: exact dense solve vs PCG (in memory and streamed from the store) vs
+Nystrom on m centers, same run, on an FC 3-layer ReLU NTK regression of a teacher network (d = 32).
+
+For each solver: relative test error against the exact solve's prediction and against the targets,
+wall time, the process's peak RSS growth (ru_maxrss, so run one size per process for clean numbers),
+and CG iterations and residual. The exact solve holds the n x n kernel (8 n^2 bytes); PCG from the
+store and Nystrom never do.
+
+    python benchmarks/bench_solvers.py --n 20000 --centers 2000 5000 10000
+    taskset -c 1 env OMP_NUM_THREADS=1 python benchmarks/bench_solvers.py --n 5000
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import ntklab as nk
+
+NET = nk.mlp(3, 512, W_std=2 ** 0.5, b_std=0.1)   # the NTK of a 3-hidden-layer ReLU MLP
+
+
+def teacher_task(n: int, n_test: int, d: int, seed: int = 0):
+    """Targets of a random width-64 ReLU teacher on Gaussian inputs, plus noise of 10 % of their scale."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n + n_test, d, generator=generator, dtype=torch.float64)
+    w1 = torch.randn(d, 64, generator=generator, dtype=torch.float64) / d ** 0.5
+    w2 = torch.randn(64, 1, generator=generator, dtype=torch.float64) / 8
+    y = torch.relu(x @ w1) @ w2
+    y = y + 0.1 * y.std() * torch.randn(y.shape, generator=generator, dtype=torch.float64)
+    return x[:n], y[:n], x[n:], y[n:]
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+
+
+def timed(label, fn, rows):
+    before, start = peak_rss_gib(), time.perf_counter()
+    prediction, extra = fn()
+    rows.append((label, prediction, time.perf_counter() - start, peak_rss_gib() - before, extra))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=20000)
+    parser.add_argument("--n-test", type=int, default=2000)
+    parser.add_argument("--centers", type=int, nargs="+", default=[2000, 5000, 10000])
+    parser.add_argument("--diag-reg", type=float, default=1e-3)
+    parser.add_argument("--rank", type=int, default=300)
+    parser.add_argument("--tile-size", type=int, default=2048)
+    parser.add_argument("--skip-dense", action="store_true", help="no exact solve (n too large for memory)")
+    args = parser.parse_args()
+    print(f"load average {os.getloadavg()[0]:.1f}, torch threads {torch.get_num_threads()}, n = {args.n}")
+    x, y, x_test, y_test = teacher_task(args.n, args.n_test, 32)
+    rows: list = []
+    k_test = None
+    if not args.skip_dense:
+        def dense():
+            k = NET.kernel(x, get="ntk", progress=False)
+            alpha = nk.predict.solve(k, y, diag_reg=args.diag_reg)
+            return NET.kernel(x_test, x, get="ntk") @ alpha, "Cholesky"
+        timed("exact (dense Cholesky)", dense, rows)
+        k_test = NET.kernel(x_test, x, get="ntk")
+
+        def pcg_memory():
+            k = NET.kernel(x, get="ntk", progress=False)
+            result = nk.predict.conjugate_gradients(k, y, diag_reg=args.diag_reg, rank=args.rank, rtol=1e-8)
+            residual = float(result.relative_residual.max())
+            return k_test @ result.solution, f"{result.iterations} it, residual {residual:.1e}"
+        timed(f"PCG in memory (Nystrom rank {args.rank})", pcg_memory, rows)
+    with tempfile.TemporaryDirectory() as folder:
+        store_path = Path(folder) / "k.zarr"
+
+        def pcg_store():
+            store = nk.kernels.compute_kernel(NET, x, store=store_path, get="ntk", tile_size=args.tile_size,
+                                              progress=False)
+            operator = nk.kernels.StoredKernel(store, "ntk")
+            result = nk.predict.conjugate_gradients(operator, y, diag_reg=args.diag_reg, rank=args.rank,
+                                                    rtol=1e-8)
+            prediction = torch.cat([NET.kernel(x_test[i:i + 500], x, get="ntk") @ result.solution
+                                    for i in range(0, len(x_test), 500)])
+            return prediction, (f"{result.iterations} it, residual {float(result.relative_residual.max()):.1e}, "
+                                f"{operator.passes} passes")
+        timed(f"PCG from the store (rank {args.rank})", pcg_store, rows)
+    for m in args.centers:
+        if m > args.n:
+            continue
+
+        def nystrom(m=m):
+            model = nk.predict.nystrom_regression(NET, x, y, centers=m, diag_reg=args.diag_reg, block_size=2048)
+            return model.predict(x_test), f"m = {m}"
+        timed(f"Nystrom, {m} centers", nystrom, rows)
+    reference = rows[0][1]
+    print(f"{'solver':>36} | {'vs exact':>9} | {'test rel. err':>13} | {'time s':>8} | {'+peak RSS GiB':>13} | notes")
+    for label, prediction, seconds, rss, extra in rows:
+        versus = float((prediction - reference).norm() / reference.norm())
+        error = float((prediction - y_test).norm() / y_test.norm())
+        print(f"{label:>36} | {versus:9.2e} | {error:13.4f} | {seconds:8.1f} | {rss:13.2f} | {extra}")
+
+
+if __name__ == "__main__":
+    main()
