@@ -16,6 +16,9 @@ def test_quick_run_shows_lazy_training(tmp_path):
         assert (out / name).is_file(), name
     fits = json.loads((out / "fits.json").read_text())
     by_activation = fits.pop("lin_distance_by_activation")
+    local = fits.pop("lin_distance_local_slopes")   # between consecutive widths (3 widths: 2 slopes)
+    assert {name: len(slopes) for name, slopes in local.items()} == {"ReLU": 2, "GELU": 2}
+    assert min(local["ReLU"]) <= by_activation["ReLU"][0] <= max(local["ReLU"])
     # f - f_lin: between n^-3/4 and n^-1/2 for ReLU (the kink), steeper for the smooth GELU
     assert -0.95 < by_activation["ReLU"][0] < -0.55
     assert by_activation["GELU"][0] < by_activation["ReLU"][0] - 0.2
