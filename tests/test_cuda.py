@@ -51,13 +51,16 @@ def test_the_ntk_hierarchy_and_gradient_flow_on_cuda():
     for name in ("output", "ntk", "dntk", "ddntk"):
         assert getattr(gpu, name).device.type == "cuda"
         torch.testing.assert_close(getattr(gpu, name).cpu(), getattr(cpu, name), rtol=1e-9, atol=1e-11)
-    torch.testing.assert_close(nearly_kernel_flow(gpu, y.cuda(), [1.0])["nearly_kernel"],
-                               nearly_kernel_flow(cpu, y, [1.0])["nearly_kernel"], rtol=1e-8, atol=1e-10)
+    on_gpu = nearly_kernel_flow(gpu, y.cuda(), [1.0])["nearly_kernel"]
+    assert on_gpu.device.type == "cuda"   # follows the hierarchy (it came back on the CPU)
+    torch.testing.assert_close(on_gpu.cpu(), nearly_kernel_flow(cpu, y, [1.0])["nearly_kernel"], rtol=1e-8,
+                               atol=1e-10)
     first = ntk_hierarchy(model, x[:3].cuda(), x[3:].cuda(), ddntk=False)     # stopping at the dNTK
     assert first.ddntk is None
-    torch.testing.assert_close(nearly_kernel_flow(first, y.cuda(), [1.0], terms=("dntk",))["nearly_kernel"],
+    torch.testing.assert_close(nearly_kernel_flow(first, y.cuda(), [1.0], terms=("dntk",))["nearly_kernel"].cpu(),
                                nearly_kernel_flow(cpu, y, [1.0], terms=("dntk",))["nearly_kernel"],
                                rtol=1e-8, atol=1e-10)
     trained = train_gradient_flow(model, x[:3].cuda(), y.cuda(), [0.5, 1.0], x[3:].cuda())
-    torch.testing.assert_close(trained, train_gradient_flow(model.cpu(), x[:3], y, [0.5, 1.0], x[3:]),
+    assert trained.device.type == "cuda"   # follows the model (it came back on the CPU)
+    torch.testing.assert_close(trained.cpu(), train_gradient_flow(model.cpu(), x[:3], y, [0.5, 1.0], x[3:]),
                                rtol=1e-8, atol=1e-10)

@@ -177,7 +177,8 @@ def nearly_kernel_flow(hierarchy: NTKHierarchy, y_train: torch.Tensor, times: Se
     Returns
     -------
     dict
-        "kernel" and "nearly_kernel": Tensor [len(times), M] of test outputs.
+        "kernel" and "nearly_kernel": Tensor [len(times), M] of test outputs (float64, on the
+        hierarchy's device).
 
     Examples
     --------
@@ -225,7 +226,8 @@ def flow_in_book_time(hierarchy: NTKHierarchy, y: torch.Tensor, taus, terms: Seq
     start = torch.cat([output, torch.zeros(D + D * N, dtype=ntk.dtype), dntk.reshape(-1)])
     flow = solve_ivp(velocity, (0.0, taus[-1]), start.numpy(), method="DOP853",
                      rtol=1e-12, atol=1e-14, t_eval=taus)
-    z_kernel, z_first = torch.from_numpy(flow.y[:D].T), torch.from_numpy(flow.y[D:2 * D].T)
+    device = hierarchy.ntk.device   # results where the hierarchy is, as every ntklab result
+    z_kernel, z_first = (torch.from_numpy(values.T).to(device) for values in (flow.y[:D], flow.y[D:2 * D]))
     return {"kernel": z_kernel[:, N:], "nearly_kernel": (z_kernel + z_first)[:, N:]}
 
 
@@ -254,7 +256,7 @@ def train_gradient_flow(model: nn.Module, x_train: torch.Tensor, y_train: torch.
     Returns
     -------
     Tensor [len(times), M]
-        On the CPU.
+        On the model's device.
 
     Examples
     --------
@@ -292,4 +294,4 @@ def train_gradient_flow(model: nn.Module, x_train: torch.Tensor, y_train: torch.
                      start.cpu().numpy(), method="DOP853", rtol=1e-11, atol=1e-12, t_eval=taus)
     with torch.no_grad():
         return torch.stack([functional_call(model, unflatten(on_device(v)), (x_eval,))[:, 0]
-                            for v in flow.y.T]).cpu()
+                            for v in flow.y.T])   # on the model's device, as every ntklab result
