@@ -161,4 +161,4 @@ class GlobalSelfAttention(Layer):
             var1, var2 = (torch.bmm(torch.bmm(w, var), w.transpose(1, 2)).mul_(ov2).add_(b2)
                           for w, var in ((weights1, k.var1), (weights2, k.var2)))
         return k.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2,
-                         width=self.n_chan_out, is_gaussian=True)
+                         width=self.n_chan_out, is_gaussian=True, fresh=True)

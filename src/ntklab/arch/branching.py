@@ -7,13 +7,19 @@ A residual block reads
 Between `FanOut(n)` and a fan-in layer the kernel state is a list of n states, one per
 branch; `parallel` maps branch i through its layer i.
 
-Kernels of the merges (Novak et al. 2020, neural-tangents' `stax.branching`), for branches
-z_1..z_n that are **independent** given their common input (each branch ends in its own
-random affine layer, except at most one that may be the identity):
+Kernels of the merges (Novak et al. 2020, neural-tangents' `stax.branching`):
   * FanInSum:    K = sum_i K_i,  Theta = sum_i Theta_i   (zero-mean Gaussian branches);
   * FanInConcat: K = sum_i (n_i / sum_j n_j) K_i, the same for Theta (channel widths n_i);
                  the result is not Gaussian (a mixture of the branches' covariances);
   * FanInProd:   K = prod_i K_i,  Theta = sum_i Theta_i prod_{j != i} K_j.
+The sum and the product hold for branches z_1..z_n **independent** given their common input,
+which neural-tangents assumes without checking.  At infinite width a branch that passes through
+an affine layer with its own weights (Dense, Conv, attention) after the `FanOut` is independent
+of the others unit by unit (`KernelState.fresh`), and the cross terms of the NTK vanish; the
+sum and the product are exact when at most one branch is not such a branch (the residual
+block's `Identity`), and refused otherwise: two `Identity` branches sum to 2z (kernel 4K, not
+2K), `Identity` times `Relu` has E[z relu(z) z' relu(z')], not K times relu's kernel.  The
+concatenation keeps each branch's units apart and needs no independence.
 """
 from __future__ import annotations
 
@@ -27,7 +33,7 @@ from .._core.validation import positive_int
 from .conv import flatten_state
 from .layer import Layer, channel_axis
 from .serial import Container, check_branching, located
-from .state import KernelState
+from .state import KernelState, merged_freshness
 
 
 class FanOutModule(nn.Module):
@@ -112,7 +118,10 @@ class FanOut(Layer):
         return FanOutModule(self.num), [in_shape] * self.num
 
     def kernel_map(self, k: KernelState) -> list[KernelState]:
-        return [k] + [k.clone() for _ in range(self.num - 1)]  # branches consume their state
+        """`num` copies (branches consume their state), none of them `fresh` (all are the same
+        units; see `KernelState.fresh`)."""
+        k = k.fanned_out()
+        return [k] + [k.clone() for _ in range(self.num - 1)]
 
 
 class Parallel(Container):
@@ -220,6 +229,22 @@ class _FanIn(Layer):
         if len({k.full for k in ks}) > 1:
             raise ValueError("the branches carry different pixel-pair layouts")
 
+    def _check_independent(self, ks: list[KernelState]) -> None:
+        """The sum's and the product's kernels are those of independent branches: refuse when
+        two or more branches are not `fresh` (no Dense/Conv/attention of their own after the
+        FanOut), which are functions of the same units (e.g. two Identity branches: z + z = 2z
+        has kernel 4K, not K + K)."""
+        shared = [i for i, k in enumerate(ks) if not k.fresh]
+        if len(shared) > 1:
+            what = "kernel of the sum is not K_0 + K_1" if self.mode == "sum" else \
+                "kernel of the product is not K_0 K_1"
+            raise ValueError(
+                f"branches {', '.join(map(str, shared[:-1]))} and {shared[-1]} of the parallel "
+                f"before it are not independent: none of them passes through a Dense/Conv/attention "
+                f"layer of its own after the FanOut, so they are functions of the same units and the "
+                f"{what} (neural-tangents assumes independent branches); put a Dense/Conv at the end "
+                f"of all but one branch")
+
     def build(self, in_shape, generator, dtype):
         self._check_shapes(in_shape, self.mode != "concat")
         if self.mode != "concat":
@@ -250,9 +275,9 @@ class _FanIn(Layer):
 
 class FanInSum(_FanIn):
     """`FanInSum()`: the sum of the branches. Kernel: `K = sum_i K_i`, `Theta = sum_i Theta_i`,
-    exact when the branches are independent zero-mean Gaussians given the input (each ends in
-    its own Dense/Conv/attention layer, or is the `Identity` of one): non-Gaussian branches are
-    refused, as in neural-tangents.
+    exact for independent zero-mean Gaussian branches: each is Gaussian (non-Gaussian branches
+    are refused, as in neural-tangents) and all but at most one pass through a Dense/Conv/
+    attention layer of their own after the `FanOut` (else refused: see the module docstring).
 
     Examples
     --------
@@ -265,13 +290,14 @@ class FanInSum(_FanIn):
 
     def kernel_map(self, ks: list[KernelState]) -> KernelState:
         self._check_states(ks, same_channels=True)
-        if (merged := self._per_position(ks)) is not None:
-            return merged
         if len(ks) > 1 and not all(k.is_gaussian for k in ks):
             flags = [k.is_gaussian for k in ks]
             raise ValueError(f"FanInSum adds zero-mean Gaussian branches only (Gaussian: {flags}); "
                              f"end every branch with an affine layer (nk.Dense / nk.Conv), e.g. "
                              f"move the activation before the FanOut")
+        self._check_independent(ks)
+        if (merged := self._per_position(ks)) is not None:
+            return merged
         def total(values: list) -> torch.Tensor | float:  # in place: branches are consumed
             return functools.reduce(lambda a, b: a + b if isinstance(a, float) else a.add_(b), values)
 
@@ -280,13 +306,15 @@ class FanInSum(_FanIn):
         symmetric = all(k.symmetric for k in ks)
         var2 = var1 if symmetric else total([k.var2 for k in ks])
         return ks[0].replace(nngp=total([k.nngp for k in ks]), ntk=ntk, var1=var1,
-                             var2=var2, symmetric=symmetric, is_gaussian=True)
+                             var2=var2, symmetric=symmetric, is_gaussian=True, **merged_freshness(ks))
 
 
 class FanInProd(_FanIn):
-    """`FanInProd()`: the elementwise product of the branches. Kernel (independent branches):
-    `K = prod_i K_i`, `Theta = sum_i Theta_i prod_{j != i} K_j` (product rule); the output is
-    not Gaussian (for two or more branches).
+    """`FanInProd()`: the elementwise product of the branches. Kernel (independent branches:
+    all but at most one pass through a Dense/Conv/attention layer of their own after the
+    `FanOut`, else refused; they need not be Gaussian): `K = prod_i K_i`,
+    `Theta = sum_i Theta_i prod_{j != i} K_j` (product rule); the output is not Gaussian (for
+    two or more branches).
 
     Examples
     --------
@@ -301,6 +329,7 @@ class FanInProd(_FanIn):
 
     def kernel_map(self, ks: list[KernelState]) -> KernelState:
         self._check_states(ks, same_channels=True)
+        self._check_independent(ks)
         if (merged := self._per_position(ks)) is not None:
             return merged
         nngp, ntk = ks[0].nngp, ks[0].ntk
@@ -312,7 +341,7 @@ class FanInProd(_FanIn):
         symmetric = all(k.symmetric for k in ks)
         var2 = var1 if symmetric else math.prod([k.var2 for k in ks[1:]], start=ks[0].var2)
         return ks[0].replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, symmetric=symmetric,
-                             is_gaussian=len(ks) == 1 and ks[0].is_gaussian)
+                             is_gaussian=len(ks) == 1 and ks[0].is_gaussian, **merged_freshness(ks))
 
 
 class FanInConcat(_FanIn):
@@ -373,4 +402,5 @@ class FanInConcat(_FanIn):
         var2 = var1 if symmetric else mean([k.var2 for k in ks])
         ntk = None if ks[0].ntk is None else mean([k.ntk for k in ks])
         return ks[0].replace(nngp=mean([k.nngp for k in ks]), ntk=ntk, var1=var1, var2=var2,
-                             width=total, symmetric=symmetric, is_gaussian=False, positions=None)
+                             width=total, symmetric=symmetric, is_gaussian=False, positions=None,
+                             **merged_freshness(ks))

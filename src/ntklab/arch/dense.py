@@ -113,7 +113,8 @@ class Affine(Layer):
         if ntk is not None and self.trainable and self.parameterization == "ntk":
             ntk = _add(ntk, nngp)
         var1, var2 = k.map_variances(lambda var: sum_inputs(var) * scale + b2)
-        return k.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, is_gaussian=True, positions=None)
+        return k.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, is_gaussian=True, fresh=True,
+                         positions=None)
 
     def output_state(self, k: KernelState) -> KernelState:
         return k.replace(width=self.out)

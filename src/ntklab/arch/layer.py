@@ -17,8 +17,13 @@ What a layer may assume and must guarantee
 * It may assume only what the state declares: `state.is_gaussian` (pre-activations are
   Gaussian: set by affine layers, required and cleared by nonlinearities, as
   neural-tangents' `Kernel.is_gaussian`), `state.symmetric` (the block pairs inputs with
-  themselves, `x2=None`: `var2` is `var1`, and a layer computes it once), `state.spatial`
-  and `state.full` (the layout, see `KernelState`).
+  themselves, `x2=None`: `var2` is `var1`, and a layer computes it once), `state.fresh`
+  (the branch is independent of the other branches of its `FanOut`: set by affine layers
+  with their own weights, cleared by `FanOut`, kept by every other layer, required by
+  `FanInSum`/`FanInProd` of all branches but one), `state.spatial` and `state.full` (the
+  layout, see `KernelState`).  A new layer that draws weights of its own and mixes units
+  (an affine map) sets `fresh=True`; one that combines units without fresh weights would
+  have to clear it.
 * It declares what it needs as class attributes, read by `serial` (never probed):
   `takes_images` (inputs must be NCHW images), `needs_all_pixel_pairs` (the recursion
   needs the covariance of every pixel pair, e.g. GlobalAvgPool), `quadrature_points`

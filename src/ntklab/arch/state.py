@@ -38,6 +38,17 @@ class KernelState:
       * `is_gaussian`: the current representation is a Gaussian process (true after an
         affine layer, false for the inputs and after a nonlinearity): the activations'
         dual formulas require it (neural-tangents' `Kernel.is_gaussian`).
+      * `fresh`: between a `FanOut` and its fan-in layer, this branch has passed through an affine
+        layer with its own weights (Dense, Conv, attention's output projection) since the
+        `FanOut`, so that at infinite width each of its units is independent of the same unit of
+        every other branch (a fresh Gaussian's unit i is sum_j W_ij h_j / sqrt(n): h_i's share
+        vanishes); what follows (activations, pooling, Flatten, LayerNorm: functions of that
+        representation, with normalizers deterministic at infinite width) keeps it.  Set by the
+        affine layers, cleared on every copy by `FanOut`, kept by every other layer.  `FanInSum`
+        and `FanInProd` add / multiply kernels only when at most one branch is not `fresh`
+        (neural-tangents assumes it without checking: `FanOut(2)` then two `Identity` branches
+        summed is 2z, kernel 4K, not 2K).  `outer_fresh` is the stack of the enclosing
+        branches' `fresh`, pushed by `FanOut` and popped by the fan-in layer (`merged_freshness`).
       * `positions`: set by `Flatten` of images or token sequences.  This state is then the
         flattened vector's (the mean over positions), and `positions` the same-position layout
         it is the mean of, for the layers that act on each flattened feature (activations,
@@ -59,6 +70,8 @@ class KernelState:
     is_gaussian: bool = False
     fused: bool = False  # run the layer maps compiled (`fused.fusible`)
     positions: "KernelState | None" = None  # after Flatten: the per-position layout (above)
+    fresh: bool = False                      # independent of the other branches (above)
+    outer_fresh: tuple[bool, ...] = ()       # `fresh` of the enclosing FanOuts' branches
 
     replace = replace
 
@@ -105,6 +118,12 @@ class KernelState:
         return self.replace(nngp=self.nngp.clone(), ntk=self.map_ntk(torch.clone), var1=var1, var2=var2,
                             positions=None if self.positions is None else self.positions.clone())
 
+    def fanned_out(self) -> "KernelState":
+        """This state as a branch of a `FanOut`: not `fresh` (every branch is its input), the
+        enclosing branch's `fresh` pushed on `outer_fresh` (the per-position layout too)."""
+        return self.replace(fresh=False, outer_fresh=(*self.outer_fresh, self.fresh),
+                            positions=None if self.positions is None else self.positions.fanned_out())
+
     def map_ntk(self, fn) -> torch.Tensor | float | None:
         """`fn(ntk)` for a linear map of the NTK tensor; None (not requested) and the
         identically-zero 0.0 stay as they are."""
@@ -140,6 +159,14 @@ class KernelState:
         """The two variances of each pair in a self-covariance `cov` ([N, *pairs])."""
         marginal = self.marginal(cov)
         return self._as_position(marginal, 0), self._as_position(marginal, 1)
+
+
+def merged_freshness(ks: list[KernelState]) -> dict:
+    """`fresh` and `outer_fresh` of the merge of a `FanOut`'s branches `ks`: fresh when every
+    branch is (all independent of the enclosing branches' same units) or when the `FanOut`'s
+    input was (the merge is a function of it and of fresh weights drawn after it)."""
+    outer = ks[0].outer_fresh
+    return dict(fresh=all(k.fresh for k in ks) or bool(outer and outer[-1]), outer_fresh=outer[:-1])
 
 
 @dataclass(frozen=True)
