@@ -4,7 +4,8 @@ A seeded generator composes Dense / Conv (both parameterizations, strides 1-3, S
 CIRCULAR padding), activations, AvgPool / SumPool, GlobalAvgPool, Flatten, FanOut / parallel /
 FanInSum / FanInProd / FanInConcat, Identity, LayerNorm and attention, with random
 hyperparameters and input shapes (vectors, NCHW images, token sequences); a few of its
-architectures are deliberately ones without an exact kernel.  For each architecture:
+architectures are deliberately ones without an exact kernel (attention without linear scaling,
+an activation of a non-Gaussian input, sums and products of branches that are not independent).  For each architecture:
 
 * refused (a ValueError from `.kernel`): the message must name the layer's position;
 * accepted: the NNGP of the body (read out by `Flatten`, the empirical NNGP averaging over all
@@ -92,7 +93,7 @@ class Generator:
         for _ in range(r.choice([1, 2, 3])):
             options = ["act", "act", "affine", "identity", "concat", "prod"]
             if gaussian:
-                options += ["layernorm", "residual"]
+                options += ["layernorm", "residual"] + (["shared"] if r.random() < 0.3 else [])
             if kind == "img":
                 options += ["pool", "flatten", "gap"]
             if kind == "seq":
@@ -126,6 +127,12 @@ class Generator:
                     factor = 1 if choice == "prod" else 3
                 layers.append(lambda n, br=branches, m=merge: nk.serial(
                     nk.FanOut(2), nk.parallel(*br(n)), m()))
+            elif choice == "shared":   # branches of the same units (no Dense of their own): refused
+                act = r.choice(ACTIVATIONS)(r)
+                merge = r.choice([nk.FanInSum, nk.FanInProd])
+                layers.append(lambda n, act=act, m=merge: nk.serial(
+                    nk.FanOut(2), nk.parallel(nk.Identity(), nk.Identity() if m is nk.FanInSum else act), m()))
+                gaussian = merge is nk.FanInSum
             elif choice == "pool":
                 window = tuple(r.choice([1, 2]) for _ in range(2))
                 strides = tuple(r.choice([1, 2]) for _ in range(2))
