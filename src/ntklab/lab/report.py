@@ -20,6 +20,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import matplotlib
 import numpy as np
 
+from .claims import COLUMNS as CLAIM_COLUMNS
 from .._core.files import (atomic_write_bytes, check_writable, discard_folder, make_temporary_folder,
                     remove_stale_staging)
 
@@ -50,6 +51,9 @@ class RunFolder:
     `config` collects what the experiment records beside its settings (the scaffold writes it
     to config.json as "recorded").
 
+    `claims` collects the rows of the run's claims table (`Claim.check`), which the scaffold
+    writes into summary.json.
+
     `out` is checked before any work: it must not exist unless `overwrite`, and its folder
     must exist or be creatable and accept files.  `stores(key)` gives the run's folder of
     resumable intermediate results (`kernels/`, e.g. zarr kernel stores), also inside `out`.
@@ -59,6 +63,7 @@ class RunFolder:
 
     def __init__(self, out: str | Path, *, overwrite: bool = False):
         self.config: dict[str, Any] = {}
+        self.claims: list[dict[str, Any]] = []   # rows of Claim.check; the scaffold puts them in summary.json
         self.out = Path(out)
         if self.out.exists() and not overwrite:
             raise ValueError(f"--out {str(self.out)!r} already exists; choose another folder "
@@ -163,18 +168,11 @@ def power_guides(ax, x, anchor: float, exponents, *, label: str = "x", styles=("
                 label=f"{label}^{exponent:g}")
 
 
-CLAIM_COLUMNS = ["claim", "source", "measured", "verdict"]
-
-
 def claims_table(claims: Sequence[Mapping[str, Any]]) -> str:
-    """The table each report opens with: the claim, its source, the measured number (with its
-    uncertainty) and the verdict."""
+    """The table each report opens with: the claim, its source, the prediction and tolerance fixed
+    before the run, the measurement ± its standard error, the verdict of `claims.verdict` and why
+    (rows from `Claim.check`)."""
     return markdown_table(claims, CLAIM_COLUMNS)
-
-
-def slope_verdict(slope: float, expected: float, tolerance: float) -> str:
-    """"holds" when a fitted slope is within `tolerance` of the expected one."""
-    return "holds" if abs(slope - expected) <= tolerance else f"differs by {slope - expected:+.2f}"
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *, digits: int = 3) -> str:

@@ -7,7 +7,11 @@ its settings (defaults: the full run) with a classmethod `quick()` (small settin
 scaffold (`run(name, out, ...)`) owns what every run shares:
 
 * the settings: `Config.quick()` or `Config()`, then the user's `config={field: value}`
-  (`ntklab run NAME --set field=value`), each checked against the field's annotation;
+  (`ntklab run NAME --set field=value`), each checked against the field's annotation; a claim
+  (a field annotated `Claim`: statement, prediction, tolerance, source, fixed before the run) is
+  changed by a mapping of some of its fields (`--set FIELD='{"prediction": 3}'`);
+* the claims table's rows (`folder.claims`, from `Claim.check`): written into summary.json
+  under "claims" (statement, source, prediction, tolerance, measured, se, verdict, why);
 * the device and the experiment's options (refused when the experiment cannot honour them);
 * the atomic run folder, the timing (`seconds` in summary.json, and the last line of report.md),
   `config.json` (the experiment, seed, quick, device, options, the settings as used, the
@@ -31,6 +35,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from ..._core.validation import resolve_device
+from ..claims import Claim
 from ..report import RunFolder, provenance
 
 SCAFFOLD_KEYWORDS = ("seed", "device")
@@ -147,6 +152,12 @@ def settings(experiment: Experiment, *, quick: bool = False, config: Mapping[str
         raise ValueError(f"experiment {experiment.name!r} has no setting {', '.join(map(repr, unknown))}; "
                          f"its settings are {', '.join(names)} (--set FIELD=VALUE)")
     for name, value in overrides.items():
+        if hints[name] is Claim:   # a mapping of the claim's fields to change (a prediction fixed before the run)
+            try:
+                overrides[name] = getattr(base, name).replaced(value)
+            except ValueError as error:
+                raise ValueError(f"claim {name!r} of experiment {experiment.name!r}: {error}") from None
+            continue
         try:
             overrides[name] = _fit(value, hints[name])
         except _Mismatch:
@@ -231,6 +242,9 @@ def run(name: str, out, *, seed: int = 0, quick: bool = False, device: str | Non
         if "seconds" in summary:
             raise RuntimeError(f"experiment {name!r} returned its own 'seconds'; the scaffold times runs")
         summary = {**summary, "seconds": seconds}
+        if folder.claims:
+            summary["claims"] = [{key: row[key] for key in ("claim", "source", "verdict", "why")} | row["numbers"]
+                                 for row in folder.claims]
         folder.write_json("config.json", {
             "experiment": name, "seed": seed, "quick": quick, "device": str(resolved), "options": options,
             "config": dataclasses.asdict(cfg), "set": dict(config or {}), "recorded": folder.config,

@@ -35,8 +35,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data import digits_parity, regression_sphere
+from ..claims import Claim
 from ..fits import power_law_slope
-from ..report import RunFolder, claims_table, markdown_table, power_guides, slope_verdict
+from ..report import RunFolder, claims_table, markdown_table, power_guides
 from ..studies import lazy_training as S
 from . import register
 
@@ -55,6 +56,22 @@ class Config:
     probe: int = 64
     smoothness_widths: tuple[int, ...] = (64, 256, 1024, 4096)
     smoothness_seeds: int = 2
+    weight_change: Claim = Claim("relative weight change ||w_T-w_0||/||w_0||: exponent of n", -0.5, 0.1,
+                                 "Lee et al. 2019, Theorem 2.1 (O(n^-1/2))")
+    kernel_change: Claim = Claim(
+        "kernel change ||H_T-H_0||/||H_0||: exponent of n", -0.75, 0.25,
+        "the window [-1, -1/2] between Lee et al. 2019's bound n^-1/2 and the effective theory's "
+        "training-induced O(1/n) (Roberts, Yaida & Hanin 2022, ch. 11)")
+    ntk_gd_distance: Claim = Claim("distance to the infinite-width GD prediction: exponent of n", -0.5, 0.15,
+                                   "Lee et al. 2019, Theorem 2.1 (O(n^-1/2))")
+    mc_mean_error: Claim = Claim(
+        "Monte Carlo mean of empirical NTKs vs the analytic NTK at fixed seeds: exponent of n", -0.5, 0.15,
+        "Jacot et al. 2018 (entry standard deviation O(n^-1/2); the O(1/n) bias is below it)")
+    gelu_linearization: Claim = Claim("GELU: ||f - f_lin|| / ||f_lin||, exponent of n", -1.0, 0.2,
+                                      "Roberts, Yaida & Hanin 2022, ch. 11 (O(1/n) for a smooth activation)")
+    relu_linearization: Claim = Claim(
+        "ReLU: ||f - f_lin|| / ||f_lin||, exponent of n", -0.625, 0.125,
+        "the kink count of this report: between n^-3/4 (random signs) and n^-1/2 (coherent signs)")
 
     @classmethod
     def quick(cls) -> "Config":
@@ -146,6 +163,8 @@ def run(folder: RunFolder, cfg: Config, *, seed: int, device: torch.device) -> d
              for name in S.SMOOTHNESS}
     names = [t.name for t in tasks]
     summary, fits = S.summarize(run_rows, mc_rows, names)
+    errors = {task: S.slopes_with_errors(run_rows, mc_rows, task) for task in names}
+    folder.claims += _claims(cfg, errors, smoothness_fits)
     figures = {"scaling": folder.save_figure("scaling", plot_scaling(summary, fits)),
                "smoothness": folder.save_figure("smoothness", plot_smoothness(smoothness, smoothness_fits)),
                "dynamics": folder.save_figure("dynamics", plot_dynamics(step_rows, names))}
@@ -157,7 +176,8 @@ def run(folder: RunFolder, cfg: Config, *, seed: int, device: torch.device) -> d
     folder.write_csv("linearization_distance.csv", smoothness)
     folder.write_json("fits.json", {**fits, "lin_distance_by_activation": smoothness_fits,
                                     "lin_distance_local_slopes": local})
-    folder.write_text("report.md", _report(cfg, infos, summary, fits, smoothness, (smoothness_fits, local), figures))
+    folder.write_text("report.md", _report(cfg, infos, summary, fits, smoothness, (smoothness_fits, local), figures,
+                                           folder.claims))
     return {"fits": fits, "lin_distance_by_activation": smoothness_fits, "lin_distance_local_slopes": local}
 
 
@@ -178,32 +198,16 @@ def plot_smoothness(rows: list[dict], fits: dict) -> plt.Figure:
     return fig
 
 
-def _claims(fits: dict, smoothness_fits: dict) -> list[dict]:
-    """The claims table: the width laws per task, and f - f_lin for ReLU and GELU."""
-    claims = []
-    for task, slopes in fits.items():
-        claims += [
-            {"claim": f"{task}: relative weight change ∝ n^-1/2", "source": "Lee et al. 2019",
-             "measured": f"slope {slopes['weight_change']:+.2f}",
-             "verdict": slope_verdict(slopes["weight_change"], -0.5, 0.1)},
-            {"claim": f"{task}: kernel change between n^-1/2 (bound) and n^-1 (effective theory)",
-             "source": "Lee et al. 2019; Roberts, Yaida & Hanin ch. 11",
-             "measured": f"slope {slopes['kernel_change']:+.2f}",
-             "verdict": "holds" if -1.1 <= slopes["kernel_change"] <= -0.4 else "outside"},
-            {"claim": f"{task}: distance to the infinite-width GD prediction ∝ n^-1/2",
-             "source": "Lee et al. 2019", "measured": f"slope {slopes['ntk_gd_distance']:+.2f}",
-             "verdict": slope_verdict(slopes["ntk_gd_distance"], -0.5, 0.15)},
-            {"claim": f"{task}: Monte Carlo mean of empirical NTKs → analytic, ∝ n^-1/2 at fixed seeds",
-             "source": "Jacot et al. 2018", "measured": f"slope {slopes['mc_mean_error']:+.2f}",
-             "verdict": slope_verdict(slopes["mc_mean_error"], -0.5, 0.15)}]
-    relu, gelu = smoothness_fits["ReLU"], smoothness_fits["GELU"]
-    return claims + [
-        {"claim": "f - f_lin ∝ 1/n for a smooth activation", "source": "Roberts, Yaida & Hanin ch. 11",
-         "measured": f"GELU slope {gelu[0]:+.2f} ± {gelu[1]:.2f}",
-         "verdict": "holds (approaching -1)" if gelu[0] <= -0.9 else "differs"},
-        {"claim": "ReLU: f - f_lin between n^-1/2 (kink errors adding coherently) and n^-3/4 (random signs)",
-         "source": "the kink count in this report", "measured": f"ReLU slope {relu[0]:+.2f} ± {relu[1]:.2f}",
-         "verdict": "holds" if -0.8 <= relu[0] <= -0.45 else "outside"}]
+TASK_CLAIMS = ("weight_change", "kernel_change", "ntk_gd_distance", "mc_mean_error")
+"""The claims checked on each task: Config fields named after the quantity whose slope they predict."""
+
+
+def _claims(cfg: Config, errors: dict, smoothness_fits: dict) -> list[dict]:
+    """The claims table: the width laws per task (slopes ± s.e. fitted to every seed's run), and
+    f - f_lin for GELU and ReLU."""
+    claims = [getattr(cfg, q).check(*errors[task][q], label=task) for task in errors for q in TASK_CLAIMS]
+    return claims + [cfg.gelu_linearization.check(*smoothness_fits["GELU"]),
+                     cfg.relu_linearization.check(*smoothness_fits["ReLU"])]
 
 
 def _smoothness_text(cfg: Config, smoothness: list[dict], smoothness_fits: dict, local: dict) -> str:
@@ -228,7 +232,7 @@ GELU slope approaching -1 as n grows is the effective theory's.
 
 
 def _report(cfg: Config, infos: dict, summary: list[dict], fits: dict, smoothness: list[dict],
-            smoothness_slopes: tuple[dict, dict], figures: dict[str, str]) -> str:
+            smoothness_slopes: tuple[dict, dict], figures: dict[str, str], claims: list[dict]) -> str:
     """report.md: the claims, the fitted slopes, the per-width tables and how to read them."""
     smoothness_fits, local = smoothness_slopes
     columns = ["width", "runs", "train_loss_fraction", "kernel_change", "weight_change", "ntk_flow_distance",
@@ -241,7 +245,7 @@ def _report(cfg: Config, infos: dict, summary: list[dict], fits: dict, smoothnes
     slope_rows = [{"task": task, **{q: f"{v:+.3f}" for q, v in slopes.items()}} for task, slopes in fits.items()]
     return f"""# lazy-training: wide networks train lazily (lectures 21-22)
 
-{claims_table(_claims(fits, smoothness_fits))}
+{claims_table(claims)}
 
 One-hidden-layer ReLU nets, NTK parameterization, f(x; w0) = 0 by mirrored copies,
 full-batch GD on ||f - y||^2 / (2 |y|) with learning rate |y| / lambda_max(Theta) (function-space

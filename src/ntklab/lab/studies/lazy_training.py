@@ -23,7 +23,7 @@ import torch
 
 import ntklab as nk
 from ..data import RegressionTask
-from ..fits import power_law
+from ..fits import power_law, power_law_slope
 from ..report import mean_std
 
 LOSS_FRACTION = 1e-3
@@ -174,6 +174,20 @@ def linearization_distances(task: RegressionTask, widths, seeds: int, *, max_ste
                 rows.append({"activation": name, "width": width, "seed": s, "steps": plan["steps"],
                              "lin_distance": history.rows[-1]["lin_distance"]})
     return rows
+
+
+def slopes_with_errors(run_rows: list[dict], mc_rows: list[dict], task: str) -> dict[str, tuple[float, float]]:
+    """Per quantity (QUANTITIES but the first, and the Monte Carlo error): the log-log slope
+    against width fitted to every run (all seeds), with its standard error (`power_law_slope`;
+    nan without three positive points)."""
+    out = {}
+    for q, rows in [*((q, run_rows) for q in QUANTITIES[1:]), ("mc_mean_error", mc_rows)]:
+        mine = [r for r in rows if r["task"] == task]
+        try:
+            out[q] = power_law_slope([r["width"] for r in mine], [r[q] for r in mine])
+        except ValueError:
+            out[q] = (float("nan"), float("nan"))
+    return out
 
 
 def local_slopes(rows: list[dict], key: str) -> list[float]:
