@@ -31,6 +31,7 @@ import ntklab as nk
 from ... import kernels
 from ... import predict
 from ..data import RegressionTask, regression_1d, regression_sphere
+from ..claims import Claim, mean_se
 from ..fits import power_law_slope
 from ..report import RunFolder, claims_table, markdown_table, power_guides
 from ..studies.gd_step import one_step_remainder
@@ -54,6 +55,15 @@ class Config:
     network_widths: tuple[int, ...] = (64, 256, 1024)
     network_learning_rates: tuple[float, ...] = (0.0125, 0.025, 0.05, 0.1, 0.2)
     network_training_steps: int = 200
+    alpha_dynamics: Claim = Claim(
+        "GD on alpha: alpha_t - alpha* = (I - 2 eta K^2)^t (alpha_0 - alpha*); max deviation of the relative "
+        "error from the prediction", 0.0, 1e-8, "lecture 21 (exact; the tolerance is float64 rounding over the steps)")
+    one_step_identity: Claim = Claim(
+        "one GD step = -eta sum_i (f - y)_i H(x, x_i) with the tangent kernel H (linear models); max "
+        "relative deviation", 0.0, 1e-10, "lecture 21 (exact; the tolerance is float64 rounding)")
+    network_remainder_order: Claim = Claim(
+        "real networks: the one-step remainder's exponent of eta (mean over the networks)", 2.0, 0.15,
+        "lectures 20-21 (Taylor expansion: the kernel step is exact up to O(eta^2))")
 
     @classmethod
     def quick(cls) -> "Config":
@@ -262,8 +272,11 @@ def run(folder: RunFolder, config: Config, *, seed: int, device: torch.device) -
         "network_slopes": [round(r["slope"], 3) for r in networks],
         "network_remainder_width_slope": _width_slope(networks, config),
     }
+    folder.claims += [config.alpha_dynamics.check(summary["max_dev_from_predicted_error"], 0.0),
+                      config.one_step_identity.check(summary["identity_max_rel_dev"], 0.0),
+                      config.network_remainder_order.check(*mean_se([r["slope"] for r in networks]))]
     folder.write_text("report.md", _report(seed, [t for t, _ in tasks], config, summary, rows,
-                                           networks, figures))
+                                           networks, figures, folder.claims))
     return summary
 
 
@@ -293,22 +306,11 @@ def plot_network_steps(networks: list[dict], config: Config) -> plt.Figure:
 
 
 def _report(seed: int, tasks: list, config: Config, summary: dict, rows: list[dict],
-            networks: list[dict], figures: dict[str, str]) -> str:
+            networks: list[dict], figures: dict[str, str], claims: list[dict]) -> str:
     """report.md: what is checked, with the numbers of this run."""
     columns = ["task", "kernel", "space", "psd", "diag_reg", "eta", "final_rel_error",
                "steps_needed_by_theory", "max_dev_from_predicted_error", "identity_max_rel_dev",
                "lecture_form_with_K_max_rel_dev", "interp_test_mse"]
-    slopes = [r["slope"] for r in networks]
-    claims = [
-        {"claim": "GD on alpha: alpha_t - alpha* = (I - 2 eta K^2)^t (alpha_0 - alpha*)", "source": "lecture 21",
-         "measured": f"max deviation {summary['max_dev_from_predicted_error']:.1e}",
-         "verdict": "holds" if summary["max_dev_from_predicted_error"] < 1e-8 else "differs"},
-        {"claim": "one GD step = -eta sum_i (f - y)_i H(x, x_i) with the tangent kernel H (linear models)",
-         "source": "lecture 21", "measured": f"max relative deviation {summary['identity_max_rel_dev']:.1e}",
-         "verdict": "holds" if summary["identity_max_rel_dev"] < 1e-10 else "differs"},
-        {"claim": "for real networks the same holds up to O(eta^2)", "source": "lectures 20-21",
-         "measured": f"remainder slopes {min(slopes):.2f} ... {max(slopes):.2f} in eta",
-         "verdict": "holds" if all(abs(v - 2) < 0.15 for v in slopes) else "differs"}]
     return f"""# kernel-gd: kernel regression and gradient descent on alpha (lecture 21)
 
 Seed {seed} (settings in config.json).
