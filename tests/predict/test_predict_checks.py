@@ -100,8 +100,8 @@ def test_the_suggested_diag_reg_is_the_one_that_makes_the_kernel_definite(absolu
     scale = 1.0 if absolute else float(kernel.diagonal().mean())
     exact = (0.5 - float(torch.linalg.eigvalsh(PSD)[0])) / scale
     assert exact <= suggested < 1.1 * exact                    # rounded up to two digits
-    f_train, _ = predict.gradient_descent_mse(kernel, Y, diag_reg=suggested,
-                                              diag_reg_absolute_scale=absolute)(1.0, F0)
+    f_train = predict.gradient_descent_mse(kernel, Y, diag_reg=suggested,
+                                           diag_reg_absolute_scale=absolute)(1.0, F0)
     assert bool(torch.isfinite(f_train).all())
     with pytest.raises(ValueError, match="indefinite"):
         predict.gradient_descent_mse(kernel, Y, diag_reg=exact * 0.98, diag_reg_absolute_scale=absolute)
@@ -122,7 +122,7 @@ def test_rounding_below_the_documented_tolerance_passes_and_beyond_it_is_refused
     null = evecs[:, :1]
     tau = DEFINITENESS_TOLERANCE * torch.finfo(torch.float64).eps * 8 * float(linear.abs().sum(1).max())
     below = linear - 0.5 * tau * null @ null.T
-    f_train, _ = predict.gradient_descent_mse(below, Y)(1e6, F0)
+    f_train = predict.gradient_descent_mse(below, Y)(1e6, F0)
     expected, _ = flow_by_matrix_exp(linear, 1.0, 1e6)
     torch.testing.assert_close(f_train, expected, rtol=0, atol=1e-8)
     with pytest.raises(ValueError, match="indefinite"):
@@ -138,7 +138,7 @@ def test_duplicate_inputs_of_an_arc_cosine_kernel_are_not_refused():
     theta = net.kernel(x, x, get="ntk")
     assert 0 < float((theta - theta.T).abs().max()) / float(theta.abs().max()) < 1e-6
     y = torch.randn(20, 1, generator=G, dtype=torch.float64)
-    f_train, _ = predict.gradient_descent_mse(theta, y, learning_rate=3.0)(2.0, 0.0)
+    f_train = predict.gradient_descent_mse(theta, y, learning_rate=3.0)(2.0, 0.0)
     symmetric = (theta + theta.T) / 2
     expected = y - torch.linalg.matrix_exp(-3.0 / 20 * 2.0 * symmetric) @ y
     torch.testing.assert_close(f_train, expected, rtol=0, atol=1e-10)
@@ -175,7 +175,7 @@ def test_the_ode_on_an_indefinite_kernel_diverges_where_the_closed_form_does():
     """Both overflow float64 near t = 709 / (lr |lambda_min| / |Y|) = 2.8e3 (2-5 s of ODE)."""
     regularized = INDEFINITE + 0.1 * float(INDEFINITE.diagonal().mean()) * torch.eye(8, dtype=torch.float64)
     closed = predict.gradient_descent_mse(regularized, Y, 0.5, allow_indefinite=True)
-    assert bool(torch.isfinite(closed(2.7e3, F0)[0]).all())
+    assert bool(torch.isfinite(closed(2.7e3, F0)).all())
     with pytest.raises(ValueError, match="diverges"):
         closed(2.9e3, F0)
     with pytest.raises(RuntimeError, match="ODE solver failed at time 28"), np.errstate(all="ignore"):
@@ -237,7 +237,7 @@ def test_stiff_momentum_ode_matches_each_damped_eigenmode():
     (a 2x2 matrix exponential), as in test_predict_finite."""
     lr, m, t = 1e-6, 0.0, 1e7
     with hang_guard(60):
-        (train,), _ = predict.gradient_descent(mse_loss, PSD, Y, lr, momentum=m)([t], F0)
+        (train,) = predict.gradient_descent(mse_loss, PSD, Y, lr, momentum=m)([t], F0)
     evals, evecs = torch.linalg.eigh(PSD)
     s, mu = math.sqrt(lr), (m - 1) / math.sqrt(lr)
     x0 = evecs.T @ (F0 - Y)
@@ -291,9 +291,9 @@ def test_a_float32_kernel_with_a_negative_eigenvalue_far_beyond_rounding_is_refu
                  lambda: predict.max_learning_rate(k)):
         with pytest.raises(ValueError, match=r"indefinite: its most negative eigenvalue is -0\.1"):
             call()
-    torch.testing.assert_close(predict.gradient_descent_mse(k + 0.6 * torch.outer(v, v), y)(1.0, 0.0)[0],
+    torch.testing.assert_close(predict.gradient_descent_mse(k + 0.6 * torch.outer(v, v), y)(1.0, 0.0),
                                predict.gradient_descent_mse((k + 0.6 * torch.outer(v, v)).double(),
-                                                            y.double())(1.0, 0.0)[0].float(),
+                                                            y.double())(1.0, 0.0).float(),
                                rtol=1e-4, atol=1e-5)   # the same kernel made PSD passes
 
 

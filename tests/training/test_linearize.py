@@ -58,7 +58,7 @@ def test_small_steps_reach_the_closed_form_gradient_flow():
     Richardson combination 2 f(lr/2) - f(lr) removes it to second order."""
     model, x, y = problem(outputs=1, seed=1)
     theta = nk.empirical_ntk(model, x)
-    flow = predict.gradient_descent_mse(theta, y)(4.0, model(x).detach())[0]
+    flow = predict.gradient_descent_mse(theta, y)(4.0, model(x).detach())
     runs = {lr: train(nk.linearize(model), x, y, lr, round(4.0 / lr)) for lr in (0.02, 0.01)}
     errors = {lr: float((f - flow).abs().max()) for lr, f in runs.items()}
     assert errors[0.02] / errors[0.01] == pytest.approx(2.0, rel=0.01)

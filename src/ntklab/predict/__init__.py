@@ -19,6 +19,8 @@
   gradient descent", NeurIPS, eqs. 9-16), f_0 ~ GP(0, K_nngp),
   `diag_reg` relative to the mean diagonal of the train-train kernel, t=None
   for t = infinity.  One eigendecomposition per kernel serves all times.
+* `Gaussian(mean, covariance)` and `PerGet` (a named tuple over the names of `get`,
+  `.nngp`/`.ntk`): the results, as neural-tangents returns them.
 
 The learning-rate convention of ntklab (`ntklab.conventions`: `train`, these predictions,
 `linearize`, the theory flows), neural-tangents': `learning_rate` is the step of gradient descent on
@@ -33,8 +35,9 @@ from .ensemble import gradient_descent_mse_ensemble
 from .iterative import CGResult, NystromPreconditioner, NystromRegression, conjugate_gradients, nystrom_regression
 from .finite import gp_inference, gradient_descent, gradient_descent_mse, max_learning_rate
 from .linalg import Factorization, GradientFlow, add_diagonal_regularizer, kernel_regression, solve
+from .results import Gaussian, PerGet
 
 __all__ = ["CGResult", "NystromPreconditioner", "NystromRegression", "conjugate_gradients", "nystrom_regression",
-           "Factorization", "GradientDescentPath", "GradientFlow", "add_diagonal_regularizer",
+           "Factorization", "Gaussian", "GradientDescentPath", "GradientFlow", "PerGet", "add_diagonal_regularizer",
            "gp_inference", "gradient_descent", "gradient_descent_alpha", "gradient_descent_mse",
            "gradient_descent_mse_ensemble", "kernel_regression", "max_learning_rate", "solve"]

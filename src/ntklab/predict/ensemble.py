@@ -10,15 +10,16 @@ from .._core.validation import as_inputs, as_targets, input_dtype, positive
 from ..arch.serial import Serial, canonical_get
 from ..conventions import prediction_times
 from .linalg import GradientFlow
+from .results import Gaussian, PerGet, per_get
 
 
 KernelFn = Callable[[torch.Tensor, "torch.Tensor | None", tuple[str, ...]], dict[str, torch.Tensor]]
 """(x1, x2, get) -> {name: [N1, N2]} for the names in `get` (x2=None: x1 with itself)."""
 
-EnsembleOutput = (torch.Tensor | tuple[torch.Tensor, torch.Tensor] | dict[str, torch.Tensor]
-                  | dict[str, tuple[torch.Tensor, torch.Tensor]])
-"""What `EnsemblePredictor` returns: the mean, or (mean, cov) with `compute_cov`; a dict over
-the names when `get` is not one name."""
+EnsembleOutput = torch.Tensor | Gaussian | PerGet
+"""What `EnsemblePredictor` returns (neural-tangents' contract): the mean, or
+`Gaussian(mean, covariance)` with `compute_cov`; for `get` a sequence of names (or None: both),
+a `PerGet` named tuple of those over the names (`.nngp`, `.ntk`; `result["ntk"]` too)."""
 
 
 def _kernel_callable(net_or_kernel_fn: Any) -> KernelFn:
@@ -80,7 +81,8 @@ def gradient_descent_mse_ensemble(net_or_kernel_fn, x_train, y_train, *, learnin
     -------
     callable
         `predict(t=None, x_test=None, get=None, compute_cov=False)`: means `[T, N, O]` (or
-        `[N, O]` for one time), with covariances when `compute_cov`.
+        `[N, O]` for one time); `Gaussian(mean, covariance)` when `compute_cov`; for `get` a
+        tuple of names (or None: both), a named tuple over them (`.nngp`, `.ntk`).
 
     Examples
     --------
@@ -88,11 +90,14 @@ def gradient_descent_mse_ensemble(net_or_kernel_fn, x_train, y_train, *, learnin
     >>> net = nk.mlp(1, 512, W_std=1.5, b_std=0.1)
     >>> x_train, y_train = torch.randn(10, 3, dtype=torch.float64), torch.randn(10, 1, dtype=torch.float64)
     >>> predict = nk.predict.gradient_descent_mse_ensemble(net, x_train, y_train)
-    >>> mean, cov = predict(t=None, x_test=x_train[:4], get="ntk", compute_cov=True)
+    >>> mean, cov = predict(t=None, x_test=x_train[:4], get="ntk", compute_cov=True)   # a Gaussian
     >>> bool(torch.allclose(mean, y_train[:4], atol=1e-6))          # t = inf interpolates
     True
     >>> predict(t=[1.0, 10.0], x_test=x_train[:4], get="nngp").shape
     torch.Size([2, 4, 1])
+    >>> both = predict(t=1.0, x_test=x_train[:4], get=("nngp", "ntk"), compute_cov=True)
+    >>> both.ntk.covariance.shape                                   # named tuples, as neural-tangents
+    torch.Size([4, 4])
     """
     return EnsemblePredictor(_kernel_callable(net_or_kernel_fn), x_train, y_train,
                                images=getattr(net_or_kernel_fn, "takes_images", False),
@@ -176,7 +181,7 @@ class EnsemblePredictor:
 
     @overload
     def __call__(self, t: Any = ..., x_test: Any = ..., *, get: str,
-                 compute_cov: Literal[True]) -> tuple[torch.Tensor, torch.Tensor]: ...
+                 compute_cov: Literal[True]) -> Gaussian: ...
 
     @overload
     def __call__(self, t: Any = ..., x_test: Any = ..., get: str | Sequence[str] | None = ...,
@@ -184,7 +189,8 @@ class EnsemblePredictor:
 
     def __call__(self, t: Any = None, x_test: Any = None, get: str | Sequence[str] | None = None,
                  compute_cov: bool = False) -> EnsembleOutput:
-        """Mean (or (mean, cov)) at time(s) t; dict over `get` when it names several.
+        """Mean (or `Gaussian(mean, covariance)`) at time(s) t; a `PerGet` named tuple over the
+        names when `get` is a sequence of names or None (both), as neural-tangents.
 
         Shapes: mean [*t.shape, N_test, K] ([*t.shape, N_test] for 1-D y_train),
         cov [*t.shape, N_test, N_test]; `x_test=None` predicts on x_train."""
@@ -208,7 +214,5 @@ class EnsemblePredictor:
             means[g] = mean[..., 0] if self.vector else mean
             if cov is not None:
                 covs[g] = cov
-        if not compute_cov:
-            return means[names[0]] if isinstance(get, str) else means
-        pairs = {g: (means[g], covs[g]) for g in names}
-        return pairs[names[0]] if isinstance(get, str) else pairs
+        results = {g: Gaussian(means[g], covs[g]) if compute_cov else means[g] for g in names}
+        return results[names[0]] if isinstance(get, str) else per_get(results)

@@ -33,7 +33,7 @@ its negative eigenvalues, in the closed form as in the ODE).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple, Protocol
+from typing import Any, Callable, NamedTuple, Protocol, cast, overload
 
 import math
 
@@ -45,32 +45,55 @@ from .._core.validation import as_tensor, positive
 from ..conventions import prediction_times
 from .._core.tiling import PROGRESS_DELAY
 from .linalg import Factorization, GradientFlow, checked_kernel, square_kernel
+from .results import Gaussian
 
-Prediction = tuple["torch.Tensor | None", "torch.Tensor | None"]
-"""(f_train, f_test) of a prediction: each None when its initial outputs are None."""
+Prediction = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+"""What `gradient_descent_mse`'s and `gradient_descent`'s predict return (neural-tangents'
+contract): `fx_train_t` alone without `fx_test_0`, `fx_test_t` alone with `fx_train_0=None`,
+the pair `(fx_train_t, fx_test_t)` when both are asked for."""
 
 
 class MSEPredictor(Protocol):
     """The `predict` that `gradient_descent_mse` returns."""
 
+    @overload
+    def __call__(self, t: Any = None, fx_train_0: Any = 0.0, fx_test_0: None = None,
+                 k_test_train: Any = None) -> torch.Tensor: ...
+
+    @overload
+    def __call__(self, t: Any, fx_train_0: Any, fx_test_0: Any, k_test_train: Any = None) -> Prediction: ...
+
     def __call__(self, t: Any = None, fx_train_0: Any = 0.0, fx_test_0: Any = None,
                  k_test_train: Any = None) -> Prediction:
-        """(f_train, f_test) at the time(s) `t` (None: infinite time)."""
+        """f_train, f_test or (f_train, f_test) at the time(s) `t` (None: infinite time)."""
 
 
 class ODEPredictor(Protocol):
     """The `predict` that `gradient_descent` returns."""
 
+    @overload
+    def __call__(self, t: Any, fx_train_0: Any = 0.0, fx_test_0: None = None,
+                 k_test_train: Any = None) -> torch.Tensor: ...
+
+    @overload
+    def __call__(self, t: Any, fx_train_0: Any, fx_test_0: Any, k_test_train: Any = None) -> Prediction: ...
+
     def __call__(self, t: Any, fx_train_0: Any = 0.0, fx_test_0: Any = None,
                  k_test_train: Any = None) -> Prediction:
-        """(f_train, f_test) at the finite time(s) `t`."""
+        """f_train, f_test or (f_train, f_test) at the finite time(s) `t`."""
 
 
 class GPPredictor(Protocol):
     """The `predict` that `gp_inference` returns."""
 
-    def __call__(self, k_test_train: Any, k_test_test: Any = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(mean, cov) at the test points (cov None without `k_test_test`)."""
+    @overload
+    def __call__(self, k_test_train: Any = None, k_test_test: None = None, get: None = None) -> torch.Tensor: ...
+
+    @overload
+    def __call__(self, k_test_train: Any, k_test_test: Any, get: None = None) -> Gaussian: ...
+
+    def __call__(self, k_test_train: Any = None, k_test_test: Any = None, get: Any = None) -> torch.Tensor | Gaussian:
+        """The posterior mean, or `Gaussian(mean, covariance)` with `k_test_test` (`get`: refused)."""
 
 
 @dataclass(frozen=True)
@@ -143,12 +166,16 @@ def _times(t, learning_rate: float, like: torch.Tensor) -> tuple[torch.Tensor, t
 
 def _finish(problem: _Problem, shape: tuple[int, ...], train: torch.Tensor | None,
             test: torch.Tensor | None) -> Prediction:
-    def reshape(value: torch.Tensor | None) -> torch.Tensor | None:
-        if value is None:
-            return None
+    """The outputs shaped `[*t.shape, N, K]` (`[..., N]` for 1-D y_train), returned as
+    neural-tangents does: the train outputs alone when no test outputs were asked for
+    (`fx_test_0=None`), the test outputs alone with `fx_train_0=None`, else the pair."""
+    def reshape(value: torch.Tensor) -> torch.Tensor:
         value = value.reshape(shape + value.shape[-2:])
         return value[..., 0] if problem.vector else value
-    return reshape(train), reshape(test)
+    if test is None:
+        assert train is not None   # predict refuses fx_train_0 = fx_test_0 = None
+        return reshape(train)
+    return reshape(test) if train is None else (reshape(train), reshape(test))
 
 
 def gradient_descent_mse(k_train_train, y_train, learning_rate: float = 1.0, diag_reg: float = 0.0,
@@ -161,8 +188,9 @@ def gradient_descent_mse(k_train_train, y_train, learning_rate: float = 1.0, dia
         f_test(t)  = f_test(0) + K_test G^-1 (I - e^{-c G t}) r_0      (t=None: G^-1 r_0)
 
     Returns `predict(t=None, fx_train_0=0.0, fx_test_0=None, k_test_train=None)` ->
-    `(fx_train_t, fx_test_t)`, each `[*t.shape, N, K]` (`[..., N]` for 1-D `y_train`), the
-    test part None unless `fx_test_0` is given, the train part None when `fx_train_0=None`.
+    outputs `[*t.shape, N, K]` (`[..., N]` for 1-D `y_train`), as neural-tangents: `fx_train_t`
+    alone without `fx_test_0`, `fx_test_t` alone with `fx_train_0=None`, else the pair
+    `(fx_train_t, fx_test_t)`.
 
     G must be symmetric and positive semi-definite up to rounding (`checked_kernel`);
     `allow_indefinite=True` takes an indefinite G exactly: e^{-c G t} by the
@@ -173,7 +201,7 @@ def gradient_descent_mse(k_train_train, y_train, learning_rate: float = 1.0, dia
     >>> import torch
     >>> k = torch.tensor([[2.0, 0.5], [0.5, 1.0]], dtype=torch.float64)
     >>> predict = gradient_descent_mse(k, torch.tensor([1.0, -1.0], dtype=torch.float64))
-    >>> predict(None)[0]
+    >>> predict(None)                              # no test set: the train outputs alone
     tensor([ 1., -1.], dtype=torch.float64)
 
     Parameters
@@ -188,7 +216,8 @@ def gradient_descent_mse(k_train_train, y_train, learning_rate: float = 1.0, dia
     Returns
     -------
     callable
-        `predict(t, fx_train_0=0.0, fx_test_0=None, k_test_train=None) -> (f_train, f_test)`.
+        `predict(t, fx_train_0=0.0, fx_test_0=None, k_test_train=None)` -> `f_train`,
+        `f_test` (`fx_train_0=None`) or `(f_train, f_test)` (both asked for).
 
     Examples
     --------
@@ -196,9 +225,12 @@ def gradient_descent_mse(k_train_train, y_train, learning_rate: float = 1.0, dia
     >>> theta = torch.tensor([[2.0, 0.5], [0.5, 1.0]], dtype=torch.float64)
     >>> y = torch.tensor([[1.0], [-1.0]], dtype=torch.float64)
     >>> predict = nk.predict.gradient_descent_mse(theta, y, learning_rate=1.0)
-    >>> f_train, f_test = predict(None, torch.zeros(2, 1, dtype=torch.float64))   # t = infinity
+    >>> f_train = predict(None, torch.zeros(2, 1, dtype=torch.float64))   # t = infinity
     >>> bool(torch.allclose(f_train, y))
     True
+    >>> f_train, f_test = predict(1.0, 0.0, torch.zeros(1, 1, dtype=torch.float64), theta[:1])
+    >>> f_test.shape
+    torch.Size([1, 1])
     """
     problem = _problem(k_train_train, y_train)
     learning_rate = positive(learning_rate, "learning_rate")
@@ -231,7 +263,7 @@ def gradient_descent_mse(k_train_train, y_train, learning_rate: float = 1.0, dia
                 test_set.fx_test_0 + test_set.k_test_train @ flow.solve(residual, times))
         return _finish(problem, shape, train, test)
 
-    return predict
+    return cast(MSEPredictor, predict)   # what it returns follows MSEPredictor's overloads
 
 
 STIFF = 1e3
@@ -340,7 +372,7 @@ def gradient_descent(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     time in units of s and friction mu = (momentum - 1) / s, f' = q, q' = -K dloss/df + mu q.
 
     Returns `predict(t, fx_train_0=0.0, fx_test_0=None, k_test_train=None)` ->
-    `(fx_train_t, fx_test_t)` as `gradient_descent_mse`; `t` must be finite (an ODE has no
+    the outputs as `gradient_descent_mse` (`f_train`, `f_test` or the pair); `t` must be finite (an ODE has no
     t = infinity).  A solver failure (e.g. a diverging flow) raises with the time it reached.
     A progress bar over time shows on solves longer than 2 s (`progress=None`), always
     (`True`) or never (`False`).
@@ -361,7 +393,8 @@ def gradient_descent(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     Returns
     -------
     callable
-        `predict(t, fx_train_0=0.0, fx_test_0=None, k_test_train=None) -> (f_train, f_test)`.
+        `predict(t, fx_train_0=0.0, fx_test_0=None, k_test_train=None)` -> `f_train`,
+        `f_test` or `(f_train, f_test)`, as `gradient_descent_mse`.
 
     Examples
     --------
@@ -370,7 +403,7 @@ def gradient_descent(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     >>> y = torch.tensor([[1.0], [-1.0]], dtype=torch.float64)
     >>> mse = lambda f, y: 0.5 * ((f - y) ** 2).mean()
     >>> predict = nk.predict.gradient_descent(mse, theta, y, learning_rate=1.0)
-    >>> f_train, _ = predict(20.0, torch.zeros(2, 1, dtype=torch.float64))
+    >>> f_train = predict(20.0, torch.zeros(2, 1, dtype=torch.float64))
     >>> f_train.shape
     torch.Size([2, 1])
     """
@@ -417,7 +450,7 @@ def gradient_descent(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                 solution[:, sizes[0]:n_f].reshape(len(times), *test_set.fx_test_0.shape))
         return _finish(problem, shape, train, test)
 
-    return predict
+    return cast(ODEPredictor, predict)
 
 
 def gp_inference(k_train_train, y_train, diag_reg: float = 0.0,
@@ -430,7 +463,12 @@ def gp_inference(k_train_train, y_train, diag_reg: float = 0.0,
     (Rasmussen & Williams 2006, eqs. 2.23-2.24; the NNGP posterior is the exact Bayesian
     posterior of an infinitely wide network, Lee et al. 2018).  G must be symmetric and
     positive definite (`checked_kernel`; a prior covariance is never indefinite).  Returns
-    `predict(k_test_train, k_test_test=None)` -> `(mean, cov)` (cov None without `k_test_test`).
+    `predict(k_test_train=None, k_test_test=None)` -> the mean, or `Gaussian(mean, covariance)`
+    when `k_test_test` is given (neural-tangents' contract).  `k_test_train=None` predicts on
+    the training set, unregularized as neural-tangents: mean y_train, covariance 0 (ask for it
+    with any `k_test_test`, e.g. True).  neural-tangents' `get` (its first argument) is not
+    taken: this `gp_inference` holds one kernel, so `predict_fn(get, k_td, k_tt)` ports to
+    `predict(k_td, k_tt)` with the kernel `get` named.
 
     Parameters
     ----------
@@ -441,16 +479,20 @@ def gp_inference(k_train_train, y_train, diag_reg: float = 0.0,
     Returns
     -------
     callable
-        `predict(k_test_train, k_test_test=None) -> (mean, cov)` (cov None without `k_test_test`).
+        `predict(k_test_train=None, k_test_test=None)` -> `mean`, or `Gaussian(mean, covariance)`
+        with `k_test_test`.
 
     Examples
     --------
     >>> import torch, ntklab as nk
     >>> theta = torch.tensor([[2.0, 0.5], [0.5, 1.0]], dtype=torch.float64)
     >>> y = torch.tensor([[1.0], [-1.0]], dtype=torch.float64)
-    >>> mean, cov = nk.predict.gp_inference(theta, y, diag_reg=1e-3)(theta, theta)
+    >>> predict = nk.predict.gp_inference(theta, y, diag_reg=1e-3)
+    >>> mean, cov = predict(theta, theta)              # a Gaussian(mean, covariance)
     >>> mean.shape, cov.shape
     (torch.Size([2, 1]), torch.Size([2, 2]))
+    >>> predict(theta).shape                           # the mean alone
+    torch.Size([2, 1])
     """
     problem = _problem(k_train_train, y_train)
     k, cholesky = checked_kernel(problem.k_train_train, diag_reg=diag_reg,
@@ -459,19 +501,27 @@ def gp_inference(k_train_train, y_train, diag_reg: float = 0.0,
     factorization = Factorization(k, assume_psd=None, cholesky=cholesky)
     alpha = factorization.solve(problem.y_train)
 
-    def predict(k_test_train: Any, k_test_test: Any = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def predict(k_test_train: Any = None, k_test_test: Any = None, get: Any = None) -> torch.Tensor | Gaussian:
+        if isinstance(k_test_train, str) or get is not None:
+            named = k_test_train if isinstance(k_test_train, str) else get
+            raise ValueError(f"get={named!r}: neural-tangents' "
+                             f"predict_fn(get, k_test_train, k_test_test) is predict(k_test_train, "
+                             f"k_test_test) here (gp_inference holds the one kernel you gave it): drop get")
+        if k_test_train is None:   # the training set, unregularized (neural-tangents)
+            train = (problem.y_train[:, 0] if problem.vector else problem.y_train).clone()
+            return train if k_test_test is None else Gaussian(train, torch.zeros_like(problem.k_train_train))
         k_td = _test_train_kernel(k_test_train, problem)
         mean = k_td @ alpha
         mean = mean[:, 0] if problem.vector else mean
         if k_test_test is None:
-            return mean, None
+            return mean
         k_tt = square_kernel(k_test_test, "k_test_test")
         if k_tt.shape[0] != k_td.shape[0]:
             raise ValueError(f"k_test_test must be [{k_td.shape[0]}, {k_td.shape[0]}] like the rows of "
                              f"k_test_train, got {tuple(k_tt.shape)}")
-        return mean, k_tt.to(k_td) - k_td @ factorization.solve(k_td.T)
+        return Gaussian(mean, k_tt.to(k_td) - k_td @ factorization.solve(k_td.T))
 
-    return predict
+    return cast(GPPredictor, predict)
 
 
 def max_learning_rate(k_train_train, y_train_size: int | None = None, momentum: float = 0.0,

@@ -12,7 +12,7 @@ from the empirical NTK at initialization at the same time t = step (`kernel_pred
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
@@ -50,7 +50,7 @@ def kernel_prediction(loss_name: str, theta_train: torch.Tensor, theta_test: tor
     n, o = y.shape
     k = theta_train.permute(0, 2, 1, 3).reshape(n * o, n * o)
     k_test = theta_test.permute(0, 2, 1, 3).reshape(len(f0_test) * o, n * o)
-    predictor: Callable[..., tuple[Any, torch.Tensor | None]]
+    predictor: Callable[..., torch.Tensor | tuple[torch.Tensor, torch.Tensor]]
     if loss_name == "mse":
         predictor = nk.predict.gradient_descent_mse(k, _flat(y), learning_rate)
     else:
