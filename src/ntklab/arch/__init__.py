@@ -2,10 +2,11 @@
 
 `LAYERS` is the one registry of public layers: the `--arch` grammar, `ntklab.__all__`
 and this package's `__all__` are derived from it."""
-from .builders import mlp
+from .builders import mlp as mlp
 from .activations import Abs, ABRelu, Activation, Erf, Gelu, LeakyRelu, Relu, Sigmoid_like, Sign
 from .attention import GlobalSelfAttention
-from .branching import FanInConcat, FanInProd, FanInSum, FanOut, Identity, Parallel, parallel
+from .branching import FanInConcat, FanInProd, FanInSum, FanOut, Identity, parallel
+from .branching import Parallel as Parallel
 from .closed_form import (Cos, Exp, ExpNormalized, Gaussian, Hermite, Monomial, Polynomial,
                           RectifiedMonomial, Rbf, Sin)
 from .conv import Conv, Flatten, GlobalAvgPool, GlobalSumPool
@@ -14,8 +15,8 @@ from .layer import ArchitectureError, Layer
 from .normalization import LayerNorm
 from .pooling import AvgPool, SumPool
 from .quadrature import Elementwise, Sigmoid, Tanh
-from .serial import Serial, SymmetricModule, serial
-from .state import Kernel, KernelState
+from .serial import Serial as Serial, SymmetricModule, serial
+from .state import Kernel as Kernel, KernelState
 
 LAYERS: dict[str, type[Layer]] = {cls.__name__: cls for cls in (
     Dense, Conv, Flatten, GlobalAvgPool, GlobalSumPool, AvgPool, SumPool,

@@ -39,7 +39,7 @@ class ActivationModule(nn.Module):
         return self.name
 
 
-class Activation(Layer):
+class Activation(Layer[KernelState, KernelState]):
     """Base class: subclasses define `fn` (torch, elementwise) and `dual`, and declare `smooth`:
     phi is twice continuously differentiable, which the dNTK and ddNTK statistics (their
     phi'' terms) require; kinked activations (ReLU, abs, sign) are not."""

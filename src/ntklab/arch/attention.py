@@ -66,7 +66,7 @@ class SelfAttentionModule(nn.Module):
         heads = attention_weights(logits, layer.attention_mechanism) @ values   # [H, N, T, V]
         heads = heads.permute(1, 2, 0, 3).flatten(2)                            # [N, T, H V]
         out = heads @ self.out * (layer.ov_std / math.sqrt(self.value.shape[-1] * layer.n_heads * c_in))
-        return out if self.bias is None else out + layer.b_std * self.bias
+        return out if self.bias is None or layer.b_std is None else out + layer.b_std * self.bias
 
 
 def _mix(t: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
@@ -79,7 +79,7 @@ def _mix(t: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tens
     return out.reshape(n2, n1, tokens, tokens).transpose(0, 1)
 
 
-class GlobalSelfAttention(Layer):
+class GlobalSelfAttention(Layer[KernelState, KernelState]):
     """`GlobalSelfAttention(n_chan_out, n_chan_key, n_chan_val, n_heads, linear_scaling=True,
     W_key_std=1.0, W_value_std=1.0, W_query_std=1.0, W_out_std=1.0, b_std=None,
     attention_mechanism="SOFTMAX")`: neural-tangents' layer on token sequences `[N, T, C]`

@@ -37,6 +37,8 @@ from .state import KernelState, merged_freshness
 
 
 class FanOutModule(nn.Module):
+    """`num` references to the input, one per branch."""
+
     def __init__(self, num: int):
         super().__init__()
         self.num = num
@@ -49,12 +51,14 @@ class FanOutModule(nn.Module):
 
 
 class ParallelModule(nn.Module):
+    """Branch i of the input list through module i."""
+
     def __init__(self, branches: list[nn.Module]):
         super().__init__()
         self.branches = nn.ModuleList(branches)
 
     def forward(self, hs: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [branch(h) for branch, h in zip(self.branches, hs)]
+        return [branch(h) for branch, h in zip(self.branches, hs, strict=True)]
 
 
 class FanInModule(nn.Module):
@@ -73,7 +77,7 @@ class FanInModule(nn.Module):
         return self.mode + (f", dim={self.dim}" if self.mode == "concat" else "")
 
 
-class Identity(Layer):
+class Identity(Layer[KernelState, KernelState]):
     """`Identity()`: passes its input (the skip branch of a residual block).
 
     Examples
@@ -94,7 +98,7 @@ class Identity(Layer):
         return k
 
 
-class FanOut(Layer):
+class FanOut(Layer[KernelState, list[KernelState]]):
     """`FanOut(num)`: `num` copies of the input, one per branch of the next `parallel`.
 
     Parameters
@@ -149,7 +153,7 @@ class Parallel(Container):
     def build(self, in_shape, generator, dtype):
         self._check(in_shape)
         modules, shapes = [], []
-        for i, (layer, shape) in enumerate(zip(self.layers, in_shape)):
+        for i, (layer, shape) in enumerate(zip(self.layers, in_shape, strict=True)):
             with located(self, i, layer):
                 check_branching(layer, shape)
                 module, shape = layer.build(shape, generator, dtype)
@@ -160,7 +164,7 @@ class Parallel(Container):
     def kernel_map(self, ks: list[KernelState]) -> list[KernelState]:
         self._check(ks)
         out = []
-        for i, (layer, k) in enumerate(zip(self.layers, ks)):
+        for i, (layer, k) in enumerate(zip(self.layers, ks, strict=True)):
             with located(self, i, layer):
                 check_branching(layer, k)
                 out.append(layer.kernel_map(k))
@@ -209,7 +213,7 @@ def _at_each_position(k: KernelState, like: KernelState) -> KernelState:
                      width=like.width, spatial=like.spatial, full=False)
 
 
-class _FanIn(Layer):
+class _FanIn(Layer[list[KernelState], KernelState]):
     """Merge the branches of a `FanOut` into one representation."""
 
     takes_branches = True
@@ -334,7 +338,7 @@ class FanInProd(_FanIn):
             return merged
         nngp, ntk = ks[0].nngp, ks[0].ntk
         for k in ks[1:]:
-            if ntk is not None:
+            if ntk is not None and k.ntk is not None:   # every branch carries it, or none
                 ntk = ntk * k.nngp + nngp * k.ntk
             nngp = nngp * k.nngp
         var1 = math.prod([k.var1 for k in ks[1:]], start=ks[0].var1)
@@ -394,7 +398,7 @@ class FanInConcat(_FanIn):
         total = sum(widths)
 
         def mean(values: list) -> torch.Tensor | float:
-            weighted = [v * (w / total) for v, w in zip(values, widths)]
+            weighted = [v * (w / total) for v, w in zip(values, widths, strict=True)]
             return functools.reduce(lambda a, b: a + b, weighted)
 
         var1 = mean([k.var1 for k in ks])

@@ -7,12 +7,16 @@ from .dense import Dense
 from .layer import Layer
 from .serial import Serial, serial
 
-_SAME = object()
+class _Same:
+    """The default of the readout's standard deviations: the hidden layers'."""
+
+
+_SAME = _Same()
 
 
 def mlp(depth: int, width: int, *, W_std: float = 1.0, b_std: float | None = None,
-        activation: Layer | None = None, out: int = 1, readout_W_std: float = _SAME,
-        readout_b_std: float | None = _SAME, parameterization: str = "ntk") -> Serial:
+        activation: Layer | None = None, out: int = 1, readout_W_std: float | _Same = _SAME,
+        readout_b_std: float | None | _Same = _SAME, parameterization: str = "ntk") -> Serial:
     """`depth` hidden layers `Dense(width, W_std, b_std)` + `activation` (default ReLU),
     then a readout `Dense(out, readout_W_std, readout_b_std)` (default: the hidden
     layers' W_std and b_std).  The infinite-width kernels do not depend on `width`.
@@ -40,12 +44,13 @@ def mlp(depth: int, width: int, *, W_std: float = 1.0, b_std: float | None = Non
     Examples
     --------
     >>> import ntklab as nk
-    >>> nk.mlp(2, 128, W_std=1.5, b_std=0.1)
-    serial(Dense(128, W_std=1.5, b_std=0.1), Relu(), Dense(128, W_std=1.5, b_std=0.1), Relu(), Dense(1, W_std=1.5, b_std=0.1))
+    >>> nk.mlp(2, 128, W_std=1.5, b_std=0.1)  # doctest: +NORMALIZE_WHITESPACE
+    serial(Dense(128, W_std=1.5, b_std=0.1), Relu(), Dense(128, W_std=1.5, b_std=0.1), Relu(),
+           Dense(1, W_std=1.5, b_std=0.1))
     """
     activation = Relu() if activation is None else activation
     hidden = [Dense(positive_int(width, "width"), W_std, b_std, parameterization)
               for _ in range(positive_int(depth, "depth"))]
-    readout = Dense(positive_int(out, "out"), W_std if readout_W_std is _SAME else readout_W_std,
-                    b_std if readout_b_std is _SAME else readout_b_std, parameterization)
+    readout = Dense(positive_int(out, "out"), W_std if isinstance(readout_W_std, _Same) else readout_W_std,
+                    b_std if isinstance(readout_b_std, _Same) else readout_b_std, parameterization)
     return serial(*(layer for dense in hidden for layer in (dense, activation)), readout)

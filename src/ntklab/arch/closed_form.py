@@ -324,11 +324,7 @@ class RectifiedMonomial(Activation):
         if isinstance(degree, bool) or not isinstance(degree, int) or degree < 0:
             raise ValueError(f"degree must be a non-negative integer, got {degree!r}")
         self.degree = degree
-
-    @property
-    def smooth(self) -> bool:
-        """max(z, 0)^q is twice continuously differentiable for q >= 3."""
-        return self.degree >= 3
+        self.smooth = degree >= 3   # max(z, 0)^q is twice continuously differentiable for q >= 3
 
     def fn(self, z):
         return torch.relu(z) ** self.degree * (z >= 0)

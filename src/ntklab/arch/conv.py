@@ -41,7 +41,7 @@ def filter_sum(t: torch.Tensor, filter_shape: Sequence[int], padding: str, full:
     offsets first, then width offsets."""
     n_spatial = len(filter_shape)
     strides = (1,) * n_spatial if strides is None else strides
-    for dim, (size, stride) in enumerate(zip(filter_shape, strides)):
+    for dim, (size, stride) in enumerate(zip(filter_shape, strides, strict=True)):
         axes = (dim - 2 * n_spatial, dim - n_spatial) if full else (dim - n_spatial,)
         t = window_sum(t, axes, size, stride, padding)
     return t
@@ -53,7 +53,7 @@ def pad_images(h: torch.Tensor, window: Sequence[int], strides: Sequence[int],
     if padding == "VALID":
         return h
     (top, bottom, _), (left, right, _) = (padding_for(n, k, s, padding) for n, k, s in
-                                          zip(h.shape[2:], window, strides))
+                                          zip(h.shape[2:], window, strides, strict=True))
     return F.pad(h, (left, right, top, bottom), mode="circular" if padding == "CIRCULAR" else "constant")
 
 
@@ -73,7 +73,7 @@ class ConvModule(nn.Module):
         bias = None if b_std is None else torch.randn(out_channels, generator=generator, dtype=dtype)
         if parameterization == "standard":
             weight *= W_std / math.sqrt(self.fan_in)
-            if bias is not None:
+            if bias is not None and b_std is not None:
                 bias *= b_std
         self.weight = nn.Parameter(weight)
         self.bias = None if bias is None else nn.Parameter(bias)
@@ -113,6 +113,7 @@ class ConvModule(nn.Module):
 
 
 def image_state(k: KernelState, layer: Layer) -> None:
+    """Refuse a state that is not an image's (`layer` acts on images only)."""
     if len(k.spatial) != 2:
         raise ValueError(f"{layer!r} acts on images [N, C, H, W] but gets vectors; pass image "
                          f"batches (NCHW) and put convolutions before Flatten/GlobalAvgPool")
@@ -125,21 +126,21 @@ def pair_tuple(value, name: str, default: tuple[int, int] | None = None) -> tupl
     shape = tuple(value) if isinstance(value, (tuple, list)) else ()
     if len(shape) != 2:
         raise ValueError(f"{name} must be a pair (height, width) of positive integers, got {value!r}")
-    return tuple(positive_int(s, name) for s in shape)
+    return positive_int(shape[0], name), positive_int(shape[1], name)
 
 
 def check_window_fits(layer: Layer, window: Sequence[int], strides: Sequence[int], padding: str,
-                      spatial: Sequence[int]) -> tuple[int, int]:
+                      spatial: Sequence[int]) -> tuple[int, ...]:
     """The output spatial shape of a window layer, or a ValueError naming the layer and the fix."""
-    if padding == "VALID" and any(f > s for f, s in zip(window, spatial)):
+    if padding == "VALID" and any(f > s for f, s in zip(window, spatial, strict=True)):
         raise ValueError(f"{layer!r}: window {tuple(window)} is larger than the {tuple(spatial)} "
                          f"images reaching it with padding='VALID'; use padding='SAME', a smaller "
                          f"window, or fewer VALID/strided layers before it")
     if padding == "CIRCULAR" and any(max(padding_for(n, f, s, padding)[:2]) > n
-                                     for n, f, s in zip(spatial, window, strides)):
+                                     for n, f, s in zip(spatial, window, strides, strict=True)):
         raise ValueError(f"{layer!r}: circular padding of {tuple(spatial)} images by a window "
                          f"{tuple(window)} wraps more than once; use a smaller window")
-    return tuple(output_size(n, f, s, padding) for n, f, s in zip(spatial, window, strides))
+    return tuple(output_size(n, f, s, padding) for n, f, s in zip(spatial, window, strides, strict=True))
 
 
 class Conv(Affine):
@@ -222,7 +223,7 @@ class Conv(Affine):
 
     def input_state(self, x1: torch.Tensor, x2: torch.Tensor | None, *, need_ntk: bool,
                     full: bool) -> KernelState | None:
-        """This layer's output state straight from input images, when that is cheaper: with
+        """The layer's output state straight from input images, when that is cheaper: with
         P_i(x) the (padded) input patch of output pixel i, C kh kw numbers,
             sum_d K_0[s i + d, s j + d] = P_i(x) . P_j(x') / C,
         so the state is the input state of the patches (`KernelState.from_inputs` divides by
@@ -275,6 +276,8 @@ def flatten_state(k: KernelState) -> KernelState:
 
 
 class FlattenModule(nn.Module):
+    """[N, ...] -> [N, prod(...)]: each sample's features in one vector."""
+
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return h.flatten(1)
 
@@ -294,7 +297,7 @@ class GlobalAvgPoolModule(nn.Module):
         return f"dims={self.dims}, {'sum' if self.total else 'mean'}"
 
 
-class Flatten(Layer):
+class Flatten(Layer[KernelState, KernelState]):
     """`Flatten()`: [N, C, H, W] -> [N, C*H*W] (the "vanilla" readout, CNN-V / CNTK-V).
 
     Kernel: `K_out = mean_i K[i, i]` over same-pixel pairs (neural-tangents divides by
@@ -320,7 +323,7 @@ class Flatten(Layer):
         return flatten_state(k) if k.spatial else k
 
 
-class GlobalAvgPool(Layer):
+class GlobalAvgPool(Layer[KernelState, KernelState]):
     """`GlobalAvgPool()`: NCHW images [N, C, H, W] -> [N, C], the mean over pixels (CNN-GAP /
     CNTK-GAP); token sequences [N, T, C] -> [N, C], the mean over tokens.
 
@@ -331,7 +334,8 @@ class GlobalAvgPool(Layer):
     --------
     >>> import torch, ntklab as nk
     >>> images = torch.randn(3, 2, 4, 4, dtype=torch.float64)
-    >>> nk.serial(nk.Conv(8, (3, 3), padding="SAME"), nk.Relu(), nk.GlobalAvgPool(), nk.Dense(1)).kernel(images, get="ntk").shape
+    >>> net = nk.serial(nk.Conv(8, (3, 3), padding="SAME"), nk.Relu(), nk.GlobalAvgPool(), nk.Dense(1))
+    >>> net.kernel(images, get="ntk").shape
     torch.Size([3, 3])
     """
 

@@ -38,7 +38,7 @@ class DenseModule(nn.Module):
         bias = None if b_std is None else torch.randn(out_features, generator=generator, dtype=dtype)
         if parameterization == "standard":
             weight *= W_std / math.sqrt(in_features)
-            if bias is not None:
+            if bias is not None and b_std is not None:
                 bias *= b_std
         self.weight = nn.Parameter(weight)
         self.bias = None if bias is None else nn.Parameter(bias)
@@ -67,7 +67,7 @@ def _add(ntk: torch.Tensor | float, term: torch.Tensor | float) -> torch.Tensor 
     return ntk + term if isinstance(ntk, float) else ntk.add_(term)
 
 
-class Affine(Layer):
+class Affine(Layer[KernelState, KernelState]):
     """Shared infinite-width map of the affine layers (`Dense`, `Conv`).
 
     With `S` the layer's sum over its `terms` input positions (identity for
@@ -81,6 +81,7 @@ class Affine(Layer):
     fixes the first and the last layer."""
 
     terms = 1
+    out: int   # output channels (features), set by the subclasses
 
     def __init__(self, W_std: float, b_std: float | None, parameterization: str, trainable: bool):
         self.W_std = hyperparameter(W_std, "W_std")

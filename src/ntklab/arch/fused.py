@@ -52,7 +52,7 @@ class fusible:  # noqa: N801 -- used as a decorator, like functools.cache
         if not fused or self._broken:
             return self.fn(*args)
         key = _signature(args)
-        if key in self._seen:
+        if key in self._seen and self._compiled is not None:
             return self._compiled(*args)
         with self._lock, torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
             try:

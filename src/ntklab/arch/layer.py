@@ -48,7 +48,7 @@ import hashlib
 import inspect
 import types
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import torch
@@ -110,7 +110,8 @@ def _function_identity(value: Any) -> str | None:
     (bytecode, constants, names, defaults), of the module globals it reads (literals such as
     `SCALE = 2.0` by value, numpy/torch arrays by their bytes, modules and other modules'
     functions by name) and, recursively, of the Python functions of its own module that it
-    calls by name; a global of any other kind makes the function unidentifiable (None).  Editing such a body therefore changes the identity; the digest also changes
+    calls by name; a global of any other kind makes the function unidentifiable (None).
+    Editing such a body therefore changes the identity; the digest also changes
     with the Python version (bytecode), which makes a store refuse, never mix, its tiles.
     None for what cannot be identified: lambdas, local functions, closures, bound methods."""
     name = _named_function(value)
@@ -118,40 +119,52 @@ def _function_identity(value: Any) -> str | None:
         return None
     if not inspect.isfunction(value):
         return name
-    digest, seen = hashlib.sha256(), set()
+    digest = _FunctionDigest()
+    return f"{name}@{digest.hexdigest()[:16]}" if digest.visit(value) else None
 
-    def visit(function: types.FunctionType) -> bool:
-        if function in seen:
+
+class _FunctionDigest:
+    """The SHA-256 of Python functions' code and of the globals they read (`_function_identity`)."""
+
+    def __init__(self):
+        self.sha, self.seen = hashlib.sha256(), set()
+
+    def hexdigest(self) -> str:
+        return self.sha.hexdigest()
+
+    def visit(self, function: types.FunctionType) -> bool:
+        """Feed `function` (once) and, in the sorted order of their names, the globals it reads;
+        False when one of them cannot be identified (a closure's captured variables neither)."""
+        if function in self.seen:
             return True
-        seen.add(function)
+        self.seen.add(function)
         if function.__closure__:
             return False   # captured variables cannot be identified
-        digest.update(f"{function.__module__}.{function.__qualname__}\0".encode())
-        _code(function.__code__, digest)
-        digest.update(repr((function.__defaults__, function.__kwdefaults__)).encode())
-        for global_name in sorted(_referenced_names(function.__code__)):
-            if global_name not in function.__globals__:
-                continue   # an attribute name or a builtin
-            other = function.__globals__[global_name]
-            if inspect.isfunction(other) and other.__module__ == function.__module__:
-                if not visit(other):
-                    return False
-            elif inspect.ismodule(other):
-                digest.update(f"{global_name}=module {other.__name__}\0".encode())
-            elif _literal(other) is not None:
-                digest.update(f"{global_name}={_literal(other)}\0".encode())
-            elif isinstance(other, (np.ndarray, np.generic, torch.Tensor)):
-                array = other.detach().cpu().numpy() if isinstance(other, torch.Tensor) else np.asarray(other)
-                digest.update(f"{global_name}={array.dtype.str}{array.shape}\0".encode())
-                digest.update(np.ascontiguousarray(array).tobytes())
-            elif (callable(other) and _named_function(other) is not None
-                  and other.__module__ != function.__module__):
-                digest.update(f"{global_name}={_named_function(other)}\0".encode())  # a library's
-            else:
-                return False   # a global whose value cannot be identified (an object, a closure)
-        return True
+        self.sha.update(f"{function.__module__}.{function.__qualname__}\0".encode())
+        _code(function.__code__, self.sha)
+        self.sha.update(repr((function.__defaults__, function.__kwdefaults__)).encode())
+        return all(self._global(global_name, function.__globals__[global_name], function)
+                   for global_name in sorted(_referenced_names(function.__code__))
+                   if global_name in function.__globals__)   # else an attribute name or a builtin
 
-    return f"{name}@{digest.hexdigest()[:16]}" if visit(value) else None
+    def _global(self, global_name: str, other: Any, function: types.FunctionType) -> bool:
+        """Feed one global `other` that `function` reads; False when it cannot be identified."""
+        if inspect.isfunction(other) and other.__module__ == function.__module__:
+            return self.visit(other)
+        if inspect.ismodule(other):
+            self.sha.update(f"{global_name}=module {other.__name__}\0".encode())
+        elif _literal(other) is not None:
+            self.sha.update(f"{global_name}={_literal(other)}\0".encode())
+        elif isinstance(other, (np.ndarray, np.generic, torch.Tensor)):
+            array = other.detach().cpu().numpy() if isinstance(other, torch.Tensor) else np.asarray(other)
+            self.sha.update(f"{global_name}={array.dtype.str}{array.shape}\0".encode())
+            self.sha.update(np.ascontiguousarray(array).tobytes())
+        elif (callable(other) and _named_function(other) is not None
+              and other.__module__ != function.__module__):
+            self.sha.update(f"{global_name}={_named_function(other)}\0".encode())  # a library's
+        else:
+            return False   # a global whose value cannot be identified (an object, a closure)
+        return True
 
 
 class ArchitectureError(ValueError):
@@ -164,9 +177,16 @@ def channel_axis(shape: tuple[int, ...]) -> int:
     return 1 if len(shape) == 3 else -1
 
 
-class Layer(ABC):
-    """Base class of all ntklab layers (see the module docstring for the contract)."""
+In = TypeVar("In")     # what a layer's kernel map takes: a KernelState, or a list (branches)
+Out = TypeVar("Out")   # what it returns
 
+
+class Layer(ABC, Generic[In, Out]):
+    """Base class of all ntklab layers (see the module docstring for the contract): `Layer[In,
+    Out]` maps a kernel state `In` to `Out`, `KernelState` for most layers, a list of states (one
+    per branch) after `FanOut` and before a fan-in layer."""
+
+    _arguments: dict[str, Any]   # the constructor's arguments, as given (set by __new__)
     takes_images: bool = False
     takes_sequences: bool = False
     takes_branches: bool = False
@@ -188,7 +208,7 @@ class Layer(ABC):
         """Finite-width torch module and the shape of one output sample."""
 
     @abstractmethod
-    def kernel_map(self, k: KernelState) -> KernelState:
+    def kernel_map(self, k: In) -> Out:
         """Infinite-width recursion: kernel state of the inputs (consumed) -> of the outputs."""
 
     def _call(self, render) -> str | None:
@@ -241,7 +261,8 @@ class Layer(ABC):
                           _literal(v) or _function_identity(v))
 
     def __repr__(self) -> str:
-        return self._call(lambda v: _literal(v) or _named_function(v) or repr(v))
+        text = self._call(lambda v: _literal(v) or _named_function(v) or repr(v))
+        return object.__repr__(self) if text is None else text   # None: never (every value renders)
 
 
 def _same(value: Any, default: Any) -> bool:

@@ -22,6 +22,8 @@ from .state import KernelState
 
 
 class LayerNormModule(nn.Module):
+    """(h - mean) / sqrt(var + eps) over the axis `dim` (no learned scale or shift)."""
+
     def __init__(self, dim: int, eps: float):
         super().__init__()
         self.dim, self.eps = dim, eps
@@ -34,7 +36,7 @@ class LayerNormModule(nn.Module):
         return f"dim={self.dim}, eps={self.eps}"
 
 
-class LayerNorm(Layer):
+class LayerNorm(Layer[KernelState, KernelState]):
     """`LayerNorm(axis=-1, eps=1e-12)`: normalize each position over channels. `axis` is the
     channel axis in ntklab's layout: -1 for vectors `[N, d]` and token sequences `[N, T, C]`
     (as neural-tangents' default), 1 for NCHW images.  Normalizing over other axes too is

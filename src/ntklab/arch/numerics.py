@@ -77,7 +77,7 @@ def out_of_range_message(net: "Serial", x1: torch.Tensor, x2: torch.Tensor | Non
         tiny = torch.finfo(variances[0].dtype).tiny
         per_sample = [v.reshape(len(v), -1).amax(1) for v in variances]   # shapes change with pooling
         lost = (positive and len(positive[-1]) == len(variances) and any(
-            bool((before & (now < tiny)).any()) for before, now in zip(positive[-1], per_sample)))
+            bool((before & (now < tiny)).any()) for before, now in zip(positive[-1], per_sample, strict=True)))
         if lost or any(bool(((v > 0) & (v < tiny)).any()) for v in variances):
             raise _LeftRange(i, "underflow")   # subnormal, or a positive variance became 0
         positive.append([now > 0 for now in per_sample])

@@ -51,7 +51,7 @@ class PoolModule(nn.Module):
                 f"padding={self.padding!r}, normalize_edges={self.normalize_edges}")
 
 
-class _Pool(Layer):
+class _Pool(Layer[KernelState, KernelState]):
     takes_images = True
     needs_all_pixel_pairs = True
     kind = "avg"
@@ -75,7 +75,7 @@ class _Pool(Layer):
     def _pool(self, t: torch.Tensor, spatial: Sequence[int]) -> torch.Tensor:
         """Pool both position indices of a pixel-pair tensor `t` `[..., H, W, H, W]`."""
         n_spatial = len(spatial)
-        for dim, (n, size, stride) in enumerate(zip(spatial, self.window_shape, self.strides)):
+        for dim, (n, size, stride) in enumerate(zip(spatial, self.window_shape, self.strides, strict=True)):
             for axis in (dim - 2 * n_spatial, dim - n_spatial):
                 t = window_sum(t, (axis,), size, stride, self.padding)
                 if self.kind == "sum":
@@ -138,7 +138,9 @@ class SumPool(_Pool):
     --------
     >>> import torch, ntklab as nk
     >>> images = torch.randn(3, 1, 4, 4, dtype=torch.float64)
-    >>> nk.serial(nk.Conv(8, (3, 3), padding="SAME"), nk.Relu(), nk.SumPool((2, 2), strides=(2, 2)), nk.Flatten()).kernel(images, get="nngp").shape
+    >>> net = nk.serial(nk.Conv(8, (3, 3), padding="SAME"), nk.Relu(), nk.SumPool((2, 2), strides=(2, 2)),
+    ...                 nk.Flatten())
+    >>> net.kernel(images, get="nngp").shape
     torch.Size([3, 3])
     """
 

@@ -120,7 +120,7 @@ class Elementwise(Activation):
         dot = cov.new_zeros(shape) if need_dot else None
         inner_nodes = nodes.reshape((-1,) + (1,) * len(shape))
         inner_weights = weights.reshape(inner_nodes.shape)
-        for z1, w1 in zip(nodes, weights):
+        for z1, w1 in zip(nodes, weights, strict=True):
             u = s1 * z1
             v = s2 * (rho * z1 + rest * inner_nodes)          # [n_points, *shape]
             nngp += w1 * self.fn(u) * (inner_weights * self.fn(v)).sum(0)

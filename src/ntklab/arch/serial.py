@@ -3,9 +3,10 @@ torch network (`.module`) and its infinite-width kernels (`.kernel`)."""
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from contextlib import contextmanager
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -18,6 +19,7 @@ from .numerics import in_float_range, out_of_range_message
 from .state import Kernel, KernelState
 
 GETS = ("nngp", "ntk")
+CPU = torch.device("cpu")
 MAX_BLOCK = 512           # rows of a block of pairs (vectors: 512 x 512 pairs)
 STATE_COPIES = 8          # live tensors of a block's size during a layer map (NNGP, NTK, temporaries)
 MIN_CPU_PAIRS = 9          # at least 3 x 3 pairs: an off-diagonal block also maps its inputs' own
@@ -84,7 +86,7 @@ def check_merged(state_or_shape) -> None:
                          f"merge them with nk.FanInSum() or nk.FanInConcat()")
 
 
-class Container(Layer):
+class Container(Layer[Any, Any]):
     """Layers made of layers (`serial`, `parallel`): requirements are the union of theirs."""
 
     name = "serial"
@@ -98,7 +100,12 @@ class Container(Layer):
             flat.extend(layer.layers if isinstance(self, Serial) and isinstance(layer, Serial) else [layer])
         if not flat:
             raise ValueError(f"{self.name}() needs at least one layer")
-        self.layers = tuple(flat)
+        self.layers: tuple[Layer, ...] = tuple(flat)
+        # requirements: the union of the layers' (declared once, as each layer's class attributes)
+        self.takes_images = any(layer.takes_images for layer in self.layers)
+        self.takes_sequences = any(layer.takes_sequences for layer in self.layers)
+        self.needs_all_pixel_pairs = any(layer.needs_all_pixel_pairs for layer in self.layers)
+        self.quadrature_points = max(layer.quadrature_points for layer in self.layers)
 
     def __repr__(self):
         return f"{self.name}(" + ", ".join(map(repr, self.layers)) + ")"
@@ -109,27 +116,12 @@ class Container(Layer):
 
     @property
     def identity(self) -> str | None:
-        parts = [layer.identity for layer in self.layers]
-        return None if None in parts else f"{self.name}(" + ", ".join(parts) + ")"
+        parts = [part for layer in self.layers if (part := layer.identity) is not None]
+        return f"{self.name}(" + ", ".join(parts) + ")" if len(parts) == len(self.layers) else None
 
     def hyperparameter_tensors(self) -> list[torch.Tensor]:
         return [t for layer in self.layers for t in layer.hyperparameter_tensors()]
 
-    @property
-    def takes_images(self) -> bool:
-        return any(layer.takes_images for layer in self.layers)
-
-    @property
-    def takes_sequences(self) -> bool:
-        return any(layer.takes_sequences for layer in self.layers)
-
-    @property
-    def needs_all_pixel_pairs(self) -> bool:
-        return any(layer.needs_all_pixel_pairs for layer in self.layers)
-
-    @property
-    def quadrature_points(self) -> int:
-        return max(layer.quadrature_points for layer in self.layers)
 
 
 class Serial(Container):
@@ -168,29 +160,29 @@ class Serial(Container):
         device (`torch.get_default_device()`).  The weights are drawn on the CPU from `seed`
         and then moved, so one seed gives the same network on every device.
 
-    Parameters
-    ----------
-    in_shape : int or sequence of int
-        One sample's shape.
-    seed : int
-    symmetric : bool
-    dtype, device : optional
+        Parameters
+        ----------
+        in_shape : int or sequence of int
+            One sample's shape.
+        seed : int
+        symmetric : bool
+        dtype, device : optional
 
-    Returns
-    -------
-    nn.Module
+        Returns
+        -------
+        nn.Module
 
-    Examples
-    --------
-    >>> import torch, ntklab as nk
-    >>> net = nk.serial(nk.Dense(256), nk.Relu(), nk.Dense(1))
-    >>> model = net.module(in_shape=3, seed=0, dtype=torch.float64)
-    >>> model(torch.randn(4, 3, dtype=torch.float64)).shape
-    torch.Size([4, 1])
-    >>> symmetric = net.module(in_shape=3, symmetric=True)   # f(x; theta_0) = 0
-    >>> float(symmetric(torch.randn(4, 3)).detach().abs().max())
-    0.0
-    """
+        Examples
+        --------
+        >>> import torch, ntklab as nk
+        >>> net = nk.serial(nk.Dense(256), nk.Relu(), nk.Dense(1))
+        >>> model = net.module(in_shape=3, seed=0, dtype=torch.float64)
+        >>> model(torch.randn(4, 3, dtype=torch.float64)).shape
+        torch.Size([4, 1])
+        >>> symmetric = net.module(in_shape=3, symmetric=True)   # f(x; theta_0) = 0
+        >>> float(symmetric(torch.randn(4, 3)).detach().abs().max())
+        0.0
+        """
         shape = (in_shape,) if isinstance(in_shape, int) else tuple(in_shape)
         needed = 3 if self.takes_images else 2 if self.takes_sequences else None
         if len(shape) not in (1, 2, 3) or (needed and len(shape) != needed):
@@ -252,7 +244,7 @@ class Serial(Container):
         return spatial * self.quadrature_points
 
     def block_size_for(self, sample_shape: Sequence[int], max_memory, dtype: torch.dtype,
-                       device: torch.device = torch.device("cpu")) -> int:
+                       device: torch.device = CPU) -> int:
         """Rows (= columns) of a block of pairs whose layer states fit in `max_memory`
         (and, on CPU, whose state tensors stay about cache-sized)."""
         pair_bytes = torch.empty((), dtype=dtype).element_size() * self.pair_entries(sample_shape)
@@ -301,39 +293,39 @@ class Serial(Container):
         promotion of both (float32 with float64 is float64).  Device:
         `device`, or the input tensor's.
 
-    Parameters
-    ----------
-    x1, x2 : tensor or array
-        Samples `[N1, ...]`, `[N2, ...]`; `x2=None` is `x1` with itself.
-    get : {"nngp", "ntk"}, tuple of them, or None
-        A name returns that tensor, a tuple or None a `Kernel`.
-    block_size, max_memory, workers, fused, progress
-        How the blocks of pairs are computed (see above); they change the numbers only by
-        rounding (1e-16 relative), and the same settings give bitwise the same kernel in every run.
-    dtype, device
-        Of the result (default: the input's).
+        Parameters
+        ----------
+        x1, x2 : tensor or array
+            Samples `[N1, ...]`, `[N2, ...]`; `x2=None` is `x1` with itself.
+        get : {"nngp", "ntk"}, tuple of them, or None
+            A name returns that tensor, a tuple or None a `Kernel`.
+        block_size, max_memory, workers, fused, progress
+            How the blocks of pairs are computed (see above); they change the numbers only by
+            rounding (1e-16 relative), and the same settings give bitwise the same kernel in every run.
+        dtype, device
+            Of the result (default: the input's).
 
-    Returns
-    -------
-    Kernel or torch.Tensor
-        `[N1, N2]` kernels.
+        Returns
+        -------
+        Kernel or torch.Tensor
+            `[N1, N2]` kernels.
 
-    Raises
-    ------
-    ValueError
-        For inputs the architecture cannot take (the message names the layer and the fix).
+        Raises
+        ------
+        ValueError
+            For inputs the architecture cannot take (the message names the layer and the fix).
 
-    Examples
-    --------
-    >>> import torch, ntklab as nk
-    >>> net = nk.serial(nk.Dense(512, W_std=1.5, b_std=0.05), nk.Relu(), nk.Dense(1))
-    >>> x = torch.randn(5, 3, dtype=torch.float64)
-    >>> k = net.kernel(x)
-    >>> k.nngp.shape, k.ntk.shape
-    (torch.Size([5, 5]), torch.Size([5, 5]))
-    >>> bool(torch.equal(net.kernel(x, get="ntk"), k.ntk))
-    True
-    """
+        Examples
+        --------
+        >>> import torch, ntklab as nk
+        >>> net = nk.serial(nk.Dense(512, W_std=1.5, b_std=0.05), nk.Relu(), nk.Dense(1))
+        >>> x = torch.randn(5, 3, dtype=torch.float64)
+        >>> k = net.kernel(x)
+        >>> k.nngp.shape, k.ntk.shape
+        (torch.Size([5, 5]), torch.Size([5, 5]))
+        >>> bool(torch.equal(net.kernel(x, get="ntk"), k.ntk))
+        True
+        """
         names = canonical_get(get)
         dtype = input_dtype(x1, dtype, x2)
         differentiable = torch.is_grad_enabled() and any(
@@ -347,45 +339,55 @@ class Serial(Container):
                           "compute it tile by tile into a zarr store with "
                           "nk.kernels.compute_kernel(net, x1, x2, store='k.zarr') (or `ntklab "
                           "kernel --out k.zarr`), or ask for one kernel with get='ntk'")
-        need_ntk, full = "ntk" in names, self.needs_all_pixel_pairs
-        if differentiable:  # autograd's saved-tensor hooks (below) hold in this thread only
+        block_size, workers = self._execution(x1, x2, block_size, max_memory, workers, differentiable)
+        maths = functools.partial(self._block_kernels, need_ntk="ntk" in names, full=self.needs_all_pixel_pairs,
+                                  fused=bool(fused) and not differentiable)
+        # autograd through the in-place recursions: the tensors saved for backward are copies
+        context = (torch.autograd.graph.saved_tensors_hooks(torch.clone, lambda t: t)
+                   if differentiable else torch.no_grad())
+        with context:
+            out = tiled_pairs(maths, x1, x2, names, block_size=block_size,
+                              progress=progress, workers=workers, steps_per_tile=len(self.layers))
+        return out[get] if isinstance(get, str) else Kernel(nngp=out.get("nngp"), ntk=out.get("ntk"))
+
+    def _execution(self, x1: torch.Tensor, x2: torch.Tensor | None, block_size: int | None, max_memory,
+                   workers: int | None, differentiable: bool) -> tuple[int, int]:
+        """How `kernel` runs (see its docstring): the block size and the worker threads."""
+        if differentiable:  # autograd's saved-tensor hooks (in `kernel`) hold in this thread only
             workers = 1
         elif workers is None:  # tiles in parallel, one thread each: robust on a busy machine
             workers = 1 if x1.device.type != "cpu" else torch.get_num_threads()
         workers = positive_int(workers, "workers")
         if block_size is None:
-            block_size = self.block_size_for(x1.shape[1:], max_memory, dtype, x1.device)
+            block_size = self.block_size_for(x1.shape[1:], max_memory, x1.dtype, x1.device)
             if workers > 1:  # at least two blocks per side, so that the workers share the tiles
                 longest = max(len(x1), len(x1 if x2 is None else x2))
                 block_size = min(block_size, max(1, math.ceil(longest / 2)))
-        block_size = positive_int(block_size, "block_size")
-        fused = bool(fused) and not differentiable
+        return positive_int(block_size, "block_size"), workers
 
-        def blockwise(b1: torch.Tensor, b2: torch.Tensor | None, advance) -> dict[str, torch.Tensor]:
-            state = self.inputs_map(b1, b2, need_ntk=need_ntk, full=full, fused=fused,
-                                    after_layer=lambda i, k: advance())
-            check_merged(state)
-            problem = None if in_float_range(state) else out_of_range_message(
-                self, b1, b2, need_ntk=need_ntk, full=full)
-            if problem is not None:
-                raise ArchitectureError(problem)
-            if state.spatial:
-                kind = "images" if len(state.spatial) == 2 else "token sequences"
-                raise ValueError(f"the architecture ends on {kind} of spatial shape "
-                                 f"{state.spatial}; end it with nk.Flatten() or "
-                                 f"nk.GlobalAvgPool() (and a Dense readout) to get a kernel matrix")
-            ntk = state.ntk
-            if isinstance(ntk, float):  # no layer carried an NTK
-                ntk = torch.full_like(state.nngp, ntk)
-            return {"nngp": state.nngp, "ntk": ntk}
-
-        # autograd through the in-place recursions: the tensors saved for backward are copies
-        context = (torch.autograd.graph.saved_tensors_hooks(torch.clone, lambda t: t)
-                   if differentiable else torch.no_grad())
-        with context:
-            out = tiled_pairs(blockwise, x1, x2, names, block_size=block_size,
-                              progress=progress, workers=workers, steps_per_tile=len(self.layers))
-        return out[get] if isinstance(get, str) else Kernel(nngp=out.get("nngp"), ntk=out.get("ntk"))
+    def _block_kernels(self, b1: torch.Tensor, b2: torch.Tensor | None, advance: Callable[[], None], *,
+                       need_ntk: bool, full: bool, fused: bool) -> dict[str, torch.Tensor]:
+        """The maths of `kernel` for one block of pairs: the layers' recursions from the inputs
+        `b1`, `b2` (`advance()` after each layer, for progress), checked to have stayed in the
+        floating range and to end on vectors; the NTK identically zero when no layer carried one."""
+        state = self.inputs_map(b1, b2, need_ntk=need_ntk, full=full, fused=fused,
+                                after_layer=lambda i, k: advance())
+        check_merged(state)
+        problem = None if in_float_range(state) else out_of_range_message(
+            self, b1, b2, need_ntk=need_ntk, full=full)
+        if problem is not None:
+            raise ArchitectureError(problem)
+        if state.spatial:
+            kind = "images" if len(state.spatial) == 2 else "token sequences"
+            raise ValueError(f"the architecture ends on {kind} of spatial shape "
+                             f"{state.spatial}; end it with nk.Flatten() or "
+                             f"nk.GlobalAvgPool() (and a Dense readout) to get a kernel matrix")
+        blocks = {"nngp": state.nngp}
+        if isinstance(state.ntk, float):  # no layer carried an NTK
+            blocks["ntk"] = torch.full_like(state.nngp, state.ntk)
+        elif state.ntk is not None:       # None: not requested
+            blocks["ntk"] = state.ntk
+        return blocks
 
     def _inputs(self, x, name: str, dtype: torch.dtype, device, differentiable: bool) -> torch.Tensor:
         """Validated inputs; a tensor that requires grad keeps its graph when differentiating."""

@@ -42,9 +42,11 @@ def _layer(call: ast.expr, argument: str) -> Layer:
     if name not in LAYERS:
         raise ValueError(f"{argument}: unknown layer {name!r}; known layers: "
                          f"{', '.join(sorted([*LAYERS, *COMBINATORS]))}")
+    if any(k.arg is None for k in call.keywords):
+        raise ValueError(f"{argument}: write the arguments of {name} out (no **), got {ast.unparse(call)!r}")
     try:
         args = [ast.literal_eval(a) for a in call.args]
-        kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+        kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords if k.arg is not None}
     except ValueError as err:
         raise ValueError(f"{argument}: arguments of {name} must be literals, got "
                          f"{ast.unparse(call)!r}") from err

@@ -59,6 +59,7 @@ class KernelState:
     FanOut does for its branches).  `fused` asks
     them to run their maps compiled (`arch.fused`): the same numbers, to rounding.
     """
+
     nngp: torch.Tensor
     ntk: torch.Tensor | float | None  # None: NTK not requested; 0.0: identically zero
     var1: torch.Tensor
@@ -119,7 +120,7 @@ class KernelState:
                             positions=None if self.positions is None else self.positions.clone())
 
     def fanned_out(self) -> "KernelState":
-        """This state as a branch of a `FanOut`: not `fresh` (every branch is its input), the
+        """The state of one branch of a `FanOut` of this one: not `fresh` (every branch is its input), the
         enclosing branch's `fresh` pushed on `outer_fresh` (the per-position layout too)."""
         return self.replace(fresh=False, outer_fresh=(*self.outer_fresh, self.fresh),
                             positions=None if self.positions is None else self.positions.fanned_out())
@@ -182,6 +183,7 @@ class Kernel:
     >>> k.nngp.shape, k.ntk.shape
     (torch.Size([2, 2]), torch.Size([2, 2]))
     """
+
     nngp: torch.Tensor | None
     ntk: torch.Tensor | None
 

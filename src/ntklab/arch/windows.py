@@ -27,6 +27,7 @@ def padding_for(n_in: int, size: int, stride: int, padding: str) -> tuple[int, i
 
 
 def output_size(n_in: int, size: int, stride: int, padding: str) -> int:
+    """Positions of a window layer's output along one axis (`padding_for`'s third number)."""
     return padding_for(n_in, size, stride, padding)[2]
 
 
@@ -80,6 +81,11 @@ def window_sum(t: torch.Tensor, axes: Sequence[int], size: int, stride: int = 1,
         for axis in axes:
             target = target.narrow(axis, first, stop - first)
         target.add_(source)
+    if out is None:   # no output (n_out = 0): the empty sum
+        shape = list(t.shape)
+        for axis in axes:
+            shape[axis] = max(n_out, 0)
+        return t.new_zeros(shape)
     return out
 
 
