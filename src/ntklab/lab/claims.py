@@ -129,3 +129,19 @@ def mean_se(values) -> tuple[float, float]:
     if len(values) < 2:
         return float(values.mean()) if len(values) else float("nan"), float("nan")
     return float(values.mean()), float(values.std(ddof=1) / np.sqrt(len(values)))
+
+
+def accuracy_difference(first: float, second: float, count: int) -> tuple[float, float]:
+    """first - second in percentage points, two accuracies on `count` test points, with the
+    binomial standard error at the observed accuracies, sqrt(Σ p(1-p)/count) (the two taken as
+    independent)."""
+    return 100 * (first - second), 100 * math.sqrt((first * (1 - first) + second * (1 - second)) / count)
+
+
+def other_data(prediction_data: str, data: str) -> str:
+    """The reason a claim is untestable when the run's data are not those its predictions are
+    for ("" when they are)."""
+    if data == prediction_data:
+        return ""
+    return (f"the prediction is for {prediction_data}, this run's data are {data} "
+            f"(with a prediction for {data}: --set prediction_data={data})")
