@@ -12,6 +12,9 @@ outputs a, b of a model with O outputs.  `mode` says which part is returned:
                                   is comparable with the analytic per-output NTK)
     "diagonal"  [N1, N2, O]      Theta_{aa}
 
+or, as neural-tangents' `empirical_ntk_fn`, `trace_axes` / `diagonal_axes` name axes of the
+outputs f(x) `[N, *S]` to trace (mean) or take the diagonal of (`contractions.output_axes`).
+
 Three strategies (Novak, Sohl-Dickstein & Schoenholz 2022, "Fast Finite Width
 NTK", name the same three for JAX):
 
@@ -46,7 +49,7 @@ from tqdm.auto import tqdm
 from .._core.validation import check_result_fits, parse_memory
 from .._core.tiling import Tiling, store_tile
 from .autotune import choose
-from .contractions import MODES
+from .contractions import MODES, output_axes
 from .model_inputs import check_model, model_input, reference_tensor, select_parameters, takes_indices
 from .structured import Features, Plan
 
@@ -112,10 +115,11 @@ def _run(plan: Plan, implementation: str, x1: torch.Tensor, x2: torch.Tensor | N
     return result
 
 
-def empirical_ntk(model: nn.Module, x1, x2=None, *, mode: str = "trace",
+def empirical_ntk(model: nn.Module, x1, x2=None, *, mode: str | None = None,
                   params: Sequence[str] | Sequence[torch.Tensor] | None = None,
                   implementation: str = "auto", max_memory: int | str | None = None,
-                  progress: bool | None = None) -> torch.Tensor:
+                  progress: bool | None = None, trace_axes: int | Sequence[int] | None = None,
+                  diagonal_axes: int | Sequence[int] | None = None) -> torch.Tensor:
     """Empirical NTK of `model` between the samples of `x1` [N1, ...] and `x2`
     [N2, ...] (`x2=None`: `x1` with itself; only upper tiles are computed).
 
@@ -130,17 +134,26 @@ def empirical_ntk(model: nn.Module, x1, x2=None, *, mode: str = "trace",
     `ntklab.kernels.autotune`), or pin
     "structured", "jacobian" or "ntk_vp".
 
+    `trace_axes`, `diagonal_axes` (instead of `mode`): neural-tangents' arguments, with its
+    meaning and defaults ((-1,) and ()): axes of the outputs `[N, *S]` whose pairs are traced
+    (averaged: the trace divided by their size) or reduced to their diagonal; the result is
+    neural-tangents' `[N1, N2, ...]` (an axis kept whole gives a pair of axes, a diagonal one a
+    single axis, in the outputs' order).  Computed by the mode that suffices: "trace" when every
+    output axis is traced, "diagonal" when every one is traced or diagonal, else "full".
+
     Returns
     -------
     torch.Tensor
-        `[N1, N2]` ("trace"), `[N1, N2, O, O]` ("full") or `[N1, N2, O]` ("diagonal").
+        `[N1, N2]` ("trace", the default), `[N1, N2, O, O]` ("full"), `[N1, N2, O]`
+        ("diagonal"), or neural-tangents' shape for `trace_axes` / `diagonal_axes`.
 
     Raises
     ------
     ValueError
         For a model that is not an `nn.Module`, an unknown `mode` or `implementation`,
         inputs whose sample shapes differ, or a model whose output is not one row per
-        sample (e.g. one scalar per batch).
+        sample (e.g. one scalar per batch); `mode` together with `trace_axes`/`diagonal_axes`,
+        and axes that are the batch axis, out of range, repeated, or both traced and diagonal.
 
     Parameters
     ----------
@@ -150,14 +163,16 @@ def empirical_ntk(model: nn.Module, x1, x2=None, *, mode: str = "trace",
         Samples; `x2=None`: `x1` with itself.  Converted to the model's dtype, except
         integer inputs of a model with `nn.Embedding`/`nn.EmbeddingBag`, which are its
         indices and are passed unchanged (Θ is a Jacobian in the parameters only).
-    mode : {"trace", "full", "diagonal"}
-        Mean over outputs, every output pair, or each output with itself.
+    mode : {"trace", "full", "diagonal"}, optional
+        Mean over outputs (None: "trace"), every output pair, or each output with itself.
     params : sequence of str or tensors, optional
         The parameters w of Θ = J_w J_wᵀ.
     implementation : {"auto", "structured", "jacobian", "ntk_vp"}
     max_memory : int or str, optional
         Bound on the working memory, e.g. "2GiB" (default None: 1 GiB).
     progress : bool, optional
+    trace_axes, diagonal_axes : int or sequence of int, optional
+        neural-tangents' arguments (instead of `mode`).
 
     Examples
     --------
@@ -168,9 +183,15 @@ def empirical_ntk(model: nn.Module, x1, x2=None, *, mode: str = "trace",
     torch.Size([5, 4])
     >>> nk.empirical_ntk(model, x1, x2, mode="full").shape
     torch.Size([5, 4, 2, 2])
+    >>> nk.empirical_ntk(model, x1, x2, trace_axes=(), diagonal_axes=(-1,)).shape   # neural-tangents'
+    torch.Size([5, 4, 2])
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    neural_tangents = trace_axes is not None or diagonal_axes is not None
+    if neural_tangents and mode is not None:
+        raise ValueError(f"pass either mode={mode!r} or neural-tangents' trace_axes=/diagonal_axes=, not both")
+    mode = "trace" if mode is None else mode
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if implementation not in IMPLEMENTATIONS:
@@ -186,6 +207,11 @@ def empirical_ntk(model: nn.Module, x1, x2=None, *, mode: str = "trace",
             raise ValueError(f"x1 and x2 must have the same sample shape, got {tuple(x1.shape[1:])} "
                              f"and {tuple(x2.shape[1:])}")
     n_out = check_model(model, x1, "x1", x2)
+    to_axes = None
+    if neural_tangents:
+        with torch.no_grad():   # the per-sample output shape S (check_model ran the model on x1)
+            sample_shape = tuple(model(x1[:1]).shape[1:])
+        mode, to_axes = output_axes(trace_axes, diagonal_axes, sample_shape)
     if implementation == "auto":
         plans = {"structured": Plan(model, chosen, True, x1)}
         if not plans["structured"].structured:   # nothing structured: same as "jacobian"
@@ -195,4 +221,5 @@ def empirical_ntk(model: nn.Module, x1, x2=None, *, mode: str = "trace",
         plan = plans[implementation]
     else:
         plan = Plan(model, chosen, implementation == "structured", x1)
-    return _run(plan, implementation, x1, x2, mode, n_out, max_memory, progress, reference.dtype)
+    kernel = _run(plan, implementation, x1, x2, mode, n_out, max_memory, progress, reference.dtype)
+    return kernel if to_axes is None else to_axes(kernel)
