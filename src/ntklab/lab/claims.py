@@ -116,9 +116,9 @@ def scale_factor(measured, se, predicted) -> tuple[float, float]:
     its standard error 1/sqrt(Σ predicted²/se²): a = 1 when the Monte Carlo is the prediction."""
     import numpy as np
     measured, se, predicted = (np.asarray(v, float).ravel() for v in (measured, se, predicted))
-    weights = predicted ** 2 / se ** 2
-    if not np.all(se > 0) or weights.sum() == 0:
+    if not np.all(se > 0) or not np.any(predicted):
         return float("nan"), float("nan")
+    weights = predicted ** 2 / se ** 2
     return float((measured * predicted / se ** 2).sum() / weights.sum()), float(1 / np.sqrt(weights.sum()))
 
 
