@@ -164,7 +164,7 @@ def power_guides(ax, x, anchor: float, exponents, *, label: str = "x", styles=("
     `label^e`: the rates a report claims, drawn beside the measurements."""
     x = np.asarray(x, float)
     for exponent, style in zip(exponents, styles[:len(exponents)], strict=True):
-        ax.plot(x, anchor * (x / x[0]) ** exponent, color="0.5", ls=style, lw=0.8,
+        ax.plot(x, anchor * (x / x[0]) ** exponent, color="0.35", ls=style, lw=1.2,
                 label=f"{label}^{exponent:g}")
 
 

@@ -71,7 +71,8 @@ class Config:
 def crossing(cfg: Config, method: str, d: int, seed: int) -> tuple[float, list[dict]]:
     """n* for one method and dimension, and the (n, loss) points measured on the way (and
     `cfg.after_crossing` grid points past the crossing, within n_max)."""
-    points, n, previous = [], max(cfg.n_start, 2 * (d + 1)), None   # preprocessing needs n > d + 1
+    points: list[dict] = []
+    n, previous = max(cfg.n_start, 2 * (d + 1)), None   # preprocessing needs n > d + 1
     n_star, first_past = float("nan"), 0
     while n <= cfg.n_max and (not np.isfinite(n_star) or len(points) < first_past + cfg.after_crossing):
         losses = []

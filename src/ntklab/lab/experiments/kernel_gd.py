@@ -297,9 +297,12 @@ def plot_network_steps(networks: list[dict], config: Config) -> plt.Figure:
         ax.loglog(etas, row["remainders"], "o-" if row["weights"] == "initialization" else "s--",
                   color=plt.cm.tab10(config.network_widths.index(row["width"])),
                   label=f"width {row['width']}, {row['weights']} (slope {row['slope']:.2f})")
-    power_guides(ax, etas, min(r["remainders"][0] for r in networks), (2,), label="eta")
+    # the guide above every curve (at the smallest remainder it hid under the lowest one)
+    power_guides(ax, etas, 4 * max(r["remainders"][0] for r in networks), (2,), label="eta")
     ax.set(xlabel="learning rate eta", ylabel="max |Δf - kernel-regression step| on test points",
            title="one GD step of a tanh MLP = kernel step + O(eta^2)")
+    ax.minorticks_off()
+    ax.set_xticks(etas, [f"{eta:g}" for eta in etas])
     ax.legend(fontsize=6)
     fig.tight_layout()
     return fig
