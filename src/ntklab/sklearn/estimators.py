@@ -18,7 +18,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from .._core.validation import positive
 from ..arch import Serial
 from .gp import (WeightedFlow, fit_hyperparameters, log_marginal_likelihood,
-                 resolve_architecture)
+                 resolve_architecture, weighted_scale)
 
 
 def resolve_input_shape(input_shape) -> tuple[int, ...] | None:
@@ -203,8 +203,7 @@ class _Regressor(RegressorMixin, _InfiniteNetwork):
         w = torch.from_numpy(self.sample_weight_)
         self.log_marginal_likelihood_value_ = float(log_marginal_likelihood(
             k, torch.from_numpy(targets[keep]), w, self.diag_reg_))
-        scale = float((w * k.diagonal()).sum() / w.sum())
-        self.noise_variance_ = self.diag_reg_ * scale * self.y_train_std_ ** 2
+        self.noise_variance_ = self.diag_reg_ * float(weighted_scale(k, w)) * self.y_train_std_ ** 2
         return self
 
     def _hyperparameters(self, x, targets, weights):
@@ -300,10 +299,11 @@ REGRESSOR_PARAMETERS = """
         Subtract the mean of y and divide by its standard deviation before fitting; predictions,
         standard deviations and covariances are scaled back (as GaussianProcessRegressor).
     optimizer : None or "lbfgs"
-        "lbfgs": fit W_std, b_std (tied across the Dense layers, see `ArchitectureKernel`) and
-        diag_reg by maximizing the log marginal likelihood (L-BFGS-B on their logarithms,
-        gradients by autograd through the kernel; needs t=None and an architecture of Dense
-        layers and activations).  None: the given values.
+        "lbfgs" (or GaussianProcessRegressor's name, "fmin_l_bfgs_b"): fit W_std, b_std (tied
+        across the Dense layers, see `ArchitectureKernel`) and diag_reg by maximizing the log
+        marginal likelihood (L-BFGS-B on their logarithms, gradients by autograd through the
+        kernel; needs t=None and an architecture of Dense layers and activations).  None: the
+        given values.
     n_restarts_optimizer : int
         Further L-BFGS-B runs from log-uniform random starts in `gp.BOUNDS`; the best wins.
     random_state : int, RandomState or None
@@ -316,7 +316,6 @@ class NTKRegressor(_Regressor):
     `nk.predict.gradient_descent_mse_ensemble(get="ntk")`; `predict(X, return_std=True |
     return_cov=True)` also gives that ensemble's covariance at time t (from the NNGP and the NTK).
     `sample_weight` weights the samples' squared errors (integer weights = repeated samples).
-    (Parameters and Attributes: below.)
 
     Examples
     --------
@@ -354,7 +353,6 @@ class NNGPRegressor(_Regressor):
     deviation / covariance as well, like `GaussianProcessRegressor`:
         cov(x, x') = K(x, x') - K(x, X) A_2t K(X, x'),   A_2t as `gp.WeightedFlow` at rate 2 lr
     (K(x, x') - K(x, X) (K + diag_reg s W^-1)^-1 K(X, x') for t=None), times y_train_std_^2.
-    (Parameters and Attributes: below.)
 
     Examples
     --------
@@ -407,7 +405,6 @@ class NTKClassifier(ClassifierMixin, _InfiniteNetwork):
     cv : int, cross-validation generator or iterable of (train, test) splits
         The folds of the calibration (an int: that many shuffled folds, seed 0, at most one per
         sample).
-    (Attributes: below.)
 
     Examples
     --------

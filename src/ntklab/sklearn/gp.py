@@ -38,6 +38,12 @@ def resolve_architecture(architecture) -> Serial:
                      f"string such as 'Dense(512), Relu(), Dense(1)', got {architecture!r}")
 
 
+def weighted_scale(k: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """s = sum_i w_i K_ii / sum_i w_i, the scale of the relative diag_reg (the mean of diag K
+    over the samples repeated by their weights)."""
+    return (weights * k.diagonal()).sum() / weights.sum()
+
+
 class WeightedFlow:
     """Gradient flow from f = 0 (the infinite ensemble's mean) on the weighted MSE
     sum_i w_i |f(x_i) - y_i|^2 / (2 |Y|_w), |Y|_w = sum(w) x outputs, with neural-tangents' ridge,
@@ -52,7 +58,7 @@ class WeightedFlow:
     def __init__(self, k: torch.Tensor, weights: torch.Tensor, *, diag_reg: float,
                  learning_rate: float, outputs: int):
         self.root = weights.sqrt()[:, None]
-        scale = float((weights * k.diagonal()).sum() / weights.sum())
+        scale = float(weighted_scale(k, weights))
         self.flow = GradientFlow(self.root * k * self.root.T, len(k) * outputs,
                                  learning_rate=learning_rate * len(k) / float(weights.sum()),
                                  diag_reg=diag_reg * scale, diag_reg_absolute_scale=True)
@@ -72,7 +78,7 @@ def log_marginal_likelihood(k: torch.Tensor, y: torch.Tensor, weights: torch.Ten
         -1/2 y~^T G^-1 y~ - M/2 (log det G - sum_i log w_i) - N M/2 log(2 pi),   y~ = W^1/2 y;
     differentiable in K and diag_reg; -inf when G is not positive definite."""
     root = weights.sqrt()[:, None]
-    scale = (weights * k.diagonal()).sum() / weights.sum()
+    scale = weighted_scale(k, weights)
     g = root * k * root.T + diag_reg * scale * torch.eye(len(k), dtype=k.dtype, device=k.device)
     chol, info = torch.linalg.cholesky_ex(g)
     if int(info) != 0:
