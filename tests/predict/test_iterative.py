@@ -128,3 +128,35 @@ def test_nystrom_regression_refuses_more_centers_than_samples(problem):
     x, y, _ = problem
     with pytest.raises(ValueError, match="centers=121 exceeds the 120 training samples"):
         nystrom_regression(NET, x, y, centers=121)
+
+
+def test_cg_reports_the_true_residual_below_the_rounding_floor():
+    """An rtol far below float32's attainable accuracy (eps x condition number): the recursion's residual
+    reaches it, the true residual ||y - (K + lambda I) alpha|| does not; CG says so instead of claiming
+    convergence (it did), and the reported residual is the true one (numpy in float64)."""
+    generator = torch.Generator().manual_seed(2)
+    x = torch.randn(400, 5, generator=generator)
+    k = NET.kernel(x, get="ntk")   # float32
+    y = torch.sin(x[:, :1])
+    with pytest.warns(RuntimeWarning, match="recursively updated residual reached rtol but the true one did not"):
+        result = conjugate_gradients(k, y, diag_reg=1e-4, preconditioner=None, rtol=1e-12, progress=False)
+    assert not result.converged
+    k64, alpha, y64 = k.double().numpy(), result.solution.double().numpy(), y.double().numpy()
+    true = np.linalg.norm(y64 - k64 @ alpha - 1e-4 * k64.diagonal().mean() * alpha) / np.linalg.norm(y64)
+    np.testing.assert_allclose(float(result.relative_residual), true, rtol=0.05)
+
+
+def test_cg_stops_when_the_residual_stops_improving():
+    """A preconditioner that is not symmetric (I + a random antisymmetric part) breaks CG's descent: the
+    residual stops improving and CG stops 50 iterations after its last 10 % improvement instead of running
+    to max_iterations = 3000 (a negative control: the symmetric I converges)."""
+    x = torch.randn(300, 5, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    k, y = NET.kernel(x, get="ntk"), torch.sin(x[:, :1])
+    random = torch.randn(300, 300, generator=torch.Generator().manual_seed(1), dtype=torch.float64) / 300 ** 0.5
+    skewed = torch.eye(300, dtype=torch.float64) + (random - random.T) / 2
+    with pytest.warns(RuntimeWarning, match="no progress in 50 iterations"):
+        result = conjugate_gradients(k, y, diag_reg=1e-4, preconditioner=lambda r: skewed @ r, rtol=1e-10,
+                                     max_iterations=3000, progress=False)
+    assert result.iterations < 3000 and not result.converged
+    assert conjugate_gradients(k, y, diag_reg=1e-4, preconditioner=lambda r: r, rtol=1e-10, max_iterations=3000,
+                               progress=False).converged

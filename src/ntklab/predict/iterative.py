@@ -118,7 +118,7 @@ class NystromPreconditioner:
 @dataclass(frozen=True)
 class CGResult:
     """The solution of (K + lambda I) alpha = y, with the iterations CG took and the final relative
-    residual ||y - (K + lambda I) alpha|| / ||y|| of each column."""
+    residual ||y - (K + lambda I) alpha|| / ||y|| of each column (computed, not the recursion's)."""
 
     solution: torch.Tensor
     iterations: int
@@ -149,7 +149,8 @@ def conjugate_gradients(k_train_train, y_train, *, diag_reg: float = 0.0, diag_r
     rtol : float
         Stop when every column's relative residual is below `rtol`.
     max_iterations : int, optional
-        Default n.  Reaching it without convergence warns (RuntimeWarning) with the residual.
+        Default n.  Reaching it, or 50 iterations without progress (the rounding floor of an
+        ill-conditioned system), warns (RuntimeWarning) with the residual.
     seed : int
         The preconditioner's random probes.
     progress : bool, optional
@@ -192,18 +193,32 @@ def conjugate_gradients(k_train_train, y_train, *, diag_reg: float = 0.0, diag_r
     else:
         raise ValueError(f"preconditioner must be 'nystrom', None or a function r -> P^-1 r, "
                          f"got {preconditioner!r}")
-    solution, iterations, residual = _pcg(operator, b, shift, apply_preconditioner, rtol, max_iterations, progress)
+    solution, iterations, recursive = _pcg(operator, b, shift, apply_preconditioner, rtol, max_iterations, progress)
+    # the residual the recursion updates drifts from the true one in floating point: report the true one
+    residual = (b - operator.matmul(solution) - shift * solution).norm(dim=0) / b.norm(dim=0).clamp_min(
+        torch.finfo(b.dtype).tiny)
     converged = bool((residual <= rtol).all())
     if not converged:
+        floor = "below about eps times the condition number of K + lambda I no iteration helps"
+        why = (f"the recursively updated residual reached rtol but the true one did not: {floor}"
+               if bool((recursive <= rtol).all()) else f"max_iterations={max_iterations} reached"
+               if iterations == max_iterations else f"no progress in {STAGNATION} iterations: {floor}, or the "
+               f"preconditioner is not symmetric positive definite")
         warnings.warn(f"conjugate gradients stopped after {iterations} iterations with relative residual "
-                      f"{float(residual.max()):.3g} > rtol={rtol:g}; raise max_iterations, the preconditioner's "
-                      f"rank or diag_reg", RuntimeWarning, stacklevel=2)
+                      f"||y - (K + lambda I) alpha|| / ||y|| = {float(residual.max()):.3g} > rtol={rtol:g} ({why}); "
+                      f"raise diag_reg or the preconditioner's rank, or ask for a larger rtol", RuntimeWarning,
+                      stacklevel=2)
     return CGResult(solution[:, 0] if vector else solution, iterations, residual, converged)
+
+
+STAGNATION = 50   # iterations without a 10 % better residual after which CG stops (see _pcg)
 
 
 def _pcg(operator, b, shift, apply_preconditioner, rtol, max_iterations, progress):
     """The PCG loop for all columns of b at once (each column its own step sizes; a converged
-    column stops moving)."""
+    column stops moving).  It also stops when the largest residual has not improved by 10 % in
+    `STAGNATION` iterations: in floating point CG's residual levels off near eps times the condition
+    number of K + lambda I, below which no iteration helps."""
     norm_b = b.norm(dim=0).clamp_min(torch.finfo(b.dtype).tiny)
     x = torch.zeros_like(b)
     r = b.clone()
@@ -211,6 +226,7 @@ def _pcg(operator, b, shift, apply_preconditioner, rtol, max_iterations, progres
     p = z.clone()
     rz = (r * z).sum(0)
     residual = r.norm(dim=0) / norm_b
+    best, since_best = float(residual.max()), 0
     bar = tqdm(total=max_iterations, desc="conjugate gradients", unit="it", leave=False,
                delay=0 if progress else PROGRESS_DELAY, disable=progress is False)
     iterations = 0
@@ -236,6 +252,10 @@ def _pcg(operator, b, shift, apply_preconditioner, rtol, max_iterations, progres
             iterations += 1
             bar.update()
             bar.set_postfix(residual=f"{float(residual.max()):.2e}", refresh=False)
+            best, since_best = ((float(residual.max()), 0) if float(residual.max()) < 0.9 * best
+                                else (best, since_best + 1))
+            if since_best >= STAGNATION:   # rounding's floor, about eps times the condition number
+                break
     return x, iterations, residual
 
 
