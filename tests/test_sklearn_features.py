@@ -125,13 +125,13 @@ def test_classifier_probabilities_are_calibrated_on_held_out_digits():
     one_hot = np.eye(10)[y_test]
     brier = np.mean(np.sum((proba - one_hot) ** 2, axis=1))
     constant = np.mean(np.sum((np.bincount(y_train, minlength=10) / 300 - one_hot) ** 2, axis=1))
-    assert brier < 0.5 * constant            # 0.15 vs 0.90 when written
+    assert brier < 0.5 * constant            # 0.19 vs 0.90 when written
     # calibration: the mean confidence is the held-out accuracy (expected calibration error)
     confidence, correct = proba.max(axis=1), clf.predict(x_test) == y_test
     bins = np.minimum((confidence * 10).astype(int), 9)
     ece = sum(abs(confidence[bins == b].mean() - correct[bins == b].mean()) * np.mean(bins == b)
               for b in np.unique(bins))
-    assert ece < 0.06, ece                   # 0.03 when written; softmax of the raw scores: 0.7
+    assert ece < 0.06, ece                   # 0.026 when written (accuracy 0.86, temperature 0.088)
     uncalibrated = np.exp(clf.decision_function(x_test))
     uncalibrated /= uncalibrated.sum(axis=1, keepdims=True)
     assert abs(uncalibrated.max(axis=1).mean() - correct.mean()) > 0.5   # why calibration is needed
