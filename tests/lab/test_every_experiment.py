@@ -15,7 +15,7 @@ from ntklab.lab.report import RunFolder
 # experiment -> (settings that give the claim a standard error at quick sizes, the claim's field,
 # the wrong change, the index of the claim's first row in the claims table)
 NEGATIVE_CONTROLS = {
-    "cntk-table": ({"prediction_data": "digits"}, "cntk_v_over_cnn_v", {"prediction": 60.0}, 2),
+    "cntk-table": ({"prediction_data": "digits"}, "cntk_gap_over_v", {"prediction": 60.0}, 0),
     "dimension-sweep": ({}, "ntk_modes_exponent", {"prediction": 3.0}, 1),
     "ensemble-mean": ({}, "kernel_part", {"prediction": 10.0}, 0),
     "finite-width": ({}, "relative_variance", {"prediction": 2.0}, 0),
@@ -25,7 +25,7 @@ NEGATIVE_CONTROLS = {
     "nearly-kernel": ({}, "eps_second_order", {"prediction": 1.0}, 2),
     "overparameterization": ({}, "peak_location", {"prediction": 2.0}, 0),
     "resnet-kernels": ({"prediction_data": "digits"}, "local_pooling_gain", {"prediction": 60.0, "tolerance": 5.0}, 0),
-    "sample-complexity": ({"grid": [200, 500], "seeds": 2}, "algorithm1_learns", {"prediction": 1.0}, 1),
+    "sample-complexity": ({"grid": [500], "seeds": 3, "m": 1000}, "algorithm1_learns", {"prediction": 1.0}, 1),
     "sparse-coding": ({"seeds": 2}, "recovery", {"prediction": 0.5}, 0),
     "transfer": ({"seeds": 2, "pretrain": [1, 10000]}, "few_samples", {"prediction": 1.0, "tolerance": 0.2}, 0),
 }
@@ -50,9 +50,9 @@ def text_boxes(fig) -> list[tuple[str, object]]:
             elements.append((f"panel {k} legend", ax.get_legend().get_window_extent(renderer)))
     for legend in fig.legends:
         elements.append(("figure legend", legend.get_window_extent(renderer)))
-    texts = [fig._suptitle, *fig.texts]
+    texts = list({id(t): t for t in (fig._suptitle, *fig.texts) if t is not None}.values())   # suptitle is a text
     elements += [(f"figure text {t.get_text()!r}", t.get_window_extent(renderer)) for t in texts
-                 if t is not None and t.get_visible() and t.get_text()]
+                 if t.get_visible() and t.get_text()]
     return elements
 
 

@@ -172,6 +172,9 @@ def _figure(folder, rows, curves, cfg, fits) -> str:
             axes[1].loglog([c["n"] for c in points], [c["loss"] for c in points], marker="os"[i],
                            ls="-" if i == 0 else "--", color=plt.cm.viridis(j / max(1, len(cfg.dims[method]) - 1)),
                            label=f"{method}, d = {dim}")
+    dims = sorted({d for values in cfg.dims.values() for d in values})
+    axes[0].set_xticks(dims, [str(d) for d in dims], minor=False)
+    axes[0].set_xticks([], minor=True)
     axes[0].set_xlabel("dimension d")
     axes[0].set_ylabel(f"n* (loss < {cfg.threshold})")
     axes[0].set_title(f"samples needed (dotted: d^2, dashed: d^{cfg.p},\ndash-dotted: C(d+{cfg.p}, {cfg.p}) modes)")

@@ -311,8 +311,8 @@ def _figure(folder: RunFolder, rows: list[dict], x: torch.Tensor, cfg: Config) -
         bottom.axhspan(-2, 2, color="0.9")
         bottom.axhline(0, color="k", lw=0.8)
         bottom.set_xscale("log")
-        bottom.set_ylabel("(Monte Carlo - predicted) / s.e.   o variance, x mean shift")
-        bottom.set_title(f"{family}: residuals in standard errors")
+        bottom.set_ylabel("(Monte Carlo - predicted) / s.e.")
+        bottom.set_title(f"{family}: residuals (o variance, x mean shift)")
         for ax in (top, bottom):
             ax.set_xlabel("depth / width  L/n")
             ax.grid(alpha=0.3, which="both")
@@ -321,36 +321,41 @@ def _figure(folder: RunFolder, rows: list[dict], x: torch.Tensor, cfg: Config) -
 
 
 def _hierarchy_figure(folder: RunFolder, hierarchy: list[dict], entries: list[dict], cfg: Config) -> str:
-    """Left and middle: the dNTK-output correlation and the ddNTK mean over several inputs, Monte
-    Carlo against prediction per entry. Right: the ddNTK mean per depth at one input, Monte Carlo
-    per width beside the prediction."""
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    for ax, (name, spec) in zip(axes[:len(SEVERAL)], SEVERAL.items(), strict=True):
+    """Top: the dNTK-output correlation and the ddNTK mean over several inputs, Monte Carlo
+    against prediction per entry. Bottom: the same two quantities per depth at one input, Monte
+    Carlo per width beside the prediction."""
+    fig, axes = plt.subplots(2, len(SEVERAL), figsize=(12, 9))
+    depths = sorted({r["depth"] for r in hierarchy})
+    widths = sorted({r["width"] for r in hierarchy})
+    short = {"dntk_output": "dNTK-output correlation", "ddntk": "ddNTK mean"}
+    for (top, bottom), (name, spec) in zip(axes.T, SEVERAL.items(), strict=True):
         chosen = [r for r in entries if r["quantity"] == name]
         predicted = [r["predicted"] for r in chosen]
-        ax.errorbar(predicted, [r["monte_carlo"] for r in chosen], yerr=[r["se"] for r in chosen],
-                    fmt="o", ms=3, capsize=2, label="Monte Carlo (one entry abcd)")
+        top.errorbar(predicted, [r["monte_carlo"] for r in chosen], yerr=[r["se"] for r in chosen],
+                     fmt="o", ms=3, capsize=2, label="Monte Carlo (one entry abcd)")
         line = [min(predicted), max(predicted)]
-        ax.plot(line, line, "k-", lw=0.8, label="prediction = Monte Carlo")
-        ax.set_xlabel(f"predicted n {spec['label']}")
-        ax.set_ylabel("Monte Carlo")
-        ax.set_title(f"{cfg.several_inputs} inputs (tanh, L = {cfg.several_inputs_depth}, "
-                     f"n = {cfg.several_inputs_width})")
-        ax.legend(fontsize=8)
-    right = axes[2]
-    depths = sorted({r["depth"] for r in hierarchy})
-    for i, width in enumerate(sorted({r["width"] for r in hierarchy})):
-        chosen = [r for r in hierarchy if r["width"] == width]
-        right.errorbar([r["depth"] + 0.05 * (i - 0.5) for r in chosen], [r["ddntk"] for r in chosen],
-                       yerr=[r["ddntk_se"] for r in chosen], fmt="o", capsize=3, color=f"C{i}",
-                       label=f"Monte Carlo, n = {width}")
-    right.plot(depths, [next(r["predicted_ddntk"] for r in hierarchy if r["depth"] == d) for d in depths],
-               "k-", marker="x", label="predicted R + 2S")
-    right.set_xlabel("depth L")
-    right.set_ylabel("n E[ddĤ(x,x,x,x)]")
-    right.set_title("ddNTK mean at one input, critical tanh")
-    right.legend(fontsize=8)
-    for ax in axes:
+        top.plot(line, line, "k-", lw=0.8, label="prediction = Monte Carlo")
+        top.set_xlabel(f"predicted n {spec['label']}")
+        top.set_ylabel("Monte Carlo")
+        top.set_title(f"{short[name]}, {cfg.several_inputs} inputs\n(tanh, L = {cfg.several_inputs_depth}, "
+                      f"n = {cfg.several_inputs_width})")
+        top.legend(fontsize=8)
+        for i, width in enumerate(widths):
+            mine = [r for r in hierarchy if r["width"] == width]
+            bottom.errorbar([r["depth"] * (1 + 0.04 * (i - (len(widths) - 1) / 2)) for r in mine],
+                            [r[name] for r in mine], yerr=[r[name + "_se"] for r in mine], fmt="o", capsize=3,
+                            color=f"C{i}", label=f"Monte Carlo, n = {width}")
+        bottom.plot(depths, [next(r["predicted_" + name] for r in hierarchy if r["depth"] == d) for d in depths],
+                    "k-", marker="x", label=f"predicted {spec['formula'].split('/')[0]}")
+        bottom.set_xscale("log")
+        bottom.minorticks_off()
+        bottom.set_xticks(depths, [str(d) for d in depths])
+        bottom.set_xlabel("depth L")
+        bottom.set_ylabel(f"n {spec['label'].replace('x_a,x_b,x_c,x_d', 'x,x,x,x').replace('x_a,x_b,x_c', 'x,x,x')}"
+                          .replace("z(x_d)", "z(x)"))
+        bottom.set_title(f"{short[name]} at one input, critical tanh")
+        bottom.legend(fontsize=8)
+    for ax in axes.flat:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     return folder.save_figure("dntk_ddntk_predicted_vs_monte_carlo", fig)

@@ -134,7 +134,7 @@ def plot_dynamics(step_rows: list[dict], tasks: list[str]) -> plt.Figure:
                          title=f"{task}: training loss (seed 0)")
         axes[1, col].set(xscale="log", yscale="log", xlabel="GD step t",
                          ylabel="||f_t - mu_t|| / ||mu_t|| on test",
-                         title="(c) distance to NTK prediction at the same t\n"
+                         title=f"{task}: (c) distance to NTK prediction at the same t\n"
                                "solid: gradient flow (nt ensemble), dashed: discrete GD")
         axes[0, col].legend(fontsize=7)
     return fig

@@ -104,6 +104,8 @@ def _figure(folder: RunFolder, chosen: list[dict], case: str, fits: dict) -> str
                        label=f"{quantity} (slope {fits[quantity][0]:+.2f})")
     axes[0].set_xlabel("GD step")
     axes[0].set_ylabel("||f - f_lin|| / ||f_lin|| (test)")
+    axes[1].minorticks_off()
+    axes[1].set_xticks(widths, [str(w) for w in widths])
     axes[1].set_xlabel("width n (MLP units, CNN channels)")
     axes[1].set_ylabel("relative distance at the last step")
     for ax in axes:

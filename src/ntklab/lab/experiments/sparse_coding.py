@@ -220,6 +220,8 @@ def _figure(folder: RunFolder, table: list[dict], cfg: Config) -> str:
             ax.grid(alpha=0.3)
             if sweep != "k":
                 ax.set_xscale("log")
+                ax.minorticks_off()
+            ax.set_xticks(values, [f"{v:g}" for v in values])
         top.set_title(f"sweep of {SWEEPS[sweep]} (d = {cfg.d}, m = {cfg.m})")
         bottom.set_title(f"k-sparse reconstruction against {SWEEPS[sweep]}")
     axes[0, 0].legend(fontsize=7)
