@@ -169,7 +169,7 @@ def conjugate_gradients(k_train_train, y_train, *, diag_reg: float = 0.0, diag_r
     Examples
     --------
     >>> import torch, ntklab as nk
-    >>> x = torch.randn(50, 3, dtype=torch.float64)
+    >>> x = torch.randn(50, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     >>> k = nk.mlp(2, 8).kernel(x, get="ntk")
     >>> y = torch.sin(x[:, :1])
     >>> result = nk.predict.conjugate_gradients(k, y, diag_reg=1e-3, rank=20, progress=False)
@@ -309,7 +309,7 @@ def nystrom_regression(net_or_kernel_fn, x_train, y_train, *, centers: int = 100
     Examples
     --------
     >>> import torch, ntklab as nk
-    >>> x = torch.randn(200, 3, dtype=torch.float64)
+    >>> x = torch.randn(200, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     >>> y = torch.sin(x[:, :1])
     >>> model = nk.predict.nystrom_regression(nk.mlp(2, 8), x, y, centers=200, diag_reg=1e-3)
     >>> k = nk.mlp(2, 8).kernel(x, get="ntk")
