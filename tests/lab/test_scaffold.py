@@ -1,6 +1,7 @@
 """The one experiment scaffold (issue 28): it chooses the settings (quick or full, then the user's
 fields), checks them, times the run and writes config.json and summary.json; experiments are
 `run(folder, cfg, *, seed, device, **options)` and do none of that themselves."""
+import dataclasses
 import inspect
 import json
 import re
@@ -96,7 +97,8 @@ def test_every_experiment_is_thin_and_has_settings_with_quick_ones():
         full, quick = experiments.settings(experiment), experiments.settings(experiment, quick=True)
         assert type(full) is type(quick) is experiment.config and full != quick, name
         for field, value in vars(full).items():   # each field accepts its own value back
-            again = experiments.settings(experiment, config={field: json.loads(json.dumps(value))})
+            as_json = json.loads(json.dumps(value, default=dataclasses.asdict))   # a Claim as config.json has it
+            again = experiments.settings(experiment, config={field: as_json})
             assert getattr(again, field) == value, (name, field)
 
 
