@@ -52,7 +52,7 @@ def monte_carlo(fn, cov_row, samples=2_000_000, seed=0):
                                    nk.ABRelu(-0.5, 2.0)])
 def test_piecewise_linear_closed_forms_match_monte_carlo(layer):
     nngp, dot = dual(layer)
-    for row, (n, d) in zip(COV, zip(nngp, dot)):
+    for row, (n, d) in zip(COV, zip(nngp, dot, strict=True), strict=True):
         (mc_n, se_n), (mc_d, se_d) = monte_carlo(layer.fn, row)
         assert abs(n - mc_n) < 5 * se_n + 1e-12, (row, n, mc_n)
         if not isinstance(layer, nk.Sign):  # sign' = 0 a.e., the NTK is not propagated
@@ -66,7 +66,7 @@ def test_tanh_quadrature_matches_monte_carlo_and_converges():
     fine = [dual(nk.Tanh(n_points=n)) for n in (512, 1024)]
     torch.testing.assert_close(fine[0], fine[1], rtol=0, atol=1e-10)   # converged
     torch.testing.assert_close((nngp, dot), fine[1], rtol=0, atol=1e-8)
-    for row, n, d in zip(COV, nngp, dot):
+    for row, n, d in zip(COV, nngp, dot, strict=True):
         (mc_n, se_n), (mc_d, se_d) = monte_carlo(torch.tanh, row)
         assert abs(n - mc_n) < 5 * se_n and abs(d - mc_d) < 5 * se_d
 
@@ -160,7 +160,7 @@ def test_rectified_monomial_matches_adaptive_quadrature(degree):
     degree 1 is ReLU's closed form."""
     layer = nk.RectifiedMonomial(degree)
     nngp, dot = dual(layer, COV[:5])
-    for row, n, d in zip(COV[:5].tolist(), nngp, dot):
+    for row, n, d in zip(COV[:5].tolist(), nngp, dot, strict=True):
         want = positive_quadrant(lambda t: t ** degree, *row)
         assert abs(n.item() - want) <= 1e-9 * max(1.0, abs(want)), (degree, row, n.item(), want)
         want_dot = (degree ** 2 * positive_quadrant(lambda t: t ** (degree - 1), *row)

@@ -98,7 +98,7 @@ def test_wide_networks_converge_to_the_layer_kernel(name):
 def test_wide_networks_converge_to_the_activation_kernel(name):
     act, wrong_act = ACTIVATIONS[name]
     for get, readout in (("nngp", 1024), ("ntk", 1)):  # the NNGP averages over readout units
-        net = lambda a: nk.serial(nk.Dense(2048, 0.9, 0.1), a, nk.Dense(readout))  # noqa: E731
+        net = lambda a, readout=readout: nk.serial(nk.Dense(2048, 0.9, 0.1), a, nk.Dense(readout))  # noqa: E731
         right, other = distances(net(act), net(wrong_act), X_VEC, get, 4)
         assert right < 1, (name, get, right)
         assert other > 3, (name, get, other)
@@ -107,6 +107,7 @@ def test_wide_networks_converge_to_the_activation_kernel(name):
 def test_hermite_after_layernorm_converges():
     """Hermite's dual assumes unit-variance inputs: LayerNorm provides them."""
     for get, readout in (("nngp", 1024), ("ntk", 1)):
-        net = lambda n: nk.serial(nk.Dense(2048), nk.LayerNorm(), nk.Hermite(n), nk.Dense(readout))  # noqa: E731
+        net = lambda n, readout=readout: nk.serial(nk.Dense(2048), nk.LayerNorm(), nk.Hermite(n),  # noqa: E731
+                                                   nk.Dense(readout))
         right, other = distances(net(3), net(1), X_VEC, get, 6)
         assert right < 1 and other > 3, (get, right, other)

@@ -48,7 +48,7 @@ def brute_force_filter_sum(t, filter_shape, padding, full):
     """sum_d t[i + d, j + d] by explicit loops over output pixels and offsets."""
     h, w = t.shape[-2:]
     lows = [(f - 1) // 2 if padding == "SAME" else 0 for f in filter_shape]
-    outs = [s if padding == "SAME" else s - f + 1 for s, f in zip((h, w), filter_shape)]
+    outs = [s if padding == "SAME" else s - f + 1 for s, f in zip((h, w), filter_shape, strict=True)]
     if not full:
         out = torch.zeros(*t.shape[:-2], *outs, dtype=t.dtype)
         for i, j in itertools.product(range(outs[0]), range(outs[1])):
@@ -61,7 +61,7 @@ def brute_force_filter_sum(t, filter_shape, padding, full):
     for p, q in itertools.product(itertools.product(*map(range, outs)), repeat=2):
         for a, b in itertools.product(range(filter_shape[0]), range(filter_shape[1])):
             sp, sq = (p[0] + a - lows[0], p[1] + b - lows[1]), (q[0] + a - lows[0], q[1] + b - lows[1])
-            if all(0 <= i < s for i, s in zip(sp + sq, (h, w, h, w))):
+            if all(0 <= i < s for i, s in zip(sp + sq, (h, w, h, w), strict=True)):
                 out[..., p[0], p[1], q[0], q[1]] += t[..., sp[0], sp[1], sq[0], sq[1]]
     return out
 

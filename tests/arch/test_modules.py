@@ -30,7 +30,8 @@ def relative_error(a, b):
 def test_nngp_of_wide_network_matches_analytic(parameterization):
     """Covariance of 2048 iid output units of width-2048 nets, over 8 seeds ~ NNGP
     (Monte Carlo and finite-width errors both O((seeds n)^-1/2), about 1.5% here)."""
-    dense = lambda n: nk.Dense(n, W_std=1.4, b_std=0.3, parameterization=parameterization)
+    def dense(n):
+        return nk.Dense(n, W_std=1.4, b_std=0.3, parameterization=parameterization)
     net = nk.serial(dense(2048), nk.Erf(), dense(2048), nk.Relu(), dense(2048))
     empirical = 0
     for seed in range(8):
@@ -80,7 +81,7 @@ def test_symmetric_initialization_gives_zero_function_and_same_ntk():
 def test_module_init_is_deterministic_and_parameterized():
     net = nk.serial(nk.Dense(8, W_std=2.0, b_std=0.5), nk.Relu(), nk.Dense(3))
     a, b = net.module(4, seed=3), net.module(4, seed=3)
-    for p, q in zip(a.parameters(), b.parameters()):
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.equal(p, q)
     # NTK parameterization: N(0, 1) parameters, scale applied in forward
     dense = a[0]

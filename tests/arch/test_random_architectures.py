@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -51,6 +52,16 @@ ACTIVATIONS = [
 ]
 
 
+
+@dataclass
+class Body:
+    """A network being generated: its layers (functions of the width n) and what the next layer sees."""
+    kind: str
+    spatial: tuple
+    layers: list
+    gaussian: bool
+    factor: int
+
 class Generator:
     """Random architectures as functions of the width n (so that two widths give the same
     architecture), tracking the representation's kind (vec, img, seq), spatial shape and
@@ -75,10 +86,10 @@ class Generator:
         filt = tuple(r.choice([1, 2, 3]) for _ in range(2))
         strides = (1, 1) if same else tuple(r.choice([1, 1, 2, 3]) for _ in range(2))
         padding = "SAME" if same else r.choice(["SAME", "VALID", "CIRCULAR"])
-        if padding != "SAME" and any(f > h for f, h in zip(filt, spatial)):
+        if padding != "SAME" and any(f > h for f, h in zip(filt, spatial, strict=True)):
             padding = "SAME"
         out = tuple(-(-h // st) if padding != "VALID" else (h - f) // st + 1
-                    for h, f, st in zip(spatial, filt, strides))
+                    for h, f, st in zip(spatial, filt, strides, strict=True))
         return (lambda n: nk.Conv(factor * n, filt, strides, padding, **s)), out
 
     def architecture(self):
@@ -89,76 +100,92 @@ class Generator:
                  "seq": (r.choice([2, 3]), r.choice([2, 3]))}[kind]
         spatial = shape[1:] if kind == "img" else shape[:1] if kind == "seq" else ()
         make, spatial = self.affine(kind, spatial)
-        layers, gaussian, factor = [make], True, 1    # the width is factor * n
+        body = Body(kind, spatial, [make], gaussian=True, factor=1)    # the width is factor * n
         for _ in range(r.choice([1, 2, 3])):
             options = ["act", "act", "affine", "identity", "concat", "prod"]
-            if gaussian:
+            if body.gaussian:
                 options += ["layernorm", "residual"] + (["shared"] if r.random() < 0.3 else [])
-            if kind == "img":
+            if body.kind == "img":
                 options += ["pool", "flatten", "gap"]
-            if kind == "seq":
+            if body.kind == "seq":
                 options += ["attention", "flatten", "gap"]
             choice = r.choice(options)
-            if choice == "act":
-                if not gaussian and r.random() < 0.9:   # else refused: a non-Gaussian input
-                    make, spatial = self.affine(kind, spatial)
-                    layers.append(make)
-                    factor = 1
-                layers.append(lambda n, a=r.choice(ACTIVATIONS)(r): a)
-                gaussian = False
-            elif choice == "affine":
-                make, spatial = self.affine(kind, spatial)
-                layers.append(make)
-                gaussian, factor = True, 1
-            elif choice == "identity":
-                layers.append(lambda n: nk.Identity())
-            elif choice == "layernorm":
-                layers.append(lambda n, axis=1 if kind == "img" else -1: nk.LayerNorm(axis=axis))
-            elif choice in ("residual", "prod", "concat"):
-                a = self.affine(kind, spatial, factor if choice == "residual" else 1, same=True)[0]
-                b = self.affine(kind, spatial, 2 if choice == "concat" else 1, same=True)[0]
-                if choice == "residual":   # the Identity branch: the input is Gaussian
-                    act = r.choice(ACTIVATIONS)(r)
-                    branches = lambda n, a=a, act=act: (nk.serial(act, a(n)), nk.Identity())  # noqa: E731
-                    merge, gaussian = nk.FanInSum, True
-                else:                      # independent affine branches; concat: widths n and 2n
-                    branches = lambda n, a=a, b=b: (a(n), b(n))  # noqa: E731
-                    merge, gaussian = (nk.FanInProd, False) if choice == "prod" else (nk.FanInConcat, False)
-                    factor = 1 if choice == "prod" else 3
-                layers.append(lambda n, br=branches, m=merge: nk.serial(
-                    nk.FanOut(2), nk.parallel(*br(n)), m()))
-            elif choice == "shared":   # branches of the same units (no Dense of their own): refused
-                act = r.choice(ACTIVATIONS)(r)
-                merge = r.choice([nk.FanInSum, nk.FanInProd])
-                layers.append(lambda n, act=act, m=merge: nk.serial(
-                    nk.FanOut(2), nk.parallel(nk.Identity(), nk.Identity() if m is nk.FanInSum else act), m()))
-                gaussian = merge is nk.FanInSum
-            elif choice == "pool":
-                window = tuple(r.choice([1, 2]) for _ in range(2))
-                strides = tuple(r.choice([1, 2]) for _ in range(2))
-                padding = r.choice(["SAME", "VALID"])
-                if r.random() < 0.5:
-                    layers.append(lambda n, w=window, st=strides, p=padding: nk.SumPool(w, st, p))
-                else:
-                    edges = r.random() < 0.5
-                    layers.append(lambda n, w=window, st=strides, p=padding, e=edges:
-                                  nk.AvgPool(w, st, p, normalize_edges=e))
-                spatial = tuple(-(-h // st) if padding == "SAME" else (h - w) // st + 1
-                                for h, w, st in zip(spatial, window, strides))
-            elif choice == "attention":
-                mech = r.choice(["SOFTMAX", "IDENTITY", "ABS", "RELU"])
-                scaling = r.random() < 0.9    # linear_scaling=False has no kernel: refused
-                qk, ov, b = (round(r.uniform(0.5, 1.5), 2) for _ in range(3))
-                layers.append(lambda n, m=mech, sc=scaling, qk=qk, ov=ov, b=b: nk.GlobalSelfAttention(
-                    n, n, n, 2, linear_scaling=sc, W_key_std=qk, W_value_std=ov, b_std=b,
-                    attention_mechanism=m))
-                gaussian, factor = True, 1
-            elif choice in ("flatten", "gap"):
-                layers.append(lambda n, c=choice: nk.Flatten() if c == "flatten" else nk.GlobalAvgPool())
-                if choice == "flatten":
-                    factor *= math.prod(spatial)
-                kind, spatial = "vec", ()
-        return kind, shape, lambda n: nk.serial(*(make(n) for make in layers))
+            adders = {"concat": self.add_branches, "prod": self.add_branches, "residual": self.add_branches,
+                      "flatten": self.add_readout, "gap": self.add_readout}
+            adders.get(choice, getattr(self, f"add_{choice}", None))(body, choice)
+        return kind, shape, lambda n: nk.serial(*(make(n) for make in body.layers))
+
+    def add_act(self, body, choice):
+        r = self.r
+        if not body.gaussian and r.random() < 0.9:   # else refused: a non-Gaussian input
+            make, body.spatial = self.affine(body.kind, body.spatial)
+            body.layers.append(make)
+            body.factor = 1
+        act = r.choice(ACTIVATIONS)(r)
+        body.layers.append(lambda n, act=act: act)
+        body.gaussian = False
+
+    def add_affine(self, body, choice):
+        make, body.spatial = self.affine(body.kind, body.spatial)
+        body.layers.append(make)
+        body.gaussian, body.factor = True, 1
+
+    def add_identity(self, body, choice):
+        body.layers.append(lambda n: nk.Identity())
+
+    def add_layernorm(self, body, choice):
+        body.layers.append(lambda n, axis=1 if body.kind == "img" else -1: nk.LayerNorm(axis=axis))
+
+    def add_branches(self, body, choice):
+        r = self.r
+        a = self.affine(body.kind, body.spatial, body.factor if choice == "residual" else 1, same=True)[0]
+        b = self.affine(body.kind, body.spatial, 2 if choice == "concat" else 1, same=True)[0]
+        if choice == "residual":   # the Identity branch: the input is Gaussian
+            act = r.choice(ACTIVATIONS)(r)
+            branches = lambda n, a=a, act=act: (nk.serial(act, a(n)), nk.Identity())  # noqa: E731
+            merge, body.gaussian = nk.FanInSum, True
+        else:                      # independent affine branches; concat: widths n and 2n
+            branches = lambda n, a=a, b=b: (a(n), b(n))  # noqa: E731
+            merge, body.gaussian = (nk.FanInProd, False) if choice == "prod" else (nk.FanInConcat, False)
+            body.factor = 1 if choice == "prod" else 3
+        body.layers.append(lambda n, br=branches, m=merge: nk.serial(nk.FanOut(2), nk.parallel(*br(n)), m()))
+
+    def add_shared(self, body, choice):   # branches of the same units (no Dense of their own): refused
+        r = self.r
+        act = r.choice(ACTIVATIONS)(r)
+        merge = r.choice([nk.FanInSum, nk.FanInProd])
+        body.layers.append(lambda n, act=act, m=merge: nk.serial(
+            nk.FanOut(2), nk.parallel(nk.Identity(), nk.Identity() if m is nk.FanInSum else act), m()))
+        body.gaussian = merge is nk.FanInSum
+
+    def add_pool(self, body, choice):
+        r = self.r
+        window = tuple(r.choice([1, 2]) for _ in range(2))
+        strides = tuple(r.choice([1, 2]) for _ in range(2))
+        padding = r.choice(["SAME", "VALID"])
+        if r.random() < 0.5:
+            body.layers.append(lambda n, w=window, st=strides, p=padding: nk.SumPool(w, st, p))
+        else:
+            edges = r.random() < 0.5
+            body.layers.append(lambda n, w=window, st=strides, p=padding, e=edges:
+                               nk.AvgPool(w, st, p, normalize_edges=e))
+        body.spatial = tuple(-(-h // st) if padding == "SAME" else (h - w) // st + 1
+                             for h, w, st in zip(body.spatial, window, strides, strict=True))
+
+    def add_attention(self, body, choice):
+        r = self.r
+        mech = r.choice(["SOFTMAX", "IDENTITY", "ABS", "RELU"])
+        scaling = r.random() < 0.9    # linear_scaling=False has no kernel: refused
+        qk, ov, b = (round(r.uniform(0.5, 1.5), 2) for _ in range(3))
+        body.layers.append(lambda n, m=mech, sc=scaling, qk=qk, ov=ov, b=b: nk.GlobalSelfAttention(
+            n, n, n, 2, linear_scaling=sc, W_key_std=qk, W_value_std=ov, b_std=b, attention_mechanism=m))
+        body.gaussian, body.factor = True, 1
+
+    def add_readout(self, body, choice):
+        body.layers.append(lambda n, c=choice: nk.Flatten() if c == "flatten" else nk.GlobalAvgPool())
+        if choice == "flatten":
+            body.factor *= math.prod(body.spatial)
+        body.kind, body.spatial = "vec", ()
 
 
 def inputs(shape, seed):

@@ -21,7 +21,8 @@ FC_CASES = [f"fc/{i}" for i in range(16)]
 
 def fc_net(case):
     act = ACTIVATIONS[case["activation"]][0]
-    dense = lambda width: nk.Dense(width, case["W_std"], case["b_std"], case["parameterization"])
+    def dense(width):
+        return nk.Dense(width, case["W_std"], case["b_std"], case["parameterization"])
     layers = []
     for _ in range(case["hidden_layers"]):
         layers += [dense(case["width"]), act()]
