@@ -191,5 +191,45 @@ def kernel(ctx: click.Context, arch: str, x1_path: Path, x2_path: Path | None, o
     click.echo(f"wrote {out}: {shapes}")
 
 
+@main.command()
+@click.option("--store", "store_path", required=True, type=click.Path(path_type=Path),
+              help="A kernel store of the training inputs with themselves (ntklab kernel --out k.zarr).")
+@click.option("--y", "y_path", required=True, type=click.Path(path_type=Path),
+              help="Training targets [N] or [N, K] (.npy, .npz or .csv).")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Where to write alpha = (K + lambda I)^-1 y (.npy).")
+@click.option("--get", type=click.Choice(["ntk", "nngp"]), default="ntk", show_default=True)
+@click.option("--diag-reg", type=click.FloatRange(min=0), default=1e-4, show_default=True,
+              help="lambda relative to the mean diagonal of K.")
+@click.option("--rank", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Rank of the Nystrom preconditioner (one more pass over the store).")
+@click.option("--rtol", type=click.FloatRange(min=0, min_open=True), default=1e-6, show_default=True,
+              help="Relative residual ||y - (K + lambda I) alpha|| / ||y|| to stop at.")
+@click.option("--max-iterations", type=click.IntRange(min=1), default=None,
+              help="Default: N (each iteration reads the store once).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
+def solve(store_path: Path, y_path: Path, out: Path, get: str, diag_reg: float, rank: int, rtol: float,
+          max_iterations: int | None, overwrite: bool) -> None:
+    """Kernel ridge regression from a kernel store without loading it: preconditioned conjugate
+    gradients whose products K v stream the store's tiles (nk.predict.conjugate_gradients)."""
+    from .. import kernels, predict
+    try:
+        if out.exists() and not overwrite:
+            raise ValueError(f"--out {str(out)!r} exists; pass --overwrite to replace it")
+        check_writable(out, "--out")
+        operator = kernels.StoredKernel(str(store_path), get, progress=sys.stderr.isatty() or None)
+        y = load_array(y_path, "y")
+        result = predict.conjugate_gradients(operator, y, diag_reg=diag_reg, rank=rank, rtol=rtol,
+                                             max_iterations=max_iterations, progress=sys.stderr.isatty() or None)
+    except ValueError as err:
+        _fail(err)
+    buffer = io.BytesIO()
+    np.save(buffer, result.solution.cpu().numpy())
+    atomic_write_bytes(out, buffer.getvalue())
+    click.echo(f"wrote {out}: alpha {tuple(result.solution.shape)} after {result.iterations} iterations, "
+               f"relative residual {float(result.relative_residual.max()):.2e}"
+               + ("" if result.converged else f" (> rtol {rtol:g}: see the warning)"))
+
+
 if __name__ == "__main__":
     main()
