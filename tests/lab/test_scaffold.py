@@ -115,3 +115,20 @@ def test_cli_set_options(recorder, tmp_path):
         assert result.exit_code == 1 and message in result.output, result.output
         assert isinstance(result.exception, SystemExit)
     assert not (tmp_path / "bad").exists() and len(recorder) == 1
+
+
+def test_run_files_are_strict_json_with_null_for_nan(tmp_path):
+    """summary.json held bare NaN (invalid JSON); now every number that is not finite is null."""
+    import json
+    import math
+
+    import numpy as np
+
+    from ntklab.lab.report import RunFolder
+    with RunFolder(tmp_path / "run") as folder:
+        folder.write_json("summary.json", {"nan": math.nan, "inf": -math.inf, "array": np.array([1.0, np.nan]),
+                                           "scalar": np.float64(2.5), "nested": [{"x": math.nan}], "path": tmp_path})
+    text = (tmp_path / "run" / "summary.json").read_text()
+    data = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in strict JSON"))
+    assert data == {"nan": None, "inf": None, "array": [1.0, None], "scalar": 2.5, "nested": [{"x": None}],
+                    "path": str(tmp_path)}

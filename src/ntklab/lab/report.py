@@ -28,6 +28,22 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def strict_json(value: Any) -> Any:
+    """`value` with every float that is not finite replaced by None (JSON's null), numpy values
+    converted, containers walked, and anything else JSON cannot hold as its str."""
+    if isinstance(value, np.ndarray | np.generic):
+        value = value.tolist()
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(key): strict_json(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(item) for item in value]
+    if value is None or isinstance(value, str | int | bool):
+        return value
+    return str(value)
+
+
 def provenance(device=None) -> dict[str, Any]:
     """Versions and machine of a run (written into every run's config.json)."""
     import torch
@@ -134,8 +150,10 @@ class RunFolder:
         atomic_write_bytes(self.path(name), text.encode())
 
     def write_json(self, name: str, obj: Any) -> None:
-        """Write `obj` as indented JSON with sorted keys (non-JSON values as their str)."""
-        self.write_text(name, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+        """Write `obj` as strict JSON (RFC 8259), indented with sorted keys: NaN and infinities,
+        which JSON has no number for, become null; numpy scalars and arrays their values; other
+        non-JSON values their str."""
+        self.write_text(name, json.dumps(strict_json(obj), indent=2, sort_keys=True, allow_nan=False) + "\n")
 
     def write_csv(self, name: str, rows: Iterable[Mapping[str, Any]]) -> None:
         """Write dict rows as CSV, the columns in order of first appearance; no rows is an error."""
