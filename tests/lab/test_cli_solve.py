@@ -43,3 +43,11 @@ def test_solve_refuses_a_missing_store_or_kernel_in_one_line(tmp_path, monkeypat
     result = runner.invoke(main, ["solve", *[part for pair in options.items() for part in pair]])
     assert result.exit_code != 0 and message in result.output, result.output
     assert not (tmp_path / "alpha.npy").exists()
+
+
+def test_run_help_lists_every_experiment_with_its_summary():
+    from ntklab.lab import experiments
+    text = CliRunner().invoke(main, ["run", "--help"]).output
+    for name, experiment in experiments.REGISTRY.items():
+        assert f"{name:20s} {experiment.summary}"[:60] in text, name
+    assert "Which kernels to compute" in CliRunner().invoke(main, ["kernel", "--help"]).output

@@ -128,6 +128,10 @@ def run(name: str, seed: int, out: Path | None, device: str | None, quick: bool,
     click.echo(f"wrote {out}/ (report.md, metrics.csv, config.json, figures/)")
 
 
+run.epilog = "\b\nExperiments (NAME):\n" + "\n".join(   # \b: click keeps these lines as they are
+    f"  {name:20s} {experiment.summary}" for name, experiment in sorted(experiments.REGISTRY.items()))
+
+
 @main.command()
 @click.option("--arch", required=True,
               help="Layers, e.g. 'Dense(512, W_std=1.5, b_std=0.05), Relu(), Dense(1)' or "
@@ -140,7 +144,8 @@ def run(name: str, seed: int, out: Path | None, device: str | None, quick: bool,
               help="Output: FILE.npz (arrays nngp, ntk, computed in memory) or DIR.zarr "
                    "(tiled, resumable: run the same command again after an interruption).")
 @click.option("--get", type=click.Choice(["both", "nngp", "ntk"]), default="both",
-              show_default=True)
+              show_default=True, help="Which kernels to compute: the NNGP, the NTK, or both (the NNGP "
+                                      "comes almost free with the NTK).")
 @click.option("--device", default=None, help="cpu, cuda or auto (auto: on each Dask worker).")
 @click.option("--tile-size", type=click.IntRange(min=1), default=256, show_default=True,
               help="Rows/columns per tile (.zarr).")
