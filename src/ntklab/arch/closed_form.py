@@ -390,7 +390,7 @@ class Hermite(Activation):
     """phi(x) = He_n(x) / sqrt(n!), the normalized probabilists' Hermite polynomial, for inputs
     of any variances.  With the generating function sum_n He_n(x) t^n / n! = exp(x t - t^2/2),
     E[exp(u s - s^2/2) exp(v t - t^2/2)] = exp(a s^2 + b t^2 + c s t) for
-    (u, v) ~ N(0, [[v1, c], [c, v2]]), a = (v1 - 1)/2, b = (v2 - 1)/2; its s^n t^n coefficient gives
+    (u, v) ~ N(0, [[v1, c], [c, v2]]), a = (v1 - 1)/2, b = (v2 - 1)/2; its s^n t^n coefficient gives::
 
         E[phi phi]   = n! sum_{i=0}^{floor(n/2)} (a b)^i c^(n-2i) / ((i!)^2 (n-2i)!),
         E[phi' phi'] = d/dc of it (Price's theorem)
@@ -412,6 +412,9 @@ class Hermite(Activation):
     >>> nk.serial(nk.Dense(8), nk.LayerNorm(), nk.Hermite(2)).kernel(x, get="nngp")
     tensor([[1.0000, 0.3600],
             [0.3600, 1.0000]], dtype=torch.float64)
+
+    Without the LayerNorm the variances are 2.25 |x|^2 / d, and the kernel is still the network's:
+
     >>> nk.serial(nk.Dense(8, W_std=1.5), nk.Hermite(2)).kernel(x, get="nngp")
     tensor([[1.2734, 0.4634],
             [0.4634, 1.2734]], dtype=torch.float64)

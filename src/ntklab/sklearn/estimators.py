@@ -255,12 +255,12 @@ class _Regressor(RegressorMixin, _InfiniteNetwork):
 ATTRIBUTES = """
     Attributes
     ----------
-    X_fit_ : ndarray [n, *sample shape]
+    X_fit_ : ndarray [n, ...]
         The training inputs of positive weight (a float64 copy).
     sample_weight_ : ndarray [n]
         Their weights (ones without `sample_weight`).
     dual_coef_ : ndarray [n, outputs]
-        f(x) = K(x, X_fit_) dual_coef_ (for the normalized targets), K this estimator's kernel.
+        `f(x) = K(x, X_fit_) dual_coef_` (for the normalized targets), K this estimator's kernel.
     architecture_ : Serial
         The architecture used (with the fitted W_std, b_std under `optimizer`).
     diag_reg_ : float
@@ -273,12 +273,12 @@ REGRESSOR_ATTRIBUTES = ATTRIBUTES + """
     y_train_mean_, y_train_std_ : ndarray [outputs]
         The (weighted) mean and standard deviation of y with `normalize_y`, else 0 and 1.
     log_marginal_likelihood_value_ : float
-        log N(y | 0, K + diag_reg_ s W^-1) of the normalized targets (summed over outputs), s the
+        `log N(y | 0, K + diag_reg_ s W^-1)` of the normalized targets (summed over outputs), s the
         weighted mean of diag K: the marginal likelihood of the t=None Gaussian process.
     noise_variance_ : ndarray [outputs]
-        diag_reg_ s y_train_std_^2, that process's noise variance for a sample of weight 1.
+        `diag_reg_ s y_train_std_^2`, that process's noise variance for a sample of weight 1.
         `predict`'s std is the latent function's (as GaussianProcessRegressor's with `alpha`):
-        an interval for new observations uses sqrt(std^2 + noise_variance_)."""
+        an interval for new observations uses `sqrt(std^2 + noise_variance_)`."""
 
 REGRESSOR_PARAMETERS = """
     Parameters
@@ -352,7 +352,7 @@ class NNGPRegressor(_Regressor):
     `predict(X, return_std=True | return_cov=True)` returns the posterior standard
     deviation / covariance as well, like `GaussianProcessRegressor`:
         cov(x, x') = K(x, x') - K(x, X) A_2t K(X, x'),   A_2t as `gp.WeightedFlow` at rate 2 lr
-    (K(x, x') - K(x, X) (K + diag_reg s W^-1)^-1 K(X, x') for t=None), times y_train_std_^2.
+    (K(x, x') - K(x, X) (K + diag_reg s W^-1)^-1 K(X, x') for t=None), times `y_train_std_^2`.
 
     Examples
     --------
@@ -382,7 +382,7 @@ class NTKClassifier(ClassifierMixin, _InfiniteNetwork):
     regression output.  For two classes `decision_function` is the difference of
     the two outputs (positive for `classes_[1]`).
 
-    `predict_proba` is softmax(scores / temperature_), the scores those of `decision_function`
+    `predict_proba` is `softmax(scores / temperature_)`, the scores those of `decision_function`
     (one per class): temperature scaling (Guo et al. 2017), a one-parameter Platt scaling
     that keeps the arg max, so that `predict` is the most probable class.  `temperature_`
     minimizes the (weighted) log loss of the cross-validated scores of the training set (`cv`
