@@ -76,7 +76,8 @@ html_theme_options = {
     "show_toc_level": 2,
     "header_links_before_dropdown": 7,
 }
-html_static_path = []
+html_static_path = ["_static"]
+html_css_files = ["ntklab.css"]   # wide tables wrap their code and scroll instead of being cut off
 suppress_warnings = ["config.cache"]
 
 # experiment pages from the run folders in docs/runs/ (written by `ntklab run NAME`)

@@ -29,6 +29,7 @@ def generate(runs: Path, out: Path) -> list[str]:
         report = (folder / "report.md").read_text().replace("](figures/", f"](figures/{name}/")
         body = report.split("\n", 1)[1] if report.startswith("# ") else report
         title = report.split("\n", 1)[0][2:] if report.startswith("# ") else name
+        title = title.removeprefix(f"{name}: ")   # reports start "# NAME: ...": the page names it once
         source = config.get("provenance", {})
         provenance = ", ".join([*(f"{k} {v}" for k, v in source.get("versions", {}).items()),
                                 *(f"{v} {k}" for k, v in source.get("machine", {}).items() if k == "cpus")])
