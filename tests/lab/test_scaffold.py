@@ -132,3 +132,22 @@ def test_run_files_are_strict_json_with_null_for_nan(tmp_path):
     data = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in strict JSON"))
     assert data == {"nan": None, "inf": None, "array": [1.0, None], "scalar": 2.5, "nested": [{"x": None}],
                     "path": str(tmp_path)}
+
+
+def test_quick_runs_use_one_torch_thread_and_restore_the_count(tmp_path, monkeypatch):
+    """Quick runs run on one thread (their times hold on a busy machine); the caller's count comes back."""
+    import torch
+
+    from ntklab.lab import experiments
+    seen = []
+    original = experiments.REGISTRY["kernel-gd"]
+    monkeypatch.setitem(experiments.REGISTRY, "kernel-gd", dataclasses.replace(
+        original, run=lambda folder, cfg, **_: seen.append(torch.get_num_threads()) or {}))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        experiments.run("kernel-gd", tmp_path / "quick", quick=True)
+        experiments.run("kernel-gd", tmp_path / "full")
+        assert seen == [1, 2] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -23,6 +23,7 @@ The experiment computes (through `lab.studies`) and writes `metrics.csv`, `figur
 `kernels/` (`folder.stores(key)`), never beside it."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import json
@@ -191,6 +192,20 @@ def _checked_options(experiment: Experiment, options: Mapping[str, Any]) -> dict
     return given
 
 
+@contextlib.contextmanager
+def _threads(count: int | None):
+    """Torch's thread count set to `count` for the block (None: unchanged), restored afterwards.
+    Quick runs use one thread: their times then hold on a busy machine, where torch's threads spin
+    on each other (the tests run that way too)."""
+    before = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def run(name: str, out, *, seed: int = 0, quick: bool = False, device: str | None = None,
         overwrite: bool = False, config: Mapping[str, Any] | None = None,
         **options: Any) -> dict[str, Any]:
@@ -208,7 +223,8 @@ def run(name: str, out, *, seed: int = 0, quick: bool = False, device: str | Non
         creatable and accept files).
     seed : int
     quick : bool
-        Start from the small settings `Config.quick()` (seconds) instead of the defaults.
+        Start from the small settings `Config.quick()` (seconds) instead of the defaults, on one
+        torch thread (restored afterwards).
     device : str, optional
     overwrite : bool
     config : mapping, optional
@@ -237,7 +253,8 @@ def run(name: str, out, *, seed: int = 0, quick: bool = False, device: str | Non
     resolved = experiment_device(experiment, device)
     with RunFolder(out, overwrite=overwrite) as folder:
         started = time.perf_counter()
-        summary = experiment.run(folder, cfg, seed=seed, device=resolved, **options)
+        with _threads(1 if quick else None):
+            summary = experiment.run(folder, cfg, seed=seed, device=resolved, **options)
         seconds = round(time.perf_counter() - started, 1)
         if "seconds" in summary:
             raise RuntimeError(f"experiment {name!r} returned its own 'seconds'; the scaffold times runs")
