@@ -41,9 +41,13 @@ templates_path = ["_templates"]
 autosummary_generate = True
 autodoc_default_options = {
     "members": True, "show-inheritance": False,
-    # scikit-learn's own machinery, documented by scikit-learn
+    # scikit-learn's own machinery, documented by scikit-learn; and the layer protocol that
+    # serial() drives (documented for layer authors in arch/layer.py), so that a layer's page leads
+    # with what a user calls: `kernel`, `module`
     "exclude-members": "set_fit_request, set_predict_request, set_score_request, "
-                       "get_metadata_routing, get_params, set_params, score",
+                       "get_metadata_routing, get_params, set_params, score, "
+                       "build, kernel_map, inputs_map, input_state, pair_entries, block_size_for, "
+                       "hyperparameter_tensors, label",
 }
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"

@@ -269,15 +269,14 @@ class Serial(Container):
         the recursions update in place), e.g. to fit W_std, b_std by maximizing a GP marginal
         likelihood; otherwise under `torch.no_grad()`.
 
-        Computed by the layer recursions in blocks of pairs (`block_size` rows and
-        columns, by default the largest whose layer states fit in `max_memory`, default
-        None: ntklab's one default, 1 GiB, `ntklab._core.validation.DEFAULT_MAX_MEMORY`; a
-        GlobalAvgPool network carries `[HW x HW]` numbers per pair), so working
-        memory stays bounded for any N.  On CPU the blocks are shared by `workers` threads
-        (default: torch's thread count), each running torch single-threaded: the recursions
-        are chains of small memory-bound operations, whose intra-op parallel regions collapse
-        when other work shares the cores (12x slower measured), while independent blocks do
-        not; `workers=1` runs the blocks in turn with torch's own threads.
+        Computed by the layer recursions in blocks of pairs (`block_size` rows and columns, by
+        default the largest whose layer states fit in `max_memory`, default None: ntklab's one
+        default, 1 GiB, as everywhere; a GlobalAvgPool network carries `[HW x HW]` numbers per
+        pair), so working memory stays bounded for any N. On CPU the blocks are shared by `workers`
+        threads (default: torch's thread count), each running torch single-threaded: the recursions
+        are chains of small memory-bound operations, whose intra-op parallel regions collapse when
+        other work shares the cores (12x slower measured), while independent blocks do not;
+        `workers=1` runs the blocks in turn with torch's own threads.
 
         `fused=True` runs each activation's map as one compiled loop (`torch.compile`, see
         `ntklab.arch.fused`; not under autograd): measured 1.15-1.26x faster on one CPU core for
