@@ -64,7 +64,7 @@ def test_the_nystrom_approximation_recovers_a_low_rank_kernel():
 def test_cg_refuses_an_indefinite_kernel_and_warns_when_it_stops_early(problem):
     x, y, k = problem
     indefinite = k - 2 * float(torch.linalg.eigvalsh(k)[60]) * torch.eye(len(k), dtype=k.dtype)
-    with pytest.raises(ValueError, match=r"not positive definite.*larger diag_reg"):
+    with pytest.raises(ValueError, match=r"not positive definite.*give diag_reg > 0"):
         conjugate_gradients(indefinite, y, preconditioner=None, progress=False)
     with pytest.warns(RuntimeWarning, match=r"stopped after 3 iterations with relative residual"):
         result = conjugate_gradients(k, y, diag_reg=1e-6, preconditioner=None, max_iterations=3, progress=False)
@@ -160,3 +160,43 @@ def test_cg_stops_when_the_residual_stops_improving():
     assert result.iterations < 3000 and not result.converged
     assert conjugate_gradients(k, y, diag_reg=1e-4, preconditioner=lambda r: r, rtol=1e-10, max_iterations=3000,
                                progress=False).converged
+
+
+def test_nystrom_regression_solves_in_float64_for_float32_inputs(problem):
+    """The normal equations square the condition number: in float32 they returned predictions 0.6 off on
+    targets of size 1 (all points as centers, where the answer is exact ridge regression)."""
+    x, y, k = problem
+    model = nystrom_regression(NET, x.float(), y.float(), centers=120, diag_reg=1e-3)
+    exact = NET.kernel(x.float(), get="ntk").double() @ ridge(NET.kernel(x.float(), get="ntk").double(), y, 1e-3)
+    prediction = model.predict(x.float())
+    assert prediction.dtype == torch.float32
+    np.testing.assert_allclose(prediction.double(), exact, atol=1e-3)
+
+
+def test_nystrom_regression_takes_numpy_kernel_functions(problem):
+    """A kernel function returning numpy (e.g. scikit-learn's rbf_kernel) or float32: converted to float64."""
+    x, y, _ = problem
+    rbf = lambda a, b: np.exp(-((np.asarray(a)[:, None] - np.asarray(b)[None]) ** 2).sum(-1) / 4)  # noqa: E731
+    model = nystrom_regression(rbf, x, y, centers=120, diag_reg=1e-3)
+    k = torch.as_tensor(rbf(x, x))
+    np.testing.assert_allclose(model.predict(x[:5]), k[:5] @ ridge(k, y, 1e-3), rtol=1e-6, atol=1e-8)
+
+
+def test_cg_on_a_singular_kernel_without_ridge_solves_a_consistent_system():
+    """K = Z Z^T of rank 2, y = K v, diag_reg = 0, preconditioner rank 10 > rank K: the preconditioner kept
+    zero eigenvalues and returned NaN (0/0); now CG converges to a solution of K alpha = y."""
+    z = torch.randn(40, 2, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    k = z @ z.T
+    y = k @ torch.randn(40, 1, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    result = conjugate_gradients(k, y, rank=10, rtol=1e-10, progress=False)
+    assert result.converged
+    np.testing.assert_allclose(k @ result.solution, y, atol=1e-8)
+
+
+def test_cg_default_iterations_allow_more_than_n():
+    """In floating point CG may need more than n iterations (23 points, condition ~650: 26-33 needed)."""
+    x = torch.randn(23, 3, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    k = NET.kernel(x, get="nngp")
+    result = conjugate_gradients(k, torch.sin(x[:, :1]), diag_reg=1e-4, preconditioner=None, rtol=1e-10,
+                                 progress=False)
+    assert result.converged

@@ -143,3 +143,17 @@ def test_gp_inference_returns_the_mean_or_a_gaussian():
                    lambda: gp(get="nngp", k_test_train=kernel[6:, :6])):
         with pytest.raises(ValueError, match=r"get='nngp': .* is predict\(k_test_train, k_test_test\) here"):
             ported()
+
+
+def test_a_tensor_valued_kernel_fn_serves_one_kernel_and_the_ntk_covariance_is_refused():
+    """kernel_fn returning one tensor: the mean uses it as the NTK (= the architecture's NTK mean); the NTK
+    covariance, which needs the NNGP too, was computed with the same tensor as the NNGP (0.58 off): refused."""
+    import ntklab as nk
+    net = nk.mlp(2, 16, W_std=1.5, b_std=0.1)
+    x = torch.randn(8, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    y = torch.sin(x[:, :1])
+    predict = nk.predict.gradient_descent_mse_ensemble(lambda a, b: net.kernel(a, b, get="ntk"), x[:6], y[:6])
+    exact = nk.predict.gradient_descent_mse_ensemble(net, x[:6], y[:6])
+    torch.testing.assert_close(predict(t=2.0, x_test=x[6:], get="ntk"), exact(t=2.0, x_test=x[6:], get="ntk"))
+    with pytest.raises(ValueError, match="needs the NNGP and the NTK, but kernel_fn returns one tensor"):
+        predict(t=2.0, x_test=x[6:], get="ntk", compute_cov=True)

@@ -67,7 +67,7 @@ class StoredKernel:
         return out.reshape(v.shape)
 
     def diagonal(self) -> torch.Tensor:
-        """diag K, `[n]` (reads the diagonal tiles only)."""
+        """diag K, `[n]` (one pass: every tile is read and checked against its checksum)."""
         out = torch.empty(self.shape[0], dtype=self.dtype, device=self.device)
         for rows, cols, block in self._blocks("diag K from the store"):
             if rows == cols:

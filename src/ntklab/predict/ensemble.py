@@ -35,7 +35,8 @@ def _kernel_callable(net_or_kernel_fn: Any) -> KernelFn:
 
     def kernel(x1, x2, get):
         k = net_or_kernel_fn(x1, x2)
-        if isinstance(k, torch.Tensor):
+        if isinstance(k, torch.Tensor):   # one kernel: it serves as the one `get` names
+            kernel.tensor_valued = True   # type: ignore[attr-defined]  # read by EnsemblePredictor
             return {g: k for g in get}
         missing = [g for g in get if getattr(k, g, None) is None]
         if missing:
@@ -69,7 +70,9 @@ def gradient_descent_mse_ensemble(net_or_kernel_fn, x_train, y_train, *, learnin
     Parameters
     ----------
     net_or_kernel_fn : Serial or callable
-        An ntklab description, or `kernel_fn(x1, x2, get)` returning a `Kernel`.
+        An ntklab description, or `kernel_fn(x1, x2)` (x2 may be None: x1 with itself) returning an
+        object with `.nngp` and `.ntk` (e.g. a `Kernel`, or neural-tangents' `Kernel`), or one tensor,
+        which then serves as the kernel `get` names (the NTK's covariance, which needs both, is refused).
     x_train, y_train : tensor or array
     learning_rate : float
         The step on ||f(X) - Y||^2 / (2 |Y|).
@@ -205,6 +208,11 @@ class EnsemblePredictor:
         times = None if times is None else times.to(dtype=self.dtype, device=self.x_train.device)
         means: dict[str, torch.Tensor] = {}
         covs: dict[str, torch.Tensor] = {}     # filled when compute_cov
+        if compute_cov and "ntk" in names:
+            self.kernel(self.x_train[:1], None, ("ntk",))   # what kernel_fn returns
+            if getattr(self.kernel, "tensor_valued", False):
+                raise ValueError("compute_cov=True with get='ntk' needs the NNGP and the NTK, but kernel_fn "
+                                 "returns one tensor; return an object with .nngp and .ntk (e.g. nk.Kernel)")
         for g in names:
             mean, cov = (self.on_train(g, times, compute_cov) if x_test is None
                          else self.on_test(g, times, x_test, compute_cov))

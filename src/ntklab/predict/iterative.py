@@ -104,12 +104,19 @@ class NystromPreconditioner:
         lower = torch.linalg.cholesky(omega.T @ y_nu)
         b = torch.linalg.solve_triangular(lower, y_nu.T, upper=False).T     # Y_nu C^-T
         u, sigma, _ = torch.linalg.svd(b, full_matrices=False)
-        self.u = u
-        self.eigenvalues = (sigma.square() - nu).clamp_min(0)
+        eigenvalues = (sigma.square() - nu).clamp_min(0)
+        # keep the numerically nonzero directions: with shift = 0 a zero eigenvalue would make the
+        # scale 0/0 (a kernel of lower rank than `rank`); the others are left to the identity part
+        floor = n * torch.finfo(y.dtype).eps * float(eigenvalues.max().clamp_min(torch.finfo(y.dtype).tiny))
+        kept = eigenvalues > floor
+        self.u = u[:, kept]
+        self.eigenvalues = eigenvalues[kept]
         self.shift = float(shift)
 
     def __call__(self, r: torch.Tensor) -> torch.Tensor:
         """P^-1 r."""
+        if len(self.eigenvalues) == 0:   # a zero kernel: nothing to precondition
+            return r
         projected = self.u.T @ r
         scale = (self.eigenvalues[-1] + self.shift) / (self.eigenvalues + self.shift)
         return self.u @ (scale[:, None] * projected) + r - self.u @ projected
@@ -149,8 +156,9 @@ def conjugate_gradients(k_train_train, y_train, *, diag_reg: float = 0.0, diag_r
     rtol : float
         Stop when every column's relative residual is below `rtol`.
     max_iterations : int, optional
-        Default n.  Reaching it, or 50 iterations without progress (the rounding floor of an
-        ill-conditioned system), warns (RuntimeWarning) with the residual.
+        Default max(n, 1000) (in floating point CG may need more than n).  Reaching it, or 50
+        iterations without progress (the rounding floor of an ill-conditioned system), warns
+        (RuntimeWarning) with the residual.
     seed : int
         The preconditioner's random probes.
     progress : bool, optional
@@ -181,7 +189,7 @@ def conjugate_gradients(k_train_train, y_train, *, diag_reg: float = 0.0, diag_r
     n = operator.shape[0]
     b, vector = as_targets(y_train, n, "y_train", operator.dtype, operator.device)
     rtol = positive(rtol, "rtol")
-    max_iterations = n if max_iterations is None else positive_int(max_iterations, "max_iterations")
+    max_iterations = max(n, 1000) if max_iterations is None else positive_int(max_iterations, "max_iterations")
     shift = _regularization(operator, diag_reg, diag_reg_absolute_scale)
     apply_preconditioner: Callable[[torch.Tensor], torch.Tensor]
     if preconditioner == "nystrom":
@@ -235,11 +243,15 @@ def _pcg(operator, b, shift, apply_preconditioner, rtol, max_iterations, progres
             active = residual > rtol
             ap = operator.matmul(p) + shift * p
             curvature = (p * ap).sum(0)
+            if not bool(torch.isfinite(curvature).all()):
+                raise ValueError("conjugate gradients produced non-finite values (an overflow, or a preconditioner "
+                                 "that is not symmetric positive definite); check the kernel's entries and give "
+                                 "diag_reg > 0")
             if bool((curvature[active] <= 0).any()):
                 raise ValueError(f"K + diag_reg I is not positive definite: along a conjugate-gradient direction "
                                  f"p^T (K + lambda I) p = {float(curvature[active].min()):.3g} <= 0 (lambda = "
-                                 f"{shift:.3g}); the kernel is indefinite: give a larger diag_reg, or check it "
-                                 f"with nk.predict.solve on a subset")
+                                 f"{shift:.3g}); the kernel is singular or indefinite: give diag_reg > 0 (larger "
+                                 f"than its most negative eigenvalue), or check it with nk.predict.solve on a subset")
             alpha = torch.where(active, rz / torch.where(active, curvature, 1.0), 0.0)
             x += alpha * p
             r -= alpha * ap
@@ -269,12 +281,14 @@ class NystromRegression:
     alpha: torch.Tensor
     block_size: int
     vector: bool
+    dtype: torch.dtype
 
     def predict(self, x_test) -> torch.Tensor:
-        """f(x_test) = K(x_test, centers) alpha, computed in blocks of `block_size` rows."""
+        """f(x_test) = K(x_test, centers) alpha, computed in blocks of `block_size` rows in float64,
+        returned in the training inputs' dtype."""
         x_test = torch.as_tensor(x_test, dtype=self.centers.dtype, device=self.centers.device)
         out = torch.cat([self.kernel(x_test[start:start + self.block_size], self.centers) @ self.alpha
-                         for start in range(0, len(x_test), self.block_size)])
+                         for start in range(0, len(x_test), self.block_size)]).to(self.dtype)
         return out[:, 0] if self.vector else out
 
 
@@ -321,7 +335,9 @@ def nystrom_regression(net_or_kernel_fn, x_train, y_train, *, centers: int = 100
     x_train = torch.as_tensor(x_train)
     x_train = x_train.to(DEFAULT_DTYPE) if not x_train.is_floating_point() else x_train
     n = len(x_train)
-    y, vector = as_targets(y_train, n, "y_train", x_train.dtype, x_train.device)
+    # the normal equations square the condition number: they are formed and solved in float64 whatever
+    # the inputs' dtype (float32 lost everything: 0.6 off on targets of size 1, measured)
+    y, vector = as_targets(y_train, n, "y_train", torch.float64, x_train.device)
     m = positive_int(centers, "centers")
     if m > n:
         raise ValueError(f"centers={m} exceeds the {n} training samples; use centers <= {n} "
@@ -341,10 +357,10 @@ def nystrom_regression(net_or_kernel_fn, x_train, y_train, *, centers: int = 100
     system = gram + positive(diag_reg, "diag_reg", allow_zero=True) * scale * k_mm
     factor, info = torch.linalg.cholesky_ex(system)
     if int(info) != 0:
-        raise ValueError(f"the Nystrom system K_nm^T K_nm + lambda K_mm on {m} centers is singular (e.g. repeated "
-                         f"centers, or diag_reg=0 with a rank-deficient kernel); give a larger diag_reg")
+        raise ValueError(f"the Nystrom system K_nm^T K_nm + lambda K_mm on {m} centers is singular in float64 (e.g. "
+                         f"repeated centers, or diag_reg=0 with a rank-deficient kernel); give a larger diag_reg")
     alpha = torch.cholesky_solve(rhs, factor)
-    return NystromRegression(kernel, chosen, index, alpha, block_size, vector)
+    return NystromRegression(kernel, chosen, index, alpha, block_size, vector, x_train.dtype)
 
 
 def _kernel_function(net_or_kernel_fn, get: str) -> Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]:
@@ -356,9 +372,13 @@ def _kernel_function(net_or_kernel_fn, get: str) -> Callable[[torch.Tensor, torc
         def kernel(x1: torch.Tensor, x2: torch.Tensor | None) -> torch.Tensor:
             k = net.kernel(x1, x2, get=get)
             assert isinstance(k, torch.Tensor)   # get names one kernel: a tensor, not a Kernel
-            return k
+            return k.to(torch.float64)
         return kernel
     if callable(net_or_kernel_fn):
-        return lambda x1, x2: net_or_kernel_fn(x1, x1 if x2 is None else x2)
+        user_fn = net_or_kernel_fn
+
+        def user_kernel(x1: torch.Tensor, x2: torch.Tensor | None) -> torch.Tensor:   # numpy or torch, any dtype
+            return torch.as_tensor(user_fn(x1, x1 if x2 is None else x2)).to(dtype=torch.float64, device=x1.device)
+        return user_kernel
     raise ValueError(f"net_or_kernel_fn must be an ntklab architecture (nk.serial(...)) or a function "
                      f"kernel_fn(x1, x2) -> tensor, got {net_or_kernel_fn!r}")
