@@ -125,3 +125,20 @@ def test_accuracy_difference_uses_the_binomial_error_at_the_observed_accuracies(
 def test_mean_se_is_the_standard_error_of_the_mean():
     assert mean_se([1.0, 2.0, 4.0]) == pytest.approx((7 / 3, np.std([1, 2, 4], ddof=1) / math.sqrt(3)))
     assert math.isnan(mean_se([1.0])[1])
+
+
+def test_a_diverged_measurement_fails_and_a_negative_standard_error_is_refused():
+    from ntklab.lab.claims import verdict
+    assert verdict(2.0, 0.5, float("inf"), 0.1) == "fails"
+    assert verdict(2.0, 0.5, float("nan"), 0.1) == "inconclusive"
+    with pytest.raises(ValueError, match="standard error must be >= 0"):
+        verdict(2.0, 0.5, 2.4, -0.3)
+
+
+def test_strict_json_converts_torch_values():
+    import math
+
+    import torch
+
+    from ntklab.lab.report import strict_json
+    assert strict_json({"a": torch.tensor(math.nan), "b": torch.tensor([1.0, 2.0])}) == {"a": None, "b": [1.0, 2.0]}

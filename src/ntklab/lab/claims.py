@@ -31,8 +31,12 @@ COLUMNS = ["claim", "source", "prediction", "tolerance", "measured ± s.e.", "ve
 
 def verdict(prediction: float, tolerance: float, measured: float, se: float) -> str:
     """"holds" if |measured - prediction| <= tolerance and 2 se <= tolerance; "fails" if
-    |measured - prediction| > tolerance + 2 se; "inconclusive" otherwise (and for a measurement
-    or standard error that is not finite)."""
+    |measured - prediction| > tolerance + 2 se (an infinite measurement, a diverged run, fails);
+    "inconclusive" otherwise (and for a NaN measurement or a standard error that is not finite)."""
+    if se < 0:
+        raise ValueError(f"a standard error must be >= 0, got {se}")
+    if math.isinf(measured):
+        return "fails"
     if not (math.isfinite(measured) and math.isfinite(se)):
         return "inconclusive"
     distance = abs(measured - prediction)
@@ -45,6 +49,8 @@ def verdict(prediction: float, tolerance: float, measured: float, se: float) -> 
 
 def _why(prediction: float, tolerance: float, measured: float, se: float, result: str) -> str:
     """The reason for a verdict, in the terms of the rule."""
+    if math.isinf(measured):
+        return "the measurement diverged"
     if not math.isfinite(measured):
         return "not measured in this run"
     if not math.isfinite(se):

@@ -31,8 +31,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 def strict_json(value: Any) -> Any:
     """`value` with every float that is not finite replaced by None (JSON's null), numpy values
     converted, containers walked, and anything else JSON cannot hold as its str."""
-    if isinstance(value, np.ndarray | np.generic):
-        value = value.tolist()
+    if isinstance(value, np.ndarray | np.generic) or type(value).__module__ == "torch" and hasattr(value, "tolist"):
+        value = value.tolist()   # numpy and torch values (a torch NaN became the string "tensor(nan)")
     if isinstance(value, float):
         return value if np.isfinite(value) else None
     if isinstance(value, Mapping):
