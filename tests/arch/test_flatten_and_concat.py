@@ -202,3 +202,90 @@ def test_concat_of_image_branches_matches_monte_carlo():
     swapped = (96 * a + 32 * b) / 128
     z_wrong = (mc.nngp - swapped) / mc.nngp_standard_error
     assert math.isfinite(float(z_wrong.abs().max())) and float(z_wrong.abs().max()) > 2 * Z_MAX
+
+
+# -- FanInConcat of flattened branches keeps their positions ---------------------------------
+
+def flat_conv(channels, **kw):
+    return nk.serial(nk.Conv(channels, (3, 3), padding="SAME", W_std=1.3, b_std=0.2, **kw), nk.Flatten())
+
+
+def duplicated(layer):
+    """`layer`'s output concatenated with itself."""
+    return nk.serial(layer, nk.FanOut(2), nk.parallel(nk.Identity(), nk.Identity()), nk.FanInConcat())
+
+
+def test_product_with_a_concatenation_of_flattened_images_pairs_positions():
+    """[Flatten(z), Flatten(z)] times Flatten(Conv(2c)) multiplies, feature by feature, the same
+    positions' units as Flatten(z) times Flatten(Conv(c)): the same kernel to rounding.  Before
+    the fix FanInConcat dropped the positions and the product took the concatenation as
+    constant over positions (its mean over positions times the other branch's): 12 % off."""
+    x = IMAGES[:, :, :4, :4]
+    def net(first, second):
+        return nk.serial(conv(4), nk.FanOut(2), nk.parallel(first, second), nk.FanInProd(), nk.Dense(1))
+    concat = net(duplicated(nk.Flatten()), flat_conv(8))
+    simple = net(nk.Flatten(), flat_conv(4))
+    for a, b in ((x, None), (x, IMAGES2[:, :, :4, :4])):
+        k, expected = concat.kernel(a, b), simple.kernel(a, b)
+        torch.testing.assert_close(k.nngp, expected.nngp, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(k.ntk, expected.ntk, rtol=1e-12, atol=1e-14)
+
+
+def test_concatenation_of_a_flattened_image_and_a_vector_matches_monte_carlo():
+    """[Flatten(Conv(64)(x)), Dense(32)(Flatten(x))] times Flatten(Conv(66)(x)) on 4 x 4 images
+    (scaled along a ramp over the positions): the vector's 32 features meet every position twice,
+    each Flatten(Conv) feature its own position.  One affine layer per branch, so the Monte Carlo
+    mean is exactly the kernel.  Negative control: the kernel before the fix, which took the
+    concatenation as constant over positions (32 % off)."""
+    x = IMAGES[:, :, :4, :4] * torch.linspace(0.2, 2.0, 16, dtype=torch.float64).reshape(4, 4)
+    vector = nk.serial(nk.Flatten(), nk.Dense(32, 1.1, 0.3))
+    mixed = nk.serial(nk.FanOut(2), nk.parallel(flat_conv(64), vector), nk.FanInConcat())
+    net = nk.serial(nk.FanOut(2), nk.parallel(mixed, flat_conv(66)), nk.FanInProd())
+    z, mc = z_scores(net, x, "nngp")
+    assert float(z.abs().max()) < Z_MAX, z
+
+    k_conv, k_vector = nk.serial(flat_conv(1)).kernel(x, get="nngp"), vector.kernel(x, get="nngp")
+    old = (64 / 66 * k_conv + 2 / 66 * k_vector) * k_conv
+    z_old = (mc.nngp - old) / mc.nngp_standard_error
+    assert float(z_old.abs().max()) > 2 * Z_MAX, z_old
+
+
+def tokens_concat_product(after_concat=()):
+    """Tokens [N, 4, 3]: Flatten of a Dense(8) concatenated with itself, times Flatten of a Dense(16)."""
+    return nk.serial(nk.Dense(8), nk.FanOut(2),
+                     nk.parallel(nk.serial(duplicated(nk.Flatten()), *after_concat),
+                                 nk.serial(nk.Dense(16), nk.Flatten())), nk.FanInProd())
+
+
+@pytest.mark.parametrize("case", ["tokens", "vector_width", "nested"])
+def test_products_with_concatenations_that_lose_the_positions_are_refused(case):
+    """A concatenation whose features do not sit at the positions of a flattened layout: flattened
+    token sequences (their features run token by token, so [A, B] is not the flattening of A and B
+    concatenated along channels), a vector whose width is not a multiple of the image's positions,
+    and a concatenation of such a concatenation: a product with a flattened branch is refused,
+    naming the layer and the concatenation."""
+    x = IMAGES[:, :, :4, :4]
+    if case == "tokens":
+        net, x, why = tokens_concat_product(), TOKENS, "flattened token sequences"
+    else:
+        odd = nk.serial(nk.FanOut(2), nk.parallel(flat_conv(1), nk.serial(nk.Flatten(), nk.Dense(8))),
+                        nk.FanInConcat())
+        if case == "nested":
+            odd = nk.serial(odd, nk.FanOut(2), nk.parallel(nk.Identity(), nk.Identity()), nk.FanInConcat())
+        # 24 (48) features: a Conv(6) (Conv(12)) with stride 2 flattens to as many
+        net = nk.serial(nk.FanOut(2), nk.parallel(odd, flat_conv(12 if case == "nested" else 6, strides=(2, 2))),
+                        nk.FanInProd())
+        why = "a vector of 8 features"
+    with pytest.raises(ValueError, match=rf"layer \d+, FanInProd\(\): .*FanInConcat.*{why}"):
+        net.kernel(x)
+
+
+def test_a_dense_layer_after_a_concatenation_of_flattened_sequences_is_accepted():
+    """The Dense layer's features are all alike: the product with a flattened branch is exact, and
+    [Flatten(z), Flatten(z)] then Dense has Flatten(z) then Dense's kernel (NTK parameterization)."""
+    simple = nk.serial(nk.Dense(8), nk.FanOut(2),
+                       nk.parallel(nk.serial(nk.Flatten(), nk.Dense(64)), nk.serial(nk.Dense(16), nk.Flatten())),
+                       nk.FanInProd())
+    k, expected = tokens_concat_product([nk.Dense(64)]).kernel(TOKENS), simple.kernel(TOKENS)
+    torch.testing.assert_close(k.nngp, expected.nngp, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(k.ntk, expected.ntk, rtol=1e-12, atol=1e-14)

@@ -204,13 +204,19 @@ def _sample_channel_axis(shape: tuple[int, ...]) -> int:
 
 
 def _at_each_position(k: KernelState, like: KernelState) -> KernelState:
-    """A vector state `k` as the same-position layout of `like` (a flattened branch's):
-    every feature of a vector branch has the same kernel, so each position gets `k`'s."""
+    """A vector state `k` as a same-position layout with the positions of `like` (a flattened
+    branch's) and `k.width / positions` channels (a multiple): every feature of a vector branch
+    has the same kernel, so each position gets `k`'s."""
     ones = (1,) * len(like.spatial)
     spread = lambda t: t.reshape(*t.shape, *ones).expand(*t.shape, *like.spatial).contiguous()  # noqa: E731
     var1, var2 = k.map_variances(spread)
     return k.replace(nngp=spread(k.nngp), ntk=k.map_ntk(spread), var1=var1, var2=var2,
-                     width=like.width, spatial=like.spatial, full=False)
+                     width=k.width // math.prod(like.spatial), spatial=like.spatial, full=False)
+
+
+def _positions_lost(ks: list[KernelState]) -> str | None:
+    """The first branch's `positions_lost` (see `KernelState`), None when none has it."""
+    return next((k.positions_lost for k in ks if k.positions_lost is not None), None)
 
 
 class _FanIn(Layer[list[KernelState], KernelState]):
@@ -262,8 +268,15 @@ class _FanIn(Layer[list[KernelState], KernelState]):
         are flattened images or sequences (`KernelState.positions`): the merge of the branches'
         same-position layouts, flattened; None when no branch is flattened.  A plain vector
         branch is the same at every position; branches flattened from different layouts
-        (whose features pair up across positions) are refused."""
+        (whose features pair up across positions) are refused, and so are branches whose
+        positions were lost (`KernelState.positions_lost`) beside another flattened branch."""
         inner = [k.positions for k in ks if k.positions is not None]
+        lost = [i for i, k in enumerate(ks) if k.positions_lost is not None]
+        if lost and len(inner) + len(lost) > 1:
+            raise ValueError(f"branch {lost[0]} is {ks[lost[0]].positions_lost}: its features cannot "
+                             f"be paired position by position with those of the other flattened "
+                             f"branch; concatenate before Flatten, or put a Dense layer after the "
+                             f"FanInConcat")
         if not inner:
             return None
         layouts = {(k.width, k.spatial) for k in inner}
@@ -310,7 +323,8 @@ class FanInSum(_FanIn):
         symmetric = all(k.symmetric for k in ks)
         var2 = var1 if symmetric else total([k.var2 for k in ks])
         return ks[0].replace(nngp=total([k.nngp for k in ks]), ntk=ntk, var1=var1,
-                             var2=var2, symmetric=symmetric, is_gaussian=True, **merged_freshness(ks))
+                             var2=var2, symmetric=symmetric, is_gaussian=True,
+                             positions_lost=_positions_lost(ks), **merged_freshness(ks))
 
 
 class FanInProd(_FanIn):
@@ -345,7 +359,8 @@ class FanInProd(_FanIn):
         symmetric = all(k.symmetric for k in ks)
         var2 = var1 if symmetric else math.prod([k.var2 for k in ks[1:]], start=ks[0].var2)
         return ks[0].replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, symmetric=symmetric,
-                             is_gaussian=len(ks) == 1 and ks[0].is_gaussian, **merged_freshness(ks))
+                             is_gaussian=len(ks) == 1 and ks[0].is_gaussian,
+                             positions_lost=_positions_lost(ks), **merged_freshness(ks))
 
 
 class FanInConcat(_FanIn):
@@ -392,19 +407,58 @@ class FanInConcat(_FanIn):
         return super().build(in_shape, generator, dtype)
 
     def kernel_map(self, ks: list[KernelState]) -> KernelState:
+        """The width-weighted mean of the branches' states.  Of flattened branches (`positions`),
+        the flattening of the concatenation of their same-position layouts, when the features sit
+        where they would (see `_position_parts`); else the result's `positions_lost` says why."""
         self._check_axis(ks[0].sample_shape)
         self._check_states(ks, same_channels=False)
-        widths = [k.width for k in ks]
-        total = sum(widths)
+        parts, lost = _position_parts(ks)
+        if parts is not None:
+            return flatten_state(_concatenated(parts))
+        return _concatenated(ks).replace(positions_lost=lost)
 
-        def mean(values: list) -> torch.Tensor | float:
-            weighted = [v * (w / total) for v, w in zip(values, widths, strict=True)]
-            return functools.reduce(lambda a, b: a + b, weighted)
 
-        var1 = mean([k.var1 for k in ks])
-        symmetric = all(k.symmetric for k in ks)
-        var2 = var1 if symmetric else mean([k.var2 for k in ks])
-        ntk = None if ks[0].ntk is None else mean([k.ntk for k in ks])
-        return ks[0].replace(nngp=mean([k.nngp for k in ks]), ntk=ntk, var1=var1, var2=var2,
-                             width=total, symmetric=symmetric, is_gaussian=False, positions=None,
-                             **merged_freshness(ks))
+def _position_parts(ks: list[KernelState]) -> tuple[list[KernelState] | None, str | None]:
+    """For a concatenation of vector branches of which some are flattened images (`positions`):
+    their same-position layouts, whose concatenation along channels flattens to the
+    concatenation of the flattened vectors (channels first: feature c * P + p of each branch is
+    at position p), a plain vector branch spread over the positions (each position gets
+    width / P of its features, when P divides its width); None when no branch is flattened.
+    Else (None, why the positions are lost): when a branch has lost them, the flattened
+    branches' positions differ, a vector's width is not a multiple of P, or the branches are
+    flattened token sequences (whose features run token by token: [A, B] is not the flattening
+    of A and B concatenated along channels)."""
+    lost, flat = _positions_lost(ks), [k.positions for k in ks if k.positions is not None]
+    if lost is not None or not flat:
+        return None, lost
+    spatials = sorted({p.spatial for p in flat})
+    if len(spatials) > 1:
+        return None, f"a FanInConcat of branches flattened from different positions {spatials}"
+    like, count = flat[0], math.prod(flat[0].spatial)
+    if len(like.spatial) == 1 and count > 1:
+        return None, ("a FanInConcat of flattened token sequences (their features run token by "
+                      "token, so the concatenation's do not sit at the tokens of any flattened "
+                      "sequence)")
+    odd = [k.width for k in ks if k.positions is None and k.width % count]
+    if odd:
+        return None, (f"a FanInConcat of a flattened image of {count} positions and a vector of "
+                      f"{odd[0]} features (not a multiple of {count})")
+    return [k.positions if k.positions is not None else _at_each_position(k, like) for k in ks], None
+
+
+def _concatenated(ks: list[KernelState]) -> KernelState:
+    """`FanInConcat`'s kernel: the width-weighted mean of the branches' (checked) states."""
+    widths = [k.width for k in ks]
+    total = sum(widths)
+
+    def mean(values: list) -> torch.Tensor | float:
+        weighted = [v * (w / total) for v, w in zip(values, widths, strict=True)]
+        return functools.reduce(lambda a, b: a + b, weighted)
+
+    var1 = mean([k.var1 for k in ks])
+    symmetric = all(k.symmetric for k in ks)
+    var2 = var1 if symmetric else mean([k.var2 for k in ks])
+    ntk = None if ks[0].ntk is None else mean([k.ntk for k in ks])
+    return ks[0].replace(nngp=mean([k.nngp for k in ks]), ntk=ntk, var1=var1, var2=var2,
+                         width=total, symmetric=symmetric, is_gaussian=False, positions=None,
+                         **merged_freshness(ks))

@@ -53,6 +53,11 @@ class KernelState:
         flattened vector's (the mean over positions), and `positions` the same-position layout
         it is the mean of, for the layers that act on each flattened feature (activations,
         LayerNorm, FanInSum/FanInProd) to map before averaging; any other layer drops it.
+      * `positions_lost`: why a flattened vector's features sit at positions of no layout this
+        state can keep (a `FanInConcat` of flattened token sequences, say), or None: a merge
+        acting on each feature (FanInSum, FanInProd) refuses to pair it with a flattened
+        branch.  A layer that sets `positions` (None when it drops them) clears it, unless it
+        sets it too (`replace`).
     The state is frozen: a layer returns a new one (`replace`).  Its tensors are not copied on
     the way: a layer consumes the tensors of the state it is given (in-place updates, to keep
     one block's memory bounded), so a caller that needs them afterwards `clone()`s first (as
@@ -73,8 +78,13 @@ class KernelState:
     positions: "KernelState | None" = None  # after Flatten: the per-position layout (above)
     fresh: bool = False                      # independent of the other branches (above)
     outer_fresh: tuple[bool, ...] = ()       # `fresh` of the enclosing FanOuts' branches
+    positions_lost: str | None = None        # after FanInConcat: why `positions` is None (above)
 
-    replace = replace
+    def replace(self, **changes) -> "KernelState":
+        """A copy with `changes`; a new `positions` clears `positions_lost` unless it is given."""
+        if "positions" in changes:
+            changes.setdefault("positions_lost", None)
+        return replace(self, **changes)
 
     @classmethod
     def from_inputs(cls, x1: torch.Tensor, x2: torch.Tensor | None, *,
@@ -117,13 +127,15 @@ class KernelState:
         """An independent copy (for a branch: layers consume their input state)."""
         var1, var2 = self.map_variances(torch.clone)
         return self.replace(nngp=self.nngp.clone(), ntk=self.map_ntk(torch.clone), var1=var1, var2=var2,
-                            positions=None if self.positions is None else self.positions.clone())
+                            positions=None if self.positions is None else self.positions.clone(),
+                            positions_lost=self.positions_lost)
 
     def fanned_out(self) -> "KernelState":
         """The state of one branch of a `FanOut` of this one: not `fresh` (every branch is its input), the
         enclosing branch's `fresh` pushed on `outer_fresh` (the per-position layout too)."""
         return self.replace(fresh=False, outer_fresh=(*self.outer_fresh, self.fresh),
-                            positions=None if self.positions is None else self.positions.fanned_out())
+                            positions=None if self.positions is None else self.positions.fanned_out(),
+                            positions_lost=self.positions_lost)
 
     def map_ntk(self, fn) -> torch.Tensor | float | None:
         """`fn(ntk)` for a linear map of the NTK tensor; None (not requested) and the
