@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from .._core.tiling import PROGRESS_DELAY
 from .._core.validation import DEFAULT_DTYPE, as_targets, positive, positive_int
 from ..arch.serial import Serial
+from .linalg import ridge
 
 
 class _DenseKernel:
@@ -67,13 +68,6 @@ def as_operator(k: Any, name: str = "k_train_train"):
     if len(operator.shape) != 2 or operator.shape[0] != operator.shape[1]:
         raise ValueError(f"{name} must be a square kernel matrix, got shape {tuple(operator.shape)}")
     return operator
-
-
-def _regularization(operator, diag_reg: float, absolute_scale: bool) -> float:
-    diag_reg = positive(diag_reg, "diag_reg", allow_zero=True)
-    if diag_reg == 0 or absolute_scale:
-        return diag_reg
-    return diag_reg * float(operator.diagonal().mean())
 
 
 class NystromPreconditioner:
@@ -190,7 +184,7 @@ def conjugate_gradients(k_train_train, y_train, *, diag_reg: float = 0.0, diag_r
     b, vector = as_targets(y_train, n, "y_train", operator.dtype, operator.device)
     rtol = positive(rtol, "rtol")
     max_iterations = max(n, 1000) if max_iterations is None else positive_int(max_iterations, "max_iterations")
-    shift = _regularization(operator, diag_reg, diag_reg_absolute_scale)
+    shift = ridge(diag_reg, diag_reg_absolute_scale, lambda: float(operator.diagonal().mean()))
     apply_preconditioner: Callable[[torch.Tensor], torch.Tensor]
     if preconditioner == "nystrom":
         apply_preconditioner = NystromPreconditioner(operator, rank, shift, seed)
@@ -343,6 +337,7 @@ def nystrom_regression(net_or_kernel_fn, x_train, y_train, *, centers: int = 100
         raise ValueError(f"centers={m} exceeds the {n} training samples; use centers <= {n} "
                          f"(centers={n} is exact ridge regression)")
     block_size = positive_int(block_size, "block_size")
+    positive(diag_reg, "diag_reg", allow_zero=True)   # before any kernel is computed
     index = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:m].sort().values
     chosen = x_train[index.to(x_train.device)]
     k_mm = kernel(chosen, None)
@@ -353,8 +348,7 @@ def nystrom_regression(net_or_kernel_fn, x_train, y_train, *, centers: int = 100
         k_bm = kernel(x_train[start:start + block_size], chosen)
         gram += k_bm.T @ k_bm
         rhs += k_bm.T @ y[start:start + block_size]
-    scale = 1.0 if diag_reg_absolute_scale else float(k_mm.diagonal().mean())
-    system = gram + positive(diag_reg, "diag_reg", allow_zero=True) * scale * k_mm
+    system = gram + ridge(diag_reg, diag_reg_absolute_scale, lambda: float(k_mm.diagonal().mean())) * k_mm
     factor, info = torch.linalg.cholesky_ex(system)
     if int(info) != 0:
         raise ValueError(f"the Nystrom system K_nm^T K_nm + lambda K_mm on {m} centers is singular in float64 (e.g. "

@@ -5,11 +5,18 @@ the closed-form gradient flow on the MSE (`GradientFlow`) that the predictions s
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, overload
+from typing import Any, Callable, Literal, overload
 
 import torch
 
 from .._core.validation import DEFAULT_DTYPE, as_tensor, as_targets, positive, positive_int
+
+
+def ridge(diag_reg: float, absolute_scale: bool, mean_diagonal: Callable[[], float]) -> float:
+    """lambda = diag_reg * s with s = 1 (`absolute_scale`) or the mean diagonal of the kernel,
+    `mean_diagonal()`, read only when needed (for a kernel in a store it is a pass over the store)."""
+    diag_reg = positive(diag_reg, "diag_reg", allow_zero=True)
+    return diag_reg if diag_reg == 0 or absolute_scale else diag_reg * mean_diagonal()
 
 
 def add_diagonal_regularizer(k: torch.Tensor, diag_reg: float,
@@ -34,11 +41,10 @@ def add_diagonal_regularizer(k: torch.Tensor, diag_reg: float,
     tensor([[3.5000, 1.0000],
             [1.0000, 5.5000]], dtype=torch.float64)
     """
-    diag_reg = positive(diag_reg, "diag_reg", allow_zero=True)
-    if diag_reg == 0:
+    shift = ridge(diag_reg, absolute_scale, lambda: float(k.diagonal().mean()))
+    if shift == 0:
         return k
-    scale = 1.0 if absolute_scale else float(k.diagonal().mean())
-    return k + diag_reg * scale * torch.eye(k.shape[0], dtype=k.dtype, device=k.device)
+    return k + shift * torch.eye(k.shape[0], dtype=k.dtype, device=k.device)
 
 
 def square_kernel(k: Any, name: str) -> torch.Tensor:
