@@ -18,6 +18,7 @@ from .theory.finite_width import Criticality, FiniteWidthStatistics, criticality
 from .theory.dntk import DDNTKStatistics, DNTKStatistics, ddntk_statistics, dntk_statistics
 from .theory.hierarchy import NTKHierarchy, nearly_kernel_flow, ntk_hierarchy, train_gradient_flow
 from .theory.ensemble import EnsembleMean, ensemble_mean_flow
+from .theory.spectral import Eigenlearning, SphereSpectrum, eigenlearning, sphere_spectrum
 from .training.loop import TrainingHistory, train
 
 __version__ = "0.3.0.dev0"
@@ -28,7 +29,8 @@ __all__ = [*_LAYER_NAMES,  # not "sklearn": `import *` must work without it
            "nearly_kernel_flow", "ntk_hierarchy", "train_gradient_flow", "EnsembleMean",
            "ensemble_mean_flow", "Linearized", "TrainingHistory", "empirical_nngp",
            "empirical_ntk", "conventions", "kernels", "linearize", "TaylorExpansion",
-           "taylor_expand", "monte_carlo_kernel", "predict", "train"]
+           "taylor_expand", "monte_carlo_kernel", "predict", "train", "SphereSpectrum", "sphere_spectrum",
+           "Eigenlearning", "eigenlearning"]
 
 
 def __getattr__(name: str):
