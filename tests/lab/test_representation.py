@@ -148,3 +148,26 @@ def test_multi_index_hermite_targets_are_normalised_exactly():
     assert float((torch.tensor(w.ravel()) * target.g(z) ** 2).sum()) == pytest.approx(1.0, rel=1e-12)
     with pytest.raises(ValueError, match="distinct"):
         R.hermite_target(U, [(1.0, (2, 1)), (1.0, (2, 1))])
+
+
+def test_hermite_fractions_read_each_degree_of_the_paper_target():
+    """The target itself has learned fraction 1 in both degrees, its He_2 half (1, 0), its negative
+    He_4 half (0, -1), the zero predictor (0, 0): exact (1e-10) for predictors of u . x alone, which
+    the Gauss-Hermite quadrature integrates exactly; adding a function of an orthogonal direction,
+    He_2(v . x), changes nothing in expectation (Monte Carlo over the orthogonal part: within 0.05)."""
+    target = R.paper_target(6, 4, seed=0)
+    u, coefficients = target.U[0], R.paper_coefficients(4)
+    v = torch.linalg.qr(torch.stack([u, torch.ones_like(u)], 1)).Q[:, 1]
+
+    def half(k):
+        return lambda x: R.hermite(k, x @ u) / math.sqrt(2 * math.factorial(k))
+    cases = {"target": (target, (1, 1)), "He_2 half": (half(2), (1, 0)),
+             "minus He_4 half": (lambda x: -half(4)(x), (0, -1)), "zero": (lambda x: 0 * x[:, 0], (0, 0))}
+    for name, (predictor, expected) in cases.items():
+        fractions = R.hermite_fractions(predictor, u, coefficients, 4000, seed=1)
+        assert fractions[2] == pytest.approx(expected[0], abs=1e-10), name
+        assert fractions[4] == pytest.approx(expected[1], abs=1e-10), name
+    fractions = R.hermite_fractions(lambda x: target(x) + R.hermite(2, x @ v), u, coefficients, 4000, seed=1)
+    assert abs(fractions[2] - 1) < 0.05 and abs(fractions[4] - 1) < 0.05
+    # negative control: plain Monte Carlo (one node is the mean of f at z = 0) reads nothing of He_4
+    assert abs(R.hermite_fractions(target, u, coefficients, 4000, seed=1, nodes=1)[4] - 1) > 0.5

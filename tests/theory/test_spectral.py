@@ -133,3 +133,17 @@ def test_refusals_name_the_argument():
             return (x1 * torch.arange(1.0, x1.shape[1] + 1, dtype=x1.dtype)) @ x2.T / x1.shape[1]
     with pytest.raises(ValueError, match="not a function of x . x'"):
         sphere_spectrum(Anisotropic(), 5)
+
+
+def test_learned_fractions_of_zonal_predictors_are_exact():
+    """A predictor of u . x alone is integrated exactly by the quadrature: the target reads (1, 1) and
+    loss 0, its degree-2 half (1, 0) and loss 1/2, to 1e-10; a degree-4 harmonic about u, orthogonal to
+    both, reads (0, 0) and loss 2."""
+    target = S.single_index_target(7, (2, 3), seed=0)
+    half = S.ZonalTarget(target.u, {2: target.coefficients[2]})
+    other = S.ZonalTarget(target.u, {4: 1.0})
+    for predictor, expected, loss in ((target, (1, 1), 0.0), (half, (1, 0), 0.5), (other, (0, 0), 2.0)):
+        fractions, (measured_loss, _) = S.learned_fractions(predictor, target, 320, seed=1)
+        assert fractions[2][0] == pytest.approx(expected[0], abs=1e-10)
+        assert fractions[3][0] == pytest.approx(expected[1], abs=1e-10)
+        assert measured_loss == pytest.approx(loss, abs=1e-10)

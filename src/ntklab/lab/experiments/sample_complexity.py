@@ -120,7 +120,10 @@ def one_run(cfg: Config, n: int, seed: int) -> list[dict]:
         extra = (R.subspace_alignment(predictor.W, target.U)
                  if isinstance(predictor, R.TwoLayerPredictor) and method.startswith("Algorithm 1") else {})
         loss = R.test_loss(predictor, target, cfg.n_test, seed=seed + 3000)
-        rows.append({"n": n, "seed": seed, "method": method, "test_loss": loss,
+        fractions = R.hermite_fractions(predictor, target.U[0], R.paper_coefficients(cfg.p), cfg.n_test,
+                                        seed=seed + 4000)
+        rows.append({"n": n, "seed": seed, "method": method, "test_loss": loss, "fraction_2": fractions[2],
+                     f"fraction_{cfg.p}": fractions[cfg.p],
                      "ridge": predictor.ridge, "seconds": time.perf_counter() - start, **extra})
     return rows
 
@@ -130,7 +133,8 @@ def summarize(rows: list[dict]) -> list[dict]:
     out = []
     for (n, method), chosen in grouped(rows, ("n", "method")).items():
         mean, std = mean_std([r["test_loss"] for r in chosen])
-        entry = {"n": n, "method": method, "mean_loss": mean, "std_loss": std}
+        entry = {"n": n, "method": method, "mean_loss": mean, "std_loss": std,
+                 **{key: mean_std([r[key] for r in chosen])[0] for key in chosen[0] if key.startswith("fraction_")}}
         if method.startswith("Algorithm 1"):
             for key in ("fraction_in_span", "max_principal_angle_deg"):
                 entry[key] = mean_std([r[key] for r in chosen])[0]
@@ -180,7 +184,7 @@ def _claims(cfg: Config, rows: list[dict]) -> list[dict]:
 
 
 def _figure(folder: RunFolder, summary: list[dict], cfg: Config) -> str:
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    fig, ax = plt.subplots(figsize=(9.6, 4.4))
     for i, method in enumerate(METHODS):
         entries = [e for e in summary if e["method"] == method]
         ax.errorbar([e["n"] for e in entries], [e["mean_loss"] for e in entries],
@@ -188,17 +192,19 @@ def _figure(folder: RunFolder, summary: list[dict], cfg: Config) -> str:
                     label=method)
     d, p = cfg.d, cfg.p
     ax.axhline(0.5, color="gray", ls=":", label="1/2: only the He_2 part learned")
-    for power, label in ((2, "d^2"), (p, f"d^{p}")):
-        ax.axvline(d ** power, color="gray", ls="--", lw=0.8)
-        ax.text(d ** power, ax.get_ylim()[1] if power == 2 else 0.02, f" n = {label}", fontsize=8,
-                va="top" if power == 2 else "bottom")
+    exactly = modes(d, p)[0]
+    for n, style, label in ((d ** 2, ":", f"n = d² = {d ** 2}"),
+                            (exactly, "--", f"n = C(d+p-1, p) = {exactly} degree-{p} modes"),
+                            (d ** p, "-.", f"n = d^{p} = {d ** p}")):
+        ax.axvline(n, color="gray", ls=style, lw=0.8, label=label)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("training samples n")
     ax.set_ylabel("test loss (MSE to the unit-norm target)")
     ax.set_title(f"d = {d}, p = {p}: learning He2/2 + He{p}/sqrt(2 {p}!)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
     return folder.save_figure("loss_vs_n", fig)
 
 
@@ -264,6 +270,12 @@ def _report(cfg: Config, summary: list[dict], rows: list[dict], widths: list[dic
         claims_table(claims), "",
         markdown_table(table, list(table[0])), "",
         f"![loss vs n]({figure})", "",
+        "## Learned fraction of each degree", "",
+        "The predictor's coefficient on the orthonormal He_k(u.x)/sqrt(k!) over the target's (1: that half "
+        "learned, 0: not), on fresh samples; mean over seeds.", "",
+        markdown_table([{"n": e["n"], "method": e["method"], "He_2 part": round(e["fraction_2"], 3),
+                         f"He_{p} part": round(e[f"fraction_{p}"], 3)} for e in summary],
+                       ["n", "method", "He_2 part", f"He_{p} part"]), "",
         f"## Theory check (d^2 = {d ** 2} < n < C(d+p-1, p) = {exactly})", "",
         f"The kernels' threshold is the number of modes, not d^p = {d ** p}: {exactly} polynomial modes of "
         f"degree exactly {p} in d = {d} variables (C(d+p-1, p)), {up_to} of degree <= {p} (C(d+p, p)); "

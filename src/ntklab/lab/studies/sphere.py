@@ -16,7 +16,7 @@ from typing import Callable, Mapping
 import torch
 
 from ..._core.validation import DEFAULT_DTYPE, positive, positive_int
-from ...theory.spectral import zonal_harmonic
+from ...theory.spectral import gegenbauer_quadrature, zonal_harmonic
 import ntklab as nk
 
 
@@ -83,14 +83,28 @@ def kernel_ridge(net: nk.Serial, x: torch.Tensor, y: torch.Tensor, *, ridge: flo
 
 
 def learned_fractions(predictor: Callable[[torch.Tensor], torch.Tensor], target: ZonalTarget, n_test: int,
-                      *, seed: int) -> tuple[dict[int, tuple[float, float]], tuple[float, float]]:
-    """degree -> (learned fraction <f, Y_k> / a_k, its Monte Carlo standard error) on n_test fresh
-    points, and the test loss E[(f - f*)^2] with its standard error."""
-    x = sphere_points(n_test, target.d, generator=torch.Generator().manual_seed(seed), dtype=target.u.dtype)
-    prediction = predictor(x)
-    fractions = {}
-    for k, a in target.coefficients.items():
-        products = prediction * target.part(k, x) / a
-        fractions[k] = (float(products.mean()), float(products.std() / math.sqrt(n_test)))
-    errors = (prediction - target(x)).square()
-    return fractions, (float(errors.mean()), float(errors.std() / math.sqrt(n_test)))
+                      *, seed: int, nodes: int = 32) -> tuple[dict[int, tuple[float, float]], tuple[float, float]]:
+    """degree -> (learned fraction <f, Y_k> / a_k, its standard error), and the test loss
+    E[(f - f*)^2] with its standard error, on n_test points.
+
+    With x = sqrt(d) (t u + sqrt(1 - t^2) v), v uniform on the unit sphere orthogonal to u, the
+    average over t is Gauss-Gegenbauer quadrature with `nodes` points (weight (1 - t^2)^{(d-3)/2},
+    exact for the target's polynomials in t) and the one over v Monte Carlo on n_test // nodes
+    directions: the standard errors are those of the v-averages."""
+    t, weights = gegenbauer_quadrature(target.d, positive_int(nodes, "nodes"))
+    t_ = torch.as_tensor(t, dtype=target.u.dtype)
+    weights_ = torch.as_tensor(weights, dtype=target.u.dtype)
+    generator = torch.Generator().manual_seed(seed)
+    v = torch.randn(max(2, positive_int(n_test, "n_test") // nodes), target.d, generator=generator,
+                    dtype=target.u.dtype)
+    v = v - (v @ target.u)[:, None] * target.u
+    v = v / v.norm(dim=1, keepdim=True)
+    x = math.sqrt(target.d) * (t_[None, :, None] * target.u + torch.sqrt(1 - t_ ** 2)[None, :, None] * v[:, None, :])
+    x = x.reshape(-1, target.d)
+    prediction, truth = predictor(x).reshape(len(v), nodes), target(x).reshape(len(v), nodes)
+
+    def averaged(values: torch.Tensor) -> tuple[float, float]:
+        per_direction = (values * weights_).sum(1)
+        return float(per_direction.mean()), float(per_direction.std() / math.sqrt(len(v)))
+    fractions = {k: averaged(prediction * zonal_harmonic(target.d, k, t_) / a) for k, a in target.coefficients.items()}
+    return fractions, averaged((prediction - truth).square())
