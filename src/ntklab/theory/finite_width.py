@@ -516,8 +516,8 @@ def ntk_diagonal_samples(net: Serial, x, count: int, *, seed: int = 0, method: s
     >>> import math, torch, ntklab as nk
     >>> net = nk.mlp(4, 256, W_std=math.sqrt(2))                   # ReLU at criticality
     >>> theta = nk.ntk_diagonal_samples(net, torch.ones(3), 100_000)
-    >>> round(float(theta.mean()), 1)                             # Θ = (L + 1) ||x||²/d
-    5.0
+    >>> round(float(theta.mean()), 1)                             # Θ = (L + 1) C_W ||x||²/d
+    10.0
     """
     denses, activations = mlp_layers(net)
     count = positive_int(count, "count")
@@ -572,7 +572,8 @@ def _vectors(x: torch.Tensor, scales: list[tuple[float, float]], activations: li
     for start in range(0, count, chunk):
         s = min(chunk, count - start)
         norm2 = torch.full((s,), float(x @ x), dtype=torch.float64, device=device)   # ||h^(0)||²
-        fan_in, layers, theta = len(x), [], torch.zeros(s, dtype=torch.float64, device=device)
+        fan_in, theta = len(x), torch.zeros(s, dtype=torch.float64, device=device)
+        layers: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
         for (c_w, c_b), act, n in zip(scales[:-1], activations, widths, strict=True):
             v = normal(s, n)
             z = (c_w * norm2 / fan_in).sqrt()[:, None] * v + (math.sqrt(c_b) * normal(s, n) if c_b else 0.0)
@@ -584,13 +585,11 @@ def _vectors(x: torch.Tensor, scales: list[tuple[float, float]], activations: li
             layers.append((v, c_w * norm2 / fan_in + c_b, h, slope))
             norm2, fan_in = (h ** 2).sum(1), n
         c_w, c_b = scales[-1]
-        readout_v = normal(s, 1)
-        layers.append((readout_v, c_w * norm2 / fan_in + c_b, None, None))
+        v_next = normal(s, 1)                                                         # the readout's v
         delta = torch.ones(s, 1, dtype=torch.float64, device=device)                 # δ^(L+1)
-        theta += layers[-1][1]
+        theta += c_w * norm2 / fan_in + c_b
         for ell in range(len(widths) - 1, -1, -1):
-            v_next = layers[ell + 1][0]
-            _, variance, h, slope = layers[ell]
+            v, variance, h, slope = layers[ell]
             unit = h / h.norm(dim=1, keepdim=True).clamp_min(torch.finfo(h.dtype).tiny)  # ĥ (0 when h = 0)
             gauss = normal(s, widths[ell])
             along = (v_next * delta).sum(1, keepdim=True)                                # vᵀδ^(ℓ+1)
@@ -598,5 +597,6 @@ def _vectors(x: torch.Tensor, scales: list[tuple[float, float]], activations: li
             backward = unit * along + delta.norm(dim=1, keepdim=True) * orthogonal
             delta = math.sqrt(scales[ell + 1][0] / widths[ell]) * slope * backward
             theta += (delta ** 2).sum(1) * variance
+            v_next = v
         out.append(theta.cpu())
     return torch.cat(out)
