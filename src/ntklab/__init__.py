@@ -14,7 +14,8 @@ from . import conventions
 from .kernels.empirical import empirical_ntk
 from .kernels.monte_carlo import empirical_nngp, monte_carlo_kernel
 from .training.taylor import Linearized, TaylorExpansion, linearize, taylor_expand
-from .theory.finite_width import Criticality, FiniteWidthStatistics, criticality, finite_width
+from .theory.finite_width import (Criticality, FiniteWidthStatistics, criticality, finite_width,
+                                  ntk_diagonal_samples)
 from .theory.dntk import DDNTKStatistics, DNTKStatistics, ddntk_statistics, dntk_statistics
 from .theory.hierarchy import NTKHierarchy, nearly_kernel_flow, ntk_hierarchy, train_gradient_flow
 from .theory.ensemble import EnsembleMean, ensemble_mean_flow
@@ -24,7 +25,8 @@ from .training.loop import TrainingHistory, train
 __version__ = "0.3.0.dev0"
 
 __all__ = [*_LAYER_NAMES,  # not "sklearn": `import *` must work without it
-           "Criticality", "FiniteWidthStatistics", "criticality", "finite_width", "DNTKStatistics",
+           "Criticality", "FiniteWidthStatistics", "criticality", "finite_width", "ntk_diagonal_samples",
+           "DNTKStatistics",
            "dntk_statistics", "DDNTKStatistics", "ddntk_statistics", "NTKHierarchy",
            "nearly_kernel_flow", "ntk_hierarchy", "train_gradient_flow", "EnsembleMean",
            "ensemble_mean_flow", "Linearized", "TrainingHistory", "empirical_nngp",
