@@ -3,6 +3,7 @@ a doctest, and every Python block of the README and the documentation pages runs
 (`make docs-fast` in CI also builds the site with warnings as errors.)"""
 import doctest
 import importlib
+import importlib.util
 import pkgutil
 import re
 from pathlib import Path
@@ -54,6 +55,14 @@ def test_python_blocks_of_the_pages_run(page, index, block, tmp_path, monkeypatc
     exec(compile(block, f"{page.name} block {index}", "exec"), {"__name__": "__docs__"})
 
 
+def load_script(path: Path):
+    """A script of the repository (docs/, benchmarks/) as a module."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 SOURCES = [page for page in PAGES if "_build" not in page.parts and "runs" not in page.parts]
 
 
@@ -70,10 +79,7 @@ def test_no_formula_line_starts_like_a_markdown_list_item():
 def test_the_offline_check_finds_network_resources_and_missing_mathjax(tmp_path):
     """docs/check_offline.py (run after every site build) on a tiny site: a CDN script, a missing
     local file and a page with formulas but no MathJax are reported; the bundled MathJax passes."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("check_offline", ROOT / "docs" / "check_offline.py")
-    check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(check)
+    check = load_script(ROOT / "docs" / "check_offline.py")
     (tmp_path / "_static" / "mathjax").mkdir(parents=True)
     (tmp_path / "_static" / "mathjax" / "tex-chtml.js").write_text("")
     good = '<script src="_static/mathjax/tex-chtml.js"></script><span class="math">\\(x\\)</span>'
@@ -86,3 +92,25 @@ def test_the_offline_check_finds_network_resources_and_missing_mathjax(tmp_path)
         "cdn.html: loads https://cdn.jsdelivr.net/npm/mathjax@4/tex-mml-chtml.js from the network",
         "cdn.html: has formulas but does not load MathJax (tex-chtml.js)",
         "lost.html: loads _static/gone.css, which is not in the site"]
+
+
+def test_the_link_check_finds_missing_pages_and_anchors(tmp_path):
+    """docs/check_links.py (run after every site build) on a tiny site: links to an existing page,
+    id, anchor name, folder index and image resolve, external links are counted and not fetched;
+    a link to a missing page, a missing id on another page and a missing id on the same page are
+    reported."""
+    check = load_script(ROOT / "docs" / "check_links.py")
+    (tmp_path / "guide").mkdir()
+    (tmp_path / "guide" / "index.html").write_text('<h1 id="top">x</h1><a name="old-anchor"></a>')
+    (tmp_path / "plot.png").write_bytes(b"")
+    (tmp_path / "index.html").write_text(
+        '<section id="intro"><a href="guide/index.html#top">g</a> <a href="guide/#old-anchor">a</a>'
+        '<a href="guide/">d</a> <a href="#intro">here</a> <img src="plot.png"> <a href="#">menu</a>'
+        '<a href="https://example.org/page#x">out</a> <a href="mailto:a@b.c">mail</a></section>')
+    assert check.check(tmp_path) == ([], 2)
+    (tmp_path / "broken.html").write_text('<p id="a"><a href="guide/index.html#bottom">1</a>'
+                                          '<a href="gone.html">2</a> <a href="#b">3</a></p>')
+    assert check.check(tmp_path)[0] == [
+        "broken.html: guide/index.html#bottom (no id 'bottom' in guide/index.html)",
+        "broken.html: gone.html (no file gone.html)",
+        "broken.html: #b (no id 'b' in broken.html)"]
