@@ -1,6 +1,7 @@
 """The documentation cannot drift from the code: every docstring example in the package runs as
 a doctest, and every Python block of the README and the documentation pages runs as written.
 (`make docs-fast` in CI also builds the site with warnings as errors.)"""
+import ast
 import doctest
 import importlib
 import importlib.util
@@ -114,3 +115,66 @@ def test_the_link_check_finds_missing_pages_and_anchors(tmp_path):
         "broken.html: guide/index.html#bottom (no id 'bottom' in guide/index.html)",
         "broken.html: gone.html (no file gone.html)",
         "broken.html: #b (no id 'b' in broken.html)"]
+
+
+def documented_names(api: str) -> set[str]:
+    """The full names that the autosummary tables of docs/api.md document (each under the
+    `currentmodule` before it)."""
+    names, module, in_table = set(), "", False
+    for line in api.splitlines():
+        if found := re.match(r"\.\. currentmodule:: (\S+)", line):
+            module, in_table = found[1], False
+        elif line.startswith(".. autosummary::"):
+            in_table = True
+        elif in_table and line.startswith("   ") and not line.strip().startswith(":"):
+            names.add(f"{module}.{line.strip()}")
+        elif line.strip() and not line.startswith("   "):
+            in_table = False
+    return names
+
+
+def ntklab_names_used(source: str) -> set[str]:
+    """The full name of every ntklab object a script uses: a name imported from ntklab
+    (`from ntklab.lab.data import digits_images`) and the longest attribute chain on an imported
+    ntklab module (`nk.predict.solve`, `R.sample` after `from ntklab.lab.studies import
+    representation as R`)."""
+    tree = ast.parse(source)
+    aliases = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            aliases.update({alias.asname or alias.name.split(".")[0]: alias.name if alias.asname else "ntklab"
+                            for alias in node.names if alias.name.split(".")[0] == "ntklab"})
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "ntklab":
+            aliases.update({alias.asname or alias.name: f"{node.module}.{alias.name}" for alias in node.names})
+    inner = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+
+    def full_name(node) -> str | None:
+        if isinstance(node, ast.Name):
+            return aliases.get(node.id)
+        if isinstance(node, ast.Attribute) and (base := full_name(node.value)):
+            return f"{base}.{node.attr}"
+        return None
+
+    return {name for node in ast.walk(tree) if isinstance(node, (ast.Name, ast.Attribute))
+            and id(node) not in inner and (name := full_name(node))}
+
+
+def undocumented(used: set[str], documented: set[str]) -> list[str]:
+    """The names neither documented nor members of a documented object (a class's methods)."""
+    return sorted(name for name in used
+                  if not any(".".join(name.split(".")[:k]) in documented for k in range(2, name.count(".") + 2)))
+
+
+def test_the_gallery_uses_only_names_of_the_api_reference():
+    """Every ntklab object an example of the gallery uses is on the API reference page, which
+    the gallery links to; a made-up example using internal modules (the engine's tiling, the CLI)
+    is reported, name by name."""
+    documented = documented_names((ROOT / "docs" / "api.md").read_text())
+    used = set().union(*(ntklab_names_used(example.read_text()) for example in (ROOT / "examples").glob("*.py")))
+    assert {"ntklab.serial", "ntklab.lab.data.digits_images", "ntklab.lab.studies.quadratic.random_model",
+            "ntklab.predict.conjugate_gradients"} <= used and len(used) >= 25
+    assert undocumented(used, documented) == []
+    internal = ("import ntklab as nk\nfrom ntklab.lab.cli import main as m\nfrom ntklab.kernels import engine\n"
+                "nk.Serial.kernel(nk.serial(nk.Relu()), None); m(); engine.tiles(3); nk._core.extras.x")
+    assert undocumented(ntklab_names_used(internal), documented) == [
+        "ntklab._core.extras.x", "ntklab.kernels.engine.tiles", "ntklab.lab.cli.main"]
