@@ -145,7 +145,8 @@ def find_wrong_viewcode_backlinks(app):
             _code, _tags, used, refname = entry
             for name, docname in used.items():
                 if f"{refname}.{name}" not in objects:
-                    VIEWCODE_BACKLINKS.update({f'#{refname}.{name}"': f'#{full}"' for full, found in objects.items()
+                    VIEWCODE_BACKLINKS.update({f'#{refname}.{name}"': f'#{found.node_id}"'
+                                               for full, found in objects.items()
                                                if found.docname == docname and full.endswith(f".{name}")})
     return []
 
