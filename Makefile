@@ -74,7 +74,9 @@ reference: $(STAMP)
 	$(BIN)/pip install --quiet -e ".[bench]"
 	$(BIN)/python benchmarks/make_reference.py --compare
 
-# The documentation site (Sphinx), warnings as errors, into docs/_build/html. `docs-fast` runs the
+# The documentation site (Sphinx), warnings as errors, into docs/_build/html, then checked offline:
+# no page loads anything from the network (check_offline.py) and every internal link and anchor
+# resolves (check_links.py; external links are counted, not fetched). `docs-fast` runs the
 # example gallery at small sizes (CI); `docs-runs` reruns every experiment's default run into
 # docs/runs/, from which the Experiments pages are generated (long: about an hour on 2 cores).
 DOCS_STAMP := $(VENV)/.docs-installed
@@ -87,10 +89,12 @@ $(DOCS_STAMP): $(STAMP)
 docs: $(DOCS_STAMP)
 	NTKLAB_DOCS_FAST=0 $(SPHINX)
 	$(BIN)/python docs/check_offline.py docs/_build/html
+	$(BIN)/python docs/check_links.py docs/_build/html
 
 docs-fast: $(DOCS_STAMP)
 	NTKLAB_DOCS_FAST=1 OMP_NUM_THREADS=1 $(SPHINX)
 	$(BIN)/python docs/check_offline.py docs/_build/html
+	$(BIN)/python docs/check_links.py docs/_build/html
 
 docs-runs: $(STAMP)
 	for name in $$($(BIN)/ntklab list --names); do \
