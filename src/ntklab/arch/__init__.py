@@ -2,6 +2,8 @@
 
 `LAYERS` is the one registry of public layers: the `--arch` grammar, `ntklab.__all__`
 and this package's `__all__` are derived from it."""
+from typing import Callable
+
 from .builders import mlp as mlp, repeat
 from .activations import Abs, ABRelu, Activation, Erf, LeakyRelu, Relu, Sigmoid_like, Sign
 from .attention import GlobalSelfAttention
@@ -15,7 +17,7 @@ from .dropout import Dropout
 from .layer import ArchitectureError, Layer
 from .normalization import LayerNorm
 from .pooling import AvgPool, SumPool
-from .reshape import ImageResize, Index, Slice
+from .reshape import ImageResize, Index, Slice as Slice
 from .quadrature import Elementwise, Gelu, Sigmoid, Tanh
 from .serial import Serial as Serial, SymmetricModule, serial
 from .state import Kernel as Kernel, KernelState
@@ -26,7 +28,7 @@ LAYERS: dict[str, type[Layer]] = {cls.__name__: cls for cls in (
     Relu, LeakyRelu, ABRelu, Abs, Erf, Sigmoid_like, Sign, Gelu, Tanh, Sigmoid,
     Sin, Cos, Rbf, Gaussian, Exp, ExpNormalized, Monomial, RectifiedMonomial, Polynomial, Hermite,
     Elementwise, Dropout, Index, ImageResize, Gabor)}
-COMBINATORS = {"serial": serial, "parallel": parallel, "repeat": repeat}
+COMBINATORS: dict[str, Callable[..., Layer]] = {"serial": serial, "parallel": parallel, "repeat": repeat}
 
 PUBLIC = [*LAYERS, "Kernel", "Serial", "Parallel", "Slice", "mlp", *COMBINATORS]
 

@@ -55,7 +55,8 @@ def same_sample_diagonal(t: torch.Tensor, k: KernelState, factor: float, batch_p
     if batch_pairs:
         eye = torch.eye(t.shape[0], dtype=torch.bool, device=t.device)
         mask = eye.reshape(eye.shape + (1,) * (t.ndim - 2)) & mask
-    return t * torch.where(mask, factor, 1.0).to(t.dtype)
+    scale = torch.tensor([1.0, factor], dtype=t.dtype, device=t.device)   # t's precision
+    return t * scale[mask.long()]
 
 
 class Dropout(Layer[KernelState, KernelState]):
