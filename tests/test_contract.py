@@ -52,7 +52,7 @@ def test_every_public_layer_is_in_the_grammar_and_in_all():
     for name, cls in LAYERS.items():
         assert name in nk.__all__ and getattr(nk, name) is cls
     assert "ABRelu" in nk.arch.spec.LAYERS
-    assert set(LAYERS) - set(nk.arch.spec.LAYERS) == {"Elementwise"}   # takes a function
+    assert set(LAYERS) - set(nk.arch.spec.LAYERS) == {"Elementwise", "Index"}   # a function, slices
 
 
 def test_a_store_of_an_anonymous_architecture_is_not_resumed(tmp_path):
@@ -217,7 +217,8 @@ def test_every_layer_of_the_grammar_round_trips_through_its_repr():
                 nk.Sigmoid_like(), nk.Sign(), nk.Gelu(), nk.Tanh(n_points=32), nk.Sigmoid(n_points=16),
                 nk.Sin(0.5, 1.5, 0.3), nk.Cos(b=2.0), nk.Rbf(0.3), nk.Gaussian(2.0, -0.5), nk.Exp(0.2, 0.4),
                 nk.ExpNormalized(2.0, -0.5, do_clip=True), nk.Monomial(4), nk.RectifiedMonomial(3),
-                nk.Polynomial([1.0, 0.0, -2.0]), nk.Hermite(5),
+                nk.Polynomial([1.0, 0.0, -2.0]), nk.Hermite(5), nk.Gelu(approximate=True, n_points=32),
+                nk.Gabor(), nk.Dropout(0.8, mode="test"), nk.ImageResize((4, 5), "nearest", antialias=False),
                 nk.parallel(nk.serial(nk.Relu(), nk.Dense(2)), nk.Identity())]
     covered = {type(layer).__name__ for layer in examples}
     assert set(nk.arch.spec.LAYERS) <= covered, set(nk.arch.spec.LAYERS) - covered

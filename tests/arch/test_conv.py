@@ -134,7 +134,7 @@ def test_bad_images_and_layers_are_refused():
         nk.serial(nk.Conv(4, (7, 3), padding="VALID"), nk.Flatten(), nk.Dense(1)).module((2, 6, 6))
     with pytest.raises(ValueError, match="end it with nk.Flatten"):
         nk.serial(nk.Conv(4, (3, 3)), nk.Relu()).kernel(x)
-    with pytest.raises(ValueError, match="Dense acts on vectors.*Flatten"):
+    with pytest.raises(ValueError, match="ends on images.*Flatten"):   # Dense acts on each pixel
         nk.serial(nk.Conv(4, (3, 3)), nk.Dense(1)).kernel(x)
     with pytest.raises(ValueError, match="filter_shape"):
         nk.Conv(4, 3)

@@ -101,7 +101,8 @@ ACTIVATIONS = {
     "Tanh": nk.Tanh(n_points=12), "Sigmoid": nk.Sigmoid(n_points=12), "Sin": nk.Sin(), "Cos": nk.Cos(),
     "Rbf": nk.Rbf(), "Gaussian": nk.Gaussian(), "Exp": nk.Exp(), "ExpNormalized": nk.ExpNormalized(),
     "Monomial": nk.Monomial(3), "RectifiedMonomial": nk.RectifiedMonomial(2),
-    "Polynomial": nk.Polynomial([0.1, 1.0, 0.5]), "Hermite": nk.Hermite(3),
+    "Polynomial": nk.Polynomial([0.1, 1.0, 0.5]), "Hermite": nk.Hermite(3), "Gabor": nk.Gabor(),
+    "Gelu approximate": nk.Gelu(approximate=True, n_points=12),
     "Elementwise": nk.Elementwise(torch.sin, n_points=12),
     "Elementwise dual": nk.Elementwise(torch.sin, dual=_sinh_dual),
 }

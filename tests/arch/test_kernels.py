@@ -70,8 +70,8 @@ def test_mismatched_features_and_bad_layers():
         parse_architecture("Dense(10), Swish()")
     with pytest.raises(ValueError, match="literals"):
         parse_architecture("Dense(__import__('os'))")
-    with pytest.raises(ValueError, match="Dense acts on vectors.*Flatten"):
-        NET.module(in_shape=(3, 8, 8))
+    with pytest.raises(ValueError, match="ends on images.*Flatten"):   # Dense acts on each pixel
+        NET.kernel(torch.randn(2, 3, 8, 8))
 
 
 def test_architecture_strings_build_the_same_network():

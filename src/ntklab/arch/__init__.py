@@ -2,19 +2,23 @@
 
 `LAYERS` is the one registry of public layers: the `--arch` grammar, `ntklab.__all__`
 and this package's `__all__` are derived from it."""
-from .builders import mlp as mlp
-from .activations import Abs, ABRelu, Activation, Erf, Gelu, LeakyRelu, Relu, Sigmoid_like, Sign
+from typing import Callable
+
+from .builders import mlp as mlp, repeat
+from .activations import Abs, ABRelu, Activation, Erf, LeakyRelu, Relu, Sigmoid_like, Sign
 from .attention import GlobalSelfAttention
 from .branching import FanInConcat, FanInProd, FanInSum, FanOut, Identity, parallel
 from .branching import Parallel as Parallel
 from .closed_form import (Cos, Exp, ExpNormalized, Gaussian, Hermite, Monomial, Polynomial,
-                          RectifiedMonomial, Rbf, Sin)
+                          RectifiedMonomial, Rbf, Sin, Gabor)
 from .conv import Conv, Flatten, GlobalAvgPool, GlobalSumPool
 from .dense import Affine, Dense
+from .dropout import Dropout
 from .layer import ArchitectureError, Layer
 from .normalization import LayerNorm
 from .pooling import AvgPool, SumPool
-from .quadrature import Elementwise, Sigmoid, Tanh
+from .reshape import ImageResize, Index, Slice as Slice
+from .quadrature import Elementwise, Gelu, Sigmoid, Tanh
 from .serial import Serial as Serial, SymmetricModule, serial
 from .state import Kernel as Kernel, KernelState
 
@@ -23,10 +27,10 @@ LAYERS: dict[str, type[Layer]] = {cls.__name__: cls for cls in (
     FanOut, FanInSum, FanInConcat, FanInProd, Identity, LayerNorm, GlobalSelfAttention,
     Relu, LeakyRelu, ABRelu, Abs, Erf, Sigmoid_like, Sign, Gelu, Tanh, Sigmoid,
     Sin, Cos, Rbf, Gaussian, Exp, ExpNormalized, Monomial, RectifiedMonomial, Polynomial, Hermite,
-    Elementwise)}
-COMBINATORS = {"serial": serial, "parallel": parallel}
+    Elementwise, Dropout, Index, ImageResize, Gabor)}
+COMBINATORS: dict[str, Callable[..., Layer]] = {"serial": serial, "parallel": parallel, "repeat": repeat}
 
-PUBLIC = [*LAYERS, "Kernel", "Serial", "Parallel", "mlp", *COMBINATORS]
+PUBLIC = [*LAYERS, "Kernel", "Serial", "Parallel", "Slice", "mlp", *COMBINATORS]
 
 __all__ = [*PUBLIC, "Activation", "Affine", "ArchitectureError", "KernelState", "LAYERS", "Layer",
            "SymmetricModule"]

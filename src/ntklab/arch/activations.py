@@ -280,38 +280,3 @@ class Sign(Activation):
     def dual(self, cov, var1, var2, need_dot=True):
         nngp = arc_cosine_angle(cov, var1, var2)[0].mul_(-2 / math.pi).add_(1.0)
         return nngp, torch.zeros_like(nngp) if need_dot else None
-
-
-class Gelu(Activation):
-    """phi(x) = x Phi(x) (exact GELU).  Closed form of Tsuchida, Pearce, van der
-    Heide, Roosta & Gallagher (2021, arXiv:2002.08517): with P = v1 v2,
-    Q = (v1 + 1)(v2 + 1), D = sqrt(Q - c^2), A = arctan(c / D):
-
-        E[phi phi]   = c/4 + [ (c^2 + P D^2) / (Q D) + c A ] / (2 pi)
-        E[phi' phi'] = 1/4 + A/(2 pi) + c/(2 pi D) (1/D^2 + (1 - P)/Q + 1)
-
-    Examples
-    --------
-    >>> import torch, ntklab as nk
-    >>> x = torch.tensor([[1.0, 0.0], [0.6, 0.8]], dtype=torch.float64)
-    >>> nk.serial(nk.Dense(1), nk.Gelu()).kernel(x, get="nngp")
-    tensor([[0.1896, 0.1149],
-            [0.1149, 0.1896]], dtype=torch.float64)
-    """
-
-    smooth = True
-
-    def fn(self, z):
-        return torch.nn.functional.gelu(z)
-
-    def dual(self, cov, var1, var2, need_dot=True):
-        prod, prod1 = var1 * var2, (var1 + 1) * (var2 + 1)
-        d2 = prod1 - cov * cov
-        d = torch.sqrt(d2)
-        angle = torch.atan2(cov, d)
-        nngp = ((cov * cov + prod * d2) / (prod1 * d) + cov * angle) / (2 * math.pi) + cov / 4
-        dot = None
-        if need_dot:
-            dot = 0.25 + angle / (2 * math.pi) + cov / (2 * math.pi * d) * (1 / d2 + (1 - prod) / prod1 + 1)
-        return nngp, dot
-

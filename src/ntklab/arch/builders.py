@@ -3,9 +3,11 @@ from __future__ import annotations
 
 from .._core.validation import positive_int
 from .activations import Relu
+from .branching import Identity
 from .dense import Dense
 from .layer import Layer
 from .serial import Serial, serial
+
 
 class _Same:
     """The default of the readout's standard deviations: the hidden layers'."""
@@ -54,3 +56,31 @@ def mlp(depth: int, width: int, *, W_std: float = 1.0, b_std: float | None = Non
     readout = Dense(positive_int(out, "out"), W_std if isinstance(readout_W_std, _Same) else readout_W_std,
                     b_std if isinstance(readout_b_std, _Same) else readout_b_std, parameterization)
     return serial(*(layer for dense in hidden for layer in (dense, activation)), readout)
+
+
+def repeat(layer: Layer, n: int) -> Serial:
+    """`layer` composed `n` times, each copy with its own weights (neural-tangents'
+    `stax.repeat`, equivalent to `serial(*([layer] * n))`; `n=0` is the identity).
+
+    Parameters
+    ----------
+    layer : Layer
+        The block to repeat (e.g. `nk.serial(nk.Dense(512), nk.Relu())`).
+    n : int
+        How many times (>= 0).
+
+    Returns
+    -------
+    Serial
+
+    Examples
+    --------
+    >>> import ntklab as nk
+    >>> nk.repeat(nk.serial(nk.Dense(64), nk.Relu()), 2)
+    serial(Dense(64), Relu(), Dense(64), Relu())
+    """
+    if not isinstance(layer, Layer):
+        raise ValueError(f"repeat() layer must be an ntklab layer such as nk.Dense(512), got {layer!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"repeat() n must be a non-negative integer, got {n!r}")
+    return serial(*([layer] * n)) if n else serial(Identity())

@@ -446,3 +446,41 @@ class Hermite(Activation):
         if need_dot:
             dot = self._series(cov, ab, self.degree - 1) if self.degree else torch.zeros_like(cov)
         return nngp, dot
+
+
+class Gabor(Activation):
+    """phi(x) = exp(-x^2) sin(x) (neural-tangents' `stax.Gabor`, Novak et al. 2020).  Gaussian
+    integrals of exponentials of quadratic forms give, with S = v1 + v2, D = 4 (v1 v2 - c^2),
+    den = 2 S + D + 1 and E = exp(-(S + D + 2 c) / (2 den)):
+
+        E[phi phi]   = E (exp(2 c / den) - 1) / (2 sqrt(den))
+        E[phi' phi'] = E (A - B + exp(2 c / den) (A + B)) / (2 den^(5/2)),
+                       A = 1 + 2 S + 4 (c^2 + v1 v2),  B = 4 c (D + 3 S + 2)
+
+    (the second is d/dc of the first, Price's theorem).
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> x = torch.tensor([[1.0, 0.0], [0.6, 0.8]], dtype=torch.float64)
+    >>> nk.serial(nk.Dense(1), nk.Gabor()).kernel(x, get="nngp")
+    tensor([[0.0818, 0.0345],
+            [0.0345, 0.0818]], dtype=torch.float64)
+    """
+
+    smooth = True
+
+    def fn(self, z):
+        return torch.exp(-z * z) * torch.sin(z)
+
+    def dual(self, cov, var1, var2, need_dot=True):
+        total, diff = var1 + var2, 4 * (var1 * var2 - cov * cov)
+        den = 2 * total + diff + 1
+        decay = torch.exp(-(total + diff + 2 * cov) / (2 * den))
+        growth = torch.exp(2 * cov / den)
+        nngp = decay * (growth - 1) / (2 * torch.sqrt(den))
+        dot = None
+        if need_dot:
+            shared, odd = 1 + 2 * total + 4 * (cov * cov + var1 * var2), 4 * cov * (diff + 3 * total + 2)
+            dot = decay * (shared - odd + growth * (shared + odd)) / (2 * den ** 2.5)
+        return nngp, dot

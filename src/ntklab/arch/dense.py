@@ -27,12 +27,15 @@ PARAMETERIZATIONS = ("ntk", "standard")
 
 
 class DenseModule(nn.Module):
-    """Finite-width dense layer in the NTK or standard parameterization."""
+    """Finite-width dense layer in the NTK or standard parameterization, acting on the
+    `channel_axis` of its input (-1: vectors and token sequences; 1: NCHW images, a 1x1
+    convolution)."""
 
     def __init__(self, in_features: int, out_features: int, W_std: float, b_std: float | None,
-                 parameterization: str, generator: torch.Generator, dtype: torch.dtype):
+                 parameterization: str, generator: torch.Generator, dtype: torch.dtype,
+                 channel_axis: int = -1):
         super().__init__()
-        self.in_features, self.out_features = in_features, out_features
+        self.in_features, self.out_features, self.channel_axis = in_features, out_features, channel_axis
         self.W_std, self.b_std, self.parameterization = W_std, b_std, parameterization
         weight = torch.randn(out_features, in_features, generator=generator, dtype=dtype)
         bias = None if b_std is None else torch.randn(out_features, generator=generator, dtype=dtype)
@@ -55,7 +58,10 @@ class DenseModule(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias_scale * self.bias
-        return F.linear(h, self.weight_scale * self.weight, bias)
+        if self.channel_axis == -1:
+            return F.linear(h, self.weight_scale * self.weight, bias)
+        return F.linear(h.movedim(self.channel_axis, -1), self.weight_scale * self.weight,
+                        bias).movedim(-1, self.channel_axis)
 
     def extra_repr(self) -> str:
         return (f"{self.in_features} -> {self.out_features}, W_std={self.W_std}, "
@@ -115,7 +121,7 @@ class Affine(Layer[KernelState, KernelState]):
             ntk = _add(ntk, nngp)
         var1, var2 = k.map_variances(lambda var: sum_inputs(var) * scale + b2)
         return k.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, is_gaussian=True, fresh=True,
-                         positions=None)
+                         positions=None, is_input=False)
 
     def output_state(self, k: KernelState) -> KernelState:
         return k.replace(width=self.out)
@@ -123,8 +129,11 @@ class Affine(Layer[KernelState, KernelState]):
 
 class Dense(Affine):
     """`Dense(out, W_std=1.0, b_std=None, parameterization="ntk", trainable=True)`
-    (neural-tangents' `stax.Dense`): on vectors `[N, d]`, or on each token of a sequence
-    `[N, T, C]` (the last axis, as neural-tangents' `channel_axis=-1`).
+    (neural-tangents' `stax.Dense`): on vectors `[N, d]`, on each token of a sequence
+    `[N, T, C]` (the last axis), or on each pixel of NCHW images `[N, C, H, W]` (the channels,
+    a 1x1 convolution: neural-tangents' `Dense` with `channel_axis` the channels).  The map
+    acts on each position's channels, so the kernel of every pair of positions follows the
+    recursion below.
 
     `b_std=None` (the default, as in neural-tangents) means no bias parameters at all;
     `b_std=0.0` keeps a bias initialized at zero, which in the standard
@@ -157,17 +166,9 @@ class Dense(Affine):
         super().__init__(W_std, b_std, parameterization, trainable)
 
     def build(self, in_shape, generator, dtype):
-        if len(in_shape) == 3:
-            raise ValueError(f"Dense acts on vectors (or on each token of a sequence) but gets "
-                             f"images of shape {tuple(in_shape)}; add nk.Flatten() or "
-                             f"nk.GlobalAvgPool() before it")
-        module = DenseModule(in_shape[-1], self.out, *self.finite_stds(), self.parameterization,
-                             generator, dtype)
-        return module.requires_grad_(self.trainable), (*in_shape[:-1], self.out)
-
-    def kernel_map(self, k: KernelState) -> KernelState:
-        if len(k.spatial) == 2:
-            raise ValueError(f"Dense acts on vectors (or on each token of a sequence) but gets "
-                             f"images of spatial shape {k.spatial}; add nk.Flatten() or "
-                             f"nk.GlobalAvgPool() before it")
-        return super().kernel_map(k)
+        channels_first = len(in_shape) >= 3   # images (C, H, W): the channels; else the last axis
+        module = DenseModule(in_shape[0] if channels_first else in_shape[-1], self.out,
+                             *self.finite_stds(), self.parameterization, generator, dtype,
+                             channel_axis=1 if channels_first else -1)
+        out_shape = (self.out, *in_shape[1:]) if channels_first else (*in_shape[:-1], self.out)
+        return module.requires_grad_(self.trainable), out_shape

@@ -13,6 +13,7 @@ Cost: n_points^2 evaluations of phi per pair of inputs.
 """
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from typing import Callable
 
@@ -170,3 +171,64 @@ class Sigmoid(Elementwise):
 
     def __init__(self, n_points: int = 256):
         super().__init__(torch.sigmoid, n_points, smooth=True)
+
+
+class Gelu(Activation):
+    """phi(x) = x Phi(x), the exact GELU, or with `approximate=True` its tanh approximation
+    x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2 (Hendrycks & Gimpel 2016; torch's and jax's
+    `gelu(approximate=...)`).  The exact GELU's kernel is the closed form of Tsuchida, Pearce,
+    van der Heide, Roosta & Gallagher (2021, arXiv:2002.08517): with P = v1 v2,
+    Q = (v1 + 1)(v2 + 1), D = sqrt(Q - c^2), A = arctan(c / D):
+
+        E[phi phi]   = c/4 + [ (c^2 + P D^2) / (Q D) + c A ] / (2 pi)
+        E[phi' phi'] = 1/4 + A/(2 pi) + c/(2 pi D) (1/D^2 + (1 - P)/Q + 1)
+
+    The tanh approximation has no closed form: its kernel is the Gauss-Hermite quadrature of
+    `Elementwise` with `n_points` nodes (neural-tangents' `Gelu(approximate=True)` runs the
+    approximation in the finite network but returns the exact GELU's kernel).
+
+    Parameters
+    ----------
+    approximate : bool
+        The tanh approximation (kernel by quadrature) instead of the exact GELU (closed form).
+    n_points : int
+        Gauss-Hermite nodes per dimension for `approximate=True`.
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> x = torch.tensor([[1.0, 0.0], [0.6, 0.8]], dtype=torch.float64)
+    >>> nk.serial(nk.Dense(1), nk.Gelu()).kernel(x, get="nngp")
+    tensor([[0.1896, 0.1149],
+            [0.1149, 0.1896]], dtype=torch.float64)
+    """
+
+    smooth = True
+
+    def __init__(self, approximate: bool = False, n_points: int = 256):
+        if not isinstance(approximate, bool):
+            raise ValueError(f"approximate must be True or False, got {approximate!r}")
+        self.approximate = approximate
+        self._quadrature = Elementwise(_tanh_gelu, n_points) if approximate else None
+        self.quadrature_points = positive_int(n_points, "n_points") if approximate else 1
+
+    def fn(self, z):
+        return _tanh_gelu(z) if self.approximate else torch.nn.functional.gelu(z)
+
+    def dual(self, cov, var1, var2, need_dot=True):
+        if self._quadrature is not None:
+            return self._quadrature.dual(cov, var1, var2, need_dot)
+        prod, prod1 = var1 * var2, (var1 + 1) * (var2 + 1)
+        d2 = prod1 - cov * cov
+        d = torch.sqrt(d2)
+        angle = torch.atan2(cov, d)
+        nngp = ((cov * cov + prod * d2) / (prod1 * d) + cov * angle) / (2 * math.pi) + cov / 4
+        dot = None
+        if need_dot:
+            dot = 0.25 + angle / (2 * math.pi) + cov / (2 * math.pi * d) * (1 / d2 + (1 - prod) / prod1 + 1)
+        return nngp, dot
+
+
+def _tanh_gelu(z: torch.Tensor) -> torch.Tensor:
+    """GELU's tanh approximation (torch's `gelu(z, approximate="tanh")`)."""
+    return torch.nn.functional.gelu(z, approximate="tanh")

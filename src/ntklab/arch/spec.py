@@ -4,10 +4,10 @@
     "Dense(512), FanOut(2), parallel(serial(Relu(), Dense(512)), Identity()), FanInSum(), Dense(1)"
 
 The string is read with `ast` (never `eval`): only calls of ntklab layer names
-(`ntklab.arch.LAYERS`) with literal arguments, and the combinators `serial(...)` and
-`parallel(...)` of such calls (nested to any depth), are accepted, so
+(`ntklab.arch.LAYERS`) with literal arguments, and the combinators `serial(...)`,
+`parallel(...)` and `repeat(..., n)` of such calls (nested to any depth), are accepted, so
 `parse_architecture(repr(net))` rebuilds `net` whenever `net.identity` is not None.
-`Elementwise` takes a function and is not parseable."""
+`Elementwise` takes a function and `Index` slices: they are not parseable."""
 from __future__ import annotations
 
 import ast
@@ -16,7 +16,7 @@ from . import COMBINATORS, LAYERS as REGISTRY
 from .layer import Layer
 from .serial import Serial, serial
 
-LAYERS = {name: cls for name, cls in REGISTRY.items() if name != "Elementwise"}
+LAYERS = {name: cls for name, cls in REGISTRY.items() if name not in ("Elementwise", "Index")}
 
 
 def parse_architecture(spec: str, argument: str = "--arch") -> Serial:
@@ -38,7 +38,11 @@ def _layer(call: ast.expr, argument: str) -> Layer:
     if name in COMBINATORS:
         if call.keywords:
             raise ValueError(f"{argument}: {name}(...) takes layers only, got {ast.unparse(call)!r}")
-        return COMBINATORS[name](*(_layer(arg, argument) for arg in call.args))
+        try:   # layers, and repeat's count
+            return COMBINATORS[name](*(_layer(arg, argument) if isinstance(arg, ast.Call) else
+                                       ast.literal_eval(arg) for arg in call.args))
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{argument}: bad arguments for {name}: {err}") from err
     if name not in LAYERS:
         raise ValueError(f"{argument}: unknown layer {name!r}; known layers: "
                          f"{', '.join(sorted([*LAYERS, *COMBINATORS]))}")

@@ -58,6 +58,9 @@ class KernelState:
         acting on each feature (FanInSum, FanInProd) refuses to pair it with a flattened
         branch.  A layer that sets `positions` (None when it drops them) clears it, unless it
         sets it too (`replace`).
+      * `is_input`: no affine layer has acted yet, so the representation is the inputs' own
+        finitely many features (set by `from_inputs`, cleared by the affine layers): a layer
+        whose map holds only for infinitely many units (`Dropout`'s independent masks) refuses it.
     The state is frozen: a layer returns a new one (`replace`).  Its tensors are not copied on
     the way: a layer consumes the tensors of the state it is given (in-place updates, to keep
     one block's memory bounded), so a caller that needs them afterwards `clone()`s first (as
@@ -79,6 +82,7 @@ class KernelState:
     fresh: bool = False                      # independent of the other branches (above)
     outer_fresh: tuple[bool, ...] = ()       # `fresh` of the enclosing FanOuts' branches
     positions_lost: str | None = None        # after FanInConcat: why `positions` is None (above)
+    is_input: bool = False                   # no affine layer yet: finitely many features (above)
 
     def replace(self, **changes) -> "KernelState":
         """A copy with `changes`; a new `positions` clears `positions_lost` unless it is given."""
@@ -115,7 +119,7 @@ class KernelState:
             var1, var2 = self_pairs(x1), self_pairs(x2)
         return cls(nngp=nngp, ntk=0.0 if need_ntk else None, var1=var1, var2=var2, width=d,
                    spatial=tuple(x1.shape[2:]), full=bool(full) and x1.ndim >= 3,
-                   symmetric=x2 is None, is_gaussian=False)
+                   symmetric=x2 is None, is_gaussian=False, is_input=True)
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
