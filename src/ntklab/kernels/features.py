@@ -26,8 +26,10 @@ What is unbiased: with one ReLU layer the features below it are exact, so E[phi 
 E[psi . psi'] equal the NNGP and the NTK exactly.  With more ReLU layers each layer applies the
 (nonlinear) arc-cosine maps to a random estimate of the kernel below, so the expectation differs
 from the kernel by O(1/m) (the finite-width correction of a random network, Hanin & Nica 2020;
-Roberts, Yaida & Hanin 2022): measured in `tests/kernels/test_features.py`, e.g. -0.7 % off the
-diagonal of a 3-hidden-layer NTK at m = 16.  A single draw's error is O(1/sqrt(m)).
+Roberts, Yaida & Hanin 2022).  Measured on 5 points with 3 ReLU layers (4000 draws): ||E[Phi Phi^T] - K|| /
+||K|| = 5 % for the NNGP at m = 8 (standard error 3 %) and 2.6 % at m = 32 (1.1 %), 3 % and 1 % (not
+significant) for the NTK; a single draw's error, O(1/sqrt(m)), is larger: 57 % and 79 % at m = 32, 24 % and
+21 % at m = 256 (`tests/kernels/test_random_features.py`).
 """
 from __future__ import annotations
 
