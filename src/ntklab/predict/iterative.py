@@ -36,6 +36,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -307,7 +308,7 @@ def nystrom_regression(net_or_kernel_fn, x_train, y_train, *, centers: int = 100
         An ntklab architecture (its `get` kernel) or `kernel_fn(x1, x2) -> [N1, N2]` tensor.
     x_train, y_train : tensor or array
     centers : int
-        m <= n.
+        m <= n (a repeated input counts once: `center_index` may hold fewer).
     diag_reg, diag_reg_absolute_scale
         As `solve`.
     get : {"ntk", "nngp"}
@@ -349,7 +350,11 @@ def nystrom_regression(net_or_kernel_fn, x_train, y_train, *, centers: int = 100
     positive(diag_reg, "diag_reg", allow_zero=True)   # before any kernel is computed
     weights = as_weights(sample_weight, n, x_train.device)
     index = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:m].sort().values
+    # a repeated input adds nothing to the span but makes the system singular: it counts once as a center
+    rows = x_train[index.to(x_train.device)].reshape(m, -1).cpu().numpy()
+    index = index[np.sort(np.unique(rows, axis=0, return_index=True)[1])]
     chosen = x_train[index.to(x_train.device)]
+    m = len(index)
     k_mm = kernel(chosen, None)
     gram = torch.zeros(m, m, dtype=k_mm.dtype, device=k_mm.device)
     rhs = torch.zeros(m, y.shape[1], dtype=k_mm.dtype, device=k_mm.device)
