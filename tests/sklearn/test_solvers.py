@@ -37,8 +37,8 @@ def test_features_solver_is_weighted_ridge_on_its_features_and_nears_the_exact_f
     phi, phi_test = model.features_(torch.from_numpy(X)).numpy(), model.features_(torch.from_numpy(X_TEST)).numpy()
     k = phi @ phi.T
     shift = 1e-2 * np.average(np.diag(k), weights=WEIGHTS)
-    np.testing.assert_allclose(model.predict(X_TEST), phi_test @ phi.T @ np.linalg.solve(k + shift * np.diag(1 / WEIGHTS), Y),
-                               rtol=1e-7, atol=1e-9)
+    expected = phi_test @ phi.T @ np.linalg.solve(k + shift * np.diag(1 / WEIGHTS), Y)
+    np.testing.assert_allclose(model.predict(X_TEST), expected, rtol=1e-7, atol=1e-9)
     exact = NTKRegressor(NET, diag_reg=1e-2).fit(X, Y, sample_weight=WEIGHTS).predict(X_TEST)
 
     def error(m):

@@ -254,12 +254,12 @@ class _Regressor(RegressorMixin, _InfiniteNetwork):
             self.dual_coef_ = (root * result.solution).numpy()
             self.n_iter_, self.relative_residual_ = result.iterations, result.relative_residual.numpy()
         elif self.solver == "nystrom":
-            model = nystrom_regression(self.architecture_, x, y, centers=min(components, len(x)),
-                                       diag_reg=self.diag_reg_, get=self._kernel, sample_weight=w, seed=seed,
-                                       progress=False)
-            centers = model.center_index.numpy()
+            nystrom = nystrom_regression(self.architecture_, x, y, centers=min(components, len(x)),
+                                         diag_reg=self.diag_reg_, get=self._kernel, sample_weight=w, seed=seed,
+                                         progress=False)
+            centers = nystrom.center_index.numpy()
             self.X_fit_, self.sample_weight_ = self._samples(X[centers]), weights[centers]
-            self.dual_coef_ = model.alpha.numpy()
+            self.dual_coef_ = nystrom.alpha.numpy()
         else:
             self.features_ = RandomFeatures(self.architecture_, x[0].numel(), features=components,
                                             get=self._kernel, seed=seed)
