@@ -48,7 +48,7 @@ def timed(label, fn, rows):
     rows.append((label, prediction, time.perf_counter() - start, peak_rss_gib() - before, extra))
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=20000)
     parser.add_argument("--n-test", type=int, default=2000)
@@ -68,6 +68,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.n, args.n_test, args.centers, args.features, args.rank = 2000, 500, [200, 500], [256, 1024], 100
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     print(f"load average {os.getloadavg()[0]:.1f}, torch threads {torch.get_num_threads()}, n = {args.n}")
     x, y, x_test, y_test = teacher_task(args.n, args.n_test, 32)
     rows: list = []
