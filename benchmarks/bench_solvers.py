@@ -1,12 +1,14 @@
 """Kernel regression past memory: exact dense solve vs PCG (in memory and streamed from the store) vs
-Nystrom on m centers, same run, on an FC 3-layer ReLU NTK regression of a teacher network (d = 32).
+Nystrom on m centers vs ridge on random features of the NTK (`nk.kernels.RandomFeatures`), same run, on
+an FC 3-layer ReLU NTK regression of a teacher network (d = 32).
 
 For each solver: relative test error against the exact solve's prediction and against the targets,
 wall time, the process's peak RSS growth (ru_maxrss, so run one size per process for clean numbers),
 and CG iterations and residual. The exact solve holds the n x n kernel (8 n^2 bytes); PCG from the
 store and Nystrom never do.
 
-    python benchmarks/bench_solvers.py --n 20000 --centers 2000 5000 10000
+    python benchmarks/bench_solvers.py --n 20000 --centers 2000 5000 10000 --features 1024 4096
+    python benchmarks/bench_solvers.py --quick          # n = 2000: seconds
     taskset -c 1 env OMP_NUM_THREADS=1 python benchmarks/bench_solvers.py --n 5000
 """
 from __future__ import annotations
@@ -46,7 +48,7 @@ def timed(label, fn, rows):
     rows.append((label, prediction, time.perf_counter() - start, peak_rss_gib() - before, extra))
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=20000)
     parser.add_argument("--n-test", type=int, default=2000)
@@ -55,11 +57,22 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=300)
     parser.add_argument("--rtol", type=float, default=1e-6, help="CG's relative residual (the test error "
                         "moves by far less than 1 %% below 1e-4)")
+    parser.add_argument("--features", type=int, nargs="+", default=[1024, 4096],
+                        help="random features per ReLU layer (the NTK map has about twice as many)")
     parser.add_argument("--tile-size", type=int, default=2048)
-    parser.add_argument("--solvers", nargs="+", choices=["exact", "memory", "store", "nystrom"],
-                        default=["exact", "memory", "store", "nystrom"],
+    parser.add_argument("--solvers", nargs="+", choices=["exact", "memory", "store", "nystrom", "features"],
+                        default=["exact", "memory", "store", "nystrom", "features"],
                         help="which to run (one per process gives each its own peak RSS)")
+    parser.add_argument("--quick", action="store_true", help="n = 2000, 500 test points, 200 / 500 centers, "
+                        "256 / 1024 features: runs in seconds")
     args = parser.parse_args()
+    if args.quick:
+        args.n, args.n_test, args.centers, args.features, args.rank = 2000, 500, [200, 500], [256, 1024], 100
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     print(f"load average {os.getloadavg()[0]:.1f}, torch threads {torch.get_num_threads()}, n = {args.n}")
     x, y, x_test, y_test = teacher_task(args.n, args.n_test, 32)
     rows: list = []
@@ -87,7 +100,18 @@ def main() -> None:
             model = nk.predict.nystrom_regression(NET, x, y, centers=m, diag_reg=args.diag_reg, block_size=2048)
             return model.predict(x_test), f"m = {m}"
         timed(f"Nystrom, {m} centers", nystrom, rows)
+    for m in args.features if "features" in args.solvers else []:
+        random_features(args, m, x, y, x_test, rows)
     report(rows, y_test, exact="exact" in args.solvers)
+
+
+def random_features(args, m, x, y, x_test, rows) -> None:
+    """Ridge on m random features per layer of the NTK (D = 2m + 1)."""
+    def features():
+        phi = nk.kernels.RandomFeatures(NET, x.shape[1], features=m, get="ntk")
+        model = nk.predict.feature_regression(phi, x, y, diag_reg=args.diag_reg, block_size=2048)
+        return model.predict(x_test), f"D = {phi.dimension}"
+    timed(f"random features, {m} per layer", features, rows)
 
 
 def pcg_from_store(args, x, y, x_test, rows) -> None:

@@ -200,3 +200,18 @@ def test_cg_default_iterations_allow_more_than_n():
     result = conjugate_gradients(k, torch.sin(x[:, :1]), diag_reg=1e-4, preconditioner=None, rtol=1e-10,
                                  progress=False)
     assert result.converged
+
+
+def test_weighted_nystrom_regression_with_every_point_a_center_is_weighted_ridge(problem):
+    """alpha = (K W K + lambda K)^-1 K W y with all points as centers gives K (K + lambda W^-1)^-1 y, lambda
+    relative to the weighted mean diagonal (the estimators' convention); the dense solve is the oracle."""
+    x, y, k = problem
+    weights = torch.linspace(0.2, 3.0, len(x), dtype=torch.float64)
+    model = nystrom_regression(NET, x, y, centers=len(x), diag_reg=1e-3, sample_weight=weights)
+    shift = 1e-3 * float((weights * k.diagonal()).sum() / weights.sum())
+    expected = k @ torch.linalg.solve(k + shift * torch.diag(1 / weights), y)
+    np.testing.assert_allclose(model.predict(x), expected, rtol=1e-6, atol=1e-8)
+    unweighted = nystrom_regression(NET, x, y, centers=len(x), diag_reg=1e-3).predict(x)
+    assert float((unweighted - expected).norm() / expected.norm()) > 1e-3
+    with pytest.raises(ValueError, match="sample_weight"):
+        nystrom_regression(NET, x, y, centers=10, sample_weight=-weights)

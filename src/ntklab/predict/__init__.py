@@ -12,7 +12,8 @@
   eigenvalue and the fix; `allow_indefinite=True` follows an indefinite kernel exactly.
 * `conjugate_gradients` (with `NystromPreconditioner`) and `nystrom_regression`: kernel
   regression without the n x n matrix in memory, from a kernel store (`nk.kernels.StoredKernel`)
-  or on m centers (`iterative`).
+  or on m centers (`iterative`); `feature_regression`: ridge on a feature map such as the random
+  features of the NNGP/NTK (`nk.kernels.RandomFeatures`), linear in n.
 * `gradient_descent_mse_ensemble`: mean and covariance of an infinite ensemble
   of infinitely wide networks trained by gradient flow on the MSE for time t
   (Lee et al. 2019, "Wide neural networks of any depth evolve as linear models under
@@ -32,12 +33,14 @@ and the lecture's g(alpha) = ||K alpha - y||^2 with step eta is learning_rate = 
 """
 from .alpha import GradientDescentPath, gradient_descent_alpha
 from .ensemble import gradient_descent_mse_ensemble
-from .iterative import CGResult, NystromPreconditioner, NystromRegression, conjugate_gradients, nystrom_regression
+from .iterative import (CGResult, FeatureRegression, NystromPreconditioner, NystromRegression, conjugate_gradients,
+                        feature_regression, nystrom_regression)
 from .finite import gp_inference, gradient_descent, gradient_descent_mse, max_learning_rate
 from .linalg import Factorization, GradientFlow, add_diagonal_regularizer, kernel_regression, solve
 from .results import Gaussian, PerGet
 
-__all__ = ["CGResult", "NystromPreconditioner", "NystromRegression", "conjugate_gradients", "nystrom_regression",
+__all__ = ["CGResult", "FeatureRegression", "NystromPreconditioner", "NystromRegression", "conjugate_gradients",
+           "feature_regression", "nystrom_regression",
            "Factorization", "Gaussian", "GradientDescentPath", "GradientFlow", "PerGet", "add_diagonal_regularizer",
            "gp_inference", "gradient_descent", "gradient_descent_alpha", "gradient_descent_mse",
            "gradient_descent_mse_ensemble", "kernel_regression", "max_learning_rate", "solve"]

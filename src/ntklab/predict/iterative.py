@@ -15,9 +15,15 @@
   f(x) = K(x, centers) alpha; K_nm is computed and used in blocks of rows (memory m^2 + block m), so
   the cost is O(n m^2) time and O(m^2) memory.  With every training point a center it is exact ridge
   regression, f = K_x (K + lambda I)^-1 y.
+* `feature_regression`: ridge regression on a feature map phi (e.g. the random features of the NNGP/NTK,
+  `nk.kernels.RandomFeatures`): w = (Phi^T Phi + lambda I)^-1 Phi^T y and f(x) = phi(x) . w, which is kernel
+  ridge regression with the kernel phi(x) . phi(x') (the push-through identity
+  Phi^T (Phi Phi^T + lambda I)^-1 = (Phi^T Phi + lambda I)^-1 Phi^T); Phi is computed in blocks of rows, so
+  the cost is O(n D^2) time and O(D^2) memory for D features.
 
 Regularization follows `solve`: `diag_reg` relative to the mean diagonal of the train-train kernel
-unless `diag_reg_absolute_scale`.
+unless `diag_reg_absolute_scale` (`nystrom_regression` and `feature_regression` also take per-sample
+weights: the ridge then has noise lambda / w_i for sample i and the mean diagonal is weighted).
 
 Why not a library: scipy's `cg` solves one right-hand side at a time in numpy on the CPU, and
 GPyTorch's `linear_operator` (modified batch CG) is not a dependency of ntklab; the PCG loop here is
@@ -30,11 +36,12 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .._core.tiling import PROGRESS_DELAY
-from .._core.validation import DEFAULT_DTYPE, as_targets, positive, positive_int
+from .._core.validation import DEFAULT_DTYPE, as_targets, as_tensor, positive, positive_int
 from ..arch.serial import Serial
 from .linalg import ridge
 
@@ -288,11 +295,12 @@ class NystromRegression:
 
 def nystrom_regression(net_or_kernel_fn, x_train, y_train, *, centers: int = 1000, diag_reg: float = 1e-4,
                        diag_reg_absolute_scale: bool = False, get: str = "ntk", block_size: int = 1024,
-                       seed: int = 0, progress: bool | None = None) -> NystromRegression:
+                       sample_weight=None, seed: int = 0, progress: bool | None = None) -> NystromRegression:
     """Kernel ridge regression on `centers` training points drawn uniformly without replacement (seeded):
-    alpha = (K_nm^T K_nm + lambda K_mm)^-1 K_nm^T y, with K_nm computed block by block (never more than
-    `block_size` x m of it at once) and lambda = diag_reg times the mean diagonal of K_mm (an unbiased
-    estimate of the training set's; the exact one when every point is a center).
+    alpha = (K_nm^T W K_nm + lambda K_mm)^-1 K_nm^T W y (W = diag(sample_weight), I without), with K_nm
+    computed block by block (never more than `block_size` x m of it at once) and lambda = diag_reg times the
+    (weighted) mean diagonal of K_mm (an unbiased estimate of the training set's; the exact one when every
+    point is a center).
 
     Parameters
     ----------
@@ -300,12 +308,14 @@ def nystrom_regression(net_or_kernel_fn, x_train, y_train, *, centers: int = 100
         An ntklab architecture (its `get` kernel) or `kernel_fn(x1, x2) -> [N1, N2]` tensor.
     x_train, y_train : tensor or array
     centers : int
-        m <= n.
+        m <= n (a repeated input counts once: `center_index` may hold fewer).
     diag_reg, diag_reg_absolute_scale
         As `solve`.
     get : {"ntk", "nngp"}
     block_size : int
         Rows of K_nm per block.
+    sample_weight : tensor or array, optional
+        `[n]` positive weights of the squared errors (noise lambda / w_i for sample i).
     seed : int
     progress : bool, optional
 
@@ -338,17 +348,25 @@ def nystrom_regression(net_or_kernel_fn, x_train, y_train, *, centers: int = 100
                          f"(centers={n} is exact ridge regression)")
     block_size = positive_int(block_size, "block_size")
     positive(diag_reg, "diag_reg", allow_zero=True)   # before any kernel is computed
+    weights = as_weights(sample_weight, n, x_train.device)
     index = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:m].sort().values
+    # a repeated input adds nothing to the span but makes the system singular: it counts once as a center
+    rows = x_train[index.to(x_train.device)].reshape(m, -1).cpu().numpy()
+    index = index[np.sort(np.unique(rows, axis=0, return_index=True)[1])]
     chosen = x_train[index.to(x_train.device)]
+    m = len(index)
     k_mm = kernel(chosen, None)
     gram = torch.zeros(m, m, dtype=k_mm.dtype, device=k_mm.device)
     rhs = torch.zeros(m, y.shape[1], dtype=k_mm.dtype, device=k_mm.device)
     show = n > 10 * block_size if progress is None else progress
     for start in tqdm(range(0, n, block_size), desc="K_nm blocks", leave=False, disable=not show):
         k_bm = kernel(x_train[start:start + block_size], chosen)
-        gram += k_bm.T @ k_bm
-        rhs += k_bm.T @ y[start:start + block_size]
-    system = gram + ridge(diag_reg, diag_reg_absolute_scale, lambda: float(k_mm.diagonal().mean())) * k_mm
+        weighted = k_bm * weights[start:start + block_size, None]
+        gram += weighted.T @ k_bm
+        rhs += weighted.T @ y[start:start + block_size]
+    center_weights = weights[index.to(weights.device)]
+    system = gram + ridge(diag_reg, diag_reg_absolute_scale,
+                          lambda: float((center_weights * k_mm.diagonal()).sum() / center_weights.sum())) * k_mm
     factor, info = torch.linalg.cholesky_ex(system)
     if int(info) != 0:
         raise ValueError(f"the Nystrom system K_nm^T K_nm + lambda K_mm on {m} centers is singular in float64 (e.g. "
@@ -376,3 +394,112 @@ def _kernel_function(net_or_kernel_fn, get: str) -> Callable[[torch.Tensor, torc
         return user_kernel
     raise ValueError(f"net_or_kernel_fn must be an ntklab architecture (nk.serial(...)) or a function "
                      f"kernel_fn(x1, x2) -> tensor, got {net_or_kernel_fn!r}")
+
+
+def as_weights(sample_weight, n: int, device) -> torch.Tensor:
+    """`sample_weight` as float64 `[n]` (None: ones), finite and > 0; ValueError naming it otherwise."""
+    if sample_weight is None:
+        return torch.ones(n, dtype=torch.float64, device=device)
+    weights = as_tensor(sample_weight, "sample_weight", dtype=torch.float64, device=device)
+    if weights.shape != (n,) or not bool((weights > 0).all()):
+        raise ValueError(f"sample_weight must hold one positive weight per training sample, shape ({n},); got "
+                         f"shape {tuple(weights.shape)} (leave samples of weight 0 out of x_train)")
+    return weights
+
+
+@dataclass(frozen=True)
+class FeatureRegression:
+    """Ridge regression on a feature map: f(x) = phi(x) . weights (`predict`).  `relative_residual` is
+    ||Phi^T W y - (Phi^T W Phi + lambda I) w|| / ||Phi^T W y|| of each column, computed in float64."""
+
+    feature_map: Callable[[torch.Tensor], torch.Tensor]
+    weights: torch.Tensor
+    relative_residual: torch.Tensor
+    block_size: int
+    vector: bool
+    dtype: torch.dtype
+
+    def predict(self, x_test) -> torch.Tensor:
+        """f(x_test) = phi(x_test) . weights, in blocks of `block_size` rows, returned in the training inputs'
+        dtype."""
+        x_test = torch.as_tensor(x_test)
+        out = torch.cat([self.feature_map(x_test[start:start + self.block_size]).to(torch.float64) @ self.weights
+                         for start in range(0, len(x_test), self.block_size)]).to(self.dtype)
+        return out[:, 0] if self.vector else out
+
+
+def feature_regression(feature_map: Callable[[torch.Tensor], torch.Tensor], x_train, y_train, *,
+                       diag_reg: float = 1e-4, diag_reg_absolute_scale: bool = False, sample_weight=None,
+                       block_size: int = 4096, progress: bool | None = None) -> FeatureRegression:
+    """Ridge regression on D features phi(x): w = (Phi^T W Phi + lambda I)^-1 Phi^T W y (W =
+    diag(sample_weight), I without), f(x) = phi(x) . w.  This is kernel ridge regression with the kernel
+    K(x, x') = phi(x) . phi(x'), f = K(x, X) (K + lambda W^-1)^-1 y (push-through identity), in O(n D^2) time
+    and O(D^2 + block_size D) memory: Phi is computed block by block.  lambda = diag_reg times the (weighted)
+    mean of |phi(x_i)|^2, the mean diagonal of that kernel (`solve`'s convention), or diag_reg itself with
+    `diag_reg_absolute_scale`.  The normal equations are formed and solved in float64.
+
+    With the random features of an architecture (`nk.kernels.RandomFeatures`) this approximates the
+    NNGP/NTK regression of `solve`, the error shrinking as the number of features grows (Rahimi & Recht 2007;
+    Zandieh et al. 2021).
+
+    Parameters
+    ----------
+    feature_map : callable
+        x `[B, ...]` -> phi(x) `[B, D]` (tensor or array), deterministic (the same map for training and test).
+    x_train, y_train : tensor or array
+    diag_reg, diag_reg_absolute_scale
+        As `solve`.
+    sample_weight : tensor or array, optional
+        `[n]` positive weights of the squared errors.
+    block_size : int
+        Rows of Phi per block.
+    progress : bool, optional
+
+    Returns
+    -------
+    FeatureRegression
+        `.predict(x_test)`, `.weights` `[D, O]`, `.relative_residual`.
+
+    Examples
+    --------
+    >>> import torch, ntklab as nk
+    >>> x = torch.randn(200, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    >>> y = torch.sin(x[:, :1])
+    >>> phi = nk.kernels.RandomFeatures(nk.mlp(2, 8), 3, features=256, get="ntk", seed=0)
+    >>> model = nk.predict.feature_regression(phi, x, y, diag_reg=1e-3)
+    >>> k = phi(x) @ phi(x).T                       # the features' own kernel: exact ridge on it
+    >>> bool(torch.allclose(model.predict(x), k @ nk.predict.solve(k, y, diag_reg=1e-3), atol=1e-8))
+    True
+    """
+    if not callable(feature_map):
+        raise ValueError(f"feature_map must be a function x -> phi(x) [N, D] (e.g. nk.kernels.RandomFeatures), "
+                         f"got {feature_map!r}")
+    x_train = torch.as_tensor(x_train)
+    n = len(x_train)
+    y, vector = as_targets(y_train, n, "y_train", torch.float64, x_train.device)
+    positive(diag_reg, "diag_reg", allow_zero=True)   # before any feature is computed
+    block_size = positive_int(block_size, "block_size")
+    weights = as_weights(sample_weight, n, x_train.device)
+    gram, rhs, diagonal = torch.zeros(0), torch.zeros(0), 0.0
+    show = n > 10 * block_size if progress is None else progress
+    for start in tqdm(range(0, n, block_size), desc="feature blocks", leave=False, disable=not show):
+        block = slice(start, start + block_size)
+        phi = torch.as_tensor(feature_map(x_train[block])).to(device=y.device, dtype=torch.float64)
+        if phi.ndim != 2 or len(phi) != len(y[block]):
+            raise ValueError(f"feature_map must return [B, D] features for B inputs, got shape {tuple(phi.shape)}")
+        if start == 0:
+            gram, rhs = phi.new_zeros(phi.shape[1], phi.shape[1]), phi.new_zeros(phi.shape[1], y.shape[1])
+        weighted = phi * weights[block, None]
+        gram += weighted.T @ phi
+        rhs += weighted.T @ y[block]
+        diagonal += float((weighted * phi).sum())
+    shift = ridge(diag_reg, diag_reg_absolute_scale, lambda: diagonal / float(weights.sum()))
+    system = gram + shift * torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
+    factor, info = torch.linalg.cholesky_ex(system)
+    if int(info) != 0:
+        raise ValueError(f"the normal equations Phi^T Phi + lambda I of the {len(gram)} features are singular in "
+                         f"float64 (diag_reg=0 with more features than independent samples); give diag_reg > 0")
+    solution = torch.cholesky_solve(rhs, factor)
+    residual = (rhs - system @ solution).norm(dim=0) / rhs.norm(dim=0).clamp_min(torch.finfo(rhs.dtype).tiny)
+    return FeatureRegression(feature_map, solution, residual, block_size, vector, x_train.dtype
+                             if x_train.is_floating_point() else DEFAULT_DTYPE)

@@ -15,8 +15,10 @@ from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .._core.validation import positive
+from .._core.validation import positive, positive_int
 from ..arch import Serial
+from ..kernels import RandomFeatures
+from ..predict import conjugate_gradients, feature_regression, nystrom_regression
 from .gp import (WeightedFlow, fit_hyperparameters, log_marginal_likelihood,
                  resolve_architecture, weighted_scale)
 
@@ -119,7 +121,7 @@ class _InfiniteNetwork(BaseEstimator):
 
     def _test_inputs(self, X) -> torch.Tensor:
         """Validated prediction inputs [n, *sample_shape_] (either layout)."""
-        check_is_fitted(self, "dual_coef_")
+        check_is_fitted(self, ("dual_coef_", "coef_"), all_or_any=any)
         return torch.from_numpy(self._samples(validate_data(self, self._rows(X, reset=False),
                                                             reset=False, dtype=np.float64)))
 
@@ -173,13 +175,18 @@ class _InfiniteNetwork(BaseEstimator):
 class _Regressor(RegressorMixin, _InfiniteNetwork):
     def __init__(self, architecture=None, *, diag_reg=1e-4, t=None, learning_rate=1.0,
                  input_shape=None, normalize_y=False, optimizer=None, n_restarts_optimizer=0,
-                 random_state=None):
+                 random_state=None, solver="cholesky", n_components=None, rtol=1e-6,
+                 max_iterations=None):
         super().__init__(architecture, diag_reg=diag_reg, t=t, learning_rate=learning_rate,
                          input_shape=input_shape)
         self.normalize_y = normalize_y
         self.optimizer = optimizer
         self.n_restarts_optimizer = n_restarts_optimizer
         self.random_state = random_state
+        self.solver = solver
+        self.n_components = n_components
+        self.rtol = rtol
+        self.max_iterations = max_iterations
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -190,6 +197,10 @@ class _Regressor(RegressorMixin, _InfiniteNetwork):
         """Fit to targets `y` [n] or [n, outputs] (normalized first with `normalize_y`), with
         per-sample weights (`sample_weight`: integer weights = repeated samples; 0 = left out);
         with `optimizer`, W_std, b_std and diag_reg are fitted first."""
+        self._check_solver()
+        for stale in FITTED_BY_SOLVER:   # a refit with another solver
+            self.__dict__.pop(stale, None)
+        self.solver_ = self.solver
         X, y, weights = self._fit_data(X, y, sample_weight, y_numeric=True, multi_output=True)
         y = np.asarray(y, dtype=np.float64)
         self._single_output = y.ndim == 1
@@ -199,12 +210,62 @@ class _Regressor(RegressorMixin, _InfiniteNetwork):
             weighted_scaling(y[keep], weights[keep]) if self.normalize_y
             else (np.zeros(y.shape[1]), np.ones(y.shape[1])))
         targets = (y - self.y_train_mean_) / self.y_train_std_
+        if self.solver != "cholesky":
+            self._fit_large(X[keep], targets[keep], weights[keep])
+            return self
         k, _ = self._fit_network(X, targets, weights)
         w = torch.from_numpy(self.sample_weight_)
         self.log_marginal_likelihood_value_ = float(log_marginal_likelihood(
             k, torch.from_numpy(targets[keep]), w, self.diag_reg_))
         self.noise_variance_ = self.diag_reg_ * float(weighted_scale(k, w)) * self.y_train_std_ ** 2
         return self
+
+    def _check_solver(self) -> None:
+        """`solver` and its parameters, refused before any work when they do not fit together."""
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {', '.join(map(repr, SOLVERS))}, got {self.solver!r}")
+        if self.solver == "cholesky":
+            return
+        for name, given in (("t", self.t), ("optimizer", self.optimizer)):
+            if given is not None:
+                raise ValueError(f"solver={self.solver!r} solves the t=None predictor with fixed hyperparameters, "
+                                 f"but {name}={given!r} was given; use solver='cholesky' for it")
+        if self.n_components is not None:
+            positive_int(self.n_components, "n_components")
+        positive(self.rtol, "rtol")
+        if self.max_iterations is not None:
+            positive_int(self.max_iterations, "max_iterations")
+
+    def _fit_large(self, X: np.ndarray, targets: np.ndarray, weights: np.ndarray) -> None:
+        """Fit with `solver` 'cg', 'nystrom' or 'features' (samples of positive weight only)."""
+        x = torch.from_numpy(self._samples(X))
+        y, w = torch.from_numpy(np.ascontiguousarray(targets)), torch.from_numpy(weights)
+        self.architecture_, self.diag_reg_ = super()._hyperparameters(x, y, w)
+        seed = int(check_random_state(self.random_state).randint(2 ** 31 - 1))
+        components = self.n_components or DEFAULT_COMPONENTS[self.solver]
+        if self.solver == "cg":
+            self.X_fit_, self.sample_weight_ = self._samples(X), weights
+            root = w.sqrt()[:, None]
+            k = self._kernel_matrix(x)
+            result = conjugate_gradients(root * k * root.T, root * y, rank=min(components, len(x)),
+                                         diag_reg=self.diag_reg_ * float(weighted_scale(k, w)),
+                                         diag_reg_absolute_scale=True, rtol=self.rtol,
+                                         max_iterations=self.max_iterations, seed=seed, progress=False)
+            self.dual_coef_ = (root * result.solution).numpy()
+            self.n_iter_, self.relative_residual_ = result.iterations, result.relative_residual.numpy()
+        elif self.solver == "nystrom":
+            nystrom = nystrom_regression(self.architecture_, x, y, centers=min(components, len(x)),
+                                         diag_reg=self.diag_reg_, get=self._kernel, sample_weight=w, seed=seed,
+                                         progress=False)
+            centers = nystrom.center_index.numpy()
+            self.X_fit_, self.sample_weight_ = self._samples(X[centers]), weights[centers]
+            self.dual_coef_ = nystrom.alpha.numpy()
+        else:
+            self.features_ = RandomFeatures(self.architecture_, x[0].numel(), features=components,
+                                            get=self._kernel, seed=seed)
+            model = feature_regression(lambda batch: self.features_(batch.reshape(len(batch), -1)), x, y,
+                                       diag_reg=self.diag_reg_, sample_weight=w, progress=False)
+            self.coef_, self.relative_residual_ = model.weights.numpy(), model.relative_residual.numpy()
 
     def _hyperparameters(self, x, targets, weights):
         """The given hyperparameters, or with `optimizer` those of maximal marginal likelihood."""
@@ -235,7 +296,11 @@ class _Regressor(RegressorMixin, _InfiniteNetwork):
             raise ValueError("at most one of return_std and return_cov can be True "
                              "(as in GaussianProcessRegressor)")
         x = self._test_inputs(X)
-        mean = self._kernel_matrix(x, self._fit_inputs()).numpy() @ self.dual_coef_
+        if (return_std or return_cov) and self.solver_ != "cholesky":
+            raise ValueError(f"return_std and return_cov need the training kernel's factorization: fit with "
+                             f"solver='cholesky' (this estimator was fitted with solver={self.solver_!r})")
+        mean = (self.features_(x.reshape(len(x), -1)).numpy() @ self.coef_ if self.solver_ == "features"
+                else self._kernel_matrix(x, self._fit_inputs()).numpy() @ self.dual_coef_)
         mean = mean * self.y_train_std_ + self.y_train_mean_
         if return_std or return_cov:
             cov = self._covariance(x).numpy()
@@ -251,6 +316,13 @@ class _Regressor(RegressorMixin, _InfiniteNetwork):
         recomputed training kernel)."""
         raise NotImplementedError
 
+
+SOLVERS = ("cholesky", "cg", "nystrom", "features")
+DEFAULT_COMPONENTS = {"cg": 100, "nystrom": 1000, "features": 1024}
+FITTED_BY_SOLVER = ("dual_coef_", "coef_", "features_", "n_iter_", "relative_residual_",
+                    "log_marginal_likelihood_value_", "noise_variance_")
+"""`n_components=None`: the rank of CG's Nystrom preconditioner, the Nystrom centers (at most n), the random
+features per ReLU layer."""
 
 ATTRIBUTES = """
     Attributes
@@ -278,7 +350,14 @@ REGRESSOR_ATTRIBUTES = ATTRIBUTES + """
     noise_variance_ : ndarray [outputs]
         `diag_reg_ s y_train_std_^2`, that process's noise variance for a sample of weight 1.
         `predict`'s std is the latent function's (as GaussianProcessRegressor's with `alpha`):
-        an interval for new observations uses `sqrt(std^2 + noise_variance_)`."""
+        an interval for new observations uses `sqrt(std^2 + noise_variance_)`.
+    solver_ : str
+        The solver of the fit.  With "nystrom", `X_fit_`, `sample_weight_` and `dual_coef_` are those of the
+        centers; with "features", `features_` (the feature map) and `coef_` [D, outputs] replace them
+        (f(x) = features_(x) coef_).
+    n_iter_, relative_residual_ : int, ndarray [outputs]
+        CG's iterations and its final relative residual ("cg"; "features": the residual of the normal
+        equations)."""
 
 REGRESSOR_PARAMETERS = """
     Parameters
@@ -307,7 +386,23 @@ REGRESSOR_PARAMETERS = """
     n_restarts_optimizer : int
         Further L-BFGS-B runs from log-uniform random starts in `gp.BOUNDS`; the best wins.
     random_state : int, RandomState or None
-        For those starts."""
+        For those starts, and the random draws of the solvers 'cg', 'nystrom' and 'features'.
+    solver : {"cholesky", "cg", "nystrom", "features"}
+        How the t=None predictor is solved (as `Ridge`'s `solver`).  "cholesky": the training kernel is
+        factorized (O(n^3); every option).  "cg": the kernel is computed in memory and solved by conjugate
+        gradients with a Nystrom preconditioner of rank `n_components` (`nk.predict.conjugate_gradients`).
+        "nystrom": kernel ridge regression on `n_components` centers (`nk.predict.nystrom_regression`:
+        O(n m^2), never the n x n kernel).  "features": ridge on `n_components` random features per ReLU
+        layer (`nk.kernels.RandomFeatures`, `nk.predict.feature_regression`: O(n D^2); Dense + Relu networks
+        only).  The three approximate or iterative solvers need t=None and optimizer=None, and give no
+        `return_std`/`return_cov`, `log_marginal_likelihood_value_` or `noise_variance_`.
+    n_components : int, optional
+        The preconditioner's rank ("cg", default 100), the centers ("nystrom", default 1000, at most n), the
+        random features per layer ("features", default 1024).
+    rtol : float
+        CG's relative residual at which it stops.
+    max_iterations : int, optional
+        CG's iterations (default max(n, 1000))."""
 
 
 class NTKRegressor(_Regressor):
