@@ -11,6 +11,7 @@ from .closed_form import (Cos, Exp, ExpNormalized, Gaussian, Hermite, Monomial, 
                           RectifiedMonomial, Rbf, Sin)
 from .conv import Conv, Flatten, GlobalAvgPool, GlobalSumPool
 from .dense import Affine, Dense
+from .dot_general import DotGeneral
 from .layer import ArchitectureError, Layer
 from .normalization import LayerNorm
 from .pooling import AvgPool, SumPool
@@ -21,6 +22,7 @@ from .state import Kernel as Kernel, KernelState
 LAYERS: dict[str, type[Layer]] = {cls.__name__: cls for cls in (
     Dense, Conv, Flatten, GlobalAvgPool, GlobalSumPool, AvgPool, SumPool,
     FanOut, FanInSum, FanInConcat, FanInProd, Identity, LayerNorm, GlobalSelfAttention,
+    DotGeneral,
     Relu, LeakyRelu, ABRelu, Abs, Erf, Sigmoid_like, Sign, Gelu, Tanh, Sigmoid,
     Sin, Cos, Rbf, Gaussian, Exp, ExpNormalized, Monomial, RectifiedMonomial, Polynomial, Hermite,
     Elementwise)}
