@@ -130,7 +130,7 @@ class SelfAttentionModule(nn.Module):
         return out if self.bias is None or layer.b_std is None else out + layer.b_std * self.bias
 
 
-def _mix(t: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+def pair_products(t: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     """`left[n] @ t[n, m] @ right[m]^T` for every pair: t `[N1, N2, T, T]`, left `[N1, T, T]`,
     right `[N2, T, T]`, as two batched GEMMs (one per side, each over a whole row of pairs)."""
     n1, n2, tokens = t.shape[0], t.shape[1], t.shape[-1]
@@ -281,10 +281,10 @@ class GlobalSelfAttention(Layer[KernelState, KernelState]):
         weights1 = attention_weights(self.qk_std * keys["var1"], self.attention_mechanism)
         weights2 = weights1 if k.symmetric else attention_weights(self.qk_std * keys["var2"],
                                                                   self.attention_mechanism)
-        nngp_part = _mix(values["nngp"], weights1, weights2).mul_(ov2)
+        nngp_part = pair_products(values["nngp"], weights1, weights2).mul_(ov2)
         ntk = values["ntk"]
         if ntk is not None:
-            ntk = _mix(ntk, weights1, weights2).mul_(ov2).add_(nngp_part, alpha=2).add_(b2)
+            ntk = pair_products(ntk, weights1, weights2).mul_(ov2).add_(nngp_part, alpha=2).add_(b2)
         var1, var2 = (None, None) if k.symmetric else (
             torch.bmm(torch.bmm(w, var), w.transpose(1, 2)).mul_(ov2).add_(b2)
             for w, var in ((weights1, values["var1"]), (weights2, values["var2"])))

@@ -58,6 +58,8 @@ class KernelState:
         acting on each feature (FanInSum, FanInProd) refuses to pair it with a flattened
         branch.  A layer that sets `positions` (None when it drops them) clears it, unless it
         sets it too (`replace`).
+      * `pattern`: the graphs given with the inputs (`net.kernel(..., pattern=(p1, p2))`), one
+        per sample of the block (`p2` None when `symmetric`), for `Aggregate`; every layer keeps it.
     The state is frozen: a layer returns a new one (`replace`).  Its tensors are not copied on
     the way: a layer consumes the tensors of the state it is given (in-place updates, to keep
     one block's memory bounded), so a caller that needs them afterwards `clone()`s first (as
@@ -79,6 +81,7 @@ class KernelState:
     fresh: bool = False                      # independent of the other branches (above)
     outer_fresh: tuple[bool, ...] = ()       # `fresh` of the enclosing FanOuts' branches
     positions_lost: str | None = None        # after FanInConcat: why `positions` is None (above)
+    pattern: tuple[torch.Tensor, torch.Tensor | None] | None = None   # graphs, for Aggregate (above)
 
     def replace(self, **changes) -> "KernelState":
         """A copy with `changes`; a new `positions` clears `positions_lost` unless it is given."""
