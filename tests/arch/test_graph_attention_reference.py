@@ -83,10 +83,10 @@ CONTROL_GRAPHS = {"graph/columns": "reversed_arcs"}   # the same network with ev
 Z["reversed_arcs1"], Z["reversed_arcs2"] = Z["columns1"].transpose(1, 2), Z["columns2"].transpose(1, 2)
 
 
-def kernels(net, x, graph):
+def kernels(net, x, graph, **options):
     pattern = {} if graph is None else {"pattern": (Z[graph + "1"], Z[graph + "2"])}
     same = {} if graph is None else {"pattern": (Z[graph + "1"], None)}
-    return net.kernel(Z[x + "1"], Z[x + "2"], **pattern), net.kernel(Z[x + "1"], **same)
+    return net.kernel(Z[x + "1"], Z[x + "2"], **pattern, **options), net.kernel(Z[x + "1"], **same, **options)
 
 
 def worst(name, computed, diagonal=False):
@@ -110,6 +110,15 @@ def worst(name, computed, diagonal=False):
 def test_matches_neural_tangents(name):
     net, _, x, graph = CASES[name]
     computed = kernels(net, x, graph)
+    assert worst(name, computed) <= 1e-10
+    assert worst(name, computed, diagonal=True) <= 1e-8
+
+
+@pytest.mark.parametrize("name", [name for name in CASES if name.startswith("graph/")])
+def test_graphs_travel_with_their_samples_through_the_blocks(name):
+    """In blocks of one row and column (two worker threads), each block gets its samples' graphs."""
+    net, _, x, graph = CASES[name]
+    computed = kernels(net, x, graph, block_size=1, workers=2)
     assert worst(name, computed) <= 1e-10
     assert worst(name, computed, diagonal=True) <= 1e-8
 

@@ -111,8 +111,9 @@ class SelfAttentionModule(nn.Module):
                              f"(batch first, channels last), got shape {tuple(x.shape)}")
         layer, values_in = self.layer, x
         if self.pos_emb is not None:
-            embedding = self.pos_emb if self.pos_emb_factor is None else self.pos_emb_factor @ self.pos_emb
-            embedding = embedding * layer.pos_emb_std
+            embedding: torch.Tensor = self.pos_emb * layer.pos_emb_std
+            if self.pos_emb_factor is not None:
+                embedding = self.pos_emb_factor @ embedding
             if layer.pos_emb_type == "SUM":
                 x = x + embedding
             else:

@@ -56,14 +56,14 @@ class DotGeneralModule(nn.Module):
 
     def __init__(self, equation: str, other: torch.Tensor):
         super().__init__()
-        self.equation = equation
+        self.equation, self.other_shape = equation, tuple(other.shape)
         self.register_buffer("other", other)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.einsum(self.equation, x, self.other.to(x.dtype))
 
     def extra_repr(self) -> str:
-        return f"{self.equation!r}, constant of shape {tuple(self.other.shape)}"
+        return f"{self.equation!r}, constant of shape {self.other_shape}"
 
 
 class DotGeneral(Layer[KernelState, KernelState]):
@@ -110,20 +110,19 @@ class DotGeneral(Layer[KernelState, KernelState]):
         self.scalar = self.other is None or (self.other.ndim == 0 and not any(map(any, self.dimension_numbers)))
         self.needs_all_pixel_pairs = not self.scalar
 
-    def _equation(self, in_rank: int) -> tuple[str, int]:
-        """The einsum of the finite layer for inputs of rank `in_rank` (sample axis included)
-        and the rank of its output, checked."""
-        assert self.other is not None
+    def _equation(self, in_rank: int, other_rank: int) -> str:
+        """The einsum of the finite layer for inputs of rank `in_rank` (sample axis included) and
+        a constant of rank `other_rank`, checked."""
         (lc, rc), (lb, rb) = self.dimension_numbers
-        (input_c, other_c), (input_b, other_b) = ((rc, lc), (rb, lb)) if self.is_lhs else ((lc, rc), (lb, rb))
+        (given_c, given_oc), (given_b, given_ob) = ((rc, lc), (rb, lb)) if self.is_lhs else ((lc, rc), (lb, rb))
         channel = 1 if in_rank == 4 else in_rank - 1
-        for axes, rank, whose in ((input_c + input_b, in_rank, "input"),
-                                  (other_c + other_b, self.other.ndim, "constant")):
+        for axes, rank, whose in ((given_c + given_b, in_rank, "input"),
+                                  (given_oc + given_ob, other_rank, "constant")):
             if any(not -rank <= a < rank for a in axes) or len({a % rank for a in axes}) != len(axes):
                 raise ValueError(f"dimension_numbers {self.dimension_numbers} name axes out of range "
                                  f"or twice for the {whose}, of rank {rank}")
-        input_c, input_b = [a % in_rank for a in input_c], [a % in_rank for a in input_b]
-        other_c, other_b = [a % self.other.ndim for a in other_c], [a % self.other.ndim for a in other_b]
+        input_c, input_b = [a % in_rank for a in given_c], [a % in_rank for a in given_b]
+        other_c, other_b = [a % other_rank for a in given_oc], [a % other_rank for a in given_ob]
         if 0 in input_c + input_b or channel in input_c + input_b:
             raise ValueError(f"dimension_numbers {self.dimension_numbers} contract or batch the "
                              f"{'sample axis 0' if 0 in input_c + input_b else f'channel axis {channel}'} "
@@ -131,11 +130,11 @@ class DotGeneral(Layer[KernelState, KernelState]):
                              f"positions can be mixed (the kernel treats the channels as infinitely many)")
         letters = iter(string.ascii_letters)
         x_axes = [next(letters) for _ in range(in_rank)]
-        o_axes = [next(letters) for _ in range(self.other.ndim)]
+        o_axes = [next(letters) for _ in range(other_rank)]
         for i, o in zip(input_c + input_b, other_c + other_b, strict=True):
             o_axes[o] = x_axes[i]
         free_x = [x_axes[i] for i in range(in_rank) if i not in input_c + input_b]
-        free_o = [o_axes[i] for i in range(self.other.ndim) if i not in other_c + other_b]
+        free_o = [o_axes[i] for i in range(other_rank) if i not in other_c + other_b]
         batch = [x_axes[i] for i in input_b]
         out = batch + (free_o + free_x if self.is_lhs else free_x + free_o)
         if len(out) not in (2, 3, 4):
@@ -144,17 +143,20 @@ class DotGeneral(Layer[KernelState, KernelState]):
         sample, chan = x_axes[0], x_axes[channel]
         rest = [a for a in out if a not in (sample, chan)]
         layout = [sample, chan, *rest] if len(out) == 4 else [sample, *rest, chan]
-        return f"{''.join(x_axes)},{''.join(o_axes)}->{''.join(layout)}", len(out)
+        return f"{''.join(x_axes)},{''.join(o_axes)}->{''.join(layout)}"
 
     def _module(self, in_shape: tuple[int, ...]) -> tuple[DotGeneralModule, tuple[int, ...]]:
-        equation, _ = self._equation(len(in_shape) + 1)
-        module = DotGeneralModule(equation, self.other)
+        other = self.other
+        if other is None:
+            raise ValueError("DotGeneral without a constant is the identity: it has no contraction")
+        equation = self._equation(len(in_shape) + 1, other.ndim)
+        module = DotGeneralModule(equation, other)
         try:
             out = module(torch.zeros(1, *in_shape, dtype=torch.float64))
         except RuntimeError as err:
             raise ValueError(f"dimension_numbers {self.dimension_numbers} pair axes of "
                              f"different sizes for inputs of shape {in_shape} and a constant "
-                             f"of shape {tuple(self.other.shape)}: {err}") from None
+                             f"of shape {tuple(other.shape)}: {err}") from None
         return module, tuple(out.shape[1:])
 
     def build(self, in_shape, generator, dtype):

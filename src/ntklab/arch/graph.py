@@ -132,8 +132,9 @@ class Aggregate(Layer[KernelState, KernelState]):
             raise ValueError("it needs the covariance of all position pairs: compute the kernel "
                              "through nk.serial(...).kernel, which tracks them")
         axes = aggregated_axes(self.aggregate_axis, k.spatial)
-        left = node_pattern(k.pattern[0], k.spatial, axes).to(k.nngp).transpose(1, 2)   # A^T
-        right = left if k.symmetric else node_pattern(k.pattern[1], k.spatial, axes).to(k.nngp).transpose(1, 2)
+        graphs1, graphs2 = k.pattern
+        left = node_pattern(graphs1, k.spatial, axes).to(k.nngp).transpose(1, 2)   # A^T
+        right = left if graphs2 is None else node_pattern(graphs2, k.spatial, axes).to(k.nngp).transpose(1, 2)
         n1, n2, p = k.nngp.shape[0], k.nngp.shape[1], left.shape[-1]
 
         def mapped(t: torch.Tensor) -> torch.Tensor:

@@ -99,20 +99,21 @@ def check_patterns(pattern, x1: torch.Tensor, x2: torch.Tensor | None, takes_pat
                          f"x2 is None), got {type(pattern).__name__}")
     if (pattern[1] is None) != (x2 is None):
         raise ValueError("pattern=(p1, p2) needs p2=None exactly when x2 is None")
-    checked = []
-    for p, x, name in zip(pattern, (x1, x2), ("p1", "p2"), strict=True):
-        if p is None:
-            checked.append(None)
-            continue
-        p = torch.as_tensor(p).to(dtype=x.dtype, device=x.device)
-        if p.ndim < 3 or len(p) != len(x) or not bool(torch.isfinite(p).all()):
-            raise ValueError(f"pattern's {name} must be finite graphs [N, ...], one per sample "
-                             f"({len(x)}), got shape {tuple(p.shape)}")
-        checked.append(p)
-    if checked[1] is not None and checked[0].shape[1:] != checked[1].shape[1:]:
+    p1 = _graphs(pattern[0], x1, "p1")
+    p2 = None if x2 is None else _graphs(pattern[1], x2, "p2")
+    if p2 is not None and p1.shape[1:] != p2.shape[1:]:
         raise ValueError(f"pattern's p1 and p2 must have the same graph shape, got "
-                         f"{tuple(checked[0].shape[1:])} and {tuple(checked[1].shape[1:])}")
-    return checked[0], checked[1]
+                         f"{tuple(p1.shape[1:])} and {tuple(p2.shape[1:])}")
+    return p1, p2
+
+
+def _graphs(p, x: torch.Tensor, name: str) -> torch.Tensor:
+    """One graph per sample of `x`, finite, in its dtype and on its device."""
+    p = torch.as_tensor(p).to(dtype=x.dtype, device=x.device)
+    if p.ndim < 3 or len(p) != len(x) or not bool(torch.isfinite(p).all()):
+        raise ValueError(f"pattern's {name} must be finite graphs [N, ...], one per sample "
+                         f"({len(x)}), got shape {tuple(p.shape)}")
+    return p
 
 
 @contextmanager
