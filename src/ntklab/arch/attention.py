@@ -34,7 +34,9 @@ form): with <A, B> = sum_{s, s'} A[s, s'] B[s, s'] over token pairs and s = W_QK
 with K_v the values' kernel (K_i when `val_pos_emb`, else K) and D = 2 <K_i, Theta_i> (no
 embeddings or `val_pos_emb`) or <K_i, Theta> + <K, Theta_i>: keys, queries and values are
 independent Gaussians, E[G G'] = W_QK_std^2 K_i K_i (Hron et al. 2020, sec. 3).  The output is
-Gaussian.  Both follow neural-tangents 0.6.5 `stax.GlobalSelfAttention` line by line.
+Gaussian in the limit of infinitely many heads too (the logits stay random, so each head's
+weights G do; with few heads the output is a Gaussian mixture).  Both follow neural-tangents
+0.6.5 `stax.GlobalSelfAttention` line by line.
 """
 from __future__ import annotations
 
