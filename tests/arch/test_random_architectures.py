@@ -175,7 +175,9 @@ class Generator:
     def add_attention(self, body, choice):
         r = self.r
         mech = r.choice(["SOFTMAX", "IDENTITY", "ABS", "RELU"])
-        scaling = r.random() < 0.9    # linear_scaling=False has no kernel: refused
+        scaling = r.random() < 0.9    # linear_scaling=False has no kernel but for IDENTITY: refused
+        if not scaling and mech == "IDENTITY":   # its kernel is the limit of infinitely many heads too
+            mech = r.choice(["SOFTMAX", "ABS", "RELU"])   # (checked in test_graph_attention_monte_carlo)
         qk, ov, b = (round(r.uniform(0.5, 1.5), 2) for _ in range(3))
         body.layers.append(lambda n, m=mech, sc=scaling, qk=qk, ov=ov, b=b: nk.GlobalSelfAttention(
             n, n, n, 2, linear_scaling=sc, W_key_std=qk, W_value_std=ov, b_std=b, attention_mechanism=m))

@@ -14,6 +14,8 @@ from .closed_form import (Cos, Exp, ExpNormalized, Gaussian, Hermite, Monomial, 
 from .conv import Conv, Flatten, GlobalAvgPool, GlobalSumPool
 from .dense import Affine, Dense
 from .dropout import Dropout
+from .dot_general import DotGeneral
+from .graph import Aggregate
 from .layer import ArchitectureError, Layer
 from .normalization import LayerNorm
 from .pooling import AvgPool, SumPool
@@ -25,6 +27,7 @@ from .state import Kernel as Kernel, KernelState
 LAYERS: dict[str, type[Layer]] = {cls.__name__: cls for cls in (
     Dense, Conv, Flatten, GlobalAvgPool, GlobalSumPool, AvgPool, SumPool,
     FanOut, FanInSum, FanInConcat, FanInProd, Identity, LayerNorm, GlobalSelfAttention,
+    DotGeneral, Aggregate,
     Relu, LeakyRelu, ABRelu, Abs, Erf, Sigmoid_like, Sign, Gelu, Tanh, Sigmoid,
     Sin, Cos, Rbf, Gaussian, Exp, ExpNormalized, Monomial, RectifiedMonomial, Polynomial, Hermite,
     Elementwise, Dropout, Index, ImageResize, Gabor)}

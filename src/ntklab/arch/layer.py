@@ -29,7 +29,9 @@ What a layer may assume and must guarantee
   needs the covariance of every pixel pair, e.g. GlobalAvgPool), `quadrature_points`
   (the map holds this many numbers per pair at once, for block sizes), `takes_sequences`
   (inputs must be token sequences `[N, T, C]`), `takes_branches` (the layer consumes a
-  list of states, one per branch, as produced by `FanOut`).
+  list of states, one per branch, as produced by `FanOut`), `takes_pattern` (the layer reads
+  the graphs given with the inputs, `KernelState.pattern`, and its module's forward takes
+  `pattern=`).
 * Errors are `ValueError`s that say what is wrong and the fix; `serial` and `parallel`
   prefix the layer's position (`serial(...) layer 3, FanInSum(): ...`).
 * Hyperparameters may be 0-dim torch tensors (`Dense`/`Conv` `W_std`, `b_std`): when one
@@ -190,6 +192,7 @@ class Layer(ABC, Generic[In, Out]):
     takes_images: bool = False
     takes_sequences: bool = False
     takes_branches: bool = False
+    takes_pattern: bool = False
     needs_all_pixel_pairs: bool = False
     quadrature_points: int = 1
 

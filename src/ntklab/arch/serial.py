@@ -54,6 +54,68 @@ class SymmetricModule(nn.Module):
         return (self.first(x) - self.second(x)) / math.sqrt(2.0)
 
 
+class PatternSequential(nn.Sequential):
+    """`nn.Sequential` whose forward takes the graphs of the samples, `pattern=`, and passes
+    them to the modules that read them (`Aggregate`'s): `model(x, pattern=p)`."""
+
+    takes_pattern = True
+
+    def forward(self, x, pattern: torch.Tensor | None = None):   # type: ignore[override]
+        for module in self:
+            x = module(x, pattern=pattern) if getattr(module, "takes_pattern", False) else module(x)
+        return x
+
+
+class Patterned:
+    """Graphs travelling with the inputs through the tiling of `Serial.kernel`: each sample's
+    features and its graph as one row `[x.flatten(), pattern.flatten()]`, so that a block of
+    rows carries its samples' graphs (`pack` and `unpack`)."""
+
+    def __init__(self, sample_shape: tuple[int, ...], pattern_shape: tuple[int, ...]):
+        self.sample_shape, self.pattern_shape = sample_shape, pattern_shape
+        self.features = math.prod(sample_shape)
+
+    def pack(self, x: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x.flatten(1), pattern.flatten(1)], 1)
+
+    def unpack(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return (rows[:, :self.features].reshape(-1, *self.sample_shape),
+                rows[:, self.features:].reshape(-1, *self.pattern_shape))
+
+
+def check_patterns(pattern, x1: torch.Tensor, x2: torch.Tensor | None, takes_pattern: bool
+                   ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """`pattern=(p1, p2)` of `Serial.kernel` as tensors of the inputs' dtype and device:
+    one graph per sample of x1 and x2 (`p2` None when `x2` is None); None without Aggregate."""
+    if pattern is None:
+        if takes_pattern:
+            raise ValueError("this architecture has Aggregate layers: pass the graphs of the "
+                             "samples, pattern=(p1, p2) (p2=None when x2 is None)")
+        return None
+    if not takes_pattern:
+        raise ValueError("pattern= is read by Aggregate layers only, and this architecture has none")
+    if not isinstance(pattern, (tuple, list)) or len(pattern) != 2:
+        raise ValueError(f"pattern must be a pair (p1, p2) of graphs for x1 and x2 (p2=None when "
+                         f"x2 is None), got {type(pattern).__name__}")
+    if (pattern[1] is None) != (x2 is None):
+        raise ValueError("pattern=(p1, p2) needs p2=None exactly when x2 is None")
+    p1 = _graphs(pattern[0], x1, "p1")
+    p2 = None if x2 is None else _graphs(pattern[1], x2, "p2")
+    if p2 is not None and p1.shape[1:] != p2.shape[1:]:
+        raise ValueError(f"pattern's p1 and p2 must have the same graph shape, got "
+                         f"{tuple(p1.shape[1:])} and {tuple(p2.shape[1:])}")
+    return p1, p2
+
+
+def _graphs(p, x: torch.Tensor, name: str) -> torch.Tensor:
+    """One graph per sample of `x`, finite, in its dtype and on its device."""
+    p = torch.as_tensor(p).to(dtype=x.dtype, device=x.device)
+    if p.ndim < 3 or len(p) != len(x) or not bool(torch.isfinite(p).all()):
+        raise ValueError(f"pattern's {name} must be finite graphs [N, ...], one per sample "
+                         f"({len(x)}), got shape {tuple(p.shape)}")
+    return p
+
+
 @contextmanager
 def located(container: "Container", position: int, layer: Layer):
     """Re-raise a ValueError from `layer` naming its position in `container` (once: the
@@ -104,6 +166,7 @@ class Container(Layer[Any, Any]):
         # requirements: the union of the layers' (declared once, as each layer's class attributes)
         self.takes_images = any(layer.takes_images for layer in self.layers)
         self.takes_sequences = any(layer.takes_sequences for layer in self.layers)
+        self.takes_pattern = any(layer.takes_pattern for layer in self.layers)
         self.needs_all_pixel_pairs = any(layer.needs_all_pixel_pairs for layer in self.layers)
         self.quadrature_points = max(layer.quadrature_points for layer in self.layers)
 
@@ -146,7 +209,7 @@ class Serial(Container):
                 check_branching(layer, in_shape)
                 module, in_shape = layer.build(in_shape, generator, dtype)
             modules.append(module)
-        return nn.Sequential(*modules), in_shape
+        return (PatternSequential if self.takes_pattern else nn.Sequential)(*modules), in_shape
 
     def module(self, in_shape: Sequence[int] | int, *, seed: int = 0, symmetric: bool = False,
                dtype: torch.dtype | None = None, device: str | torch.device | None = None
@@ -221,10 +284,11 @@ class Serial(Container):
 
     def inputs_map(self, x1: torch.Tensor, x2: torch.Tensor | None, *, need_ntk: bool,
                    full: bool, fused: bool = False,
-                   after_layer: Callable[[int, KernelState], None] | None = None) -> KernelState:
+                   after_layer: Callable[[int, KernelState], None] | None = None,
+                   pattern: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> KernelState:
         """The output state of the whole architecture for inputs `x1`, `x2` (the first layer
         may compute its state from the inputs directly, `Layer.input_state`); `after_layer`
-        as in `kernel_map`."""
+        as in `kernel_map`; `pattern` the samples' graphs (`KernelState.pattern`)."""
         with located(self, 0, self.layers[0]):
             state = self.layers[0].input_state(x1, x2, need_ntk=need_ntk, full=full)
         start = 0 if state is None else 1
@@ -232,7 +296,7 @@ class Serial(Container):
             state = KernelState.from_inputs(x1, x2, need_ntk=need_ntk, full=full)
         elif after_layer is not None:
             after_layer(0, state)
-        return self.kernel_map(state.replace(fused=fused), start=start, after_layer=after_layer)
+        return self.kernel_map(state.replace(fused=fused, pattern=pattern), start=start, after_layer=after_layer)
 
     def pair_entries(self, sample_shape: Sequence[int]) -> int:
         """Numbers held per pair of inputs by the largest layer state (for block sizes): images
@@ -257,7 +321,7 @@ class Serial(Container):
                block_size: int | None = None, max_memory: int | str | None = None,
                dtype: torch.dtype | None = None, device: str | torch.device | None = None,
                progress: bool | None = None, workers: int | None = None,
-               fused: bool = False) -> Kernel | torch.Tensor:
+               fused: bool = False, pattern=None) -> Kernel | torch.Tensor:
         """NNGP and NTK of the infinitely wide network between the samples of `x1`
         and `x2` (`x2=None`: `x1` with itself, computed once per pair).  Samples are
         rows `[N, d]`, NCHW images `[N, C, H, W]` for convolutional architectures, or token
@@ -303,6 +367,9 @@ class Serial(Container):
             rounding (1e-16 relative), and the same settings give bitwise the same kernel in every run.
         dtype, device
             Of the result (default: the input's).
+        pattern : (tensor, tensor or None), optional
+            The graphs of the samples of x1 and x2 for `Aggregate` layers (`p2=None` when `x2` is
+            None), as neural-tangents' `kernel_fn(..., pattern=(p1, p2))`.
 
         Returns
         -------
@@ -334,13 +401,18 @@ class Serial(Container):
         if x2 is not None:
             x2 = self._inputs(x2, "x2", dtype, x1.device, differentiable)
             check_same_features(x1, x2)
+        patterns = check_patterns(pattern, x1, x2, self.takes_pattern)
         check_result_fits((len(x1), len(x1 if x2 is None else x2)), len(names), dtype, x1.device,
                           "compute it tile by tile into a zarr store with "
                           "nk.kernels.compute_kernel(net, x1, x2, store='k.zarr') (or `ntklab "
                           "kernel --out k.zarr`), or ask for one kernel with get='ntk'")
         block_size, workers = self._execution(x1, x2, block_size, max_memory, workers, differentiable)
+        packing = None if patterns is None else Patterned(tuple(x1.shape[1:]), tuple(patterns[0].shape[1:]))
         maths = functools.partial(self._block_kernels, need_ntk="ntk" in names, full=self.needs_all_pixel_pairs,
-                                  fused=bool(fused) and not differentiable)
+                                  fused=bool(fused) and not differentiable, packing=packing)
+        if packing is not None and patterns is not None:   # each block of rows carries its graphs
+            x1 = packing.pack(x1, patterns[0])
+            x2 = None if x2 is None or patterns[1] is None else packing.pack(x2, patterns[1])
         # autograd through the in-place recursions: the tensors saved for backward are copies
         context = (torch.autograd.graph.saved_tensors_hooks(torch.clone, lambda t: t)
                    if differentiable else torch.no_grad())
@@ -365,15 +437,21 @@ class Serial(Container):
         return positive_int(block_size, "block_size"), workers
 
     def _block_kernels(self, b1: torch.Tensor, b2: torch.Tensor | None, advance: Callable[[], None], *,
-                       need_ntk: bool, full: bool, fused: bool) -> dict[str, torch.Tensor]:
+                       need_ntk: bool, full: bool, fused: bool,
+                       packing: Patterned | None = None) -> dict[str, torch.Tensor]:
         """The maths of `kernel` for one block of pairs: the layers' recursions from the inputs
         `b1`, `b2` (`advance()` after each layer, for progress), checked to have stayed in the
-        floating range and to end on vectors; the NTK identically zero when no layer carried one."""
+        floating range and to end on vectors; the NTK identically zero when no layer carried one.
+        With `packing`, each row also carries its sample's graph (`Patterned`)."""
+        pattern = None
+        if packing is not None:
+            (b1, p1), (b2, p2) = packing.unpack(b1), (None, None) if b2 is None else packing.unpack(b2)
+            pattern = (p1, p2)
         state = self.inputs_map(b1, b2, need_ntk=need_ntk, full=full, fused=fused,
-                                after_layer=lambda i, k: advance())
+                                after_layer=lambda i, k: advance(), pattern=pattern)
         check_merged(state)
         problem = None if in_float_range(state) else out_of_range_message(
-            self, b1, b2, need_ntk=need_ntk, full=full)
+            self, b1, b2, need_ntk=need_ntk, full=full, pattern=pattern)
         if problem is not None:
             raise ArchitectureError(problem)
         if state.spatial:

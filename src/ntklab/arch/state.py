@@ -61,6 +61,8 @@ class KernelState:
       * `is_input`: no affine layer has acted yet, so the representation is the inputs' own
         finitely many features (set by `from_inputs`, cleared by the affine layers): a layer
         whose map holds only for infinitely many units (`Dropout`'s independent masks) refuses it.
+      * `pattern`: the graphs given with the inputs (`net.kernel(..., pattern=(p1, p2))`), one
+        per sample of the block (`p2` None when `symmetric`), for `Aggregate`; every layer keeps it.
     The state is frozen: a layer returns a new one (`replace`).  Its tensors are not copied on
     the way: a layer consumes the tensors of the state it is given (in-place updates, to keep
     one block's memory bounded), so a caller that needs them afterwards `clone()`s first (as
@@ -83,6 +85,7 @@ class KernelState:
     outer_fresh: tuple[bool, ...] = ()       # `fresh` of the enclosing FanOuts' branches
     positions_lost: str | None = None        # after FanInConcat: why `positions` is None (above)
     is_input: bool = False                   # no affine layer yet: finitely many features (above)
+    pattern: tuple[torch.Tensor, torch.Tensor | None] | None = None   # graphs, for Aggregate (above)
 
     def replace(self, **changes) -> "KernelState":
         """A copy with `changes`; a new `positions` clears `positions_lost` unless it is given."""
