@@ -76,7 +76,9 @@ reference: $(STAMP)
 
 # The documentation site (Sphinx), warnings as errors, into docs/_build/html, then checked offline:
 # no page loads anything from the network (check_offline.py) and every internal link and anchor
-# resolves (check_links.py; external links are counted, not fetched). `docs-fast` runs the
+# resolves (check_links.py; external links are counted, not fetched); in headless Chromium with the
+# network off, every formula renders (check_rendered.py; skipped with a message without Chromium).
+# `docs-fast` runs the
 # example gallery at small sizes (CI); `docs-runs` reruns every experiment's default run into
 # docs/runs/, from which the Experiments pages are generated (long: about an hour on 2 cores).
 DOCS_STAMP := $(VENV)/.docs-installed
@@ -90,11 +92,13 @@ docs: $(DOCS_STAMP)
 	NTKLAB_DOCS_FAST=0 $(SPHINX)
 	$(BIN)/python docs/check_offline.py docs/_build/html
 	$(BIN)/python docs/check_links.py docs/_build/html
+	$(BIN)/python docs/check_rendered.py docs/_build/html
 
 docs-fast: $(DOCS_STAMP)
 	NTKLAB_DOCS_FAST=1 OMP_NUM_THREADS=1 $(SPHINX)
 	$(BIN)/python docs/check_offline.py docs/_build/html
 	$(BIN)/python docs/check_links.py docs/_build/html
+	$(BIN)/python docs/check_rendered.py docs/_build/html
 
 docs-runs: $(STAMP)
 	for name in $$($(BIN)/ntklab list --names); do \

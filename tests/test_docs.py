@@ -7,6 +7,8 @@ import importlib
 import importlib.util
 import pkgutil
 import re
+import shutil
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -183,3 +185,30 @@ def test_the_gallery_uses_only_names_of_the_api_reference():
                 "nk.Serial.kernel(nk.serial(nk.Relu()), None); m(); engine.tiles(3); nk._core.extras.x")
     assert undocumented(ntklab_names_used(internal), documented) == [
         "ntklab._core.extras.x", "ntklab.kernels.engine.tiles", "ntklab.lab.cli.main"]
+
+
+@pytest.mark.slow
+def test_the_rendering_check_finds_formulas_left_raw(tmp_path):
+    """docs/check_rendered.py (run after every site build) in headless Chromium, network off, on a tiny
+    site: a page loading the bundled MathJax renders its formula; the same page loading MathJax from a
+    CDN, and a page whose `\\(` was never turned into a formula, are reported (negative controls)."""
+    check = load_script(ROOT / "docs" / "check_rendered.py")
+    executable = check.browser()
+    if executable is None:
+        pytest.skip("no Chromium on this machine (apt-get install chromium): the rendering check is not run")
+    bundled = next(Path(sys.prefix).rglob("sphinx-mathjax-offline/static/mathjax/tex-chtml.js"), None)
+    if bundled is None:
+        pytest.skip("the docs extra (sphinx-mathjax-offline, the MathJax the site bundles) is not installed")
+    shutil.copytree(bundled.parent, tmp_path / "_static" / "mathjax")
+    formula = '<p>The kernel <span class="math notranslate nohighlight">\\(K(x, x\') = x^\\top x\'\\)</span>.</p>'
+    (tmp_path / "good.html").write_text(f'<html><head><script src="_static/mathjax/tex-chtml.js"></script></head>'
+                                        f'<body>{formula}</body></html>')
+    assert check.problems(tmp_path, executable) == ([], 1)
+    (tmp_path / "cdn.html").write_text('<html><head><script src="https://cdn.jsdelivr.net/npm/mathjax@3/es5/'
+                                       f'tex-chtml.js"></script></head><body>{formula}</body></html>')
+    (tmp_path / "plain.html").write_text("<html><body><p>A formula left as text: \\(x^2\\).</p></body></html>")
+    found, opened = check.problems(tmp_path, executable)
+    assert opened == 3
+    assert found == ["cdn.html: 1 formulas in the source, 0 rendered by MathJax",
+                     "cdn.html: 2 raw TeX delimiter(s) left in the text after rendering",
+                     "plain.html: 2 raw TeX delimiter(s) left in the text after rendering"]
