@@ -147,3 +147,11 @@ def test_learned_fractions_of_zonal_predictors_are_exact():
         assert fractions[2][0] == pytest.approx(expected[0], abs=1e-10)
         assert fractions[3][0] == pytest.approx(expected[1], abs=1e-10)
         assert measured_loss == pytest.approx(loss, abs=1e-10)
+
+
+def test_half_crossing_interpolates_in_log_n_and_is_nan_when_never_reached():
+    from ntklab.lab.experiments.dimension_sweep import half_crossing
+    rows = [{"n": 100, "f": 0.2}, {"n": 400, "f": 0.8}, {"n": 200, "f": 0.4}]
+    assert half_crossing(rows, "f") == pytest.approx(200 * 2 ** 0.25)   # 0.4 -> 0.8 over a factor 2: a quarter
+    assert half_crossing([{"n": 50, "f": 0.6}, *rows], "f") == 50
+    assert math.isnan(half_crossing([r for r in rows if r["f"] < 0.5], "f"))

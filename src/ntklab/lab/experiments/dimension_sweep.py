@@ -114,13 +114,14 @@ def _mean_se(values: list[tuple[float, float]]) -> tuple[float, float]:
 def half_crossing(rows: list[dict], key: str) -> float:
     """n at which `key` first reaches 1/2 along increasing n (linear in log n between the grid
     points around it); nan if it never does, the first n if it starts above."""
-    rows = sorted(rows, key=lambda r: r["n"])
-    for before, after in zip([None, *rows], rows, strict=True):
-        if after[key] >= 0.5:
+    before = None
+    for row in sorted(rows, key=lambda r: r["n"]):
+        if row[key] >= 0.5:
             if before is None:
-                return float(after["n"])
-            fraction = (0.5 - before[key]) / (after[key] - before[key])
-            return float(math.exp(math.log(before["n"]) + fraction * math.log(after["n"] / before["n"])))
+                return float(row["n"])
+            fraction = (0.5 - before[key]) / (row[key] - before[key])
+            return float(math.exp(math.log(before["n"]) + fraction * math.log(row["n"] / before["n"])))
+        before = row
     return float("nan")
 
 
