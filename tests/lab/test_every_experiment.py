@@ -28,7 +28,8 @@ NEGATIVE_CONTROLS = {
     "resnet-kernels": ({"prediction_data": "digits"}, "local_pooling_gain", {"prediction": 60.0, "tolerance": 5.0}, 0),
     "sample-complexity": ({"grid": [500], "seeds": 3, "m": 1000}, "algorithm1_learns", {"prediction": 1.0}, 1),
     "sparse-coding": ({"seeds": 2}, "recovery", {"prediction": 0.5}, 0),
-    "transfer": ({"seeds": 2, "pretrain": [1, 10000], "claim_pretrain": 10000}, "few_samples", {"prediction": 1.0, "tolerance": 0.2}, 0),
+    "transfer": ({"seeds": 2, "pretrain": [1, 10000], "claim_pretrain": 10000}, "few_samples",
+                 {"prediction": 1.0, "tolerance": 0.2}, 0),
 }
 
 
