@@ -4,6 +4,7 @@ import csv
 
 import numpy as np
 import pytest
+import torch
 
 from ntklab.lab import experiments
 from ntklab.lab.data import CIFAR10_TEST, CIFAR10_TRAIN, cifar10, image_task, read_cifar10_binary
@@ -57,7 +58,7 @@ def test_cifar10_bad_folders_are_refused(cifar_dir, tmp_path_factory):
     bad.write_bytes(b"\x00" * 100)
     with pytest.raises(ValueError, match="not a multiple of 3073"):
         read_cifar10_binary(bad)
-    with pytest.raises(ValueError, match="--data must be 'digits' or 'cifar10:DIR'"):
+    with pytest.raises(ValueError, match="--data must be 'digits', 'digits-shifted' or 'cifar10:DIR'"):
         image_task("mnist", None, None, seed=0, defaults=(10, 10))
 
 
@@ -188,3 +189,17 @@ def test_an_interrupted_cntk_table_run_resumes_its_stores_inside_out(tiny, tmp_p
     assert len(computed) == 10
     assert resumed["test_accuracy_percent"] == fresh["test_accuracy_percent"]
     assert json.loads((out / "kernels" / "key.json").read_text())["train_size"] == 12
+
+
+def test_shifted_digits_put_each_digit_somewhere_on_the_canvas():
+    """digits-shifted: 12x12 canvases whose labels are the digits' (same split as `digits`), the digits'
+    top-left ink at many different offsets; a canvas smaller than a digit is refused."""
+    from ntklab.lab.data import digits_images, digits_shifted
+    shifted = digits_shifted(30, 10, seed=3, noise=0.0)
+    plain = digits_images(30, 10, seed=3)
+    assert shifted.x_train.shape == (30, 1, 12, 12) and torch.equal(shifted.y_train, plain.y_train)
+    raw = shifted.x_train[:, 0] - shifted.x_train[:, 0].amin(dim=(1, 2), keepdim=True)
+    corners = {tuple(int(v) for v in (raw[i] > 1e-9).nonzero().amin(0)) for i in range(30)}
+    assert len(corners) > 5
+    with pytest.raises(ValueError, match="canvas must be at least"):
+        digits_shifted(5, 5, seed=0, canvas=6)

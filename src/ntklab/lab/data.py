@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._core.validation import DEFAULT_DTYPE, as_matrix, positive_int
+from .._core.validation import DEFAULT_DTYPE, as_matrix, positive, positive_int
 
 
 @dataclass
@@ -178,6 +178,28 @@ def digits_images(train_size: int, test_size: int, *, seed: int,
                          f"test images (seed {seed})", dtype)
 
 
+def digits_shifted(train_size: int, test_size: int, *, seed: int, canvas: int = 12, noise: float = 0.25,
+                   dtype: torch.dtype = DEFAULT_DTYPE) -> ImageTask:
+    """The digits placed at a random position of a `canvas` x `canvas` black image (each image its
+    own uniform offset, 0 .. canvas - 8 along each axis) with Gaussian pixel noise of standard
+    deviation `noise` (pixels in [0, 1] before it): a task that needs translation invariance, where
+    global or local pooling can beat a CNTK-V (on the centred 8x8 digits every kernel is near 97 %)."""
+    canvas, noise = positive_int(canvas, "canvas"), positive(noise, "noise", allow_zero=True)
+    if canvas < 8:
+        raise ValueError(f"canvas must be at least the digits' 8 pixels, got {canvas}")
+    digits, order, tr, te = _digits_split(train_size, test_size, ("train_size", "test_size"), seed)
+    rng = np.random.default_rng(seed + 1)
+    count = tr.stop + (te.stop - te.start)
+    images = np.zeros((count, 1, canvas, canvas))
+    for i, (row, column) in enumerate(rng.integers(0, canvas - 7, size=(count, 2))):
+        images[i, 0, row:row + 8, column:column + 8] = digits.images[order[i]] / 16.0
+    images += noise * rng.standard_normal(images.shape)
+    y = digits.target[order[:count]]
+    return _standardised("digits-shifted", images[tr], y[tr], images[te], y[te], 10,
+                         f"scikit-learn digits at random positions of a {canvas}x{canvas} canvas with pixel noise "
+                         f"{noise}, {train_size} training and {test_size} test images (seed {seed})", dtype)
+
+
 CIFAR10_TRAIN = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
 CIFAR10_TEST = "test_batch.bin"
 CIFAR10_RECORD = 1 + 3 * 32 * 32  # label byte, then 1024 red, 1024 green, 1024 blue (row-major)
@@ -222,13 +244,15 @@ def cifar10(directory: str | Path, train_size: int | None = None, test_size: int
                          f"{len(te)} test images", dtype)
 
 
+DIGITS_TASKS = {"digits": digits_images, "digits-shifted": digits_shifted}
+
+
 def image_task(data: str, train_size: int | None, test_size: int | None, *, seed: int,
                defaults: tuple[int, int], dtype: torch.dtype = DEFAULT_DTYPE) -> ImageTask:
-    """`--data digits` or `--data cifar10:DIR`."""
-    if data == "digits":
-        return digits_images(defaults[0] if train_size is None else train_size,
-                             defaults[1] if test_size is None else test_size, seed=seed,
-                             dtype=dtype)
+    """`--data digits`, `--data digits-shifted` or `--data cifar10:DIR`."""
+    if data in DIGITS_TASKS:
+        return DIGITS_TASKS[data](defaults[0] if train_size is None else train_size,
+                                  defaults[1] if test_size is None else test_size, seed=seed, dtype=dtype)
     if data.startswith("cifar10:"):
         return cifar10(data.split(":", 1)[1], train_size, test_size, seed=seed, dtype=dtype)
-    raise ValueError(f"--data must be 'digits' or 'cifar10:DIR', got {data!r}")
+    raise ValueError(f"--data must be 'digits', 'digits-shifted' or 'cifar10:DIR', got {data!r}")
