@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import NullFormatter
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -232,6 +233,8 @@ def _figure(folder: RunFolder, cfg: Config, rows: list[dict], widths: list[dict]
         ax.axhline(0, color="0.7", lw=0.8)
         ax.set(xscale="log", xlabel="training time t λ_min", ylabel="n (E z(t) - z_∞(t))",
                title=f"test point {point}")
+        ax.set_xticks(times, [f"{t:g}" for t in times])
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax = axes[0][-1]
     inverse = 1 / np.array([w["width"] for w in widths], float)
     grid = np.linspace(0, inverse.max() * 1.05, 50)
@@ -246,10 +249,7 @@ def _figure(folder: RunFolder, cfg: Config, rows: list[dict], widths: list[dict]
                     label=f"fit a + b/n, {name}")
     ax.axhline(1, color="k", lw=0.8, ls="--", label="prediction a = 1")
     ax.set(xlabel="1 / n", ylabel="a_n (Monte Carlo / prediction)", title="fit over the widths")
-    handles, labels = [], []
-    for panel in (axes[0][0], ax):
-        h, lab = panel.get_legend_handles_labels()
-        handles, labels = handles + h, labels + lab
-    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8)
+    (handles, labels), (fit_handles, fit_labels) = (panel.get_legend_handles_labels() for panel in (axes[0][0], ax))
+    fig.legend(handles + fit_handles, labels + fit_labels, loc="lower center", ncol=4, fontsize=8)
     fig.tight_layout(rect=(0, 0.22, 1, 1))
     return folder.save_figure("ensemble_mean", fig)

@@ -115,8 +115,8 @@ def trained_pairs(arch: Serial, x_train: torch.Tensor, y_train: torch.Tensor, x_
             return 0.5 * (f(p, x_train) - y).square().sum()
 
         jacobian = vmap(jacrev(f), in_dims=(0, None))({k: v[:len(seeds)] for k, v in params.items()}, x)
-        ntks.append(sum(torch.einsum("pi...,pj...->pij", j.flatten(2), j[:, :len(y)].flatten(2))
-                        for j in jacobian.values()))
+        ntks.append(torch.stack([torch.einsum("pi...,pj...->pij", j.flatten(2), j[:, :len(y)].flatten(2))
+                                 for j in jacobian.values()]).sum(0))
         trained, steps = rk4_flow(vmap(grad(loss)), params, taus, max_step,
                                   lambda p: vmap(f, in_dims=(0, None))(p, x_test))
         outputs.append(0.5 * (trained[:len(seeds)] + trained[len(seeds):]))
