@@ -18,7 +18,7 @@ from ntklab.lab.report import RunFolder
 NEGATIVE_CONTROLS = {
     "cntk-table": ({"prediction_data": "digits"}, "cntk_gap_over_v", {"prediction": 60.0}, 0),
     "dimension-sweep": ({}, "eigenlearning_factor", {"prediction": 2.0}, 0),
-    "ensemble-mean": ({}, "kernel_part", {"prediction": 10.0}, 0),
+    "ensemble-mean": ({}, "early_coefficient", {"prediction": 10.0}, 0),
     "finite-width": ({}, "relative_variance", {"prediction": 2.0}, 0),
     "kernel-gd": ({}, "network_remainder_order", {"prediction": 1.0}, 2),
     "lazy-training": ({}, "weight_change", {"prediction": -1.0}, 0),
