@@ -210,7 +210,9 @@ def _report(cfg: Config, rows, halves, extrapolation, claims, figure) -> str:
         "Reading: a kernel learns a degree once n passes the number of harmonics up to that degree "
         "(N(d, k) ~ d^k/k!); eigenlearning turns the NTK's spectrum into the learned fraction at every n, and "
         "the measured points test it. Algorithm 1's first step finds the direction u from the degree-2 part, "
-        f"after which the degree-{cfg.p} part is a one-dimensional problem: its n½ grows like d^2, not d^{cfg.p}. "
+        f"after which the degree-{cfg.p} part is a one-dimensional problem: its n½ grows like d^2, not d^{cfg.p} "
+        "(Theorem 1's d^2 polylog d is a sufficient rate, an upper bound: an exponent below 2 at these d is "
+        "within it; finding u at all needs n of order d). "
         "The predictions and tolerances are the settings `eigenlearning_factor`, `kernel_exponent`, `alg1_exponent` "
         "(fixed before the run); the verdict rule is in `ntklab.lab.claims`.", "",
         f"![learned fractions and n½ against d]({figure})", ""])
