@@ -43,8 +43,8 @@ class Config:
     """Settings of this experiment (the defaults are the full run)."""
 
     depths: tuple[int, ...] = (5, 9)
-    train_size: int = 240
-    test_size: int = 160
+    train_size: int = 200
+    test_size: int = 120
     tile_size: int = 64
     prediction_data: str = "cifar10"   # the data the claims' predictions are for (the sources')
     local_pooling_gain: Claim = Claim(
