@@ -24,6 +24,11 @@ def test_solve_from_a_store_equals_the_dense_ridge_solution(tmp_path):
     k = nk.serial(nk.Dense(64), nk.Relu(), nk.Dense(1)).kernel(torch.as_tensor(x), get="ntk")
     exact = nk.predict.solve(k, torch.as_tensor(y), diag_reg=1e-3).numpy()
     np.testing.assert_allclose(np.load(tmp_path / "alpha.npy"), exact, rtol=1e-7, atol=1e-9)
+    spread = runner.invoke(main, ["solve", "--store", str(tmp_path / "k.zarr"), "--y", str(tmp_path / "y.npy"),
+                                  "--out", str(tmp_path / "alpha2.npy"), "--diag-reg", "1e-3", "--rtol", "1e-10",
+                                  "--scheduler", "processes", "--workers", "2"])
+    assert spread.exit_code == 0, spread.output
+    np.testing.assert_allclose(np.load(tmp_path / "alpha2.npy"), exact, rtol=1e-7, atol=1e-9)
 
 
 @pytest.mark.parametrize("args, message", [

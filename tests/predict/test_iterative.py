@@ -215,3 +215,63 @@ def test_weighted_nystrom_regression_with_every_point_a_center_is_weighted_ridge
     assert float((unweighted - expected).norm() / expected.norm()) > 1e-3
     with pytest.raises(ValueError, match="sample_weight"):
         nystrom_regression(NET, x, y, centers=10, sample_weight=-weights)
+
+
+def test_products_spread_over_processes_equal_the_streamed_ones(stored):
+    """scheduler="processes": one task per tile in 2 worker processes, partial products added in tile
+    order, equal to the in-process product to rounding (1e-13); a bad scheduler is refused."""
+    v = torch.randn(120, 2, dtype=torch.float64)
+    with StoredKernel(stored, "ntk", scheduler="processes", workers=2) as spread:
+        np.testing.assert_allclose(spread.matmul(v), StoredKernel(stored, "ntk").matmul(v), rtol=1e-13, atol=1e-13)
+        assert spread.passes == 1
+    with pytest.raises(ValueError, match="scheduler must be"):
+        StoredKernel(stored, "ntk", scheduler="threads")
+
+
+@pytest.mark.slow
+def test_cg_on_a_dask_cluster_survives_a_killed_worker(tmp_path):
+    """The PCG solve from a store on a local Dask cluster of 2 worker processes, one worker killed
+    (SIGKILL) while tiles are in flight in the middle of the solve: the scheduler recomputes its tiles
+    elsewhere and the solve finishes with exactly the answer of the same solve without the kill (the
+    partial products are added in tile order, whoever computed them); the worker's process id changed
+    (its nanny restarted it), so a worker really was lost. Against the in-process solve: 1e-8 of the
+    largest coefficient (the workers' BLAS may sum in another order: products agree to 1e-13,
+    amplified by the condition number of K + lambda I)."""
+    distributed = pytest.importorskip("distributed")
+    import os
+    import signal
+    import threading
+    import time
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(240, 5, generator=generator, dtype=torch.float64)
+    y = torch.sin(x[:, :1] * 2)
+    store = compute_kernel(NET, x, store=tmp_path / "k.zarr", get="ntk", tile_size=40, progress=False)
+    reference = conjugate_gradients(StoredKernel(store, "ntk"), y, diag_reg=1e-3, rtol=1e-10, progress=False)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        undisturbed = conjugate_gradients(StoredKernel(store, "ntk", scheduler=client), y, diag_reg=1e-3,
+                                          rtol=1e-10, progress=False)
+        before = client.run(os.getpid)
+        operator = StoredKernel(store, "ntk", scheduler=client)
+        killed: list[str] = []
+
+        def kill_one_worker_mid_product():
+            deadline = time.monotonic() + 120
+            while not killed and time.monotonic() < deadline:
+                busy = [worker for worker, tasks in client.processing().items() if tasks]
+                if operator.passes >= 2 and busy:
+                    os.kill(before[busy[0]], signal.SIGKILL)
+                    killed.append(busy[0])
+                time.sleep(0.005)
+        watcher = threading.Thread(target=kill_one_worker_mid_product)
+        watcher.start()
+        result = conjugate_gradients(operator, y, diag_reg=1e-3, rtol=1e-10, progress=False)
+        watcher.join()
+        client.wait_for_workers(2, timeout=60)
+        after = client.run(os.getpid)
+    assert killed, "no worker was killed: the solve ended before the watcher saw tiles in flight"
+    assert set(before.values()) != set(after.values())
+    assert result.iterations == undisturbed.iterations == reference.iterations
+    np.testing.assert_array_equal(result.solution, undisturbed.solution)
+    difference = (result.solution - reference.solution).abs().max()
+    assert difference <= 1e-8 * reference.solution.abs().max()

@@ -304,16 +304,27 @@ class KernelStore:
             if values is None:
                 bad.append(tile)
                 continue
-            rows, cols = self.tiling.slices(tile)
-            if self.tiling.on_diagonal(tile):
-                values = np.triu(values) + np.triu(values, 1).T
-            yield rows, cols, values
+            yield (*self.tiling.slices(tile), self._mirrored(tile, values))
         if bad:
-            shown = ", ".join(f"{i}_{j}" for i, j in bad[:10]) + (", ..." if len(bad) > 10 else "")
-            raise ValueError(f"the store {self.path} has {len(bad)} damaged tile(s) ({shown}: "
-                             f"missing, unreadable or not matching their checksum) in {name!r}; run "
-                             f"the same compute_kernel call (or ntklab kernel command) again to "
-                             f"recompute exactly those")
+            raise self._damaged_error(name, bad)
+
+    def block(self, name: str, tile: Tile) -> tuple[slice, slice, np.ndarray]:
+        """`(rows, cols, values)` of one tile of `name`, as `blocks` yields it (checked against its
+        checksum, a diagonal tile of a symmetric store mirrored): for readers spread over processes."""
+        values = self._read(self._checked_array(name), tile, name, self._digests(tile))
+        if values is None:
+            raise self._damaged_error(name, [tile])
+        return (*self.tiling.slices(tile), self._mirrored(tile, values))
+
+    def _mirrored(self, tile: Tile, values: np.ndarray) -> np.ndarray:
+        return np.triu(values) + np.triu(values, 1).T if self.tiling.on_diagonal(tile) else values
+
+    def _damaged_error(self, name: str, bad: list[Tile]) -> ValueError:
+        shown = ", ".join(f"{i}_{j}" for i, j in bad[:10]) + (", ..." if len(bad) > 10 else "")
+        return ValueError(f"the store {self.path} has {len(bad)} damaged tile(s) ({shown}: "
+                          f"missing, unreadable or not matching their checksum) in {name!r}; run "
+                          f"the same compute_kernel call (or ntklab kernel command) again to "
+                          f"recompute exactly those")
 
     def _checked_array(self, name: str):
         """The zarr array `name`, after checking that the store holds it and has every tile."""
@@ -618,7 +629,7 @@ def _probe_dask_scheduler(address: str, timeout: float) -> None:
 
 
 @contextlib.contextmanager
-def _executing(scheduler, workers: int | None) -> Iterator[tuple[cf.Executor, int]]:
+def executing(scheduler, workers: int | None) -> Iterator[tuple[cf.Executor, int]]:
     """(executor, tasks to keep in flight) of `_executor`, shut down or closed afterwards."""
     executor, window, owned = _executor(scheduler, workers)
     try:
@@ -654,7 +665,7 @@ def _executor(scheduler, workers: int | None) -> tuple[cf.Executor, int, Any]:
     return client.get_executor(pure=False), 2 * slots, owned
 
 
-def _in_window(executor: cf.Executor, tasks: Iterator, window: int) -> Iterator[tuple[Any, Any]]:
+def in_window(executor: cf.Executor, tasks: Iterator, window: int) -> Iterator[tuple[Any, Any]]:
     """Yield (key, result) as tasks finish, keeping at most `window` in flight."""
     pending: dict[cf.Future, Any] = {}
     for key, fn, args in tasks:
@@ -755,7 +766,7 @@ def compute_kernel(arch, x1, x2=None, *, store: str | Path, get: str | Sequence[
         check_writable(store, "store")
     # the scheduler is reached (workers validated, tcp:// connected) before the store exists,
     # so a failed start leaves nothing behind
-    with _executing(scheduler, workers) as (executor, window):
+    with executing(scheduler, workers) as (executor, window):
         try:
             if overwrite and Path(store).exists():
                 discard_folder(Path(store))
@@ -817,7 +828,7 @@ def _fill(kernel_store: KernelStore, claims: "_Claims", tasks, executor, window:
               desc="kernel tiles", unit="tile", dynamic_ncols=True) as bar:
         while todo:
             busy: list[Tile] = []
-            for tile, arrays in _in_window(executor, tasks(_claimed(kernel_store, claims, todo, busy, bar)),
+            for tile, arrays in in_window(executor, tasks(_claimed(kernel_store, claims, todo, busy, bar)),
                                            window):
                 kernel_store.write_tile(tile, arrays)
                 claims.release(tile)

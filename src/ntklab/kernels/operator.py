@@ -6,14 +6,40 @@ products K V and the diagonal of K.  `StoredKernel` computes them from the tiles
 never is: a float64 kernel of n = 100,000 samples is 80 GB, its product with one vector takes a read
 of the store and 8 bytes per number of working memory per tile.  A symmetric store holds only its
 upper tiles; an off-diagonal tile is used twice, as itself and as its transpose.
+
+With a `scheduler` (as `compute_kernel`'s: "processes" or a Dask scheduler address / Client) each
+product is spread over processes, one task per tile, each reading its own tile; the partial products
+are added in tile order, so the result does not depend on which process computed what, and on a Dask
+cluster a worker lost in the middle of a product only has its tiles recomputed by the others.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+import weakref
+
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .._core.tiling import Tile
 from .._core.validation import DEFAULT_DTYPE
-from .engine import KernelStore
+from .engine import KernelStore, check_scheduler, executing, in_window
+
+
+@functools.lru_cache(maxsize=4)
+def _opened(path: str) -> KernelStore:
+    return KernelStore.open(path)
+
+
+def tile_product(path: str, name: str, tile: Tile, left: np.ndarray, right: np.ndarray | None
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+    """One tile's share of K V (a task of `StoredKernel.matmul` with a scheduler): block @ V[cols]
+    and, for an off-diagonal tile of the symmetric store, block.T @ V[rows]."""
+    _, _, values = _opened(path).block(name, tile)
+    block = torch.from_numpy(values).to(torch.from_numpy(left).dtype)
+    first = (block @ torch.from_numpy(left)).numpy()
+    return first, None if right is None else (block.T @ torch.from_numpy(right)).numpy()
 
 
 class StoredKernel:
@@ -32,7 +58,8 @@ class StoredKernel:
     """
 
     def __init__(self, store: KernelStore | str, name: str = "ntk", *, dtype: torch.dtype | None = None,
-                 device=None, progress: bool | None = None):
+                 device=None, progress: bool | None = None, scheduler=None, workers: int | None = None):
+        check_scheduler(scheduler, workers)
         self.store = store if isinstance(store, KernelStore) else KernelStore.open(store)
         if not self.store.symmetric:
             raise ValueError(f"the store {self.store.path} holds a kernel between two different input sets "
@@ -46,6 +73,21 @@ class StoredKernel:
         self.device = torch.device("cpu") if device is None else torch.device(device)
         self.progress = progress
         self.passes = 0   # reads of the whole store so far (one per matmul)
+        self.scheduler, self.workers = scheduler, workers
+        self._pool: tuple | None = None     # (executor, window), opened at the first product
+        self._resources = contextlib.ExitStack()
+        weakref.finalize(self, self._resources.close)
+
+    def __enter__(self) -> "StoredKernel":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Shut down the processes or close the Dask client of `scheduler` (if any were opened)."""
+        self._resources.close()
+        self._pool = None
 
     def _blocks(self, what: str):
         tiles = len(self.store.tiles())
@@ -59,12 +101,40 @@ class StoredKernel:
         """K v for `v` of shape `[n]` or `[n, m]`: one pass over the store."""
         matrix = v.reshape(len(v), -1).to(dtype=self.dtype, device=self.device)
         out = torch.zeros_like(matrix)
-        for rows, cols, block in self._blocks("K v from the store"):
-            out[rows] += block @ matrix[cols]
-            if rows != cols:
-                out[cols] += block.T @ matrix[rows]
+        if self.scheduler in (None, "local"):
+            for rows, cols, block in self._blocks("K v from the store"):
+                out[rows] += block @ matrix[cols]
+                if rows != cols:
+                    out[cols] += block.T @ matrix[rows]
+        else:
+            for (rows, cols), (first, second) in self._spread(matrix):
+                out[rows] += torch.from_numpy(first).to(out.device)
+                if second is not None:
+                    out[cols] += torch.from_numpy(second).to(out.device)
         self.passes += 1
         return out.reshape(v.shape)
+
+    def _spread(self, matrix: torch.Tensor):
+        """((rows, cols), (block @ V[cols], block.T @ V[rows] or None)) of every tile, in tile order,
+        computed by the scheduler's processes (one task per tile)."""
+        if self._pool is None:
+            self._pool = self._resources.enter_context(executing(self.scheduler, self.workers))
+        executor, window = self._pool
+        host = matrix.detach().cpu().numpy()
+        tiling, path = self.store.tiling, str(self.store.path)
+        tiles = sorted(self.store.tiles())
+
+        def tasks():
+            for tile in tiles:
+                rows, cols = tiling.slices(tile)
+                yield tile, tile_product, (path, self.name, tile, host[cols],
+                                           None if rows == cols else host[rows])
+        results = {}
+        show = len(tiles) > 64 if self.progress is None else self.progress
+        for tile, result in tqdm(in_window(executor, tasks(), window), total=len(tiles), unit="tile",
+                                 desc="K v on the scheduler", leave=False, disable=not show):
+            results[tile] = result
+        return [(tiling.slices(tile), results[tile]) for tile in tiles]
 
     def diagonal(self) -> torch.Tensor:
         """diag K, `[n]` (one pass: every tile is read and checked against its checksum)."""

@@ -213,8 +213,13 @@ def kernel(ctx: click.Context, arch: str, x1_path: Path, x2_path: Path | None, o
 @click.option("--max-iterations", type=click.IntRange(min=1), default=None,
               help="Default: N (each iteration reads the store once).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
+@click.option("--scheduler", default=None, help="Spread each product K v over processes, one task per tile: "
+              "local (default), processes, or a Dask scheduler tcp://host:port (a lost worker's tiles are "
+              "recomputed by the others).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Processes for --scheduler processes [default: one per CPU].")
 def solve(store_path: Path, y_path: Path, out: Path, get: str, diag_reg: float, rank: int, rtol: float,
-          max_iterations: int | None, overwrite: bool) -> None:
+          max_iterations: int | None, overwrite: bool, scheduler: str | None, workers: int | None) -> None:
     """Kernel ridge regression from a kernel store without loading it: preconditioned conjugate
     gradients whose products K v stream the store's tiles (nk.predict.conjugate_gradients)."""
     from .. import kernels, predict
@@ -222,10 +227,12 @@ def solve(store_path: Path, y_path: Path, out: Path, get: str, diag_reg: float, 
         if out.exists() and not overwrite:
             raise ValueError(f"--out {str(out)!r} exists; pass --overwrite to replace it")
         check_writable(out, "--out")
-        operator = kernels.StoredKernel(str(store_path), get, progress=sys.stderr.isatty() or None)
         y = load_array(y_path, "y")
-        result = predict.conjugate_gradients(operator, y, diag_reg=diag_reg, rank=rank, rtol=rtol,
-                                             max_iterations=max_iterations, progress=sys.stderr.isatty() or None)
+        with kernels.StoredKernel(str(store_path), get, progress=sys.stderr.isatty() or None, scheduler=scheduler,
+                                  workers=workers) as operator:
+            result = predict.conjugate_gradients(operator, y, diag_reg=diag_reg, rank=rank, rtol=rtol,
+                                                 max_iterations=max_iterations,
+                                                 progress=sys.stderr.isatty() or None)
     except ValueError as err:
         _fail(err)
     buffer = io.BytesIO()
