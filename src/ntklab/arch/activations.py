@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .._core import transforms
 from .._core.validation import positive
 from .conv import flatten_state
 from .fused import fusible
@@ -102,8 +103,9 @@ def arc_cosine_angle(cov, var1, var2):
     else:
         root = root.clamp_(min=0.0).sqrt_()
     theta = torch.atan2(root, cov)
-    if torch.compiler.is_compiling() or not (var1.all() and var2.all()):  # eager: a cheap check
-        theta = theta.masked_fill((root == 0) & (cov == 0), math.pi / 2)    # on the variances
+    if (torch.compiler.is_compiling() or transforms.transformed(cov, var1, var2)   # unreadable: always
+            or not (var1.all() and var2.all())):   # eager: a cheap check on the variances
+        theta = theta.masked_fill((root == 0) & (cov == 0), math.pi / 2)
     return theta, root
 
 

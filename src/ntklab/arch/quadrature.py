@@ -31,14 +31,11 @@ def _hermite_rule(n_points: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _derivative(fn: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor) -> torch.Tensor:
-    """phi'(z) elementwise, by autograd of `fn`.  When `z` carries a graph (a kernel differentiated
-    with respect to its inputs or hyperparameters), phi'(z) keeps it (`create_graph`: its own
-    derivative is phi''(z) dz), so that gradients of the NTK term E[phi'(u) phi'(v)] are exact."""
-    with torch.enable_grad():
-        differentiable = z.requires_grad
-        z = z if differentiable else z.detach().requires_grad_(True)
-        (grad,) = torch.autograd.grad(fn(z).sum(), z, create_graph=differentiable)
-    return grad
+    """phi'(z) elementwise: the forward-mode derivative of `fn` along ones (`torch.func.jvp`),
+    which keeps any graph `z` carries (a kernel differentiated with respect to its inputs or
+    hyperparameters: phi'(z)'s own derivative is phi''(z) dz, so gradients of the NTK term
+    E[phi'(u) phi'(v)] are exact) and runs under torch.func transforms too."""
+    return torch.func.jvp(fn, (z,), (torch.ones_like(z),))[1]
 
 
 class Elementwise(Activation):
@@ -94,20 +91,12 @@ class Elementwise(Activation):
         return self._quadrature(cov, var1, var2, need_dot)
 
     def _closed_form(self, cov, var1, var2, need_dot):
-        """The user's `dual` and its derivative in `cov`.  Differentiated kernels (inputs or
-        hyperparameters with `requires_grad`) keep both in the graph (`create_graph`)."""
+        """The user's `dual` and its derivative in `cov` (forward mode, as `_derivative`; a
+        differentiated kernel keeps both in the graph)."""
         if not need_dot:
             return self._dual(cov, var1, var2), None
-        differentiable = torch.is_grad_enabled() and any(
-            t.requires_grad for t in (cov, var1, var2))
-        with torch.enable_grad():
-            shape = torch.broadcast_shapes(cov.shape, var1.shape, var2.shape)
-            point = cov.expand(shape).clone()   # the derivative is taken at this copy of cov
-            if not point.requires_grad:
-                point.requires_grad_(True)
-            nngp = self._dual(point, var1, var2)
-            (dot,) = torch.autograd.grad(nngp.sum(), point, create_graph=differentiable)
-        return (nngp, dot) if differentiable else (nngp.detach(), dot)
+        point = cov.expand(torch.broadcast_shapes(cov.shape, var1.shape, var2.shape))
+        return torch.func.jvp(lambda c: self._dual(c, var1, var2), (point,), (torch.ones_like(point),))
 
     def _quadrature(self, cov, var1, var2, need_dot):
         nodes, weights = (torch.as_tensor(a, dtype=cov.dtype, device=cov.device)
