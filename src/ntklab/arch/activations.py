@@ -97,7 +97,8 @@ def arc_cosine_angle(cov, var1, var2):
     input get theta = pi/2 (neural-tangents' convention)."""
     root = var1 * var2  # sub_ (not a fused addcmul): exactly 0 when cov = var1 = var2
     root = root.sub_(cov * cov) if root.shape == cov.shape else root - cov * cov
-    if root.requires_grad:  # sqrt(max(d, tiny)) [d > tiny]: exactly 0 at d <= 0, with gradient 0
+    if root.requires_grad or transforms.transformed(root):  # (torch.func may hide requires_grad)
+        # sqrt(max(d, tiny)) [d > tiny]: exactly 0 at d <= 0, with gradient 0
         inside = root > _tiny(cov)  # there (the exact limit of the dual's derivatives at
         root = root.clamp_(min=_tiny(cov)).sqrt_().mul_(inside)  # correlation 1), never inf * 0
     else:
