@@ -161,3 +161,126 @@ def test_gradcheck_catches_a_derivative_term_cut_from_the_graph(monkeypatch):
 
     monkeypatch.setattr(quadrature, "_derivative", detached_derivative)
     assert not _gradcheck(_kernel_fn(ACTIVATIONS["Tanh"], "ntk"), X[:3] * 0.8)
+
+
+# ----------------------------------------------------------------- torch.func transforms
+# neural-tangents' kernel_fn works under jax.grad and jax.vmap; net.kernel under torch.func's.
+X2 = X[5:] ** 2 - 0.5
+
+
+def _func_architectures():
+    w, b = 1.3, 0.2
+    dense = lambda n: nk.Dense(n, W_std=w, b_std=b)  # noqa: E731
+    return {
+        "relu mlp": (nk.serial(dense(8), nk.Relu(), dense(8), nk.Relu(), dense(1)), X[:4], X2),
+        "tanh residual": (nk.serial(dense(8), nk.FanOut(2), nk.parallel(nk.serial(nk.Tanh(n_points=8), dense(8)),
+                                                                      nk.Identity()),
+                                    nk.FanInSum(), nk.LayerNorm(), nk.Gelu(), dense(1)), X[:4], X2),
+        "elementwise dual": (nk.serial(dense(8), nk.Elementwise(torch.sin, dual=_sinh_dual), dense(1)), X[:4], X2),
+        "cnn gap": (nk.serial(nk.Conv(4, (2, 2), padding="SAME", W_std=w, b_std=b), nk.Relu(),
+                              nk.AvgPool((2, 2), strides=(1, 1)), nk.GlobalAvgPool(), dense(1)),
+                    IMAGES[:2, :, :3, :3], IMAGES[2:, :, :3, :3]),
+        "attention": (nk.serial(dense(8), nk.GlobalSelfAttention(8, 8, 8, 2, b_std=0.1), nk.Relu(),
+                                nk.GlobalAvgPool(), dense(1)), TOKENS[:2, :3], TOKENS[2:, :3]),
+    }
+
+
+FUNC_ARCHITECTURES = _func_architectures()
+
+
+def _directional_fd(f, x, direction, eps=1e-5):
+    with torch.no_grad():
+        return (f(x + eps * direction) - f(x - eps * direction)) / (2 * eps)
+
+
+@pytest.mark.parametrize("name", list(FUNC_ARCHITECTURES))
+@pytest.mark.parametrize("x2", ["x2", "None"])
+def test_torch_func_grad_of_the_ntk_wrt_the_inputs_matches_finite_differences(name, x2):
+    """torch.func.grad of sum(sin(NTK(x1, x2))) w.r.t. x1: its derivative along a random direction
+    = central finite differences (float64, 1e-6 relative), and = torch.autograd's gradient."""
+    net, x1, other = FUNC_ARCHITECTURES[name]
+    other = other if x2 == "x2" else None
+
+    def f(x):
+        return net.kernel(x, other, get="ntk").sin().sum()
+
+    got = torch.func.grad(f)(x1)
+    direction = torch.randn(x1.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    want = _directional_fd(f, x1, direction)
+    assert abs(float((got * direction).sum() - want)) <= 1e-6 * max(1.0, abs(float(want))), (got, want)
+    leaf = x1.clone().requires_grad_(True)
+    (eager,) = torch.autograd.grad(f(leaf), leaf)
+    torch.testing.assert_close(got, eager, rtol=1e-12, atol=1e-14)
+
+
+def test_torch_func_grad_wrt_hyperparameters_matches_finite_differences():
+    """d NLL(NNGP) / d (W_std, b_std) by torch.func.grad over tensor hyperparameters."""
+    def loss(w_std, b_std):
+        net = nk.serial(nk.Dense(8, W_std=w_std, b_std=b_std), nk.Erf(), nk.Dense(1, W_std=w_std, b_std=b_std))
+        return negative_log_marginal_likelihood(net.kernel(X, get="nngp"), Y)
+
+    w, b = torch.tensor(1.3, dtype=torch.float64), torch.tensor(0.2, dtype=torch.float64)
+    grad_w, grad_b = torch.func.grad(loss, argnums=(0, 1))(w, b)
+    eps = 1e-5
+    fd_w = (loss(w + eps, b) - loss(w - eps, b)) / (2 * eps)
+    fd_b = (loss(w, b + eps) - loss(w, b - eps)) / (2 * eps)
+    for got, want in ((grad_w, fd_w), (grad_b, fd_b)):
+        assert abs(float(got - want)) <= 1e-6 * max(1.0, abs(float(want))), (got, want)
+
+
+def test_torch_func_jacrev_of_the_kernel_equals_the_autograd_jacobian():
+    net, x1, x2 = FUNC_ARCHITECTURES["relu mlp"]
+    kernel = lambda x: net.kernel(x, x2, get="ntk")  # noqa: E731
+    torch.testing.assert_close(torch.func.jacrev(kernel)(x1), torch.autograd.functional.jacobian(kernel, x1),
+                               rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", list(FUNC_ARCHITECTURES))
+def test_torch_func_vmap_over_input_sets_equals_the_loop(name):
+    """vmap over 3 input sets (x1 batched, x2 shared; and x2=None) = one kernel per set."""
+    net, x1, x2 = FUNC_ARCHITECTURES[name]
+    sets = torch.stack([x1, 0.5 * x1 + 0.2, x1.flip(0)])
+    for other in (x2, None):
+        got = torch.func.vmap(lambda x, other=other: net.kernel(x, other))(sets)
+        for i, x in enumerate(sets):
+            want = net.kernel(x, other)
+            for part, reference in ((got.nngp[i], want.nngp), (got.ntk[i], want.ntk)):
+                torch.testing.assert_close(part, reference, rtol=1e-13, atol=1e-15)
+
+
+def test_torch_func_vmap_of_grad_equals_the_loop_of_grads():
+    net, x1, x2 = FUNC_ARCHITECTURES["tanh residual"]
+    sets = torch.stack([x1, 0.5 * x1 + 0.2])
+    f = lambda x: net.kernel(x, x2, get="ntk").sum()  # noqa: E731
+    got = torch.func.vmap(torch.func.grad(f))(sets)
+    torch.testing.assert_close(got, torch.stack([torch.func.grad(f)(x) for x in sets]), rtol=1e-13, atol=1e-15)
+
+
+def test_under_vmap_a_bad_member_of_the_batch_is_refused():
+    """Inputs are checked for NaN/inf and kernels for the floating range under vmap as in eager
+    code: a NaN in one set refuses the batch; an overflowing float32 network names its layer."""
+    net, x1, _ = FUNC_ARCHITECTURES["relu mlp"]
+    bad = torch.stack([x1, x1])
+    bad[1, 0, 1] = float("nan")
+    with pytest.raises(ValueError, match="x1 contains 1 NaN/inf"):
+        torch.func.vmap(lambda x: net.kernel(x))(bad)
+    deep = nk.serial(*[layer for _ in range(30) for layer in (nk.Dense(8, W_std=10.0), nk.Relu())], nk.Dense(1))
+    x32 = torch.stack([X[:3], X[3:6]]).float()
+    with pytest.raises(nk.ArchitectureError, match="in torch.float32 at layer 21, Relu") as eager:
+        deep.kernel(x32[0])
+    with pytest.raises(nk.ArchitectureError) as vmapped:
+        torch.func.vmap(lambda x: deep.kernel(x))(x32)
+    assert str(vmapped.value) == str(eager.value)
+
+
+def test_torch_func_grad_catches_a_derivative_term_cut_from_the_graph(monkeypatch):
+    """Negative control of the torch.func tests: phi' taken at a detached point fails them."""
+    from ntklab.arch import quadrature
+
+    monkeypatch.setattr(quadrature, "_derivative",
+                        lambda fn, z: torch.func.jvp(fn, (z.detach(),), (torch.ones_like(z),))[1])
+    net, x1, x2 = FUNC_ARCHITECTURES["tanh residual"]
+    f = lambda x: net.kernel(x, x2, get="ntk").sin().sum()  # noqa: E731
+    direction = torch.randn(x1.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    got, want = (torch.func.grad(f)(x1) * direction).sum(), _directional_fd(f, x1, direction)
+    assert abs(float(got - want)) > 1e-4 * abs(float(want))

@@ -63,6 +63,12 @@ def store_tile(out: torch.Tensor, tiling: Tiling, tile: Tile, block: torch.Tenso
         out[cols, rows] = transpose(block)
 
 
+def symmetrized(block: torch.Tensor) -> torch.Tensor:
+    """(B + B^T) / 2 over the two sample axes of a block of inputs with themselves (in place):
+    exactly symmetric, whatever the rounding of each entry."""
+    return (block + block.transpose(0, 1)).mul_(0.5)
+
+
 TileFn = Callable[[torch.Tensor, "torch.Tensor | None", Callable[[], None]], dict[str, torch.Tensor]]
 PROGRESS_DELAY = 2.0   # seconds: `progress=None` shows a bar only for work that lasts longer
 
@@ -70,10 +76,11 @@ PROGRESS_DELAY = 2.0   # seconds: `progress=None` shows a bar only for work that
 def tiled_pairs(fn: TileFn, x1: torch.Tensor, x2: torch.Tensor | None, names: tuple[str, ...],
                 *, block_size: int, progress: bool | None = None, workers: int | None = None,
                 steps_per_tile: int = 1) -> dict[str, torch.Tensor]:
-    """Evaluate `fn(x1_block, x2_block, advance)` on all tiles and assemble the `[N1, N2]`
+    """Evaluate `fn(x1_block, x2_block, advance)` on all tiles and assemble the `[N1, N2, ...]`
     matrices `names` (`x2_block=None` on the diagonal tiles of a symmetric matrix, `x2=None`;
-    those tiles are symmetrised exactly).  `fn` calls `advance()` after each of its
-    `steps_per_tile` steps (e.g. layers), which moves the progress bar.
+    those tiles are symmetrised exactly; entries of the shape of the blocks' trailing axes).
+    `fn` calls `advance()` after each of its `steps_per_tile` steps (e.g. layers), which moves
+    the progress bar.
 
     `workers` threads process tiles concurrently (torch releases the GIL in its
     kernels), each single-threaded, with no other thread's torch thread count changed
@@ -84,7 +91,7 @@ def tiled_pairs(fn: TileFn, x1: torch.Tensor, x2: torch.Tensor | None, names: tu
     other = x1 if x2 is None else x2
     tiling = Tiling(len(x1), len(other), block_size, symmetric=x2 is None)
     tiles = tiling.tiles()
-    out = {name: torch.empty(tiling.n1, tiling.n2, dtype=x1.dtype, device=x1.device) for name in names}
+    out: dict[str, torch.Tensor] = {}   # allocated at the first block, which gives the entry shape
     workers = max(1, min(workers or 1, len(tiles)))
 
     bar = tqdm(total=len(tiles) * steps_per_tile, disable=progress is False, leave=False,
@@ -104,7 +111,10 @@ def tiled_pairs(fn: TileFn, x1: torch.Tensor, x2: torch.Tensor | None, names: tu
         # torch allocates 64-byte aligned, so every run computes each tile bitwise the same
         blocks = fn(x1[rows].clone(), None if same else other[cols].clone(), advance)
         for name in names:
-            block = (blocks[name] + blocks[name].T).mul_(0.5) if same else blocks[name]
+            block = symmetrized(blocks[name]) if same else blocks[name]
+            with lock:
+                if name not in out:
+                    out[name] = block.new_empty((tiling.n1, tiling.n2, *block.shape[2:]))
             store_tile(out[name], tiling, tile, block)
 
     with bar:

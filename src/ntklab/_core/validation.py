@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import transforms
+
 DEFAULT_DTYPE = torch.float64
 DEFAULT_MAX_MEMORY = 2 ** 30
 """The one default of `max_memory` (1 GiB) in ntklab: every function that takes
@@ -142,8 +144,9 @@ def as_tensor(x: Any, name: str, *, dtype: torch.dtype = DEFAULT_DTYPE,
     t = t.to(dtype=dtype, device=resolve_device(device) if device is not None else t.device)
     if t.numel() == 0 and not allow_empty:
         raise ValueError(f"{name} is empty (shape {tuple(t.shape)})")
-    if not torch.isfinite(t).all():
-        bad = int((~torch.isfinite(t)).sum())
+    finite = torch.isfinite(transforms.values(t))   # readable under torch.func transforms too
+    if not finite.all():
+        bad = int((~finite).sum())
         raise ValueError(f"{name} contains {bad} NaN/inf value(s); remove or impute them first")
     return t
 

@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .._core import transforms
 from .._core.validation import positive
 from .conv import flatten_state
 from .fused import fusible
@@ -96,14 +97,16 @@ def arc_cosine_angle(cov, var1, var2):
     input get theta = pi/2 (neural-tangents' convention)."""
     root = var1 * var2  # sub_ (not a fused addcmul): exactly 0 when cov = var1 = var2
     root = root.sub_(cov * cov) if root.shape == cov.shape else root - cov * cov
-    if root.requires_grad:  # sqrt(max(d, tiny)) [d > tiny]: exactly 0 at d <= 0, with gradient 0
+    if root.requires_grad or transforms.transformed(root):  # (torch.func may hide requires_grad)
+        # sqrt(max(d, tiny)) [d > tiny]: exactly 0 at d <= 0, with gradient 0
         inside = root > _tiny(cov)  # there (the exact limit of the dual's derivatives at
         root = root.clamp_(min=_tiny(cov)).sqrt_().mul_(inside)  # correlation 1), never inf * 0
     else:
         root = root.clamp_(min=0.0).sqrt_()
     theta = torch.atan2(root, cov)
-    if torch.compiler.is_compiling() or not (var1.all() and var2.all()):  # eager: a cheap check
-        theta = theta.masked_fill((root == 0) & (cov == 0), math.pi / 2)    # on the variances
+    if (torch.compiler.is_compiling() or transforms.transformed(cov, var1, var2)   # unreadable: always
+            or not (var1.all() and var2.all())):   # eager: a cheap check on the variances
+        theta = theta.masked_fill((root == 0) & (cov == 0), math.pi / 2)
     return theta, root
 
 

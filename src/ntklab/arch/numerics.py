@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .._core.transforms import values
 from .state import KernelState
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ def _tensors(state: KernelState) -> list[torch.Tensor]:
 def _finite(t: torch.Tensor) -> bool:
     """No inf or NaN in `t`: its sum is finite (one reduction, no mask), else entry by entry
     (a sum of finite numbers may itself overflow)."""
-    t = t.detach()
+    t = values(t)
     return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
 
 
@@ -49,7 +50,7 @@ def in_float_range(state: KernelState) -> bool:
     e.g. of an all-zero input with b_std = 0): `out_of_range_message` decides."""
     tiny = torch.finfo(state.nngp.dtype).tiny
     return (all(_finite(t) for t in _tensors(state))
-            and all(float(v.detach().min()) >= tiny for v in _variances(state)))
+            and all(float(values(v).min()) >= tiny for v in _variances(state)))
 
 
 class _LeftRange(Exception):
@@ -72,17 +73,17 @@ def out_of_range_message(net: "Serial", x1: torch.Tensor, x2: torch.Tensor | Non
         states = _states(state)
         for s in states:
             if not all(_finite(t) for t in _tensors(s)):
-                raise _LeftRange(i, "overflow" if any(bool(t.isinf().any()) for t in _tensors(s))
+                raise _LeftRange(i, "overflow" if any(bool(values(t).isinf().any()) for t in _tensors(s))
                                  else "nan")
         variances = [v for s in states for v in _variances(s)]
         tiny = torch.finfo(variances[0].dtype).tiny
         per_sample = [v.reshape(len(v), -1).amax(1) for v in variances]   # shapes change with pooling
         lost = (positive and len(positive[-1]) == len(variances) and any(
-            bool((before & (now < tiny)).any()) for before, now in zip(positive[-1], per_sample, strict=True)))
-        if lost or any(bool(((v > 0) & (v < tiny)).any()) for v in variances):
+            bool(values(before & (now < tiny)).any()) for before, now in zip(positive[-1], per_sample, strict=True)))
+        if lost or any(bool(values((v > 0) & (v < tiny)).any()) for v in variances):
             raise _LeftRange(i, "underflow")   # subnormal, or a positive variance became 0
         positive.append([now > 0 for now in per_sample])
-        largest.append((i, max(float(v.abs().max()) for v in variances)))
+        largest.append((i, max(float(values(v).abs().max()) for v in variances)))
 
     try:
         with torch.no_grad():

@@ -2,6 +2,7 @@
 torch network (`.module`) and its infinite-width kernels (`.kernel`)."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import math
@@ -13,7 +14,8 @@ from torch import nn
 
 from .._core.validation import (as_inputs, check_result_fits, check_same_features, input_dtype,
                            parse_memory, positive_int, resolve_device)
-from .._core.tiling import tiled_pairs
+from .._core import transforms
+from .._core.tiling import TileFn, symmetrized, tiled_pairs
 from .layer import ArchitectureError, Layer
 from .numerics import in_float_range, out_of_range_message
 from .state import Kernel, KernelState
@@ -146,6 +148,23 @@ def check_merged(state_or_shape) -> None:
     if isinstance(state_or_shape, list):
         raise ValueError(f"the architecture ends with {len(state_or_shape)} branches (from FanOut); "
                          f"merge them with nk.FanInSum() or nk.FanInConcat()")
+
+
+def one_block(maths: TileFn, x1: torch.Tensor, x2: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """`maths` on all pairs of `x1`, `x2` as one block (under torch.func transforms, which cannot
+    write tiles in place), symmetrized for `x2=None` as `tiled_pairs` symmetrizes a diagonal tile."""
+    blocks = maths(x1, x2, lambda: None)
+    return blocks if x2 is not None else {name: symmetrized(block) for name, block in blocks.items()}
+
+
+def position_mixing(container: "Container") -> str | None:
+    """Where the first layer that needs every pixel pair (`needs_all_pixel_pairs`: its map mixes
+    positions) sits in `container`, e.g. "serial(...) layer 3, GlobalAvgPool()"; None if none."""
+    for i, layer in enumerate(container.layers):
+        if layer.needs_all_pixel_pairs:
+            inner = position_mixing(layer) if isinstance(layer, Container) else None
+            return f"{container.name}(...) layer {i}, {inner or layer.label}"   # as `located` names it
+    return None
 
 
 class Container(Layer[Any, Any]):
@@ -307,12 +326,17 @@ class Serial(Container):
         spatial = positions ** 2 if self.needs_all_pixel_pairs else positions
         return spatial * self.quadrature_points
 
+    def pairs_in_memory(self, sample_shape: Sequence[int], max_memory, dtype: torch.dtype) -> int:
+        """Pairs of inputs whose layer states fit in `max_memory` at once (at least one)."""
+        pair_bytes = torch.empty((), dtype=dtype).element_size() * self.pair_entries(sample_shape)
+        return max(1, parse_memory(max_memory) // (STATE_COPIES * pair_bytes))
+
     def block_size_for(self, sample_shape: Sequence[int], max_memory, dtype: torch.dtype,
                        device: torch.device = CPU) -> int:
         """Rows (= columns) of a block of pairs whose layer states fit in `max_memory`
         (and, on CPU, whose state tensors stay about cache-sized)."""
         pair_bytes = torch.empty((), dtype=dtype).element_size() * self.pair_entries(sample_shape)
-        pairs = parse_memory(max_memory) / (STATE_COPIES * pair_bytes)
+        pairs = self.pairs_in_memory(sample_shape, max_memory, dtype)
         if device.type == "cpu":
             pairs = min(pairs, max(MIN_CPU_PAIRS, CPU_TENSOR_BYTES // pair_bytes))
         return int(min(MAX_BLOCK, max(1, math.isqrt(int(pairs)))))
@@ -321,7 +345,7 @@ class Serial(Container):
                block_size: int | None = None, max_memory: int | str | None = None,
                dtype: torch.dtype | None = None, device: str | torch.device | None = None,
                progress: bool | None = None, workers: int | None = None,
-               fused: bool = False, pattern=None) -> Kernel | torch.Tensor:
+               fused: bool = False, diagonal_spatial: bool = False, pattern=None) -> Kernel | torch.Tensor:
         """NNGP and NTK of the infinitely wide network between the samples of `x1`
         and `x2` (`x2=None`: `x1` with itself, computed once per pair).  Samples are
         rows `[N, d]`, NCHW images `[N, C, H, W]` for convolutional architectures, or token
@@ -331,7 +355,12 @@ class Serial(Container):
         W_std=torch.tensor(1.5, requires_grad=True))`) requires grad and grad mode is on, the
         kernel is computed with autograd (tensors saved for the backward pass are copied, as
         the recursions update in place), e.g. to fit W_std, b_std by maximizing a GP marginal
-        likelihood; otherwise under `torch.no_grad()`.
+        likelihood; otherwise under `torch.no_grad()`.  It also runs under `torch.func`
+        transforms (as neural-tangents' `kernel_fn` under `jax.grad` and `jax.vmap`):
+        `torch.func.grad`, `jacrev`, `vmap` over a batch of input sets, and their compositions,
+        with respect to the inputs and to tensor hyperparameters; there the pairs are one block
+        (no tiles, threads or `fused`) and the in-place recursions run out of place
+        (`torch.func.functionalize`).
 
         Computed by the layer recursions in blocks of pairs (`block_size` rows and columns, by
         default the largest whose layer states fit in `max_memory`, default None: ntklab's one
@@ -365,6 +394,13 @@ class Serial(Container):
         block_size, max_memory, workers, fused, progress
             How the blocks of pairs are computed (see above); they change the numbers only by
             rounding (1e-16 relative), and the same settings give bitwise the same kernel in every run.
+        diagonal_spatial : bool
+            neural-tangents' `diagonal_spatial=True`: only same-position pixel (token) pairs, so
+            that an architecture may end on images or sequences and give `[N1, N2, *spatial]`,
+            the kernel of each output position with the same position.  Defined when no layer
+            mixes positions (every layer but pooling, attention and global pooling, whose maps
+            need every pixel pair): such a layer is refused by name before any work.  Vectors
+            and `Flatten` endings give `[N1, N2]` as without it.
         dtype, device
             Of the result (default: the input's).
         pattern : (tensor, tensor or None), optional
@@ -374,7 +410,7 @@ class Serial(Container):
         Returns
         -------
         Kernel or torch.Tensor
-            `[N1, N2]` kernels.
+            `[N1, N2]` kernels (`[N1, N2, *spatial]` with `diagonal_spatial` on images or sequences).
 
         Raises
         ------
@@ -393,10 +429,9 @@ class Serial(Container):
         True
         """
         names = canonical_get(get)
+        self._check_diagonal_spatial(diagonal_spatial)
         dtype = input_dtype(x1, dtype, x2)
-        differentiable = torch.is_grad_enabled() and any(
-            isinstance(t, torch.Tensor) and t.requires_grad
-            for t in (x1, x2, *self.hyperparameter_tensors()))
+        differentiable = self._differentiable(x1, x2)
         x1 = self._inputs(x1, "x1", dtype, device, differentiable)
         if x2 is not None:
             x2 = self._inputs(x2, "x2", dtype, x1.device, differentiable)
@@ -406,25 +441,117 @@ class Serial(Container):
                           "compute it tile by tile into a zarr store with "
                           "nk.kernels.compute_kernel(net, x1, x2, store='k.zarr') (or `ntklab "
                           "kernel --out k.zarr`), or ask for one kernel with get='ntk'")
-        block_size, workers = self._execution(x1, x2, block_size, max_memory, workers, differentiable)
+        transformed = transforms.transformed(x1, x2, *self.hyperparameter_tensors())
+        block_size, workers = self._execution(x1, x2, block_size, max_memory, workers,
+                                              differentiable or transformed)
         packing = None if patterns is None else Patterned(tuple(x1.shape[1:]), tuple(patterns[0].shape[1:]))
-        maths = functools.partial(self._block_kernels, need_ntk="ntk" in names, full=self.needs_all_pixel_pairs,
-                                  fused=bool(fused) and not differentiable, packing=packing)
+        maths = self._maths(names, diagonal_spatial, fused=bool(fused) and not (differentiable or transformed),
+                            packing=packing)
         if packing is not None and patterns is not None:   # each block of rows carries its graphs
             x1 = packing.pack(x1, patterns[0])
             x2 = None if x2 is None or patterns[1] is None else packing.pack(x2, patterns[1])
-        # autograd through the in-place recursions: the tensors saved for backward are copies
+        if transformed:   # torch.func: one block, the in-place recursions run out of place
+            with contextlib.nullcontext() if differentiable else torch.no_grad():
+                return self._result(torch.func.functionalize(functools.partial(one_block, maths))(x1, x2), get)
         context = (torch.autograd.graph.saved_tensors_hooks(torch.clone, lambda t: t)
-                   if differentiable else torch.no_grad())
-        with context:
-            out = tiled_pairs(maths, x1, x2, names, block_size=block_size,
-                              progress=progress, workers=workers, steps_per_tile=len(self.layers))
+                   if differentiable else torch.no_grad())   # autograd: saved tensors are copies
+        with context:   # (the recursions update in place)
+            out = tiled_pairs(maths, x1, x2, names, block_size=block_size, progress=progress,
+                              workers=workers, steps_per_tile=len(self.layers))
+        return self._result(out, get)
+
+    def kernel_diagonal(self, x, get: str | Sequence[str] | None = None, *, diagonal_spatial: bool = False,
+                        max_memory: int | str | None = None, dtype: torch.dtype | None = None,
+                        device: str | torch.device | None = None) -> Kernel | torch.Tensor:
+        """Only each sample with itself, k(x_i, x_i): the diagonal of `kernel(x)` in O(N)
+        work and memory instead of O(N^2) (predictive variances, normalizations, the mean
+        diagonal of a ridge).  neural-tangents reaches the NNGP part as `kernel_fn(x, None,
+        "cov1")` (its `diagonal_batch=True` variances, after all N^2 pairs unless jit removes
+        them); the NTK diagonal has no counterpart there.
+
+        The same layer recursions as `kernel`, on the one pair (x_i, x_i) of each sample,
+        batched over the samples by `torch.func.vmap` (in chunks whose layer states fit in
+        `max_memory`): equal to `kernel(x)`'s diagonal to rounding (1e-16 relative), and, like
+        it, differentiable and usable under torch.func transforms.
+
+        Parameters
+        ----------
+        x : tensor or array
+            Samples `[N, ...]`, as `kernel`'s `x1`.
+        get : {"nngp", "ntk"}, tuple of them, or None
+            As in `kernel`.
+        diagonal_spatial : bool
+            As in `kernel`: an architecture ending on images or sequences gives `[N, *spatial]`,
+            each position with itself (neural-tangents' `cov1` with `diagonal_spatial=True`).
+        max_memory, dtype, device
+            As in `kernel`.
+
+        Returns
+        -------
+        Kernel or torch.Tensor
+            `[N]` (or `[N, *spatial]`) tensors.
+
+        Examples
+        --------
+        >>> import torch, ntklab as nk
+        >>> net = nk.serial(nk.Dense(512, W_std=1.5, b_std=0.05), nk.Relu(), nk.Dense(1))
+        >>> x = torch.randn(5, 3, dtype=torch.float64)
+        >>> diagonal = net.kernel_diagonal(x)
+        >>> diagonal.ntk.shape
+        torch.Size([5])
+        >>> bool(torch.allclose(diagonal.ntk, net.kernel(x, get="ntk").diagonal(), rtol=1e-14))
+        True
+        """
+        names = canonical_get(get)
+        self._check_diagonal_spatial(diagonal_spatial)
+        dtype = input_dtype(x, dtype)
+        differentiable = self._differentiable(x, None)
+        x = self._inputs(x, "x", dtype, device, differentiable)
+        maths = self._maths(names, diagonal_spatial, fused=False)
+        one_pair = torch.func.functionalize(lambda xi: one_block(maths, xi[None], None))
+        chunk = self.pairs_in_memory(x.shape[1:], max_memory, dtype)
+        with contextlib.nullcontext() if differentiable else torch.no_grad():
+            out = torch.func.vmap(one_pair, chunk_size=min(chunk, len(x)))(x)
+        return self._result({name: block[:, 0, 0] for name, block in out.items()}, get)
+
+    def _check_diagonal_spatial(self, diagonal_spatial: bool) -> None:
+        """Refuse `diagonal_spatial=True` (before any work) for an architecture with a layer whose
+        map needs every pixel pair, naming it."""
+        if not isinstance(diagonal_spatial, bool):
+            raise ValueError(f"diagonal_spatial must be True or False, got {diagonal_spatial!r}")
+        mixing = position_mixing(self) if diagonal_spatial else None
+        if mixing is not None:
+            raise ArchitectureError(
+                f"diagonal_spatial=True keeps only same-position pixel (token) pairs, but "
+                f"{mixing} mixes positions: its map needs the covariance of every pair of "
+                f"positions; pass diagonal_spatial=False (the default), which computes them")
+
+    def _differentiable(self, x1, x2) -> bool:
+        """Autograd is on and an input or a tensor hyperparameter requires grad."""
+        return torch.is_grad_enabled() and any(
+            isinstance(t, torch.Tensor) and t.requires_grad
+            for t in (x1, x2, *self.hyperparameter_tensors()))
+
+    def _maths(self, names: tuple[str, ...], diagonal_spatial: bool, fused: bool,
+               packing: Patterned | None = None) -> TileFn:
+        """`maths(b1, b2, advance)`: the kernels `names` of one block of pairs (rows packed with
+        their graphs by `packing`, if given)."""
+        def maths(b1: torch.Tensor, b2: torch.Tensor | None, advance: Callable[[], None]
+                  ) -> dict[str, torch.Tensor]:
+            blocks = self._block_kernels(b1, b2, advance, need_ntk="ntk" in names,
+                                         full=self.needs_all_pixel_pairs, fused=fused,
+                                         diagonal_spatial=diagonal_spatial, packing=packing)
+            return {name: blocks[name] for name in names}
+        return maths
+
+    @staticmethod
+    def _result(out: dict[str, torch.Tensor], get) -> Kernel | torch.Tensor:
         return out[get] if isinstance(get, str) else Kernel(nngp=out.get("nngp"), ntk=out.get("ntk"))
 
     def _execution(self, x1: torch.Tensor, x2: torch.Tensor | None, block_size: int | None, max_memory,
                    workers: int | None, differentiable: bool) -> tuple[int, int]:
         """How `kernel` runs (see its docstring): the block size and the worker threads."""
-        if differentiable:  # autograd's saved-tensor hooks (in `kernel`) hold in this thread only
+        if differentiable:  # autograd's saved-tensor hooks and torch.func's transforms hold in this thread only
             workers = 1
         elif workers is None:  # tiles in parallel, one thread each: robust on a busy machine
             workers = 1 if x1.device.type != "cpu" else torch.get_num_threads()
@@ -437,11 +564,12 @@ class Serial(Container):
         return positive_int(block_size, "block_size"), workers
 
     def _block_kernels(self, b1: torch.Tensor, b2: torch.Tensor | None, advance: Callable[[], None], *,
-                       need_ntk: bool, full: bool, fused: bool,
+                       need_ntk: bool, full: bool, fused: bool, diagonal_spatial: bool = False,
                        packing: Patterned | None = None) -> dict[str, torch.Tensor]:
         """The maths of `kernel` for one block of pairs: the layers' recursions from the inputs
         `b1`, `b2` (`advance()` after each layer, for progress), checked to have stayed in the
-        floating range and to end on vectors; the NTK identically zero when no layer carried one.
+        floating range and to end on vectors (or, with `diagonal_spatial`, on the same-position
+        pairs of images or sequences); the NTK identically zero when no layer carried one.
         With `packing`, each row also carries its sample's graph (`Patterned`)."""
         pattern = None
         if packing is not None:
@@ -454,11 +582,14 @@ class Serial(Container):
             self, b1, b2, need_ntk=need_ntk, full=full, pattern=pattern)
         if problem is not None:
             raise ArchitectureError(problem)
-        if state.spatial:
+        if state.spatial and not diagonal_spatial:
             kind = "images" if len(state.spatial) == 2 else "token sequences"
+            same = "" if self.needs_all_pixel_pairs else (
+                f", or pass diagonal_spatial=True for each position's kernel [N1, N2, "
+                f"{', '.join(map(str, state.spatial))}]")
             raise ValueError(f"the architecture ends on {kind} of spatial shape "
                              f"{state.spatial}; end it with nk.Flatten() or "
-                             f"nk.GlobalAvgPool() (and a Dense readout) to get a kernel matrix")
+                             f"nk.GlobalAvgPool() (and a Dense readout) to get a kernel matrix{same}")
         blocks = {"nngp": state.nngp}
         if isinstance(state.ntk, float):  # no layer carried an NTK
             blocks["ntk"] = torch.full_like(state.nngp, state.ntk)

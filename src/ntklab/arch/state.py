@@ -210,6 +210,8 @@ class Kernel:
         return iter((self.nngp, self.ntk))
 
 
+torch.export.register_dataclass(Kernel)   # a pytree: torch.func.vmap/grad of a kernel returning it
+
 def _pixel_products(x1: torch.Tensor, x2: torch.Tensor, full: bool) -> torch.Tensor:
     """sum_c x1[n, c, p] x2[m, c, q] for all pixel pairs (`full`, [N1, N2, H, W, H, W])
     or same-pixel pairs ([N1, N2, H, W])."""
