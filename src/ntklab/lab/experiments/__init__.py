@@ -245,7 +245,7 @@ def run(name: str, out, *, seed: int = 0, quick: bool = False, device: str | Non
     >>> from ntklab.lab import experiments
     >>> summary = experiments.run("dimension-sweep", "run", quick=True)   # writes the folder run/
     >>> sorted(p.name for p in Path("run").iterdir())
-    ['config.json', 'curves.csv', 'figures', 'fits.json', 'metrics.csv', 'report.md', 'summary.json']
+    ['config.json', 'extrapolation.csv', 'figures', 'fits.json', 'metrics.csv', 'n_half.csv', 'report.md', 'summary.json']
     """
     experiment = get(name)
     cfg = settings(experiment, quick=quick, config=config)
