@@ -503,6 +503,9 @@ class Serial(Container):
         True
         """
         names = canonical_get(get)
+        if self.takes_pattern:
+            raise ArchitectureError("kernel_diagonal does not take graphs (the network has an Aggregate layer): "
+                                    "use net.kernel(x, pattern=(graphs, None)) and its diagonal")
         self._check_diagonal_spatial(diagonal_spatial)
         dtype = input_dtype(x, dtype)
         differentiable = self._differentiable(x, None)

@@ -102,7 +102,7 @@ def list_experiments(names: bool) -> None:
 @click.option("--quick", is_flag=True, help="Small settings (seconds), for tests and previews.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run folder.")
 @click.option("--data", default=None, help="Dataset, for experiments that take one "
-              "(cntk-table, resnet-kernels: digits or cifar10:DIR with the CIFAR-10 binary batches).")
+              "(cntk-table, resnet-kernels: digits, digits-shifted or cifar10:DIR with the CIFAR-10 binary batches).")
 @click.option("--train-size", type=click.IntRange(min=1), default=None, help="Training images (subset).")
 @click.option("--test-size", type=click.IntRange(min=1), default=None, help="Test images (subset).")
 @click.option("--scheduler", default=None, help="Kernel tiles: local, processes, or a Dask "

@@ -45,6 +45,14 @@ from ..arch import Serial
 KERNELS = ("nngp", "ntk")
 
 
+def check_sphere_dimension(d: int) -> int:
+    """d, checked to be an integer >= 3 (the sphere in R^d has a Gegenbauer expansion)."""
+    d = positive_int(d, "d")
+    if d < 3:
+        raise ValueError(f"d must be >= 3 for the Gegenbauer expansion on the sphere, got {d}")
+    return d
+
+
 def harmonic_count(d: int, k: int) -> int:
     """N(d, k): the number of spherical harmonics of degree k on the sphere in R^d."""
     if k == 0:
@@ -54,7 +62,7 @@ def harmonic_count(d: int, k: int) -> int:
 
 def legendre(d: int, k: int, t) -> np.ndarray:
     """P_k(t) in d dimensions, normalised to P_k(1) = 1 (Gegenbauer C_k^{((d-2)/2)} / C_k(1))."""
-    alpha = (d - 2) / 2
+    alpha = (check_sphere_dimension(d) - 2) / 2
     return special.eval_gegenbauer(k, alpha, np.asarray(t, float)) / special.eval_gegenbauer(k, alpha, 1.0)
 
 
@@ -85,7 +93,7 @@ def gegenbauer_quadrature(d: int, nodes: int) -> tuple[np.ndarray, np.ndarray]:
     weights by Golub-Welsch (the eigenvalues of the Jacobi matrix of the Gegenbauer recurrence,
     off-diagonal sqrt(j (j + 2 a - 1) / (4 (j + a) (j + a - 1))) with a = (d - 2)/2; weights the
     squared first components), stable for any d (scipy's roots_jacobi fails for d in the hundreds)."""
-    a = (d - 2) / 2
+    a = (check_sphere_dimension(d) - 2) / 2
     j = np.arange(1, nodes, dtype=float)
     off_diagonal = np.sqrt(j * (j + 2 * a - 1) / (4 * (j + a) * (j + a - 1)))
     t, vectors = linalg.eigh_tridiagonal(np.zeros(nodes), off_diagonal)
@@ -121,9 +129,8 @@ def sphere_spectrum(net: Serial, d: int, *, max_degree: int = 8, get: str = "ntk
 
     The kernel must be a dot-product kernel there (true for fully connected networks); this is
     checked at a few random rotations and refused otherwise (e.g. a convolution's kernel)."""
-    d, max_degree, nodes = positive_int(d, "d"), positive_int(max_degree, "max_degree"), positive_int(nodes, "nodes")
-    if d < 3:
-        raise ValueError(f"d must be >= 3 for the Gegenbauer expansion on the sphere, got {d}")
+    d, nodes = check_sphere_dimension(d), positive_int(nodes, "nodes")
+    max_degree = positive_int(max_degree, "max_degree")
     if get not in KERNELS:
         raise ValueError(f"get must be one of {KERNELS}, got {get!r}")
     t, weights = gegenbauer_quadrature(d, nodes)
@@ -145,13 +152,16 @@ def sphere_spectrum(net: Serial, d: int, *, max_degree: int = 8, get: str = "ntk
 @dataclass(frozen=True)
 class Eigenlearning:
     """What kernel ridge regression with n samples learns (module docstring): kappa, the learned
-    fraction L_k of each degree, E_0, and the predicted test MSE."""
+    fraction L_k of each degree, E_0, the predicted test MSE against noisy test labels
+    (`test_mse`, Simon et al.'s) and against the noiseless target (`generalization_error`
+    = test_mse - noise^2, the excess risk)."""
 
     n: int
     kappa: float
     learnability: np.ndarray     # L_k, k = 0 .. max_degree
     e0: float
-    test_mse: float
+    test_mse: float              # E_0 (sum_k (1 - L_k)^2 v_k^2 + noise^2): against noisy labels
+    generalization_error: float  # E[(f - f*)^2] = test_mse - noise^2
 
 
 def eigenlearning(spectrum: SphereSpectrum, n: int, *, ridge: float = 0.0,
@@ -181,12 +191,21 @@ def eigenlearning(spectrum: SphereSpectrum, n: int, *, ridge: float = 0.0,
     kappa = math.exp(optimize.brentq(excess, math.log(scale * 1e-300 ** 0.5), math.log(scale * 1e3 + effective_ridge),
                                      xtol=1e-14))
     learnability = lam / (lam + kappa)
-    if learnability[-1] > 0.05:
-        raise ValueError(f"the last computed degree ({len(lam) - 1}) is still {learnability[-1]:.0%} learned at "
-                         f"n = {n}: the truncated degrees matter; compute the spectrum with a larger max_degree")
+    _check_truncation(lam, kappa, f"at n = {n}")
     e0 = n / (n - float((count * learnability ** 2).sum()))
     test_mse = e0 * (float(((1 - learnability) ** 2 * energy).sum()) + noise ** 2)
-    return Eigenlearning(n, kappa, learnability, e0, test_mse)
+    return Eigenlearning(n, kappa, learnability, e0, test_mse, test_mse - noise ** 2)
+
+
+def _check_truncation(lam: np.ndarray, kappa: float, where: str) -> None:
+    """Refuse when one of the last two computed degrees is still learned (L > 5 %): the truncated
+    degrees would then matter (two, since a kernel may have zero eigenvalues for every odd degree,
+    as the bias-free ReLU NTK does for k >= 3)."""
+    last = lam[-2:] / (lam[-2:] + kappa)
+    if last.max() > 0.05:
+        raise ValueError(f"degree {len(lam) - 2 + int(last.argmax())}, among the last computed, is still "
+                         f"{last.max():.0%} learned {where}: the truncated degrees matter; compute the spectrum "
+                         "with a larger max_degree")
 
 
 def half_learned_samples(spectrum: SphereSpectrum, degree: int, *, ridge: float = 0.0) -> float:
@@ -197,7 +216,5 @@ def half_learned_samples(spectrum: SphereSpectrum, degree: int, *, ridge: float 
     if not 0 <= degree < len(lam) or lam[degree] <= 0:
         raise ValueError(f"degree {degree} has no positive eigenvalue in this spectrum (0..{len(lam) - 1})")
     kappa = lam[degree]
-    if lam[-1] / (lam[-1] + kappa) > 0.05:
-        raise ValueError(f"the last computed degree ({len(lam) - 1}) is still learned when degree {degree} is half "
-                         "learned: compute the spectrum with a larger max_degree")
+    _check_truncation(lam, kappa, f"when degree {degree} is half learned")
     return float((count * lam / (lam + kappa)).sum() + (ridge + spectrum.tail_trace) / kappa)

@@ -244,8 +244,9 @@ def run(name: str, out, *, seed: int = 0, quick: bool = False, device: str | Non
     >>> from pathlib import Path
     >>> from ntklab.lab import experiments
     >>> summary = experiments.run("dimension-sweep", "run", quick=True)   # writes the folder run/
-    >>> sorted(p.name for p in Path("run").iterdir())
-    ['config.json', 'extrapolation.csv', 'figures', 'fits.json', 'metrics.csv', 'n_half.csv', 'report.md', 'summary.json']
+    >>> sorted(p.name for p in Path("run").iterdir())   # doctest: +NORMALIZE_WHITESPACE
+    ['config.json', 'extrapolation.csv', 'figures', 'fits.json', 'metrics.csv', 'n_half.csv',
+     'report.md', 'summary.json']
     """
     experiment = get(name)
     cfg = settings(experiment, quick=quick, config=config)

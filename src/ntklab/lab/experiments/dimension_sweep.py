@@ -148,7 +148,7 @@ def run(folder: RunFolder, cfg: Config, *, seed: int, device: torch.device) -> d
         if method == "NTK regression":
             prediction = _predict(spectra[d], cfg, n)
             row.update({f"predicted_{k}": float(prediction.learnability[k]) for k in (2, cfg.p)},
-                       predicted_loss=prediction.test_mse)
+                       predicted_loss=prediction.generalization_error)
         rows.append(row)
     kernel_rows = [r for r in rows if r["method"] == "NTK regression"]
     factor = scale_factor([r[f"fraction_{k}"] for r in kernel_rows for k in (2, cfg.p)],

@@ -52,7 +52,8 @@ class Config:
     dims_finetune: tuple[int, ...] = (8, 16, 32, 64, 128)
     few: int = 32   # the N at which "few samples" is checked
     few_samples: Claim = Claim(
-        "after pretraining on n = claim_pretrain = 10 d^2 samples the head learns the new task from few samples: "
+        "after pretraining on n = claim_pretrain samples (10 d^2 at d = 10) the head learns the new task from few "
+        "samples: "
         "test loss at N = few",
         0.0, 0.5, "Damian, Lee & Soltanolkotabi 2022, Theorem 3 (N = O(r^p) samples, independent of d; the "
                   "tolerance: half the zero predictor's loss)")

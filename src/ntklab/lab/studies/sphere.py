@@ -16,7 +16,7 @@ from typing import Callable, Mapping
 import torch
 
 from ..._core.validation import DEFAULT_DTYPE, positive, positive_int
-from ...theory.spectral import gegenbauer_quadrature, zonal_harmonic
+from ...theory.spectral import check_sphere_dimension, gegenbauer_quadrature, zonal_harmonic
 import ntklab as nk
 
 
@@ -32,6 +32,11 @@ class ZonalTarget:
 
     u: torch.Tensor                   # [d], unit norm
     coefficients: Mapping[int, float]
+
+    def __post_init__(self) -> None:
+        if self.u.ndim != 1 or len(self.u) < 3 or abs(float(self.u.norm()) - 1) > 1e-12:
+            raise ValueError(f"u must be a unit vector of d >= 3 entries (the zonal harmonics live on the sphere "
+                             f"in R^d, d >= 3), got shape {tuple(self.u.shape)} and norm {float(self.u.norm()):.6g}")
 
     @property
     def d(self) -> int:
@@ -58,7 +63,7 @@ def single_index_target(d: int, degrees: tuple[int, ...], *, seed: int, dtype: t
                         ) -> ZonalTarget:
     """Equal parts of the given degrees about a random direction, unit norm: a_k = 1/sqrt(#degrees)."""
     generator = torch.Generator().manual_seed(seed)
-    u = torch.randn(positive_int(d, "d"), generator=generator, dtype=dtype)
+    u = torch.randn(check_sphere_dimension(d), generator=generator, dtype=dtype)
     return ZonalTarget(u / u.norm(), {int(k): 1 / math.sqrt(len(degrees)) for k in degrees})
 
 
