@@ -202,3 +202,10 @@ def test_vectors_and_fully_masked_samples_are_refused():
         pooled.kernel(Z["seq1"], empty, mask_constant=MASK)
     with pytest.raises(ValueError, match=r"x sample\(s\) \[1\]"):
         pooled.module((6, 4), dtype=torch.float64)(empty, mask_constant=MASK)
+
+
+def test_a_slice_of_the_finite_network_refuses_masks():
+    model = CASES["gap"][0].module((6, 4), dtype=torch.float64)
+    with pytest.raises(ValueError, match="whole network"):
+        model[:2](Z["seq1"], mask_constant=MASK)
+    assert model[:2](Z["seq1"]).shape == (3, 6, 64)   # control: unmasked, the slice runs

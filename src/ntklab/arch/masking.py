@@ -134,17 +134,17 @@ def mean_over_unmasked(k: KernelState) -> KernelState:
                      var2=var1 if k.symmetric else k.var2 * (scale2 * scale2), mask=None)
 
 
-def remasked(rule: str, k: KernelState) -> KernelState:
+def remasked(rule: str | None, k: KernelState) -> KernelState:
     """The state after a layer of `rule` with the masks applied (module docstring): pooled over
     the unmasked positions, the masked pairs zeroed (of the per-position layout after Flatten),
     or the mask ended."""
     if rule == "mean":
         return mean_over_unmasked(k)
-    if not k.spatial and k.positions is None:   # pooled, or mixed by the Dense after Flatten
+    if k.spatial:
+        return zeroed(k)
+    if k.positions is None:                      # pooled, or mixed by the Dense after Flatten
         return k.replace(mask=None)
-    if not k.spatial:                            # flattened: zero the per-position layout
-        return flatten_state(zeroed(k.positions))
-    return zeroed(k)
+    return flatten_state(zeroed(k.positions))    # flattened: zero the per-position layout
 
 
 class MaskingSequential(nn.Sequential):
@@ -152,11 +152,15 @@ class MaskingSequential(nn.Sequential):
     network of `serial(...)`, `model(x, mask_constant=c)`; without it, plain `nn.Sequential`.
 
     `rules` are the layers' `mask_rule`s, `refusal` why the architecture cannot take masked
-    inputs (None when it can)."""
+    inputs (None when it can).  A slice (`model[1:]`, which torch builds without them) refuses
+    masked inputs: only the whole network knows where its mask ends."""
 
-    def __init__(self, modules: Sequence[nn.Module], rules: Sequence[str | None], refusal: str | None):
+    def __init__(self, *modules: nn.Module, rules: Sequence[str | None] | None = None,
+                 refusal: str | None = None):
         super().__init__(*modules)
-        self.rules, self.refusal = tuple(rules), refusal
+        self.rules = tuple(rules) if rules is not None else (None,) * len(self)
+        self.refusal = refusal if rules is not None else (
+            "mask_constant= is taken by the whole network of serial(...).module, not by a part of it")
 
     def forward(self, x: torch.Tensor, mask_constant=None) -> torch.Tensor:   # type: ignore[override]
         if mask_constant is None:
@@ -167,7 +171,7 @@ class MaskingSequential(nn.Sequential):
         x, positions = masked_inputs(x, value)
         check_unmasked(positions, "x", value)
         masked: torch.Tensor | None = positions.unsqueeze(1 if x.ndim == 4 else -1)  # broadcasts to x
-        for module, rule in zip(self, self.rules):
+        for module, rule in zip(self, self.rules, strict=True):
             if masked is None:
                 x = module(x)
                 continue

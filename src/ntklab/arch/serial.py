@@ -231,8 +231,8 @@ class Serial(Container):
             modules.append(module)
         if self.takes_pattern:
             return PatternSequential(*modules), in_shape
-        return MaskingSequential(modules, [layer.mask_rule for layer in self.layers],
-                                 self.mask_refusal()), in_shape
+        return MaskingSequential(*modules, rules=[layer.mask_rule for layer in self.layers],
+                                 refusal=self.mask_refusal()), in_shape
 
     def mask_refusal(self) -> str | None:
         """Why this architecture cannot take masked inputs (`mask_constant=`, `arch.masking`),
