@@ -46,6 +46,7 @@ class Activation(Layer[KernelState, KernelState]):
     phi'' terms) require; kinked activations (ReLU, abs, sign) are not."""
 
     smooth: bool = False
+    mask_rule = "elementwise"
 
     def fn(self, z: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

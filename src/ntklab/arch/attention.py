@@ -69,9 +69,14 @@ def positional_covariance(tokens: int, p_norm: float, decay_fn, *, dtype: torch.
     return r.to(dtype)
 
 
-def attention_weights(logits: torch.Tensor, mechanism: str) -> torch.Tensor:
-    """phi of the logits `[..., T, T]`: softmax over the last (key) axis, or elementwise."""
+def attention_weights(logits: torch.Tensor, mechanism: str,
+                      masked_keys: torch.Tensor | None = None) -> torch.Tensor:
+    """phi of the logits `[..., N, T, T]`: softmax over the last (key) axis, or elementwise;
+    `masked_keys` `[N, T]` (True: masked, `arch.masking`) get weight 0: softmax logits -inf
+    (the other mechanisms' logits of a masked key are 0 already, its values zeroed)."""
     if mechanism == "SOFTMAX":
+        if masked_keys is not None:
+            logits = logits.masked_fill(masked_keys[..., None, :], -math.inf)
         return torch.softmax(logits, dim=-1)
     return {"IDENTITY": lambda t: t, "ABS": torch.abs, "RELU": torch.relu}[mechanism](logits)
 
@@ -107,7 +112,8 @@ class SelfAttentionModule(nn.Module):
         else:
             self.pos_emb_factor = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, masked_keys: torch.Tensor | None = None) -> torch.Tensor:
+        """`masked_keys` `[N, T]`: the masked tokens (`arch.masking`), given no attention weight."""
         if x.ndim != 3 or x.shape[-1] != self.in_channels:
             raise ValueError(f"self-attention takes token sequences [N, T, {self.in_channels}] "
                              f"(batch first, channels last), got shape {tuple(x.shape)}")
@@ -126,7 +132,7 @@ class SelfAttentionModule(nn.Module):
         norm = x.shape[-1] * layer.n_chan_key ** (1.0 if layer.linear_scaling else 0.5)
         logits = queries @ keys.transpose(-1, -2) * (layer.qk_std / norm)
         values = torch.einsum("ntc,hcv->hntv", values_in, self.value)
-        heads = attention_weights(logits, layer.attention_mechanism) @ values   # [H, N, T, V]
+        heads = attention_weights(logits, layer.attention_mechanism, masked_keys) @ values   # [H, N, T, V]
         heads = heads.permute(1, 2, 0, 3).flatten(2)                            # [N, T, H V]
         scale = layer.ov_std / math.sqrt(self.value.shape[-1] * layer.n_heads * values_in.shape[-1])
         out = heads @ self.out * scale
@@ -222,6 +228,11 @@ class GlobalSelfAttention(Layer[KernelState, KernelState]):
         self.pos_emb_std = positive(W_pos_emb_std, "W_pos_emb_std")
         self.val_pos_emb = bool(val_pos_emb)
 
+    @property
+    def mask_rule(self) -> str | None:   # type: ignore[override]
+        """Masked keys get no weight (`arch.masking`); not with positional embeddings."""
+        return "attention" if self.pos_emb_type == "NONE" else None
+
     def embedding_channels(self, in_channels: int) -> int:
         """C_pe, the positional embeddings' channels for inputs of `in_channels`."""
         channels = in_channels if self.n_chan_pos_emb is None else self.n_chan_pos_emb
@@ -281,9 +292,10 @@ class GlobalSelfAttention(Layer[KernelState, KernelState]):
     def _linear_scaling(self, k: KernelState, keys: dict, values: dict):
         """Outputs (nngp, ntk, var1, var2) with tied keys and queries (module docstring)."""
         ov2, b2 = self.ov_std ** 2, (self.b_std or 0.0) ** 2
-        weights1 = attention_weights(self.qk_std * keys["var1"], self.attention_mechanism)
+        masked1, masked2 = (None, None) if k.mask is None else k.mask
+        weights1 = attention_weights(self.qk_std * keys["var1"], self.attention_mechanism, masked1)
         weights2 = weights1 if k.symmetric else attention_weights(self.qk_std * keys["var2"],
-                                                                  self.attention_mechanism)
+                                                                  self.attention_mechanism, masked2)
         nngp_part = pair_products(values["nngp"], weights1, weights2).mul_(ov2)
         ntk = values["ntk"]
         if ntk is not None:

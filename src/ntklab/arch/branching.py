@@ -91,6 +91,8 @@ class Identity(Layer[KernelState, KernelState]):
             [0.3000, 0.5000]], dtype=torch.float64)
     """
 
+    mask_rule = "elementwise"
+
     def build(self, in_shape, generator, dtype):
         return nn.Identity(), in_shape
 

@@ -315,6 +315,8 @@ class Flatten(Layer[KernelState, KernelState]):
     torch.Size([3, 3])
     """
 
+    mask_rule = "flatten"
+
     def build(self, in_shape, generator, dtype):
         return FlattenModule(), (math.prod(in_shape),)
 
@@ -341,6 +343,7 @@ class GlobalAvgPool(Layer[KernelState, KernelState]):
 
     needs_all_pixel_pairs = True
     total = False
+    mask_rule = "mean"
 
     def build(self, in_shape, generator, dtype):
         if len(in_shape) == 1:
@@ -381,3 +384,4 @@ class GlobalSumPool(GlobalAvgPool):
     """
 
     total = True
+    mask_rule = "sum"

@@ -160,6 +160,8 @@ class Dense(Affine):
     True
     """
 
+    mask_rule = "affine"
+
     def __init__(self, out: int, W_std: float = 1.0, b_std: float | None = None,
                  parameterization: str = "ntk", trainable: bool = True):
         self.out = positive_int(out, "out (width of Dense)")

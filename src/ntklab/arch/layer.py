@@ -31,7 +31,8 @@ What a layer may assume and must guarantee
   (inputs must be token sequences `[N, T, C]`), `takes_branches` (the layer consumes a
   list of states, one per branch, as produced by `FanOut`), `takes_pattern` (the layer reads
   the graphs given with the inputs, `KernelState.pattern`, and its module's forward takes
-  `pattern=`).
+  `pattern=`), `mask_rule` (how it treats masked inputs, `mask_constant=`: one of
+  `masking.MASK_RULES`, see `arch/masking.py`; None, the default, refuses them).
 * Errors are `ValueError`s that say what is wrong and the fix; `serial` and `parallel`
   prefix the layer's position (`serial(...) layer 3, FanInSum(): ...`).
 * Hyperparameters may be 0-dim torch tensors (`Dense`/`Conv` `W_std`, `b_std`): when one
@@ -193,6 +194,7 @@ class Layer(ABC, Generic[In, Out]):
     takes_sequences: bool = False
     takes_branches: bool = False
     takes_pattern: bool = False
+    mask_rule: str | None = None
     needs_all_pixel_pairs: bool = False
     quadrature_points: int = 1
 

@@ -57,6 +57,8 @@ class LayerNorm(Layer[KernelState, KernelState]):
     [1.0, 1.0, 1.0]
     """
 
+    mask_rule = "channels"
+
     def __init__(self, axis: int = -1, eps: float = 1e-12):
         if isinstance(axis, bool) or not isinstance(axis, int):
             raise ValueError(f"axis must be the channel axis (an int: -1 for vectors and "

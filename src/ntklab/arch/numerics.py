@@ -60,12 +60,12 @@ class _LeftRange(Exception):
 
 
 def out_of_range_message(net: "Serial", x1: torch.Tensor, x2: torch.Tensor | None, *,
-                         need_ntk: bool, full: bool, pattern=None) -> str | None:
+                         need_ntk: bool, full: bool, pattern=None, mask=None) -> str | None:
     """Recompute the block `x1`, `x2` layer by layer and describe the first layer whose output
     overflows (inf), is NaN, or has a variance that underflows (subnormal, or 0 where the
     layer's input variance was positive: every layer maps a positive variance to a positive
     one, W_std > 0); None when no layer does (zero variances of zero inputs are exact).
-    `pattern`: the block's graphs, as `Serial.inputs_map`."""
+    `pattern`, `mask`: the block's graphs and masked positions, as `Serial.inputs_map`."""
     largest: list[tuple[int, float]] = []   # (layer, largest variance of its output)
     positive: list[list[torch.Tensor]] = []  # which samples' variances are positive, per layer
 
@@ -87,7 +87,8 @@ def out_of_range_message(net: "Serial", x1: torch.Tensor, x2: torch.Tensor | Non
 
     try:
         with torch.no_grad():
-            net.inputs_map(x1, x2, need_ntk=need_ntk, full=full, after_layer=check, pattern=pattern)
+            net.inputs_map(x1, x2, need_ntk=need_ntk, full=full, after_layer=check, pattern=pattern,
+                           mask=mask)
     except _LeftRange as found:
         return _explain(net, found, largest, x1.dtype)
     return None

@@ -17,6 +17,7 @@ from .._core.validation import (as_inputs, check_result_fits, check_same_feature
 from .._core import transforms
 from .._core.tiling import TileFn, symmetrized, tiled_pairs
 from .layer import ArchitectureError, Layer
+from .masking import MaskingSequential, check_unmasked, first_refused, mask_value, masked_inputs, remasked
 from .numerics import in_float_range, out_of_range_message
 from .state import Kernel, KernelState
 
@@ -228,7 +229,19 @@ class Serial(Container):
                 check_branching(layer, in_shape)
                 module, in_shape = layer.build(in_shape, generator, dtype)
             modules.append(module)
-        return (PatternSequential if self.takes_pattern else nn.Sequential)(*modules), in_shape
+        if self.takes_pattern:
+            return PatternSequential(*modules), in_shape
+        return MaskingSequential(*modules, rules=[layer.mask_rule for layer in self.layers],
+                                 refusal=self.mask_refusal()), in_shape
+
+    def mask_refusal(self) -> str | None:
+        """Why this architecture cannot take masked inputs (`mask_constant=`, `arch.masking`),
+        naming the layer as `located` does; None when it can."""
+        refused = first_refused(self.layers)
+        if refused is None:
+            return None
+        i, reason = refused
+        return f"{self.name}(...) layer {i}, {self.layers[i].label}: {reason}"
 
     def module(self, in_shape: Sequence[int] | int, *, seed: int = 0, symmetric: bool = False,
                dtype: torch.dtype | None = None, device: str | torch.device | None = None
@@ -297,6 +310,8 @@ class Serial(Container):
             with located(self, i, layer):
                 check_branching(layer, k)
                 k = layer.kernel_map(k)
+                if isinstance(k, KernelState) and k.mask is not None:
+                    k = remasked(layer.mask_rule, k)
             if after_layer is not None:
                 after_layer(i, k)
         return k
@@ -304,10 +319,12 @@ class Serial(Container):
     def inputs_map(self, x1: torch.Tensor, x2: torch.Tensor | None, *, need_ntk: bool,
                    full: bool, fused: bool = False,
                    after_layer: Callable[[int, KernelState], None] | None = None,
-                   pattern: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> KernelState:
+                   pattern: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+                   mask: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> KernelState:
         """The output state of the whole architecture for inputs `x1`, `x2` (the first layer
         may compute its state from the inputs directly, `Layer.input_state`); `after_layer`
-        as in `kernel_map`; `pattern` the samples' graphs (`KernelState.pattern`)."""
+        as in `kernel_map`; `pattern` the samples' graphs (`KernelState.pattern`), `mask` their
+        masked positions (`KernelState.mask`, the inputs' masked entries already zeroed)."""
         with located(self, 0, self.layers[0]):
             state = self.layers[0].input_state(x1, x2, need_ntk=need_ntk, full=full)
         start = 0 if state is None else 1
@@ -315,7 +332,8 @@ class Serial(Container):
             state = KernelState.from_inputs(x1, x2, need_ntk=need_ntk, full=full)
         elif after_layer is not None:
             after_layer(0, state)
-        return self.kernel_map(state.replace(fused=fused, pattern=pattern), start=start, after_layer=after_layer)
+        return self.kernel_map(state.replace(fused=fused, pattern=pattern, mask=mask), start=start,
+                               after_layer=after_layer)
 
     def pair_entries(self, sample_shape: Sequence[int]) -> int:
         """Numbers held per pair of inputs by the largest layer state (for block sizes): images
@@ -345,7 +363,8 @@ class Serial(Container):
                block_size: int | None = None, max_memory: int | str | None = None,
                dtype: torch.dtype | None = None, device: str | torch.device | None = None,
                progress: bool | None = None, workers: int | None = None,
-               fused: bool = False, diagonal_spatial: bool = False, pattern=None) -> Kernel | torch.Tensor:
+               fused: bool = False, diagonal_spatial: bool = False, pattern=None,
+               mask_constant: float | None = None) -> Kernel | torch.Tensor:
         """NNGP and NTK of the infinitely wide network between the samples of `x1`
         and `x2` (`x2=None`: `x1` with itself, computed once per pair).  Samples are
         rows `[N, d]`, NCHW images `[N, C, H, W]` for convolutional architectures, or token
@@ -406,6 +425,12 @@ class Serial(Container):
         pattern : (tensor, tensor or None), optional
             The graphs of the samples of x1 and x2 for `Aggregate` layers (`p2=None` when `x2` is
             None), as neural-tangents' `kernel_fn(..., pattern=(p1, p2))`.
+        mask_constant : float, optional
+            The value of padded entries, as neural-tangents' `kernel_fn(..., mask_constant=c)`:
+            a token of `[N, T, C]` (pixel of `[N, C, H, W]`) whose channels all equal it is
+            masked, excluded from global pooling and attention (`ntklab.arch.masking`; the
+            finite network takes it too, `model(x, mask_constant=c)`).  Layers that cannot take
+            a mask are refused by name before any work.
 
         Returns
         -------
@@ -437,6 +462,8 @@ class Serial(Container):
             x2 = self._inputs(x2, "x2", dtype, x1.device, differentiable)
             check_same_features(x1, x2)
         patterns = check_patterns(pattern, x1, x2, self.takes_pattern)
+        if mask_constant is not None:
+            mask_constant = self._check_masking(mask_constant, x1, x2)
         check_result_fits((len(x1), len(x1 if x2 is None else x2)), len(names), dtype, x1.device,
                           "compute it tile by tile into a zarr store with "
                           "nk.kernels.compute_kernel(net, x1, x2, store='k.zarr') (or `ntklab "
@@ -446,7 +473,7 @@ class Serial(Container):
                                               differentiable or transformed)
         packing = None if patterns is None else Patterned(tuple(x1.shape[1:]), tuple(patterns[0].shape[1:]))
         maths = self._maths(names, diagonal_spatial, fused=bool(fused) and not (differentiable or transformed),
-                            packing=packing)
+                            packing=packing, mask_constant=mask_constant)
         if packing is not None and patterns is not None:   # each block of rows carries its graphs
             x1 = packing.pack(x1, patterns[0])
             x2 = None if x2 is None or patterns[1] is None else packing.pack(x2, patterns[1])
@@ -529,6 +556,18 @@ class Serial(Container):
                 f"{mixing} mixes positions: its map needs the covariance of every pair of "
                 f"positions; pass diagonal_spatial=False (the default), which computes them")
 
+    def _check_masking(self, mask_constant, x1: torch.Tensor, x2: torch.Tensor | None) -> float:
+        """`mask_constant` as a float, after refusing (before any work) an architecture with a
+        layer that cannot take masked inputs and samples whose positions are all masked."""
+        refusal = self.mask_refusal()
+        if refusal is not None:
+            raise ArchitectureError(refusal)
+        value = mask_value(mask_constant)
+        for x, name in ((x1, "x1"), (x2, "x2")):
+            if x is not None:
+                check_unmasked(masked_inputs(x, value)[1], name, value)
+        return value
+
     def _differentiable(self, x1, x2) -> bool:
         """Autograd is on and an input or a tensor hyperparameter requires grad."""
         return torch.is_grad_enabled() and any(
@@ -536,14 +575,15 @@ class Serial(Container):
             for t in (x1, x2, *self.hyperparameter_tensors()))
 
     def _maths(self, names: tuple[str, ...], diagonal_spatial: bool, fused: bool,
-               packing: Patterned | None = None) -> TileFn:
+               packing: Patterned | None = None, mask_constant: float | None = None) -> TileFn:
         """`maths(b1, b2, advance)`: the kernels `names` of one block of pairs (rows packed with
-        their graphs by `packing`, if given)."""
+        their graphs by `packing`, if given; positions masked by `mask_constant`, if given)."""
         def maths(b1: torch.Tensor, b2: torch.Tensor | None, advance: Callable[[], None]
                   ) -> dict[str, torch.Tensor]:
             blocks = self._block_kernels(b1, b2, advance, need_ntk="ntk" in names,
                                          full=self.needs_all_pixel_pairs, fused=fused,
-                                         diagonal_spatial=diagonal_spatial, packing=packing)
+                                         diagonal_spatial=diagonal_spatial, packing=packing,
+                                         mask_constant=mask_constant)
             return {name: blocks[name] for name in names}
         return maths
 
@@ -568,21 +608,27 @@ class Serial(Container):
 
     def _block_kernels(self, b1: torch.Tensor, b2: torch.Tensor | None, advance: Callable[[], None], *,
                        need_ntk: bool, full: bool, fused: bool, diagonal_spatial: bool = False,
-                       packing: Patterned | None = None) -> dict[str, torch.Tensor]:
+                       packing: Patterned | None = None, mask_constant: float | None = None
+                       ) -> dict[str, torch.Tensor]:
         """The maths of `kernel` for one block of pairs: the layers' recursions from the inputs
         `b1`, `b2` (`advance()` after each layer, for progress), checked to have stayed in the
         floating range and to end on vectors (or, with `diagonal_spatial`, on the same-position
         pairs of images or sequences); the NTK identically zero when no layer carried one.
-        With `packing`, each row also carries its sample's graph (`Patterned`)."""
-        pattern = None
+        With `packing`, each row also carries its sample's graph (`Patterned`); with
+        `mask_constant`, each row's masked positions are read from it (`masking.masked_inputs`)."""
+        pattern = mask = None
         if packing is not None:
             (b1, p1), (b2, p2) = packing.unpack(b1), (None, None) if b2 is None else packing.unpack(b2)
             pattern = (p1, p2)
+        if mask_constant is not None:
+            (b1, m1), (b2, m2) = (masked_inputs(b1, mask_constant),
+                                  (None, None) if b2 is None else masked_inputs(b2, mask_constant))
+            mask = (m1, m2)
         state = self.inputs_map(b1, b2, need_ntk=need_ntk, full=full, fused=fused,
-                                after_layer=lambda i, k: advance(), pattern=pattern)
+                                after_layer=lambda i, k: advance(), pattern=pattern, mask=mask)
         check_merged(state)
         problem = None if in_float_range(state) else out_of_range_message(
-            self, b1, b2, need_ntk=need_ntk, full=full, pattern=pattern)
+            self, b1, b2, need_ntk=need_ntk, full=full, pattern=pattern, mask=mask)
         if problem is not None:
             raise ArchitectureError(problem)
         if state.spatial and not diagonal_spatial:

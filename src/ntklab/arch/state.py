@@ -63,6 +63,9 @@ class KernelState:
         whose map holds only for infinitely many units (`Dropout`'s independent masks) refuses it.
       * `pattern`: the graphs given with the inputs (`net.kernel(..., pattern=(p1, p2))`), one
         per sample of the block (`p2` None when `symmetric`), for `Aggregate`; every layer keeps it.
+      * `mask`: the masked positions of the block's samples (`net.kernel(..., mask_constant=c)`),
+        `(m1, m2)` booleans `[N, *spatial]` (`m2` None when `symmetric`), until a global pooling
+        or Dense ends them; `Serial` applies them after each layer (`arch.masking`).
     The state is frozen: a layer returns a new one (`replace`).  Its tensors are not copied on
     the way: a layer consumes the tensors of the state it is given (in-place updates, to keep
     one block's memory bounded), so a caller that needs them afterwards `clone()`s first (as
@@ -86,6 +89,7 @@ class KernelState:
     positions_lost: str | None = None        # after FanInConcat: why `positions` is None (above)
     is_input: bool = False                   # no affine layer yet: finitely many features (above)
     pattern: tuple[torch.Tensor, torch.Tensor | None] | None = None   # graphs, for Aggregate (above)
+    mask: tuple[torch.Tensor, torch.Tensor | None] | None = None      # masked positions (above)
 
     def replace(self, **changes) -> "KernelState":
         """A copy with `changes`; a new `positions` clears `positions_lost` unless it is given."""
