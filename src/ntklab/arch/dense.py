@@ -157,7 +157,7 @@ class Dense(Affine):
         super().__init__(W_std, b_std, parameterization, trainable)
 
     def build(self, in_shape, generator, dtype):
-        if len(in_shape) == 3:
+        if len(in_shape) >= 3:
             raise ValueError(f"Dense acts on vectors (or on each token of a sequence) but gets "
                              f"images of shape {tuple(in_shape)}; add nk.Flatten() or "
                              f"nk.GlobalAvgPool() before it")
@@ -166,7 +166,7 @@ class Dense(Affine):
         return module.requires_grad_(self.trainable), (*in_shape[:-1], self.out)
 
     def kernel_map(self, k: KernelState) -> KernelState:
-        if len(k.spatial) == 2:
+        if len(k.spatial) >= 2:
             raise ValueError(f"Dense acts on vectors (or on each token of a sequence) but gets "
                              f"images of spatial shape {k.spatial}; add nk.Flatten() or "
                              f"nk.GlobalAvgPool() before it")

@@ -172,9 +172,10 @@ class ArchitectureError(ValueError):
 
 
 def channel_axis(shape: tuple[int, ...]) -> int:
-    """The channel axis of a batch whose samples have `shape`: 1 for NCHW images `(C, H, W)`,
+    """The channel axis of a batch whose samples have `shape`: 1 for NCHW images `(C, H, W)` and
+    volumes `(C, D, H, W)`,
     the last one for vectors `(d,)` and token sequences `(T, C)`."""
-    return 1 if len(shape) == 3 else -1
+    return 1 if len(shape) >= 3 else -1
 
 
 In = TypeVar("In")     # what a layer's kernel map takes: a KernelState, or a list (branches)

@@ -184,12 +184,12 @@ class Serial(Container):
         0.0
         """
         shape = (in_shape,) if isinstance(in_shape, int) else tuple(in_shape)
-        needed = 3 if self.takes_images else 2 if self.takes_sequences else None
-        if len(shape) not in (1, 2, 3) or (needed and len(shape) != needed):
-            kind = (" (this architecture takes images)" if self.takes_images else
+        needed = (3, 4) if self.takes_images else (2,) if self.takes_sequences else (1, 2, 3, 4)
+        if len(shape) not in needed:
+            kind = (" (this architecture takes images or volumes)" if self.takes_images else
                     " (this architecture takes token sequences)" if self.takes_sequences else "")
-            raise ValueError(f"in_shape must be (d,) for vectors, (T, C) for token sequences or "
-                             f"(C, H, W) for images{kind}, got {shape}")
+            raise ValueError(f"in_shape must be (d,) for vectors, (T, C) for token sequences, "
+                             f"(C, H, W) for images or (C, D, H, W) for volumes{kind}, got {shape}")
         shape = tuple(positive_int(s, "in_shape") for s in shape)
         if self.takes_images and shape[-1] in (1, 3, 4) and shape[0] > 4:
             raise ValueError(f"in_shape={shape} looks channels-last (H, W, C); ntklab takes images "
@@ -238,7 +238,7 @@ class Serial(Container):
         """Numbers held per pair of inputs by the largest layer state (for block sizes): images
         `(C, H, W)` have H W positions, token sequences `(T, C)` T, vectors one."""
         sample_shape = self.layers[0].input_state_shape(tuple(sample_shape)) or sample_shape
-        positions = (math.prod(sample_shape[1:]) if len(sample_shape) == 3 else
+        positions = (math.prod(sample_shape[1:]) if len(sample_shape) >= 3 else
                      sample_shape[0] if len(sample_shape) == 2 else 1)
         spatial = positions ** 2 if self.needs_all_pixel_pairs else positions
         return spatial * self.quadrature_points
@@ -377,7 +377,7 @@ class Serial(Container):
         if problem is not None:
             raise ArchitectureError(problem)
         if state.spatial:
-            kind = "images" if len(state.spatial) == 2 else "token sequences"
+            kind = {1: "token sequences", 2: "images", 3: "volumes"}[len(state.spatial)]
             raise ValueError(f"the architecture ends on {kind} of spatial shape "
                              f"{state.spatial}; end it with nk.Flatten() or "
                              f"nk.GlobalAvgPool() (and a Dense readout) to get a kernel matrix")
