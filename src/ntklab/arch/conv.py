@@ -67,12 +67,15 @@ def filter_sum(t: torch.Tensor, filter_shape: Sequence[int], padding: str, full:
 
 class ConvModule(nn.Module):
     """Finite-width convolution in the NTK or standard parameterization, in 1, 2 or 3 spatial
-    dimensions (`len(filter_shape)`), on ntklab's layouts (`arch.spatial`)."""
+    dimensions (`len(filter_shape)`), on ntklab's layouts (`arch.spatial`); `weight_shape` and
+    `bias_shape` (default `[C_out, C_in, *filter_shape]`, `[C_out]`) for the variants that hold
+    other parameters (`conv_variants`)."""
 
     def __init__(self, in_channels: int, out_channels: int, filter_shape: tuple[int, ...],
                  padding: str, W_std: float, b_std: float | None, parameterization: str,
                  generator: torch.Generator, dtype: torch.dtype,
-                 strides: tuple[int, ...] = (1, 1), weight_shape: tuple[int, ...] | None = None):
+                 strides: tuple[int, ...] = (1, 1), weight_shape: tuple[int, ...] | None = None,
+                 bias_shape: tuple[int, ...] | None = None):
         super().__init__()
         self.filter_shape, self.padding, self.strides = filter_shape, padding, strides
         self.W_std, self.b_std, self.parameterization = W_std, b_std, parameterization
@@ -80,7 +83,8 @@ class ConvModule(nn.Module):
         self.fan_in = in_channels * math.prod(filter_shape)
         shape = (out_channels, in_channels, *filter_shape) if weight_shape is None else weight_shape
         weight = torch.randn(shape, generator=generator, dtype=dtype)
-        bias = None if b_std is None else torch.randn(out_channels, generator=generator, dtype=dtype)
+        bias = None if b_std is None else torch.randn(bias_shape or (out_channels,), generator=generator,
+                                                      dtype=dtype)
         if parameterization == "standard":
             weight *= W_std / math.sqrt(self.fan_in)
             if bias is not None and b_std is not None:
