@@ -127,8 +127,9 @@ def mc_distances(net, wrong, x, n_samples, get="ntk"):
 H = dict(W_std=1.4, b_std=0.1)
 
 
-def wide(*layers, readout=nk.Flatten()):
-    return nk.serial(*layers, readout, nk.Dense(1))
+def wide(*layers, readout=None):
+    """The layers read out by `readout` (default Flatten) and Dense(1)."""
+    return nk.serial(*layers, readout or nk.Flatten(), nk.Dense(1))
 
 
 MONTE_CARLO = {
@@ -225,11 +226,12 @@ def test_a_sequence_is_an_image_of_height_one():
 def test_conv_local_with_flatten_readout_is_the_cnn_kernel():
     """Novak et al. (2019), sec. 5.1: without pooling, weight sharing does not change the kernel."""
     for strides in ((1, 1), (2, 1)):
-        net = lambda layer: nk.serial(layer(8, (3, 2), strides, "SAME", **H), nk.Relu(),  # noqa: E731
+        net = lambda layer, strides=strides: nk.serial(layer(8, (3, 2), strides, "SAME", **H), nk.Relu(),  # noqa: E731
                                       layer(8, (2, 2), padding="CIRCULAR"), nk.Relu(), nk.Flatten(), nk.Dense(1))
         torch.testing.assert_close(net(nk.ConvLocal).kernel(IMG).ntk, net(nk.Conv).kernel(IMG).ntk,
                                    rtol=1e-14, atol=0)
-        pooled = lambda layer: nk.serial(layer(8, (3, 2), strides, "SAME", **H), nk.Relu(),  # noqa: E731
+        pooled = lambda layer, strides=strides: nk.serial(layer(8, (3, 2), strides, "SAME", **H),  # noqa: E731
+                                                          nk.Relu(),
                                          nk.GlobalAvgPool(), nk.Dense(1))
         assert not torch.allclose(pooled(nk.ConvLocal).kernel(IMG).ntk, pooled(nk.Conv).kernel(IMG).ntk)
 

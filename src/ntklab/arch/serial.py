@@ -194,7 +194,7 @@ class Serial(Container):
         if self.takes_images and shape[-1] in (1, 3, 4) and shape[0] > 4:
             raise ValueError(f"in_shape={shape} looks channels-last (H, W, C); ntklab takes images "
                              f"as (C, H, W) (NCHW batches, torch's layout): pass "
-                             f"in_shape=({shape[2]}, {shape[0]}, {shape[1]})")
+                             f"in_shape={(shape[-1], *shape[:-1])}")
         if dtype is None:
             dtype = torch.get_default_dtype()
         elif not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
