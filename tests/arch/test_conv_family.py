@@ -271,3 +271,21 @@ def test_bad_shapes_are_refused_at_construction_and_at_the_module():
     volumes = nk.serial(nk.Conv(4, (2, 2, 2))).module((2, 3, 4, 3))
     with pytest.raises(ValueError, match=r"NCDHW volumes \[N, 2, D, H, W\].*permute\(0, 4, 1, 2, 3\)"):
         volumes(torch.randn(3, 3, 4, 3, 2))
+
+
+def test_block_sizes_count_the_positions_of_upsampled_states():
+    """`pair_entries` (numbers per pair that block sizes budget for) bounds every layer's state,
+    measured during the recursion, also when ConvTranspose multiplies the positions; tight for
+    SAME (n stride positions per axis)."""
+    for net, x in ((nk.serial(nk.ConvTranspose(4, (3, 3), strides=(2, 3), padding="SAME"), nk.Relu(),
+                              nk.GlobalAvgPool(), nk.Dense(1)), IMG),
+                   (nk.serial(nk.Conv(4, (2,)), nk.ConvTranspose(4, (4,), strides=(2,), padding="VALID"),
+                              nk.Relu(), nk.Flatten(), nk.Dense(1)), SEQ)):
+        largest = []
+        net.inputs_map(x, None, need_ntk=True, full=net.needs_all_pixel_pairs,
+                       after_layer=lambda i, k: largest.append(k.nngp[0, 0].numel()))
+        assert max(largest) <= net.pair_entries(tuple(x.shape[1:])), (max(largest), net.pair_entries(x.shape[1:]))
+    assert max(largest) > 1 and net.pair_entries(tuple(x.shape[1:])) < 3 * max(largest)
+    same = nk.serial(nk.ConvTranspose(4, (3, 3), strides=(2, 3), padding="SAME"), nk.GlobalAvgPool())
+    assert same.pair_entries((2, 5, 4)) == (5 * 2 * 4 * 3) ** 2
+

@@ -79,7 +79,7 @@ class ConvModule(nn.Module):
         super().__init__()
         self.filter_shape, self.padding, self.strides = filter_shape, padding, strides
         self.W_std, self.b_std, self.parameterization = W_std, b_std, parameterization
-        self.in_channels, self.dims = in_channels, len(filter_shape)
+        self.in_channels, self.out_channels, self.dims = in_channels, out_channels, len(filter_shape)
         self.fan_in = in_channels * math.prod(filter_shape)
         shape = (out_channels, in_channels, *filter_shape) if weight_shape is None else weight_shape
         weight = torch.randn(shape, generator=generator, dtype=dtype)
@@ -125,7 +125,7 @@ class ConvModule(nn.Module):
         return channels_first(out, self.dims)
 
     def extra_repr(self) -> str:
-        return (f"{self.weight.shape[1]} -> {self.weight.shape[0]}, filter={self.filter_shape}, "
+        return (f"{self.in_channels} -> {self.out_channels}, filter={self.filter_shape}, "
                 f"strides={self.strides}, padding={self.padding!r}, W_std={self.W_std}, b_std={self.b_std}, "
                 f"parameterization={self.parameterization!r}")
 

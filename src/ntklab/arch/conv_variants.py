@@ -98,6 +98,12 @@ class ConvTranspose(Conv):
     torch.Size([1, 16, 8, 8])
     """
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # n stride (+ max(filter - stride, 0) <= n (filter - stride) for VALID) positions per axis
+        self.position_growth = math.prod(max(f, s) if self.padding == "VALID" else s
+                                         for f, s in zip(self.filter_shape, self.strides, strict=True))
+
     def output_spatial(self, spatial: Sequence[int]) -> tuple[int, ...]:
         return tuple(transpose_output_size(n, f, s, self.padding)
                      for n, f, s in zip(spatial, self.filter_shape, self.strides, strict=True))

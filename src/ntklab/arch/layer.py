@@ -25,9 +25,11 @@ What a layer may assume and must guarantee
   (an affine map) sets `fresh=True`; one that combines units without fresh weights would
   have to clear it.
 * It declares what it needs as class attributes, read by `serial` (never probed):
-  `takes_images` (inputs must be NCHW images), `needs_all_pixel_pairs` (the recursion
+  `takes_images` (inputs must be NCHW images or NCDHW volumes), `needs_all_pixel_pairs` (the recursion
   needs the covariance of every pixel pair, e.g. GlobalAvgPool), `quadrature_points`
-  (the map holds this many numbers per pair at once, for block sizes), `takes_sequences`
+  (the map holds this many numbers per pair at once, for block sizes), `position_growth`
+  (its output has at most this many times its input's positions, e.g. ConvTranspose's
+  upsampling, for block sizes), `takes_sequences`
   (inputs must be token sequences `[N, T, C]`), `takes_branches` (the layer consumes a
   list of states, one per branch, as produced by `FanOut`).
 * Errors are `ValueError`s that say what is wrong and the fix; `serial` and `parallel`
@@ -193,6 +195,7 @@ class Layer(ABC, Generic[In, Out]):
     takes_branches: bool = False
     needs_all_pixel_pairs: bool = False
     quadrature_points: int = 1
+    position_growth: int = 1   # at most this many times the input's positions in the output
 
     def __new__(cls, *args, **kwargs):
         self = super().__new__(cls)

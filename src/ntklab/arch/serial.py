@@ -106,6 +106,7 @@ class Container(Layer[Any, Any]):
         self.takes_sequences = any(layer.takes_sequences for layer in self.layers)
         self.needs_all_pixel_pairs = any(layer.needs_all_pixel_pairs for layer in self.layers)
         self.quadrature_points = max(layer.quadrature_points for layer in self.layers)
+        self.position_growth = math.prod(layer.position_growth for layer in self.layers)
 
     def __repr__(self):
         return f"{self.name}(" + ", ".join(map(repr, self.layers)) + ")"
@@ -240,6 +241,7 @@ class Serial(Container):
         sample_shape = self.layers[0].input_state_shape(tuple(sample_shape)) or sample_shape
         positions = (math.prod(sample_shape[1:]) if len(sample_shape) >= 3 else
                      sample_shape[0] if len(sample_shape) == 2 else 1)
+        positions *= self.position_growth   # upsampling layers (ConvTranspose) hold more
         spatial = positions ** 2 if self.needs_all_pixel_pairs else positions
         return spatial * self.quadrature_points
 
