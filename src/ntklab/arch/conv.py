@@ -179,6 +179,11 @@ class Conv(Affine):
         super().__init__(W_std, b_std, parameterization, trainable)
         self.terms = math.prod(self.filter_shape)
         self.takes_images, self.takes_sequences = self.dims >= 2, self.dims == 1   # the inputs' layout
+        self.position_growth = self.growth()
+
+    def growth(self) -> int:
+        """`Layer.position_growth`: a convolution never has more output positions than inputs."""
+        return 1
 
     def _check_channels(self, channels: int, shape: tuple) -> None:
         if self.in_channels is not None and channels != self.in_channels:

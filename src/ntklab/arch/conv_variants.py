@@ -17,6 +17,7 @@ a diagonal position covariance (neural-tangents' `_conv_kernel_full_spatial_unsh
 """
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Sequence
 
@@ -26,7 +27,7 @@ from torch import nn
 from .conv import CONVOLUTIONS, Conv, ConvModule, same_position_pairs
 from .spatial import channels_first, pad_spatial
 from .state import KernelState
-from .windows import dilate, fold, transpose_output_size, transpose_padding, transposed_window_sum
+from .windows import dilate, fold, strided, transpose_output_size, transpose_padding, transposed_window_sum
 
 
 class ConvTransposeModule(ConvModule):
@@ -66,15 +67,26 @@ class ConvLocalModule(ConvModule):
                                        in_channels * math.prod(filter_shape)),
                          bias_shape=(out_channels, *out_spatial))
 
+    def patches(self, h: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+        """`[N, C |filter|, P]`, the input patch of every output position (channel-major, then
+        the filter offsets in row-major order), from strided slices (vmap-friendly, unlike
+        `Tensor.unfold`, for the empirical NTK's per-sample Jacobians), and the output's spatial shape."""
+        h = pad_spatial(channels_first(h, self.dims), self.filter_shape, self.strides, self.padding)
+        out_spatial = [(n - k) // s + 1 for n, k, s in zip(h.shape[2:], self.filter_shape, self.strides,
+                                                           strict=True)]
+        shifted = []
+        for offset in itertools.product(*map(range, self.filter_shape)):
+            window = h
+            for axis, (start, count, stride) in enumerate(zip(offset, out_spatial, self.strides, strict=True), 2):
+                window = strided(window, axis, start, count, stride)
+            shifted.append(window)
+        return torch.stack(shifted, 2).flatten(1, 2).flatten(2), out_spatial
+
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         self.check_input(h)
-        h = pad_spatial(channels_first(h, self.dims), self.filter_shape, self.strides, self.padding)
-        for i, (size, stride) in enumerate(zip(self.filter_shape, self.strides, strict=True)):
-            h = h.unfold(2 + i, size, stride)          # [N, C, *out_spatial, *filter_shape]
-        n, out_spatial = len(h), h.shape[2:2 + self.dims]
-        patches = h.movedim(1, 1 + self.dims).reshape(n, math.prod(out_spatial), -1)
-        out = torch.einsum("npf,pof->nop", patches, self.weight_scale * self.weight)
-        out = out.reshape(n, -1, *out_spatial)
+        patches, out_spatial = self.patches(h)
+        out = torch.einsum("nfp,pof->nop", patches, self.weight_scale * self.weight)
+        out = out.reshape(len(h), -1, *out_spatial)
         if self.bias is not None:
             out = out + self.bias_scale * self.bias
         return channels_first(out, self.dims)
@@ -98,11 +110,10 @@ class ConvTranspose(Conv):
     torch.Size([1, 16, 8, 8])
     """
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        # n stride (+ max(filter - stride, 0) <= n (filter - stride) for VALID) positions per axis
-        self.position_growth = math.prod(max(f, s) if self.padding == "VALID" else s
-                                         for f, s in zip(self.filter_shape, self.strides, strict=True))
+    def growth(self) -> int:
+        """Per axis n stride positions, + max(filter - stride, 0) <= n max(filter - stride, 0)
+        for VALID: at most the output of one position, n times."""
+        return math.prod(self.output_spatial((1,) * self.dims))
 
     def output_spatial(self, spatial: Sequence[int]) -> tuple[int, ...]:
         return tuple(transpose_output_size(n, f, s, self.padding)

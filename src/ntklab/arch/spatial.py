@@ -48,8 +48,8 @@ def split_sample(shape: Sequence[int]) -> tuple[int, tuple[int, ...]]:
 def check_layout(layer, spatial: Sequence[int], dims: int) -> None:
     """Refuse a representation that is not `dims`-dimensional (`layer` acts on those only)."""
     if len(spatial) != dims:
-        raise ValueError(f"{layer!r} acts on {LAYOUTS[dims]} (its shape tuples have {dims} "
-                         f"entries) but gets {describe(spatial)}; give it one entry per spatial "
+        raise ValueError(f"{layer!r} acts on {LAYOUTS[dims]} ({dims}-D: the length of its filter or "
+                         f"window shape) but gets {describe(spatial)}; give it one entry per spatial "
                          f"dimension of its inputs, or move it before the Flatten/GlobalAvgPool readout")
 
 

@@ -41,7 +41,7 @@ def _wrap(t: torch.Tensor, axis: int, low: int, high: int) -> torch.Tensor:
     return torch.cat(parts, axis) if len(parts) > 1 else t
 
 
-def _strided(t: torch.Tensor, axis: int, start: int, count: int, stride: int) -> torch.Tensor:
+def strided(t: torch.Tensor, axis: int, start: int, count: int, stride: int) -> torch.Tensor:
     """`count` entries of `axis` from `start` every `stride` (a view)."""
     index = [slice(None)] * t.ndim
     index[axis] = slice(start, start + (count - 1) * stride + 1, stride)
@@ -73,7 +73,7 @@ def window_sum(t: torch.Tensor, axes: Sequence[int], size: int, stride: int = 1,
             continue
         source = t
         for axis in axes:
-            source = _strided(source, axis, first * stride + shift, stop - first, stride)
+            source = strided(source, axis, first * stride + shift, stop - first, stride)
         if out is None:
             out = source.clone(memory_format=torch.contiguous_format)
             continue
@@ -124,7 +124,7 @@ def dilate(t: torch.Tensor, axis: int, stride: int, low: int, high: int) -> torc
     shape = list(t.shape)
     shape[axis] = (n - 1) * stride + 1 + low + high
     out = t.new_zeros(shape)
-    _strided(out, axis, low, n, stride).copy_(t)
+    strided(out, axis, low, n, stride).copy_(t)
     return out
 
 
