@@ -208,6 +208,8 @@ def test_every_layer_of_the_grammar_round_trips_through_its_repr():
     """One instance of every parseable layer, with non-default arguments, and the combinators."""
     examples = [nk.Dense(3, W_std=1.2, b_std=0.1, parameterization="standard", trainable=False),
                 nk.Conv(4, (2, 3), strides=(2, 1), padding="CIRCULAR", W_std=1.1, in_channels=3),
+                nk.ConvTranspose(4, (2,), strides=(3,), padding="SAME", W_std=1.1),
+                nk.ConvLocal(4, (2, 2, 1), padding="CIRCULAR", b_std=0.2),
                 nk.Flatten(), nk.GlobalAvgPool(), nk.GlobalSumPool(),
                 nk.AvgPool((3, 3), strides=(2, 2), padding="SAME", normalize_edges=True),
                 nk.SumPool((2, 2), padding="SAME"), nk.FanOut(3), nk.FanInSum(), nk.FanInConcat(axis=-1),

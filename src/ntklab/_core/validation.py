@@ -88,26 +88,30 @@ def as_matrix(x: Any, name: str, *, dtype: torch.dtype = DEFAULT_DTYPE,
 
 def as_images(x: Any, name: str, *, dtype: torch.dtype = DEFAULT_DTYPE,
               device: str | torch.device | None = None) -> torch.Tensor:
-    """Convert `x` to a finite image batch `[N, C, H, W]` (NCHW, torch's layout)."""
+    """Convert `x` to a finite image batch `[N, C, H, W]` (NCHW, torch's layout) or volume batch
+    `[N, C, D, H, W]`."""
     t = as_tensor(x, name, dtype=dtype, device=device)
-    if t.ndim != 4:
+    if t.ndim not in (4, 5):
         hint = (f"; a single image is {name}[None]" if t.ndim == 3 else
                 "; reshape flat pixels with x.reshape(N, C, H, W)" if t.ndim == 2 else "")
-        raise ValueError(f"{name} must be a batch of images [N, C, H, W] (NCHW), got a "
+        raise ValueError(f"{name} must be a batch of images [N, C, H, W] (NCHW) or volumes "
+                         f"[N, C, D, H, W], got a "
                          f"{t.ndim}-D array of shape {tuple(t.shape)}{hint}")
     if t.shape[-1] in (1, 3, 4) and t.shape[1] > 4:
-        raise ValueError(f"{name} of shape {tuple(t.shape)} looks channels-last (NHWC, "
-                         f"{t.shape[-1]} channels); ntklab takes NCHW images: pass "
-                         f"{name}.transpose(0, 3, 1, 2) (numpy) or {name}.permute(0, 3, 1, 2)")
+        last, first, axes = (("NHWC", "NCHW images", "0, 3, 1, 2") if t.ndim == 4 else
+                             ("NDHWC", "NCDHW volumes", "0, 4, 1, 2, 3"))
+        raise ValueError(f"{name} of shape {tuple(t.shape)} looks channels-last ({last}, "
+                         f"{t.shape[-1]} channels); ntklab takes {first}: pass "
+                         f"{name}.transpose({axes}) (numpy) or {name}.permute({axes})")
     return t
 
 
 def as_inputs(x: Any, name: str, *, images: bool, sequences: bool = False,
               dtype: torch.dtype = DEFAULT_DTYPE, device: str | torch.device | None = None
               ) -> torch.Tensor:
-    """Images `[N, C, H, W]` when `images` or `x` is 4-D, token sequences `[N, T, C]` when
-    `sequences` or `x` is 3-D, else a matrix `[N, d]`."""
-    if images or np.ndim(x) == 4:
+    """Images `[N, C, H, W]` or volumes `[N, C, D, H, W]` when `images` or `x` is 4-D or 5-D, token
+    sequences `[N, T, C]` when `sequences` or `x` is 3-D, else a matrix `[N, d]`."""
+    if images or np.ndim(x) in (4, 5):
         return as_images(x, name, dtype=dtype, device=device)
     if sequences or np.ndim(x) == 3:
         return as_sequences(x, name, dtype=dtype, device=device)

@@ -12,6 +12,7 @@ from .branching import Parallel as Parallel
 from .closed_form import (Cos, Exp, ExpNormalized, Gaussian, Hermite, Monomial, Polynomial,
                           RectifiedMonomial, Rbf, Sin, Gabor)
 from .conv import Conv, Flatten, GlobalAvgPool, GlobalSumPool
+from .conv_variants import ConvLocal, ConvTranspose
 from .dense import Affine, Dense
 from .dropout import Dropout
 from .dot_general import DotGeneral
@@ -25,7 +26,7 @@ from .serial import Serial as Serial, SymmetricModule, serial
 from .state import Kernel as Kernel, KernelState
 
 LAYERS: dict[str, type[Layer]] = {cls.__name__: cls for cls in (
-    Dense, Conv, Flatten, GlobalAvgPool, GlobalSumPool, AvgPool, SumPool,
+    Dense, Conv, ConvTranspose, ConvLocal, Flatten, GlobalAvgPool, GlobalSumPool, AvgPool, SumPool,
     FanOut, FanInSum, FanInConcat, FanInProd, Identity, LayerNorm, GlobalSelfAttention,
     DotGeneral, Aggregate,
     Relu, LeakyRelu, ABRelu, Abs, Erf, Sigmoid_like, Sign, Gelu, Tanh, Sigmoid,

@@ -202,7 +202,7 @@ def parallel(*layers: Layer) -> Parallel:
 def _sample_channel_axis(shape: tuple[int, ...]) -> int:
     """The channel axis of one sample's shape (no batch axis): 0 for images `(C, H, W)`, the
     last one for vectors `(d,)` and token sequences `(T, C)`."""
-    return channel_axis(shape) - 1 if len(shape) == 3 else len(shape) - 1
+    return channel_axis(shape) - 1 if len(shape) >= 3 else len(shape) - 1
 
 
 def _at_each_position(k: KernelState, like: KernelState) -> KernelState:

@@ -1,19 +1,22 @@
-"""Convolutional layers and readouts on NCHW images, and their infinite-width maps.
+"""Convolutional layers and readouts on sequences, images and volumes, and their
+infinite-width maps.
 
-Finite network (neural-tangents' `stax.Conv`, NTK parameterization):
-    z_c(i) = (W_std / sqrt(C kh kw)) sum_{c', d} W_{c c' d} h_{c'}(i + d) + b_std b_c,  W, b ~ N(0, 1),
+Finite network (neural-tangents' `stax.Conv`, NTK parameterization), in 1, 2 or 3 spatial
+dimensions (the length of `filter_shape`; layouts in `arch.spatial`):
+    z_c(i) = (W_std / sqrt(C |filter|)) sum_{c', d} W_{c c' d} h_{c'}(s i + d - low) + b_std b_c,
+    W, b ~ N(0, 1),
 with the sum over the filter offsets `d`; "SAME" pads with zeros (low side (k-1)//2, as
-lax and torch), "VALID" does not pad.
+lax and torch), "VALID" does not pad, "CIRCULAR" wraps around (`arch.windows`).
 
 Kernel (Novak et al. 2019; Arora et al. 2019, eq. 7-8): with K(x, x')[i, j] the covariance
-of one channel at pixel i of x and pixel j of x', a convolution sums the filter's shifts
-applied to *both* pixel indices,
-    K'[i, j] = (W_std^2 / (kh kw)) sum_d K[i + d, j + d] + b_std^2,
-and the NTK follows `Affine`.  Only same-pixel pairs K[i, i] are needed when the readout is
+of one channel at position i of x and position j of x', a convolution sums the filter's shifts
+applied to *both* position indices,
+    K'[i, j] = (W_std^2 / |filter|) sum_d K[s i + d, s j + d] + b_std^2,
+and the NTK follows `Affine`.  Only same-position pairs K[i, i] are needed when the readout is
 `Flatten` (`K_out = mean_i K[i, i]`, neural-tangents' normalisation, matching a Dense on
-the C*H*W flattened features); `GlobalAvgPool` needs every pixel pair
-(`K_out = mean_{i, j} K[i, j]`), so the whole `[HW x HW]` covariance is carried for each
-pair of images (see `KernelState`).
+the flattened features); `GlobalAvgPool` needs every position pair
+(`K_out = mean_{i, j} K[i, j]`), so the whole `[P x P]` covariance is carried for each
+pair of inputs (see `KernelState`).
 """
 from __future__ import annotations
 
@@ -27,18 +30,33 @@ import torch.nn.functional as F
 from .._core.validation import one_of, positive_int
 from .dense import Affine
 from .layer import Layer
-from .state import KernelState
-from .windows import PADDINGS, output_size, padding_for, window_sum
+from .spatial import (NOUNS, channels_first, check_layout, check_window_fits, pad_spatial,
+                      spatial_tuple, split_sample)
+from .state import KernelState, sample_shape
+from .windows import PADDINGS, padding_for, window_sum
+
+CONVOLUTIONS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+def layout_hint(dims: int, channels: int | str = "C") -> str:
+    """The layout a `dims`-dimensional window layer takes and how to convert the other one."""
+    if dims == 1:
+        return (f"token sequences [N, L, {channels}] (channels last, as ntklab's sequences and "
+                f"neural-tangents); for channels-first [N, C, L] arrays use x.transpose(1, 2)")
+    name, axes = ("NCHW images [N, {}, H, W]", "0, 3, 1, 2") if dims == 2 else \
+        ("NCDHW volumes [N, {}, D, H, W]", "0, 4, 1, 2, 3")
+    return (f"{name.format(channels)} (channels second, torch's layout); for channels-last "
+            f"arrays use x.permute({axes})")
 
 
 def filter_sum(t: torch.Tensor, filter_shape: Sequence[int], padding: str, full: bool,
                strides: Sequence[int] | None = None) -> torch.Tensor:
-    """`sum_d t[..., s i + d - low, s j + d - low]` over the filter offsets, per spatial dimension
+    """`sum_d t[..., s i + d - low, ...]` over the filter offsets, per spatial dimension
     (`windows.window_sum`).
 
-    `t` is `[..., H, W]` (same-pixel pairs) or `[..., H, W, H, W]` (`full`: all pixel
-    pairs; each offset shifts both pixel indices).  The sum is separable: height
-    offsets first, then width offsets."""
+    `t` is `[..., *spatial]` (same-position pairs) or `[..., *spatial, *spatial]` (`full`: all
+    position pairs; each offset shifts both position indices).  The sum is separable: the
+    first dimension's offsets first, then the next one's."""
     n_spatial = len(filter_shape)
     strides = (1,) * n_spatial if strides is None else strides
     for dim, (size, stride) in enumerate(zip(filter_shape, strides, strict=True)):
@@ -47,30 +65,26 @@ def filter_sum(t: torch.Tensor, filter_shape: Sequence[int], padding: str, full:
     return t
 
 
-def pad_images(h: torch.Tensor, window: Sequence[int], strides: Sequence[int],
-               padding: str) -> torch.Tensor:
-    """Pad NCHW images as `windows.padding_for` says: zeros (SAME), wrapped (CIRCULAR), none (VALID)."""
-    if padding == "VALID":
-        return h
-    (top, bottom, _), (left, right, _) = (padding_for(n, k, s, padding) for n, k, s in
-                                          zip(h.shape[2:], window, strides, strict=True))
-    return F.pad(h, (left, right, top, bottom), mode="circular" if padding == "CIRCULAR" else "constant")
-
-
 class ConvModule(nn.Module):
-    """Finite-width 2-D convolution in the NTK or standard parameterization (NCHW)."""
+    """Finite-width convolution in the NTK or standard parameterization, in 1, 2 or 3 spatial
+    dimensions (`len(filter_shape)`), on ntklab's layouts (`arch.spatial`); `weight_shape` and
+    `bias_shape` (default `[C_out, C_in, *filter_shape]`, `[C_out]`) for the variants that hold
+    other parameters (`conv_variants`)."""
 
-    def __init__(self, in_channels: int, out_channels: int, filter_shape: tuple[int, int],
+    def __init__(self, in_channels: int, out_channels: int, filter_shape: tuple[int, ...],
                  padding: str, W_std: float, b_std: float | None, parameterization: str,
                  generator: torch.Generator, dtype: torch.dtype,
-                 strides: tuple[int, int] = (1, 1)):
+                 strides: tuple[int, ...] = (1, 1), weight_shape: tuple[int, ...] | None = None,
+                 bias_shape: tuple[int, ...] | None = None):
         super().__init__()
         self.filter_shape, self.padding, self.strides = filter_shape, padding, strides
         self.W_std, self.b_std, self.parameterization = W_std, b_std, parameterization
+        self.in_channels, self.out_channels, self.dims = in_channels, out_channels, len(filter_shape)
         self.fan_in = in_channels * math.prod(filter_shape)
-        weight = torch.randn(out_channels, in_channels, *filter_shape, generator=generator,
-                             dtype=dtype)
-        bias = None if b_std is None else torch.randn(out_channels, generator=generator, dtype=dtype)
+        shape = (out_channels, in_channels, *filter_shape) if weight_shape is None else weight_shape
+        weight = torch.randn(shape, generator=generator, dtype=dtype)
+        bias = None if b_std is None else torch.randn(bias_shape or (out_channels,), generator=generator,
+                                                      dtype=dtype)
         if parameterization == "standard":
             weight *= W_std / math.sqrt(self.fan_in)
             if bias is not None and b_std is not None:
@@ -90,64 +104,39 @@ class ConvModule(nn.Module):
     @property
     def pads(self) -> tuple[int, int, int, int] | None:
         """Zero padding (left, right, top, bottom) in `F.pad` order when it does not depend on
-        the image size (stride 1, SAME or VALID), else None."""
-        if self.strides != (1, 1) or self.padding == "CIRCULAR":
+        the image size (2-D, stride 1, SAME or VALID), else None."""
+        if self.dims != 2 or self.strides != (1, 1) or self.padding == "CIRCULAR":
             return None
         (top, bottom, _), (left, right, _) = (padding_for(k, k, 1, self.padding)
                                               for k in self.filter_shape)
         return (left, right, top, bottom)
 
+    def check_input(self, h: torch.Tensor) -> None:
+        """Refuse inputs that are not this layer's layout (`arch.spatial`) with its channels."""
+        if h.ndim != self.dims + 2 or h.shape[1 if self.dims >= 2 else 2] != self.in_channels:
+            raise ValueError(f"this convolution takes {layout_hint(self.dims, self.in_channels)}, got "
+                             f"shape {tuple(h.shape)}")
+
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        if h.ndim != 4 or h.shape[1] != self.weight.shape[1]:
-            raise ValueError(f"this convolution takes NCHW images [N, {self.weight.shape[1]}, H, W] "
-                             f"(channels second, torch's layout), got shape {tuple(h.shape)}; for "
-                             f"channels-last arrays use x.permute(0, 3, 1, 2)")
+        self.check_input(h)
         bias = None if self.bias is None else self.bias_scale * self.bias
-        h = pad_images(h, self.filter_shape, self.strides, self.padding)
-        return F.conv2d(h, self.weight_scale * self.weight, bias, stride=self.strides)
+        h = pad_spatial(channels_first(h, self.dims), self.filter_shape, self.strides, self.padding)
+        out = CONVOLUTIONS[self.dims](h, self.weight_scale * self.weight, bias, stride=self.strides)
+        return channels_first(out, self.dims)
 
     def extra_repr(self) -> str:
-        return (f"{self.weight.shape[1]} -> {self.weight.shape[0]}, filter={self.filter_shape}, "
+        return (f"{self.in_channels} -> {self.out_channels}, filter={self.filter_shape}, "
                 f"strides={self.strides}, padding={self.padding!r}, W_std={self.W_std}, b_std={self.b_std}, "
                 f"parameterization={self.parameterization!r}")
-
-
-def image_state(k: KernelState, layer: Layer) -> None:
-    """Refuse a state that is not an image's (`layer` acts on images only)."""
-    if len(k.spatial) != 2:
-        raise ValueError(f"{layer!r} acts on images [N, C, H, W] but gets vectors; pass image "
-                         f"batches (NCHW) and put convolutions before Flatten/GlobalAvgPool")
-
-
-def pair_tuple(value, name: str, default: tuple[int, int] | None = None) -> tuple[int, int]:
-    """A (height, width) pair of positive integers (`filter_shape`, `strides`, `window_shape`)."""
-    if value is None and default is not None:
-        return default
-    shape = tuple(value) if isinstance(value, (tuple, list)) else ()
-    if len(shape) != 2:
-        raise ValueError(f"{name} must be a pair (height, width) of positive integers, got {value!r}")
-    return positive_int(shape[0], name), positive_int(shape[1], name)
-
-
-def check_window_fits(layer: Layer, window: Sequence[int], strides: Sequence[int], padding: str,
-                      spatial: Sequence[int]) -> tuple[int, ...]:
-    """The output spatial shape of a window layer, or a ValueError naming the layer and the fix."""
-    if padding == "VALID" and any(f > s for f, s in zip(window, spatial, strict=True)):
-        raise ValueError(f"{layer!r}: window {tuple(window)} is larger than the {tuple(spatial)} "
-                         f"images reaching it with padding='VALID'; use padding='SAME', a smaller "
-                         f"window, or fewer VALID/strided layers before it")
-    if padding == "CIRCULAR" and any(max(padding_for(n, f, s, padding)[:2]) > n
-                                     for n, f, s in zip(spatial, window, strides, strict=True)):
-        raise ValueError(f"{layer!r}: circular padding of {tuple(spatial)} images by a window "
-                         f"{tuple(window)} wraps more than once; use a smaller window")
-    return tuple(output_size(n, f, s, padding) for n, f, s in zip(spatial, window, strides, strict=True))
 
 
 class Conv(Affine):
     """`Conv(out_chan, filter_shape=(3, 3), strides=None, padding="VALID", W_std=1.0, b_std=None,
     parameterization="ntk", trainable=True, in_channels=None)`: neural-tangents' `stax.Conv`
-    on NCHW images; `strides=None` is (1, 1); padding "SAME", "VALID" or "CIRCULAR" (as lax,
-    see `ntklab.arch.windows`).
+    in 1, 2 or 3 spatial dimensions (the length of `filter_shape`): token sequences `[N, L, C]`
+    (channels last, as ntklab's attention and neural-tangents), NCHW images `[N, C, H, W]`,
+    NCDHW volumes `[N, C, D, H, W]`; `strides=None` is all ones; padding "SAME", "VALID" or
+    "CIRCULAR" (as lax, see `ntklab.arch.windows`).
 
     `in_channels` (optional, not in neural-tangents): the channels this layer expects;
     given, both the kernel and the finite module refuse inputs with other channels, which
@@ -157,10 +146,10 @@ class Conv(Affine):
     ----------
     out_chan : int
         Output channels.
-    filter_shape : (int, int)
-        Filter height and width.
-    strides : (int, int), optional
-        Default (1, 1).
+    filter_shape : tuple of 1 to 3 ints
+        `(L,)`, `(H, W)` or `(D, H, W)`: one entry per spatial dimension.
+    strides : tuple of ints, optional
+        Default all ones.
     padding : {"VALID", "SAME", "CIRCULAR"}
     W_std, b_std, parameterization, trainable
         As for `Dense`.
@@ -172,54 +161,73 @@ class Conv(Affine):
     >>> images = torch.randn(4, 3, 8, 8, dtype=torch.float64)            # NCHW
     >>> cnn.kernel(images, get="ntk").shape, cnn.module((3, 8, 8))(images.float()).shape
     (torch.Size([4, 4]), torch.Size([4, 1]))
+    >>> sequences = torch.randn(4, 10, 3, dtype=torch.float64)           # [N, L, C]
+    >>> nk.serial(nk.Conv(32, (3,)), nk.Relu(), nk.GlobalAvgPool(), nk.Dense(1)).kernel(sequences).ntk.shape
+    torch.Size([4, 4])
     """
-
-    takes_images = True
 
     def __init__(self, out_chan: int, filter_shape: Sequence[int] = (3, 3),
                  strides: Sequence[int] | None = None, padding: str = "VALID",
                  W_std: float = 1.0, b_std: float | None = None, parameterization: str = "ntk",
                  trainable: bool = True, in_channels: int | None = None):
-        self.out = positive_int(out_chan, "out_chan (channels of Conv)")
+        self.out = positive_int(out_chan, f"out_chan (channels of {type(self).__name__})")
         self.in_channels = None if in_channels is None else positive_int(in_channels, "in_channels")
-        self.filter_shape = pair_tuple(filter_shape, "filter_shape")
-        self.strides = pair_tuple(strides, "strides", default=(1, 1))
+        self.filter_shape = spatial_tuple(filter_shape, "filter_shape")
+        self.dims = len(self.filter_shape)
+        self.strides = spatial_tuple(strides, "strides", self.dims)
         self.padding = one_of(str(padding).upper(), "padding", PADDINGS)
         super().__init__(W_std, b_std, parameterization, trainable)
         self.terms = math.prod(self.filter_shape)
+        self.takes_images, self.takes_sequences = self.dims >= 2, self.dims == 1   # the inputs' layout
+        self.position_growth = self.growth()
+
+    def growth(self) -> int:
+        """`Layer.position_growth`: a convolution never has more output positions than inputs."""
+        return 1
 
     def _check_channels(self, channels: int, shape: tuple) -> None:
         if self.in_channels is not None and channels != self.in_channels:
-            raise ValueError(f"{self!r} takes images with {self.in_channels} channels, got "
-                             f"{channels} (shape {shape}); images are NCHW, channels second "
-                             f"(torch's layout): for channels-last arrays use x.permute(0, 3, 1, 2)")
+            raise ValueError(f"{self!r} takes {NOUNS[self.dims]} with {self.in_channels} channels, got "
+                             f"{channels} (shape {shape}); it takes {layout_hint(self.dims)}")
+
+    def check_sample(self, in_shape: Sequence[int]) -> tuple[int, tuple[int, ...]]:
+        """`(channels, spatial)` of one input sample of the finite network, checked."""
+        channels, spatial = split_sample(in_shape)
+        check_layout(self, spatial, self.dims)
+        self._check_channels(channels, tuple(in_shape))
+        return channels, spatial
+
+    def output_spatial(self, spatial: Sequence[int]) -> tuple[int, ...]:
+        """The output's spatial shape for inputs of spatial shape `spatial` (or a ValueError)."""
+        return check_window_fits(self, self.filter_shape, self.strides, self.padding, spatial)
+
+    def finite_module(self, channels: int, spatial: tuple[int, ...], generator, dtype) -> nn.Module:
+        """The finite layer for inputs of `channels` and spatial shape `spatial`."""
+        return ConvModule(channels, self.out, self.filter_shape, self.padding, *self.finite_stds(),
+                          self.parameterization, generator, dtype, self.strides)
 
     def build(self, in_shape, generator, dtype):
-        if len(in_shape) != 3:
-            raise ValueError(f"{self!r} needs image inputs (C, H, W), got shape {tuple(in_shape)}")
-        self._check_channels(in_shape[0], tuple(in_shape))
-        spatial = check_window_fits(self, self.filter_shape, self.strides, self.padding, in_shape[1:])
-        module = ConvModule(in_shape[0], self.out, self.filter_shape, self.padding,
-                            *self.finite_stds(), self.parameterization, generator, dtype, self.strides)
-        return module.requires_grad_(self.trainable), (self.out, *spatial)
+        channels, spatial = self.check_sample(in_shape)
+        out_spatial = self.output_spatial(spatial)
+        module = self.finite_module(channels, spatial, generator, dtype)
+        return module.requires_grad_(self.trainable), sample_shape(self.out, out_spatial)
 
     def sum_inputs(self, t, k):
         return filter_sum(t, self.filter_shape, self.padding, k.full, self.strides)
 
     def kernel_map(self, k: KernelState) -> KernelState:
-        image_state(k, self)
-        self._check_channels(k.width, (k.width, *k.spatial))
-        check_window_fits(self, self.filter_shape, self.strides, self.padding, k.spatial)
+        check_layout(self, k.spatial, self.dims)
+        self._check_channels(k.width, k.sample_shape)
+        self.output_spatial(k.spatial)
         return super().kernel_map(k)
 
     def output_state(self, k: KernelState) -> KernelState:
-        return k.replace(width=self.out, spatial=tuple(k.var1.shape[1:3]))
+        return k.replace(width=self.out, spatial=tuple(k.var1.shape[1:1 + self.dims]))
 
     def input_state_shape(self, sample_shape):
-        if len(sample_shape) != 3 or self.strides == (1, 1):
+        if len(sample_shape) != 3 or self.dims != 2 or self.strides == (1, 1):
             return None
-        return (self.out, *check_window_fits(self, self.filter_shape, self.strides, self.padding,
-                                              sample_shape[1:]))
+        return (self.out, *self.output_spatial(sample_shape[1:]))
 
     def input_state(self, x1: torch.Tensor, x2: torch.Tensor | None, *, need_ntk: bool,
                     full: bool) -> KernelState | None:
@@ -229,7 +237,7 @@ class Conv(Affine):
         so the state is the input state of the patches (`KernelState.from_inputs` divides by
         their length C kh kw) through this layer's affine map with one term.  One GEMM over
         the patches replaces the input's all-position products and the filter's shifted sums;
-        used for strided convolutions, whose input state would be stride^4 times larger than
+        used for strided 2-D convolutions, whose input state would be stride^4 times larger than
         their output (3.5x faster on 16x16 RGB images at stride 2; at stride 1 the unfused path
         measured 6-25% faster, benchmarks/bench_architectures.py)."""
         shape = self.input_state_shape(tuple(x1.shape[1:]))
@@ -239,7 +247,7 @@ class Conv(Affine):
         self._check_channels(channels, tuple(x1.shape[1:]))
 
         def patches(x: torch.Tensor) -> torch.Tensor:
-            padded = pad_images(x, self.filter_shape, self.strides, self.padding)
+            padded = pad_spatial(x, self.filter_shape, self.strides, self.padding)
             unfolded = F.unfold(padded, self.filter_shape, stride=self.strides)
             return unfolded.reshape(len(x), channels * self.terms, *out_spatial)
 
@@ -283,8 +291,8 @@ class FlattenModule(nn.Module):
 
 
 class GlobalAvgPoolModule(nn.Module):
-    """Mean (or sum, `total`) over the positions of NCHW images
-    (`dims` (2, 3)) or of token sequences `[N, T, C]` (`dims` (1,))."""
+    """Mean (or sum, `total`) over the positions of NCHW images (`dims` (2, 3)), NCDHW volumes
+    (`dims` (2, 3, 4)) or token sequences `[N, T, C]` (`dims` (1,))."""
 
     def __init__(self, dims: tuple[int, ...], total: bool = False):
         super().__init__()
@@ -298,7 +306,8 @@ class GlobalAvgPoolModule(nn.Module):
 
 
 class Flatten(Layer[KernelState, KernelState]):
-    """`Flatten()`: [N, C, H, W] -> [N, C*H*W] (the "vanilla" readout, CNN-V / CNTK-V).
+    """`Flatten()`: [N, C, H, W] -> [N, C*H*W] (the "vanilla" readout, CNN-V / CNTK-V); as well
+    sequences [N, L, C] -> [N, L*C] and volumes [N, C, D, H, W] -> [N, C*D*H*W].
 
     Kernel: `K_out = mean_i K[i, i]` over same-pixel pairs (neural-tangents divides by
     H*W; Arora et al. sum, a constant factor that kernel regression does not see).  The
@@ -327,7 +336,8 @@ class Flatten(Layer[KernelState, KernelState]):
 
 class GlobalAvgPool(Layer[KernelState, KernelState]):
     """`GlobalAvgPool()`: NCHW images [N, C, H, W] -> [N, C], the mean over pixels (CNN-GAP /
-    CNTK-GAP); token sequences [N, T, C] -> [N, C], the mean over tokens.
+    CNTK-GAP); token sequences [N, T, C] -> [N, C], the mean over tokens; volumes
+    [N, C, D, H, W] -> [N, C], the mean over voxels.
 
     Kernel: `K_out = mean_{i, j} K[i, j]` over all position pairs, which needs the full
     `[P x P]` covariance of every pair of inputs through all the layers before it.
@@ -346,16 +356,17 @@ class GlobalAvgPool(Layer[KernelState, KernelState]):
     mask_rule = "mean"
 
     def build(self, in_shape, generator, dtype):
-        if len(in_shape) == 1:
-            raise ValueError(f"{self!r} pools images (C, H, W) or token sequences (T, C), got "
-                             f"vectors of shape {tuple(in_shape)}; remove it or move it before "
-                             f"the Flatten/readout")
-        dims, channels = ((2, 3), in_shape[0]) if len(in_shape) == 3 else ((1,), in_shape[-1])
+        channels, spatial = split_sample(in_shape)
+        if not spatial:
+            raise ValueError(f"{self!r} pools sequences (L, C), images (C, H, W) or volumes "
+                             f"(C, D, H, W), got vectors of shape {tuple(in_shape)}; remove it or "
+                             f"move it before the Flatten/readout")
+        dims = (1,) if len(spatial) == 1 else tuple(range(2, 2 + len(spatial)))
         return GlobalAvgPoolModule(dims, self.total), (channels,)
 
     def kernel_map(self, k: KernelState) -> KernelState:
         if not k.spatial:
-            raise ValueError(f"{self!r} pools images or token sequences but gets vectors; "
+            raise ValueError(f"{self!r} pools sequences, images or volumes but gets vectors; "
                              f"remove it or move it before the Flatten/readout")
         if not k.full:
             raise ValueError(f"{self!r} needs the covariance of all position pairs: compute the "

@@ -25,9 +25,11 @@ What a layer may assume and must guarantee
   (an affine map) sets `fresh=True`; one that combines units without fresh weights would
   have to clear it.
 * It declares what it needs as class attributes, read by `serial` (never probed):
-  `takes_images` (inputs must be NCHW images), `needs_all_pixel_pairs` (the recursion
+  `takes_images` (inputs must be NCHW images or NCDHW volumes), `needs_all_pixel_pairs` (the recursion
   needs the covariance of every pixel pair, e.g. GlobalAvgPool), `quadrature_points`
-  (the map holds this many numbers per pair at once, for block sizes), `takes_sequences`
+  (the map holds this many numbers per pair at once, for block sizes), `position_growth`
+  (its output has at most this many times its input's positions, e.g. ConvTranspose's
+  upsampling, for block sizes), `takes_sequences`
   (inputs must be token sequences `[N, T, C]`), `takes_branches` (the layer consumes a
   list of states, one per branch, as produced by `FanOut`), `takes_pattern` (the layer reads
   the graphs given with the inputs, `KernelState.pattern`, and its module's forward takes
@@ -175,9 +177,10 @@ class ArchitectureError(ValueError):
 
 
 def channel_axis(shape: tuple[int, ...]) -> int:
-    """The channel axis of a batch whose samples have `shape`: 1 for NCHW images `(C, H, W)`,
+    """The channel axis of a batch whose samples have `shape`: 1 for NCHW images `(C, H, W)` and
+    volumes `(C, D, H, W)`,
     the last one for vectors `(d,)` and token sequences `(T, C)`."""
-    return 1 if len(shape) == 3 else -1
+    return 1 if len(shape) >= 3 else -1
 
 
 In = TypeVar("In")     # what a layer's kernel map takes: a KernelState, or a list (branches)
@@ -197,6 +200,7 @@ class Layer(ABC, Generic[In, Out]):
     mask_rule: str | None = None
     needs_all_pixel_pairs: bool = False
     quadrature_points: int = 1
+    position_growth: int = 1   # at most this many times the input's positions in the output
 
     def __new__(cls, *args, **kwargs):
         self = super().__new__(cls)

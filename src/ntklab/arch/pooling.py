@@ -1,5 +1,6 @@
-"""Local pooling of NCHW images: `AvgPool` and `SumPool` (neural-tangents' `stax.AvgPool`,
-`stax.SumPool`), and their infinite-width maps.
+"""Local pooling of sequences, images and volumes: `AvgPool` and `SumPool` (neural-tangents'
+`stax.AvgPool`, `stax.SumPool`) in 1, 2 or 3 spatial dimensions (the length of `window_shape`;
+layouts in `arch.spatial`), and their infinite-width maps.
 
 Finite layer: `z(i) = c(i) sum_{d in window} h(s i + d - low)` per channel, with `c(i)` =
 1 (SumPool), 1/|window| (AvgPool), or 1/(number of non-padding taps) (AvgPool with
@@ -7,7 +8,7 @@ Finite layer: `z(i) = c(i) sum_{d in window} h(s i + d - low)` per channel, with
 
 Kernel: pooling has no weights, so unlike a convolution every pair of taps correlates,
     K'[i, j] = c(i) c(j) sum_{d, e} K[s i + d - low, s j + e - low],
-a window sum over each pixel index separately.  It needs the covariance of all pixel
+a window sum over each position index separately.  It needs the covariance of all position
 pairs (`needs_all_pixel_pairs`), and the state shrinks with the stride.  Pooling is linear:
 Gaussian inputs stay Gaussian, and the NTK transforms the same way (no parameters).
 """
@@ -21,30 +22,35 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._core.validation import one_of
-from .conv import image_state, check_window_fits, pad_images, pair_tuple
 from .layer import Layer
-from .state import KernelState
+from .spatial import channels_first, check_layout, check_window_fits, pad_spatial, spatial_tuple, split_sample
+from .state import KernelState, sample_shape
 from .windows import PADDINGS, window_counts, window_sum
+
+AVERAGES = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
 
 
 class PoolModule(nn.Module):
-    """Finite-width average / sum pooling of NCHW images."""
+    """Finite-width average / sum pooling in 1, 2 or 3 spatial dimensions (ntklab's layouts)."""
 
-    def __init__(self, window: tuple[int, int], strides: tuple[int, int], padding: str,
+    def __init__(self, window: tuple[int, ...], strides: tuple[int, ...], padding: str,
                  kind: str, normalize_edges: bool):
         super().__init__()
         self.window, self.strides, self.padding = window, strides, padding
         self.kind, self.normalize_edges = kind, normalize_edges
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        padded = pad_images(h, self.window, self.strides, self.padding)
-        out = F.avg_pool2d(padded, self.window, self.strides)  # zeros counted: 1/|window|
+        dims = len(self.window)
+        h = channels_first(h, dims)
+        average = AVERAGES[dims]
+        padded = pad_spatial(h, self.window, self.strides, self.padding)
+        out = average(padded, self.window, self.strides)  # zeros counted: 1/|window|
         if self.kind == "sum":
-            return out * math.prod(self.window)
-        if self.normalize_edges and self.padding == "SAME":
-            ones = pad_images(torch.ones_like(h[:1, :1]), self.window, self.strides, self.padding)
-            out = out / F.avg_pool2d(ones, self.window, self.strides)
-        return out
+            out = out * math.prod(self.window)
+        elif self.normalize_edges and self.padding == "SAME":
+            ones = pad_spatial(torch.ones_like(h[:1, :1]), self.window, self.strides, self.padding)
+            out = out / average(ones, self.window, self.strides)
+        return channels_first(out, dims)
 
     def extra_repr(self) -> str:
         return (f"{self.kind}, window={self.window}, strides={self.strides}, "
@@ -52,28 +58,28 @@ class PoolModule(nn.Module):
 
 
 class _Pool(Layer[KernelState, KernelState]):
-    takes_images = True
     needs_all_pixel_pairs = True
     kind = "avg"
 
     def __init__(self, window_shape: Sequence[int], strides: Sequence[int] | None = None,
                  padding: str = "VALID", normalize_edges: bool = False):
-        self.window_shape = pair_tuple(window_shape, "window_shape")
-        self.strides = pair_tuple(strides, "strides", default=(1, 1))
+        self.window_shape = spatial_tuple(window_shape, "window_shape")
+        self.dims = len(self.window_shape)
+        self.strides = spatial_tuple(strides, "strides", self.dims)
         self.padding = one_of(str(padding).upper(), "padding", PADDINGS)
         self.normalize_edges = bool(normalize_edges)
+        self.takes_images, self.takes_sequences = self.dims >= 2, self.dims == 1   # the inputs' layout
 
     def build(self, in_shape, generator, dtype):
-        if len(in_shape) != 3:
-            raise ValueError(f"{self!r} pools NCHW images (C, H, W), got inputs of shape "
-                             f"{tuple(in_shape)}; use it between convolutions, before the readout")
-        spatial = check_window_fits(self, self.window_shape, self.strides, self.padding, in_shape[1:])
+        channels, spatial = split_sample(in_shape)
+        check_layout(self, spatial, self.dims)
+        out = check_window_fits(self, self.window_shape, self.strides, self.padding, spatial)
         module = PoolModule(self.window_shape, self.strides, self.padding, self.kind,
                             self.normalize_edges)
-        return module, (in_shape[0], *spatial)
+        return module, sample_shape(channels, out)
 
     def _pool(self, t: torch.Tensor, spatial: Sequence[int]) -> torch.Tensor:
-        """Pool both position indices of a pixel-pair tensor `t` `[..., H, W, H, W]`."""
+        """Pool both position indices of a position-pair tensor `t` `[..., *spatial, *spatial]`."""
         n_spatial = len(spatial)
         for dim, (n, size, stride) in enumerate(zip(spatial, self.window_shape, self.strides, strict=True)):
             for axis in (dim - 2 * n_spatial, dim - n_spatial):
@@ -88,9 +94,9 @@ class _Pool(Layer[KernelState, KernelState]):
         return t
 
     def kernel_map(self, k: KernelState) -> KernelState:
-        image_state(k, self)
+        check_layout(self, k.spatial, self.dims)
         if not k.full:
-            raise ValueError(f"{self!r} needs the covariance of all pixel pairs: compute the "
+            raise ValueError(f"{self!r} needs the covariance of all position pairs: compute the "
                              f"kernel through nk.serial(...).kernel, which tracks them")
         spatial = check_window_fits(self, self.window_shape, self.strides, self.padding, k.spatial)
         pool = lambda t: self._pool(t, k.spatial)  # noqa: E731
@@ -101,15 +107,16 @@ class _Pool(Layer[KernelState, KernelState]):
 
 class AvgPool(_Pool):
     """`AvgPool(window_shape, strides=None, padding="VALID", normalize_edges=False)`: the mean
-    over each window (neural-tangents' `stax.AvgPool`; `strides=None` is (1, 1), as there).
-    `normalize_edges=False` counts SAME padding's zeros (divides by the window size); True
-    divides by the number of real pixels in the window.
+    over each window (neural-tangents' `stax.AvgPool`; `strides=None` is all ones, as there),
+    in 1, 2 or 3 spatial dimensions (the length of `window_shape`: sequences `[N, L, C]`, NCHW
+    images, NCDHW volumes).  `normalize_edges=False` counts SAME padding's zeros (divides by
+    the window size); True divides by the number of real positions in the window.
 
     Parameters
     ----------
-    window_shape : (int, int)
-    strides : (int, int), optional
-        Default: the window shape.
+    window_shape : tuple of 1 to 3 ints
+    strides : tuple of ints, optional
+        Default: all ones.
     padding : {"VALID", "SAME", "CIRCULAR"}
     normalize_edges : bool
         With "SAME": divide by the number of pixels inside the image (True) or by the window size.
@@ -125,13 +132,14 @@ class AvgPool(_Pool):
 
 
 class SumPool(_Pool):
-    """`SumPool(window_shape, strides=None, padding="VALID")`: the sum over each window.
+    """`SumPool(window_shape, strides=None, padding="VALID")`: the sum over each window, in 1, 2
+    or 3 spatial dimensions (as `AvgPool`).
 
     Parameters
     ----------
-    window_shape : (int, int)
-    strides : (int, int), optional
-        Default: the window shape.
+    window_shape : tuple of 1 to 3 ints
+    strides : tuple of ints, optional
+        Default: all ones.
     padding : {"VALID", "SAME", "CIRCULAR"}
 
     Examples

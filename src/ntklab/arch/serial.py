@@ -189,6 +189,7 @@ class Container(Layer[Any, Any]):
         self.takes_pattern = any(layer.takes_pattern for layer in self.layers)
         self.needs_all_pixel_pairs = any(layer.needs_all_pixel_pairs for layer in self.layers)
         self.quadrature_points = max(layer.quadrature_points for layer in self.layers)
+        self.position_growth = math.prod(layer.position_growth for layer in self.layers)
 
     def __repr__(self):
         return f"{self.name}(" + ", ".join(map(repr, self.layers)) + ")"
@@ -279,17 +280,17 @@ class Serial(Container):
         0.0
         """
         shape = (in_shape,) if isinstance(in_shape, int) else tuple(in_shape)
-        needed = 3 if self.takes_images else 2 if self.takes_sequences else None
-        if len(shape) not in (1, 2, 3) or (needed and len(shape) != needed):
-            kind = (" (this architecture takes images)" if self.takes_images else
+        needed = (3, 4) if self.takes_images else (2,) if self.takes_sequences else (1, 2, 3, 4)
+        if len(shape) not in needed:
+            kind = (" (this architecture takes images or volumes)" if self.takes_images else
                     " (this architecture takes token sequences)" if self.takes_sequences else "")
-            raise ValueError(f"in_shape must be (d,) for vectors, (T, C) for token sequences or "
-                             f"(C, H, W) for images{kind}, got {shape}")
+            raise ValueError(f"in_shape must be (d,) for vectors, (T, C) for token sequences, "
+                             f"(C, H, W) for images or (C, D, H, W) for volumes{kind}, got {shape}")
         shape = tuple(positive_int(s, "in_shape") for s in shape)
         if self.takes_images and shape[-1] in (1, 3, 4) and shape[0] > 4:
             raise ValueError(f"in_shape={shape} looks channels-last (H, W, C); ntklab takes images "
                              f"as (C, H, W) (NCHW batches, torch's layout): pass "
-                             f"in_shape=({shape[2]}, {shape[0]}, {shape[1]})")
+                             f"in_shape={(shape[-1], *shape[:-1])}")
         if dtype is None:
             dtype = torch.get_default_dtype()
         elif not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
@@ -339,8 +340,9 @@ class Serial(Container):
         """Numbers held per pair of inputs by the largest layer state (for block sizes): images
         `(C, H, W)` have H W positions, token sequences `(T, C)` T, vectors one."""
         sample_shape = self.layers[0].input_state_shape(tuple(sample_shape)) or sample_shape
-        positions = (math.prod(sample_shape[1:]) if len(sample_shape) == 3 else
+        positions = (math.prod(sample_shape[1:]) if len(sample_shape) >= 3 else
                      sample_shape[0] if len(sample_shape) == 2 else 1)
+        positions *= self.position_growth   # upsampling layers (ConvTranspose) hold more
         spatial = positions ** 2 if self.needs_all_pixel_pairs else positions
         return spatial * self.quadrature_points
 
@@ -632,7 +634,7 @@ class Serial(Container):
         if problem is not None:
             raise ArchitectureError(problem)
         if state.spatial and not diagonal_spatial:
-            kind = "images" if len(state.spatial) == 2 else "token sequences"
+            kind = {1: "token sequences", 2: "images", 3: "volumes"}[len(state.spatial)]
             same = "" if self.needs_all_pixel_pairs else (
                 f", or pass diagonal_spatial=True for each position's kernel [N1, N2, "
                 f"{', '.join(map(str, state.spatial))}]")

@@ -21,8 +21,8 @@ import torch
 class KernelState:
     """Kernel of a block of input pairs at one point of the architecture.
 
-    Layouts (N1, N2 samples; `spatial` = (H, W) for images, (T,) for token sequences
-    `[N, T, C]`, () for vectors):
+    Layouts (N1, N2 samples; `spatial` = (H, W) for images, (D, H, W) for volumes, (T,) for
+    token sequences `[N, T, C]`, () for vectors; images shown, the others alike):
       * vectors:            nngp/ntk [N1, N2],               var1 [N1]
       * images, diagonal:   nngp/ntk [N1, N2, H, W],         var1 [N1, H, W]
         (same-position pixel pairs only: enough when the readout is `Flatten`)
@@ -130,9 +130,8 @@ class KernelState:
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
-        """One sample's shape in the finite network's layout: `(C, H, W)` for images,
-        `(T, C)` for token sequences, `(d,)` for vectors (C, d: the width)."""
-        return (self.width, *self.spatial) if len(self.spatial) == 2 else (*self.spatial, self.width)
+        """One sample's shape in the finite network's layout (`sample_shape`)."""
+        return sample_shape(self.width, self.spatial)
 
     def clone(self) -> "KernelState":
         """An independent copy (for a branch: layers consume their input state)."""
@@ -183,6 +182,13 @@ class KernelState:
         """The two variances of each pair in a self-covariance `cov` ([N, *pairs])."""
         marginal = self.marginal(cov)
         return self._as_position(marginal, 0), self._as_position(marginal, 1)
+
+
+def sample_shape(width: int, spatial: tuple[int, ...]) -> tuple[int, ...]:
+    """One sample's shape in the finite network's layout: `(d,)` for vectors, `(T, C)` for token
+    sequences (channels last), `(C, H, W)` for images and `(C, D, H, W)` for volumes (channels
+    first, torch's layout); C, d: the width."""
+    return (width, *spatial) if len(spatial) >= 2 else (*spatial, width)
 
 
 def merged_freshness(ks: list[KernelState]) -> dict:

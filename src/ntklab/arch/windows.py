@@ -41,7 +41,7 @@ def _wrap(t: torch.Tensor, axis: int, low: int, high: int) -> torch.Tensor:
     return torch.cat(parts, axis) if len(parts) > 1 else t
 
 
-def _strided(t: torch.Tensor, axis: int, start: int, count: int, stride: int) -> torch.Tensor:
+def strided(t: torch.Tensor, axis: int, start: int, count: int, stride: int) -> torch.Tensor:
     """`count` entries of `axis` from `start` every `stride` (a view)."""
     index = [slice(None)] * t.ndim
     index[axis] = slice(start, start + (count - 1) * stride + 1, stride)
@@ -73,7 +73,7 @@ def window_sum(t: torch.Tensor, axes: Sequence[int], size: int, stride: int = 1,
             continue
         source = t
         for axis in axes:
-            source = _strided(source, axis, first * stride + shift, stop - first, stride)
+            source = strided(source, axis, first * stride + shift, stop - first, stride)
         if out is None:
             out = source.clone(memory_format=torch.contiguous_format)
             continue
@@ -96,3 +96,62 @@ def window_counts(n_in: int, size: int, stride: int, padding: str) -> torch.Tens
         return torch.full((n_out,), float(size), dtype=torch.float64)
     starts = torch.arange(n_out, dtype=torch.float64) * stride - low
     return (starts + size).clamp(max=n_in) - starts.clamp(min=0)
+
+
+def transpose_padding(size: int, stride: int, padding: str) -> tuple[int, int]:
+    """`(low, high)` zeros around the stride-dilated input of a transposed convolution, as
+    `lax.conv_transpose` (jax's `_conv_transpose_padding`); CIRCULAR pads as VALID and then
+    folds (`fold`), as neural-tangents."""
+    if padding == "SAME":
+        total = size + stride - 2
+        low = size - 1 if stride > size - 1 else -(-total // 2)
+    else:
+        total = size + stride - 2 + max(size - stride, 0)
+        low = size - 1
+    return low, total - low
+
+
+def transpose_output_size(n_in: int, size: int, stride: int, padding: str) -> int:
+    """Positions of a transposed convolution's output along one axis: `n_in * stride` (SAME,
+    CIRCULAR), `n_in * stride + max(size - stride, 0)` (VALID)."""
+    return n_in * stride + (max(size - stride, 0) if padding == "VALID" else 0)
+
+
+def dilate(t: torch.Tensor, axis: int, stride: int, low: int, high: int) -> torch.Tensor:
+    """`t` along `axis` with `stride - 1` zeros between entries, `low` zeros before and `high` after."""
+    axis %= t.ndim
+    n = t.shape[axis]
+    shape = list(t.shape)
+    shape[axis] = (n - 1) * stride + 1 + low + high
+    out = t.new_zeros(shape)
+    strided(out, axis, low, n, stride).copy_(t)
+    return out
+
+
+def fold(t: torch.Tensor, axis: int, n_out: int) -> torch.Tensor:
+    """Circular folding of `axis` onto `n_out` positions, centred as neural-tangents'
+    `_same_pad_for_filter_shape_transpose`: `out[o] = sum_m t[m]` over `m = o + start (mod
+    n_out)`, `start = (len - n_out) // 2`."""
+    axis %= t.ndim
+    n = t.shape[axis]
+    index = (torch.arange(n, device=t.device) - (n - n_out) // 2) % n_out
+    shape = list(t.shape)
+    shape[axis] = n_out
+    return t.new_zeros(shape).index_add_(axis, index, t)
+
+
+def transposed_window_sum(t: torch.Tensor, axes: Sequence[int], size: int, stride: int,
+                          padding: str) -> torch.Tensor:
+    """The window sum of a transposed convolution, the index shifted jointly on `axes` as in
+    `window_sum`: `out[o] = sum_d u[o + d]` with `u` the input dilated by `stride` and padded
+    (`transpose_padding`), i.e. input `i` reaches outputs `o = i stride + low - d`; CIRCULAR
+    folds the VALID result onto `n_in * stride` positions on each axis (`fold`)."""
+    n_in = t.shape[axes[0]]
+    low, high = transpose_padding(size, stride, "VALID" if padding == "CIRCULAR" else padding)
+    for axis in axes:
+        t = dilate(t, axis, stride, low, high)
+    t = window_sum(t, axes, size)
+    if padding == "CIRCULAR":
+        for axis in axes:
+            t = fold(t, axis, n_in * stride)
+    return t
