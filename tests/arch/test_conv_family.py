@@ -238,6 +238,22 @@ def test_conv_local_with_flatten_readout_is_the_cnn_kernel():
 
 # -- refusals -----------------------------------------------------------------------------------
 
+def test_dense_on_volumes_acts_on_each_voxel():
+    """Dense on NCDHW volumes is a 1x1x1 convolution (kernel to 0 and the same finite outputs from the same
+    seed); a network ending on volumes is refused by kernel with the fix (Flatten, pooling or
+    diagonal_spatial)."""
+    dense = nk.serial(nk.Conv(4, (2, 2, 2)), nk.Relu(), nk.Dense(3, W_std=1.3, b_std=0.2), nk.Relu(), nk.Flatten(),
+                      nk.Dense(1))
+    conv = nk.serial(nk.Conv(4, (2, 2, 2)), nk.Relu(), nk.Conv(3, (1, 1, 1), W_std=1.3, b_std=0.2), nk.Relu(),
+                     nk.Flatten(), nk.Dense(1))
+    torch.testing.assert_close(dense.kernel(VOL).ntk, conv.kernel(VOL).ntk, rtol=1e-14, atol=0)
+    shape = tuple(VOL.shape[1:])
+    torch.testing.assert_close(dense.module(shape, seed=1, dtype=VOL.dtype)(VOL),
+                               conv.module(shape, seed=1, dtype=VOL.dtype)(VOL), rtol=1e-13, atol=1e-13)
+    with pytest.raises(ValueError, match=r"ends on volumes of spatial shape .*end it with nk.Flatten\(\)"):
+        nk.serial(nk.Conv(4, (2, 2, 2)), nk.Relu(), nk.Dense(1)).kernel(VOL)
+
+
 @pytest.mark.parametrize("net, x, match", [
     (lambda: nk.serial(nk.Conv(4, (3, 3)), nk.Relu(), nk.Flatten(), nk.Dense(1)), VOL,
      r"layer 0, Conv\(4\) acts on images \[N, C, H, W\].*gets volumes"),
@@ -247,8 +263,6 @@ def test_conv_local_with_flatten_readout_is_the_cnn_kernel():
      r"layer 2, ConvTranspose\(4, filter_shape=\(2,\)\) acts on token sequences.*gets vectors"),
     (lambda: nk.serial(nk.ConvLocal(4, (4, 3, 3)), nk.Flatten(), nk.Dense(1)), VOL,
      r"layer 0, ConvLocal.*window \(4, 3, 3\) is larger than the \(3, 4, 3\) volumes"),
-    (lambda: nk.serial(nk.Conv(4, (2, 2, 2)), nk.Relu(), nk.Dense(1)), VOL,
-     r"layer 2, Dense\(1\): Dense acts on vectors"),
 ])
 def test_bad_combinations_are_refused_naming_the_layer(net, x, match):
     """Both the kernel and the finite module refuse, before any work."""
