@@ -354,7 +354,7 @@ REGRESSOR_ATTRIBUTES = ATTRIBUTES + """
     solver_ : str
         The solver of the fit.  With "nystrom", `X_fit_`, `sample_weight_` and `dual_coef_` are those of the
         centers; with "features", `features_` (the feature map) and `coef_` [D, outputs] replace them
-        (f(x) = features_(x) coef_).
+        (`f(x) = features_(x) coef_`).
     n_iter_, relative_residual_ : int, ndarray [outputs]
         CG's iterations and its final relative residual ("cg"; "features": the residual of the normal
         equations)."""
