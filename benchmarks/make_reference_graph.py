@@ -13,11 +13,12 @@ same networks in `tests/arch/test_graph_attention_reference.py`.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
+
+import reference_cli   # benchmarks/reference_cli.py, beside this script
 
 OUT = Path(__file__).resolve().parents[1] / "tests" / "data" / "neural_tangents" / "graph_attention.npz"
 W, B = 1.5, 0.05
@@ -101,20 +102,5 @@ def compute() -> dict[str, np.ndarray]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=OUT)
-    parser.add_argument("--compare", action="store_true", help="print the largest difference from the stored file")
-    args = parser.parse_args(argv)
-    new = compute()
-    np.savez(args.out, **new)
-    if args.compare:
-        stored = np.load(OUT)
-        worst = max(float(np.abs(new[k] - stored[k]).max()) for k in stored.files)
-        print(f"largest difference from {OUT}: {worst:.3g}")
-        return int(worst > 1e-12)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(reference_cli.main(compute, OUT, __doc__.splitlines()[0]))
