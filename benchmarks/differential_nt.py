@@ -134,7 +134,7 @@ class Generator:
             known = call(layer, "WIDTH", filt[::-1], strides=strides[::-1], padding=padding,
                          **stds).replace("'WIDTH'", "WIDTH")
         self.add(a, text, known=known)
-        if layer == "Conv":
+        if layer in ("Conv", "ConvTranspose"):   # neural-tangents' is_reversed kernels
             st["conv_before"] = True
         st["spatial"], st["gaussian"] = out, True
 
@@ -502,18 +502,18 @@ def difference(ours: dict, theirs: dict) -> tuple[float, float]:
     return off, diag
 
 
-def monte_carlo(arch: Arch, z: dict, width: int = 512, n_samples: int = 64, seed: int = 0) -> dict:
-    """Monte Carlo NTK of ntklab's finite network of width `width` on x1 (mean, standard error
-    per entry): whichever kernel is within a few standard errors is the network's."""
+def monte_carlo(arch: Arch, z: dict, width: int = 512, n_samples: int = 64, seed: int = 0) -> dict | None:
+    """Monte Carlo NNGP/NTK of ntklab's finite network of width `width` on x1 (mean, standard
+    error per entry): whichever kernel is within a few standard errors is the network's.  None
+    for masked inputs and graphs (their finite networks take extra arguments)."""
     import torch
 
     import ntklab as nk
+    if arch.mask is not None or arch.pattern is not None:
+        return None
     net = eval(arch.expressions(width)[1], nk_space())
     x1 = torch.from_numpy(to_ntklab(arch.kind, z["x1"]))
-    kw = {} if arch.mask is None else {"mask_constant": arch.mask}
-    if "p1" in z:
-        kw["pattern"] = torch.from_numpy(z["p1"])
-    mc = nk.monte_carlo_kernel(net, x1, n_samples=n_samples, get=("nngp", "ntk"), seed=seed, progress=False, **kw)
+    mc = nk.monte_carlo_kernel(net, x1, n_samples=n_samples, get=("nngp", "ntk"), seed=seed, progress=False)
     return {"nngp": mc.nngp.numpy(), "nngp_se": mc.nngp_standard_error.numpy(),
             "ntk": mc.ntk.numpy(), "ntk_se": mc.ntk_standard_error.numpy()}
 
@@ -545,8 +545,8 @@ def compare(arch: Arch, z: dict, theirs: dict | None, theirs_error: str | None, 
             outcome.update(status="known", nt_computes=known_expr)
             return outcome
     outcome["ntklab_ntk"], outcome["nt_ntk"] = ours["ntk_x1x1"].tolist(), theirs["ntk_x1x1"].tolist()
-    if monte:
-        mc = monte_carlo(arch, z)
+    mc = monte_carlo(arch, z) if monte else None
+    if mc is not None:
         for name, k in (("ntklab", ours), ("nt", theirs)):
             zs = [np.abs(mc[g] - k[f"{g}_x1x1"]) / np.maximum(mc[f"{g}_se"], 1e-300) for g in ("nngp", "ntk")]
             outcome[f"mc_z_{name}"] = max(float(np.max(x)) for x in zs)
