@@ -87,3 +87,16 @@ def test_underflow_of_the_inputs_names_their_scale():
     with pytest.raises(ValueError, match=r"underflows torch.float32 at layer 0.*rescale the inputs"):
         nk.mlp(1, 8).kernel(X.float() * 1e-20)
 
+
+
+def test_a_pool_whose_positions_cancel_exactly_is_not_an_underflow():
+    """LayerNorm over the channels of one-channel-wide pixels gives +-1 per pixel; a sum pool of a sample
+    whose two pixels have opposite signs is exactly 0 in every finite network (the same seed's outputs are 0),
+    so its kernel is 0: computed, not refused as an underflow (a differential test against neural-tangents
+    found the refusal). The underflow checks of the other tests in this file still refuse real underflows."""
+    x = torch.tensor([[1., -1.], [2., 1.]], dtype=torch.float64).reshape(2, 1, 1, 2)
+    net = nk.serial(nk.Dense(8, W_std=1.5), nk.LayerNorm(axis=1), nk.GlobalSumPool(), nk.Dense(1))
+    kernel = net.kernel(x)
+    assert kernel.nngp[0, 0] == 0 and kernel.ntk[0, 0] == 0 and kernel.nngp[1, 1] > 1
+    for seed in range(3):
+        assert net.module((1, 1, 2), seed=seed, dtype=torch.float64)(x)[0].abs().max() < 1e-12

@@ -63,8 +63,9 @@ def out_of_range_message(net: "Serial", x1: torch.Tensor, x2: torch.Tensor | Non
                          need_ntk: bool, full: bool, pattern=None, mask=None) -> str | None:
     """Recompute the block `x1`, `x2` layer by layer and describe the first layer whose output
     overflows (inf), is NaN, or has a variance that underflows (subnormal, or 0 where the
-    layer's input variance was positive: every layer maps a positive variance to a positive
-    one, W_std > 0); None when no layer does (zero variances of zero inputs are exact).
+    layer's input variance was positive: every layer that keeps positions apart maps a positive
+    variance to a positive one, W_std > 0; a layer mixing positions, e.g. a sum pool, may cancel
+    to an exact 0); None when no layer does (zero variances of zero inputs are exact).
     `pattern`, `mask`: the block's graphs and masked positions, as `Serial.inputs_map`."""
     largest: list[tuple[int, float]] = []   # (layer, largest variance of its output)
     positive: list[list[torch.Tensor]] = []  # which samples' variances are positive, per layer
@@ -78,7 +79,8 @@ def out_of_range_message(net: "Serial", x1: torch.Tensor, x2: torch.Tensor | Non
         variances = [v for s in states for v in _variances(s)]
         tiny = torch.finfo(variances[0].dtype).tiny
         per_sample = [v.reshape(len(v), -1).amax(1) for v in variances]   # shapes change with pooling
-        lost = (positive and len(positive[-1]) == len(variances) and any(
+        mixes = bool(getattr(net.layers[i], "needs_all_pixel_pairs", False))   # pooling: signs may cancel to 0
+        lost = (not mixes and positive and len(positive[-1]) == len(variances) and any(
             bool(values(before & (now < tiny)).any()) for before, now in zip(positive[-1], per_sample, strict=True)))
         if lost or any(bool(values((v > 0) & (v < tiny)).any()) for v in variances):
             raise _LeftRange(i, "underflow")   # subnormal, or a positive variance became 0
