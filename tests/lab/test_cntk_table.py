@@ -87,12 +87,13 @@ def test_quick_cntk_table_runs_end_to_end(tmp_path):
 
 @pytest.mark.slow
 def test_resnet_kernels_quick_run_and_cifar10_input(tmp_path, cifar_dir):
-    """resnet-kernels: the four columns on digits, above chance, a figure and the exact
-    architecture of every cell in metrics.csv (readable by the --arch grammar); and the same
-    experiment on CIFAR-10 binary files (synthetic here), 32x32x3 images."""
+    """resnet-kernels: the four columns on the centred digits (`--data digits`; the default is the
+    shifted digits), above chance, a figure and the exact architecture of every cell in metrics.csv
+    (readable by the --arch grammar); and the same experiment on CIFAR-10 binary files (synthetic
+    here), 32x32x3 images."""
     from ntklab.arch.spec import parse_architecture
     out = tmp_path / "run"
-    summary = experiments.run("resnet-kernels", out, seed=0, quick=True)
+    summary = experiments.run("resnet-kernels", out, seed=0, quick=True, data="digits")
     row = summary["test_accuracy_percent"][5]
     assert set(row) == {"CNTK-V", "CNTK-GAP", "ResNet-GAP", "Myrtle"} and min(row.values()) > 40
     with open(out / "metrics.csv") as handle:
