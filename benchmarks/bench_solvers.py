@@ -60,6 +60,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--features", type=int, nargs="+", default=[1024, 4096],
                         help="random features per ReLU layer (the NTK map has about twice as many)")
     parser.add_argument("--tile-size", type=int, default=2048)
+    parser.add_argument("--store-dtype", choices=["float64", "float32"], default="float64",
+                        help="the store's dtype (float32 halves the disk and each pass; products in float64)")
+    parser.add_argument("--store-dir", default=None, help="where the store is written (default: a temporary "
+                        "folder, removed after)")
+    parser.add_argument("--pc-centers", type=int, default=None,
+                        help="precondition CG with the column Nystrom approximation on this many centers "
+                        "(NystromPreconditioner.from_centers) instead of the randomized one of --rank")
     parser.add_argument("--solvers", nargs="+", choices=["exact", "memory", "store", "nystrom", "features"],
                         default=["exact", "memory", "store", "nystrom", "features"],
                         help="which to run (one per process gives each its own peak RSS)")
@@ -86,10 +93,11 @@ def main() -> None:
         def pcg_memory():
             k = NET.kernel(x, get="ntk", progress=False)
             k_test = NET.kernel(x_test, x, get="ntk")
-            result = nk.predict.conjugate_gradients(k, y, diag_reg=args.diag_reg, rank=args.rank, rtol=args.rtol)
+            result = nk.predict.conjugate_gradients(k, y, diag_reg=args.diag_reg, rtol=args.rtol,
+                                                    **preconditioner(args, x))
             residual = float(result.relative_residual.max())
             return k_test @ result.solution, f"{result.iterations} it, residual {residual:.1e}"
-        timed(f"PCG in memory (Nystrom rank {args.rank})", pcg_memory, rows)
+        timed(f"PCG in memory ({preconditioner_label(args)})", pcg_memory, rows)
     if "store" in args.solvers:
         pcg_from_store(args, x, y, x_test, rows)
     for m in args.centers if "nystrom" in args.solvers else []:
@@ -114,22 +122,39 @@ def random_features(args, m, x, y, x_test, rows) -> None:
     timed(f"random features, {m} per layer", features, rows)
 
 
+def preconditioner(args, x) -> dict:
+    """conjugate_gradients' preconditioner arguments: the column Nystrom approximation on --pc-centers
+    centers (built here, timed with the solve), or the randomized one of rank --rank."""
+    if args.pc_centers is None:
+        return {"rank": args.rank}
+    return {"preconditioner": nk.predict.NystromPreconditioner.from_centers(NET, x, centers=args.pc_centers,
+                                                                            block_size=2048)}
+
+
+def preconditioner_label(args) -> str:
+    return f"{args.pc_centers} centers" if args.pc_centers else f"rank {args.rank}"
+
+
 def pcg_from_store(args, x, y, x_test, rows) -> None:
-    """Compute the kernel into a store, then PCG whose products stream it."""
-    with tempfile.TemporaryDirectory() as folder:
+    """Compute the kernel into a store, then PCG whose products stream it (the kernel's time and the
+    solve's are reported apart in the notes)."""
+    with tempfile.TemporaryDirectory(dir=args.store_dir) as folder:
         store_path = Path(folder) / "k.zarr"
 
         def pcg_store():
+            start = time.perf_counter()
             store = nk.kernels.compute_kernel(NET, x, store=store_path, get="ntk", tile_size=args.tile_size,
-                                              progress=False)
-            operator = nk.kernels.StoredKernel(store, "ntk")
-            result = nk.predict.conjugate_gradients(operator, y, diag_reg=args.diag_reg, rank=args.rank,
-                                                    rtol=args.rtol)
+                                              dtype=getattr(torch, args.store_dtype), progress=True)
+            computed = time.perf_counter() - start
+            operator = nk.kernels.StoredKernel(store, "ntk", progress=False)
+            result = nk.predict.conjugate_gradients(operator, y, diag_reg=args.diag_reg, rtol=args.rtol,
+                                                    progress=True, **preconditioner(args, x))
             prediction = torch.cat([NET.kernel(x_test[i:i + 500], x, get="ntk") @ result.solution
                                     for i in range(0, len(x_test), 500)])
             return prediction, (f"{result.iterations} it, residual {float(result.relative_residual.max()):.1e}, "
-                                f"{operator.passes} passes")
-        timed(f"PCG from the store (rank {args.rank})", pcg_store, rows)
+                                f"{operator.passes} passes, store {args.store_dtype} {computed:.0f} s, "
+                                f"solve {time.perf_counter() - start - computed:.0f} s")
+        timed(f"PCG from the store ({preconditioner_label(args)})", pcg_store, rows)
 
 
 def report(rows, y_test, exact: bool) -> None:

@@ -61,6 +61,41 @@ def test_the_nystrom_approximation_recovers_a_low_rank_kernel():
     np.testing.assert_allclose(p.u @ torch.diag(p.eigenvalues) @ p.u.T, k, atol=1e-8)
 
 
+def test_the_centers_approximation_is_the_kernel_with_every_point_a_center_and_exact_at_low_rank(problem):
+    """Column Nystrom: with all n points as centers K_nm K_mm^+ K_mn = K; for K of rank 5 (features
+    phi(x) = x W, a callable kernel) 8 centers recover K; 30 of 120 points of the full-rank NTK do not
+    (negative control)."""
+    x, _, k = problem
+    full = NystromPreconditioner.from_centers(NET, x, centers=len(x), block_size=50)
+    np.testing.assert_allclose(full.u @ torch.diag(full.eigenvalues) @ full.u.T, k, atol=1e-9 * float(k.max()))
+    np.testing.assert_allclose(full.u.T @ full.u, torch.eye(full.rank, dtype=k.dtype), atol=1e-9)
+    w = torch.randn(5, 5, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    low = NystromPreconditioner.from_centers(lambda a, b: (a @ w) @ (b @ w).T, x, centers=8)
+    features = x @ w
+    assert low.rank == 5
+    np.testing.assert_allclose(low.u @ torch.diag(low.eigenvalues) @ low.u.T, features @ features.T, atol=1e-9)
+    few = NystromPreconditioner.from_centers(NET, x, centers=30)
+    assert float((few.u @ torch.diag(few.eigenvalues) @ few.u.T - k).abs().max()) > 1e-3 * float(k.max())
+
+
+def test_cg_with_the_centers_preconditioner_solves_the_system_in_few_iterations(problem):
+    """With lambda at the 20th eigenvalue, 80 of 120 points as centers capture the spectrum above it:
+    PCG reaches 1e-10 in at most half the iterations of plain CG and equals the dense ridge solution."""
+    x, y, k = problem
+    diag_reg = float(torch.linalg.eigvalsh(k).flip(0)[19]) / float(k.diagonal().mean())
+    centers = NystromPreconditioner.from_centers(NET, x, centers=80)
+    preconditioned = conjugate_gradients(k, y, diag_reg=diag_reg, preconditioner=centers, rtol=1e-10,
+                                         progress=False)
+    plain = conjugate_gradients(k, y, diag_reg=diag_reg, preconditioner=None, rtol=1e-10, progress=False)
+    assert preconditioned.converged and plain.converged
+    assert 2 * preconditioned.iterations <= plain.iterations, (preconditioned.iterations, plain.iterations)
+    np.testing.assert_allclose(preconditioned.solution, ridge(k, y, diag_reg), rtol=1e-6, atol=1e-8)
+    with pytest.raises(ValueError, match="approximates a kernel of 60 samples, this system has 120"):
+        conjugate_gradients(k, y, preconditioner=NystromPreconditioner.from_centers(NET, x[:60], centers=10))
+    with pytest.raises(ValueError, match="centers=121 exceeds the 120 training samples"):
+        NystromPreconditioner.from_centers(NET, x, centers=121)
+
+
 def test_cg_refuses_an_indefinite_kernel_and_warns_when_it_stops_early(problem):
     x, y, k = problem
     indefinite = k - 2 * float(torch.linalg.eigvalsh(k)[60]) * torch.eye(len(k), dtype=k.dtype)
@@ -103,6 +138,29 @@ def test_a_damaged_or_foreign_store_is_refused(stored, tmp_path):
         StoredKernel(rectangular)
     with pytest.raises(ValueError, match=r"holds \['nngp'\], not 'ntk'"):
         StoredKernel(compute_kernel(NET, x, store=tmp_path / "s.zarr", get="nngp", progress=False), "ntk")
+
+
+def test_each_tile_is_checked_at_its_first_read_and_always_with_verify_always(problem, tmp_path):
+    """A tile altered before the first product is refused; one altered after it goes unnoticed with the
+    default verify="once" (its checksum was checked at the first read) and is refused with "always"."""
+    x, _, _ = problem
+    store = compute_kernel(NET, x, store=tmp_path / "k.zarr", tile_size=32, get="ntk", progress=False)
+    v = torch.randn(120, 1, dtype=torch.float64)
+    array = store._array("ntk", mode="r+")
+    original = np.array(array[32:64, 64:96])
+    array[32:64, 64:96] = 2 * original
+    with pytest.raises(ValueError, match=r"1 damaged tile\(s\) \(1_2"):
+        StoredKernel(store, "ntk").matmul(v)
+    array[32:64, 64:96] = original
+    once, always = StoredKernel(store, "ntk"), StoredKernel(store, "ntk", verify="always")
+    expected = once.matmul(v)
+    np.testing.assert_allclose(always.matmul(v), expected, rtol=0, atol=0)
+    array[32:64, 64:96] = 2 * original
+    assert float((once.matmul(v) - expected).abs().max()) > 1e-3     # not noticed: checked once
+    with pytest.raises(ValueError, match="damaged tile"):
+        always.matmul(v)
+    with pytest.raises(ValueError, match="verify must be 'once'"):
+        StoredKernel(store, "ntk", verify=False)
 
 
 def test_nystrom_regression_with_every_point_a_center_is_exact_ridge_regression(problem):

@@ -214,8 +214,9 @@ class KernelStore:
             digests[name] = _digest(stored, self._binding(name, tile))
         atomic_write_bytes(self._marker(tile), json.dumps(digests).encode())
 
-    def _read(self, array, tile: Tile, name: str, digests: dict | None) -> np.ndarray | None:
-        """The chunk of `name` if it is readable and matches the marker's checksum, else None.
+    def _read(self, array, tile: Tile, name: str, digests: dict | None, verify: bool = True) -> np.ndarray | None:
+        """The chunk of `name` if it is readable and matches the marker's checksum (with `verify`; a
+        marker listing `name` is required either way), else None.
         One chunk per read, whose failure is caught here: zarr logs nothing for it, so no
         logger is silenced (process-wide logger levels are never changed)."""
         if array is None or digests is None or name not in digests:
@@ -225,7 +226,7 @@ class KernelStore:
             values = np.ascontiguousarray(array[rows, cols])
         except Exception:  # noqa: BLE001  a corrupt chunk fails to decompress
             return None
-        return values if digests[name] == _digest(values, self._binding(name, tile)) else None
+        return values if not verify or digests[name] == _digest(values, self._binding(name, tile)) else None
 
     def _open_or_none(self, name: str):
         try:
@@ -308,12 +309,14 @@ class KernelStore:
         if bad:
             raise self._damaged_error(name, bad)
 
-    def block(self, name: str, tile: Tile) -> tuple[slice, slice, np.ndarray]:
+    def block(self, name: str, tile: Tile, verify: bool = True) -> tuple[slice, slice, np.ndarray]:
         """`(rows, cols, values)` of one tile of `name`, as `blocks` yields it (checked against its
-        checksum, a diagonal tile of a symmetric store mirrored): for readers spread over processes."""
+        checksum unless `verify=False` -- for a tile checked before --, a diagonal tile of a symmetric
+        store mirrored): for readers that choose their tiles (`StoredKernel`, processes)."""
         if name not in self.names:
             raise ValueError(f"the store {self.path} holds {list(self.names)}, not {name!r}")
-        values = self._read(self._open_or_none(name), tile, name, self._digests(tile))   # this tile's marker only
+        values = self._read(self._open_or_none(name), tile, name, self._digests(tile),   # this tile's marker only
+                            verify=verify)
         if values is None:
             raise self._damaged_error(name, [tile])
         return (*self.tiling.slices(tile), self._mirrored(tile, values))

@@ -9,7 +9,9 @@ import torch
 from .._core.validation import as_inputs, as_targets, input_dtype, positive
 from ..arch.serial import Serial, canonical_get
 from ..conventions import prediction_times
-from .linalg import GradientFlow
+from .iterative import as_operator
+from .lanczos import lanczos_apply
+from .linalg import GradientFlow, ridge
 from .results import Gaussian, PerGet, per_get
 
 
@@ -45,6 +47,9 @@ def _kernel_callable(net_or_kernel_fn: Any) -> KernelFn:
     return kernel
 
 
+TEST_BLOCK = 1024   # test points per block of Theta(x, X) with solver="lanczos"
+
+
 def _time_grid(t) -> tuple[torch.Tensor, tuple[int, ...]]:
     array, shape = prediction_times(t)
     return torch.as_tensor(array), shape
@@ -52,7 +57,9 @@ def _time_grid(t) -> tuple[torch.Tensor, tuple[int, ...]]:
 
 def gradient_descent_mse_ensemble(net_or_kernel_fn, x_train, y_train, *, learning_rate: float = 1.0,
                                   diag_reg: float = 0.0, diag_reg_absolute_scale: bool = False,
-                                  dtype: torch.dtype | None = None, device=None) -> EnsemblePredictor:
+                                  dtype: torch.dtype | None = None, device=None, solver: str = "eigh",
+                                  store=None, rtol: float = 1e-10, max_iterations: int | None = None,
+                                  progress: bool | None = None) -> EnsemblePredictor:
     """Predictive mean (and covariance) of an infinite ensemble of infinitely wide
     networks trained by gradient flow on L = ||f(X) - Y||^2 / (2 |Y|) for time t.
 
@@ -65,6 +72,13 @@ def gradient_descent_mse_ensemble(net_or_kernel_fn, x_train, y_train, *, learnin
         cov_t = K(x, x') - K(x, X) G^-1 (I - e^{-2 lr G t / n}) K(X, x').
     G is checked as in `gradient_descent_mse` (symmetric and positive semi-definite up to
     rounding, `linalg.checked_kernel`) when first used.
+
+    `solver="eigh"` (default) decomposes G once for every time and the covariance.  `solver="lanczos"`
+    never holds G: the vectors G^-1 (I - e^{-lr G t / n}) Y (all times at once) come from the Lanczos
+    process on products G V (`nk.predict.lanczos`), with G streamed from `store` (a kernel store of the
+    architecture on x_train, `nk.kernels.compute_kernel(net, x_train, store=...)`) or computed dense
+    without one; Theta(x, X) is computed in blocks of 1024 test points.  It gives the means only
+    (compute_cov=True is refused).
     Returns `predict(t=None, x_test=None, get=None, compute_cov=False)`.
 
     Parameters
@@ -79,6 +93,11 @@ def gradient_descent_mse_ensemble(net_or_kernel_fn, x_train, y_train, *, learnin
     diag_reg : float
         Ridge, relative to the mean diagonal unless `diag_reg_absolute_scale`.
     dtype, device : optional
+    solver : {"eigh", "lanczos"}
+    store : str, Path or KernelStore, optional
+        With solver="lanczos": the train-train kernels (checked: the same architecture and x_train).
+    rtol, max_iterations, progress
+        The Lanczos process's stopping rule (relative change of its coefficients), step limit and bar.
 
     Returns
     -------
@@ -106,7 +125,27 @@ def gradient_descent_mse_ensemble(net_or_kernel_fn, x_train, y_train, *, learnin
                                images=getattr(net_or_kernel_fn, "takes_images", False),
                                sequences=getattr(net_or_kernel_fn, "takes_sequences", False),
                                learning_rate=learning_rate, diag_reg=diag_reg,
-                               diag_reg_absolute_scale=diag_reg_absolute_scale, dtype=dtype, device=device)
+                               diag_reg_absolute_scale=diag_reg_absolute_scale, dtype=dtype, device=device,
+                               iterative=_iterative_options(net_or_kernel_fn, solver, store, rtol, max_iterations,
+                                                           progress))
+
+
+def _iterative_options(net_or_kernel_fn, solver: str, store, rtol: float, max_iterations: int | None,
+                       progress: bool | None) -> dict | None:
+    """None for solver="eigh"; the Lanczos settings (with the store opened) for solver="lanczos"."""
+    if solver not in ("eigh", "lanczos"):
+        raise ValueError(f"solver must be 'eigh' or 'lanczos', got {solver!r}")
+    if solver == "eigh":
+        if store is not None:
+            raise ValueError("store= is read by solver='lanczos' only; give solver='lanczos' (or leave store out)")
+        return None
+    if store is not None:
+        from ..kernels.engine import KernelStore
+        store = store if isinstance(store, KernelStore) else KernelStore.open(store)
+        if isinstance(net_or_kernel_fn, Serial) and store.config["architecture"] != net_or_kernel_fn.identity:
+            raise ValueError(f"the store {store.path} holds the kernels of another architecture; compute it with "
+                             f"nk.kernels.compute_kernel(net, x_train, store=...) for this one")
+    return {"store": store, "rtol": positive(rtol, "rtol"), "max_iterations": max_iterations, "progress": progress}
 
 
 class EnsemblePredictor:
@@ -116,7 +155,7 @@ class EnsemblePredictor:
 
     def __init__(self, kernel: KernelFn, x_train: Any, y_train: Any, *, images: bool, sequences: bool,
                  learning_rate: float, diag_reg: float, diag_reg_absolute_scale: bool,
-                 dtype: torch.dtype | None, device: Any):
+                 dtype: torch.dtype | None, device: Any, iterative: dict | None = None):
         self.kernel, self.images, self.sequences = kernel, images, sequences
         self.dtype = input_dtype(x_train, dtype)
         self.x_train = as_inputs(x_train, "x_train", images=images, sequences=sequences, dtype=self.dtype,
@@ -129,6 +168,50 @@ class EnsemblePredictor:
         self.size = self.y.numel()
         self.cache: dict[str, torch.Tensor] = {}
         self.flows: dict[str, GradientFlow] = {}
+        self.iterative = iterative
+        if iterative is not None and iterative["store"] is not None:
+            self._check_store(iterative["store"])
+
+    def _check_store(self, store) -> None:
+        from ..kernels.engine import _fingerprint
+        if not store.symmetric or store.shape[0] != len(self.x_train) or \
+                store.config["x1_sha256"] != _fingerprint(self.x_train):
+            raise ValueError(f"the store {store.path} does not hold the kernels of x_train with itself (its inputs "
+                             f"differ, in values, order or dtype); compute it with nk.kernels.compute_kernel(net, "
+                             f"x_train, store=...)")
+
+    def train_operator(self, g: str):
+        """G's kernel ("nngp" or "ntk") as an operator: streamed from the store, or the dense matrix."""
+        store = self.iterative["store"] if self.iterative is not None else None
+        if store is None:
+            return as_operator(self.k_train(g), name=f"k_train_train ({g})")
+        if g not in store.names:
+            raise ValueError(f"the store {store.path} holds {list(store.names)}, not {g!r}: compute it with "
+                             f"get=('nngp', 'ntk') (or ask for get={store.names[0]!r})")
+        from ..kernels.operator import StoredKernel
+        return StoredKernel(store, g, dtype=self.dtype, device=self.x_train.device)
+
+    def lanczos(self, g: str, times: torch.Tensor | None, on_train: bool) -> torch.Tensor:
+        """[T, N, O]: G^-1 (I - e^{-lr G t / n}) Y (for test predictions) at every time (t=None: infinity)
+        by the Lanczos process on G, or G times it, (I - e^{-lr G t / n}) Y (on the training set; the
+        Lanczos process on 1 - e^{-x} itself would need about sqrt(lr t ||G|| / n) steps)."""
+        assert self.iterative is not None
+        operator = self.train_operator(g)
+        shift = ridge(self.diag_reg, self.diag_reg_absolute_scale, lambda: float(operator.diagonal().mean()))
+        rate = self.lr / self.size
+        tau = (torch.tensor([torch.inf]) if times is None else times).to(self.dtype)[:, None] * rate
+
+        def flow(theta: torch.Tensor) -> torch.Tensor:     # [T, k]
+            times_, theta = torch.broadcast_tensors(tau.to(theta.device), theta.to(self.dtype)[None, :])
+            kept = -torch.expm1(-times_ * theta)
+            # (1 - e^{-tau theta}) / theta -> tau as tau theta -> 0
+            return torch.where(times_ * theta < 1e-12, times_, kept / theta.clamp_min(torch.finfo(theta.dtype).tiny))
+        out, _ = lanczos_apply(operator, self.y, flow, shift=shift, rtol=self.iterative["rtol"],
+                               max_iterations=self.iterative["max_iterations"], progress=self.iterative["progress"])
+        if on_train:   # one product for every time and output (one pass over a store)
+            flat = out.permute(1, 0, 2).reshape(out.shape[1], -1)
+            out = (operator.matmul(flat) + shift * flat).reshape(out.shape[1], *out.shape[::2]).permute(1, 0, 2)
+        return out
 
     def k_train(self, g: str) -> torch.Tensor:
         """The train-train kernel `g` ("nngp" or "ntk"), computed once."""
@@ -152,6 +235,8 @@ class EnsemblePredictor:
         if times is None:
             n = size // y.shape[1]
             return y.clone(), (torch.zeros(n, n, dtype=self.dtype, device=y.device) if compute_cov else None)
+        if self.iterative is not None:
+            return self.lanczos(g, times, on_train=True), None
         evals, evecs = self.dynamics(g).eigenspace      # >= 0: GradientFlow checks the kernel
         keep = -torch.expm1(-self.lr / size * times[:, None] * evals[None, :])
         mean = torch.einsum("ij,tj,kj,km->tim", evecs, keep, evecs, y)
@@ -166,6 +251,11 @@ class EnsemblePredictor:
     def on_test(self, g: str, times: torch.Tensor | None, x_test: torch.Tensor,
                 compute_cov: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Mean and covariance at `x_test` (the formulas of `gradient_descent_mse_ensemble`)."""
+        if self.iterative is not None:
+            coefficients = self.lanczos(g, times, on_train=False)         # [T, N, O]
+            mean = torch.cat([self.kernel(x_test[start:start + TEST_BLOCK], self.x_train, (g,))[g] @ coefficients
+                              for start in range(0, len(x_test), TEST_BLOCK)], dim=-2)
+            return (mean if times is not None else mean[0]), None
         flow = self.dynamics(g).solve
         kt = self.kernel(x_test, self.x_train, ("nngp", g) if compute_cov else (g,))
         mean = kt[g] @ flow(self.y, times)
@@ -208,6 +298,9 @@ class EnsemblePredictor:
         times = None if times is None else times.to(dtype=self.dtype, device=self.x_train.device)
         means: dict[str, torch.Tensor] = {}
         covs: dict[str, torch.Tensor] = {}     # filled when compute_cov
+        if compute_cov and self.iterative is not None:
+            raise ValueError("compute_cov=True needs solver='eigh' (the covariance takes the eigendecomposition); "
+                             "solver='lanczos' gives the means")
         if compute_cov and "ntk" in names:
             self.kernel(self.x_train[:1], None, ("ntk",))   # what kernel_fn returns
             if getattr(self.kernel, "tensor_valued", False):

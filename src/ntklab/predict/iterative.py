@@ -4,12 +4,10 @@
   Stiefel 1952; Saad, "Iterative methods for sparse linear systems", Alg. 9.1), one column of y or many
   at once.  K is anything with `matmul`, `diagonal`, `shape` and `dtype`: a tensor, or
   `nk.kernels.StoredKernel`, whose products stream the tiles of a kernel store (one pass per iteration).
-* `NystromPreconditioner`: the randomized Nystrom preconditioner of Frangella, Tropp & Udell (2023,
-  "Randomized Nystrom preconditioning", SIAM J. Matrix Anal. Appl., Alg. 2.1 and eq. 5.3):
-  K ~ U diag(Lambda) U^T from one product K Omega with r Gaussian vectors, and
-  P^-1 v = (Lambda_r + lambda) U (Lambda + lambda I)^-1 U^T v + (I - U U^T) v.
-  K + lambda I preconditioned this way has a condition number of order 1 + Lambda_r / lambda, so CG
-  needs few iterations once the rank r covers the eigenvalues above lambda.
+* `NystromPreconditioner` (module `nystrom`): P^-1 v = (Lambda_r + lambda) U (Lambda + lambda I)^-1 U^T v +
+  (I - U U^T) v from K ~ U diag(Lambda) U^T (Frangella, Tropp & Udell 2023, eq. 5.3), randomized (one product
+  K Omega) or on m training points as centers (`NystromPreconditioner.from_centers`, computed from the
+  architecture, no pass over a store).
 * `nystrom_regression`: kernel ridge regression restricted to the span of m centers (Williams &
   Seeger 2001; Rudi, Camoriano & Rosasco 2015): alpha = (K_nm^T K_nm + lambda K_mm)^-1 K_nm^T y and
   f(x) = K(x, centers) alpha; K_nm is computed and used in blocks of rows (memory m^2 + block m), so
@@ -31,19 +29,17 @@ twenty lines of torch that run on the kernel's device for all columns of y at on
 """
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .._core.tiling import PROGRESS_DELAY
 from .._core.validation import DEFAULT_DTYPE, as_targets, as_tensor, positive, positive_int
-from ..arch.serial import Serial
 from .linalg import ridge
+from .nystrom import NystromPreconditioner, draw_centers, kernel_function
 
 
 class _DenseKernel:
@@ -77,52 +73,6 @@ def as_operator(k: Any, name: str = "k_train_train"):
     return operator
 
 
-class NystromPreconditioner:
-    """P^-1 for K + shift I from a rank-`rank` randomized Nystrom approximation of K (Frangella, Tropp &
-    Udell 2023, Alg. 2.1 with the stabilizing shift nu = sqrt(n) eps ||Y||, and eq. 5.3).  Building it
-    takes one product K Omega (one pass over a store).
-
-    Parameters
-    ----------
-    operator
-        The kernel (see `as_operator`).
-    rank : int
-        Number of random probe vectors (<= n).
-    shift : float
-        The regularization lambda of the system K + lambda I.
-    seed : int
-    """
-
-    def __init__(self, operator, rank: int, shift: float, seed: int = 0):
-        n = operator.shape[0]
-        rank = min(positive_int(rank, "rank"), n)
-        generator = torch.Generator().manual_seed(seed)
-        omega = torch.randn(n, rank, generator=generator, dtype=operator.dtype).to(operator.device)
-        omega = torch.linalg.qr(omega).Q
-        y = operator.matmul(omega)
-        nu = math.sqrt(n) * torch.finfo(y.dtype).eps * float(torch.linalg.matrix_norm(y, ord=2))
-        y_nu = y + nu * omega
-        lower = torch.linalg.cholesky(omega.T @ y_nu)
-        b = torch.linalg.solve_triangular(lower, y_nu.T, upper=False).T     # Y_nu C^-T
-        u, sigma, _ = torch.linalg.svd(b, full_matrices=False)
-        eigenvalues = (sigma.square() - nu).clamp_min(0)
-        # keep the numerically nonzero directions: with shift = 0 a zero eigenvalue would make the
-        # scale 0/0 (a kernel of lower rank than `rank`); the others are left to the identity part
-        floor = n * torch.finfo(y.dtype).eps * float(eigenvalues.max().clamp_min(torch.finfo(y.dtype).tiny))
-        kept = eigenvalues > floor
-        self.u = u[:, kept]
-        self.eigenvalues = eigenvalues[kept]
-        self.shift = float(shift)
-
-    def __call__(self, r: torch.Tensor) -> torch.Tensor:
-        """P^-1 r."""
-        if len(self.eigenvalues) == 0:   # a zero kernel: nothing to precondition
-            return r
-        projected = self.u.T @ r
-        scale = (self.eigenvalues[-1] + self.shift) / (self.eigenvalues + self.shift)
-        return self.u @ (scale[:, None] * projected) + r - self.u @ projected
-
-
 @dataclass(frozen=True)
 class CGResult:
     """The solution of (K + lambda I) alpha = y, with the iterations CG took and the final relative
@@ -150,10 +100,13 @@ def conjugate_gradients(k_train_train, y_train, *, diag_reg: float = 0.0, diag_r
         `[n]` or `[n, m]`: the m columns are solved together.
     diag_reg, diag_reg_absolute_scale
         As `solve`.
-    preconditioner : "nystrom", None or callable
-        "nystrom": `NystromPreconditioner` of rank `rank`; None: plain CG; a callable r -> P^-1 r.
+    preconditioner : "nystrom", NystromPreconditioner, None or callable
+        "nystrom": the randomized `NystromPreconditioner` of rank `rank` (one product K Omega: a pass over a
+        store with `rank` columns); a `NystromPreconditioner` (e.g. `NystromPreconditioner.from_centers(net,
+        x_train, centers=m)`, no pass over a store) used for this system's lambda; None: plain CG; a
+        callable r -> P^-1 r.
     rank : int
-        Rank of the Nystrom preconditioner.
+        Rank of the randomized Nystrom preconditioner.
     rtol : float
         Stop when every column's relative residual is below `rtol`.
     max_iterations : int, optional
@@ -193,14 +146,20 @@ def conjugate_gradients(k_train_train, y_train, *, diag_reg: float = 0.0, diag_r
     max_iterations = max(n, 1000) if max_iterations is None else positive_int(max_iterations, "max_iterations")
     shift = ridge(diag_reg, diag_reg_absolute_scale, lambda: float(operator.diagonal().mean()))
     apply_preconditioner: Callable[[torch.Tensor], torch.Tensor]
-    if preconditioner == "nystrom":
+    if isinstance(preconditioner, NystromPreconditioner):
+        if preconditioner.u.shape[0] != n:
+            raise ValueError(f"the NystromPreconditioner approximates a kernel of {preconditioner.u.shape[0]} "
+                             f"samples, this system has {n}: build it on the same x_train")
+        apply_preconditioner = preconditioner.with_shift(shift)
+    elif preconditioner == "nystrom":
         apply_preconditioner = NystromPreconditioner(operator, rank, shift, seed)
     elif preconditioner is None:
         apply_preconditioner = lambda r: r  # noqa: E731
     elif callable(preconditioner):
         apply_preconditioner = preconditioner
     else:
-        raise ValueError(f"preconditioner must be 'nystrom', None or a function r -> P^-1 r, "
+        raise ValueError(f"preconditioner must be 'nystrom', a NystromPreconditioner, None or a function "
+                         f"r -> P^-1 r, "
                          f"got {preconditioner!r}")
     solution, iterations, recursive = _pcg(operator, b, shift, apply_preconditioner, rtol, max_iterations, progress)
     # the residual the recursion updates drifts from the true one in floating point: report the true one
@@ -335,25 +294,17 @@ def nystrom_regression(net_or_kernel_fn, x_train, y_train, *, centers: int = 100
     >>> bool(torch.allclose(model.predict(x), exact, atol=1e-6))
     True
     """
-    kernel = _kernel_function(net_or_kernel_fn, get)
+    kernel = kernel_function(net_or_kernel_fn, get)
     x_train = torch.as_tensor(x_train)
     x_train = x_train.to(DEFAULT_DTYPE) if not x_train.is_floating_point() else x_train
     n = len(x_train)
     # the normal equations square the condition number: they are formed and solved in float64 whatever
     # the inputs' dtype (float32 lost everything: 0.6 off on targets of size 1, measured)
     y, vector = as_targets(y_train, n, "y_train", torch.float64, x_train.device)
-    m = positive_int(centers, "centers")
-    if m > n:
-        raise ValueError(f"centers={m} exceeds the {n} training samples; use centers <= {n} "
-                         f"(centers={n} is exact ridge regression)")
     block_size = positive_int(block_size, "block_size")
     positive(diag_reg, "diag_reg", allow_zero=True)   # before any kernel is computed
     weights = as_weights(sample_weight, n, x_train.device)
-    index = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:m].sort().values
-    # a repeated input adds nothing to the span but makes the system singular: it counts once as a center
-    rows = x_train[index.to(x_train.device)].reshape(m, -1).cpu().numpy()
-    index = index[np.sort(np.unique(rows, axis=0, return_index=True)[1])]
-    chosen = x_train[index.to(x_train.device)]
+    index, chosen = draw_centers(x_train, centers, seed)
     m = len(index)
     k_mm = kernel(chosen, None)
     gram = torch.zeros(m, m, dtype=k_mm.dtype, device=k_mm.device)
@@ -373,27 +324,6 @@ def nystrom_regression(net_or_kernel_fn, x_train, y_train, *, centers: int = 100
                          f"repeated centers, or diag_reg=0 with a rank-deficient kernel); give a larger diag_reg")
     alpha = torch.cholesky_solve(rhs, factor)
     return NystromRegression(kernel, chosen, index, alpha, block_size, vector, x_train.dtype)
-
-
-def _kernel_function(net_or_kernel_fn, get: str) -> Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]:
-    if get not in ("ntk", "nngp"):
-        raise ValueError(f"get must be 'ntk' or 'nngp', got {get!r}")
-    if isinstance(net_or_kernel_fn, Serial):
-        net = net_or_kernel_fn
-
-        def kernel(x1: torch.Tensor, x2: torch.Tensor | None) -> torch.Tensor:
-            k = net.kernel(x1, x2, get=get)
-            assert isinstance(k, torch.Tensor)   # get names one kernel: a tensor, not a Kernel
-            return k.to(torch.float64)
-        return kernel
-    if callable(net_or_kernel_fn):
-        user_fn = net_or_kernel_fn
-
-        def user_kernel(x1: torch.Tensor, x2: torch.Tensor | None) -> torch.Tensor:   # numpy or torch, any dtype
-            return torch.as_tensor(user_fn(x1, x1 if x2 is None else x2)).to(dtype=torch.float64, device=x1.device)
-        return user_kernel
-    raise ValueError(f"net_or_kernel_fn must be an ntklab architecture (nk.serial(...)) or a function "
-                     f"kernel_fn(x1, x2) -> tensor, got {net_or_kernel_fn!r}")
 
 
 def as_weights(sample_weight, n: int, device) -> torch.Tensor:

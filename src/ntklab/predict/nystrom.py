@@ -1,0 +1,182 @@
+"""Low-rank Nystrom approximations of a kernel matrix, K ~ U diag(Lambda) U^T, and the preconditioner
+of K + lambda I built from one (`NystromPreconditioner`), with the training points drawn as centers
+(`draw_centers`) and the kernel of an architecture as a function (`kernel_function`).
+
+Two ways to build U and Lambda:
+
+* randomized (Frangella, Tropp & Udell 2023, "Randomized Nystrom preconditioning", SIAM J. Matrix Anal.
+  Appl., Alg. 2.1): from one product K Omega with r Gaussian probes -- one pass over a kernel store,
+  2 n^2 r flops;
+* column sampling (Williams & Seeger 2001, "Using the Nystrom method to speed up kernel machines"):
+  K ~ K_nm K_mm^+ K_mn on m training points, computed from the architecture (n m kernel entries and
+  O(n m^2) flops, no pass over a store) -- the preconditioner FALKON builds for its Nystrom problem
+  (Rudi, Carratino & Rosasco 2017), here for the full system.  It can afford far larger ranks than
+  the randomized one when the store is larger than memory.
+
+Either way P^-1 v = (Lambda_r + lambda) U (Lambda + lambda I)^-1 U^T v + (I - U U^T) v (Frangella et al.,
+eq. 5.3), and K + lambda I preconditioned by it has a condition number of order (Lambda_r + lambda +
+||K - U Lambda U^T||) / lambda, so CG needs few iterations once the rank covers the eigenvalues above lambda.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .._core.validation import DEFAULT_DTYPE, positive_int
+from ..arch.serial import Serial
+
+
+def kernel_function(net_or_kernel_fn, get: str) -> Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]:
+    """`kernel(x1, x2) -> float64 [N1, N2]` (x2=None: x1 with itself) of an ntklab architecture (its `get`
+    kernel) or of a user's `kernel_fn(x1, x2)` returning a tensor or array."""
+    if get not in ("ntk", "nngp"):
+        raise ValueError(f"get must be 'ntk' or 'nngp', got {get!r}")
+    if isinstance(net_or_kernel_fn, Serial):
+        net = net_or_kernel_fn
+
+        def kernel(x1: torch.Tensor, x2: torch.Tensor | None) -> torch.Tensor:
+            k = net.kernel(x1, x2, get=get)
+            assert isinstance(k, torch.Tensor)   # get names one kernel: a tensor, not a Kernel
+            return k.to(torch.float64)
+        return kernel
+    if callable(net_or_kernel_fn):
+        user_fn = net_or_kernel_fn
+
+        def user_kernel(x1: torch.Tensor, x2: torch.Tensor | None) -> torch.Tensor:   # numpy or torch, any dtype
+            return torch.as_tensor(user_fn(x1, x1 if x2 is None else x2)).to(dtype=torch.float64, device=x1.device)
+        return user_kernel
+    raise ValueError(f"net_or_kernel_fn must be an ntklab architecture (nk.serial(...)) or a function "
+                     f"kernel_fn(x1, x2) -> tensor, got {net_or_kernel_fn!r}")
+
+
+def draw_centers(x_train: torch.Tensor, centers: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(index, x_train[index]): `centers` training points drawn uniformly without replacement (seeded), in
+    increasing order; a repeated input counts once (it adds nothing to the span and makes K_mm singular),
+    so fewer may come back.  ValueError for centers > n."""
+    n = len(x_train)
+    m = positive_int(centers, "centers")
+    if m > n:
+        raise ValueError(f"centers={m} exceeds the {n} training samples; use centers <= {n} "
+                         f"(centers={n} is exact ridge regression)")
+    index = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:m].sort().values
+    rows = x_train[index.to(x_train.device)].reshape(len(index), -1).cpu().numpy()
+    index = index[np.sort(np.unique(rows, axis=0, return_index=True)[1])]
+    return index, x_train[index.to(x_train.device)]
+
+
+def _kept(eigenvalues: torch.Tensor, size: int) -> torch.Tensor:
+    """The numerically nonzero eigenvalues: above size * eps * the largest (rounding's floor)."""
+    floor = size * torch.finfo(eigenvalues.dtype).eps * float(eigenvalues.max().clamp_min(
+        torch.finfo(eigenvalues.dtype).tiny))
+    return eigenvalues > floor
+
+
+class NystromPreconditioner:
+    """P^-1 for K + shift I from K ~ U diag(Lambda) U^T (module docstring); `__call__(r)` is P^-1 r.
+
+    `NystromPreconditioner(operator, rank, shift, seed)` builds the randomized approximation from one
+    product K Omega (Frangella, Tropp & Udell 2023, Alg. 2.1 with the stabilizing shift
+    nu = sqrt(n) eps ||Y||); `NystromPreconditioner.from_centers(net, x_train, centers=m)` the column
+    approximation on m training points.  `conjugate_gradients(preconditioner=P)` sets the shift of its
+    system (`with_shift`), so one approximation serves every ridge.
+
+    Parameters
+    ----------
+    operator
+        The kernel (see `nk.predict.iterative.as_operator`).
+    rank : int
+        Number of random probe vectors (<= n).
+    shift : float
+        The regularization lambda of the system K + lambda I.
+    seed : int
+    """
+
+    def __init__(self, operator, rank: int, shift: float = 0.0, seed: int = 0):
+        n = operator.shape[0]
+        rank = min(positive_int(rank, "rank"), n)
+        generator = torch.Generator().manual_seed(seed)
+        omega = torch.randn(n, rank, generator=generator, dtype=operator.dtype).to(operator.device)
+        omega = torch.linalg.qr(omega).Q
+        y = operator.matmul(omega)
+        nu = math.sqrt(n) * torch.finfo(y.dtype).eps * float(torch.linalg.matrix_norm(y, ord=2))
+        y_nu = y + nu * omega
+        lower = torch.linalg.cholesky(omega.T @ y_nu)
+        b = torch.linalg.solve_triangular(lower, y_nu.T, upper=False).T     # Y_nu C^-T
+        u, sigma, _ = torch.linalg.svd(b, full_matrices=False)
+        eigenvalues = (sigma.square() - nu).clamp_min(0)
+        # keep the numerically nonzero directions: with shift = 0 a zero eigenvalue would make the
+        # scale 0/0 (a kernel of lower rank than `rank`); the others are left to the identity part
+        kept = _kept(eigenvalues, n)
+        self._set(u[:, kept], eigenvalues[kept], shift)
+
+    def _set(self, u: torch.Tensor, eigenvalues: torch.Tensor, shift: float) -> None:
+        self.u, self.eigenvalues, self.shift = u, eigenvalues, float(shift)
+
+    @classmethod
+    def from_centers(cls, net_or_kernel_fn, x_train, centers: int = 1000, *, get: str = "ntk",
+                     shift: float = 0.0, block_size: int = 1024, seed: int = 0,
+                     progress: bool | None = None) -> "NystromPreconditioner":
+        """The column Nystrom approximation K ~ K_nm K_mm^+ K_mn on `centers` training points
+        (`draw_centers`): with K_mm = Q diag(w) Q^T and B = K_nm Q diag(w)^-1/2 (directions of w above
+        rounding's floor), B^T B = V diag(s) V^T gives U = B V diag(s)^-1/2 and Lambda = s.  K_nm is
+        computed in blocks of `block_size` rows; memory: U, n x m float64 (`x_train`'s device).
+
+        Parameters
+        ----------
+        net_or_kernel_fn : Serial or callable
+            The kernel of the system, as `nystrom_regression` takes it (the store's architecture).
+        x_train : tensor or array
+            The training inputs of the system, in the store's order.
+        centers : int
+            m <= n.
+        get : {"ntk", "nngp"}
+        shift : float
+            lambda (`conjugate_gradients` sets its own).
+        block_size, seed, progress
+            Rows of K_nm per block; the centers' draw; a bar over the blocks (default: n > 10 blocks).
+        """
+        kernel = kernel_function(net_or_kernel_fn, get)
+        x_train = torch.as_tensor(x_train)
+        x_train = x_train.to(DEFAULT_DTYPE) if not x_train.is_floating_point() else x_train
+        n, block_size = len(x_train), positive_int(block_size, "block_size")
+        _, chosen = draw_centers(x_train, centers, seed)
+        w, q = torch.linalg.eigh(kernel(chosen, None))
+        kept = _kept(w, len(w))
+        whiten = q[:, kept] / w[kept].sqrt()                  # K_mm^{+1/2}
+        b = torch.empty(n, int(kept.sum()), dtype=torch.float64, device=whiten.device)
+        show = n > 10 * block_size if progress is None else progress
+        for start in tqdm(range(0, n, block_size), desc="Nystrom preconditioner: K_nm", leave=False,
+                          disable=not show):
+            b[start:start + block_size] = kernel(x_train[start:start + block_size], chosen) @ whiten
+        s, v = torch.linalg.eigh(b.T @ b)
+        kept = _kept(s, n)
+        rank = int(kept.sum())
+        rotate = v[:, kept] / s[kept].sqrt()
+        for start in range(0, n, block_size):                 # U = B V s^-1/2, in place by blocks of rows
+            b[start:start + block_size, :rank] = b[start:start + block_size] @ rotate
+        preconditioner = cls.__new__(cls)
+        preconditioner._set(b[:, :rank], s[kept], shift)
+        return preconditioner
+
+    def with_shift(self, shift: float) -> "NystromPreconditioner":
+        """The same approximation for the system K + shift I (U is shared, not copied)."""
+        other = type(self).__new__(type(self))
+        other._set(self.u, self.eigenvalues, shift)
+        return other
+
+    @property
+    def rank(self) -> int:
+        """Directions of the approximation (numerically nonzero eigenvalues)."""
+        return len(self.eigenvalues)
+
+    def __call__(self, r: torch.Tensor) -> torch.Tensor:
+        """P^-1 r."""
+        if len(self.eigenvalues) == 0:   # a zero kernel: nothing to precondition
+            return r
+        projected = self.u.T @ r
+        scale = (self.eigenvalues.min() + self.shift) / (self.eigenvalues + self.shift)
+        return self.u @ (scale[:, None] * projected) + r - self.u @ projected

@@ -1,0 +1,98 @@
+"""f(A) b by the Lanczos process (`nk.predict.lanczos`) and the ensemble predictions built on it
+(`gradient_descent_mse_ensemble(solver="lanczos")`). Oracles: f applied to the eigendecomposition of
+the dense matrix (torch.linalg.eigh), and the ensemble's own eigendecomposition path."""
+import numpy as np
+import pytest
+import torch
+
+import ntklab as nk
+from ntklab.kernels import compute_kernel
+from ntklab.predict.lanczos import lanczos_apply
+from ntklab.predict.iterative import as_operator
+
+NET = nk.mlp(2, 64, W_std=1.5, b_std=0.1)
+
+
+@pytest.fixture(scope="module")
+def data():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(150, 4, generator=generator, dtype=torch.float64)
+    y = torch.stack([torch.sin(x[:, 0]), x[:, 1] * x[:, 2]], 1)
+    x_test = torch.randn(30, 4, generator=generator, dtype=torch.float64)
+    return x, y, x_test
+
+
+def dense_function(k, shift, function, b):
+    evals, evecs = torch.linalg.eigh(k + shift * torch.eye(len(k), dtype=k.dtype))
+    return torch.einsum("ij,fj,kj,kc->fic", evecs, function(evals), evecs, b)
+
+
+def test_lanczos_applies_a_function_of_the_kernel_as_its_eigendecomposition_does(data):
+    """exp(-tau A) b and A^-1 b (two functions at once) for every column equal f applied to the
+    dense eigendecomposition to 1e-9; three steps are far off and warn (negative control)."""
+    x, y, _ = data
+    k = NET.kernel(x, get="ntk")
+    shift = 1e-3 * float(k.diagonal().mean())
+
+    def function(theta):
+        return torch.stack([torch.exp(-0.5 * theta), 1 / theta])
+    out, steps = lanczos_apply(as_operator(k), y, function, shift=shift, progress=False)
+    expected = dense_function(k, shift, function, y)
+    np.testing.assert_allclose(out, expected, atol=1e-9 * float(expected.abs().max()))
+    assert steps < len(x)
+    with pytest.warns(RuntimeWarning, match="Lanczos stopped after 3 steps"):
+        rough, _ = lanczos_apply(as_operator(k), y, function, shift=shift, max_iterations=3, progress=False)
+    assert float((rough - expected).abs().max()) > 1e-3 * float(expected.abs().max())
+
+
+def test_lanczos_is_exact_on_an_invariant_krylov_space():
+    """A of rank 3 plus the identity: the Krylov space of any b has dimension <= 4, so f(A) b is exact
+    after 4 steps (the fourth beta is at rounding's level, 1e-12, and the process ends by the fifth
+    step at the latest), and a zero column gives zero."""
+    generator = torch.Generator().manual_seed(1)
+    features = torch.randn(40, 3, generator=generator, dtype=torch.float64)
+    k = features @ features.T
+    b = torch.cat([torch.randn(40, 1, generator=generator, dtype=torch.float64), torch.zeros(40, 1,
+                                                                                          dtype=torch.float64)], 1)
+    out, steps = lanczos_apply(as_operator(k), b, lambda t: torch.sqrt(t)[None], shift=1.0, progress=False)
+    assert steps <= 5
+    np.testing.assert_allclose(out, dense_function(k, 1.0, lambda t: torch.sqrt(t)[None], b), atol=1e-12)
+
+
+@pytest.mark.parametrize("diag_reg", [0.0, 1e-4])
+def test_ensemble_means_by_lanczos_equal_the_eigendecomposition(data, diag_reg):
+    x, y, x_test = data
+    times = [0.5, 10.0, 1e3, 1e6]
+    exact = nk.predict.gradient_descent_mse_ensemble(NET, x, y, diag_reg=diag_reg, learning_rate=2.0)
+    lanczos = nk.predict.gradient_descent_mse_ensemble(NET, x, y, diag_reg=diag_reg, learning_rate=2.0,
+                                                       solver="lanczos", progress=False)
+    for t in (None, times):
+        for x_eval in (x_test, None):
+            for g in ("ntk", "nngp"):
+                expected = exact(t, x_eval, get=g)
+                np.testing.assert_allclose(lanczos(t, x_eval, get=g), expected,
+                                           atol=1e-8 * float(expected.abs().max()))
+
+
+def test_ensemble_means_by_lanczos_from_a_store(data, tmp_path):
+    """The train-train kernels streamed from a store give the same means; a store of other inputs or of
+    another architecture, and the covariance, are refused."""
+    x, y, x_test = data
+    store = compute_kernel(NET, x, store=tmp_path / "k.zarr", get=("nngp", "ntk"), tile_size=64, progress=False)
+    exact = nk.predict.gradient_descent_mse_ensemble(NET, x, y, diag_reg=1e-4)
+    streamed = nk.predict.gradient_descent_mse_ensemble(NET, x, y, diag_reg=1e-4, solver="lanczos", store=store,
+                                                        progress=False)
+    both = streamed([1.0, 100.0], x_test, get=("nngp", "ntk"))
+    for g in ("nngp", "ntk"):
+        expected = exact([1.0, 100.0], x_test, get=g)
+        np.testing.assert_allclose(both[g], expected, atol=1e-8 * float(expected.abs().max()))
+    with pytest.raises(ValueError, match="does not hold the kernels of x_train"):
+        nk.predict.gradient_descent_mse_ensemble(NET, x.flip(0), y, solver="lanczos", store=store)
+    with pytest.raises(ValueError, match="another architecture"):
+        nk.predict.gradient_descent_mse_ensemble(nk.mlp(3, 64), x, y, solver="lanczos", store=store)
+    with pytest.raises(ValueError, match="compute_cov=True needs solver='eigh'"):
+        streamed(1.0, x_test, get="ntk", compute_cov=True)
+    with pytest.raises(ValueError, match="store= is read by solver='lanczos' only"):
+        nk.predict.gradient_descent_mse_ensemble(NET, x, y, store=store)
+    with pytest.raises(ValueError, match="solver must be 'eigh' or 'lanczos'"):
+        nk.predict.gradient_descent_mse_ensemble(NET, x, y, solver="cg")
