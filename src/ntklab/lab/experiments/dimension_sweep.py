@@ -53,6 +53,10 @@ class Config:
     n_test: int = 4000
     max_degree: int = 10
     extrapolation_dims: tuple[int, ...] = (8, 16, 32, 64, 128, 256, 512, 1024)
+    # (d, n) of NTK regression solved by conjugate gradients streaming a float32 kernel store (20 GB of disk
+    # in the run folder's kernels/ at n = 10^5, removed after; ~1 h on one core), one seed each
+    large_points: tuple[tuple[int, int], ...] = ()
+    large_centers: int = 4000                 # the CG preconditioner's Nystrom centers
     eigenlearning_factor: Claim = Claim(
         "NTK regression: learned fraction of degrees 2 and p = a × eigenlearning's L_k(n) from the NTK's "
         "spectrum, over every measured d and n (weighted least squares)", 1.0, 0.1,
@@ -61,6 +65,10 @@ class Config:
         "NTK regression: local exponent of n½(d) (eigenlearning learns half of degree p = 3) between the "
         "two largest extrapolation dimensions", 3.0, 0.15,
         "Ghorbani, Mei, Misiakiewicz & Montanari 2021 (kernel ridge regression needs n ~ d^p for degree p)")
+    large_eigenlearning_factor: Claim = Claim(
+        "NTK regression at the large_points (conjugate gradients from a kernel store): learned fraction of degrees "
+        "2 and p = a × eigenlearning's L_k(n)", 1.0, 0.1,
+        "Bordelon, Canatar & Pehlevan 2020; Simon, Dickens, Karkada & DeWeese 2021 (eigenlearning)")
     alg1_exponent: Claim = Claim(
         "Algorithm 1: exponent e of n½ ∝ d^e, n½ = samples at which half of the degree-p part is learned", 2.0, 0.5,
         "Damian, Lee & Soltanolkotabi 2022, Theorem 1 (n = O(d^2 polylog d); the tolerance covers the "
@@ -90,14 +98,26 @@ def _ntk(cfg: Config, x, y, seed: int):
 METHODS: dict[str, Callable] = {"Algorithm 1": _algorithm1, "NTK regression": _ntk}
 
 
-def measure(cfg: Config, method: str, d: int, n: int, seed: int) -> dict:
+def _ntk_from_store(folder: RunFolder) -> Callable:
+    def solve(cfg: Config, x, y, seed: int):
+        store = folder.stores({"large_point": [x.shape[1], len(x)], "seed": seed}) / "ntk.zarr"
+        return S.kernel_ridge(R.ntk_architecture(), x, y, ridge=cfg.ridge, store=store, centers=cfg.large_centers)[0]
+    return solve
+
+
+LARGE = "NTK regression (CG from a store)"
+
+
+def measure(cfg: Config, method: str, d: int, n: int, seed: int, *, solver: Callable | None = None,
+            seeds: int | None = None) -> dict:
     """The learned fractions of degrees 2 and p and the test loss of one method at (d, n), mean
-    over seeds with standard errors (between seeds; the Monte Carlo projection's with one seed)."""
+    over seeds with standard errors (between seeds; the Monte Carlo projection's with one seed).
+    `solver` replaces the method's function (`METHODS`), `seeds` the number of seeds."""
     per_seed = []
-    for s in range(cfg.seeds):
+    for s in range(cfg.seeds if seeds is None else seeds):
         target = S.single_index_target(d, (2, cfg.p), seed=seed + s)
         x, y = S.sample(target, n, noise=cfg.noise, seed=seed + s + 1000)
-        predictor = METHODS[method](cfg, x, y, seed + s + 2000)
+        predictor = (solver or METHODS[method])(cfg, x, y, seed + s + 2000)
         per_seed.append(S.learned_fractions(predictor, target, cfg.n_test, seed=seed + s + 3000))
     row: dict = {"method": method, "d": d, "n": n, "n_over_modes": n / mode_count(d, cfg.p), "n_over_d2": n / d ** 2}
     for k in (2, cfg.p):
@@ -138,7 +158,7 @@ def run(folder: RunFolder, cfg: Config, *, seed: int, device: torch.device) -> d
     n½ per d, the fitted exponents, the report."""
     net = R.ntk_architecture()
     spectra = {d: sphere_spectrum(net, d, max_degree=cfg.max_degree)
-               for d in sorted({*cfg.kernel_dims, *cfg.extrapolation_dims})}
+               for d in sorted({*cfg.kernel_dims, *cfg.extrapolation_dims, *(d for d, _ in cfg.large_points)})}
     jobs = [("NTK regression", d, n) for d in cfg.kernel_dims
             for n in _grid(d, cfg.mode_factors, mode_count(d, cfg.p), cfg.kernel_n_max)]
     jobs += [("Algorithm 1", d, n) for d in cfg.alg1_dims for n in _grid(d, cfg.d2_factors, d ** 2, cfg.alg1_n_max)]
@@ -149,6 +169,12 @@ def run(folder: RunFolder, cfg: Config, *, seed: int, device: torch.device) -> d
             prediction = _predict(spectra[d], cfg, n)
             row.update({f"predicted_{k}": float(prediction.learnability[k]) for k in (2, cfg.p)},
                        predicted_loss=prediction.generalization_error)
+        rows.append(row)
+    for d, n in tqdm(cfg.large_points, desc="dimension sweep, large n", unit="point", disable=not cfg.large_points):
+        row = measure(cfg, LARGE, d, n, seed * 10_000 + d * 100, solver=_ntk_from_store(folder), seeds=1)
+        prediction = _predict(spectra[d], cfg, n)
+        row.update({f"predicted_{k}": float(prediction.learnability[k]) for k in (2, cfg.p)},
+                   predicted_loss=prediction.generalization_error)
         rows.append(row)
     kernel_rows = [r for r in rows if r["method"] == "NTK regression"]
     factor = scale_factor([r[f"fraction_{k}"] for r in kernel_rows for k in (2, cfg.p)],
@@ -167,6 +193,12 @@ def run(folder: RunFolder, cfg: Config, *, seed: int, device: torch.device) -> d
                 else (float("nan"), float("nan")))
     folder.claims += [cfg.eigenlearning_factor.check(*factor), cfg.kernel_exponent.check(local_exponent, 0.0),
                       cfg.alg1_exponent.check(*alg1_fit)]
+    large_rows = [r for r in rows if r["method"] == LARGE]
+    if large_rows:
+        large_factor = scale_factor([r[f"fraction_{k}"] for r in large_rows for k in (2, cfg.p)],
+                                    [r[f"fraction_{k}_se"] for r in large_rows for k in (2, cfg.p)],
+                                    [r[f"predicted_{k}"] for r in large_rows for k in (2, cfg.p)])
+        folder.claims.append(cfg.large_eigenlearning_factor.check(*large_factor))
     summary = {"eigenlearning_factor": factor[0], "eigenlearning_factor_se": factor[1],
                "kernel_local_exponent": local_exponent, "alg1_exponent": alg1_fit[0], "alg1_exponent_se": alg1_fit[1]}
     folder.write_csv("metrics.csv", rows)
@@ -199,7 +231,11 @@ def _report(cfg: Config, rows, halves, extrapolation, claims, figure) -> str:
         f"fractions <f, Y_k>/a_k on {cfg.n_test} test points. NTK regression: the two-layer ReLU NTK, ridge "
         f"{cfg.ridge} × k(x, x), at n = c · N_<=p(d) (the number of spherical harmonics of degree <= {cfg.p}); its "
         f"prediction is eigenlearning on the NTK's eigenvalues (degrees 0..{cfg.max_degree}, the rest as a ridge). "
-        f"Algorithm 1: width {cfg.m}, ridge head by validation, at n = c · d^2.", "",
+        f"Algorithm 1: width {cfg.m}, ridge head by validation, at n = c · d^2."
+        + (f" Large points {list(cfg.large_points)} (d, n), one seed each: the NTK computed into a float32 kernel "
+           f"store and the ridge system solved by conjugate gradients streaming it (relative residual 1e-6, "
+           f"Nystrom preconditioner on {cfg.large_centers} centers), the n x n matrix never in memory."
+           if cfg.large_points else ""), "",
         claims_table(claims), "",
         "## n½: samples at which half of the degree-p part is learned", "",
         markdown_table(halves, ["method", "d", "n_half"]), "",
@@ -231,6 +267,12 @@ def _figure(folder, cfg: Config, rows, spectra, extrapolation, halves) -> str:
                              label=f"d = {d}" if k == cfg.p else None)
             axes[0].plot(grid / unit, [_predict(spectra[d], cfg, int(n)).learnability[k] for n in grid],
                          style, color=colors[d], lw=1)
+    for r in (r for r in rows if r["method"] == LARGE):
+        for k, marker in ((2, "s"), (cfg.p, "o")):
+            axes[0].errorbar([r["n_over_modes"]], [r[f"fraction_{k}"]], [2 * r[f"fraction_{k}_se"]], fmt=marker,
+                             mfc="none", color="k", ms=7,
+                             label=f"d = {r['d']}, CG from a store (x: eigenlearning)" if k == cfg.p else None)
+            axes[0].plot([r["n_over_modes"]], [r[f"predicted_{k}"]], "x", color="k", ms=7)
     axes[0].set_xscale("log")
     axes[0].set_xlabel(f"n / N≤{cfg.p}(d)  (harmonics of degree ≤ {cfg.p})")
     axes[0].set_ylabel("learned fraction")

@@ -10,7 +10,9 @@ not; for kernel ridge regression its expectation is eigenlearning's L_k."""
 from __future__ import annotations
 
 import math
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Mapping
 
 import torch
@@ -76,15 +78,40 @@ def sample(target: ZonalTarget, n: int, *, noise: float, seed: int) -> tuple[tor
     return x, target(x) + noise * signs
 
 
-def kernel_ridge(net: nk.Serial, x: torch.Tensor, y: torch.Tensor, *, ridge: float,
-                 get: str = "ntk") -> tuple[Callable[[torch.Tensor], torch.Tensor], float]:
+def kernel_ridge(net: nk.Serial, x: torch.Tensor, y: torch.Tensor, *, ridge: float, get: str = "ntk",
+                 store: Path | None = None, centers: int = 4000, rtol: float = 1e-6,
+                 ) -> tuple[Callable[[torch.Tensor], torch.Tensor], float]:
     """Kernel ridge regression f = k(., X) (K + delta I)^-1 y with delta = ridge * k(x, x) (the
-    kernel's diagonal, the same for every point of the sphere), and delta."""
-    gram = net.kernel(x, get=get)
-    delta = positive(ridge, "ridge", allow_zero=True) * float(gram.diagonal().mean())
-    gram.diagonal().add_(delta)
-    coefficients = torch.cholesky_solve(y[:, None], torch.linalg.cholesky(gram))[:, 0]
-    return (lambda x_new: net.kernel(x_new, x, get=get) @ coefficients), delta
+    kernel's diagonal, the same for every point of the sphere), and delta.
+
+    Without `store`: Cholesky of the dense K.  With `store` (a folder): K is computed into a float32
+    kernel store there (its upper tiles, 2 n^2 bytes: 20 GB at n = 10^5) and the system
+    solved by conjugate gradients streaming it (`StoredKernel`), preconditioned by the column Nystrom
+    approximation on `centers` training points, to relative residual `rtol`; the store is removed
+    afterwards.  Memory O(n centers)."""
+    delta_of = positive(ridge, "ridge", allow_zero=True)
+    if store is None:
+        gram = net.kernel(x, get=get)
+        delta = delta_of * float(gram.diagonal().mean())
+        gram.diagonal().add_(delta)
+        coefficients = torch.cholesky_solve(y[:, None], torch.linalg.cholesky(gram))[:, 0]
+    else:
+        try:
+            stored = nk.kernels.compute_kernel(net, x, store=store, get=get, tile_size=4096, dtype=torch.float32,
+                                               overwrite=True)
+            operator = nk.kernels.StoredKernel(stored, get)
+            delta = delta_of * float(operator.diagonal().mean())
+            preconditioner = nk.predict.NystromPreconditioner.from_centers(net, x, centers=min(centers, len(x)),
+                                                                           get=get)
+            coefficients = nk.predict.conjugate_gradients(operator, y, diag_reg=delta, diag_reg_absolute_scale=True,
+                                                          preconditioner=preconditioner, rtol=rtol).solution
+        finally:
+            shutil.rmtree(store, ignore_errors=True)
+
+    def predictor(x_new: torch.Tensor) -> torch.Tensor:
+        return torch.cat([net.kernel(x_new[start:start + 1024], x, get=get) @ coefficients
+                          for start in range(0, len(x_new), 1024)])
+    return predictor, delta
 
 
 def learned_fractions(predictor: Callable[[torch.Tensor], torch.Tensor], target: ZonalTarget, n_test: int,
