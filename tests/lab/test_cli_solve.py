@@ -29,17 +29,25 @@ def test_solve_from_a_store_equals_the_dense_ridge_solution(tmp_path):
                                   "--scheduler", "processes", "--workers", "2"])
     assert spread.exit_code == 0, spread.output
     np.testing.assert_allclose(np.load(tmp_path / "alpha2.npy"), exact, rtol=1e-7, atol=1e-9)
+    centered = runner.invoke(main, ["solve", "--store", str(tmp_path / "k.zarr"), "--y", str(tmp_path / "y.npy"),
+                                    "--out", str(tmp_path / "alpha3.npy"), "--diag-reg", "1e-3", "--rtol", "1e-10",
+                                    "--x", str(tmp_path / "x.npy"), "--centers", "30"])
+    assert centered.exit_code == 0, centered.output
+    np.testing.assert_allclose(np.load(tmp_path / "alpha3.npy"), exact, rtol=1e-7, atol=1e-9)
 
 
 @pytest.mark.parametrize("args, message", [
     (["--store", "missing.zarr"], "is not an ntklab kernel store"),
     (["--get", "nngp"], "holds ['ntk'], not 'nngp'"),
+    (["--centers", "4"], "--x and --centers go together"),
+    (["--x", "other.npy", "--centers", "4"], "--x is not the input file the store"),
 ])
 def test_solve_refuses_a_missing_store_or_kernel_in_one_line(tmp_path, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
     x = np.random.default_rng(0).normal(size=(8, 3))
     np.save("x.npy", x)
     np.save("y.npy", x[:, 0])
+    np.save("other.npy", x[::-1])
     runner = CliRunner()
     assert runner.invoke(main, ["kernel", "--arch", "Dense(8), Relu(), Dense(1)", "--x1", "x.npy",
                                 "--out", "k.zarr", "--get", "ntk"]).exit_code == 0

@@ -207,7 +207,13 @@ def kernel(ctx: click.Context, arch: str, x1_path: Path, x2_path: Path | None, o
 @click.option("--diag-reg", type=click.FloatRange(min=0), default=1e-4, show_default=True,
               help="lambda relative to the mean diagonal of K.")
 @click.option("--rank", type=click.IntRange(min=1), default=100, show_default=True,
-              help="Rank of the Nystrom preconditioner (one more pass over the store).")
+              help="Rank of the randomized Nystrom preconditioner (one more pass over the store).")
+@click.option("--x", "x_path", type=click.Path(path_type=Path), default=None,
+              help="The store's training inputs (as given to ntklab kernel): with --centers, precondition by the "
+              "Nystrom approximation on that many of them, computed from the store's architecture (no pass over "
+              "the store; far larger ranks than --rank for the same time).")
+@click.option("--centers", type=click.IntRange(min=1), default=None,
+              help="Nystrom centers of the preconditioner (needs --x); replaces --rank.")
 @click.option("--rtol", type=click.FloatRange(min=0, min_open=True), default=1e-6, show_default=True,
               help="Relative residual ||y - (K + lambda I) alpha|| / ||y|| to stop at.")
 @click.option("--max-iterations", type=click.IntRange(min=1), default=None,
@@ -218,20 +224,26 @@ def kernel(ctx: click.Context, arch: str, x1_path: Path, x2_path: Path | None, o
               "recomputed by the others).")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Processes for --scheduler processes [default: one per CPU].")
-def solve(store_path: Path, y_path: Path, out: Path, get: str, diag_reg: float, rank: int, rtol: float,
-          max_iterations: int | None, overwrite: bool, scheduler: str | None, workers: int | None) -> None:
+def solve(store_path: Path, y_path: Path, out: Path, get: str, diag_reg: float, rank: int, x_path: Path | None,
+          centers: int | None, rtol: float, max_iterations: int | None, overwrite: bool, scheduler: str | None,
+          workers: int | None) -> None:
     """Kernel ridge regression from a kernel store without loading it: preconditioned conjugate
     gradients whose products K v stream the store's tiles (nk.predict.conjugate_gradients)."""
     from .. import kernels, predict
     try:
         if out.exists() and not overwrite:
             raise ValueError(f"--out {str(out)!r} exists; pass --overwrite to replace it")
+        if (x_path is None) != (centers is None):
+            raise ValueError("--x and --centers go together: the Nystrom preconditioner on --centers of the "
+                             "inputs --x")
         check_writable(out, "--out")
         y = load_array(y_path, "y")
         with kernels.StoredKernel(str(store_path), get, progress=sys.stderr.isatty() or None, scheduler=scheduler,
                                   workers=workers) as operator:
+            preconditioner = ("nystrom" if x_path is None else
+                              _centers_preconditioner(operator.store, load_array(x_path, "x"), centers, get))
             result = predict.conjugate_gradients(operator, y, diag_reg=diag_reg, rank=rank, rtol=rtol,
-                                                 max_iterations=max_iterations,
+                                                 preconditioner=preconditioner, max_iterations=max_iterations,
                                                  progress=sys.stderr.isatty() or None)
     except ValueError as err:
         _fail(err)
@@ -241,6 +253,21 @@ def solve(store_path: Path, y_path: Path, out: Path, get: str, diag_reg: float, 
     click.echo(f"wrote {out}: alpha {tuple(result.solution.shape)} after {result.iterations} iterations, "
                f"relative residual {float(result.relative_residual.max()):.2e}"
                + ("" if result.converged else f" (> rtol {rtol:g}: see the warning)"))
+
+
+def _centers_preconditioner(store, x: np.ndarray, centers: int | None, get: str):
+    """The Nystrom preconditioner on `centers` of the store's inputs `x`, from the store's architecture;
+    ValueError when `x` is not what the store was computed from."""
+    import torch
+    from ..kernels.engine import _computation
+    from ..predict import NystromPreconditioner
+    net = parse_architecture(store.config["architecture"])
+    _, inputs, _, config = _computation(net, x, None, get=store.names, dtype=getattr(torch, store.config["dtype"]),
+                                        tile_size=store.tile_size)
+    if config["x1_sha256"] != store.config["x1_sha256"]:
+        raise ValueError(f"--x is not the input file the store {store.path} was computed from (its values, order or "
+                         f"dtype differ); give the same file as to ntklab kernel")
+    return NystromPreconditioner.from_centers(net, inputs, centers=min(int(centers or 1), len(inputs)), get=get)
 
 
 if __name__ == "__main__":
