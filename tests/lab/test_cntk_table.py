@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+import ntklab as nk
+
 from ntklab.lab import experiments
 from ntklab.lab.data import CIFAR10_TEST, CIFAR10_TRAIN, cifar10, image_task, read_cifar10_binary
 
@@ -204,3 +206,20 @@ def test_shifted_digits_put_each_digit_somewhere_on_the_canvas():
     assert len(corners) > 5
     with pytest.raises(ValueError, match="canvas must be at least"):
         digits_shifted(5, 5, seed=0, canvas=6)
+
+
+def test_cntk_accuracy_by_conjugate_gradients_from_the_stores_equals_the_cholesky_solve(tmp_path):
+    """solver="cg" (train store streamed into CG with ridge 1e-6, test store streamed into the
+    prediction) gives the accuracies of the dense solve; the streamed test product is the loaded one."""
+    from ntklab.lab.studies import cntk as C
+    task = image_task("digits", 150, 40, seed=0, defaults=(150, 40))
+    arch = C.plain(3, "V", channels=8, n_classes=10)
+    common = dict(tile_size=64, scheduler=None, workers=None, device="cpu")
+    dense, dense_details = C.cntk_accuracy(task, arch, tmp_path, "dense", **common)
+    cg, cg_details = C.cntk_accuracy(task, arch, tmp_path, "cg", solver="cg", **common)
+    assert cg == dense and cg_details["train_accuracy"] == dense_details["train_accuracy"] == 1.0
+    assert cg_details["cg_residual"] <= 1e-8 and cg_details["cg_iterations"] > 1
+    store = nk.kernels.KernelStore.open(tmp_path / "cg-test.zarr")
+    alpha = torch.randn(150, 10, dtype=torch.float64)
+    np.testing.assert_allclose(C._streamed_product(store, alpha), torch.from_numpy(store.load("ntk")) @ alpha,
+                               rtol=1e-12, atol=1e-12)

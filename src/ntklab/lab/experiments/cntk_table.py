@@ -55,6 +55,8 @@ class Config:
     epochs: int = 100
     batch_size: int = 40
     tile_size: int = 64
+    solver: str = "cholesky"   # "cg": conjugate gradients streaming the train store, the test store streamed too
+    cg_diag_reg: float = 1e-6  # solver="cg": ridge relative to the mean diagonal (the paper's 0 leaves CG stalling)
     prediction_data: str = "cifar10"   # the data the claims' predictions are for (the paper's)
     cntk_gap_over_v: Claim = Claim(
         "CNTK-GAP - CNTK-V test accuracy, points (mean over the depths run)", 10.29, 5.0,
@@ -82,7 +84,8 @@ def cell(task, column: str, depth: int, cfg: Config, stores, *, seed: int, sched
     print(f"[cntk-table] depth {depth} {column}", file=sys.stderr, flush=True)
     if kernel:
         return C.cntk_accuracy(task, arch, stores, f"{task.name}-seed{seed}-{column}-depth{depth}",
-                               tile_size=cfg.tile_size, scheduler=scheduler, workers=workers, device=device)
+                               tile_size=cfg.tile_size, scheduler=scheduler, workers=workers, device=device,
+                               solver=cfg.solver, cg_diag_reg=cfg.cg_diag_reg)
     return C.cnn_accuracy(task, arch, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=seed, device=device)
 
 
@@ -125,6 +128,8 @@ def run(folder: RunFolder, cfg: Config, *, seed: int, device: torch.device | str
         workers: int | None = None) -> dict:
     """Every (depth, column) cell, the orderings against the paper's, the report."""
     check_scheduler(scheduler, workers)   # before any work
+    if cfg.solver not in ("cholesky", "cg"):
+        raise ValueError(f"solver must be 'cholesky' or 'cg', got {cfg.solver!r}")
     task = image_task(data, train_size, test_size, seed=seed, defaults=(cfg.train_size, cfg.test_size))
     stores = C.kernel_stores(folder, task, cfg)
     metrics: list[dict] = []
