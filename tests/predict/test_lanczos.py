@@ -96,3 +96,24 @@ def test_ensemble_means_by_lanczos_from_a_store(data, tmp_path):
         nk.predict.gradient_descent_mse_ensemble(NET, x, y, store=store)
     with pytest.raises(ValueError, match="solver must be 'eigh' or 'lanczos'"):
         nk.predict.gradient_descent_mse_ensemble(NET, x, y, solver="cg")
+
+
+def test_solvers_refuse_what_does_not_fit_in_memory_with_the_memory_needed(data, monkeypatch):
+    """With the available memory faked to 64 KiB: the centers preconditioner (n x m), Nystrom regression
+    (m x m), random-feature regression (D x D) and the Lanczos basis are refused naming the GiB and the fix."""
+    from ntklab._core import validation
+    from ntklab.predict import lanczos
+    x, y, _ = data
+    k = NET.kernel(x, get="ntk")
+    small = lambda device: 2 ** 16   # noqa: E731
+    monkeypatch.setattr(validation, "available_memory", small)
+    monkeypatch.setattr(lanczos, "available_memory", small)
+    with pytest.raises(ValueError, match="needs .* GiB .* give fewer centers"):
+        nk.predict.NystromPreconditioner.from_centers(NET, torch.randn(4000, 4, dtype=torch.float64), centers=100)
+    with pytest.raises(ValueError, match="needs .* GiB .* give fewer centers"):
+        nk.predict.nystrom_regression(NET, x, y, centers=150)
+    with pytest.raises(ValueError, match="needs .* GiB .* give fewer features"):
+        nk.predict.feature_regression(lambda z: torch.ones(len(z), 500, dtype=torch.float64), x, y)
+    with pytest.raises(ValueError, match=r"Lanczos basis after \d+ steps needs .* GiB"):
+        lanczos_apply(as_operator(k), torch.randn(150, 600, dtype=torch.float64), lambda t: t[None], progress=False)
+    nk.predict.nystrom_regression(NET, x, y, centers=20)      # small enough: runs

@@ -37,7 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._core.tiling import PROGRESS_DELAY
-from .._core.validation import DEFAULT_DTYPE, as_targets, as_tensor, positive, positive_int
+from .._core.validation import DEFAULT_DTYPE, as_targets, as_tensor, check_result_fits, positive, positive_int
 from .linalg import ridge
 from .nystrom import NystromPreconditioner, draw_centers, kernel_function
 
@@ -306,6 +306,8 @@ def nystrom_regression(net_or_kernel_fn, x_train, y_train, *, centers: int = 100
     weights = as_weights(sample_weight, n, x_train.device)
     index, chosen = draw_centers(x_train, centers, seed)
     m = len(index)
+    check_result_fits((m, m), 3, torch.float64, x_train.device,
+                      "Nystrom regression holds K_mm, K_nm^T K_nm and its factor (m x m float64); give fewer centers")
     k_mm = kernel(chosen, None)
     gram = torch.zeros(m, m, dtype=k_mm.dtype, device=k_mm.device)
     rhs = torch.zeros(m, y.shape[1], dtype=k_mm.dtype, device=k_mm.device)
@@ -418,6 +420,9 @@ def feature_regression(feature_map: Callable[[torch.Tensor], torch.Tensor], x_tr
         if phi.ndim != 2 or len(phi) != len(y[block]):
             raise ValueError(f"feature_map must return [B, D] features for B inputs, got shape {tuple(phi.shape)}")
         if start == 0:
+            check_result_fits((phi.shape[1], phi.shape[1]), 3, torch.float64, y.device,
+                              "feature regression holds Phi^T Phi, the system and its factor (D x D float64); give "
+                              "fewer features")
             gram, rhs = phi.new_zeros(phi.shape[1], phi.shape[1]), phi.new_zeros(phi.shape[1], y.shape[1])
         weighted = phi * weights[block, None]
         gram += weighted.T @ phi

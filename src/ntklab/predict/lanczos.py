@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._core.tiling import PROGRESS_DELAY
-from .._core.validation import positive, positive_int
+from .._core.validation import available_memory, positive, positive_int
 
 QUIET_STEPS = 3   # consecutive steps below rtol that end the process
 
@@ -76,6 +76,11 @@ def lanczos_apply(operator, b: torch.Tensor, function: Callable[[torch.Tensor], 
     with bar:
         while bool(open_columns.any()) and steps < limit:
             q = basis[-1]
+            needed = 2 * (len(basis) + 1) * q.numel() * q.element_size()     # the basis and its stacked copy
+            if needed > available_memory(q.device):
+                raise ValueError(f"the Lanczos basis after {steps} steps needs {needed / 2 ** 30:.1f} GiB, more than "
+                                 f"the memory available on {q.device} (relative change {float(change.max()):.2g}): "
+                                 f"give a larger rtol, fewer columns of b at once, or a larger diag_reg")
             w = operator.matmul(q) + shift * q
             diagonal.append((q * w).sum(0))
             stacked = torch.stack(basis)                                     # [k, n, c]

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .._core.validation import DEFAULT_DTYPE, positive_int
+from .._core.validation import DEFAULT_DTYPE, check_result_fits, positive_int
 from ..arch.serial import Serial
 
 
@@ -98,6 +98,9 @@ class NystromPreconditioner:
     def __init__(self, operator, rank: int, shift: float = 0.0, seed: int = 0):
         n = operator.shape[0]
         rank = min(positive_int(rank, "rank"), n)
+        check_result_fits((n, rank), 4, operator.dtype, operator.device,
+                          f"the randomized Nystrom preconditioner of rank {rank} holds four n x rank matrices; "
+                          f"give a smaller rank")
         generator = torch.Generator().manual_seed(seed)
         omega = torch.randn(n, rank, generator=generator, dtype=operator.dtype).to(operator.device)
         omega = torch.linalg.qr(omega).Q
@@ -144,6 +147,8 @@ class NystromPreconditioner:
         x_train = x_train.to(DEFAULT_DTYPE) if not x_train.is_floating_point() else x_train
         n, block_size = len(x_train), positive_int(block_size, "block_size")
         _, chosen = draw_centers(x_train, centers, seed)
+        check_result_fits((n, len(chosen)), 1, torch.float64, x_train.device,
+                          "the preconditioner holds U, n x centers in float64; give fewer centers")
         w, q = torch.linalg.eigh(kernel(chosen, None))
         kept = _kept(w, len(w))
         whiten = q[:, kept] / w[kept].sqrt()                  # K_mm^{+1/2}
