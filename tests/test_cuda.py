@@ -64,3 +64,26 @@ def test_the_ntk_hierarchy_and_gradient_flow_on_cuda():
     assert trained.device.type == "cuda"   # follows the model (it came back on the CPU)
     torch.testing.assert_close(trained.cpu(), train_gradient_flow(model.cpu(), x[:3], y, [0.5, 1.0], x[3:]),
                                rtol=1e-8, atol=1e-10)
+
+
+def test_solvers_past_memory_on_cuda_equal_cpu(tmp_path):
+    """CG streaming a store onto the GPU with the centers preconditioner built there, and the ensemble's
+    Lanczos means, equal their CPU values."""
+    net = nk.mlp(2, 64, W_std=1.5, b_std=0.1)
+    x = torch.randn(300, 5, generator=GEN, dtype=torch.float64)
+    y = torch.sin(x[:, :2])
+    store = nk.kernels.compute_kernel(net, x, store=tmp_path / "k.zarr", get=("nngp", "ntk"), tile_size=64,
+                                      progress=False)
+    results = {}
+    for device in ("cpu", "cuda"):
+        operator = nk.kernels.StoredKernel(store, "ntk", device=device)
+        preconditioner = nk.predict.NystromPreconditioner.from_centers(net, x.to(device), centers=100)
+        results[device] = nk.predict.conjugate_gradients(operator, y.to(device), diag_reg=1e-4, rtol=1e-10,
+                                                         preconditioner=preconditioner, progress=False).solution
+    assert results["cuda"].device.type == "cuda"
+    torch.testing.assert_close(results["cuda"].cpu(), results["cpu"], rtol=1e-8, atol=1e-10)
+    cpu = nk.predict.gradient_descent_mse_ensemble(net, x, y, solver="lanczos", store=store, progress=False)
+    gpu = nk.predict.gradient_descent_mse_ensemble(net, x.cuda(), y.cuda(), solver="lanczos", store=store,
+                                                   progress=False)
+    torch.testing.assert_close(gpu([1.0, 10.0], x[:20].cuda()).cpu(), cpu([1.0, 10.0], x[:20]), rtol=1e-8,
+                               atol=1e-10)
