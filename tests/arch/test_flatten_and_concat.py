@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import ntklab as nk
+from nt_reference import assert_matches_neural_tangents
 
 GEN = torch.Generator().manual_seed(29)
 IMAGES = torch.randn(3, 2, 5, 5, generator=GEN, dtype=torch.float64)
@@ -174,15 +175,7 @@ def test_concat_of_image_branches_matches_neural_tangents(reference_v2):
                                   parameterization="standard"),
         nk.Relu(), nk.Flatten(), nk.Dense(1, W_std=1.5, b_std=0.05))
     x1, x2 = (torch.from_numpy(z[key]).permute(0, 3, 1, 2) for key in ("conv/x1", "conv/x2"))
-    k12, k11 = net.kernel(x1, x2), net.kernel(x1)
-    off = ~torch.eye(len(x1), dtype=torch.bool)
-    for get in ("nngp", "ntk"):
-        want12, want11 = (torch.from_numpy(z[f"conv/concat_unequal/{get}_{s}"]) for s in ("x1x2", "x1x1"))
-        scale = max(1.0, float(want12.abs().max()))
-        torch.testing.assert_close(getattr(k12, get), want12, rtol=0, atol=1e-10 * scale)
-        torch.testing.assert_close(getattr(k11, get)[off], want11[off], rtol=0, atol=1e-10 * scale)
-        # the diagonal: neural-tangents' arccos of a rounded correlation 1 (as test_reference_v2)
-        torch.testing.assert_close(getattr(k11, get).diagonal(), want11.diagonal(), rtol=1e-7, atol=0)
+    assert_matches_neural_tangents(net, x1, x2, lambda get, pair: z[f"conv/concat_unequal/{get}_{pair}"])
 
 
 def test_concat_of_image_branches_matches_monte_carlo():

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import ntklab as nk
+from nt_reference import assert_matches_neural_tangents
 from ntklab.arch.spec import parse_architecture
 
 W, B = 1.5, 0.05
@@ -80,18 +81,8 @@ def inputs(z, kind):
 def test_kernels_match_neural_tangents(reference_v2, name):
     cases, z = reference_v2
     assert cases[name]["arrays"], name
-    net = NETWORKS[name]()
     x1, x2 = inputs(z, name.split("/")[0])
-    k12, k11 = net.kernel(x1, x2), net.kernel(x1)
-    off = ~np.eye(len(x1), dtype=bool)
-    for g in ("nngp", "ntk"):
-        want12, want11 = z[f"{name}/{g}_x1x2"], z[f"{name}/{g}_x1x1"]
-        scale = max(1.0, np.abs(want12).max())
-        np.testing.assert_allclose(getattr(k12, g).numpy(), want12, rtol=0, atol=1e-10 * scale)
-        np.testing.assert_allclose(getattr(k11, g).numpy()[off], want11[off], rtol=0, atol=1e-10 * scale)
-        np.testing.assert_allclose(np.diag(getattr(k11, g).numpy()), np.diag(want11), rtol=1e-7)
-        alone = torch.stack([getattr(net.kernel(x1[i:i + 1]), g)[0, 0] for i in range(len(x1))])
-        np.testing.assert_allclose(np.diag(getattr(k11, g).numpy()), alone.numpy(), rtol=1e-13)
+    assert_matches_neural_tangents(NETWORKS[name](), x1, x2, lambda g, pair: z[f"{name}/{g}_{pair}"])
 
 
 @pytest.mark.parametrize("name", list(NETWORKS))

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import ntklab as nk
+from nt_reference import assert_matches_neural_tangents
 from conftest import load_reference
 
 W, B = 1.5, 0.05
@@ -51,22 +52,10 @@ def inputs(case):
 
 @pytest.mark.parametrize("case", sorted(NETWORKS))
 def test_kernels_equal_neural_tangents(case):
-    """Every x1-vs-x2 and off-diagonal x1-vs-x1 entry to 1e-10 of the largest entry; on the
-    diagonal neural-tangents evaluates arccos at a correlation rounded to 1 - O(1e-16)
-    (tests/data/neural_tangents/README.md, "Near the diagonal"): checked to 1e-7 there, and
-    ntklab's diagonal exactly against each input's kernel alone (as test_reference_v2.py)."""
+    """Against neural-tangents' stored values (`nt_reference`)."""
     x1, x2 = inputs(case)
-    net = NETWORKS[case]
-    k12, k11 = net.kernel(x1, x2), net.kernel(x1)
-    off = ~np.eye(len(x1), dtype=bool)
-    for get in ("nngp", "ntk"):
-        want12, want11 = (ARRAYS[CASES[case]["arrays"][f"{get}_{pair}"]] for pair in ("x1x2", "x1x1"))
-        scale = max(1.0, np.abs(want12).max())
-        np.testing.assert_allclose(getattr(k12, get).numpy(), want12, rtol=0, atol=1e-10 * scale)
-        np.testing.assert_allclose(getattr(k11, get).numpy()[off], want11[off], rtol=0, atol=1e-10 * scale)
-        np.testing.assert_allclose(np.diag(getattr(k11, get).numpy()), np.diag(want11), rtol=1e-7)
-        alone = torch.stack([getattr(net.kernel(x1[i:i + 1]), get)[0, 0] for i in range(len(x1))])
-        np.testing.assert_allclose(np.diag(getattr(k11, get).numpy()), alone.numpy(), rtol=1e-13)
+    assert_matches_neural_tangents(NETWORKS[case], x1, x2,
+                                   lambda get, pair: ARRAYS[CASES[case]["arrays"][f"{get}_{pair}"]])
 
 
 def test_the_reference_tells_the_new_layers_from_their_neighbours():
