@@ -12,14 +12,16 @@
   eigenvalue and the fix; `allow_indefinite=True` follows an indefinite kernel exactly.
 * `conjugate_gradients` (with `NystromPreconditioner`) and `nystrom_regression`: kernel
   regression without the n x n matrix in memory, from a kernel store (`nk.kernels.StoredKernel`)
-  or on m centers (`iterative`); `feature_regression`: ridge on a feature map such as the random
-  features of the NNGP/NTK (`nk.kernels.RandomFeatures`), linear in n.
+  or on m centers (`iterative`; the preconditioners in `nystrom`); `feature_regression`: ridge on a
+  feature map such as the random features of the NNGP/NTK (`nk.kernels.RandomFeatures`), linear in n;
+  `lanczos.lanczos_apply`: f(K) b from products with K (the ensemble's `solver="lanczos"`).
 * `gradient_descent_mse_ensemble`: mean and covariance of an infinite ensemble
   of infinitely wide networks trained by gradient flow on the MSE for time t
   (Lee et al. 2019, "Wide neural networks of any depth evolve as linear models under
   gradient descent", NeurIPS, eqs. 9-16), f_0 ~ GP(0, K_nngp),
   `diag_reg` relative to the mean diagonal of the train-train kernel, t=None
-  for t = infinity.  One eigendecomposition per kernel serves all times.
+  for t = infinity.  One eigendecomposition per kernel serves all times (`solver="eigh"`), or the
+  Lanczos process on a kernel store gives the means without the n x n matrix (`solver="lanczos"`).
 * `Gaussian(mean, covariance)` and `PerGet` (a named tuple over the names of `get`,
   `.nngp`/`.ntk`): the results, as neural-tangents returns them.
 
