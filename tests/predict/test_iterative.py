@@ -78,6 +78,29 @@ def test_the_centers_approximation_is_the_kernel_with_every_point_a_center_and_e
     assert float((few.u @ torch.diag(few.eigenvalues) @ few.u.T - k).abs().max()) > 1e-3 * float(k.max())
 
 
+def test_the_centers_approximation_is_orthonormal_on_a_fast_decaying_spectrum(monkeypatch):
+    """A Gaussian kernel's Nystrom eigenvalues span ~16 decades: U from B^T B alone is off orthonormality by
+    far more than 1e-10 (negative control: the second pass switched off), the second pass brings it to
+    1e-10 with U diag(Lambda) U^T still K_nm K_mm^+ K_mn (computed densely) to 1e-9."""
+    from ntklab.predict import nystrom
+    x = torch.randn(500, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+
+    def gaussian(a, b):
+        return torch.exp(-torch.cdist(a, b).square() / 2)
+    p = NystromPreconditioner.from_centers(gaussian, x, centers=200, seed=1)
+    eye = torch.eye(p.rank, dtype=torch.float64)
+    assert float((p.u.T @ p.u - eye).abs().max()) <= 1e-10
+    index, centers = nystrom.draw_centers(x, 200, 1)
+    w, q = torch.linalg.eigh(gaussian(centers, centers))
+    kept = nystrom._kept(w, len(w))
+    k_nm = gaussian(x, centers) @ q[:, kept]
+    dense = k_nm @ torch.diag(1 / w[kept]) @ k_nm.T
+    np.testing.assert_allclose(p.u @ torch.diag(p.eigenvalues) @ p.u.T, dense, atol=1e-9)
+    monkeypatch.setattr(nystrom, "ORTHONORMALITY", float("inf"))
+    first = NystromPreconditioner.from_centers(gaussian, x, centers=200, seed=1)
+    assert float((first.u.T @ first.u - torch.eye(first.rank, dtype=torch.float64)).abs().max()) > 1e-8
+
+
 def test_cg_with_the_centers_preconditioner_solves_the_system_in_few_iterations(problem):
     """With lambda at the 20th eigenvalue, 80 of 120 points as centers capture the spectrum above it:
     PCG reaches 1e-10 in at most half the iterations of plain CG and equals the dense ridge solution."""

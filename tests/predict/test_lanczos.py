@@ -92,7 +92,7 @@ def test_ensemble_means_by_lanczos_from_a_store(data, tmp_path):
         nk.predict.gradient_descent_mse_ensemble(nk.mlp(3, 64), x, y, solver="lanczos", store=store)
     with pytest.raises(ValueError, match="compute_cov=True needs solver='eigh'"):
         streamed(1.0, x_test, get="ntk", compute_cov=True)
-    with pytest.raises(ValueError, match="store= is read by solver='lanczos' only"):
+    with pytest.raises(ValueError, match="store = ... are read by solver='lanczos' only"):
         nk.predict.gradient_descent_mse_ensemble(NET, x, y, store=store)
     with pytest.raises(ValueError, match="solver must be 'eigh' or 'lanczos'"):
         nk.predict.gradient_descent_mse_ensemble(NET, x, y, solver="cg")
@@ -117,3 +117,61 @@ def test_solvers_refuse_what_does_not_fit_in_memory_with_the_memory_needed(data,
     with pytest.raises(ValueError, match=r"Lanczos basis after \d+ steps needs .* GiB"):
         lanczos_apply(as_operator(k), torch.randn(150, 600, dtype=torch.float64), lambda t: t[None], progress=False)
     nk.predict.nystrom_regression(NET, x, y, centers=20)      # small enough: runs
+
+
+def test_lanczos_refuses_indefinite_and_singular_kernels_and_gives_zero_for_zero_targets(data):
+    """An indefinite kernel_fn is refused (eigh refuses it too), never clamped into a confident mean; a
+    singular kernel at t=None is refused as eigh refuses it; y = 0 gives 0."""
+    x, y, x_test = data
+
+    def indefinite(a, b):
+        b = a if b is None else b
+        fa = torch.cat([a, a[:, :1] ** 2], 1)
+        fb = torch.cat([b, b[:, :1] ** 2], 1)
+        return fa @ fb.T - 1.5 * fa[:, :1] @ fb[:, :1].T
+    assert float(torch.linalg.eigvalsh(indefinite(x, x))[0]) < -1.0
+    with pytest.raises(ValueError, match="indefinite"):
+        nk.predict.gradient_descent_mse_ensemble(indefinite, x, y[:, 0])(10.0, x_test, get="ntk")
+    with pytest.raises(ValueError, match="not positive semi-definite"):
+        nk.predict.gradient_descent_mse_ensemble(indefinite, x, y[:, 0], solver="lanczos", progress=False)(
+            10.0, x_test, get="ntk")
+    repeated = torch.cat([x, x[:10]])
+    targets = torch.randn(len(repeated), generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+
+    def linear(a, b):
+        return a @ (a if b is None else b).T            # rank 4 < n: singular
+    for solver in ("eigh", "lanczos"):
+        with pytest.raises(ValueError, match="singular"):
+            nk.predict.gradient_descent_mse_ensemble(linear, repeated, targets, solver=solver,
+                                                     **({"progress": False} if solver == "lanczos" else {}))(
+                None, x_test, get="ntk")
+    zero = nk.predict.gradient_descent_mse_ensemble(NET, x, torch.zeros_like(y), solver="lanczos", progress=False)
+    assert float(zero([1.0, 5.0], x_test, get="ntk").abs().max()) == 0.0
+    assert float(zero(None, x_test, get="ntk").abs().max()) == 0.0
+
+
+def test_lanczos_options_are_refused_with_eigh_and_a_store_without_an_architecture(data, tmp_path):
+    x, y, _ = data
+    store = compute_kernel(NET, x, store=tmp_path / "k.zarr", get="ntk", tile_size=64, progress=False)
+    for options in ({"rtol": 1e-6}, {"max_iterations": 5}, {"store": store}):
+        with pytest.raises(ValueError, match="read by solver='lanczos' only"):
+            nk.predict.gradient_descent_mse_ensemble(NET, x, y, **options)
+    with pytest.raises(ValueError, match="store= needs an ntklab architecture"):
+        nk.predict.gradient_descent_mse_ensemble(lambda a, b: NET.kernel(a, b, get="ntk"), x, y, solver="lanczos",
+                                                 store=store)
+    with pytest.raises(ValueError, match="max_iterations"):
+        nk.predict.gradient_descent_mse_ensemble(NET, x, y, solver="lanczos", max_iterations=0)
+
+
+def test_cg_casts_a_centers_preconditioner_to_the_operators_dtype(data, tmp_path):
+    """A float64 preconditioner for a float32 operator (a StoredKernel read as float32) is cast, not a
+    dtype error; the solution matches the float64 solve to float32's precision."""
+    x, y, _ = data
+    store = compute_kernel(NET, x, store=tmp_path / "k.zarr", get="ntk", tile_size=64, progress=False)
+    preconditioner = nk.predict.NystromPreconditioner.from_centers(NET, x, centers=60)
+    single = nk.predict.conjugate_gradients(nk.kernels.StoredKernel(store, "ntk", dtype=torch.float32), y,
+                                            diag_reg=1e-2, preconditioner=preconditioner, rtol=1e-4, progress=False)
+    double = nk.predict.conjugate_gradients(nk.kernels.StoredKernel(store, "ntk"), y, diag_reg=1e-2,
+                                            preconditioner=preconditioner, rtol=1e-10, progress=False)
+    assert single.solution.dtype == torch.float32
+    np.testing.assert_allclose(single.solution, double.solution, rtol=0, atol=1e-3 * float(double.solution.abs().max()))

@@ -113,7 +113,8 @@ class StoredKernel:
 
     def _blocks(self, what: str, tiles: list[Tile] | None = None):
         """(rows, cols, block) of every tile (or of `tiles`) in order, as `dtype` on `device`: the next
-        tile is read in a thread meanwhile; a float64 block converted from a float32 store reuses one buffer."""
+        tile is read in a thread meanwhile.  A block converted to another dtype or device is a view of one
+        buffer that the next block overwrites: use each block before asking for the next."""
         tiles = sorted(self.store.tiles()) if tiles is None else tiles
         show = len(tiles) > 64 if self.progress is None else self.progress
         buffer: torch.Tensor | None = None

@@ -267,7 +267,7 @@ def _centers_preconditioner(store, x: np.ndarray, centers: int | None, get: str)
     if config["x1_sha256"] != store.config["x1_sha256"]:
         raise ValueError(f"--x is not the input file the store {store.path} was computed from (its values, order or "
                          f"dtype differ); give the same file as to ntklab kernel")
-    return NystromPreconditioner.from_centers(net, inputs, centers=min(int(centers or 1), len(inputs)), get=get)
+    return NystromPreconditioner.from_centers(net, inputs, centers=int(centers or 1), get=get)
 
 
 if __name__ == "__main__":

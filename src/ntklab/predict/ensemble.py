@@ -6,7 +6,7 @@ from typing import Any, Callable, Literal, Sequence, overload
 
 import torch
 
-from .._core.validation import as_inputs, as_targets, input_dtype, positive
+from .._core.validation import as_inputs, as_targets, input_dtype, positive, positive_int
 from ..arch.serial import Serial, canonical_get
 from ..conventions import prediction_times
 from .iterative import as_operator
@@ -58,7 +58,7 @@ def _time_grid(t) -> tuple[torch.Tensor, tuple[int, ...]]:
 def gradient_descent_mse_ensemble(net_or_kernel_fn, x_train, y_train, *, learning_rate: float = 1.0,
                                   diag_reg: float = 0.0, diag_reg_absolute_scale: bool = False,
                                   dtype: torch.dtype | None = None, device=None, solver: str = "eigh",
-                                  store=None, rtol: float = 1e-10, max_iterations: int | None = None,
+                                  store=None, rtol: float | None = None, max_iterations: int | None = None,
                                   progress: bool | None = None) -> EnsemblePredictor:
     """Predictive mean (and covariance) of an infinite ensemble of infinitely wide
     networks trained by gradient flow on L = ||f(X) - Y||^2 / (2 |Y|) for time t.
@@ -97,7 +97,8 @@ def gradient_descent_mse_ensemble(net_or_kernel_fn, x_train, y_train, *, learnin
     store : str, Path or KernelStore, optional
         With solver="lanczos": the train-train kernels (checked: the same architecture and x_train).
     rtol, max_iterations, progress
-        The Lanczos process's stopping rule (relative change of its coefficients), step limit and bar.
+        solver="lanczos": its stopping rule (relative change of the coefficients, default 1e-10; not an
+        error bound, see `nk.predict.lanczos`), step limit and bar.
 
     Returns
     -------
@@ -130,22 +131,30 @@ def gradient_descent_mse_ensemble(net_or_kernel_fn, x_train, y_train, *, learnin
                                                            progress))
 
 
-def _iterative_options(net_or_kernel_fn, solver: str, store, rtol: float, max_iterations: int | None,
+def _iterative_options(net_or_kernel_fn, solver: str, store, rtol: float | None, max_iterations: int | None,
                        progress: bool | None) -> dict | None:
     """None for solver="eigh"; the Lanczos settings (with the store opened) for solver="lanczos"."""
     if solver not in ("eigh", "lanczos"):
         raise ValueError(f"solver must be 'eigh' or 'lanczos', got {solver!r}")
     if solver == "eigh":
-        if store is not None:
-            raise ValueError("store= is read by solver='lanczos' only; give solver='lanczos' (or leave store out)")
+        given = [name for name, value in (("store", store), ("rtol", rtol), ("max_iterations", max_iterations),
+                                          ("progress", progress)) if value is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} = ... are read by solver='lanczos' only; give solver='lanczos' "
+                             f"(or leave them out)")
         return None
     if store is not None:
         from ..kernels.engine import KernelStore
+        if not isinstance(net_or_kernel_fn, Serial):
+            raise ValueError("store= needs an ntklab architecture as net_or_kernel_fn: with a kernel function nothing "
+                             "ties the store's kernel to the one the test points get")
         store = store if isinstance(store, KernelStore) else KernelStore.open(store)
-        if isinstance(net_or_kernel_fn, Serial) and store.config["architecture"] != net_or_kernel_fn.identity:
+        if store.config["architecture"] != net_or_kernel_fn.identity:
             raise ValueError(f"the store {store.path} holds the kernels of another architecture; compute it with "
                              f"nk.kernels.compute_kernel(net, x_train, store=...) for this one")
-    return {"store": store, "rtol": positive(rtol, "rtol"), "max_iterations": max_iterations, "progress": progress}
+    return {"store": store, "rtol": positive(1e-10 if rtol is None else rtol, "rtol"),
+            "max_iterations": None if max_iterations is None else positive_int(max_iterations, "max_iterations"),
+            "progress": progress}
 
 
 class EnsemblePredictor:
@@ -202,6 +211,11 @@ class EnsemblePredictor:
         tau = (torch.tensor([torch.inf]) if times is None else times).to(self.dtype)[:, None] * rate
 
         def flow(theta: torch.Tensor) -> torch.Tensor:     # [T, k]
+            smallest, largest = float(theta.min()), float(theta.max())
+            if times is None and smallest <= len(self.y) * torch.finfo(theta.dtype).eps * largest:
+                raise ValueError(f"k_train_train ({g}) plus its ridge is singular (the Lanczos process found an "
+                                 f"eigenvalue {smallest:.3g}, largest {largest:.3g}): t=None needs its inverse; pass "
+                                 f"a positive diag_reg (e.g. diag_reg=1e-6, relative to the mean diagonal)")
             times_, theta = torch.broadcast_tensors(tau.to(theta.device), theta.to(self.dtype)[None, :])
             kept = -torch.expm1(-times_ * theta)
             # (1 - e^{-tau theta}) / theta -> tau as tau theta -> 0

@@ -150,7 +150,7 @@ def conjugate_gradients(k_train_train, y_train, *, diag_reg: float = 0.0, diag_r
         if preconditioner.u.shape[0] != n:
             raise ValueError(f"the NystromPreconditioner approximates a kernel of {preconditioner.u.shape[0]} "
                              f"samples, this system has {n}: build it on the same x_train")
-        apply_preconditioner = preconditioner.with_shift(shift)
+        apply_preconditioner = preconditioner.with_shift(shift, operator.dtype, operator.device)
     elif preconditioner == "nystrom":
         apply_preconditioner = NystromPreconditioner(operator, rank, shift, seed)
     elif preconditioner is None:

@@ -14,9 +14,12 @@ than the dimension (for f(lambda) = (1 - e^{-tau lambda}) / lambda, gradient flo
 error falls like the best polynomial approximation of f of degree k).  Q_k is reorthogonalized in full
 (twice, Giraud et al. 2005), so the basis stays orthonormal in floating point; memory n k per column of b.
 Each step costs one product A V for every column of b at once (one pass over a store).  The process
-stops when the coefficients f(T_k) e_1 of every column and every function moved by less than `rtol`
-(relative) in each of the last `QUIET_STEPS` steps (one quiet step alone is not convergence: the Ritz
-values at the bottom of the spectrum converge late).
+stops when the coefficients f(T_k) e_1 of every column (all functions together) moved by less than
+`rtol` (relative) in each of the last `QUIET_STEPS` steps (one quiet step alone is not convergence: the
+Ritz values at the bottom of the spectrum converge late).  `rtol` is not an error bound: a part of b
+along an eigenvalue far below the rest is found late, and the error can be about the condition number
+of A times rtol.  A Ritz value below zero (beyond rounding) means A is not positive semi-definite:
+refused, never clamped.
 """
 from __future__ import annotations
 
@@ -48,7 +51,7 @@ def lanczos_apply(operator, b: torch.Tensor, function: Callable[[torch.Tensor], 
     shift : float
     rtol : float
         Stop when every coefficient vector moved by less than rtol times its norm in each of the last
-        `QUIET_STEPS` steps.
+        `QUIET_STEPS` steps (not an error bound: see the module docstring).
     max_iterations : int, optional
         Default min(n, 1000); reaching it warns (RuntimeWarning) with the last relative change.
     progress : bool, optional
@@ -60,6 +63,9 @@ def lanczos_apply(operator, b: torch.Tensor, function: Callable[[torch.Tensor], 
     """
     n, columns = b.shape
     rtol = positive(rtol, "rtol")
+    count = len(function(torch.ones(1, dtype=b.dtype, device=b.device)))
+    if not bool((b != 0).any()):   # f(A) 0 = 0
+        return torch.zeros(count, n, columns, dtype=b.dtype, device=b.device), 0
     limit = min(n, 1000) if max_iterations is None else min(positive_int(max_iterations, "max_iterations"), n)
     norms = b.norm(dim=0)
     basis = [b / norms.clamp_min(torch.finfo(b.dtype).tiny)]
@@ -76,11 +82,7 @@ def lanczos_apply(operator, b: torch.Tensor, function: Callable[[torch.Tensor], 
     with bar:
         while bool(open_columns.any()) and steps < limit:
             q = basis[-1]
-            needed = 2 * (len(basis) + 1) * q.numel() * q.element_size()     # the basis and its stacked copy
-            if needed > available_memory(q.device):
-                raise ValueError(f"the Lanczos basis after {steps} steps needs {needed / 2 ** 30:.1f} GiB, more than "
-                                 f"the memory available on {q.device} (relative change {float(change.max()):.2g}): "
-                                 f"give a larger rtol, fewer columns of b at once, or a larger diag_reg")
+            _check_basis_fits(len(basis) + 1, q, steps, float(change.max()))
             w = operator.matmul(q) + shift * q
             diagonal.append((q * w).sum(0))
             stacked = torch.stack(basis)                                     # [k, n, c]
@@ -110,12 +112,20 @@ def lanczos_apply(operator, b: torch.Tensor, function: Callable[[torch.Tensor], 
                       f"rtol={rtol:g} in the last one; raise max_iterations or diag_reg, or ask for a larger rtol",
                       RuntimeWarning, stacklevel=2)
     stacked = torch.stack(basis[:-1])                                        # [k, n, c]
-    out = torch.zeros(len(function(torch.zeros(1, dtype=b.dtype))), n, columns, dtype=b.dtype, device=b.device)
+    out = torch.zeros(count, n, columns, dtype=b.dtype, device=b.device)
     for column, coefficient in enumerate(coefficients):
         if coefficient is not None:
             k = int(lengths[column])
             out[:, :, column] = norms[column] * (coefficient @ stacked[:k, :, column])
     return out, steps
+
+
+def _check_basis_fits(vectors: int, q: torch.Tensor, steps: int, change: float) -> None:
+    needed = 2 * vectors * q.numel() * q.element_size()     # the basis and its stacked copy
+    if needed > available_memory(q.device):
+        raise ValueError(f"the Lanczos basis after {steps} steps needs {needed / 2 ** 30:.1f} GiB, more than "
+                         f"the memory available on {q.device} (relative change {change:.2g}): "
+                         f"give a larger rtol, fewer columns of b at once, or a larger diag_reg")
 
 
 def _coefficients(diagonal, off_diagonal, column: int, function) -> torch.Tensor:
@@ -124,4 +134,9 @@ def _coefficients(diagonal, off_diagonal, column: int, function) -> torch.Tensor
     beta = torch.stack([o[column] for o in off_diagonal]) if off_diagonal else alpha[:0]
     tridiagonal = torch.diag(alpha) + torch.diag(beta, 1) + torch.diag(beta, -1)
     theta, s = torch.linalg.eigh(tridiagonal)
+    scale = float(theta.abs().max())
+    if float(theta[0]) < -100 * len(theta) * torch.finfo(theta.dtype).eps * scale:
+        raise ValueError(f"the kernel (plus its ridge) is not positive semi-definite: the Lanczos process found an "
+                         f"eigenvalue near {float(theta[0]):.3g} (largest {scale:.3g}); give diag_reg larger than "
+                         f"its most negative eigenvalue, or check it with nk.predict.solve on a subset")
     return (function(theta.clamp_min(0)) * s[0]) @ s.T

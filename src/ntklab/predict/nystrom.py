@@ -75,6 +75,29 @@ def _kept(eigenvalues: torch.Tensor, size: int) -> torch.Tensor:
     return eigenvalues > floor
 
 
+ORTHONORMALITY = 1e-10   # largest |U^T U - I| entry accepted from the first pass of from_centers
+
+
+def _orthonormalized(u: torch.Tensor, eigenvalues: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(U, Lambda) with U orthonormal to rounding and U diag(Lambda) U^T unchanged.  U = B V s^-1/2 from the
+    eigendecomposition of B^T B loses orthogonality like eps s_max / s_i (the normal equations square B's
+    condition number), and a P^-1 = U D U^T + I - U U^T from a U far from orthonormal can be indefinite.  The
+    columns of smallest Lambda are checked; if they are off by more than `ORTHONORMALITY`, a second pass
+    (U^T U = V2 s2 V2^T, U2 = U V2 s2^-1/2, then the eigendecomposition W diag(Lambda) W^T of
+    s2^1/2 V2^T diag(Lambda) V2 s2^1/2) gives U = U2 W, in place by blocks of rows."""
+    probe = eigenvalues.argsort()[:64]
+    error = (u.T @ u[:, probe]) - torch.eye(len(eigenvalues), dtype=u.dtype, device=u.device)[:, probe]
+    if float(error.abs().max()) <= ORTHONORMALITY:
+        return u, eigenvalues
+    s2, v2 = torch.linalg.eigh(u.T @ u)
+    root = v2 * s2.sqrt()
+    lam, w = torch.linalg.eigh(root.T @ (eigenvalues[:, None] * root))
+    rotate = (v2 / s2.sqrt()) @ w
+    for start in range(0, len(u), block_size):
+        u[start:start + block_size] = u[start:start + block_size] @ rotate
+    return u, lam.clamp_min(0)
+
+
 class NystromPreconditioner:
     """P^-1 for K + shift I from K ~ U diag(Lambda) U^T (module docstring); `__call__(r)` is P^-1 r.
 
@@ -164,13 +187,14 @@ class NystromPreconditioner:
         for start in range(0, n, block_size):                 # U = B V s^-1/2, in place by blocks of rows
             b[start:start + block_size, :rank] = b[start:start + block_size] @ rotate
         preconditioner = cls.__new__(cls)
-        preconditioner._set(b[:, :rank], s[kept], shift)
+        preconditioner._set(*_orthonormalized(b[:, :rank], s[kept], block_size), shift)
         return preconditioner
 
-    def with_shift(self, shift: float) -> "NystromPreconditioner":
-        """The same approximation for the system K + shift I (U is shared, not copied)."""
+    def with_shift(self, shift: float, dtype: torch.dtype | None = None, device=None) -> "NystromPreconditioner":
+        """The same approximation for the system K + shift I, in `dtype` on `device` (default: as it is;
+        U is shared, not copied, when they are unchanged)."""
         other = type(self).__new__(type(self))
-        other._set(self.u, self.eigenvalues, shift)
+        other._set(self.u.to(dtype=dtype, device=device), self.eigenvalues.to(dtype=dtype, device=device), shift)
         return other
 
     @property

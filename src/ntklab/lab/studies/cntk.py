@@ -124,11 +124,8 @@ def cntk_accuracy(task: ImageTask, arch: nk.Serial, stores: Path, name: str, *, 
     seconds = time.perf_counter() - start
     y = one_hot(task.y_train, task.n_classes)
     if solver == "cg":
-        with nk.kernels.StoredKernel(k_train, "ntk") as operator:
-            result = nk.predict.conjugate_gradients(operator, y, diag_reg=cg_diag_reg, rank=min(100, len(y)),
-                                                    rtol=1e-8)
-            fitted = operator.matmul(result.solution)
-        return accuracy(_streamed_product(k_test, result.solution), task.y_test), {
+        predicted, fitted, result = cg_predictions(k_train, k_test, y, diag_reg=cg_diag_reg)
+        return accuracy(predicted, task.y_test), {
             "kernel_seconds": seconds, "diag_reg": cg_diag_reg, "train_accuracy": accuracy(fitted, task.y_train),
             "cg_iterations": result.iterations, "cg_residual": float(result.relative_residual.max())}
     k_tt, k_st = (torch.from_numpy(s.load("ntk")) for s in (k_train, k_test))
@@ -140,6 +137,17 @@ def cntk_accuracy(task: ImageTask, arch: nk.Serial, stores: Path, name: str, *, 
         alpha = nk.predict.solve(k_tt, y, diag_reg=ridge)
     return accuracy(k_st @ alpha, task.y_test), {"kernel_seconds": seconds, "diag_reg": ridge,
                                                  "train_accuracy": accuracy(k_tt @ alpha, task.y_train)}
+
+
+def cg_predictions(k_train: nk.kernels.KernelStore, k_test: nk.kernels.KernelStore, y: torch.Tensor, *,
+                   diag_reg: float, rtol: float = 1e-8):
+    """(K(test, X) alpha, K(X, X) alpha, the CG result) with alpha = (K + diag_reg mean(diag K) I)^-1 y by
+    conjugate gradients streaming the train store (randomized Nystrom preconditioner of rank 100); the test
+    store streamed too: neither matrix is loaded."""
+    with nk.kernels.StoredKernel(k_train, "ntk") as operator:
+        result = nk.predict.conjugate_gradients(operator, y, diag_reg=diag_reg, rank=min(100, len(y)), rtol=rtol)
+        fitted = operator.matmul(result.solution)
+    return _streamed_product(k_test, result.solution), fitted, result
 
 
 def _streamed_product(store: nk.kernels.KernelStore, alpha: torch.Tensor) -> torch.Tensor:

@@ -96,9 +96,9 @@ def kernel_ridge(net: nk.Serial, x: torch.Tensor, y: torch.Tensor, *, ridge: flo
         gram.diagonal().add_(delta)
         coefficients = torch.cholesky_solve(y[:, None], torch.linalg.cholesky(gram))[:, 0]
     else:
+        stored = nk.kernels.compute_kernel(net, x, store=store, get=get, tile_size=4096, dtype=torch.float32,
+                                           overwrite=True)    # refuses a folder that is not a kernel store
         try:
-            stored = nk.kernels.compute_kernel(net, x, store=store, get=get, tile_size=4096, dtype=torch.float32,
-                                               overwrite=True)
             operator = nk.kernels.StoredKernel(stored, get)
             delta = delta_of * float(operator.diagonal().mean())
             preconditioner = nk.predict.NystromPreconditioner.from_centers(net, x, centers=min(centers, len(x)),
@@ -106,7 +106,7 @@ def kernel_ridge(net: nk.Serial, x: torch.Tensor, y: torch.Tensor, *, ridge: flo
             coefficients = nk.predict.conjugate_gradients(operator, y, diag_reg=delta, diag_reg_absolute_scale=True,
                                                           preconditioner=preconditioner, rtol=rtol).solution
         finally:
-            shutil.rmtree(store, ignore_errors=True)
+            shutil.rmtree(stored.path, ignore_errors=True)
 
     def predictor(x_new: torch.Tensor) -> torch.Tensor:
         return torch.cat([net.kernel(x_new[start:start + 1024], x, get=get) @ coefficients
