@@ -28,6 +28,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from .._core.validation import one_of, positive_int
+from .buffers import in_place_ok, scratch
 from .dense import Affine
 from .layer import Layer
 from .spatial import (NOUNS, channels_first, check_layout, check_window_fits, pad_spatial,
@@ -59,10 +60,31 @@ def filter_sum(t: torch.Tensor, filter_shape: Sequence[int], padding: str, full:
     first dimension's offsets first, then the next one's."""
     n_spatial = len(filter_shape)
     strides = (1,) * n_spatial if strides is None else strides
+    if padding == "SAME" and set(strides) == {1} and t.is_contiguous() and in_place_ok(t):
+        return filter_sum_(t, filter_shape, full)
     for dim, (size, stride) in enumerate(zip(filter_shape, strides, strict=True)):
-        axes = (dim - 2 * n_spatial, dim - n_spatial) if full else (dim - n_spatial,)
-        t = window_sum(t, axes, size, stride, padding)
+        t = window_sum(t, filter_axes(dim, n_spatial, full), size, stride, padding)
     return t
+
+
+def filter_axes(dim: int, n_spatial: int, full: bool) -> tuple[int, ...]:
+    """The axes of spatial dimension `dim` in a state tensor: one (same-position pairs) or the
+    two positions of each pair (`full`), counted from the end."""
+    return (dim - 2 * n_spatial, dim - n_spatial) if full else (dim - n_spatial,)
+
+
+def filter_sum_(t: torch.Tensor, filter_shape: Sequence[int], full: bool) -> torch.Tensor:
+    """`filter_sum` of a stride-1 "SAME" filter (output shape = input shape) written over `t`,
+    which it consumes: the dimensions' sums go back and forth between `t` and one scratch
+    tensor (`buffers.scratch`) instead of a new tensor per dimension; bitwise `filter_sum`'s
+    numbers (the same additions in the same order)."""
+    n_spatial = len(filter_shape)
+    with scratch(t) as (other,):
+        source, target = t, other
+        for dim, size in enumerate(filter_shape):
+            window_sum(source, filter_axes(dim, n_spatial, full), size, 1, "SAME", out=target)
+            source, target = target, source
+        return source if source is t else t.copy_(source)
 
 
 class ConvModule(nn.Module):

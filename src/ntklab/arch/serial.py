@@ -6,6 +6,7 @@ import contextlib
 import copy
 import functools
 import math
+import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Sequence
 
@@ -16,6 +17,7 @@ from .._core.validation import (as_inputs, check_result_fits, check_same_feature
                            parse_memory, positive_int, resolve_device)
 from .._core import transforms
 from .._core.tiling import TileFn, symmetrized, tiled_pairs
+from .buffers import BufferPool
 from .layer import ArchitectureError, Layer
 from .masking import MaskingSequential, check_unmasked, first_refused, mask_value, masked_inputs, remasked
 from .numerics import in_float_range, out_of_range_message
@@ -579,13 +581,19 @@ class Serial(Container):
     def _maths(self, names: tuple[str, ...], diagonal_spatial: bool, fused: bool,
                packing: Patterned | None = None, mask_constant: float | None = None) -> TileFn:
         """`maths(b1, b2, advance)`: the kernels `names` of one block of pairs (rows packed with
-        their graphs by `packing`, if given; positions masked by `mask_constant`, if given)."""
+        their graphs by `packing`, if given; positions masked by `mask_constant`, if given).
+        Each thread that runs it keeps one `BufferPool` of scratch tensors from block to block."""
+        pools = threading.local()
+
         def maths(b1: torch.Tensor, b2: torch.Tensor | None, advance: Callable[[], None]
                   ) -> dict[str, torch.Tensor]:
-            blocks = self._block_kernels(b1, b2, advance, need_ntk="ntk" in names,
-                                         full=self.needs_all_pixel_pairs, fused=fused,
-                                         diagonal_spatial=diagonal_spatial, packing=packing,
-                                         mask_constant=mask_constant)
+            if not hasattr(pools, "pool"):
+                pools.pool = BufferPool()
+            with pools.pool.active():
+                blocks = self._block_kernels(b1, b2, advance, need_ntk="ntk" in names,
+                                             full=self.needs_all_pixel_pairs, fused=fused,
+                                             diagonal_spatial=diagonal_spatial, packing=packing,
+                                             mask_constant=mask_constant)
             return {name: blocks[name] for name in names}
         return maths
 
