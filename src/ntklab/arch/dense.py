@@ -119,7 +119,7 @@ class Affine(Layer[KernelState, KernelState]):
         nngp = summed.mul_(scale).add_(b2)
         if ntk is not None and self.trainable and self.parameterization == "ntk":
             ntk = _add(ntk, nngp)
-        var1, var2 = k.map_variances(lambda var: sum_inputs(var) * scale + b2)
+        var1, var2 = k.map_variances(lambda var: sum_inputs(var).mul(scale).add_(b2))
         return k.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, is_gaussian=True, fresh=True,
                          positions=None, is_input=False)
 
