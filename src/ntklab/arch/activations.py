@@ -48,6 +48,7 @@ class Activation(Layer[KernelState, KernelState]):
 
     smooth: bool = False
     mask_rule = "elementwise"
+    same_position_variances = True   # reads variances through KernelState.marginal/self_variances
 
     def fn(self, z: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

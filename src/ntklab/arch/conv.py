@@ -235,7 +235,7 @@ class Conv(Affine):
         return module.requires_grad_(self.trainable), sample_shape(self.out, out_spatial)
 
     def sum_inputs(self, t, k):
-        return filter_sum(t, self.filter_shape, self.padding, k.full, self.strides)
+        return filter_sum(t, self.filter_shape, self.padding, k.holds_pairs(t), self.strides)
 
     def kernel_map(self, k: KernelState) -> KernelState:
         check_layout(self, k.spatial, self.dims)
@@ -289,9 +289,9 @@ def same_position_pairs(k: KernelState) -> KernelState:
         pairs = t.reshape(*t.shape[:-2 * n_spatial], positions, positions)
         return pairs.diagonal(0, -2, -1).reshape(*t.shape[:-2 * n_spatial], *k.spatial)
 
-    var1, var2 = k.map_variances(diagonal)
+    var1, var2 = k.map_variances(lambda var: diagonal(var) if k.holds_pairs(var) else var)
     return k.replace(nngp=diagonal(k.nngp), ntk=k.map_ntk(diagonal), var1=var1, var2=var2,
-                     full=False)
+                     full=False, same_position_variances=False)
 
 
 def flatten_state(k: KernelState) -> KernelState:
@@ -376,6 +376,7 @@ class GlobalAvgPool(Layer[KernelState, KernelState]):
     needs_all_pixel_pairs = True
     total = False
     mask_rule = "mean"
+    same_position_variances = True   # (its output variance is then not the pooled one: KernelState)
 
     def build(self, in_shape, generator, dtype):
         channels, spatial = split_sample(in_shape)
@@ -396,10 +397,11 @@ class GlobalAvgPool(Layer[KernelState, KernelState]):
         positions, n_spatial = math.prod(k.spatial), len(k.spatial)
         # the mean over all position pairs; sum = positions * mean in every copy: K scales by positions^2
         scale = float(positions) ** 2 if self.total else 1.0
-        pool = lambda t: t.flatten(-2 * n_spatial).mean(-1).mul_(scale)  # noqa: E731
+        # (variances on same positions only: their mean, read by range checks only, see KernelState)
+        pool = lambda t: t.flatten(-(2 if k.holds_pairs(t) else 1) * n_spatial).mean(-1).mul_(scale)  # noqa: E731
         var1, var2 = k.map_variances(pool)
         return k.replace(nngp=pool(k.nngp), ntk=k.map_ntk(pool), var1=var1, var2=var2,
-                         spatial=(), full=False)
+                         spatial=(), full=False, same_position_variances=False)
 
 
 class GlobalSumPool(GlobalAvgPool):

@@ -99,6 +99,9 @@ class Affine(Layer[KernelState, KernelState]):
         """(W_std, b_std) as numbers for the finite module (tensor hyperparameters detached)."""
         return float(self.W_std), None if self.b_std is None else float(self.b_std)
 
+    reads_variances = False
+    same_position_variances = True   # S keeps same-position pairs apart (identity here, Conv's joint shifts)
+
     def sum_inputs(self, t: torch.Tensor, k: KernelState) -> torch.Tensor:
         """`S(t)`: the sum of `t` over the input positions feeding each output."""
         return t

@@ -208,6 +208,15 @@ class Container(Layer[Any, Any]):
     def hyperparameter_tensors(self) -> list[torch.Tensor]:
         return [t for layer in self.layers for t in layer.hyperparameter_tensors()]
 
+    @property
+    def carries_same_position_variances(self) -> bool:
+        """The all-pairs states of `kernel` may carry their variances on same positions only
+        (`KernelState.same_position_variances`): every layer takes such states, and no layer
+        after the first one that mixes positions (a global pool) reads variances."""
+        mixing = [i for i, layer in enumerate(self.layers) if layer.needs_all_pixel_pairs]
+        return (bool(mixing) and all(layer.same_position_variances for layer in self.layers)
+                and not any(layer.reads_variances for layer in self.layers[mixing[0] + 1:]))
+
 
 
 class Serial(Container):
@@ -335,6 +344,8 @@ class Serial(Container):
             state = KernelState.from_inputs(x1, x2, need_ntk=need_ntk, full=full)
         elif after_layer is not None:
             after_layer(0, state)
+        if pattern is None and mask is None and self.carries_same_position_variances:
+            state = state.with_same_position_variances()
         return self.kernel_map(state.replace(fused=fused, pattern=pattern, mask=mask), start=start,
                                after_layer=after_layer)
 
