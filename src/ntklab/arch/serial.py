@@ -29,7 +29,10 @@ MAX_BLOCK = 512           # rows of a block of pairs (vectors: 512 x 512 pairs)
 STATE_COPIES = 8          # live tensors of a block's size during a layer map (NNGP, NTK, temporaries)
 MIN_CPU_PAIRS = 9          # at least 3 x 3 pairs: an off-diagonal block also maps its inputs' own
                             # states (var1, var2: 2/b of the work for b x b pairs); measured 9-40%
-                            # faster than 2 x 2 for all-pixel-pairs CNNs on 16x16 and 32x32 images
+                            # faster than 2 x 2 for all-pixel-pairs CNNs on 16x16 and 32x32 images.
+                            # Not for states with same-position variances (their own states cost
+                            # ~nothing): there one cache-sized pair wins (CNTK-GAP, 21 layers, 32x32:
+                            # 1 x 1 blocks 1.55x faster than 3 x 3, benchmarks/bench_cntk.py)
 CPU_TENSOR_BYTES = 2 ** 21  # on CPU, one state tensor of a block stays cache-sized: the maps are
                             # memory-bound (measured fastest at 1-4 MiB on a 2-core EPYC, 1 MiB L2)
 
@@ -371,7 +374,8 @@ class Serial(Container):
         pair_bytes = torch.empty((), dtype=dtype).element_size() * self.pair_entries(sample_shape)
         pairs = self.pairs_in_memory(sample_shape, max_memory, dtype)
         if device.type == "cpu":
-            pairs = min(pairs, max(MIN_CPU_PAIRS, CPU_TENSOR_BYTES // pair_bytes))
+            least = 1 if self.carries_same_position_variances else MIN_CPU_PAIRS
+            pairs = min(pairs, max(least, CPU_TENSOR_BYTES // pair_bytes))
         return int(min(MAX_BLOCK, max(1, math.isqrt(int(pairs)))))
 
     def kernel(self, x1, x2=None, get: str | Sequence[str] | None = None, *,
