@@ -60,7 +60,7 @@ class BufferPool:
             self.free.popitem(last=False)
 
 
-def in_place_ok(*tensors: torch.Tensor) -> bool:
+def in_place_ok(*tensors: object) -> bool:
     """The in-place fast paths may run: no tensor requires grad or is under a `torch.func`
     transform, and no compilation is tracing (those run the out-of-place maps)."""
     return not (torch.compiler.is_compiling() or transforms.transformed(*tensors)

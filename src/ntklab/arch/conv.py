@@ -60,8 +60,6 @@ def filter_sum(t: torch.Tensor, filter_shape: Sequence[int], padding: str, full:
     first dimension's offsets first, then the next one's."""
     n_spatial = len(filter_shape)
     strides = (1,) * n_spatial if strides is None else strides
-    if padding == "SAME" and set(strides) == {1} and t.is_contiguous() and in_place_ok(t):
-        return filter_sum_(t, filter_shape, full)
     for dim, (size, stride) in enumerate(zip(filter_shape, strides, strict=True)):
         t = window_sum(t, filter_axes(dim, n_spatial, full), size, stride, padding)
     return t
@@ -235,6 +233,9 @@ class Conv(Affine):
         return module.requires_grad_(self.trainable), sample_shape(self.out, out_spatial)
 
     def sum_inputs(self, t, k):
+        """`filter_sum`; in place (`filter_sum_`, the layer consumes its state) where it can be."""
+        if self.padding == "SAME" and set(self.strides) == {1} and t.is_contiguous() and in_place_ok(t):
+            return filter_sum_(t, self.filter_shape, k.holds_pairs(t))
         return filter_sum(t, self.filter_shape, self.padding, k.holds_pairs(t), self.strides)
 
     def kernel_map(self, k: KernelState) -> KernelState:

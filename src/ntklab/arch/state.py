@@ -168,7 +168,7 @@ class KernelState:
         return var1, var1 if self.symmetric else fn(self.var2)
 
     def with_same_position_variances(self) -> "KernelState":
-        """This state with its variances on same positions only (`same_position_variances`)."""
+        """The state with its variances on same positions only (`same_position_variances`)."""
         if not self.full or self.same_position_variances:
             return self
         var1, var2 = self.map_variances(lambda var: self.marginal(var).clone())

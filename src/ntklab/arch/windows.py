@@ -65,7 +65,7 @@ def window_sum(t: torch.Tensor, axes: Sequence[int], size: int, stride: int = 1,
         for axis in axes:
             t = _wrap(t, axis, low, high)
         n_in, low = n_in + low + high, 0
-    first_offset = True
+    result: torch.Tensor | None = None
     for offset in (low, *range(low), *range(low + 1, size)):  # offset `low` reaches all outputs
         shift = offset - low  # input index = output index * stride + shift
         first = max(0, -(shift // stride))  # first output whose input index is >= 0
@@ -75,20 +75,19 @@ def window_sum(t: torch.Tensor, axes: Sequence[int], size: int, stride: int = 1,
         source = t
         for axis in axes:
             source = strided(source, axis, first * stride + shift, stop - first, stride)
-        if first_offset:
-            out = source.clone(memory_format=torch.contiguous_format) if out is None else out.copy_(source)
-            first_offset = False
+        if result is None:
+            result = source.clone(memory_format=torch.contiguous_format) if out is None else out.copy_(source)
             continue
-        target = out
+        target = result
         for axis in axes:
             target = target.narrow(axis, first, stop - first)
         target.add_(source)
-    if first_offset:   # no output (n_out = 0): the empty sum
+    if result is None:   # no output (n_out = 0): the empty sum
         shape = list(t.shape)
         for axis in axes:
             shape[axis] = max(n_out, 0)
         return t.new_zeros(shape)
-    return out
+    return result
 
 
 def window_counts(n_in: int, size: int, stride: int, padding: str) -> torch.Tensor:
