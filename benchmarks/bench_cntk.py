@@ -11,7 +11,8 @@ with themselves (x2 = None), float64 in both libraries.  Baselines:
 The transcendental floor (--floor L:size:N, default 21:32:6): ntklab's CNTK-GAP of N images
 with themselves at L conv layers against the time of one atan2 and one sqrt per pixel pair,
 unique image pair (N(N+1)/2) and layer, the least an exact ReLU arc-cosine recursion evaluates
-(timed in the same child on a tensor of one block's size, 3 x 3 image pairs).
+(timed in the same child, best of 5, on the [P, P] tensor of one image pair: compute-bound, the
+same per entry on 9 pairs).
 
 Each measurement runs in its own child process under an address-space cap (--cap),
 so a method that needs more memory reports "out of memory"; neural-tangents is
@@ -60,7 +61,7 @@ def run_floor(depth: int, size: int, n: int, max_memory: int) -> dict:
     """ntklab's CNTK-GAP time and its floor: atan2 + sqrt per pixel pair, unique pair and layer."""
     import torch
     positions = size * size
-    cov = torch.rand(9, positions, positions, dtype=torch.float64) - 0.5
+    cov = torch.rand(positions, positions, dtype=torch.float64) - 0.5
     root, theta = torch.rand_like(cov), torch.empty_like(cov)
     timings = []
     for _ in range(5):

@@ -158,3 +158,22 @@ def test_scratch_tensors_are_reused_within_a_pool_only():
     with scratch(like) as (outside,):   # no active pool: a fresh tensor, never kept
         assert outside.shape == like.shape
     assert [id(t) for t in pool.free.values()] == held
+
+
+@pytest.mark.parametrize("w_std, problem", [(30.0, "NaN|overflows"), (0.02, "underflows")])
+def test_range_checks_refuse_alike_with_same_position_variances(w_std, problem, monkeypatch):
+    """The per-position variances the checks read are exact up to the pool: a CNTK-GAP whose
+    variance leaves float64 (x 450 or x 2e-4 per conv + ReLU) is refused at the same layer, with the
+    same message, as on the all-pairs path; the critical W_std = sqrt(2) is not (negative control)."""
+    def net(w):
+        return nk.serial(*[layer for _ in range(150) for layer in (nk.Conv(2, (3, 3), padding="SAME", W_std=w),
+                                                                  nk.Relu())], nk.GlobalAvgPool(), nk.Dense(1))
+    x = inputs((2, 1, 3, 3))
+    assert net(w_std).carries_same_position_variances
+    with pytest.raises(ValueError, match=problem) as fast:
+        net(w_std).kernel(x)
+    assert net(math.sqrt(2)).kernel(x).ntk.isfinite().all()
+    straightforward(monkeypatch)
+    with pytest.raises(ValueError) as slow:
+        net(w_std).kernel(x)
+    assert str(fast.value) == str(slow.value)
