@@ -47,6 +47,7 @@ class Activation(Layer[KernelState, KernelState]):
     phi'' terms) require; kinked activations (ReLU, abs, sign) are not."""
 
     smooth: bool = False
+    in_place: bool = False   # has `dual_update_`, the in-place map of the pairs
     mask_rule = "elementwise"
     same_position_variances = True   # reads variances through KernelState.marginal/self_variances
 
@@ -81,8 +82,6 @@ class Activation(Layer[KernelState, KernelState]):
             nngp, ntk = dual_update(self, *pair, fused=k.fused)
             var1, var2 = k.map_variances(lambda var: self.dual(var, *k.self_variances(var), False)[0])
         return k.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, is_gaussian=False)
-
-    in_place = False   # has `dual_update_`
 
     def dual_update_(self, cov: torch.Tensor, var1: torch.Tensor, var2: torch.Tensor,
                      ntk: torch.Tensor | float | None) -> tuple[torch.Tensor, torch.Tensor | float | None]:
@@ -160,6 +159,8 @@ class ABRelu(Activation):
             [0.2311, 0.3125]], dtype=torch.float64)
     """
 
+    in_place = True
+
     def __init__(self, a: float, b: float):
         self.a, self.b = float(a), float(b)
 
@@ -172,8 +173,6 @@ class ABRelu(Activation):
         dot = theta.mul_(-slope).add_((self.a ** 2 + self.b ** 2) / 2)
         nngp = root.mul_(slope).addcmul_(dot, cov)
         return nngp, dot if need_dot else None
-
-    in_place = True
 
     def dual_update_(self, cov, var1, var2, ntk):
         """`dual` and the NTK product written over `cov` and `ntk`, the root and the angle in
