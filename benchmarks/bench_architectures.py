@@ -96,6 +96,7 @@ def run_ntklab(case: str, size: int, n: int, channels: int, max_memory: int) -> 
 
 
 def run_nt(case: str, size: int, n: int, channels: int, batch_size: int | None) -> dict:
+    versus_nt.find_nt()
     from neural_tangents import stax
     _, _, kernel_fn = architecture(stax, case, channels)
     x = inputs(case, size, n)

@@ -8,6 +8,12 @@ with themselves (x2 = None), float64 in both libraries.  Baselines:
   nt.batch  the same through neural_tangents.batch(kernel_fn, batch_size=B), its
             tool for kernels that do not fit in memory
 
+The transcendental floor (--floor L:size:N, default 21:32:6): ntklab's CNTK-GAP of N images
+with themselves at L conv layers against the time of one atan2 and one sqrt per pixel pair,
+unique image pair (N(N+1)/2) and layer, the least an exact ReLU arc-cosine recursion evaluates
+(timed in the same child, best of 5, on the [P, P] tensor of one image pair: compute-bound, the
+same per entry on 9 pairs).
+
 Each measurement runs in its own child process under an address-space cap (--cap),
 so a method that needs more memory reports "out of memory"; neural-tangents is
 called twice and the second call timed (the first jit-compiles for those shapes);
@@ -15,6 +21,7 @@ peak memory is the child's peak RSS (for nt, of both calls).
 Entries agree across methods (checked on the first 3x3 block).
 
     python benchmarks/bench_cntk.py [--cases gap:16:40 gap:16:100 v:32:100 ...] [--cap 20GiB]
+                                    [--floor 21:32:6 | --floor none]
 """
 from __future__ import annotations
 
@@ -44,13 +51,30 @@ def run_ntklab(readout: str, n: int, size: int, max_memory: int, depth: int = 3)
     pool = nk.Flatten() if readout == "v" else nk.GlobalAvgPool()
     net = nk.serial(*layers, pool, nk.Dense(1, W_STD, B_STD))
     x = torch.from_numpy(images(n, size))
-    net.kernel(x[:2], get="ntk")
+    net.kernel(x[:2], get="ntk", progress=False)
     start = time.perf_counter()
     ntk = net.kernel(x, get="ntk", max_memory=max_memory, progress=False)
     return {"seconds": time.perf_counter() - start, "check": float(ntk[:3, :3].sum())}
 
 
+def run_floor(depth: int, size: int, n: int, max_memory: int) -> dict:
+    """ntklab's CNTK-GAP time and its floor: atan2 + sqrt per pixel pair, unique pair and layer."""
+    import torch
+    positions = size * size
+    cov = torch.rand(positions, positions, dtype=torch.float64) - 0.5
+    root, theta = torch.rand_like(cov), torch.empty_like(cov)
+    timings = []
+    for _ in range(5):
+        start = time.perf_counter()
+        torch.atan2(torch.sqrt(root, out=theta), cov, out=theta)
+        timings.append((time.perf_counter() - start) / cov.numel())
+    per_entry = min(timings)
+    floor = per_entry * positions ** 2 * depth * n * (n + 1) / 2
+    return {**run_ntklab("gap", n, size, max_memory, depth), "floor": floor, "floor_ns": per_entry * 1e9}
+
+
 def run_nt(readout: str, n: int, size: int, batch_size: int | None, depth: int = 3) -> dict:
+    versus_nt.find_nt()
     from neural_tangents import stax
     layers = []
     for _ in range(depth):
@@ -68,6 +92,8 @@ def main() -> None:
     parser.add_argument("--max-memory", default="2GiB", help="ntklab's max_memory")
     parser.add_argument("--batch-size", type=int, default=10, help="nt.batch batch size")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per measurement")
+    parser.add_argument("--floor", default="21:32:6",
+                        help="conv layers:image size:N of the floor comparison, or 'none'")
     args = parser.parse_args()
     cap = isolated.parse_bytes(args.cap)
     print(f"float64, cap {cap / 2 ** 30:.0f} GiB per run, ntklab max_memory {args.max_memory}, "
@@ -85,6 +111,18 @@ def main() -> None:
         }
         label = f"CNTK-{readout.upper()} L={depth} {size}x{size} N={n}"
         print(versus_nt.row(label, 28, results, n), flush=True)
+    if args.floor != "none":
+        depth, size, n = map(int, args.floor.split(":"))
+        result = isolated.measure(run_floor, (depth, size, n, isolated.parse_bytes(args.max_memory)),
+                                  cap, args.timeout)
+        if result["seconds"] is None:
+            print(f"floor at L={depth} {size}x{size} N={n}: {result['error']}")
+        else:
+            pair_layers = depth * n * (n + 1) / 2
+            print(f"floor at L={depth} {size}x{size} N={n}: ntklab {result['seconds']:.2f} s "
+                  f"({result['seconds'] / pair_layers * 1e3:.1f} ms per unique pair and layer), floor "
+                  f"{result['floor']:.2f} s ({result['floor'] / pair_layers * 1e3:.1f} ms: atan2 + sqrt "
+                  f"{result['floor_ns']:.2f} ns per entry): {result['seconds'] / result['floor']:.2f}x the floor")
 
 
 if __name__ == "__main__":

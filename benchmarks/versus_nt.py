@@ -4,15 +4,29 @@ table (time per kernel entry and peak memory per method, the speed-up over the b
 a check that the methods agree)."""
 from __future__ import annotations
 
+import importlib.util
+import os
+import sys
 import time
 
 import numpy as np
+
+# neural-tangents' packages when it lives in a virtualenv of its own (same Python version)
+NT_SITE_PACKAGES = os.environ.get("NT_SITE_PACKAGES", "/tmp/ntvenv/lib/python3.11/site-packages")
+
+
+def find_nt() -> None:
+    """Make `neural_tangents` importable: as installed, or from `NT_SITE_PACKAGES` (appended
+    to the path, so this environment's own packages, torch and numpy, come first)."""
+    if importlib.util.find_spec("neural_tangents") is None and os.path.isdir(NT_SITE_PACKAGES):
+        sys.path.append(NT_SITE_PACKAGES)
 
 
 def time_nt(kernel_fn, x: np.ndarray, batch_size: int | None) -> dict:
     """The NTK of `x` with itself by neural-tangents' `kernel_fn` (float64): jit-compiled for
     all of `x` at once (`batch_size=None`) or through `nt.batch`; the second call is timed
     (the first compiles for these shapes)."""
+    find_nt()
     from jax import config
     config.update("jax_enable_x64", True)
     import jax

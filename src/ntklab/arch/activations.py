@@ -20,6 +20,7 @@ from torch import nn
 
 from .._core import transforms
 from .._core.validation import positive
+from .buffers import in_place_ok, scratch
 from .conv import flatten_state
 from .fused import fusible
 from .layer import Layer
@@ -46,7 +47,9 @@ class Activation(Layer[KernelState, KernelState]):
     phi'' terms) require; kinked activations (ReLU, abs, sign) are not."""
 
     smooth: bool = False
+    in_place: bool = False   # has `dual_update_`, the in-place map of the pairs
     mask_rule = "elementwise"
+    same_position_variances = True   # reads variances through KernelState.marginal/self_variances
 
     def fn(self, z: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -70,9 +73,21 @@ class Activation(Layer[KernelState, KernelState]):
                              f"nk.serial(nk.Dense(512), {self!r}, ...)")
         if k.positions is not None:
             return flatten_state(self.kernel_map(k.positions))
-        nngp, ntk = dual_update(self, k.nngp, *k.pair_variances(), k.ntk, fused=k.fused)
-        var1, var2 = k.map_variances(lambda var: self.dual(var, *k.self_variances(var), False)[0])
+        pair = (k.nngp, *k.pair_variances(), k.ntk)
+        if (self.in_place and not k.fused and in_place_ok(*pair)
+                and torch.broadcast_shapes(pair[1].shape, pair[2].shape) == k.nngp.shape):
+            nngp, ntk = self.dual_update_(*pair)
+            var1, var2 = k.map_variances(lambda var: self.dual_update_(var, *k.self_variances(var), None)[0])
+        else:
+            nngp, ntk = dual_update(self, *pair, fused=k.fused)
+            var1, var2 = k.map_variances(lambda var: self.dual(var, *k.self_variances(var), False)[0])
         return k.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, is_gaussian=False)
+
+    def dual_update_(self, cov: torch.Tensor, var1: torch.Tensor, var2: torch.Tensor,
+                     ntk: torch.Tensor | float | None) -> tuple[torch.Tensor, torch.Tensor | float | None]:
+        """`dual_update` written over `cov` and `ntk` (both consumed), for the activations that
+        declare `in_place`; eager, without autograd or `torch.func` (`buffers.in_place_ok`)."""
+        raise NotImplementedError
 
 
 @fusible
@@ -111,6 +126,16 @@ def arc_cosine_angle(cov, var1, var2):
     return theta, root
 
 
+def arc_cosine_angle_(cov, var1, var2, root, theta) -> None:
+    """`arc_cosine_angle` into the tensors `root` and `theta` of `cov`'s shape (`var1 var2`
+    must broadcast to it), with the same operations in the same order: the same numbers."""
+    torch.mul(var1, var2, out=root)
+    root.sub_(torch.mul(cov, cov, out=theta)).clamp_(min=0.0).sqrt_()
+    torch.atan2(root, cov, out=theta)
+    if not (var1.all() and var2.all()):
+        theta.masked_fill_((root == 0) & (cov == 0), math.pi / 2)
+
+
 class ABRelu(Activation):
     """phi(x) = a min(x, 0) + b max(x, 0).  With theta = arccos(c / sqrt(v1 v2)):
 
@@ -134,6 +159,8 @@ class ABRelu(Activation):
             [0.2311, 0.3125]], dtype=torch.float64)
     """
 
+    in_place = True
+
     def __init__(self, a: float, b: float):
         self.a, self.b = float(a), float(b)
 
@@ -146,6 +173,19 @@ class ABRelu(Activation):
         dot = theta.mul_(-slope).add_((self.a ** 2 + self.b ** 2) / 2)
         nngp = root.mul_(slope).addcmul_(dot, cov)
         return nngp, dot if need_dot else None
+
+    def dual_update_(self, cov, var1, var2, ntk):
+        """`dual` and the NTK product written over `cov` and `ntk`, the root and the angle in
+        two scratch tensors (`buffers.scratch`) instead of new ones; the same numbers."""
+        slope = (self.a - self.b) ** 2 / (2 * math.pi)
+        with scratch(cov, 2) as (root, theta):
+            arc_cosine_angle_(cov, var1, var2, root, theta)
+            dot = theta.mul_(-slope).add_((self.a ** 2 + self.b ** 2) / 2)
+            if isinstance(ntk, torch.Tensor):
+                ntk.mul_(dot)
+            elif ntk is not None:   # the identically zero NTK (0.0) becomes a tensor, as `dual_update`'s
+                ntk = dot * ntk
+            return cov.copy_(root.mul_(slope).addcmul_(dot, cov)), ntk
 
 
 class Relu(ABRelu):

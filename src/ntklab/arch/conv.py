@@ -28,6 +28,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from .._core.validation import one_of, positive_int
+from .buffers import in_place_ok, scratch
 from .dense import Affine
 from .layer import Layer
 from .spatial import (NOUNS, channels_first, check_layout, check_window_fits, pad_spatial,
@@ -60,9 +61,28 @@ def filter_sum(t: torch.Tensor, filter_shape: Sequence[int], padding: str, full:
     n_spatial = len(filter_shape)
     strides = (1,) * n_spatial if strides is None else strides
     for dim, (size, stride) in enumerate(zip(filter_shape, strides, strict=True)):
-        axes = (dim - 2 * n_spatial, dim - n_spatial) if full else (dim - n_spatial,)
-        t = window_sum(t, axes, size, stride, padding)
+        t = window_sum(t, filter_axes(dim, n_spatial, full), size, stride, padding)
     return t
+
+
+def filter_axes(dim: int, n_spatial: int, full: bool) -> tuple[int, ...]:
+    """The axes of spatial dimension `dim` in a state tensor: one (same-position pairs) or the
+    two positions of each pair (`full`), counted from the end."""
+    return (dim - 2 * n_spatial, dim - n_spatial) if full else (dim - n_spatial,)
+
+
+def filter_sum_(t: torch.Tensor, filter_shape: Sequence[int], full: bool) -> torch.Tensor:
+    """`filter_sum` of a stride-1 "SAME" filter (output shape = input shape) written over `t`,
+    which it consumes: the dimensions' sums go back and forth between `t` and one scratch
+    tensor (`buffers.scratch`) instead of a new tensor per dimension; bitwise `filter_sum`'s
+    numbers (the same additions in the same order)."""
+    n_spatial = len(filter_shape)
+    with scratch(t) as (other,):
+        source, target = t, other
+        for dim, size in enumerate(filter_shape):
+            window_sum(source, filter_axes(dim, n_spatial, full), size, 1, "SAME", out=target)
+            source, target = target, source
+        return source if source is t else t.copy_(source)
 
 
 class ConvModule(nn.Module):
@@ -213,7 +233,10 @@ class Conv(Affine):
         return module.requires_grad_(self.trainable), sample_shape(self.out, out_spatial)
 
     def sum_inputs(self, t, k):
-        return filter_sum(t, self.filter_shape, self.padding, k.full, self.strides)
+        """`filter_sum`; in place (`filter_sum_`, the layer consumes its state) where it can be."""
+        if self.padding == "SAME" and set(self.strides) == {1} and t.is_contiguous() and in_place_ok(t):
+            return filter_sum_(t, self.filter_shape, k.holds_pairs(t))
+        return filter_sum(t, self.filter_shape, self.padding, k.holds_pairs(t), self.strides)
 
     def kernel_map(self, k: KernelState) -> KernelState:
         check_layout(self, k.spatial, self.dims)
@@ -267,9 +290,9 @@ def same_position_pairs(k: KernelState) -> KernelState:
         pairs = t.reshape(*t.shape[:-2 * n_spatial], positions, positions)
         return pairs.diagonal(0, -2, -1).reshape(*t.shape[:-2 * n_spatial], *k.spatial)
 
-    var1, var2 = k.map_variances(diagonal)
+    var1, var2 = k.map_variances(lambda var: diagonal(var) if k.holds_pairs(var) else var)
     return k.replace(nngp=diagonal(k.nngp), ntk=k.map_ntk(diagonal), var1=var1, var2=var2,
-                     full=False)
+                     full=False, same_position_variances=False)
 
 
 def flatten_state(k: KernelState) -> KernelState:
@@ -354,6 +377,7 @@ class GlobalAvgPool(Layer[KernelState, KernelState]):
     needs_all_pixel_pairs = True
     total = False
     mask_rule = "mean"
+    same_position_variances = True   # (its output variance is then not the pooled one: KernelState)
 
     def build(self, in_shape, generator, dtype):
         channels, spatial = split_sample(in_shape)
@@ -374,10 +398,11 @@ class GlobalAvgPool(Layer[KernelState, KernelState]):
         positions, n_spatial = math.prod(k.spatial), len(k.spatial)
         # the mean over all position pairs; sum = positions * mean in every copy: K scales by positions^2
         scale = float(positions) ** 2 if self.total else 1.0
-        pool = lambda t: t.flatten(-2 * n_spatial).mean(-1).mul_(scale)  # noqa: E731
+        # (variances on same positions only: their mean, read by range checks only, see KernelState)
+        pool = lambda t: t.flatten(-(2 if k.holds_pairs(t) else 1) * n_spatial).mean(-1).mul_(scale)  # noqa: E731
         var1, var2 = k.map_variances(pool)
         return k.replace(nngp=pool(k.nngp), ntk=k.map_ntk(pool), var1=var1, var2=var2,
-                         spatial=(), full=False)
+                         spatial=(), full=False, same_position_variances=False)
 
 
 class GlobalSumPool(GlobalAvgPool):

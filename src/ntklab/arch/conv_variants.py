@@ -124,6 +124,8 @@ class ConvTranspose(Conv):
                                    *self.finite_stds(), self.parameterization, generator, dtype,
                                    self.strides)
 
+    same_position_variances = False   # (sum_inputs reads k.full for every tensor)
+
     def sum_inputs(self, t, k):
         n_spatial = self.dims
         for dim, (size, stride) in enumerate(zip(self.filter_shape, self.strides, strict=True)):
@@ -159,6 +161,8 @@ class ConvLocal(Conv):
         return ConvLocalModule(channels, self.out, self.output_spatial(spatial), self.filter_shape,
                                self.padding, *self.finite_stds(), self.parameterization, generator,
                                dtype, self.strides)
+
+    same_position_variances = False   # (places its states' variances on the all-pairs diagonal)
 
     def kernel_map(self, k: KernelState) -> KernelState:
         """Same-position pairs: `Conv`'s map; all position pairs: `Conv`'s map of the same-position

@@ -99,6 +99,9 @@ class Affine(Layer[KernelState, KernelState]):
         """(W_std, b_std) as numbers for the finite module (tensor hyperparameters detached)."""
         return float(self.W_std), None if self.b_std is None else float(self.b_std)
 
+    reads_variances = False
+    same_position_variances = True   # S keeps same-position pairs apart (identity here, Conv's joint shifts)
+
     def sum_inputs(self, t: torch.Tensor, k: KernelState) -> torch.Tensor:
         """`S(t)`: the sum of `t` over the input positions feeding each output."""
         return t
@@ -119,7 +122,7 @@ class Affine(Layer[KernelState, KernelState]):
         nngp = summed.mul_(scale).add_(b2)
         if ntk is not None and self.trainable and self.parameterization == "ntk":
             ntk = _add(ntk, nngp)
-        var1, var2 = k.map_variances(lambda var: sum_inputs(var) * scale + b2)
+        var1, var2 = k.map_variances(lambda var: sum_inputs(var).mul(scale).add_(b2))
         return k.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, is_gaussian=True, fresh=True,
                          positions=None, is_input=False)
 

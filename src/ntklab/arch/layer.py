@@ -34,7 +34,10 @@ What a layer may assume and must guarantee
   list of states, one per branch, as produced by `FanOut`), `takes_pattern` (the layer reads
   the graphs given with the inputs, `KernelState.pattern`, and its module's forward takes
   `pattern=`), `mask_rule` (how it treats masked inputs, `mask_constant=`: one of
-  `masking.MASK_RULES`, see `arch/masking.py`; None, the default, refuses them).
+  `masking.MASK_RULES`, see `arch/masking.py`; None, the default, refuses them),
+  `same_position_variances` (its map reads and writes each variance of a `full` state only on
+  same-position pairs, so it takes `KernelState.same_position_variances` states exactly),
+  `reads_variances` (its kernels depend on the variances; False: only on nngp and ntk).
 * Errors are `ValueError`s that say what is wrong and the fix; `serial` and `parallel`
   prefix the layer's position (`serial(...) layer 3, FanInSum(): ...`).
 * Hyperparameters may be 0-dim torch tensors (`Dense`/`Conv` `W_std`, `b_std`): when one
@@ -201,6 +204,8 @@ class Layer(ABC, Generic[In, Out]):
     needs_all_pixel_pairs: bool = False
     quadrature_points: int = 1
     position_growth: int = 1   # at most this many times the input's positions in the output
+    same_position_variances: bool = False   # takes KernelState.same_position_variances states
+    reads_variances: bool = True             # nngp/ntk depend on var1/var2
 
     def __new__(cls, *args, **kwargs):
         self = super().__new__(cls)

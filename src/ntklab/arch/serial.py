@@ -6,6 +6,7 @@ import contextlib
 import copy
 import functools
 import math
+import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Sequence
 
@@ -16,6 +17,7 @@ from .._core.validation import (as_inputs, check_result_fits, check_same_feature
                            parse_memory, positive_int, resolve_device)
 from .._core import transforms
 from .._core.tiling import TileFn, symmetrized, tiled_pairs
+from .buffers import BufferPool
 from .layer import ArchitectureError, Layer
 from .masking import MaskingSequential, check_unmasked, first_refused, mask_value, masked_inputs, remasked
 from .numerics import in_float_range, out_of_range_message
@@ -27,7 +29,10 @@ MAX_BLOCK = 512           # rows of a block of pairs (vectors: 512 x 512 pairs)
 STATE_COPIES = 8          # live tensors of a block's size during a layer map (NNGP, NTK, temporaries)
 MIN_CPU_PAIRS = 9          # at least 3 x 3 pairs: an off-diagonal block also maps its inputs' own
                             # states (var1, var2: 2/b of the work for b x b pairs); measured 9-40%
-                            # faster than 2 x 2 for all-pixel-pairs CNNs on 16x16 and 32x32 images
+                            # faster than 2 x 2 for all-pixel-pairs CNNs on 16x16 and 32x32 images.
+                            # Not for states with same-position variances (their own states cost
+                            # ~nothing): there one cache-sized pair wins (CNTK-GAP, 21 layers, 32x32:
+                            # 1 x 1 blocks 1.55x faster than 3 x 3, benchmarks/bench_cntk.py)
 CPU_TENSOR_BYTES = 2 ** 21  # on CPU, one state tensor of a block stays cache-sized: the maps are
                             # memory-bound (measured fastest at 1-4 MiB on a 2-core EPYC, 1 MiB L2)
 
@@ -206,6 +211,15 @@ class Container(Layer[Any, Any]):
     def hyperparameter_tensors(self) -> list[torch.Tensor]:
         return [t for layer in self.layers for t in layer.hyperparameter_tensors()]
 
+    @property
+    def carries_same_position_variances(self) -> bool:
+        """The all-pairs states of `kernel` may carry their variances on same positions only
+        (`KernelState.same_position_variances`): every layer takes such states, and no layer
+        after the first one that mixes positions (a global pool) reads variances."""
+        mixing = [i for i, layer in enumerate(self.layers) if layer.needs_all_pixel_pairs]
+        return (bool(mixing) and all(layer.same_position_variances for layer in self.layers)
+                and not any(layer.reads_variances for layer in self.layers[mixing[0] + 1:]))
+
 
 
 class Serial(Container):
@@ -333,6 +347,8 @@ class Serial(Container):
             state = KernelState.from_inputs(x1, x2, need_ntk=need_ntk, full=full)
         elif after_layer is not None:
             after_layer(0, state)
+        if pattern is None and mask is None and self.carries_same_position_variances:
+            state = state.with_same_position_variances()
         return self.kernel_map(state.replace(fused=fused, pattern=pattern, mask=mask), start=start,
                                after_layer=after_layer)
 
@@ -358,7 +374,8 @@ class Serial(Container):
         pair_bytes = torch.empty((), dtype=dtype).element_size() * self.pair_entries(sample_shape)
         pairs = self.pairs_in_memory(sample_shape, max_memory, dtype)
         if device.type == "cpu":
-            pairs = min(pairs, max(MIN_CPU_PAIRS, CPU_TENSOR_BYTES // pair_bytes))
+            least = 1 if self.carries_same_position_variances else MIN_CPU_PAIRS
+            pairs = min(pairs, max(least, CPU_TENSOR_BYTES // pair_bytes))
         return int(min(MAX_BLOCK, max(1, math.isqrt(int(pairs)))))
 
     def kernel(self, x1, x2=None, get: str | Sequence[str] | None = None, *,
@@ -579,13 +596,19 @@ class Serial(Container):
     def _maths(self, names: tuple[str, ...], diagonal_spatial: bool, fused: bool,
                packing: Patterned | None = None, mask_constant: float | None = None) -> TileFn:
         """`maths(b1, b2, advance)`: the kernels `names` of one block of pairs (rows packed with
-        their graphs by `packing`, if given; positions masked by `mask_constant`, if given)."""
+        their graphs by `packing`, if given; positions masked by `mask_constant`, if given).
+        Each thread that runs it keeps one `BufferPool` of scratch tensors from block to block."""
+        pools = threading.local()
+
         def maths(b1: torch.Tensor, b2: torch.Tensor | None, advance: Callable[[], None]
                   ) -> dict[str, torch.Tensor]:
-            blocks = self._block_kernels(b1, b2, advance, need_ntk="ntk" in names,
-                                         full=self.needs_all_pixel_pairs, fused=fused,
-                                         diagonal_spatial=diagonal_spatial, packing=packing,
-                                         mask_constant=mask_constant)
+            if not hasattr(pools, "pool"):
+                pools.pool = BufferPool()
+            with pools.pool.active():
+                blocks = self._block_kernels(b1, b2, advance, need_ntk="ntk" in names,
+                                             full=self.needs_all_pixel_pairs, fused=fused,
+                                             diagonal_spatial=diagonal_spatial, packing=packing,
+                                             mask_constant=mask_constant)
             return {name: blocks[name] for name in names}
         return maths
 

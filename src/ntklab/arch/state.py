@@ -63,6 +63,15 @@ class KernelState:
         whose map holds only for infinitely many units (`Dropout`'s independent masks) refuses it.
       * `pattern`: the graphs given with the inputs (`net.kernel(..., pattern=(p1, p2))`), one
         per sample of the block (`p2` None when `symmetric`), for `Aggregate`; every layer keeps it.
+      * `same_position_variances`: in the `full` layout, `var1`/`var2` hold only each position
+        with itself (`[N, *spatial]`, the `marginal`) while `nngp`/`ntk` hold all position pairs.
+        Exact for the layers that read a variance only on same-position pairs (a convolution's
+        joint shifts keep i = j, an activation reads `marginal`): `Serial` sets it when every
+        layer before the global pool is a `Conv`, `Dense` or activation and only `Dense` layers
+        follow it (`Serial.same_position_variances`); it saves the all-pairs recursion of each
+        input with itself, which an off-diagonal 3 x 3 block of pairs would otherwise add 2/3 to.
+        The pool's output variance is then the mean of the per-position variances (the pooled
+        variance needs all pairs), which only the range checks read (`numerics`).
       * `mask`: the masked positions of the block's samples (`net.kernel(..., mask_constant=c)`),
         `(m1, m2)` booleans `[N, *spatial]` (`m2` None when `symmetric`), until a global pooling
         or Dense ends them; `Serial` applies them after each layer (`arch.masking`).
@@ -90,6 +99,7 @@ class KernelState:
     is_input: bool = False                   # no affine layer yet: finitely many features (above)
     pattern: tuple[torch.Tensor, torch.Tensor | None] | None = None   # graphs, for Aggregate (above)
     mask: tuple[torch.Tensor, torch.Tensor | None] | None = None      # masked positions (above)
+    same_position_variances: bool = False    # full layout, variances on same positions only (above)
 
     def replace(self, **changes) -> "KernelState":
         """A copy with `changes`; a new `positions` clears `positions_lost` unless it is given."""
@@ -157,9 +167,22 @@ class KernelState:
         var1 = fn(self.var1)
         return var1, var1 if self.symmetric else fn(self.var2)
 
+    def with_same_position_variances(self) -> "KernelState":
+        """The state with its variances on same positions only (`same_position_variances`)."""
+        if not self.full or self.same_position_variances:
+            return self
+        var1, var2 = self.map_variances(lambda var: self.marginal(var).clone())
+        return self.replace(var1=var1, var2=var2, same_position_variances=True,
+                            positions_lost=self.positions_lost)
+
+    def holds_pairs(self, t: torch.Tensor) -> bool:
+        """`t` (this state's nngp, ntk or a variance) holds all position pairs: the `full` layout,
+        except the variances of a `same_position_variances` state (`[N, *spatial]`)."""
+        return self.full and not (self.same_position_variances and t.ndim == 1 + len(self.spatial))
+
     def marginal(self, cov: torch.Tensor) -> torch.Tensor:
         """Per-position variances `[N, *spatial]` of a self-covariance `[N, *pairs]`."""
-        if not self.full:
+        if not self.holds_pairs(cov):
             return cov
         n, positions = cov.shape[0], math.prod(self.spatial)
         return cov.reshape(n, positions, positions).diagonal(0, 1, 2).reshape(n, *self.spatial)
@@ -179,8 +202,11 @@ class KernelState:
                 self._as_position(self.marginal(self.var2), 1).unsqueeze(0))
 
     def self_variances(self, cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The two variances of each pair in a self-covariance `cov` ([N, *pairs])."""
+        """The two variances of each pair in a self-covariance `cov` ([N, *pairs], or
+        `[N, *spatial]` with `same_position_variances`: both are `cov`)."""
         marginal = self.marginal(cov)
+        if not self.holds_pairs(cov):
+            return marginal, marginal
         return self._as_position(marginal, 0), self._as_position(marginal, 1)
 
 

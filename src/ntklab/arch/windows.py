@@ -49,14 +49,15 @@ def strided(t: torch.Tensor, axis: int, start: int, count: int, stride: int) -> 
 
 
 def window_sum(t: torch.Tensor, axes: Sequence[int], size: int, stride: int = 1,
-               padding: str = "VALID") -> torch.Tensor:
+               padding: str = "VALID", out: torch.Tensor | None = None) -> torch.Tensor:
     """`out[o] = sum_d t[o * stride + d - low]`, the index shifted **jointly** on every axis of
     `axes` (all of the same length): one axis sums a window (pooling); two axes, the two
     positions of a pixel pair, sum the diagonal shifts `K[i + d, j + d]` of a convolution.
 
     Zero padding contributes nothing; the offsets are added in a fixed order starting from
     the one that reaches every output (no zero fill), so the diagonal of a pair-layout result
-    equals, bitwise, the same-position result."""
+    equals, bitwise, the same-position result.  `out` (contiguous, of the result's shape, not
+    overlapping `t`; padding "SAME" or "VALID") receives the sum instead of a new tensor."""
     axes = [axis % t.ndim for axis in axes]
     n_in = t.shape[axes[0]]
     low, high, n_out = padding_for(n_in, size, stride, padding)
@@ -64,7 +65,7 @@ def window_sum(t: torch.Tensor, axes: Sequence[int], size: int, stride: int = 1,
         for axis in axes:
             t = _wrap(t, axis, low, high)
         n_in, low = n_in + low + high, 0
-    out = None
+    result: torch.Tensor | None = None
     for offset in (low, *range(low), *range(low + 1, size)):  # offset `low` reaches all outputs
         shift = offset - low  # input index = output index * stride + shift
         first = max(0, -(shift // stride))  # first output whose input index is >= 0
@@ -74,19 +75,19 @@ def window_sum(t: torch.Tensor, axes: Sequence[int], size: int, stride: int = 1,
         source = t
         for axis in axes:
             source = strided(source, axis, first * stride + shift, stop - first, stride)
-        if out is None:
-            out = source.clone(memory_format=torch.contiguous_format)
+        if result is None:
+            result = source.clone(memory_format=torch.contiguous_format) if out is None else out.copy_(source)
             continue
-        target = out
+        target = result
         for axis in axes:
             target = target.narrow(axis, first, stop - first)
         target.add_(source)
-    if out is None:   # no output (n_out = 0): the empty sum
+    if result is None:   # no output (n_out = 0): the empty sum
         shape = list(t.shape)
         for axis in axes:
             shape[axis] = max(n_out, 0)
         return t.new_zeros(shape)
-    return out
+    return result
 
 
 def window_counts(n_in: int, size: int, stride: int, padding: str) -> torch.Tensor:
