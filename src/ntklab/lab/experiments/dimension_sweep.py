@@ -55,7 +55,7 @@ class Config:
     extrapolation_dims: tuple[int, ...] = (8, 16, 32, 64, 128, 256, 512, 1024)
     # (d, n) of NTK regression solved by conjugate gradients streaming a float32 kernel store (20 GB of disk
     # in the run folder's kernels/ at n = 10^5, removed after; ~1 h on one core), one seed each
-    large_points: tuple[tuple[int, int], ...] = ()
+    large_points: tuple[tuple[int, int], ...] | None = None
     large_centers: int = 4000                 # the CG preconditioner's Nystrom centers
     eigenlearning_factor: Claim = Claim(
         "NTK regression: learned fraction of degrees 2 and p = a × eigenlearning's L_k(n) from the NTK's "
@@ -158,7 +158,7 @@ def run(folder: RunFolder, cfg: Config, *, seed: int, device: torch.device) -> d
     n½ per d, the fitted exponents, the report."""
     net = R.ntk_architecture()
     spectra = {d: sphere_spectrum(net, d, max_degree=cfg.max_degree)
-               for d in sorted({*cfg.kernel_dims, *cfg.extrapolation_dims, *(d for d, _ in cfg.large_points)})}
+               for d in sorted({*cfg.kernel_dims, *cfg.extrapolation_dims, *(d for d, _ in cfg.large_points or ())})}
     jobs = [("NTK regression", d, n) for d in cfg.kernel_dims
             for n in _grid(d, cfg.mode_factors, mode_count(d, cfg.p), cfg.kernel_n_max)]
     jobs += [("Algorithm 1", d, n) for d in cfg.alg1_dims for n in _grid(d, cfg.d2_factors, d ** 2, cfg.alg1_n_max)]
@@ -170,7 +170,8 @@ def run(folder: RunFolder, cfg: Config, *, seed: int, device: torch.device) -> d
             row.update({f"predicted_{k}": float(prediction.learnability[k]) for k in (2, cfg.p)},
                        predicted_loss=prediction.generalization_error)
         rows.append(row)
-    for d, n in tqdm(cfg.large_points, desc="dimension sweep, large n", unit="point", disable=not cfg.large_points):
+    for d, n in tqdm(cfg.large_points or (), desc="dimension sweep, large n", unit="point",
+                     disable=not cfg.large_points):
         row = measure(cfg, LARGE, d, n, seed * 10_000 + d * 100, solver=_ntk_from_store(folder), seeds=1)
         prediction = _predict(spectra[d], cfg, n)
         row.update({f"predicted_{k}": float(prediction.learnability[k]) for k in (2, cfg.p)},
