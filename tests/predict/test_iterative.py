@@ -356,3 +356,13 @@ def test_cg_on_a_dask_cluster_survives_a_killed_worker(tmp_path):
     np.testing.assert_array_equal(result.solution, undisturbed.solution)
     difference = (result.solution - reference.solution).abs().max()
     assert difference <= 1e-8 * reference.solution.abs().max()
+
+
+def test_a_store_tells_the_inputs_it_was_computed_from(stored, problem):
+    """`KernelStore.computed_from`: the same inputs (also as a numpy array, converted as compute_kernel
+    converts them) are recognized; reordered or other inputs, or a second input set, are not."""
+    x, _, _ = problem
+    assert stored.computed_from(x) and stored.computed_from(x.numpy())
+    assert not stored.computed_from(x.flip(0)) and not stored.computed_from(x[:-1])
+    assert not stored.computed_from(x, x) and not stored.computed_from(torch.randn(120, 3))
+    assert stored.operator("ntk").shape == (120, 120)

@@ -347,6 +347,31 @@ class KernelStore:
                              f"run the same compute_kernel call (or ntklab kernel command) again "
                              f"to repair it (the other arrays load meanwhile)") from None
 
+    def computed_from(self, x1, x2=None) -> bool:
+        """True when the store holds the kernels of `x1` (with `x2`, or with itself for x2=None), the inputs
+        compared as `compute_kernel` keyed them: in the store's dtype and its architecture's input layout."""
+        if (x2 is None) != self.symmetric:
+            return False
+        try:
+            arch = parse_architecture(self.config["architecture"], argument="the store's architecture")
+        except Exception:  # noqa: BLE001  an architecture without a textual identity: compare the raw values
+            arch = None
+        dtype = getattr(torch, self.config["dtype"])
+        if arch is None:
+            inputs = [None if x is None else torch.as_tensor(x).to(dtype) for x in (x1, x2)]
+            return [_fingerprint(x) for x in inputs] == [self.config["x1_sha256"], self.config["x2_sha256"]]
+        try:
+            _, _, _, config = _computation(arch, x1, x2, get=self.names, dtype=dtype, tile_size=self.tile_size)
+        except ValueError:   # inputs the architecture cannot take: not these kernels
+            return False
+        return (config["x1_sha256"], config["x2_sha256"]) == (self.config["x1_sha256"], self.config["x2_sha256"])
+
+    def operator(self, name: str = "ntk", **options):
+        """The square matrix `name` as an operator streaming the tiles (`nk.kernels.StoredKernel(self, name,
+        **options)`), for the solvers of `nk.predict`."""
+        from .operator import StoredKernel
+        return StoredKernel(self, name, **options)
+
     def load(self, name: str) -> np.ndarray:
         """The whole `[N1, N2]` matrix `name` ("nngp" or "ntk"), mirrored if symmetric; every
         tile is checked against its checksum, and bad tiles (or a damaged array) are named."""

@@ -258,16 +258,12 @@ def solve(store_path: Path, y_path: Path, out: Path, get: str, diag_reg: float, 
 def _centers_preconditioner(store, x: np.ndarray, centers: int | None, get: str):
     """The Nystrom preconditioner on `centers` of the store's inputs `x`, from the store's architecture;
     ValueError when `x` is not what the store was computed from."""
-    import torch
-    from ..kernels.engine import _computation
     from ..predict import NystromPreconditioner
-    net = parse_architecture(store.config["architecture"])
-    _, inputs, _, config = _computation(net, x, None, get=store.names, dtype=getattr(torch, store.config["dtype"]),
-                                        tile_size=store.tile_size)
-    if config["x1_sha256"] != store.config["x1_sha256"]:
+    if not store.computed_from(x):
         raise ValueError(f"--x is not the input file the store {store.path} was computed from (its values, order or "
-                         f"dtype differ); give the same file as to ntklab kernel")
-    return NystromPreconditioner.from_centers(net, inputs, centers=int(centers or 1), get=get)
+                         f"shape differ); give the same file as to ntklab kernel")
+    return NystromPreconditioner.from_centers(parse_architecture(store.config["architecture"]), x,
+                                              centers=int(centers or 1), get=get)
 
 
 if __name__ == "__main__":

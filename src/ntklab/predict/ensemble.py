@@ -94,8 +94,9 @@ def gradient_descent_mse_ensemble(net_or_kernel_fn, x_train, y_train, *, learnin
         Ridge, relative to the mean diagonal unless `diag_reg_absolute_scale`.
     dtype, device : optional
     solver : {"eigh", "lanczos"}
-    store : str, Path or KernelStore, optional
-        With solver="lanczos": the train-train kernels (checked: the same architecture and x_train).
+    store : KernelStore, optional
+        With solver="lanczos": the train-train kernels (`nk.kernels.compute_kernel(net, x_train, store=...)`
+        or `nk.kernels.KernelStore.open(path)`; checked: the same architecture and x_train).
     rtol, max_iterations, progress
         solver="lanczos": its stopping rule (relative change of the coefficients, default 1e-10; not an
         error bound, see `nk.predict.lanczos`), step limit and bar.
@@ -144,11 +145,12 @@ def _iterative_options(net_or_kernel_fn, solver: str, store, rtol: float | None,
                              f"(or leave them out)")
         return None
     if store is not None:
-        from ..kernels.engine import KernelStore
         if not isinstance(net_or_kernel_fn, Serial):
             raise ValueError("store= needs an ntklab architecture as net_or_kernel_fn: with a kernel function nothing "
                              "ties the store's kernel to the one the test points get")
-        store = store if isinstance(store, KernelStore) else KernelStore.open(store)
+        if not all(hasattr(store, attribute) for attribute in ("config", "computed_from", "operator")):
+            raise ValueError(f"store must be a kernel store (nk.kernels.compute_kernel(net, x_train, store=...) or "
+                             f"nk.kernels.KernelStore.open(path)), got {store!r}")
         if store.config["architecture"] != net_or_kernel_fn.identity:
             raise ValueError(f"the store {store.path} holds the kernels of another architecture; compute it with "
                              f"nk.kernels.compute_kernel(net, x_train, store=...) for this one")
@@ -182,12 +184,10 @@ class EnsemblePredictor:
             self._check_store(iterative["store"])
 
     def _check_store(self, store) -> None:
-        from ..kernels.engine import _fingerprint
-        if not store.symmetric or store.shape[0] != len(self.x_train) or \
-                store.config["x1_sha256"] != _fingerprint(self.x_train):
+        if not store.computed_from(self.x_train):
             raise ValueError(f"the store {store.path} does not hold the kernels of x_train with itself (its inputs "
-                             f"differ, in values, order or dtype); compute it with nk.kernels.compute_kernel(net, "
-                             f"x_train, store=...)")
+                             f"differ, in values or order); compute it with nk.kernels.compute_kernel(net, x_train, "
+                             f"store=...)")
 
     def train_operator(self, g: str):
         """G's kernel ("nngp" or "ntk") as an operator: streamed from the store, or the dense matrix."""
@@ -197,8 +197,7 @@ class EnsemblePredictor:
         if g not in store.names:
             raise ValueError(f"the store {store.path} holds {list(store.names)}, not {g!r}: compute it with "
                              f"get=('nngp', 'ntk') (or ask for get={store.names[0]!r})")
-        from ..kernels.operator import StoredKernel
-        return StoredKernel(store, g, dtype=self.dtype, device=self.x_train.device)
+        return store.operator(g, dtype=self.dtype, device=self.x_train.device)
 
     def lanczos(self, g: str, times: torch.Tensor | None, on_train: bool) -> torch.Tensor:
         """[T, N, O]: G^-1 (I - e^{-lr G t / n}) Y (for test predictions) at every time (t=None: infinity)
