@@ -42,7 +42,7 @@ def images(n: int, size: int) -> np.ndarray:
     return np.random.default_rng(0).standard_normal((n, 3, size, size))  # NCHW
 
 
-def run_ntklab(readout: str, n: int, size: int, max_memory: int, depth: int = 3) -> dict:
+def run_ntklab(readout: str, n: int, size: int, max_memory: int, depth: int = 3, device: str = "cpu") -> dict:
     import torch
     import ntklab as nk
     layers = []
@@ -50,10 +50,13 @@ def run_ntklab(readout: str, n: int, size: int, max_memory: int, depth: int = 3)
         layers += [nk.Conv(CHANNELS, (3, 3), None, "SAME", W_STD, B_STD), nk.Relu()]
     pool = nk.Flatten() if readout == "v" else nk.GlobalAvgPool()
     net = nk.serial(*layers, pool, nk.Dense(1, W_STD, B_STD))
-    x = torch.from_numpy(images(n, size))
+    x = torch.from_numpy(images(n, size)).to(device)
     net.kernel(x[:2], get="ntk", progress=False)
+    synchronize = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    synchronize()
     start = time.perf_counter()
     ntk = net.kernel(x, get="ntk", max_memory=max_memory, progress=False)
+    synchronize()
     return {"seconds": time.perf_counter() - start, "check": float(ntk[:3, :3].sum())}
 
 
@@ -94,7 +97,14 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per measurement")
     parser.add_argument("--floor", default="21:32:6",
                         help="conv layers:image size:N of the floor comparison, or 'none'")
+    parser.add_argument("--device", default="cpu", help="ntklab's device (cuda: GPU time per entry; "
+                        "neural-tangents stays on its own CPU build)")
     args = parser.parse_args()
+    if args.device.startswith("cuda"):
+        import torch
+        if not torch.cuda.is_available():
+            print("--device cuda: no CUDA GPU on this machine; skipped")
+            return
     cap = isolated.parse_bytes(args.cap)
     print(f"float64, cap {cap / 2 ** 30:.0f} GiB per run, ntklab max_memory {args.max_memory}, "
           f"nt.batch batch_size {args.batch_size}; time per kernel entry (N^2 entries)")
@@ -104,7 +114,7 @@ def main() -> None:
         size, n, depth = int(size), int(n), int(depth[0]) if depth else 3
         results = {
             "ntklab": isolated.measure(run_ntklab, (readout, n, size, isolated.parse_bytes(args.max_memory),
-                                                    depth), cap, args.timeout),
+                                                    depth, args.device), cap, args.timeout),
             "nt": isolated.measure(run_nt, (readout, n, size, None, depth), cap, args.timeout),
             "nt.batch": (isolated.measure(run_nt, (readout, n, size, args.batch_size, depth), cap, args.timeout)
                          if n % args.batch_size == 0 else versus_nt.skipped("N % batch")),

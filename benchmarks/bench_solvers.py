@@ -70,6 +70,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--solvers", nargs="+", choices=["exact", "memory", "store", "nystrom", "features"],
                         default=["exact", "memory", "store", "nystrom", "features"],
                         help="which to run (one per process gives each its own peak RSS)")
+    parser.add_argument("--device", default="cpu", help="where the kernels, products and solves run (cuda: the "
+                        "GPU timings; the store stays on disk, its tiles are copied to the device)")
     parser.add_argument("--quick", action="store_true", help="n = 2000, 500 test points, 200 / 500 centers, "
                         "256 / 1024 features: runs in seconds")
     args = parser.parse_args()
@@ -80,24 +82,17 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    print(f"load average {os.getloadavg()[0]:.1f}, torch threads {torch.get_num_threads()}, n = {args.n}")
-    x, y, x_test, y_test = teacher_task(args.n, args.n_test, 32)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("--device cuda: no CUDA GPU on this machine; skipped")
+        return
+    print(f"load average {os.getloadavg()[0]:.1f}, torch threads {torch.get_num_threads()}, n = {args.n}, "
+          f"device {args.device}")
+    x, y, x_test, y_test = (t.to(args.device) for t in teacher_task(args.n, args.n_test, 32))
     rows: list = []
     if "exact" in args.solvers:
-        def dense():
-            k = NET.kernel(x, get="ntk", progress=False)
-            alpha = nk.predict.solve(k, y, diag_reg=args.diag_reg)
-            return NET.kernel(x_test, x, get="ntk") @ alpha, "Cholesky"
-        timed("exact (dense Cholesky)", dense, rows)
+        exact_solve(args, x, y, x_test, rows)
     if "memory" in args.solvers:
-        def pcg_memory():
-            k = NET.kernel(x, get="ntk", progress=False)
-            k_test = NET.kernel(x_test, x, get="ntk")
-            result = nk.predict.conjugate_gradients(k, y, diag_reg=args.diag_reg, rtol=args.rtol,
-                                                    **preconditioner(args, x))
-            residual = float(result.relative_residual.max())
-            return k_test @ result.solution, f"{result.iterations} it, residual {residual:.1e}"
-        timed(f"PCG in memory ({preconditioner_label(args)})", pcg_memory, rows)
+        pcg_in_memory(args, x, y, x_test, rows)
     if "store" in args.solvers:
         pcg_from_store(args, x, y, x_test, rows)
     for m in args.centers if "nystrom" in args.solvers else []:
@@ -111,6 +106,27 @@ def main() -> None:
     for m in args.features if "features" in args.solvers else []:
         random_features(args, m, x, y, x_test, rows)
     report(rows, y_test, exact="exact" in args.solvers)
+
+
+def exact_solve(args, x, y, x_test, rows) -> None:
+    """The dense kernel and its Cholesky solve: the reference of the other rows."""
+    def dense():
+        k = NET.kernel(x, get="ntk", progress=False)
+        alpha = nk.predict.solve(k, y, diag_reg=args.diag_reg)
+        return NET.kernel(x_test, x, get="ntk") @ alpha, "Cholesky"
+    timed("exact (dense Cholesky)", dense, rows)
+
+
+def pcg_in_memory(args, x, y, x_test, rows) -> None:
+    """PCG on the dense kernel (the same preconditioner as from the store)."""
+    def pcg_memory():
+        k = NET.kernel(x, get="ntk", progress=False)
+        k_test = NET.kernel(x_test, x, get="ntk")
+        result = nk.predict.conjugate_gradients(k, y, diag_reg=args.diag_reg, rtol=args.rtol,
+                                                **preconditioner(args, x))
+        residual = float(result.relative_residual.max())
+        return k_test @ result.solution, f"{result.iterations} it, residual {residual:.1e}"
+    timed(f"PCG in memory ({preconditioner_label(args)})", pcg_memory, rows)
 
 
 def random_features(args, m, x, y, x_test, rows) -> None:
@@ -144,9 +160,10 @@ def pcg_from_store(args, x, y, x_test, rows) -> None:
         def pcg_store():
             start = time.perf_counter()
             store = nk.kernels.compute_kernel(NET, x, store=store_path, get="ntk", tile_size=args.tile_size,
-                                              dtype=getattr(torch, args.store_dtype), progress=True)
+                                              dtype=getattr(torch, args.store_dtype), device=args.device,
+                                              progress=True)
             computed = time.perf_counter() - start
-            operator = nk.kernels.StoredKernel(store, "ntk", progress=False)
+            operator = nk.kernels.StoredKernel(store, "ntk", progress=False, device=args.device)
             result = nk.predict.conjugate_gradients(operator, y, diag_reg=args.diag_reg, rtol=args.rtol,
                                                     progress=True, **preconditioner(args, x))
             prediction = torch.cat([NET.kernel(x_test[i:i + 500], x, get="ntk") @ result.solution
@@ -158,6 +175,8 @@ def pcg_from_store(args, x, y, x_test, rows) -> None:
 
 
 def report(rows, y_test, exact: bool) -> None:
+    rows = [(label, prediction.cpu(), seconds, rss, extra) for label, prediction, seconds, rss, extra in rows]
+    y_test = y_test.cpu()
     print(f"{'solver':>36} | {'vs exact':>9} | {'test rel. err':>13} | {'time s':>8} | {'+peak RSS GiB':>13} | notes")
     for label, prediction, seconds, rss, extra in rows:
         versus = f"{float((prediction - rows[0][1]).norm() / rows[0][1].norm()):9.2e}" if exact else f"{'-':>9}"
