@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
 
 import numpy as np
@@ -106,7 +107,8 @@ def main() -> None:
             print("--device cuda: no CUDA GPU on this machine; skipped")
             return
     cap = isolated.parse_bytes(args.cap)
-    print(f"float64, cap {cap / 2 ** 30:.0f} GiB per run, ntklab max_memory {args.max_memory}, "
+    print(f"load average {os.getloadavg()[0]:.1f}; float64, cap {cap / 2 ** 30:.0f} GiB per run, "
+          f"ntklab max_memory {args.max_memory}, "
           f"nt.batch batch_size {args.batch_size}; time per kernel entry (N^2 entries)")
     print(versus_nt.header(28))
     for case in args.cases:
