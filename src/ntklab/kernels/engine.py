@@ -52,7 +52,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -66,6 +66,9 @@ from ..arch.spec import parse_architecture
 from .._core.files import (atomic_write_bytes, check_writable, default_mode, discard_folder,
                      make_temporary_folder, remove_stale_staging)
 from .._core.tiling import Tile, Tiling
+
+if TYPE_CHECKING:
+    from .operator import StoredKernel
 
 try:
     import fcntl
@@ -366,7 +369,7 @@ class KernelStore:
             return False
         return (config["x1_sha256"], config["x2_sha256"]) == (self.config["x1_sha256"], self.config["x2_sha256"])
 
-    def operator(self, name: str = "ntk", **options):
+    def operator(self, name: str = "ntk", **options) -> "StoredKernel":
         """The square matrix `name` as an operator streaming the tiles (`nk.kernels.StoredKernel(self, name,
         **options)`), for the solvers of `nk.predict`."""
         from .operator import StoredKernel
