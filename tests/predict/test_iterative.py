@@ -366,3 +366,24 @@ def test_a_store_tells_the_inputs_it_was_computed_from(stored, problem):
     assert not stored.computed_from(x.flip(0)) and not stored.computed_from(x[:-1])
     assert not stored.computed_from(x, x) and not stored.computed_from(torch.randn(120, 3))
     assert stored.operator("ntk").shape == (120, 120)
+
+
+def test_new_stores_are_uncompressed_and_compressed_ones_read_the_same(problem, tmp_path, monkeypatch):
+    """Chunks are written raw (zstd decoding dominated a pass); a store laid out compressed, as earlier
+    versions wrote it, gives the same products bit for bit."""
+    from ntklab.kernels import engine
+    x, _, _ = problem
+    raw = compute_kernel(NET, x, store=tmp_path / "raw.zarr", tile_size=32, get="ntk", progress=False)
+    assert raw._array("ntk").compressors == ()
+
+    def compressed_layout(folder, config):
+        import zarr
+        group = zarr.open_group(store=str(folder), mode="w")
+        for name in config["get"]:
+            group.create_array(name, shape=tuple(config["shape"]), dtype=np.dtype(config["dtype"]),
+                               chunks=(config["tile_size"],) * 2, fill_value=np.nan)
+    monkeypatch.setattr(engine, "_layout", compressed_layout)
+    old = compute_kernel(NET, x, store=tmp_path / "old.zarr", tile_size=32, get="ntk", progress=False)
+    assert old._array("ntk").compressors != ()
+    v = torch.randn(120, 2, dtype=torch.float64)
+    assert torch.equal(StoredKernel(old, "ntk").matmul(v), StoredKernel(raw, "ntk").matmul(v))
