@@ -8,9 +8,9 @@ of the store and 8 bytes per number of working memory per tile.  A symmetric sto
 upper tiles; an off-diagonal tile is used twice, as itself and as its transpose.
 
 Each tile is checked against its checksum the first time this operator reads it (`verify="once"`, the
-default; "always" checks it at every product, which costs about 40 % of a product's time: SHA-256 at
-~0.8 GB/s), and the next tile is read, decompressed and checked in a thread while the current one is
-multiplied.
+default; "always" checks it at every product: SHA-256 at ~0.8 GB/s, about 20 % of a product's time,
+measured), and the next tile is read (decompressed, for a compressed store) and checked in a thread while
+the current one is multiplied.
 
 With a `scheduler` (as `compute_kernel`'s: "processes" or a Dask scheduler address / Client) each
 product is spread over processes, one task per tile, each reading its own tile; the partial products
