@@ -334,14 +334,19 @@ class KernelStore:
                           f"the same compute_kernel call (or ntklab kernel command) again to "
                           f"recompute exactly those")
 
-    def _checked_array(self, name: str):
-        """The zarr array `name`, after checking that the store holds it and has every tile."""
+    def check_complete(self, name: str) -> None:
+        """ValueError unless the store holds `name` and every tile of it is marked finished."""
         if name not in self.names:
-            raise ValueError(f"the store {self.path} holds {list(self.names)}, not {name!r}")
+            raise ValueError(f"the store {self.path} holds {list(self.names)}, not {name!r}: compute a store "
+                             f"with get=('nngp', 'ntk') for both")
         missing = len(self.tiles()) - len(self.done((name,)))
         if missing:
             raise ValueError(f"the store {self.path} is missing {missing} tile(s) of {name!r}; run "
                              f"the same compute_kernel call (or ntklab command) again to finish it")
+
+    def _checked_array(self, name: str):
+        """The zarr array `name`, after `check_complete`."""
+        self.check_complete(name)
         try:
             return self._array(name)
         except Exception as err:  # noqa: BLE001

@@ -75,12 +75,7 @@ class StoredKernel:
             raise ValueError(f"the store {self.store.path} holds a kernel between two different input sets "
                              f"(x2 was given); a solver needs the square train-train kernel: compute it "
                              f"with x2=None")
-        if name not in self.store.names:
-            raise ValueError(f"the store {self.store.path} holds {list(self.store.names)}, not {name!r}")
-        missing = len(self.store.tiles()) - len(self.store.done((name,)))
-        if missing:
-            raise ValueError(f"the store {self.store.path} is missing {missing} tile(s) of {name!r}; run the "
-                             f"same compute_kernel call (or ntklab kernel command) again to finish it")
+        self.store.check_complete(name)
         self.name = name
         self.verify = verify
         self.verified: set[Tile] = set()   # tiles whose checksum this operator has checked

@@ -194,9 +194,6 @@ class EnsemblePredictor:
         store = self.iterative["store"] if self.iterative is not None else None
         if store is None:
             return as_operator(self.k_train(g), name=f"k_train_train ({g})")
-        if g not in store.names:
-            raise ValueError(f"the store {store.path} holds {list(store.names)}, not {g!r}: compute it with "
-                             f"get=('nngp', 'ntk') (or ask for get={store.names[0]!r})")
         return store.operator(g, dtype=self.dtype, device=self.x_train.device)
 
     def lanczos(self, g: str, times: torch.Tensor | None, on_train: bool) -> torch.Tensor:
